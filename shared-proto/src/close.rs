@@ -1,0 +1,107 @@
+//! WebSocket close codes the relay sends, and what each means for the hub.
+//!
+//! Codes 4000-4999 are the application range of RFC 6455; the relay never sends the reserved
+//! 1005/1006 (they describe a missing close frame and cannot be sent).
+
+use std::fmt;
+
+/// A close code of relay protocol v1. Every way the relay closes a socket is one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// 1000: the hub or relay closed normally.
+    Normal,
+    /// 1001: the relay is shutting down or restarting; reconnect.
+    GoingAway,
+    /// 1011: the relay hit an internal error; reconnect with backoff.
+    InternalError,
+    /// 4000: a malformed frame, a frame type the hub may not send, a text message that is not a
+    /// keepalive, or a second `Hello`. Fix the client; reconnecting sends the same bytes again.
+    ProtocolError,
+    /// 4001: the `Hello` named a protocol version the relay does not speak.
+    UnsupportedVersion,
+    /// 4002: the first frame was not a `Hello`.
+    HelloRequired,
+    /// 4003: no `Hello` arrived in time after the WebSocket opened.
+    HelloTimeout,
+    /// 4004: another connection with the same hub id joined the room and replaced this one.
+    /// Reconnecting would replace the other in turn: a hub must not reconnect on this code.
+    Replaced,
+    /// 4005: a frame, payload or message past the protocol's limits.
+    TooLarge,
+    /// 4006: the hub did not read its messages fast enough and its queue at the relay filled.
+    SlowConsumer,
+    /// 4007: the room already holds the most hubs it admits.
+    RoomFull,
+}
+
+impl CloseCode {
+    /// Every code, in numeric order.
+    pub const ALL: [CloseCode; 11] = [
+        Self::Normal,
+        Self::GoingAway,
+        Self::InternalError,
+        Self::ProtocolError,
+        Self::UnsupportedVersion,
+        Self::HelloRequired,
+        Self::HelloTimeout,
+        Self::Replaced,
+        Self::TooLarge,
+        Self::SlowConsumer,
+        Self::RoomFull,
+    ];
+
+    /// The numeric code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Normal => 1000,
+            Self::GoingAway => 1001,
+            Self::InternalError => 1011,
+            Self::ProtocolError => 4000,
+            Self::UnsupportedVersion => 4001,
+            Self::HelloRequired => 4002,
+            Self::HelloTimeout => 4003,
+            Self::Replaced => 4004,
+            Self::TooLarge => 4005,
+            Self::SlowConsumer => 4006,
+            Self::RoomFull => 4007,
+        }
+    }
+
+    /// Looks a numeric code up.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// Whether a hub should reconnect after this code. Codes that mean "your client is wrong" or
+    /// "another connection took your place" are final: reconnecting would do the same again.
+    pub fn should_reconnect(self) -> bool {
+        !matches!(
+            self,
+            Self::ProtocolError | Self::UnsupportedVersion | Self::HelloRequired | Self::Replaced
+        )
+    }
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?})", self.code(), self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_sendable_and_round_trip() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            assert!(c.code() != 1005 && c.code() != 1006, "{c} cannot be sent");
+        }
+        let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), CloseCode::ALL.len());
+        assert_eq!(CloseCode::from_code(4999), None);
+    }
+}

@@ -1,0 +1,696 @@
+//! The room: one cluster's hubs on one relay, as a pure state machine.
+//!
+//! A relay (the Durable Object, or `hub relay`) owns the sockets and calls, for each socket:
+//!
+//! 1. [`Room::handle_connect`] when the WebSocket opens (or [`Room::restore`] when it rebuilds the
+//!    room after a hibernation, from what it stored per socket on [`Action::Admitted`]);
+//! 2. [`Room::handle_message`] for every binary message;
+//! 3. [`Room::handle_disconnect`] when the socket closes or errors.
+//!
+//! Each call appends [`Action`]s to a buffer the caller owns; the caller performs them in order.
+//! The room never reads a clock, draws randomness or touches a socket, so the same logic runs in
+//! wasm32 inside workerd and natively under tokio, and is tested here without either.
+//!
+//! Frames of a message are handled in order. A protocol violation closes only the offending
+//! connection; frames before it in the same message may already have been routed. Payloads for
+//! the same destination produced by one incoming message are batched into one outgoing message.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::close::CloseCode;
+use crate::frame::{
+    frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS,
+    PROTOCOL_VERSION,
+};
+
+const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
+
+/// A relay's handle for one socket; unique among the room's open sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the relay must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Action {
+    /// Send one binary WebSocket message (one or more frames) on a socket.
+    Send {
+        /// The socket.
+        conn: ConnId,
+        /// The whole message.
+        message: Vec<u8>,
+    },
+    /// Close a socket with a code and a short reason (at most 123 bytes).
+    Close {
+        /// The socket.
+        conn: ConnId,
+        /// Why.
+        code: CloseCode,
+        /// Human-readable detail for logs; never secret.
+        reason: String,
+    },
+    /// The socket's hub was admitted: store the id with the socket (it must survive hibernation,
+    /// and is handed back through [`Room::restore`]).
+    Admitted {
+        /// The socket.
+        conn: ConnId,
+        /// Its hub.
+        hub: HubId,
+    },
+}
+
+/// Settings of one room.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomConfig {
+    /// When this instance of the room started (Unix ms), reported in `Status`.
+    pub instance_started_ms: u64,
+    /// Most hubs admitted at once.
+    pub max_members: usize,
+}
+
+impl RoomConfig {
+    /// Defaults, with the caller's start time.
+    pub fn new(instance_started_ms: u64) -> Self {
+        RoomConfig {
+            instance_started_ms,
+            max_members: MAX_ROOM_MEMBERS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    AwaitingHello,
+    Member(HubId),
+}
+
+/// One cluster's room. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Room {
+    config: RoomConfig,
+    conns: HashMap<ConnId, ConnState>,
+    members: BTreeMap<HubId, ConnId>,
+}
+
+/// Outgoing messages of one `handle_message` call, batched per destination.
+#[derive(Debug, Default)]
+struct Outbox {
+    pending: Vec<(ConnId, Vec<u8>)>,
+}
+
+impl Outbox {
+    fn push(&mut self, conn: ConnId, frame: &Frame<'_>, out: &mut Vec<Action>) {
+        let idx = match self.pending.iter().position(|(c, _)| *c == conn) {
+            Some(i) => i,
+            None => {
+                self.pending.push((conn, Vec::new()));
+                self.pending.len() - 1
+            }
+        };
+        let buf = &mut self.pending[idx].1;
+        let before = buf.len();
+        frame.encode(buf);
+        if buf.len() > MAX_MESSAGE && before > 0 {
+            // Over the message limit: send what was there and start a new batch with this frame.
+            let tail = buf.split_off(before);
+            let full = std::mem::replace(buf, tail);
+            out.push(Action::Send {
+                conn,
+                message: full,
+            });
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<Action>) {
+        for (conn, message) in self.pending.drain(..) {
+            out.push(Action::Send { conn, message });
+        }
+    }
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(config: RoomConfig) -> Self {
+        Room {
+            config,
+            conns: HashMap::new(),
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// The hubs online, in ascending order.
+    pub fn online(&self) -> impl Iterator<Item = HubId> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// The socket a hub is connected on.
+    pub fn conn_of(&self, hub: &HubId) -> Option<ConnId> {
+        self.members.get(hub).copied()
+    }
+
+    /// Number of open sockets, admitted or not.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A socket opened. Its first frame must be a `Hello`.
+    pub fn handle_connect(&mut self, conn: ConnId) {
+        self.conns.insert(conn, ConnState::AwaitingHello);
+    }
+
+    /// Puts back a socket that was open before the room was rebuilt (after a hibernation), with
+    /// the hub it was admitted as, if any. The hubs saw no change, so nothing is announced.
+    ///
+    /// If two sockets claim one hub (a replacement whose close was not seen yet), the higher
+    /// `ConnId` wins, as the newer connection did, and the other is closed as replaced.
+    pub fn restore(&mut self, conn: ConnId, hub: Option<HubId>, out: &mut Vec<Action>) {
+        let Some(hub) = hub else {
+            self.conns.insert(conn, ConnState::AwaitingHello);
+            return;
+        };
+        let loser = match self.members.get(&hub) {
+            Some(&other) if other > conn => conn,
+            Some(&other) => {
+                self.conns.remove(&other);
+                self.conns.insert(conn, ConnState::Member(hub));
+                self.members.insert(hub, conn);
+                other
+            }
+            None => {
+                self.conns.insert(conn, ConnState::Member(hub));
+                self.members.insert(hub, conn);
+                return;
+            }
+        };
+        out.push(Action::Close {
+            conn: loser,
+            code: CloseCode::Replaced,
+            reason: REPLACED_REASON.into(),
+        });
+    }
+
+    /// A socket closed (by either side) or failed.
+    pub fn handle_disconnect(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        let Some(ConnState::Member(hub)) = self.conns.remove(&conn) else {
+            return;
+        };
+        if self.members.get(&hub) != Some(&conn) {
+            return;
+        }
+        self.members.remove(&hub);
+        let left = Frame::PeerLeft(hub).to_message();
+        for &other in self.members.values() {
+            out.push(Action::Send {
+                conn: other,
+                message: left.clone(),
+            });
+        }
+    }
+
+    /// A text message arrived that the relay did not answer itself (keepalives are answered
+    /// without the room). Text is not part of the protocol: the socket is closed.
+    pub fn handle_text(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        self.close(
+            conn,
+            CloseCode::ProtocolError,
+            "text messages other than the keepalive are not part of the protocol".into(),
+            out,
+        );
+    }
+
+    /// A binary message arrived on `conn`.
+    pub fn handle_message(&mut self, conn: ConnId, message: &[u8], out: &mut Vec<Action>) {
+        let mut outbox = Outbox::default();
+        for frame in frames(message) {
+            let Some(state) = self.conns.get(&conn).copied() else {
+                // Closed by an earlier frame of this message, or unknown to the room.
+                break;
+            };
+            match frame {
+                Err(e) => {
+                    outbox.flush(out);
+                    self.refuse(conn, e, out);
+                    return;
+                }
+                Ok(frame) => {
+                    if let Err((code, reason)) =
+                        self.handle_frame(conn, state, frame, &mut outbox, out)
+                    {
+                        outbox.flush(out);
+                        self.close(conn, code, reason, out);
+                        return;
+                    }
+                }
+            }
+        }
+        outbox.flush(out);
+    }
+
+    fn handle_frame(
+        &mut self,
+        conn: ConnId,
+        state: ConnState,
+        frame: Frame<'_>,
+        outbox: &mut Outbox,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (CloseCode, String)> {
+        let ty = frame.frame_type();
+        if !ty.is_hub_to_relay() {
+            return Err((
+                CloseCode::ProtocolError,
+                format!("{ty:?} frames flow from the relay to hubs only"),
+            ));
+        }
+        match (state, frame) {
+            (ConnState::AwaitingHello, Frame::Hello(hello)) => {
+                if hello.version != PROTOCOL_VERSION {
+                    return Err((
+                        CloseCode::UnsupportedVersion,
+                        format!(
+                            "protocol version {} is not supported; this relay speaks {}",
+                            hello.version, PROTOCOL_VERSION
+                        ),
+                    ));
+                }
+                self.admit(conn, hello.hub, out)
+            }
+            (ConnState::AwaitingHello, _) => Err((
+                CloseCode::HelloRequired,
+                "the first frame must be a Hello".into(),
+            )),
+            (ConnState::Member(_), Frame::Hello(_)) => Err((
+                CloseCode::ProtocolError,
+                "a connection sends Hello only once".into(),
+            )),
+            (ConnState::Member(src), Frame::Send { dst, payload }) => {
+                match self.members.get(&dst) {
+                    Some(&to) => outbox.push(to, &Frame::Recv { src, payload }, out),
+                    None => outbox.push(conn, &Frame::Undeliverable(dst), out),
+                }
+                Ok(())
+            }
+            (ConnState::Member(_), Frame::StatusRequest) => {
+                let status = RoomStatus {
+                    online: self.members.len() as u32,
+                    instance_started_ms: self.config.instance_started_ms,
+                };
+                outbox.push(conn, &Frame::Status(status), out);
+                Ok(())
+            }
+            (ConnState::Member(_), other) => Err((
+                CloseCode::ProtocolError,
+                format!("unexpected {:?} frame", other.frame_type()),
+            )),
+        }
+    }
+
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        hub: HubId,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (CloseCode, String)> {
+        let replaced = self.members.get(&hub).copied();
+        if replaced.is_none() && self.members.len() >= self.config.max_members {
+            return Err((
+                CloseCode::RoomFull,
+                format!("the room admits at most {} hubs", self.config.max_members),
+            ));
+        }
+        if let Some(old) = replaced {
+            // The newer connection wins: the old one is closed and told why. Its later
+            // disconnect is a no-op because it is no longer in `conns`.
+            self.conns.remove(&old);
+            out.push(Action::Close {
+                conn: old,
+                code: CloseCode::Replaced,
+                reason: REPLACED_REASON.into(),
+            });
+        }
+        self.conns.insert(conn, ConnState::Member(hub));
+        self.members.insert(hub, conn);
+        out.push(Action::Admitted { conn, hub });
+
+        let online: Vec<HubId> = self.members.keys().filter(|h| **h != hub).copied().collect();
+        out.push(Action::Send {
+            conn,
+            message: Frame::Welcome {
+                version: PROTOCOL_VERSION,
+                online,
+            }
+            .to_message(),
+        });
+        let joined = Frame::PeerJoined(hub).to_message();
+        for (&other_hub, &other) in &self.members {
+            if other_hub != hub {
+                out.push(Action::Send {
+                    conn: other,
+                    message: joined.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, conn: ConnId, error: FrameError, out: &mut Vec<Action>) {
+        self.close(conn, error.close_code(), error.to_string(), out);
+    }
+
+    /// Closes `conn` and forgets it; the others see it leave if it was a member.
+    fn close(&mut self, conn: ConnId, code: CloseCode, mut reason: String, out: &mut Vec<Action>) {
+        truncate_reason(&mut reason);
+        out.push(Action::Close { conn, code, reason });
+        self.handle_disconnect(conn, out);
+        self.conns.remove(&conn);
+    }
+}
+
+/// A close frame's reason is at most 123 bytes; cut on a character boundary.
+fn truncate_reason(reason: &mut String) {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode_message, Hello};
+
+    fn hub(b: u8) -> HubId {
+        HubId([b; 16])
+    }
+
+    fn hello(h: HubId) -> Vec<u8> {
+        Frame::Hello(Hello::new(h)).to_message()
+    }
+
+    fn send(dst: HubId, payload: &[u8]) -> Vec<u8> {
+        Frame::Send { dst, payload }.to_message()
+    }
+
+    /// The frames sent to `conn`, decoded, one inner Vec per message.
+    fn sent_to(actions: &[Action], conn: ConnId) -> Vec<Vec<Frame<'_>>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { conn: c, message } if *c == conn => {
+                    Some(decode_message(message).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(actions: &[Action]) -> Vec<(ConnId, CloseCode)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Close { conn, code, .. } => Some((*conn, *code)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn join(room: &mut Room, conn: u64, h: HubId) -> Vec<Action> {
+        let mut out = Vec::new();
+        room.handle_connect(ConnId(conn));
+        room.handle_message(ConnId(conn), &hello(h), &mut out);
+        out
+    }
+
+    fn room() -> Room {
+        Room::new(RoomConfig::new(42))
+    }
+
+    #[test]
+    fn join_gets_welcome_and_others_see_presence() {
+        let mut r = room();
+        let out = join(&mut r, 1, hub(1));
+        assert_eq!(
+            out[0],
+            Action::Admitted {
+                conn: ConnId(1),
+                hub: hub(1)
+            }
+        );
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::Welcome {
+                version: 1,
+                online: vec![]
+            }]]
+        );
+        let out = join(&mut r, 2, hub(2));
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::Welcome {
+                version: 1,
+                online: vec![hub(1)]
+            }]]
+        );
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::PeerJoined(hub(2))]]
+        );
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(2)]);
+    }
+
+    #[test]
+    fn routes_to_one_hub_only_and_batches_per_destination() {
+        let mut r = room();
+        for i in 1..=3 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        let mut msg = send(hub(2), b"a");
+        msg.extend(send(hub(3), b"b"));
+        msg.extend(send(hub(2), b"c"));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &msg, &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![
+                Frame::Recv {
+                    src: hub(1),
+                    payload: b"a"
+                },
+                Frame::Recv {
+                    src: hub(1),
+                    payload: b"c"
+                }
+            ]]
+        );
+        assert_eq!(
+            sent_to(&out, ConnId(3)),
+            vec![vec![Frame::Recv {
+                src: hub(1),
+                payload: b"b"
+            }]]
+        );
+        assert!(sent_to(&out, ConnId(1)).is_empty());
+    }
+
+    #[test]
+    fn batches_split_at_the_message_limit() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let payload = vec![0u8; crate::frame::MAX_PAYLOAD];
+        let mut msg = Vec::new();
+        for _ in 0..15 {
+            msg.extend(send(hub(2), &payload));
+        }
+        assert!(msg.len() < MAX_MESSAGE);
+        // 15 frames of ~64 KiB each are just under 1 MiB in, and just over once re-framed with
+        // the same overhead: all must arrive, no message over the limit.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &msg, &mut out);
+        let msgs: Vec<&Vec<u8>> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert!(msgs.iter().all(|m| m.len() <= MAX_MESSAGE));
+        let total: usize = msgs.iter().map(|m| decode_message(m).unwrap().len()).sum();
+        assert_eq!(total, 15);
+    }
+
+    #[test]
+    fn unknown_destination_is_reported_to_the_sender() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &send(hub(9), b"x"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::Undeliverable(hub(9))]]
+        );
+        assert!(closes(&out).is_empty());
+    }
+
+    #[test]
+    fn duplicate_hub_id_replaces_the_older_connection() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let out = join(&mut r, 3, hub(1));
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::Replaced)]);
+        assert_eq!(r.conn_of(&hub(1)), Some(ConnId(3)));
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::PeerJoined(hub(1))]]
+        );
+        // The replaced socket's close arrives later: nobody sees hub 1 leave.
+        let mut out = Vec::new();
+        r.handle_disconnect(ConnId(1), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(r.conn_of(&hub(1)), Some(ConnId(3)));
+        // Traffic for hub 1 goes to the new socket.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(2), &send(hub(1), b"z"), &mut out);
+        assert_eq!(sent_to(&out, ConnId(3)).len(), 1);
+    }
+
+    #[test]
+    fn leave_is_broadcast_and_routing_stops() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let mut out = Vec::new();
+        r.handle_disconnect(ConnId(2), &mut out);
+        assert_eq!(sent_to(&out, ConnId(1)), vec![vec![Frame::PeerLeft(hub(2))]]);
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::Undeliverable(hub(2))]]
+        );
+    }
+
+    #[test]
+    fn malformed_input_closes_only_the_offender() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &[0xee, 0, 0, 0, 0], &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
+        assert_eq!(sent_to(&out, ConnId(2)), vec![vec![Frame::PeerLeft(hub(1))]]);
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(2)]);
+        // Frames before the bad one in the same message were delivered; none after it.
+        let _ = join(&mut r, 3, hub(3));
+        let mut msg = send(hub(2), b"ok");
+        msg.extend([0x03, 0, 0, 0]);
+        let mut out = Vec::new();
+        r.handle_message(ConnId(3), &msg, &mut out);
+        assert_eq!(sent_to(&out, ConnId(2)).len(), 2); // the payload, then PeerLeft(3)
+        assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ProtocolError)]);
+    }
+
+    #[test]
+    fn hello_rules() {
+        let mut r = room();
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(1));
+        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::HelloRequired)]);
+
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(2));
+        let mut h = Hello::new(hub(2));
+        h.version = 9;
+        r.handle_message(ConnId(2), &Frame::Hello(h).to_message(), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::UnsupportedVersion)]);
+
+        let _ = join(&mut r, 3, hub(3));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(3), &hello(hub(3)), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ProtocolError)]);
+
+        // Relay-to-hub frames from a hub are refused.
+        let _ = join(&mut r, 4, hub(4));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(4), &Frame::PeerLeft(hub(1)).to_message(), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
+
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(5));
+        r.handle_text(ConnId(5), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(5), CloseCode::ProtocolError)]);
+        assert_eq!(r.connections(), 0);
+    }
+
+    #[test]
+    fn oversized_frame_uses_its_own_code() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let payload = vec![0u8; crate::frame::MAX_PAYLOAD + 1];
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &send(hub(1), &payload), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::TooLarge)]);
+    }
+
+    #[test]
+    fn room_full() {
+        let mut r = Room::new(RoomConfig {
+            instance_started_ms: 0,
+            max_members: 2,
+        });
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let out = join(&mut r, 3, hub(3));
+        assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::RoomFull)]);
+        // A replacement is not a new member.
+        let out = join(&mut r, 4, hub(2));
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::Replaced)]);
+    }
+
+    #[test]
+    fn status_and_restore_after_hibernation() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        // Rebuild from what the relay stored per socket: same routing, no presence noise.
+        let mut woken = Room::new(RoomConfig::new(99));
+        let mut out = Vec::new();
+        woken.restore(ConnId(1), Some(hub(1)), &mut out);
+        woken.restore(ConnId(2), Some(hub(2)), &mut out);
+        woken.restore(ConnId(3), None, &mut out);
+        assert!(out.is_empty());
+        woken.handle_message(ConnId(1), &send(hub(2), b"p"), &mut out);
+        assert_eq!(sent_to(&out, ConnId(2)).len(), 1);
+        let mut out = Vec::new();
+        woken.handle_message(ConnId(2), &Frame::StatusRequest.to_message(), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::Status(RoomStatus {
+                online: 2,
+                instance_started_ms: 99
+            })]]
+        );
+        // Two sockets claiming one hub: the newer one wins, whatever the order.
+        let mut r = room();
+        let mut out = Vec::new();
+        r.restore(ConnId(7), Some(hub(1)), &mut out);
+        r.restore(ConnId(5), Some(hub(1)), &mut out);
+        r.restore(ConnId(8), Some(hub(2)), &mut out);
+        r.restore(ConnId(9), Some(hub(2)), &mut out);
+        assert_eq!(r.conn_of(&hub(1)), Some(ConnId(7)));
+        assert_eq!(r.conn_of(&hub(2)), Some(ConnId(9)));
+        assert_eq!(
+            closes(&out),
+            vec![
+                (ConnId(5), CloseCode::Replaced),
+                (ConnId(8), CloseCode::Replaced)
+            ]
+        );
+        assert_eq!(r.connections(), 2);
+    }
+}
