@@ -1,1 +1,14 @@
-//! placeholder
+//! The hub: its connection to the cluster's relay, and `hub relay`, the relay run natively.
+//!
+//! - [`relay`]: the relay client (connect, hello, send, receive, presence, keepalive, reconnect
+//!   with backoff and jitter, clean shutdown), over any WebSocket stream/sink;
+//! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
+//! - [`backoff`]: reconnect delays.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backoff;
+pub mod native_relay;
+pub mod relay;
+
+pub use relay::{RelayClient, RelayConfig, RelayError, RelayEvent};

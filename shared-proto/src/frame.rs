@@ -690,7 +690,10 @@ mod tests {
             bytes.push(0);
             let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) + 1;
             bytes[1..5].copy_from_slice(&len.to_be_bytes());
-            assert_eq!(decode_message(&bytes).unwrap_err(), FrameError::Trailing(ty));
+            assert_eq!(
+                decode_message(&bytes).unwrap_err(),
+                FrameError::Trailing(ty)
+            );
         }
     }
 
@@ -711,7 +714,10 @@ mod tests {
         .to_message();
         assert!(matches!(
             decode_message(&bytes).unwrap_err(),
-            FrameError::TooLarge { what: "frame body", .. }
+            FrameError::TooLarge {
+                what: "frame body",
+                ..
+            }
         ));
         // A body length past the limit is refused before any body byte arrives.
         let header = [FrameType::Send as u8, 0xff, 0xff, 0xff, 0xff];
@@ -722,7 +728,10 @@ mod tests {
         let big = vec![0u8; MAX_MESSAGE + 1];
         assert!(matches!(
             decode_message(&big).unwrap_err(),
-            FrameError::TooLarge { what: "message", .. }
+            FrameError::TooLarge {
+                what: "message",
+                ..
+            }
         ));
         // The largest payload is fine.
         let payload = vec![7u8; MAX_PAYLOAD];
@@ -792,8 +801,14 @@ mod tests {
                     version: *v,
                     online: online.clone(),
                 },
-                Owned::Send(h, p) => Frame::Send { dst: *h, payload: p },
-                Owned::Recv(h, p) => Frame::Recv { src: *h, payload: p },
+                Owned::Send(h, p) => Frame::Send {
+                    dst: *h,
+                    payload: p,
+                },
+                Owned::Recv(h, p) => Frame::Recv {
+                    src: *h,
+                    payload: p,
+                },
                 Owned::Joined(h) => Frame::PeerJoined(*h),
                 Owned::Left(h) => Frame::PeerLeft(*h),
                 Owned::Undeliverable(h) => Frame::Undeliverable(*h),

@@ -56,12 +56,18 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("/"), Route::Health);
-        assert_eq!(route("/v1/clusters/abc_D-9/connect"), Route::Connect("abc_D-9"));
+        assert_eq!(
+            route("/v1/clusters/abc_D-9/connect"),
+            Route::Connect("abc_D-9")
+        );
         assert_eq!(route(&connect_path("x")), Route::Connect("x"));
         assert_eq!(route("/v1/clusters//connect"), Route::BadClusterId);
         assert_eq!(route("/v1/clusters/a%20b/connect"), Route::BadClusterId);
         assert_eq!(route("/v1/clusters/a/b/connect"), Route::BadClusterId);
-        assert_eq!(route(&format!("/v1/clusters/{}/connect", "a".repeat(65))), Route::BadClusterId);
+        assert_eq!(
+            route(&format!("/v1/clusters/{}/connect", "a".repeat(65))),
+            Route::BadClusterId
+        );
         assert_eq!(route("/v2/clusters/a/connect"), Route::NotFound);
         assert_eq!(route("/v1/clusters/a"), Route::NotFound);
     }

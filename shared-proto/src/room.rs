@@ -19,8 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::close::CloseCode;
 use crate::frame::{
-    frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS,
-    PROTOCOL_VERSION,
+    frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
 };
 
 const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
@@ -146,6 +145,14 @@ impl Room {
     /// The socket a hub is connected on.
     pub fn conn_of(&self, hub: &HubId) -> Option<ConnId> {
         self.members.get(hub).copied()
+    }
+
+    /// The hub a socket was admitted as; `None` before its `Hello` or once it is gone.
+    pub fn hub_of(&self, conn: ConnId) -> Option<HubId> {
+        match self.conns.get(&conn) {
+            Some(ConnState::Member(hub)) => Some(*hub),
+            _ => None,
+        }
     }
 
     /// Number of open sockets, admitted or not.
@@ -331,7 +338,12 @@ impl Room {
         self.members.insert(hub, conn);
         out.push(Action::Admitted { conn, hub });
 
-        let online: Vec<HubId> = self.members.keys().filter(|h| **h != hub).copied().collect();
+        let online: Vec<HubId> = self
+            .members
+            .keys()
+            .filter(|h| **h != hub)
+            .copied()
+            .collect();
         out.push(Action::Send {
             conn,
             message: Frame::Welcome {
@@ -565,7 +577,10 @@ mod tests {
         let _ = join(&mut r, 2, hub(2));
         let mut out = Vec::new();
         r.handle_disconnect(ConnId(2), &mut out);
-        assert_eq!(sent_to(&out, ConnId(1)), vec![vec![Frame::PeerLeft(hub(2))]]);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::PeerLeft(hub(2))]]
+        );
         let mut out = Vec::new();
         r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
         assert_eq!(
@@ -582,7 +597,10 @@ mod tests {
         let mut out = Vec::new();
         r.handle_message(ConnId(1), &[0xee, 0, 0, 0, 0], &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
-        assert_eq!(sent_to(&out, ConnId(2)), vec![vec![Frame::PeerLeft(hub(1))]]);
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::PeerLeft(hub(1))]]
+        );
         assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(2)]);
         // Frames before the bad one in the same message were delivered; none after it.
         let _ = join(&mut r, 3, hub(3));
@@ -607,7 +625,10 @@ mod tests {
         let mut h = Hello::new(hub(2));
         h.version = 9;
         r.handle_message(ConnId(2), &Frame::Hello(h).to_message(), &mut out);
-        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::UnsupportedVersion)]);
+        assert_eq!(
+            closes(&out),
+            vec![(ConnId(2), CloseCode::UnsupportedVersion)]
+        );
 
         let _ = join(&mut r, 3, hub(3));
         let mut out = Vec::new();

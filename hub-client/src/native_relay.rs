@@ -1,0 +1,444 @@
+//! `hub relay`: the relay run natively over tokio, for users without Cloudflare and as a fast
+//! host for tests. Same URLs, same frames, same room logic (`shared_proto::room`), same close
+//! codes as the Worker.
+//!
+//! Each TCP connection is read by [`serve_connection`]: the HTTP request head is peeked and
+//! routed exactly like the Worker's `fetch` (health text, 400, 404, 426), and a WebSocket upgrade
+//! to `/v1/clusters/{id}/connect` joins that cluster's room. A room is a `Room` behind a mutex
+//! plus one outgoing queue per socket; the reader of each socket feeds the room, and a writer task
+//! per socket drains its queue. A socket whose queue holds more than [`MAX_QUEUED_BYTES`] is
+//! closed as a slow consumer, so one stalled hub cannot make the relay buffer without bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::path::{route, Route};
+use shared_proto::room::{Action, ConnId, Room, RoomConfig};
+use shared_proto::CloseCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::relay::ws_config;
+
+/// Bytes queued for one socket before it is closed as a slow consumer.
+pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a socket may stay open without sending its `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one write to a socket may take before the socket is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest HTTP request head read before the upgrade.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// What the writer task of a socket does next.
+#[derive(Debug)]
+enum Outgoing {
+    Binary(Vec<u8>),
+    Text(&'static str),
+    Close(CloseCode, String),
+}
+
+#[derive(Debug)]
+struct Peer {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct RoomEntry {
+    room: Room,
+    peers: HashMap<ConnId, Peer>,
+}
+
+/// The relay's rooms, one per cluster id.
+#[derive(Debug, Default)]
+pub struct Relay {
+    rooms: Mutex<HashMap<String, Arc<Mutex<RoomEntry>>>>,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a room half-updated in a way that matters
+    // more than losing the relay; recover the guard rather than poisoning every later caller.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Relay {
+    fn room(&self, cluster_id: &str) -> Arc<Mutex<RoomEntry>> {
+        lock(&self.rooms)
+            .entry(cluster_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RoomEntry {
+                    room: Room::new(RoomConfig::new(now_ms())),
+                    peers: HashMap::new(),
+                }))
+            })
+            .clone()
+    }
+
+    fn forget_if_empty(&self, cluster_id: &str, entry: &Arc<Mutex<RoomEntry>>) {
+        let mut rooms = lock(&self.rooms);
+        if lock(entry).peers.is_empty() {
+            rooms.remove(cluster_id);
+        }
+    }
+
+    /// Number of rooms with at least one socket.
+    pub fn rooms(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
+    /// Tells every socket that the relay is going away, then closes it with 1001.
+    pub fn announce_restart(&self, reconnect_after: Duration) {
+        let notice = Frame::Restarting {
+            reconnect_after_ms: reconnect_after.as_millis().min(u128::from(u32::MAX)) as u32,
+        }
+        .to_message();
+        for entry in lock(&self.rooms).values() {
+            for peer in lock(entry).peers.values() {
+                let _ = peer.tx.send(Outgoing::Binary(notice.clone()));
+                let _ = peer.tx.send(Outgoing::Close(
+                    CloseCode::GoingAway,
+                    "relay restarting".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Performs a room's actions with the room locked. A socket whose queue is over the limit is
+/// closed as a slow consumer and leaves the room.
+fn perform(entry: &mut RoomEntry, actions: Vec<Action>) {
+    let mut queue = actions;
+    while !queue.is_empty() {
+        let mut follow_up = Vec::new();
+        for action in queue {
+            match action {
+                Action::Send { conn, message } => {
+                    let Some(peer) = entry.peers.get(&conn) else {
+                        continue;
+                    };
+                    let len = message.len();
+                    let queued = peer.queued.fetch_add(len, Ordering::Relaxed) + len;
+                    if queued > MAX_QUEUED_BYTES {
+                        peer.queued.fetch_sub(len, Ordering::Relaxed);
+                        let _ = peer.tx.send(Outgoing::Close(
+                            CloseCode::SlowConsumer,
+                            "the hub did not read its messages".into(),
+                        ));
+                        entry.peers.remove(&conn);
+                        entry.room.handle_disconnect(conn, &mut follow_up);
+                    } else if peer.tx.send(Outgoing::Binary(message)).is_err() {
+                        entry.peers.remove(&conn);
+                        entry.room.handle_disconnect(conn, &mut follow_up);
+                    }
+                }
+                Action::Close { conn, code, reason } => {
+                    if let Some(peer) = entry.peers.remove(&conn) {
+                        let _ = peer.tx.send(Outgoing::Close(code, reason));
+                    }
+                }
+                Action::Admitted { .. } => {}
+            }
+        }
+        queue = follow_up;
+    }
+}
+
+/// Accepts connections until `shutdown` turns true; then announces a restart to every hub.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                relay.announce_restart(Duration::from_secs(1));
+                // Let the writers flush their close frames.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, addr, relay).await {
+                        tracing::debug!(%addr, "connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The head of an HTTP request, as far as routing needs it.
+#[derive(Debug)]
+struct RequestHead {
+    method: String,
+    path: String,
+    upgrade: bool,
+}
+
+/// Peeks at the request head without consuming it, so tungstenite can read it again.
+async fn peek_head(stream: &TcpStream) -> std::io::Result<Option<RequestHead>> {
+    let mut buf = vec![0u8; MAX_REQUEST_HEAD];
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..n]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let upgrade = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && std::str::from_utf8(h.value)
+                            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+                });
+                let target = req.path.unwrap_or("/");
+                let path = target.split('?').next().unwrap_or("/").to_owned();
+                return Ok(Some(RequestHead {
+                    method: req.method.unwrap_or("").to_owned(),
+                    path,
+                    upgrade,
+                }));
+            }
+            Ok(httparse::Status::Partial) if n < buf.len() => {
+                // Wait for more bytes to arrive, then peek again.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => return Ok(None),
+        }
+    }
+}
+
+async fn respond(
+    mut stream: TcpStream,
+    status: &str,
+    extra: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Serves one TCP connection: plain HTTP answers, or a WebSocket in a room.
+pub async fn serve_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    relay: Arc<Relay>,
+) -> Result<(), WsError> {
+    let _ = stream.set_nodelay(true);
+    let Some(head) = peek_head(&stream).await? else {
+        respond(stream, "400 Bad Request", "", "malformed request\n").await?;
+        return Ok(());
+    };
+    let cluster_id = match route(&head.path) {
+        Route::Health => {
+            let body = format!(
+                "hub relay: relay protocol v{PROTOCOL_VERSION}; connect at /v1/clusters/{{cluster_id}}/connect\n"
+            );
+            respond(stream, "200 OK", "", &body).await?;
+            return Ok(());
+        }
+        Route::NotFound => {
+            respond(stream, "404 Not Found", "", "not found\n").await?;
+            return Ok(());
+        }
+        Route::BadClusterId => {
+            respond(
+                stream,
+                "400 Bad Request",
+                "",
+                "a cluster id is 1 to 64 characters of A-Z a-z 0-9 - _\n",
+            )
+            .await?;
+            return Ok(());
+        }
+        Route::Connect(id) => id.to_owned(),
+    };
+    if head.method != "GET" || !head.upgrade {
+        respond(
+            stream,
+            "426 Upgrade Required",
+            "upgrade: websocket\r\n",
+            "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n",
+        )
+        .await?;
+        return Ok(());
+    }
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await?;
+    run_socket(ws, addr, &relay, &cluster_id).await;
+    Ok(())
+}
+
+async fn run_socket(
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    addr: SocketAddr,
+    relay: &Relay,
+    cluster_id: &str,
+) {
+    let conn = ConnId(relay.next_conn.fetch_add(1, Ordering::Relaxed));
+    let entry = relay.room(cluster_id);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    {
+        let mut e = lock(&entry);
+        e.room.handle_connect(conn);
+        e.peers.insert(
+            conn,
+            Peer {
+                tx: tx.clone(),
+                queued: queued.clone(),
+            },
+        );
+    }
+    let (sink, mut stream) = ws.split();
+    let writer = tokio::spawn(write_loop(sink, rx, queued));
+    let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let mut admitted = false;
+
+    loop {
+        let next = if admitted {
+            stream.next().await
+        } else {
+            match tokio::time::timeout_at(hello_deadline, stream.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    close_now(
+                        &entry,
+                        conn,
+                        CloseCode::HelloTimeout,
+                        "no Hello within 10 s".into(),
+                    );
+                    break;
+                }
+            }
+        };
+        let mut actions = Vec::new();
+        match next {
+            Some(Ok(Message::Binary(bytes))) => {
+                let mut e = lock(&entry);
+                e.room.handle_message(conn, &bytes, &mut actions);
+                perform(&mut e, actions);
+                if !e.peers.contains_key(&conn) {
+                    // The room closed this socket (protocol error, replaced, slow).
+                    break;
+                }
+                admitted = e.room.hub_of(conn).is_some();
+            }
+            Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE_REQUEST => {
+                let _ = tx.send(Outgoing::Text(KEEPALIVE_RESPONSE));
+            }
+            Some(Ok(Message::Text(_))) => {
+                let mut e = lock(&entry);
+                e.room.handle_text(conn, &mut actions);
+                perform(&mut e, actions);
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(WsError::Capacity(e))) => {
+                close_now(&entry, conn, CloseCode::TooLarge, e.to_string());
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%addr, "socket error: {e}");
+                break;
+            }
+        }
+    }
+    {
+        let mut e = lock(&entry);
+        let mut actions = Vec::new();
+        e.room.handle_disconnect(conn, &mut actions);
+        perform(&mut e, actions);
+        if let Some(peer) = e.peers.remove(&conn) {
+            let _ = peer
+                .tx
+                .send(Outgoing::Close(CloseCode::Normal, "closed".into()));
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    relay.forget_if_empty(cluster_id, &entry);
+}
+
+/// Closes a socket for a reason the room did not see (transport limits, timeouts).
+fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: String) {
+    let mut e = lock(entry);
+    if let Some(peer) = e.peers.remove(&conn) {
+        let _ = peer.tx.send(Outgoing::Close(code, reason));
+    }
+    let mut actions = Vec::new();
+    e.room.handle_disconnect(conn, &mut actions);
+    perform(&mut e, actions);
+}
+
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+) where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    while let Some(out) = rx.recv().await {
+        let (msg, last) = match out {
+            Outgoing::Binary(bytes) => {
+                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                (Message::Binary(bytes.into()), false)
+            }
+            Outgoing::Text(t) => (Message::text(t), false),
+            Outgoing::Close(code, reason) => (
+                Message::Close(Some(CloseFrame {
+                    code: WsCloseCode::from(code.code()),
+                    reason: reason.into(),
+                })),
+                true,
+            ),
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        if last {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! The hub's one outbound connection to its cluster's relay.
+//!
+//! [`RelayClient::spawn`] starts a task that connects, says `Hello`, and then runs one session
+//! after another: whenever the socket drops, it waits a backoff delay (with jitter; reset once a
+//! session was welcomed) and connects again, until [`RelayClient::shutdown`] or a final close
+//! code (see [`CloseCode::should_reconnect`]). The application talks to it through a command
+//! channel ([`RelayClient::send`]) and an event channel ([`RelayClient::next_event`]).
+//!
+//! [`run_session`] is one session over any WebSocket stream/sink, so it is tested over an
+//! in-memory duplex as well as over TCP. Sends queued while no session runs wait in the bounded
+//! command channel (backpressure) and go out after the next `Hello`; sends queued together are
+//! batched into one WebSocket message.
+
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use shared_proto::frame::{
+    frames, Frame, Hello, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE,
+    MAX_PAYLOAD, PROTOCOL_VERSION,
+};
+use shared_proto::path::{connect_path, is_valid_cluster_id};
+use shared_proto::CloseCode;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use url::Url;
+
+use crate::backoff::Backoff;
+
+/// Target size of one batched WebSocket message the client sends.
+const BATCH_TARGET: usize = 256 * 1024;
+
+/// Errors of the relay client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The relay URL cannot be used.
+    #[error("invalid relay URL: {0}")]
+    InvalidUrl(String),
+    /// The cluster id is not 1-64 characters of `A-Z a-z 0-9 - _`.
+    #[error("invalid cluster id {0:?}")]
+    InvalidClusterId(String),
+    /// A payload over the protocol's limit.
+    #[error("payload of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    PayloadTooLarge(usize),
+    /// The client was shut down or gave up (after a final close code).
+    #[error("the relay client has stopped")]
+    Stopped,
+}
+
+/// What the relay client tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayEvent {
+    /// A session started: the relay admitted this hub. `online` are the other hubs.
+    Connected {
+        /// The other hubs online, ascending.
+        online: Vec<HubId>,
+    },
+    /// A hub came online (or reconnected, which may mean it restarted).
+    PeerJoined(HubId),
+    /// A hub went offline.
+    PeerLeft(HubId),
+    /// A payload from another hub.
+    Message {
+        /// The sender.
+        from: HubId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A payload this hub sent to `dst` was dropped: `dst` is not online.
+    Undeliverable(HubId),
+    /// The answer to [`RelayClient::request_status`].
+    Status(RoomStatus),
+    /// The relay announced a restart; the client reconnects after the delay it gave.
+    Restarting {
+        /// Suggested wait.
+        reconnect_after: Duration,
+    },
+    /// The session ended. If `retry_in` is set the client reconnects after that delay.
+    Disconnected {
+        /// The relay's close code, if it sent one we know.
+        code: Option<CloseCode>,
+        /// What happened, for logs.
+        reason: String,
+        /// When the next attempt is made; `None` means the client has stopped for good.
+        retry_in: Option<Duration>,
+    },
+}
+
+/// Settings of a relay connection.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The relay's base URL: `ws://`, `wss://`, `http://` or `https://` (the last two map to
+    /// WebSockets), with or without a path prefix.
+    pub relay_url: String,
+    /// The cluster whose room to join.
+    pub cluster_id: String,
+    /// This hub's id.
+    pub hub_id: HubId,
+    /// How often to send a keepalive when the socket is idle (phones: keep it long).
+    pub keepalive: Duration,
+    /// Missed keepalive answers before the socket is considered dead.
+    pub keepalive_misses: u32,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Capacity of the command and event channels.
+    pub queue: usize,
+}
+
+impl RelayConfig {
+    /// Defaults: keepalive every 25 s, dead after 2 missed answers, backoff 250 ms to 30 s.
+    pub fn new(relay_url: impl Into<String>, cluster_id: impl Into<String>, hub_id: HubId) -> Self {
+        RelayConfig {
+            relay_url: relay_url.into(),
+            cluster_id: cluster_id.into(),
+            hub_id,
+            keepalive: Duration::from_secs(25),
+            keepalive_misses: 2,
+            backoff: Backoff::default(),
+            queue: 1024,
+        }
+    }
+
+    /// The WebSocket URL of this cluster's room.
+    pub fn connect_url(&self) -> Result<Url, RelayError> {
+        connect_url(&self.relay_url, &self.cluster_id)
+    }
+}
+
+/// The WebSocket URL of a cluster's room on a relay.
+pub fn connect_url(relay_url: &str, cluster_id: &str) -> Result<Url, RelayError> {
+    if !is_valid_cluster_id(cluster_id) {
+        return Err(RelayError::InvalidClusterId(cluster_id.to_owned()));
+    }
+    let mut url = Url::parse(relay_url).map_err(|e| RelayError::InvalidUrl(e.to_string()))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => {
+            return Err(RelayError::InvalidUrl(format!(
+                "scheme {other:?}; use ws, wss, http or https"
+            )))
+        }
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| RelayError::InvalidUrl("cannot set the scheme".into()))?;
+    let prefix = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{prefix}{}", connect_path(cluster_id)));
+    url.set_query(None);
+    Ok(url)
+}
+
+/// WebSocket limits matching the protocol's.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// What the application asks of a session.
+#[derive(Debug)]
+pub enum Command {
+    /// Deliver a payload to a hub.
+    Send {
+        /// The destination.
+        dst: HubId,
+        /// The payload, at most [`MAX_PAYLOAD`] bytes.
+        payload: Vec<u8>,
+    },
+    /// Ask for the room's status.
+    Status,
+}
+
+/// A running relay connection. Dropping it shuts the connection down.
+#[derive(Debug)]
+pub struct RelayClient {
+    hub_id: HubId,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<RelayEvent>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RelayClient {
+    /// Starts connecting in the background. Fails only on a config that can never work.
+    pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
+        let url = config.connect_url()?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(config.queue.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(config.queue.max(1));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let hub_id = config.hub_id;
+        let task = tokio::spawn(connection_loop(config, url, cmd_rx, ev_tx, shutdown_rx));
+        Ok(RelayClient {
+            hub_id,
+            commands: cmd_tx,
+            events: ev_rx,
+            shutdown: shutdown_tx,
+            task: Some(task),
+        })
+    }
+
+    /// This hub's id.
+    pub fn hub_id(&self) -> HubId {
+        self.hub_id
+    }
+
+    /// Queues a payload for another hub of the room. Waits while the queue is full.
+    pub async fn send(&self, dst: HubId, payload: Vec<u8>) -> Result<(), RelayError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RelayError::PayloadTooLarge(payload.len()));
+        }
+        self.commands
+            .send(Command::Send { dst, payload })
+            .await
+            .map_err(|_| RelayError::Stopped)
+    }
+
+    /// Asks the relay for the room's status; the answer arrives as [`RelayEvent::Status`].
+    pub async fn request_status(&self) -> Result<(), RelayError> {
+        self.commands
+            .send(Command::Status)
+            .await
+            .map_err(|_| RelayError::Stopped)
+    }
+
+    /// The next event; `None` once the client has stopped and every event was read.
+    pub async fn next_event(&mut self) -> Option<RelayEvent> {
+        self.events.recv().await
+    }
+
+    /// Closes the connection cleanly (close code 1000) and waits for the task to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The application asked to stop; the socket was closed with 1000.
+    Shutdown,
+    /// The relay closed the socket, with this code if it gave one.
+    Closed {
+        /// The code.
+        code: Option<u16>,
+        /// The reason text.
+        reason: String,
+        /// Whether the relay had welcomed this hub in this session.
+        welcomed: bool,
+        /// A delay the relay asked for with `Restarting`.
+        restart_after: Option<Duration>,
+    },
+    /// The socket failed or went silent.
+    Failed {
+        /// What happened.
+        reason: String,
+        /// Whether the relay had welcomed this hub in this session.
+        welcomed: bool,
+    },
+}
+
+async fn connection_loop(
+    config: RelayConfig,
+    url: Url,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<RelayEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = config.backoff.clone();
+    let mut rng = StdRng::from_entropy();
+    loop {
+        let end = match tokio_tungstenite::connect_async_with_config(
+            url.as_str(),
+            Some(ws_config()),
+            true,
+        )
+        .await
+        {
+            Ok((ws, _)) => {
+                tracing::debug!(%url, "connected to relay");
+                run_session(ws, &config, &mut commands, &events, &mut shutdown).await
+            }
+            Err(e) => SessionEnd::Failed {
+                reason: format!("connect to {url}: {e}"),
+                welcomed: false,
+            },
+        };
+        let (code, reason, welcomed, restart_after) = match end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Closed {
+                code,
+                reason,
+                welcomed,
+                restart_after,
+            } => (code, reason, welcomed, restart_after),
+            SessionEnd::Failed { reason, welcomed } => (None, reason, welcomed, None),
+        };
+        if welcomed {
+            backoff.reset();
+        }
+        let known = code.and_then(CloseCode::from_code);
+        let final_code = known.is_some_and(|c| !c.should_reconnect());
+        let retry_in =
+            (!final_code).then(|| restart_after.unwrap_or_else(|| backoff.next_delay(&mut rng)));
+        tracing::info!(?code, %reason, ?retry_in, "relay session ended");
+        if events
+            .send(RelayEvent::Disconnected {
+                code: known,
+                reason,
+                retry_in,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Some(delay) = retry_in else {
+            return;
+        };
+        // Wait, but stop at once on shutdown; sends stay queued for the next session.
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            () = sleep(delay) => {}
+        }
+    }
+}
+
+/// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
+pub async fn run_session<S>(
+    mut ws: S,
+    config: &RelayConfig,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<RelayEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let hello = Frame::Hello(Hello::new(config.hub_id)).to_message();
+    if let Err(e) = ws.send(Message::Binary(hello.into())).await {
+        return SessionEnd::Failed {
+            reason: format!("send hello: {e}"),
+            welcomed: false,
+        };
+    }
+    let mut welcomed = false;
+    let mut restart_after = None;
+    let mut last_heard = Instant::now();
+    let mut keepalive =
+        tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dead_after = config.keepalive * (config.keepalive_misses + 1);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = ws.send(close_message(CloseCode::Normal, "hub shutting down")).await;
+                let _ = ws.flush().await;
+                return SessionEnd::Shutdown;
+            }
+            incoming = ws.next() => {
+                let msg = match incoming {
+                    None => return SessionEnd::Failed { reason: "relay closed the stream".into(), welcomed },
+                    Some(Err(e)) => return SessionEnd::Failed { reason: e.to_string(), welcomed },
+                    Some(Ok(msg)) => msg,
+                };
+                last_heard = Instant::now();
+                match msg {
+                    Message::Binary(bytes) => {
+                        match handle_relay_message(&bytes, events, &mut welcomed, &mut restart_after).await {
+                            Ok(()) => {}
+                            Err(reason) => {
+                                let _ = ws.send(close_message(CloseCode::ProtocolError, &reason)).await;
+                                return SessionEnd::Failed { reason, welcomed };
+                            }
+                        }
+                    }
+                    Message::Text(t) if t.as_str() == KEEPALIVE_RESPONSE => {}
+                    Message::Close(frame) => {
+                        let (code, reason) = frame
+                            .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                            .unwrap_or((None, String::new()));
+                        return SessionEnd::Closed { code, reason, welcomed, restart_after };
+                    }
+                    // Pings are answered by tungstenite; anything else is ignored.
+                    _ => {}
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else {
+                    let _ = ws.send(close_message(CloseCode::Normal, "hub shutting down")).await;
+                    return SessionEnd::Shutdown;
+                };
+                let mut batch = Vec::new();
+                let mut next = Some(cmd);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Send { dst, payload } => Frame::Send { dst, payload: &payload }.encode(&mut batch),
+                        Command::Status => Frame::StatusRequest.encode(&mut batch),
+                    }
+                    if batch.len() < BATCH_TARGET {
+                        next = commands.try_recv().ok();
+                    }
+                }
+                if let Err(e) = ws.send(Message::Binary(batch.into())).await {
+                    return SessionEnd::Failed { reason: format!("send: {e}"), welcomed };
+                }
+            }
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() >= dead_after {
+                    return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed };
+                }
+                if let Err(e) = ws.send(Message::text(KEEPALIVE_REQUEST)).await {
+                    return SessionEnd::Failed { reason: format!("keepalive: {e}"), welcomed };
+                }
+            }
+        }
+    }
+}
+
+fn close_message(code: CloseCode, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: reason.to_owned().into(),
+    }))
+}
+
+/// Turns one message from the relay into events. An error means the relay broke the protocol.
+async fn handle_relay_message(
+    bytes: &[u8],
+    events: &mpsc::Sender<RelayEvent>,
+    welcomed: &mut bool,
+    restart_after: &mut Option<Duration>,
+) -> Result<(), String> {
+    for frame in frames(bytes) {
+        let frame = frame.map_err(|e| format!("bad frame from relay: {e}"))?;
+        let event = match frame {
+            Frame::Welcome { version, online } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(format!("relay speaks protocol version {version}"));
+                }
+                *welcomed = true;
+                RelayEvent::Connected { online }
+            }
+            Frame::Recv { src, payload } => RelayEvent::Message {
+                from: src,
+                payload: payload.to_vec(),
+            },
+            Frame::PeerJoined(hub) => RelayEvent::PeerJoined(hub),
+            Frame::PeerLeft(hub) => RelayEvent::PeerLeft(hub),
+            Frame::Undeliverable(hub) => RelayEvent::Undeliverable(hub),
+            Frame::Status(status) => RelayEvent::Status(status),
+            Frame::Restarting { reconnect_after_ms } => {
+                let after = Duration::from_millis(u64::from(reconnect_after_ms));
+                *restart_after = Some(after);
+                RelayEvent::Restarting {
+                    reconnect_after: after,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unexpected {:?} frame from relay",
+                    other.frame_type()
+                ))
+            }
+        };
+        if events.send(event).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::frame::decode_message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    fn hub(b: u8) -> HubId {
+        HubId([b; 16])
+    }
+
+    #[test]
+    fn connect_urls() {
+        let u = connect_url("http://127.0.0.1:8787", "c1").unwrap();
+        assert_eq!(u.as_str(), "ws://127.0.0.1:8787/v1/clusters/c1/connect");
+        let u = connect_url("https://relay.example.com/base/", "c1").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "wss://relay.example.com/base/v1/clusters/c1/connect"
+        );
+        assert!(matches!(
+            connect_url("ftp://x", "c"),
+            Err(RelayError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            connect_url("ws://x", "a b"),
+            Err(RelayError::InvalidClusterId(_))
+        ));
+    }
+
+    /// One session over an in-memory duplex: hello first, sends batched, events decoded,
+    /// keepalive sent when idle, a clean close on shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn session_over_duplex() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let client_ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut relay_ws = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let mut config = RelayConfig::new("ws://unused", "c", hub(1));
+        config.keepalive = Duration::from_secs(5);
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        // Two sends queued before the session starts go out in one message after the hello.
+        cmd_tx
+            .send(Command::Send {
+                dst: hub(2),
+                payload: b"one".to_vec(),
+            })
+            .await
+            .unwrap();
+        cmd_tx
+            .send(Command::Send {
+                dst: hub(3),
+                payload: b"two".to_vec(),
+            })
+            .await
+            .unwrap();
+        let session = tokio::spawn(async move {
+            run_session(client_ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx).await
+        });
+
+        let Message::Binary(first) = relay_ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            decode_message(&first).unwrap(),
+            vec![Frame::Hello(Hello::new(hub(1)))]
+        );
+        let Message::Binary(batch) = relay_ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            decode_message(&batch).unwrap(),
+            vec![
+                Frame::Send {
+                    dst: hub(2),
+                    payload: b"one"
+                },
+                Frame::Send {
+                    dst: hub(3),
+                    payload: b"two"
+                }
+            ]
+        );
+        let mut msg = Frame::Welcome {
+            version: 1,
+            online: vec![hub(2)],
+        }
+        .to_message();
+        Frame::Recv {
+            src: hub(2),
+            payload: b"hey",
+        }
+        .encode(&mut msg);
+        relay_ws.send(Message::Binary(msg.into())).await.unwrap();
+        assert_eq!(
+            ev_rx.recv().await.unwrap(),
+            RelayEvent::Connected {
+                online: vec![hub(2)]
+            }
+        );
+        assert_eq!(
+            ev_rx.recv().await.unwrap(),
+            RelayEvent::Message {
+                from: hub(2),
+                payload: b"hey".to_vec()
+            }
+        );
+        // Idle: a keepalive goes out (virtual time).
+        let Message::Text(ping) = relay_ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(ping.as_str(), KEEPALIVE_REQUEST);
+        relay_ws
+            .send(Message::text(KEEPALIVE_RESPONSE))
+            .await
+            .unwrap();
+        stop_tx.send(true).unwrap();
+        let Message::Close(Some(frame)) = relay_ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(u16::from(frame.code), 1000);
+        assert_eq!(session.await.unwrap(), SessionEnd::Shutdown);
+    }
+
+    /// A relay that stops answering keepalives is declared dead; a relay close ends the
+    /// session with its code; a malformed relay frame is a failure.
+    #[tokio::test(start_paused = true)]
+    async fn session_ends() {
+        // Silent relay.
+        let (a, _b) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut config = RelayConfig::new("ws://unused", "c", hub(1));
+        config.keepalive = Duration::from_secs(1);
+        let (_cmd_tx, mut cmd_rx) = mpsc::channel(4);
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        let (_stop_tx, mut stop_rx) = watch::channel(false);
+        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx).await;
+        assert!(
+            matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("keepalive")),
+            "{end:?}"
+        );
+
+        // Relay closes with Replaced.
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let task = tokio::spawn(async move {
+            let _hello = relay.next().await;
+            relay
+                .send(close_message(CloseCode::Replaced, "newer"))
+                .await
+                .unwrap();
+            relay
+        });
+        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx).await;
+        assert!(
+            matches!(
+                end,
+                SessionEnd::Closed {
+                    code: Some(4004),
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        drop(task);
+
+        // Relay sends garbage.
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let task = tokio::spawn(async move {
+            let _hello = relay.next().await;
+            relay
+                .send(Message::Binary(vec![0xee, 0, 0, 0, 0].into()))
+                .await
+                .unwrap();
+            relay.next().await
+        });
+        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx).await;
+        assert!(
+            matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("bad frame")),
+            "{end:?}"
+        );
+        let closed = task.await.unwrap();
+        assert!(matches!(closed, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 4000));
+    }
+}
