@@ -1,1 +1,300 @@
-//! placeholder
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! Test harness for the end-to-end suites: starts a real relay (the Worker in workerd, or
+//! `hub relay`) on a free 127.0.0.1 port, kills it on drop, and drives hubs against it.
+//!
+//! The workerd relay runs the wasm32 build in `relay-worker/build/` (made by
+//! `scripts/build-worker`) with a capnp config written here, Durable Object storage on a
+//! temporary disk directory, so a restart keeps the room's storage like a real deployment.
+//! `hub relay` runs the `hub` binary from the cargo target directory. `scripts/test` builds both
+//! before running the suite; a missing one fails the test with the command to run.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hub_client::backoff::Backoff;
+use hub_client::{RelayClient, RelayConfig, RelayEvent};
+use shared_proto::HubId;
+
+/// Which relay implementation a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayKind {
+    /// The Rust Worker, compiled to wasm32, in workerd.
+    Workerd,
+    /// `hub relay`, native.
+    Native,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A relay process under test. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct RelayProcess {
+    kind: RelayKind,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RelayProcess {
+    /// Starts a relay of `kind` on a free port and waits until it answers.
+    pub fn start(kind: RelayKind) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut relay = RelayProcess {
+            kind,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        if kind == RelayKind::Workerd {
+            relay.write_workerd_config();
+        }
+        relay.spawn();
+        relay
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Which relay this is.
+    pub fn kind(&self) -> RelayKind {
+        self.kind
+    }
+
+    /// Kills the process at once (no goodbye to the hubs).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the relay again on the same port, with the same storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// What the relay printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    }
+
+    fn write_workerd_config(&self) {
+        let build = repo_root().join("relay-worker/build");
+        for file in ["index.js", "index_bg.wasm"] {
+            let src = build.join(file);
+            assert!(
+                src.exists(),
+                "{} is missing: build the Worker with scripts/build-worker (scripts/test does)",
+                src.display()
+            );
+            std::fs::copy(&src, self.dir.path().join(file)).expect("copy worker module");
+        }
+        std::fs::create_dir_all(self.dir.path().join("do-storage")).expect("storage dir");
+        let config = format!(
+            r#"using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .relay),
+    (name = "do-disk", disk = (path = "{storage}", writable = true)),
+  ],
+  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+);
+const relay :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "2026-11-01",
+  durableObjectNamespaces = [
+    (className = "RelayRoom", uniqueKey = "hub-relay-rooms", enableSql = true),
+  ],
+  durableObjectStorage = (localDisk = "do-disk"),
+  bindings = [ (name = "ROOMS", durableObjectNamespace = "RelayRoom") ],
+);
+"#,
+            storage = self.dir.path().join("do-storage").display(),
+            port = self.port,
+        );
+        std::fs::write(self.dir.path().join("relay.capnp"), config).expect("write capnp");
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("relay.log"))
+            .expect("relay log");
+        let mut cmd = match self.kind {
+            RelayKind::Workerd => {
+                let workerd = repo_root().join("node_modules/.bin/workerd");
+                assert!(
+                    workerd.exists(),
+                    "{} is missing: run scripts/setup",
+                    workerd.display()
+                );
+                let mut c = Command::new(workerd);
+                c.arg("serve")
+                    .arg("relay.capnp")
+                    .current_dir(self.dir.path());
+                c
+            }
+            RelayKind::Native => {
+                let hub = target_dir().join("debug/hub");
+                assert!(
+                    hub.exists(),
+                    "{} is missing: cargo build -p hub-client --bin hub (scripts/test does)",
+                    hub.display()
+                );
+                let mut c = Command::new(hub);
+                c.args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
+                    .env("RUST_LOG", "warn");
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start relay");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("relay exited with {status}:\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("relay not ready on port {}:\n{}", self.port, self.log());
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A hub id made of one repeated byte, for readable tests.
+pub fn hub(b: u8) -> HubId {
+    HubId([b; 16])
+}
+
+/// Relay-client settings for tests: quick reconnects, and a keepalive of `keepalive`.
+pub fn test_config(relay: &RelayProcess, cluster: &str, id: HubId) -> RelayConfig {
+    let mut config = RelayConfig::new(relay.url(), cluster, id);
+    config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+    config
+}
+
+/// Connects a hub and waits for its welcome; returns the client and the hubs it saw online.
+pub async fn join(relay: &RelayProcess, cluster: &str, id: HubId) -> (RelayClient, Vec<HubId>) {
+    join_with(test_config(relay, cluster, id)).await
+}
+
+/// [`join`] with explicit settings.
+pub async fn join_with(config: RelayConfig) -> (RelayClient, Vec<HubId>) {
+    let mut client = RelayClient::spawn(config).expect("valid config");
+    let event = expect_event(&mut client, "welcome", |e| {
+        matches!(e, RelayEvent::Connected { .. })
+    })
+    .await;
+    let RelayEvent::Connected { online } = event else {
+        unreachable!()
+    };
+    (client, online)
+}
+
+/// Waits up to 15 s for an event matching `pred`, skipping others; panics otherwise.
+pub async fn expect_event(
+    client: &mut RelayClient,
+    what: &str,
+    pred: impl Fn(&RelayEvent) -> bool,
+) -> RelayEvent {
+    expect_event_within(client, what, Duration::from_secs(15), pred).await
+}
+
+/// [`expect_event`] with a custom limit.
+pub async fn expect_event_within(
+    client: &mut RelayClient,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&RelayEvent) -> bool,
+) -> RelayEvent {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(limit, async {
+        loop {
+            match client.next_event().await {
+                Some(e) if pred(&e) => return Some(e),
+                Some(e) => seen.push(e),
+                None => return None,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("client stopped while waiting for {what}; saw {seen:?}"),
+        Err(_) => panic!("no {what} within {limit:?}; saw {seen:?}"),
+    }
+}
+
+/// Waits for a message from `from` and returns its payload.
+pub async fn expect_message(client: &mut RelayClient, from: HubId) -> Vec<u8> {
+    match expect_event(
+        client,
+        "message",
+        |e| matches!(e, RelayEvent::Message { from: f, .. } if *f == from),
+    )
+    .await
+    {
+        RelayEvent::Message { payload, .. } => payload,
+        _ => unreachable!(),
+    }
+}
