@@ -103,6 +103,15 @@ pub struct RelayRoom {
     next_conn: Cell<u64>,
 }
 
+impl std::fmt::Debug for RelayRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayRoom")
+            .field("room", &self.room)
+            .field("sockets", &self.sockets.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DurableObject for RelayRoom {
     fn new(state: State, _env: Env) -> Self {
         let now = Date::now().as_millis();
