@@ -327,3 +327,47 @@ async fn workerd_room_hibernates_and_still_routes() {
         relay.log()
     );
 }
+
+/// One plain HTTP/1.1 request; returns the status code and body.
+fn http(relay: &RelayProcess, method: &str, path: &str, extra: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = relay.url().trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: relay\r\nconnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+both!(http_surface_matches_the_protocol);
+async fn http_surface_matches_the_protocol(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let (status, body) = http(&relay, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(body.contains("relay protocol v1"), "{body}");
+    assert_eq!(http(&relay, "GET", "/nope", "").0, 404);
+    assert_eq!(http(&relay, "GET", "/v1/clusters/a.b/connect", "").0, 400);
+    let (status, body) = http(&relay, "GET", "/v1/clusters/ok/connect", "");
+    assert_eq!(status, 426);
+    assert!(body.contains("WebSocket upgrade"), "{body}");
+    assert_eq!(
+        http(
+            &relay,
+            "POST",
+            "/v1/clusters/ok/connect",
+            "content-length: 0\r\n"
+        )
+        .0,
+        426
+    );
+}

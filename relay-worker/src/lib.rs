@@ -24,8 +24,8 @@ use shared_proto::room::{Action, ConnId, Room, RoomConfig};
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
-    DurableObject, Env, Request, Response, Result, State, WebSocket, WebSocketIncomingMessage,
-    WebSocketPair,
+    DurableObject, Env, Request, Response, ResponseBuilder, Result, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
 };
 
 /// The Durable Object binding name in `wrangler.toml`.
@@ -38,21 +38,23 @@ const HELLO_TIMEOUT_MS: u64 = 10_000;
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let url = req.url()?;
     match route(url.path()) {
-        Route::Health => Response::ok(format!(
-            "hub relay: relay protocol v{PROTOCOL_VERSION}; connect at /v1/clusters/{{cluster_id}}/connect\n"
-        )),
-        Route::NotFound => Response::error("not found\n", 404),
-        Route::BadClusterId => Response::error(
-            "a cluster id is 1 to 64 characters of A-Z a-z 0-9 - _\n",
+        Route::Health => text(
+            200,
+            format!(
+                "hub relay: relay protocol v{PROTOCOL_VERSION}; connect at /v1/clusters/{{cluster_id}}/connect\n"
+            ),
+        ),
+        Route::NotFound => text(404, "not found\n".into()),
+        Route::BadClusterId => text(
             400,
+            "a cluster id is 1 to 64 characters of A-Z a-z 0-9 - _\n".into(),
         ),
         Route::Connect(cluster_id) => {
             if req.method() != worker::Method::Get || !is_websocket_upgrade(&req) {
-                return Response::error(
-                    "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n",
+                return text(
                     426,
-                )
-                .map(|r| with_header(r, "Upgrade", "websocket"));
+                    "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n".into(),
+                );
             }
             let stub = env
                 .durable_object(ROOMS_BINDING)?
@@ -67,10 +69,12 @@ fn is_websocket_upgrade(req: &Request) -> bool {
     matches!(req.headers().get("Upgrade"), Ok(Some(v)) if v.eq_ignore_ascii_case("websocket"))
 }
 
-fn with_header(mut resp: Response, name: &str, value: &str) -> Response {
-    // Setting a header on a fresh response cannot fail; if it did, the body still explains.
-    let _ = resp.headers_mut().set(name, value);
-    resp
+/// A plain-text answer, as `hub relay` gives.
+fn text(status: u16, body: String) -> Result<Response> {
+    Ok(ResponseBuilder::new()
+        .with_status(status)
+        .with_header("content-type", "text/plain; charset=utf-8")?
+        .fixed(body.into_bytes()))
 }
 
 /// What the object stores with each socket so that routing survives hibernation.
