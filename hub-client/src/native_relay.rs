@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::frame::{Frame, HubId, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::{route, Route};
-use shared_proto::room::{Action, ConnId, Room, RoomConfig};
+use shared_proto::room::{Action, ConnId, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +58,7 @@ struct Peer {
 #[derive(Debug)]
 struct RoomEntry {
     room: Room,
-    peers: HashMap<ConnId, Peer>,
+    peers: Peers,
 }
 
 /// The relay's rooms, one per cluster id.
@@ -87,7 +87,7 @@ impl Relay {
             .or_insert_with(|| {
                 Arc::new(Mutex::new(RoomEntry {
                     room: Room::new(RoomConfig::new(now_ms())),
-                    peers: HashMap::new(),
+                    peers: Peers::default(),
                 }))
             })
             .clone()
@@ -95,7 +95,7 @@ impl Relay {
 
     fn forget_if_empty(&self, cluster_id: &str, entry: &Arc<Mutex<RoomEntry>>) {
         let mut rooms = lock(&self.rooms);
-        if lock(entry).peers.is_empty() {
+        if lock(entry).peers.0.is_empty() {
             rooms.remove(cluster_id);
         }
     }
@@ -112,7 +112,7 @@ impl Relay {
         }
         .to_message();
         for entry in lock(&self.rooms).values() {
-            for peer in lock(entry).peers.values() {
+            for peer in lock(entry).peers.0.values() {
                 let _ = peer.tx.send(Outgoing::Binary(notice.clone()));
                 let _ = peer.tx.send(Outgoing::Close(
                     CloseCode::GoingAway,
@@ -123,42 +123,38 @@ impl Relay {
     }
 }
 
-/// Performs a room's actions with the room locked. A socket whose queue is over the limit is
-/// closed as a slow consumer and leaves the room.
-fn perform(entry: &mut RoomEntry, actions: Vec<Action>) {
-    let mut queue = actions;
-    while !queue.is_empty() {
-        let mut follow_up = Vec::new();
-        for action in queue {
-            match action {
-                Action::Send { conn, message } => {
-                    let Some(peer) = entry.peers.get(&conn) else {
-                        continue;
-                    };
-                    let len = message.len();
-                    let queued = peer.queued.fetch_add(len, Ordering::Relaxed) + len;
-                    if queued > MAX_QUEUED_BYTES {
-                        peer.queued.fetch_sub(len, Ordering::Relaxed);
-                        let _ = peer.tx.send(Outgoing::Close(
-                            CloseCode::SlowConsumer,
-                            "the hub did not read its messages".into(),
-                        ));
-                        entry.peers.remove(&conn);
-                        entry.room.handle_disconnect(conn, &mut follow_up);
-                    } else if peer.tx.send(Outgoing::Binary(message)).is_err() {
-                        entry.peers.remove(&conn);
-                        entry.room.handle_disconnect(conn, &mut follow_up);
-                    }
-                }
-                Action::Close { conn, code, reason } => {
-                    if let Some(peer) = entry.peers.remove(&conn) {
-                        let _ = peer.tx.send(Outgoing::Close(code, reason));
-                    }
-                }
-                Action::Admitted { .. } => {}
-            }
+/// The sockets of one room: each one's outgoing queue.
+#[derive(Debug, Default)]
+struct Peers(HashMap<ConnId, Peer>);
+
+impl Sockets for Peers {
+    fn send(&mut self, conn: ConnId, message: Vec<u8>) -> Result<(), CloseCode> {
+        let Some(peer) = self.0.get(&conn) else {
+            return Ok(());
+        };
+        let len = message.len();
+        if peer.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            peer.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(CloseCode::SlowConsumer);
         }
-        queue = follow_up;
+        peer.tx
+            .send(Outgoing::Binary(message))
+            .map_err(|_| CloseCode::InternalError)
+    }
+
+    fn close(&mut self, conn: ConnId, code: CloseCode, reason: String) {
+        if let Some(peer) = self.0.remove(&conn) {
+            let _ = peer.tx.send(Outgoing::Close(code, reason));
+        }
+    }
+
+    fn admitted(&mut self, _conn: ConnId, _hub: HubId) {}
+}
+
+impl RoomEntry {
+    /// Carries out the room's actions (the room is locked by the caller).
+    fn perform(&mut self, actions: Vec<Action>) {
+        self.room.perform(actions, &mut self.peers);
     }
 }
 
@@ -320,7 +316,7 @@ async fn run_socket(
     {
         let mut e = lock(&entry);
         e.room.handle_connect(conn);
-        e.peers.insert(
+        e.peers.0.insert(
             conn,
             Peer {
                 tx: tx.clone(),
@@ -355,8 +351,8 @@ async fn run_socket(
             Some(Ok(Message::Binary(bytes))) => {
                 let mut e = lock(&entry);
                 e.room.handle_message(conn, &bytes, &mut actions);
-                perform(&mut e, actions);
-                if !e.peers.contains_key(&conn) {
+                e.perform(actions);
+                if !e.peers.0.contains_key(&conn) {
                     // The room closed this socket (protocol error, replaced, slow).
                     break;
                 }
@@ -368,7 +364,7 @@ async fn run_socket(
             Some(Ok(Message::Text(_))) => {
                 let mut e = lock(&entry);
                 e.room.handle_text(conn, &mut actions);
-                perform(&mut e, actions);
+                e.perform(actions);
                 break;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -387,8 +383,8 @@ async fn run_socket(
         let mut e = lock(&entry);
         let mut actions = Vec::new();
         e.room.handle_disconnect(conn, &mut actions);
-        perform(&mut e, actions);
-        if let Some(peer) = e.peers.remove(&conn) {
+        e.perform(actions);
+        if let Some(peer) = e.peers.0.remove(&conn) {
             let _ = peer
                 .tx
                 .send(Outgoing::Close(CloseCode::Normal, "closed".into()));
@@ -402,12 +398,12 @@ async fn run_socket(
 /// Closes a socket for a reason the room did not see (transport limits, timeouts).
 fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: String) {
     let mut e = lock(entry);
-    if let Some(peer) = e.peers.remove(&conn) {
+    if let Some(peer) = e.peers.0.remove(&conn) {
         let _ = peer.tx.send(Outgoing::Close(code, reason));
     }
     let mut actions = Vec::new();
     e.room.handle_disconnect(conn, &mut actions);
-    perform(&mut e, actions);
+    e.perform(actions);
 }
 
 async fn write_loop<S>(

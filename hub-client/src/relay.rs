@@ -533,20 +533,10 @@ mod tests {
         let (ev_tx, mut ev_rx) = mpsc::channel(16);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         // Two sends queued before the session starts go out in one message after the hello.
-        cmd_tx
-            .send(Command::Send {
-                dst: hub(2),
-                payload: b"one".to_vec(),
-            })
-            .await
-            .unwrap();
-        cmd_tx
-            .send(Command::Send {
-                dst: hub(3),
-                payload: b"two".to_vec(),
-            })
-            .await
-            .unwrap();
+        for (dst, payload) in [(hub(2), b"one"), (hub(3), b"two")] {
+            let payload = payload.to_vec();
+            cmd_tx.send(Command::Send { dst, payload }).await.unwrap();
+        }
         let session = tokio::spawn(async move {
             run_session(client_ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx).await
         });

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use shared_proto::frame::{HubId, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::{route, Route};
-use shared_proto::room::{Action, ConnId, Room, RoomConfig};
+use shared_proto::room::{Action, ConnId, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
@@ -304,55 +304,54 @@ impl RelayRoom {
         self.perform(actions);
     }
 
-    /// Carries out the room's actions, in order. A socket that fails to take a message is closed
-    /// and leaves the room; nothing here can fail the whole object.
+    /// Carries out the room's actions, in order; nothing here can fail the whole object.
     fn perform(&self, actions: Vec<Action>) {
-        let mut queue = actions;
-        while !queue.is_empty() {
-            let mut follow_up = Vec::new();
-            for action in queue {
-                match action {
-                    Action::Send { conn, message } => {
-                        let ws = self.sockets.borrow().get(&conn).cloned();
-                        if let Some(ws) = ws {
-                            if ws.send_with_bytes(&message).is_err() {
-                                self.sockets.borrow_mut().remove(&conn);
-                                let _ = ws.close(
-                                    Some(CloseCode::InternalError.code()),
-                                    Some("send failed"),
-                                );
-                                self.room
-                                    .borrow_mut()
-                                    .handle_disconnect(conn, &mut follow_up);
-                            }
-                        }
-                    }
-                    Action::Close { conn, code, reason } => {
-                        if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
-                            let _ = ws.close(Some(code.code()), Some(reason));
-                        }
-                    }
-                    Action::Admitted { conn, hub } => {
-                        let ws = self.sockets.borrow().get(&conn).cloned();
-                        if let Some(ws) = ws {
-                            let accepted = ws
-                                .deserialize_attachment::<Attachment>()
-                                .ok()
-                                .flatten()
-                                .map_or(0.0, |a| a.t);
-                            let att = Attachment {
-                                c: conn.0 as f64,
-                                h: Some(hub.to_string()),
-                                t: accepted,
-                            };
-                            if let Err(e) = ws.serialize_attachment(att) {
-                                console_error!("could not store the hub id with its socket: {e}");
-                            }
-                        }
-                    }
-                }
-            }
-            queue = follow_up;
+        let mut sockets = SocketMap(&self.sockets);
+        self.room.borrow_mut().perform(actions, &mut sockets);
+    }
+}
+
+/// The object's sockets, as the room drives them.
+struct SocketMap<'a>(&'a RefCell<HashMap<ConnId, WebSocket>>);
+
+impl SocketMap<'_> {
+    fn get(&self, conn: ConnId) -> Option<WebSocket> {
+        self.0.borrow().get(&conn).cloned()
+    }
+}
+
+impl Sockets for SocketMap<'_> {
+    fn send(&mut self, conn: ConnId, message: Vec<u8>) -> std::result::Result<(), CloseCode> {
+        match self.get(conn) {
+            Some(ws) => ws
+                .send_with_bytes(&message)
+                .map_err(|_| CloseCode::InternalError),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: CloseCode, reason: String) {
+        if let Some(ws) = self.0.borrow_mut().remove(&conn) {
+            let _ = ws.close(Some(code.code()), Some(reason));
+        }
+    }
+
+    fn admitted(&mut self, conn: ConnId, hub: HubId) {
+        let Some(ws) = self.get(conn) else {
+            return;
+        };
+        let accepted = ws
+            .deserialize_attachment::<Attachment>()
+            .ok()
+            .flatten()
+            .map_or(0.0, |a| a.t);
+        let att = Attachment {
+            c: conn.0 as f64,
+            h: Some(hub.to_string()),
+            t: accepted,
+        };
+        if let Err(e) = ws.serialize_attachment(att) {
+            console_error!("could not store the hub id with its socket: {e}");
         }
     }
 }

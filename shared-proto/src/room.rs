@@ -58,6 +58,17 @@ pub enum Action {
     },
 }
 
+/// The sockets of a relay, as [`Room::perform`] drives them.
+pub trait Sockets {
+    /// Sends one message on `conn`. An `Err` means the socket cannot take it: the room then
+    /// closes it with the returned code and forgets it.
+    fn send(&mut self, conn: ConnId, message: Vec<u8>) -> Result<(), CloseCode>;
+    /// Closes `conn` with a code and reason, and forgets it.
+    fn close(&mut self, conn: ConnId, code: CloseCode, reason: String);
+    /// Stores `hub` with `conn` so that [`Room::restore`] can be given it after a hibernation.
+    fn admitted(&mut self, conn: ConnId, hub: HubId);
+}
+
 /// Settings of one room.
 #[derive(Debug, Clone, Copy)]
 pub struct RoomConfig {
@@ -194,6 +205,28 @@ impl Room {
             code: CloseCode::Replaced,
             reason: REPLACED_REASON.into(),
         });
+    }
+
+    /// Carries out `actions` on `sockets`, in order. A socket that refuses a message is closed
+    /// with the code it gave and leaves the room; the presence that causes is carried out too.
+    pub fn perform(&mut self, actions: Vec<Action>, sockets: &mut impl Sockets) {
+        let mut queue = actions;
+        while !queue.is_empty() {
+            let mut follow_up = Vec::new();
+            for action in queue {
+                match action {
+                    Action::Send { conn, message } => {
+                        if let Err(code) = sockets.send(conn, message) {
+                            sockets.close(conn, code, "the socket did not take a message".into());
+                            self.handle_disconnect(conn, &mut follow_up);
+                        }
+                    }
+                    Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
+                    Action::Admitted { conn, hub } => sockets.admitted(conn, hub),
+                }
+            }
+            queue = follow_up;
+        }
     }
 
     /// A socket closed (by either side) or failed.
@@ -671,6 +704,51 @@ mod tests {
         // A replacement is not a new member.
         let out = join(&mut r, 4, hub(2));
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::Replaced)]);
+    }
+
+    /// Sockets that record what happened and refuse messages for some connections.
+    #[derive(Default)]
+    struct Recorder {
+        refuse: Vec<ConnId>,
+        sent: Vec<ConnId>,
+        closed: Vec<(ConnId, CloseCode)>,
+        admitted: Vec<(ConnId, HubId)>,
+    }
+
+    impl Sockets for Recorder {
+        fn send(&mut self, conn: ConnId, _message: Vec<u8>) -> Result<(), CloseCode> {
+            if self.refuse.contains(&conn) {
+                return Err(CloseCode::SlowConsumer);
+            }
+            self.sent.push(conn);
+            Ok(())
+        }
+        fn close(&mut self, conn: ConnId, code: CloseCode, _reason: String) {
+            self.closed.push((conn, code));
+        }
+        fn admitted(&mut self, conn: ConnId, hub: HubId) {
+            self.admitted.push((conn, hub));
+        }
+    }
+
+    #[test]
+    fn perform_closes_a_socket_that_refuses_and_tells_the_others() {
+        let mut r = room();
+        let mut sockets = Recorder::default();
+        for i in 1..=3u8 {
+            let out = join(&mut r, u64::from(i), hub(i));
+            r.perform(out, &mut sockets);
+        }
+        assert_eq!(sockets.admitted.len(), 3);
+        sockets.refuse.push(ConnId(2));
+        sockets.sent.clear();
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        r.perform(out, &mut sockets);
+        assert_eq!(sockets.closed, vec![(ConnId(2), CloseCode::SlowConsumer)]);
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(3)]);
+        // The follow-up presence reached the remaining hubs.
+        assert_eq!(sockets.sent, vec![ConnId(1), ConnId(3)]);
     }
 
     #[test]
