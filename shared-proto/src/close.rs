@@ -33,11 +33,35 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4007: the room already holds the most hubs it admits.
     RoomFull,
+    /// 1013: the relay is overloaded for this request; try again later.
+    TryAgainLater,
+    /// 4010: the `Hello` carried no certificate login.
+    CertificateRequired,
+    /// 4011: the CA key does not name the cluster of the URL.
+    ForeignCluster,
+    /// 4012: the certificate does not parse, is not signed by the cluster CA, or names another
+    /// hub id than the `Hello`.
+    BadCertificate,
+    /// 4013: the certificate is not valid yet.
+    CertificateNotYetValid,
+    /// 4014: the certificate has expired.
+    CertificateExpired,
+    /// 4015: the certificate (or its key) is revoked; also sent to a connected hub the moment a
+    /// revocation list that revokes it arrives.
+    Revoked,
+    /// 4016: the login timestamp is outside the allowed clock skew.
+    StaleLogin,
+    /// 4017: the proof of possession does not verify.
+    BadProof,
+    /// 4018: the login's nonce was already used.
+    ReplayedLogin,
+    /// 4019: this relay does not serve this cluster (`ALLOWED_CLUSTERS`).
+    ClusterNotServed,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 22] = [
         Self::Normal,
         Self::GoingAway,
         Self::InternalError,
@@ -49,6 +73,17 @@ impl CloseCode {
         Self::TooLarge,
         Self::SlowConsumer,
         Self::RoomFull,
+        Self::TryAgainLater,
+        Self::CertificateRequired,
+        Self::ForeignCluster,
+        Self::BadCertificate,
+        Self::CertificateNotYetValid,
+        Self::CertificateExpired,
+        Self::Revoked,
+        Self::StaleLogin,
+        Self::BadProof,
+        Self::ReplayedLogin,
+        Self::ClusterNotServed,
     ];
 
     /// The numeric code on the wire.
@@ -65,6 +100,17 @@ impl CloseCode {
             Self::TooLarge => 4005,
             Self::SlowConsumer => 4006,
             Self::RoomFull => 4007,
+            Self::TryAgainLater => 1013,
+            Self::CertificateRequired => 4010,
+            Self::ForeignCluster => 4011,
+            Self::BadCertificate => 4012,
+            Self::CertificateNotYetValid => 4013,
+            Self::CertificateExpired => 4014,
+            Self::Revoked => 4015,
+            Self::StaleLogin => 4016,
+            Self::BadProof => 4017,
+            Self::ReplayedLogin => 4018,
+            Self::ClusterNotServed => 4019,
         }
     }
 
@@ -76,9 +122,20 @@ impl CloseCode {
     /// Whether a hub should reconnect after this code. Codes that mean "your client is wrong" or
     /// "another connection took your place" are final: reconnecting would do the same again.
     pub fn should_reconnect(self) -> bool {
+        // Certificate refusals are final too: the same credentials would be refused again.
+        // (Stale and replayed logins are not: a new login has a new timestamp and nonce.)
         !matches!(
             self,
-            Self::ProtocolError | Self::UnsupportedVersion | Self::HelloRequired | Self::Replaced
+            Self::ProtocolError
+                | Self::UnsupportedVersion
+                | Self::HelloRequired
+                | Self::Replaced
+                | Self::CertificateRequired
+                | Self::ForeignCluster
+                | Self::BadCertificate
+                | Self::CertificateExpired
+                | Self::Revoked
+                | Self::ClusterNotServed
         )
     }
 }
@@ -100,6 +157,7 @@ mod tests {
             assert!(c.code() != 1005 && c.code() != 1006, "{c} cannot be sent");
         }
         let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), CloseCode::ALL.len());
         assert_eq!(CloseCode::from_code(4999), None);

@@ -18,6 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::close::CloseCode;
+use crate::codec::Reader;
 
 /// The relay protocol version this crate speaks (also the `/v1/` of the connect URL).
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -281,65 +282,6 @@ impl FrameError {
     }
 }
 
-/// A cursor over borrowed bytes that refuses to read past the end.
-#[derive(Debug)]
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.buf.len() < n {
-            return Err(FrameError::Truncated);
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, FrameError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn hub(&mut self) -> Result<HubId, FrameError> {
-        Ok(HubId(self.array()?))
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.buf)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    fn finish(&self, ty: FrameType) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::Trailing(ty))
-        }
-    }
-}
-
 impl<'a> Frame<'a> {
     /// The frame's registered type.
     pub fn frame_type(&self) -> FrameType {
@@ -411,7 +353,7 @@ impl<'a> Frame<'a> {
 
     /// Decodes one frame from the front of `buf`, returning it and the rest of `buf`.
     pub fn decode(buf: &'a [u8]) -> Result<(Frame<'a>, &'a [u8]), FrameError> {
-        let mut r = Reader { buf };
+        let mut r = Reader::new(buf);
         let raw_type = r.u8()?;
         let ty = FrameType::from_u8(raw_type).ok_or(FrameError::UnknownType(raw_type))?;
         let len = r.u32()? as usize;
@@ -422,7 +364,7 @@ impl<'a> Frame<'a> {
                 max: MAX_FRAME_BODY,
             });
         }
-        let mut body = Reader { buf: r.take(len)? };
+        let mut body = Reader::new(r.take(len)?);
         let frame = Self::decode_body(ty, &mut body)?;
         body.finish(ty)?;
         Ok((frame, r.rest()))

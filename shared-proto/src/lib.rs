@@ -11,6 +11,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod close;
+pub mod cluster;
+mod codec;
 pub mod frame;
 pub mod path;
 pub mod room;
