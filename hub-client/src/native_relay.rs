@@ -11,14 +11,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use shared_proto::frame::{Frame, HubId, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::{route, Route};
-use shared_proto::room::{Action, ConnId, Room, RoomConfig, Sockets};
+use shared_proto::cluster::ClusterId;
+use shared_proto::path::BAD_CLUSTER_ID;
+use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,10 +64,13 @@ struct RoomEntry {
     peers: Peers,
 }
 
-/// The relay's rooms, one per cluster id.
+/// The relay's rooms, one per cluster id, and each cluster's newest revocation list (kept while
+/// the relay runs, and in `state_dir` if it has one, so that it survives restarts).
 #[derive(Debug, Default)]
 pub struct Relay {
-    rooms: Mutex<HashMap<String, Arc<Mutex<RoomEntry>>>>,
+    rooms: Mutex<HashMap<ClusterId, Arc<Mutex<RoomEntry>>>>,
+    revocations: Mutex<HashMap<ClusterId, Vec<u8>>>,
+    state_dir: Option<PathBuf>,
     next_conn: AtomicU64,
 }
 
@@ -81,21 +87,66 @@ fn now_ms() -> u64 {
 }
 
 impl Relay {
-    fn room(&self, cluster_id: &str) -> Arc<Mutex<RoomEntry>> {
-        lock(&self.rooms)
-            .entry(cluster_id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(RoomEntry {
-                    room: Room::new(RoomConfig::new(now_ms())),
-                    peers: Peers::default(),
-                }))
-            })
-            .clone()
+    /// A relay that keeps revocation lists in `state_dir` (created if missing), or only in
+    /// memory without one.
+    pub fn new(state_dir: Option<PathBuf>) -> std::io::Result<Self> {
+        if let Some(dir) = &state_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Relay {
+            state_dir,
+            ..Relay::default()
+        })
     }
 
-    fn forget_if_empty(&self, cluster_id: &str, entry: &Arc<Mutex<RoomEntry>>) {
+    fn revocations_path(&self, cluster: &ClusterId) -> Option<PathBuf> {
+        self.state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{cluster}.revocations")))
+    }
+
+    /// The newest list known for `cluster`: in memory, else on disk.
+    fn stored_revocations(&self, cluster: &ClusterId) -> Option<Vec<u8>> {
+        if let Some(bytes) = lock(&self.revocations).get(cluster) {
+            return Some(bytes.clone());
+        }
+        let bytes = std::fs::read(self.revocations_path(cluster)?).ok()?;
+        lock(&self.revocations).insert(cluster.clone(), bytes.clone());
+        Some(bytes)
+    }
+
+    /// Keeps a list the room accepted (it is newer than what was held).
+    fn keep_revocations(&self, cluster: &ClusterId, bytes: Vec<u8>) {
+        if let Some(path) = self.revocations_path(cluster) {
+            // Write then rename: a crash leaves the old list or the new one, never half of one.
+            let tmp = path.with_extension("revocations.tmp");
+            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+                tracing::error!(%cluster, "could not store the revocation list: {e}");
+            }
+        }
+        lock(&self.revocations).insert(cluster.clone(), bytes);
+    }
+
+    fn room(&self, cluster: &ClusterId) -> Arc<Mutex<RoomEntry>> {
         let mut rooms = lock(&self.rooms);
-        if lock(entry).peers.0.is_empty() {
+        if let Some(entry) = rooms.get(cluster) {
+            return entry.clone();
+        }
+        let mut room = Room::new(RoomConfig::new(cluster.clone(), now_ms()));
+        if let Some(bytes) = self.stored_revocations(cluster) {
+            room.set_revocations(&bytes);
+        }
+        let entry = Arc::new(Mutex::new(RoomEntry {
+            room,
+            peers: Peers::default(),
+        }));
+        rooms.insert(cluster.clone(), entry.clone());
+        entry
+    }
+
+    fn forget_if_empty(&self, cluster_id: &ClusterId, entry: &Arc<Mutex<RoomEntry>>) {
+        let mut rooms = lock(&self.rooms);
+        if lock(entry).peers.map.is_empty() {
             rooms.remove(cluster_id);
         }
     }
@@ -112,7 +163,7 @@ impl Relay {
         }
         .to_message();
         for entry in lock(&self.rooms).values() {
-            for peer in lock(entry).peers.0.values() {
+            for peer in lock(entry).peers.map.values() {
                 let _ = peer.tx.send(Outgoing::Binary(notice.clone()));
                 let _ = peer.tx.send(Outgoing::Close(
                     CloseCode::GoingAway,
@@ -123,13 +174,16 @@ impl Relay {
     }
 }
 
-/// The sockets of one room: each one's outgoing queue.
+/// The sockets of one room (each one's outgoing queue), and a revocation list to store.
 #[derive(Debug, Default)]
-struct Peers(HashMap<ConnId, Peer>);
+struct Peers {
+    map: HashMap<ConnId, Peer>,
+    store: Option<Vec<u8>>,
+}
 
 impl Sockets for Peers {
     fn send(&mut self, conn: ConnId, message: Vec<u8>) -> Result<(), CloseCode> {
-        let Some(peer) = self.0.get(&conn) else {
+        let Some(peer) = self.map.get(&conn) else {
             return Ok(());
         };
         let len = message.len();
@@ -143,18 +197,24 @@ impl Sockets for Peers {
     }
 
     fn close(&mut self, conn: ConnId, code: CloseCode, reason: String) {
-        if let Some(peer) = self.0.remove(&conn) {
+        if let Some(peer) = self.map.remove(&conn) {
             let _ = peer.tx.send(Outgoing::Close(code, reason));
         }
     }
 
-    fn admitted(&mut self, _conn: ConnId, _hub: HubId) {}
+    fn admitted(&mut self, _conn: ConnId, _member: MemberInfo) {}
+
+    fn store_revocations(&mut self, bytes: Vec<u8>) {
+        self.store = Some(bytes);
+    }
 }
 
 impl RoomEntry {
-    /// Carries out the room's actions (the room is locked by the caller).
-    fn perform(&mut self, actions: Vec<Action>) {
+    /// Carries out the room's actions (the room is locked by the caller); returns a revocation
+    /// list to store, if the room accepted one.
+    fn perform(&mut self, actions: Vec<Action>) -> Option<Vec<u8>> {
         self.room.perform(actions, &mut self.peers);
+        self.peers.store.take()
     }
 }
 
@@ -281,12 +341,18 @@ pub async fn serve_connection(
                 stream,
                 "400 Bad Request",
                 "",
-                "a cluster id is 1 to 64 characters of A-Z a-z 0-9 - _\n",
+                BAD_CLUSTER_ID,
             )
             .await?;
             return Ok(());
         }
-        Route::Connect(id) => id.to_owned(),
+        Route::Connect(id) => match id.parse::<ClusterId>() {
+            Ok(c) => c,
+            Err(_) => {
+                respond(stream, "400 Bad Request", "", BAD_CLUSTER_ID).await?;
+                return Ok(());
+            }
+        },
     };
     if head.method != "GET" || !head.upgrade {
         respond(
@@ -307,7 +373,7 @@ async fn run_socket(
     ws: tokio_tungstenite::WebSocketStream<TcpStream>,
     addr: SocketAddr,
     relay: &Relay,
-    cluster_id: &str,
+    cluster_id: &ClusterId,
 ) {
     let conn = ConnId(relay.next_conn.fetch_add(1, Ordering::Relaxed));
     let entry = relay.room(cluster_id);
@@ -316,7 +382,7 @@ async fn run_socket(
     {
         let mut e = lock(&entry);
         e.room.handle_connect(conn);
-        e.peers.0.insert(
+        e.peers.map.insert(
             conn,
             Peer {
                 tx: tx.clone(),
@@ -349,14 +415,20 @@ async fn run_socket(
         let mut actions = Vec::new();
         match next {
             Some(Ok(Message::Binary(bytes))) => {
-                let mut e = lock(&entry);
-                e.room.handle_message(conn, &bytes, &mut actions);
-                e.perform(actions);
-                if !e.peers.0.contains_key(&conn) {
-                    // The room closed this socket (protocol error, replaced, slow).
+                let (alive, stored) = {
+                    let mut e = lock(&entry);
+                    e.room.handle_message(conn, now_ms(), &bytes, &mut actions);
+                    let stored = e.perform(actions);
+                    admitted = e.room.hub_of(conn).is_some();
+                    (e.peers.map.contains_key(&conn), stored)
+                };
+                if let Some(bytes) = stored {
+                    relay.keep_revocations(cluster_id, bytes);
+                }
+                if !alive {
+                    // The room closed this socket (protocol error, replaced, slow, revoked).
                     break;
                 }
-                admitted = e.room.hub_of(conn).is_some();
             }
             Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE_REQUEST => {
                 let _ = tx.send(Outgoing::Text(KEEPALIVE_RESPONSE));
@@ -364,7 +436,7 @@ async fn run_socket(
             Some(Ok(Message::Text(_))) => {
                 let mut e = lock(&entry);
                 e.room.handle_text(conn, &mut actions);
-                e.perform(actions);
+                let _ = e.perform(actions);
                 break;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -383,8 +455,8 @@ async fn run_socket(
         let mut e = lock(&entry);
         let mut actions = Vec::new();
         e.room.handle_disconnect(conn, &mut actions);
-        e.perform(actions);
-        if let Some(peer) = e.peers.0.remove(&conn) {
+        let _ = e.perform(actions);
+        if let Some(peer) = e.peers.map.remove(&conn) {
             let _ = peer
                 .tx
                 .send(Outgoing::Close(CloseCode::Normal, "closed".into()));
@@ -398,12 +470,12 @@ async fn run_socket(
 /// Closes a socket for a reason the room did not see (transport limits, timeouts).
 fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: String) {
     let mut e = lock(entry);
-    if let Some(peer) = e.peers.0.remove(&conn) {
+    if let Some(peer) = e.peers.map.remove(&conn) {
         let _ = peer.tx.send(Outgoing::Close(code, reason));
     }
     let mut actions = Vec::new();
     e.room.handle_disconnect(conn, &mut actions);
-    e.perform(actions);
+    let _ = e.perform(actions);
 }
 
 async fn write_loop<S>(

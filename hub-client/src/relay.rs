@@ -11,13 +11,16 @@
 //! command channel (backpressure) and go out after the next `Hello`; sends queued together are
 //! batched into one WebSocket message.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use shared_proto::cluster::login::Credentials;
+use shared_proto::cluster::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::frame::{
-    frames, Frame, Hello, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE,
+    frames, Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE,
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use shared_proto::path::{connect_path, is_valid_cluster_id};
@@ -77,6 +80,8 @@ pub enum RelayEvent {
     Undeliverable(HubId),
     /// The answer to [`RelayClient::request_status`].
     Status(RoomStatus),
+    /// A newer signed revocation list (already verified for this cluster): store it.
+    Revocations(VerifiedRevocations),
     /// The relay announced a restart; the client reconnects after the delay it gave.
     Restarting {
         /// Suggested wait.
@@ -99,10 +104,10 @@ pub struct RelayConfig {
     /// The relay's base URL: `ws://`, `wss://`, `http://` or `https://` (the last two map to
     /// WebSockets), with or without a path prefix.
     pub relay_url: String,
-    /// The cluster whose room to join.
-    pub cluster_id: String,
-    /// This hub's id.
-    pub hub_id: HubId,
+    /// The hub's certificate and keys; they name the cluster and the hub id.
+    pub credentials: Arc<Credentials>,
+    /// The newest revocation list the hub holds (signed bytes), passed on to the relay.
+    pub revocations: Option<Vec<u8>>,
     /// How often to send a keepalive when the socket is idle (phones: keep it long).
     pub keepalive: Duration,
     /// Missed keepalive answers before the socket is considered dead.
@@ -115,11 +120,11 @@ pub struct RelayConfig {
 
 impl RelayConfig {
     /// Defaults: keepalive every 25 s, dead after 2 missed answers, backoff 250 ms to 30 s.
-    pub fn new(relay_url: impl Into<String>, cluster_id: impl Into<String>, hub_id: HubId) -> Self {
+    pub fn new(relay_url: impl Into<String>, credentials: Arc<Credentials>) -> Self {
         RelayConfig {
             relay_url: relay_url.into(),
-            cluster_id: cluster_id.into(),
-            hub_id,
+            credentials,
+            revocations: None,
             keepalive: Duration::from_secs(25),
             keepalive_misses: 2,
             backoff: Backoff::default(),
@@ -127,9 +132,14 @@ impl RelayConfig {
         }
     }
 
+    /// The cluster the credentials belong to.
+    pub fn cluster_id(&self) -> ClusterId {
+        ClusterId::from_ca_key(&self.credentials.ca_key)
+    }
+
     /// The WebSocket URL of this cluster's room.
     pub fn connect_url(&self) -> Result<Url, RelayError> {
-        connect_url(&self.relay_url, &self.cluster_id)
+        connect_url(&self.relay_url, self.cluster_id().as_str())
     }
 }
 
@@ -175,6 +185,8 @@ pub enum Command {
     },
     /// Ask for the room's status.
     Status,
+    /// Publish a signed revocation list (the founder's, or a newer one passed on).
+    Publish(Vec<u8>),
 }
 
 /// A running relay connection. Dropping it shuts the connection down.
@@ -194,7 +206,7 @@ impl RelayClient {
         let (cmd_tx, cmd_rx) = mpsc::channel(config.queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.queue.max(1));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let hub_id = config.hub_id;
+        let hub_id = config.credentials.hub_id;
         let task = tokio::spawn(connection_loop(config, url, cmd_rx, ev_tx, shutdown_rx));
         Ok(RelayClient {
             hub_id,
@@ -217,6 +229,15 @@ impl RelayClient {
         }
         self.commands
             .send(Command::Send { dst, payload })
+            .await
+            .map_err(|_| RelayError::Stopped)
+    }
+
+    /// Publishes a signed revocation list through the relay; it reaches every hub of the room and
+    /// comes back as [`RelayEvent::Revocations`] once the relay has taken it.
+    pub async fn publish_revocations(&self, signed: Vec<u8>) -> Result<(), RelayError> {
+        self.commands
+            .send(Command::Publish(signed))
             .await
             .map_err(|_| RelayError::Stopped)
     }
@@ -285,6 +306,11 @@ async fn connection_loop(
 ) {
     let mut backoff = config.backoff.clone();
     let mut rng = StdRng::from_entropy();
+    let cluster = config.cluster_id();
+    let mut held = config
+        .revocations
+        .as_deref()
+        .and_then(|b| RevocationList::verify(b, &cluster).ok());
     loop {
         let end = match tokio_tungstenite::connect_async_with_config(
             url.as_str(),
@@ -295,7 +321,7 @@ async fn connection_loop(
         {
             Ok((ws, _)) => {
                 tracing::debug!(%url, "connected to relay");
-                run_session(ws, &config, &mut commands, &events, &mut shutdown).await
+                run_session(ws, &config, &mut commands, &events, &mut shutdown, &mut held).await
             }
             Err(e) => SessionEnd::Failed {
                 reason: format!("connect to {url}: {e}"),
@@ -350,11 +376,19 @@ pub async fn run_session<S>(
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<RelayEvent>,
     shutdown: &mut watch::Receiver<bool>,
+    held: &mut Option<VerifiedRevocations>,
 ) -> SessionEnd
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let hello = Frame::Hello(Hello::new(config.hub_id)).to_message();
+    let creds = &config.credentials;
+    let cluster = config.cluster_id();
+    let login = creds.login(unix_ms(), &mut rand::rngs::OsRng);
+    let mut hello = Frame::Hello(creds.hello(&login)).to_message();
+    // Pass on the newest list this hub holds: the relay may have lost or never seen it.
+    if let Some(list) = held.as_ref() {
+        Frame::RevocationList(list.bytes()).encode(&mut hello);
+    }
     if let Err(e) = ws.send(Message::Binary(hello.into())).await {
         return SessionEnd::Failed {
             reason: format!("send hello: {e}"),
@@ -386,7 +420,7 @@ where
                 last_heard = Instant::now();
                 match msg {
                     Message::Binary(bytes) => {
-                        match handle_relay_message(&bytes, events, &mut welcomed, &mut restart_after).await {
+                        match handle_relay_message(&bytes, &cluster, events, &mut welcomed, &mut restart_after, held).await {
                             Ok(()) => {}
                             Err(reason) => {
                                 let _ = ws.send(close_message(CloseCode::ProtocolError, &reason)).await;
@@ -416,6 +450,7 @@ where
                     match cmd {
                         Command::Send { dst, payload } => Frame::Send { dst, payload: &payload }.encode(&mut batch),
                         Command::Status => Frame::StatusRequest.encode(&mut batch),
+                        Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
                     }
                     if batch.len() < BATCH_TARGET {
                         next = commands.try_recv().ok();
@@ -437,6 +472,12 @@ where
     }
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn close_message(code: CloseCode, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code: WsCloseCode::from(code.code()),
@@ -447,9 +488,11 @@ fn close_message(code: CloseCode, reason: &str) -> Message {
 /// Turns one message from the relay into events. An error means the relay broke the protocol.
 async fn handle_relay_message(
     bytes: &[u8],
+    cluster: &ClusterId,
     events: &mpsc::Sender<RelayEvent>,
     welcomed: &mut bool,
     restart_after: &mut Option<Duration>,
+    held: &mut Option<VerifiedRevocations>,
 ) -> Result<(), String> {
     for frame in frames(bytes) {
         let frame = frame.map_err(|e| format!("bad frame from relay: {e}"))?;
@@ -474,6 +517,18 @@ async fn handle_relay_message(
                 *restart_after = Some(after);
                 RelayEvent::Restarting {
                     reconnect_after: after,
+                }
+            }
+            Frame::RevocationList(doc) => {
+                // Only a list signed by this cluster's CA and newer than the one held counts.
+                let list = RevocationList::verify(doc, cluster)
+                    .map_err(|e| format!("relay sent a bad revocation list: {e}"))?;
+                match list.supersede(held.as_ref()) {
+                    Ok(newer) => {
+                        *held = Some(newer.clone());
+                        RelayEvent::Revocations(newer)
+                    }
+                    Err(_) => continue,
                 }
             }
             other => {

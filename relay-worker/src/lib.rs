@@ -2,12 +2,15 @@
 //!
 //! Flow: [`fetch`] routes `GET /v1/clusters/{cluster_id}/connect` to the Durable Object named by
 //! the cluster id ([`RelayRoom`]); the object accepts the WebSocket with the Hibernation API and
-//! hands every event to `shared_proto::room::Room`, then performs the actions it returns. The
-//! Worker holds no logic of its own beyond that adapter.
+//! hands every event to `shared_proto::room::Room`, which checks logins, routes frames and
+//! enforces revocations, then carries out the actions it returns. The Worker has no logic of its
+//! own beyond that adapter, and no per-cluster configuration: the room trusts the cluster CA key
+//! that the cluster id names.
 //!
-//! What survives hibernation: the sockets themselves (the runtime keeps them) and, per socket, an
-//! attachment with its connection id, its hub id once admitted, and when it was accepted. When
-//! the object wakes, the constructor rebuilds the room from those attachments.
+//! What survives hibernation: the sockets (the runtime keeps them); per socket, an attachment
+//! with its connection id, its member info once admitted, and when it was accepted; and in the
+//! object's storage, the cluster id and the newest revocation list. The room is rebuilt from
+//! those on the first event after a wake-up.
 //!
 //! Nothing here may panic: a panic aborts the wasm instance and drops every hub in the room. All
 //! fallible calls go through `Result`, and JS errors are logged and mapped to close code 1011.
@@ -18,9 +21,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use shared_proto::frame::{HubId, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::path::{route, Route};
-use shared_proto::room::{Action, ConnId, Room, RoomConfig, Sockets};
+use shared_proto::cluster::ClusterId;
+use shared_proto::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::path::{route, Route, BAD_CLUSTER_ID};
+use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
@@ -31,8 +35,15 @@ use worker::{
 /// The Durable Object binding name in `wrangler.toml`.
 const ROOMS_BINDING: &str = "ROOMS";
 
+/// Optional Worker variable: a comma-separated list of the cluster ids this relay serves.
+const ALLOWED_CLUSTERS_VAR: &str = "ALLOWED_CLUSTERS";
+
 /// How long a socket may stay open without sending its `Hello`.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// Storage keys of the object.
+const CLUSTER_KEY: &str = "cluster";
+const REVOCATIONS_KEY: &str = "revocations";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -45,16 +56,17 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             ),
         ),
         Route::NotFound => text(404, "not found\n".into()),
-        Route::BadClusterId => text(
-            400,
-            "a cluster id is 1 to 64 characters of A-Z a-z 0-9 - _\n".into(),
-        ),
+        Route::BadClusterId => text(400, BAD_CLUSTER_ID.into()),
         Route::Connect(cluster_id) => {
             if req.method() != worker::Method::Get || !is_websocket_upgrade(&req) {
                 return text(
                     426,
-                    "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n".into(),
+                    "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n"
+                        .into(),
                 );
+            }
+            if !serves(&env, cluster_id) {
+                return refuse_socket(CloseCode::ClusterNotServed, "this relay does not serve this cluster");
             }
             let stub = env
                 .durable_object(ROOMS_BINDING)?
@@ -67,6 +79,25 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 
 fn is_websocket_upgrade(req: &Request) -> bool {
     matches!(req.headers().get("Upgrade"), Ok(Some(v)) if v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether `ALLOWED_CLUSTERS` (if set) lists the cluster.
+fn serves(env: &Env, cluster_id: &str) -> bool {
+    match env.var(ALLOWED_CLUSTERS_VAR) {
+        Ok(list) => {
+            let list = list.to_string();
+            list.trim().is_empty() || list.split(',').any(|c| c.trim() == cluster_id)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Accepts the WebSocket only to close it at once with a documented code.
+fn refuse_socket(code: CloseCode, reason: &str) -> Result<Response> {
+    let pair = WebSocketPair::new()?;
+    pair.server.accept()?;
+    pair.server.close(Some(code.code()), Some(reason))?;
+    Response::from_websocket(pair.client)
 }
 
 /// A plain-text answer, as `hub relay` gives.
@@ -82,10 +113,10 @@ fn text(status: u16, body: String) -> Result<Response> {
 struct Attachment {
     /// Connection id (below 2^53: JS numbers).
     c: f64,
-    /// Hub id (hex) once admitted.
-    h: Option<String>,
     /// When the socket was accepted (Unix ms), for the hello timeout.
     t: f64,
+    /// Once admitted: hub id, certificate fingerprint, key hash (hex).
+    m: Option<(String, String, String)>,
 }
 
 impl Attachment {
@@ -93,8 +124,17 @@ impl Attachment {
         ConnId(self.c as u64)
     }
 
-    fn hub(&self) -> Option<HubId> {
-        self.h.as_deref().and_then(|h| h.parse().ok())
+    fn member(&self) -> Option<MemberInfo> {
+        let (h, f, k) = self.m.as_ref()?;
+        let mut fingerprint = [0u8; 32];
+        let mut key_hash = [0u8; 32];
+        hex::decode_to_slice(f, &mut fingerprint).ok()?;
+        hex::decode_to_slice(k, &mut key_hash).ok()?;
+        Some(MemberInfo {
+            hub: h.parse().ok()?,
+            fingerprint,
+            key_hash,
+        })
     }
 }
 
@@ -102,7 +142,8 @@ impl Attachment {
 #[durable_object]
 pub struct RelayRoom {
     state: State,
-    room: RefCell<Room>,
+    /// Built on the first event (it needs the cluster id and list from storage).
+    room: RefCell<Option<Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     next_conn: Cell<u64>,
 }
@@ -118,11 +159,6 @@ impl std::fmt::Debug for RelayRoom {
 
 impl DurableObject for RelayRoom {
     fn new(state: State, _env: Env) -> Self {
-        let now = Date::now().as_millis();
-        let mut room = Room::new(RoomConfig::new(now));
-        let mut sockets = HashMap::new();
-        let mut next = 1;
-        let mut actions = Vec::new();
         // Keepalives are answered by the runtime without waking the object.
         match worker_sys::WebSocketRequestResponsePair::new(KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE) {
             Ok(pair) => {
@@ -132,40 +168,23 @@ impl DurableObject for RelayRoom {
             }
             Err(e) => log_js("WebSocketRequestResponsePair", &e),
         }
-        // After a hibernation the sockets are still open: rebuild the room from attachments.
-        match state.as_raw().get_websockets() {
-            Ok(list) => {
-                for raw in list {
-                    let ws = WebSocket::from(raw);
-                    match ws.deserialize_attachment::<Attachment>() {
-                        Ok(Some(att)) => {
-                            let conn = att.conn();
-                            next = next.max(conn.0 + 1);
-                            room.restore(conn, att.hub(), &mut actions);
-                            sockets.insert(conn, ws);
-                        }
-                        _ => {
-                            let _ = ws.close(
-                                Some(CloseCode::InternalError.code()),
-                                Some("connection state lost"),
-                            );
-                        }
-                    }
-                }
-            }
-            Err(e) => log_js("getWebSockets", &e),
-        }
-        let this = RelayRoom {
+        RelayRoom {
             state,
-            room: RefCell::new(room),
-            sockets: RefCell::new(sockets),
-            next_conn: Cell::new(next),
-        };
-        this.perform(actions);
-        this
+            room: RefCell::new(None),
+            sockets: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+        }
     }
 
-    async fn fetch(&self, _req: Request) -> Result<Response> {
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let Route::Connect(cluster_id) = route(url.path()) else {
+            return text(404, "not found\n".into());
+        };
+        let Ok(cluster) = cluster_id.parse::<ClusterId>() else {
+            return text(400, BAD_CLUSTER_ID.into());
+        };
+        self.ensure_room(Some(&cluster)).await?;
         let pair = WebSocketPair::new()?;
         let conn = ConnId(self.next_conn.get());
         self.next_conn.set(conn.0 + 1);
@@ -173,14 +192,14 @@ impl DurableObject for RelayRoom {
         let server = pair.server;
         server.serialize_attachment(Attachment {
             c: conn.0 as f64,
-            h: None,
             t: now as f64,
+            m: None,
         })?;
         self.state
             .as_raw()
             .accept_websocket(server.as_ref())
             .map_err(worker::Error::from)?;
-        self.room.borrow_mut().handle_connect(conn);
+        self.with_room(|room, _| room.handle_connect(conn));
         self.sockets.borrow_mut().insert(conn, server);
         // One alarm serves every pending socket: it closes those past the deadline and re-arms.
         let storage = self.state.storage();
@@ -197,25 +216,22 @@ impl DurableObject for RelayRoom {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        let Some(conn) = self.conn_of(&ws) else {
+        self.ensure_room(None).await?;
+        let Some(conn) = conn_of(&ws) else {
             return Ok(());
         };
-        let mut actions = Vec::new();
-        {
-            let mut room = self.room.borrow_mut();
-            match message {
-                WebSocketIncomingMessage::Binary(bytes) => {
-                    room.handle_message(conn, &bytes, &mut actions)
-                }
-                WebSocketIncomingMessage::String(text) if text == KEEPALIVE_REQUEST => {
-                    // Normally answered by the runtime; answer here when it was not.
-                    let _ = ws.send_with_str(KEEPALIVE_RESPONSE);
-                }
-                WebSocketIncomingMessage::String(_) => room.handle_text(conn, &mut actions),
+        let now = Date::now().as_millis();
+        let stored = self.with_room(|room, actions| match message {
+            WebSocketIncomingMessage::Binary(bytes) => {
+                room.handle_message(conn, now, &bytes, actions)
             }
-        }
-        self.perform(actions);
-        Ok(())
+            WebSocketIncomingMessage::String(text) if text == KEEPALIVE_REQUEST => {
+                // Normally answered by the runtime; answer here when it was not.
+                let _ = ws.send_with_str(KEEPALIVE_RESPONSE);
+            }
+            WebSocketIncomingMessage::String(_) => room.handle_text(conn, actions),
+        });
+        self.persist(stored).await
     }
 
     async fn websocket_close(
@@ -231,45 +247,49 @@ impl DurableObject for RelayRoom {
             c => u16::try_from(c).unwrap_or(CloseCode::Normal.code()),
         };
         let _ = ws.close(Some(echo), Some("closed"));
-        self.disconnect(&ws);
-        Ok(())
+        self.disconnect(&ws).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        self.disconnect(&ws);
-        Ok(())
+        self.disconnect(&ws).await
     }
 
     async fn alarm(&self) -> Result<Response> {
+        self.ensure_room(None).await?;
         let now = Date::now().as_millis();
         let mut earliest_pending: Option<u64> = None;
-        let mut actions = Vec::new();
         let sockets: Vec<(ConnId, WebSocket)> = self
             .sockets
             .borrow()
             .iter()
             .map(|(c, w)| (*c, w.clone()))
             .collect();
+        let mut expired = Vec::new();
         for (conn, ws) in sockets {
             let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
                 continue;
             };
-            if att.h.is_some() {
+            if att.m.is_some() {
                 continue;
             }
             let deadline = att.t as u64 + HELLO_TIMEOUT_MS;
             if deadline <= now {
+                expired.push(conn);
+            } else {
+                earliest_pending = Some(earliest_pending.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        let stored = self.with_room(|room, actions| {
+            for conn in expired {
                 actions.push(Action::Close {
                     conn,
                     code: CloseCode::HelloTimeout,
                     reason: "no Hello within 10 s".into(),
                 });
-                self.room.borrow_mut().handle_disconnect(conn, &mut actions);
-            } else {
-                earliest_pending = Some(earliest_pending.map_or(deadline, |e| e.min(deadline)));
+                room.handle_disconnect(conn, actions);
             }
-        }
-        self.perform(actions);
+        });
+        self.persist(stored).await?;
         if let Some(deadline) = earliest_pending {
             let delay = deadline.saturating_sub(now).max(1);
             self.state
@@ -281,42 +301,125 @@ impl DurableObject for RelayRoom {
     }
 }
 
-impl RelayRoom {
-    /// The connection id of a socket, from the in-memory map or its attachment.
-    fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
-        match ws.deserialize_attachment::<Attachment>() {
-            Ok(Some(att)) => Some(att.conn()),
-            Ok(None) => None,
-            Err(e) => {
-                console_error!("unreadable socket attachment: {e}");
-                None
-            }
+/// The connection id stored with a socket.
+fn conn_of(ws: &WebSocket) -> Option<ConnId> {
+    match ws.deserialize_attachment::<Attachment>() {
+        Ok(Some(att)) => Some(att.conn()),
+        Ok(None) => None,
+        Err(e) => {
+            console_error!("unreadable socket attachment: {e}");
+            None
         }
     }
+}
 
-    fn disconnect(&self, ws: &WebSocket) {
-        let Some(conn) = self.conn_of(ws) else {
-            return;
+impl RelayRoom {
+    /// Builds the room if this instance has none yet: the cluster id and revocation list come
+    /// from storage (the cluster id from `hint` on the very first connection), the members from
+    /// the sockets' attachments.
+    async fn ensure_room(&self, hint: Option<&ClusterId>) -> Result<()> {
+        if self.room.borrow().is_some() {
+            return Ok(());
+        }
+        let storage = self.state.storage();
+        let stored: Option<String> = storage.get(CLUSTER_KEY).await?;
+        let cluster = match (stored.and_then(|s| s.parse::<ClusterId>().ok()), hint) {
+            (Some(c), _) => c,
+            (None, Some(h)) => {
+                storage.put(CLUSTER_KEY, h.as_str()).await?;
+                h.clone()
+            }
+            (None, None) => {
+                return Err(worker::Error::RustError(
+                    "room has no cluster id in storage".into(),
+                ))
+            }
         };
-        self.sockets.borrow_mut().remove(&conn);
+        let mut room = Room::new(RoomConfig::new(cluster, Date::now().as_millis()));
+        if let Some(hex_list) = storage.get::<String>(REVOCATIONS_KEY).await? {
+            if let Ok(bytes) = hex::decode(hex_list) {
+                room.set_revocations(&bytes);
+            }
+        }
+        // Another event may have built the room while storage was read.
+        if self.room.borrow().is_some() {
+            return Ok(());
+        }
         let mut actions = Vec::new();
-        self.room.borrow_mut().handle_disconnect(conn, &mut actions);
-        self.perform(actions);
+        let mut next = self.next_conn.get();
+        let raw = self.state.as_raw().get_websockets().unwrap_or_else(|e| {
+            log_js("getWebSockets", &e);
+            Vec::new()
+        });
+        for raw in raw {
+            let ws = WebSocket::from(raw);
+            match ws.deserialize_attachment::<Attachment>() {
+                Ok(Some(att)) => {
+                    let conn = att.conn();
+                    next = next.max(conn.0 + 1);
+                    room.restore(conn, att.member(), &mut actions);
+                    self.sockets.borrow_mut().insert(conn, ws);
+                }
+                _ => {
+                    let _ = ws.close(
+                        Some(CloseCode::InternalError.code()),
+                        Some("connection state lost"),
+                    );
+                }
+            }
+        }
+        self.next_conn.set(next);
+        *self.room.borrow_mut() = Some(room);
+        let stored = self.with_room(|_, out| out.append(&mut actions));
+        self.persist(stored).await
     }
 
-    /// Carries out the room's actions, in order; nothing here can fail the whole object.
-    fn perform(&self, actions: Vec<Action>) {
-        let mut sockets = SocketMap(&self.sockets);
-        self.room.borrow_mut().perform(actions, &mut sockets);
+    /// Runs `f` on the room and carries out the actions it produced; returns a revocation list
+    /// to store, if one was accepted.
+    fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> Option<Vec<u8>> {
+        let mut guard = self.room.borrow_mut();
+        let room = guard.as_mut()?;
+        let mut actions = Vec::new();
+        f(room, &mut actions);
+        let mut sockets = SocketMap {
+            sockets: &self.sockets,
+            store: None,
+        };
+        room.perform(actions, &mut sockets);
+        sockets.store
+    }
+
+    /// Stores an accepted revocation list so that it survives hibernation and restarts.
+    async fn persist(&self, list: Option<Vec<u8>>) -> Result<()> {
+        if let Some(bytes) = list {
+            self.state
+                .storage()
+                .put(REVOCATIONS_KEY, hex::encode(bytes))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&self, ws: &WebSocket) -> Result<()> {
+        self.ensure_room(None).await?;
+        let Some(conn) = conn_of(ws) else {
+            return Ok(());
+        };
+        self.sockets.borrow_mut().remove(&conn);
+        let stored = self.with_room(|room, actions| room.handle_disconnect(conn, actions));
+        self.persist(stored).await
     }
 }
 
 /// The object's sockets, as the room drives them.
-struct SocketMap<'a>(&'a RefCell<HashMap<ConnId, WebSocket>>);
+struct SocketMap<'a> {
+    sockets: &'a RefCell<HashMap<ConnId, WebSocket>>,
+    store: Option<Vec<u8>>,
+}
 
 impl SocketMap<'_> {
     fn get(&self, conn: ConnId) -> Option<WebSocket> {
-        self.0.borrow().get(&conn).cloned()
+        self.sockets.borrow().get(&conn).cloned()
     }
 }
 
@@ -331,12 +434,12 @@ impl Sockets for SocketMap<'_> {
     }
 
     fn close(&mut self, conn: ConnId, code: CloseCode, reason: String) {
-        if let Some(ws) = self.0.borrow_mut().remove(&conn) {
+        if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
             let _ = ws.close(Some(code.code()), Some(reason));
         }
     }
 
-    fn admitted(&mut self, conn: ConnId, hub: HubId) {
+    fn admitted(&mut self, conn: ConnId, member: MemberInfo) {
         let Some(ws) = self.get(conn) else {
             return;
         };
@@ -347,12 +450,20 @@ impl Sockets for SocketMap<'_> {
             .map_or(0.0, |a| a.t);
         let att = Attachment {
             c: conn.0 as f64,
-            h: Some(hub.to_string()),
             t: accepted,
+            m: Some((
+                member.hub.to_string(),
+                hex::encode(member.fingerprint),
+                hex::encode(member.key_hash),
+            )),
         };
         if let Err(e) = ws.serialize_attachment(att) {
-            console_error!("could not store the hub id with its socket: {e}");
+            console_error!("could not store the member with its socket: {e}");
         }
+    }
+
+    fn store_revocations(&mut self, bytes: Vec<u8>) {
+        self.store = Some(bytes);
     }
 }
 

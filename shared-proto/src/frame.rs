@@ -35,8 +35,12 @@ pub const MAX_ROOM_MEMBERS: usize = 1024;
 /// Bytes of a frame header: the type and the body length.
 pub const FRAME_HEADER_LEN: usize = 5;
 
-/// Largest body of any frame type (a `Welcome` with [`MAX_ROOM_MEMBERS`] ids is smaller).
+/// Largest body of any frame type but `RevocationList` (a `Welcome` with [`MAX_ROOM_MEMBERS`]
+/// ids is smaller).
 pub const MAX_FRAME_BODY: usize = HUB_ID_LEN + MAX_PAYLOAD;
+
+/// Largest body of a `RevocationList` frame (a signed document).
+pub const MAX_DOCUMENT_BODY: usize = 512 * 1024;
 
 /// Length of a [`HubId`] on the wire.
 pub const HUB_ID_LEN: usize = 16;
@@ -119,11 +123,13 @@ pub enum FrameType {
     Status = 0x09,
     /// relay -> hub: the relay is going away; reconnect after the given delay.
     Restarting = 0x0a,
+    /// both ways: the cluster's signed revocation list (a hub publishes, the relay delivers).
+    RevocationList = 0x0b,
 }
 
 impl FrameType {
     /// Every registered type, in registry order.
-    pub const ALL: [FrameType; 10] = [
+    pub const ALL: [FrameType; 11] = [
         Self::Hello,
         Self::Welcome,
         Self::Send,
@@ -134,6 +140,7 @@ impl FrameType {
         Self::StatusRequest,
         Self::Status,
         Self::Restarting,
+        Self::RevocationList,
     ];
 
     /// Looks a wire value up in the registry.
@@ -143,7 +150,10 @@ impl FrameType {
 
     /// Whether hubs may send this type to the relay (the others flow relay -> hub only).
     pub fn is_hub_to_relay(self) -> bool {
-        matches!(self, Self::Hello | Self::Send | Self::StatusRequest)
+        matches!(
+            self,
+            Self::Hello | Self::Send | Self::StatusRequest | Self::RevocationList
+        )
     }
 }
 
@@ -232,6 +242,8 @@ pub enum Frame<'a> {
         /// How long the hub should wait before reconnecting.
         reconnect_after_ms: u32,
     },
+    /// the signed revocation list, as `cluster::RevocationList::sign` makes it
+    RevocationList(&'a [u8]),
 }
 
 /// Why bytes are not a valid frame or message.
@@ -296,6 +308,7 @@ impl<'a> Frame<'a> {
             Frame::StatusRequest => FrameType::StatusRequest,
             Frame::Status(_) => FrameType::Status,
             Frame::Restarting { .. } => FrameType::Restarting,
+            Frame::RevocationList(_) => FrameType::RevocationList,
         }
     }
 
@@ -339,6 +352,7 @@ impl<'a> Frame<'a> {
             Frame::Restarting { reconnect_after_ms } => {
                 out.extend_from_slice(&reconnect_after_ms.to_be_bytes());
             }
+            Frame::RevocationList(doc) => out.extend_from_slice(doc),
         }
         let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
         out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&body_len.to_be_bytes());
@@ -357,11 +371,15 @@ impl<'a> Frame<'a> {
         let raw_type = r.u8()?;
         let ty = FrameType::from_u8(raw_type).ok_or(FrameError::UnknownType(raw_type))?;
         let len = r.u32()? as usize;
-        if len > MAX_FRAME_BODY {
+        let max = match ty {
+            FrameType::RevocationList => MAX_DOCUMENT_BODY,
+            _ => MAX_FRAME_BODY,
+        };
+        if len > max {
             return Err(FrameError::TooLarge {
                 what: "frame body",
                 len,
-                max: MAX_FRAME_BODY,
+                max,
             });
         }
         let mut body = Reader::new(r.take(len)?);
@@ -440,6 +458,13 @@ impl<'a> Frame<'a> {
             FrameType::Restarting => Frame::Restarting {
                 reconnect_after_ms: r.u32()?,
             },
+            FrameType::RevocationList => {
+                let doc = r.rest();
+                if doc.is_empty() {
+                    return Err(FrameError::Invalid("empty revocation list"));
+                }
+                Frame::RevocationList(doc)
+            }
         })
     }
 }
@@ -557,6 +582,7 @@ mod tests {
             FrameType::Restarting => Frame::Restarting {
                 reconnect_after_ms: 1500,
             },
+            FrameType::RevocationList => Frame::RevocationList(b"HRRL"),
         }
     }
 
@@ -584,6 +610,7 @@ mod tests {
                 "090000000c 00000003 0102030405060708".to_owned(),
             ),
             (FrameType::Restarting, "0a00000004 000005dc".to_owned()),
+            (FrameType::RevocationList, "0b00000004 4852524c".to_owned()),
         ];
         assert_eq!(expected.len(), FrameType::ALL.len(), "a snapshot per type");
         for (ty, want) in expected {
@@ -726,6 +753,7 @@ mod tests {
         StatusRequest,
         Status(u32, u64),
         Restarting(u32),
+        Revocations(Vec<u8>),
     }
 
     impl Owned {
@@ -762,6 +790,7 @@ mod tests {
                 Owned::Restarting(ms) => Frame::Restarting {
                     reconnect_after_ms: *ms,
                 },
+                Owned::Revocations(doc) => Frame::RevocationList(doc),
             }
         }
     }
@@ -786,6 +815,7 @@ mod tests {
             Just(Owned::StatusRequest),
             (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Status(a, b)),
             any::<u32>().prop_map(Owned::Restarting),
+            proptest::collection::vec(any::<u8>(), 1..512).prop_map(Owned::Revocations),
         ]
     }
 

@@ -1,17 +1,16 @@
 //! The relay's URL layout: `GET /v1/clusters/{cluster_id}/connect` (WebSocket upgrade).
 
-/// Longest cluster id accepted in a URL.
-pub const MAX_CLUSTER_ID_LEN: usize = 64;
+use crate::cluster::ClusterId;
 
-/// Whether `id` may name a cluster: 1 to 64 characters of `A-Z a-z 0-9 - _` (URL-safe, so it
-/// needs no escaping and names one Durable Object unambiguously).
+/// Whether `id` may name a cluster: 32 characters of lowercase base32 (`a-z 2-7`), the form of a
+/// [`ClusterId`] (URL-safe, so it names one Durable Object unambiguously).
 pub fn is_valid_cluster_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_CLUSTER_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    id.parse::<ClusterId>().is_ok()
 }
+
+/// The text both relays answer for a connect URL whose cluster id is malformed.
+pub const BAD_CLUSTER_ID: &str =
+    "a cluster id is 32 characters of a-z and 2-7 (base32 of the CA key hash)\n";
 
 /// What a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,19 +54,15 @@ mod tests {
 
     #[test]
     fn routes() {
+        let id = "gr2q7gf5lh6pzfdnurnkvputhpqvjjfv";
         assert_eq!(route("/"), Route::Health);
-        assert_eq!(
-            route("/v1/clusters/abc_D-9/connect"),
-            Route::Connect("abc_D-9")
-        );
-        assert_eq!(route(&connect_path("x")), Route::Connect("x"));
+        assert_eq!(route(&connect_path(id)), Route::Connect(id));
         assert_eq!(route("/v1/clusters//connect"), Route::BadClusterId);
         assert_eq!(route("/v1/clusters/a%20b/connect"), Route::BadClusterId);
         assert_eq!(route("/v1/clusters/a/b/connect"), Route::BadClusterId);
-        assert_eq!(
-            route(&format!("/v1/clusters/{}/connect", "a".repeat(65))),
-            Route::BadClusterId
-        );
+        let upper = connect_path(&id.to_uppercase());
+        assert_eq!(route(&upper), Route::BadClusterId);
+        assert_eq!(route(&connect_path(&format!("{id}a"))), Route::BadClusterId);
         assert_eq!(route("/v2/clusters/a/connect"), Route::NotFound);
         assert_eq!(route("/v1/clusters/a"), Route::NotFound);
     }

@@ -11,6 +11,12 @@
 //! The room never reads a clock, draws randomness or touches a socket, so the same logic runs in
 //! wasm32 inside workerd and natively under tokio, and is tested here without either.
 //!
+//! Admission: a `Hello` must carry a certificate login for the room's cluster
+//! (`cluster::login`); the room checks it against the cluster id, the clock the caller passes, the
+//! revocation list it holds and the nonces it has seen. A member may publish a newer signed
+//! revocation list: the room keeps it (and asks the relay to store it), closes every member it
+//! revokes, and delivers it to every member, and to each hub that joins later.
+//!
 //! Frames of a message are handled in order. A protocol violation closes only the offending
 //! connection; frames before it in the same message may already have been routed. Payloads for
 //! the same destination produced by one incoming message are batched into one outgoing message.
@@ -18,6 +24,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::close::CloseCode;
+use crate::cluster::login::{verify_login, ReplayGuard};
+use crate::cluster::{ClusterId, RevocationList, VerifiedRevocations};
 use crate::frame::{
     frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
 };
@@ -48,14 +56,31 @@ pub enum Action {
         /// Human-readable detail for logs; never secret.
         reason: String,
     },
-    /// The socket's hub was admitted: store the id with the socket (it must survive hibernation,
+    /// The socket's hub was admitted: store this with the socket (it must survive hibernation,
     /// and is handed back through [`Room::restore`]).
     Admitted {
         /// The socket.
         conn: ConnId,
-        /// Its hub.
-        hub: HubId,
+        /// Who it is.
+        member: MemberInfo,
     },
+    /// A newer revocation list was accepted: store it durably (it is handed back through
+    /// [`Room::set_revocations`] when the room is rebuilt).
+    StoreRevocations {
+        /// The signed list.
+        bytes: Vec<u8>,
+    },
+}
+
+/// What the room remembers of an admitted socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The hub's id.
+    pub hub: HubId,
+    /// SHA-256 of its certificate.
+    pub fingerprint: [u8; 32],
+    /// SHA-256 of its identity key.
+    pub key_hash: [u8; 32],
 }
 
 /// The sockets of a relay, as [`Room::perform`] drives them.
@@ -65,13 +90,17 @@ pub trait Sockets {
     fn send(&mut self, conn: ConnId, message: Vec<u8>) -> Result<(), CloseCode>;
     /// Closes `conn` with a code and reason, and forgets it.
     fn close(&mut self, conn: ConnId, code: CloseCode, reason: String);
-    /// Stores `hub` with `conn` so that [`Room::restore`] can be given it after a hibernation.
-    fn admitted(&mut self, conn: ConnId, hub: HubId);
+    /// Stores `member` with `conn` so that [`Room::restore`] can be given it after a hibernation.
+    fn admitted(&mut self, conn: ConnId, member: MemberInfo);
+    /// Stores the room's newest revocation list durably.
+    fn store_revocations(&mut self, bytes: Vec<u8>);
 }
 
 /// Settings of one room.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RoomConfig {
+    /// The cluster whose room this is (from the URL).
+    pub cluster: ClusterId,
     /// When this instance of the room started (Unix ms), reported in `Status`.
     pub instance_started_ms: u64,
     /// Most hubs admitted at once.
@@ -79,9 +108,10 @@ pub struct RoomConfig {
 }
 
 impl RoomConfig {
-    /// Defaults, with the caller's start time.
-    pub fn new(instance_started_ms: u64) -> Self {
+    /// Defaults, for `cluster`, with the caller's start time.
+    pub fn new(cluster: ClusterId, instance_started_ms: u64) -> Self {
         RoomConfig {
+            cluster,
             instance_started_ms,
             max_members: MAX_ROOM_MEMBERS,
         }
@@ -91,7 +121,7 @@ impl RoomConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     AwaitingHello,
-    Member(HubId),
+    Member(MemberInfo),
 }
 
 /// One cluster's room. See the module docs for the calling order.
@@ -100,6 +130,8 @@ pub struct Room {
     config: RoomConfig,
     conns: HashMap<ConnId, ConnState>,
     members: BTreeMap<HubId, ConnId>,
+    replays: ReplayGuard,
+    revocations: Option<VerifiedRevocations>,
 }
 
 /// Outgoing messages of one `handle_message` call, batched per destination.
@@ -145,6 +177,32 @@ impl Room {
             config,
             conns: HashMap::new(),
             members: BTreeMap::new(),
+            replays: ReplayGuard::default(),
+            revocations: None,
+        }
+    }
+
+    /// The room's cluster.
+    pub fn cluster(&self) -> &ClusterId {
+        &self.config.cluster
+    }
+
+    /// The newest revocation list the room holds.
+    pub fn revocations(&self) -> Option<&VerifiedRevocations> {
+        self.revocations.as_ref()
+    }
+
+    /// Gives the room a stored revocation list (when it is rebuilt). Ignored unless it verifies
+    /// for this cluster and is newer than the one held; returns whether it was taken.
+    pub fn set_revocations(&mut self, bytes: &[u8]) -> bool {
+        match RevocationList::verify(bytes, &self.config.cluster)
+            .and_then(|v| v.supersede(self.revocations.as_ref()))
+        {
+            Ok(v) => {
+                self.revocations = Some(v);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -161,7 +219,7 @@ impl Room {
     /// The hub a socket was admitted as; `None` before its `Hello` or once it is gone.
     pub fn hub_of(&self, conn: ConnId) -> Option<HubId> {
         match self.conns.get(&conn) {
-            Some(ConnState::Member(hub)) => Some(*hub),
+            Some(ConnState::Member(m)) => Some(m.hub),
             _ => None,
         }
     }
@@ -181,21 +239,22 @@ impl Room {
     ///
     /// If two sockets claim one hub (a replacement whose close was not seen yet), the higher
     /// `ConnId` wins, as the newer connection did, and the other is closed as replaced.
-    pub fn restore(&mut self, conn: ConnId, hub: Option<HubId>, out: &mut Vec<Action>) {
-        let Some(hub) = hub else {
+    pub fn restore(&mut self, conn: ConnId, member: Option<MemberInfo>, out: &mut Vec<Action>) {
+        let Some(member) = member else {
             self.conns.insert(conn, ConnState::AwaitingHello);
             return;
         };
+        let hub = member.hub;
         let loser = match self.members.get(&hub) {
             Some(&other) if other > conn => conn,
             Some(&other) => {
                 self.conns.remove(&other);
-                self.conns.insert(conn, ConnState::Member(hub));
+                self.conns.insert(conn, ConnState::Member(member));
                 self.members.insert(hub, conn);
                 other
             }
             None => {
-                self.conns.insert(conn, ConnState::Member(hub));
+                self.conns.insert(conn, ConnState::Member(member));
                 self.members.insert(hub, conn);
                 return;
             }
@@ -222,7 +281,8 @@ impl Room {
                         }
                     }
                     Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
-                    Action::Admitted { conn, hub } => sockets.admitted(conn, hub),
+                    Action::Admitted { conn, member } => sockets.admitted(conn, member),
+                    Action::StoreRevocations { bytes } => sockets.store_revocations(bytes),
                 }
             }
             queue = follow_up;
@@ -231,7 +291,7 @@ impl Room {
 
     /// A socket closed (by either side) or failed.
     pub fn handle_disconnect(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        let Some(ConnState::Member(hub)) = self.conns.remove(&conn) else {
+        let Some(ConnState::Member(MemberInfo { hub, .. })) = self.conns.remove(&conn) else {
             return;
         };
         if self.members.get(&hub) != Some(&conn) {
@@ -258,8 +318,14 @@ impl Room {
         );
     }
 
-    /// A binary message arrived on `conn`.
-    pub fn handle_message(&mut self, conn: ConnId, message: &[u8], out: &mut Vec<Action>) {
+    /// A binary message arrived on `conn` at `now_ms` (Unix ms, the relay's clock).
+    pub fn handle_message(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        message: &[u8],
+        out: &mut Vec<Action>,
+    ) {
         let mut outbox = Outbox::default();
         for frame in frames(message) {
             let Some(state) = self.conns.get(&conn).copied() else {
@@ -274,7 +340,7 @@ impl Room {
                 }
                 Ok(frame) => {
                     if let Err((code, reason)) =
-                        self.handle_frame(conn, state, frame, &mut outbox, out)
+                        self.handle_frame(conn, now_ms, state, frame, &mut outbox, out)
                     {
                         outbox.flush(out);
                         self.close(conn, code, reason, out);
@@ -289,6 +355,7 @@ impl Room {
     fn handle_frame(
         &mut self,
         conn: ConnId,
+        now_ms: u64,
         state: ConnState,
         frame: Frame<'_>,
         outbox: &mut Outbox,
@@ -312,7 +379,20 @@ impl Room {
                         ),
                     ));
                 }
-                self.admit(conn, hello.hub, out)
+                let peer = verify_login(
+                    &hello,
+                    &self.config.cluster,
+                    now_ms,
+                    self.revocations.as_ref(),
+                    &mut self.replays,
+                )
+                .map_err(|e| (e.close_code(), e.to_string()))?;
+                let member = MemberInfo {
+                    hub: peer.hub_id(),
+                    fingerprint: peer.fingerprint(),
+                    key_hash: peer.key_hash(),
+                };
+                self.admit(conn, member, out)
             }
             (ConnState::AwaitingHello, _) => Err((
                 CloseCode::HelloRequired,
@@ -322,7 +402,10 @@ impl Room {
                 CloseCode::ProtocolError,
                 "a connection sends Hello only once".into(),
             )),
-            (ConnState::Member(src), Frame::Send { dst, payload }) => {
+            (ConnState::Member(_), Frame::RevocationList(doc)) => {
+                self.publish_revocations(conn, doc, outbox, out)
+            }
+            (ConnState::Member(MemberInfo { hub: src, .. }), Frame::Send { dst, payload }) => {
                 match self.members.get(&dst) {
                     Some(&to) => outbox.push(to, &Frame::Recv { src, payload }, out),
                     None => outbox.push(conn, &Frame::Undeliverable(dst), out),
@@ -347,9 +430,10 @@ impl Room {
     fn admit(
         &mut self,
         conn: ConnId,
-        hub: HubId,
+        member: MemberInfo,
         out: &mut Vec<Action>,
     ) -> Result<(), (CloseCode, String)> {
+        let hub = member.hub;
         let replaced = self.members.get(&hub).copied();
         if replaced.is_none() && self.members.len() >= self.config.max_members {
             return Err((
@@ -367,9 +451,9 @@ impl Room {
                 reason: REPLACED_REASON.into(),
             });
         }
-        self.conns.insert(conn, ConnState::Member(hub));
+        self.conns.insert(conn, ConnState::Member(member));
         self.members.insert(hub, conn);
-        out.push(Action::Admitted { conn, hub });
+        out.push(Action::Admitted { conn, member });
 
         let online: Vec<HubId> = self
             .members
@@ -377,13 +461,17 @@ impl Room {
             .filter(|h| **h != hub)
             .copied()
             .collect();
+        let mut welcome = Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            online,
+        }
+        .to_message();
+        if let Some(list) = &self.revocations {
+            Frame::RevocationList(list.bytes()).encode(&mut welcome);
+        }
         out.push(Action::Send {
             conn,
-            message: Frame::Welcome {
-                version: PROTOCOL_VERSION,
-                online,
-            }
-            .to_message(),
+            message: welcome,
         });
         let joined = Frame::PeerJoined(hub).to_message();
         for (&other_hub, &other) in &self.members {
@@ -393,6 +481,59 @@ impl Room {
                     message: joined.clone(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// A member published a revocation list: keep it if newer, enforce it, deliver it.
+    fn publish_revocations(
+        &mut self,
+        conn: ConnId,
+        doc: &[u8],
+        outbox: &mut Outbox,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (CloseCode, String)> {
+        let list = RevocationList::verify(doc, &self.config.cluster).map_err(|e| {
+            (
+                CloseCode::ProtocolError,
+                format!("revocation list refused: {e}"),
+            )
+        })?;
+        let list = match list.supersede(self.revocations.as_ref()) {
+            Ok(newer) => newer,
+            Err(_) => {
+                // Not newer. If the room holds a strictly newer one, the sender learns it.
+                if let Some(held) = &self.revocations {
+                    if RevocationList::verify(doc, &self.config.cluster)
+                        .is_ok_and(|l| l.version() < held.version())
+                    {
+                        outbox.push(conn, &Frame::RevocationList(held.bytes()), out);
+                    }
+                }
+                return Ok(());
+            }
+        };
+        out.push(Action::StoreRevocations {
+            bytes: list.bytes().to_vec(),
+        });
+        let revoked: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(c, s)| match s {
+                ConnState::Member(m) if list.is_revoked(&m.fingerprint, &m.key_hash) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        let message = Frame::RevocationList(list.bytes()).to_message();
+        self.revocations = Some(list);
+        for c in revoked {
+            self.close(c, CloseCode::Revoked, "certificate revoked".into(), out);
+        }
+        for &member in self.members.values() {
+            out.push(Action::Send {
+                conn: member,
+                message: message.clone(),
+            });
         }
         Ok(())
     }
@@ -425,14 +566,44 @@ fn truncate_reason(reason: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::cert::tests::{request, NOW};
+    use crate::cluster::login::Credentials;
+    use crate::cluster::{ClusterCa, Revocation};
     use crate::frame::{decode_message, Hello};
+    use ed25519_dalek::SigningKey;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn hub(b: u8) -> HubId {
         HubId([b; 16])
     }
 
+    fn ca() -> ClusterCa {
+        ClusterCa::from_secret(&[42; 32])
+    }
+
+    /// A member's credentials: hub `h`'s key and certificate from the test CA.
+    fn creds(h: HubId) -> Credentials {
+        let identity = SigningKey::from_bytes(&[h.0[0]; 32]);
+        let mut req = request(h.0[0], &identity);
+        req.hub_id = h;
+        let cert_der = ca().issue(&req, &mut StdRng::seed_from_u64(1)).unwrap();
+        Credentials {
+            ca_key: ca().public_key(),
+            cert_der,
+            hub_id: h,
+            identity,
+        }
+    }
+
+    /// A `Hello` with a fresh login (a new nonce each call).
     fn hello(h: HubId) -> Vec<u8> {
-        Frame::Hello(Hello::new(h)).to_message()
+        static SEED: AtomicU64 = AtomicU64::new(0);
+        let mut rng = StdRng::seed_from_u64(SEED.fetch_add(1, Ordering::Relaxed));
+        let c = creds(h);
+        let ext = c.login(NOW, &mut rng);
+        Frame::Hello(c.hello(&ext)).to_message()
     }
 
     fn send(dst: HubId, payload: &[u8]) -> Vec<u8> {
@@ -465,25 +636,22 @@ mod tests {
     fn join(room: &mut Room, conn: u64, h: HubId) -> Vec<Action> {
         let mut out = Vec::new();
         room.handle_connect(ConnId(conn));
-        room.handle_message(ConnId(conn), &hello(h), &mut out);
+        room.handle_message(ConnId(conn), NOW, &hello(h), &mut out);
         out
     }
 
     fn room() -> Room {
-        Room::new(RoomConfig::new(42))
+        Room::new(RoomConfig::new(ca().cluster_id(), 42))
     }
 
     #[test]
     fn join_gets_welcome_and_others_see_presence() {
         let mut r = room();
         let out = join(&mut r, 1, hub(1));
-        assert_eq!(
+        assert!(matches!(
             out[0],
-            Action::Admitted {
-                conn: ConnId(1),
-                hub: hub(1)
-            }
-        );
+            Action::Admitted { conn: ConnId(1), member } if member.hub == hub(1)
+        ));
         assert_eq!(
             sent_to(&out, ConnId(1)),
             vec![vec![Frame::Welcome {
@@ -516,7 +684,7 @@ mod tests {
         msg.extend(send(hub(3), b"b"));
         msg.extend(send(hub(2), b"c"));
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &msg, &mut out);
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
         assert_eq!(
             sent_to(&out, ConnId(2)),
             vec![vec![
@@ -554,7 +722,7 @@ mod tests {
         // 15 frames of ~64 KiB each are just under 1 MiB in, and just over once re-framed with
         // the same overhead: all must arrive, no message over the limit.
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &msg, &mut out);
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
         let msgs: Vec<&Vec<u8>> = out
             .iter()
             .filter_map(|a| match a {
@@ -572,7 +740,7 @@ mod tests {
         let mut r = room();
         let _ = join(&mut r, 1, hub(1));
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &send(hub(9), b"x"), &mut out);
+        r.handle_message(ConnId(1), NOW, &send(hub(9), b"x"), &mut out);
         assert_eq!(
             sent_to(&out, ConnId(1)),
             vec![vec![Frame::Undeliverable(hub(9))]]
@@ -599,7 +767,7 @@ mod tests {
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(3)));
         // Traffic for hub 1 goes to the new socket.
         let mut out = Vec::new();
-        r.handle_message(ConnId(2), &send(hub(1), b"z"), &mut out);
+        r.handle_message(ConnId(2), NOW, &send(hub(1), b"z"), &mut out);
         assert_eq!(sent_to(&out, ConnId(3)).len(), 1);
     }
 
@@ -615,7 +783,7 @@ mod tests {
             vec![vec![Frame::PeerLeft(hub(2))]]
         );
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         assert_eq!(
             sent_to(&out, ConnId(1)),
             vec![vec![Frame::Undeliverable(hub(2))]]
@@ -628,7 +796,7 @@ mod tests {
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &[0xee, 0, 0, 0, 0], &mut out);
+        r.handle_message(ConnId(1), NOW, &[0xee, 0, 0, 0, 0], &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
         assert_eq!(
             sent_to(&out, ConnId(2)),
@@ -640,7 +808,7 @@ mod tests {
         let mut msg = send(hub(2), b"ok");
         msg.extend([0x03, 0, 0, 0]);
         let mut out = Vec::new();
-        r.handle_message(ConnId(3), &msg, &mut out);
+        r.handle_message(ConnId(3), NOW, &msg, &mut out);
         assert_eq!(sent_to(&out, ConnId(2)).len(), 2); // the payload, then PeerLeft(3)
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ProtocolError)]);
     }
@@ -650,14 +818,16 @@ mod tests {
         let mut r = room();
         let mut out = Vec::new();
         r.handle_connect(ConnId(1));
-        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::HelloRequired)]);
 
         let mut out = Vec::new();
         r.handle_connect(ConnId(2));
-        let mut h = Hello::new(hub(2));
+        let c = creds(hub(2));
+        let ext = c.login(NOW, &mut StdRng::seed_from_u64(99));
+        let mut h = c.hello(&ext);
         h.version = 9;
-        r.handle_message(ConnId(2), &Frame::Hello(h).to_message(), &mut out);
+        r.handle_message(ConnId(2), NOW, &Frame::Hello(h).to_message(), &mut out);
         assert_eq!(
             closes(&out),
             vec![(ConnId(2), CloseCode::UnsupportedVersion)]
@@ -665,13 +835,18 @@ mod tests {
 
         let _ = join(&mut r, 3, hub(3));
         let mut out = Vec::new();
-        r.handle_message(ConnId(3), &hello(hub(3)), &mut out);
+        r.handle_message(ConnId(3), NOW, &hello(hub(3)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ProtocolError)]);
 
         // Relay-to-hub frames from a hub are refused.
         let _ = join(&mut r, 4, hub(4));
         let mut out = Vec::new();
-        r.handle_message(ConnId(4), &Frame::PeerLeft(hub(1)).to_message(), &mut out);
+        r.handle_message(
+            ConnId(4),
+            NOW,
+            &Frame::PeerLeft(hub(1)).to_message(),
+            &mut out,
+        );
         assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
 
         let mut out = Vec::new();
@@ -687,13 +862,14 @@ mod tests {
         let _ = join(&mut r, 1, hub(1));
         let payload = vec![0u8; crate::frame::MAX_PAYLOAD + 1];
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &send(hub(1), &payload), &mut out);
+        r.handle_message(ConnId(1), NOW, &send(hub(1), &payload), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::TooLarge)]);
     }
 
     #[test]
     fn room_full() {
         let mut r = Room::new(RoomConfig {
+            cluster: ca().cluster_id(),
             instance_started_ms: 0,
             max_members: 2,
         });
@@ -713,6 +889,7 @@ mod tests {
         sent: Vec<ConnId>,
         closed: Vec<(ConnId, CloseCode)>,
         admitted: Vec<(ConnId, HubId)>,
+        stored: Vec<Vec<u8>>,
     }
 
     impl Sockets for Recorder {
@@ -726,8 +903,11 @@ mod tests {
         fn close(&mut self, conn: ConnId, code: CloseCode, _reason: String) {
             self.closed.push((conn, code));
         }
-        fn admitted(&mut self, conn: ConnId, hub: HubId) {
-            self.admitted.push((conn, hub));
+        fn admitted(&mut self, conn: ConnId, member: MemberInfo) {
+            self.admitted.push((conn, member.hub));
+        }
+        fn store_revocations(&mut self, bytes: Vec<u8>) {
+            self.stored.push(bytes);
         }
     }
 
@@ -743,12 +923,144 @@ mod tests {
         sockets.refuse.push(ConnId(2));
         sockets.sent.clear();
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), &send(hub(2), b"x"), &mut out);
+        r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         r.perform(out, &mut sockets);
         assert_eq!(sockets.closed, vec![(ConnId(2), CloseCode::SlowConsumer)]);
         assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(3)]);
         // The follow-up presence reached the remaining hubs.
         assert_eq!(sockets.sent, vec![ConnId(1), ConnId(3)]);
+    }
+
+    fn member(b: u8) -> MemberInfo {
+        MemberInfo {
+            hub: hub(b),
+            fingerprint: [b; 32],
+            key_hash: [b; 32],
+        }
+    }
+
+    fn revoking(version: u64, h: HubId) -> Vec<u8> {
+        let fp = crate::cluster::fingerprint(&creds(h).cert_der);
+        RevocationList {
+            version,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: fp,
+                key_hash: [0; 32],
+                revoked_at_ms: NOW,
+                reason: "lost".into(),
+            }],
+        }
+        .sign(&ca())
+        .unwrap()
+    }
+
+    #[test]
+    fn admission_requires_a_valid_login() {
+        let mut r = room();
+        // No login.
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(1));
+        r.handle_message(
+            ConnId(1),
+            NOW,
+            &Frame::Hello(Hello::new(hub(1))).to_message(),
+            &mut out,
+        );
+        assert_eq!(
+            closes(&out),
+            vec![(ConnId(1), CloseCode::CertificateRequired)]
+        );
+        // A replayed login.
+        let msg = hello(hub(2));
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(2));
+        r.handle_message(ConnId(2), NOW, &msg, &mut out);
+        assert!(closes(&out).is_empty());
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(3));
+        r.handle_message(ConnId(3), NOW, &msg, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ReplayedLogin)]);
+        // Another cluster's room refuses this cluster's hubs.
+        let mut other = Room::new(RoomConfig::new(
+            ClusterCa::from_secret(&[7; 32]).cluster_id(),
+            0,
+        ));
+        let mut out = Vec::new();
+        other.handle_connect(ConnId(1));
+        other.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ForeignCluster)]);
+    }
+
+    #[test]
+    fn a_newer_revocation_list_closes_revoked_members_and_reaches_everyone() {
+        let mut r = room();
+        for i in 1..=3 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        let v2 = revoking(2, hub(3));
+        let mut out = Vec::new();
+        r.handle_message(
+            ConnId(1),
+            NOW,
+            &Frame::RevocationList(&v2).to_message(),
+            &mut out,
+        );
+        assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::Revoked)]);
+        assert!(out.contains(&Action::StoreRevocations { bytes: v2.clone() }));
+        for c in [1, 2] {
+            assert!(sent_to(&out, ConnId(c)).contains(&vec![Frame::RevocationList(&v2)]));
+        }
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(2)]);
+        // The revoked hub cannot come back.
+        let out = join(&mut r, 4, hub(3));
+        assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::Revoked)]);
+        // A hub that joins later receives the list with its welcome.
+        let out = join(&mut r, 5, hub(5));
+        let frames = &sent_to(&out, ConnId(5))[0];
+        assert_eq!(frames[1], Frame::RevocationList(&v2));
+        // An older list is ignored, and its sender is sent the newer one.
+        let v1 = revoking(1, hub(2));
+        let mut out = Vec::new();
+        r.handle_message(
+            ConnId(2),
+            NOW,
+            &Frame::RevocationList(&v1).to_message(),
+            &mut out,
+        );
+        assert!(closes(&out).is_empty());
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::RevocationList(&v2)]]
+        );
+        assert_eq!(r.revocations().unwrap().version(), 2);
+        // A list signed by another CA is a protocol violation.
+        let forged = RevocationList {
+            version: 9,
+            issued_at_ms: NOW,
+            entries: vec![],
+        }
+        .sign(&ClusterCa::from_secret(&[8; 32]))
+        .unwrap();
+        let mut out = Vec::new();
+        r.handle_message(
+            ConnId(2),
+            NOW,
+            &Frame::RevocationList(&forged).to_message(),
+            &mut out,
+        );
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ProtocolError)]);
+        assert_eq!(r.revocations().unwrap().version(), 2);
+    }
+
+    #[test]
+    fn a_stored_list_is_enforced_after_a_rebuild() {
+        let mut r = room();
+        assert!(r.set_revocations(&revoking(3, hub(1))));
+        assert!(!r.set_revocations(&revoking(2, hub(2))));
+        assert!(!r.set_revocations(b"garbage"));
+        let out = join(&mut r, 1, hub(1));
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::Revoked)]);
     }
 
     #[test]
@@ -757,16 +1069,16 @@ mod tests {
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
         // Rebuild from what the relay stored per socket: same routing, no presence noise.
-        let mut woken = Room::new(RoomConfig::new(99));
+        let mut woken = Room::new(RoomConfig::new(ca().cluster_id(), 99));
         let mut out = Vec::new();
-        woken.restore(ConnId(1), Some(hub(1)), &mut out);
-        woken.restore(ConnId(2), Some(hub(2)), &mut out);
+        woken.restore(ConnId(1), Some(member(1)), &mut out);
+        woken.restore(ConnId(2), Some(member(2)), &mut out);
         woken.restore(ConnId(3), None, &mut out);
         assert!(out.is_empty());
-        woken.handle_message(ConnId(1), &send(hub(2), b"p"), &mut out);
+        woken.handle_message(ConnId(1), NOW, &send(hub(2), b"p"), &mut out);
         assert_eq!(sent_to(&out, ConnId(2)).len(), 1);
         let mut out = Vec::new();
-        woken.handle_message(ConnId(2), &Frame::StatusRequest.to_message(), &mut out);
+        woken.handle_message(ConnId(2), NOW, &Frame::StatusRequest.to_message(), &mut out);
         assert_eq!(
             sent_to(&out, ConnId(2)),
             vec![vec![Frame::Status(RoomStatus {
@@ -777,10 +1089,10 @@ mod tests {
         // Two sockets claiming one hub: the newer one wins, whatever the order.
         let mut r = room();
         let mut out = Vec::new();
-        r.restore(ConnId(7), Some(hub(1)), &mut out);
-        r.restore(ConnId(5), Some(hub(1)), &mut out);
-        r.restore(ConnId(8), Some(hub(2)), &mut out);
-        r.restore(ConnId(9), Some(hub(2)), &mut out);
+        r.restore(ConnId(7), Some(member(1)), &mut out);
+        r.restore(ConnId(5), Some(member(1)), &mut out);
+        r.restore(ConnId(8), Some(member(2)), &mut out);
+        r.restore(ConnId(9), Some(member(2)), &mut out);
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(7)));
         assert_eq!(r.conn_of(&hub(2)), Some(ConnId(9)));
         assert_eq!(

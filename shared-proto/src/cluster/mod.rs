@@ -11,7 +11,7 @@
 //! an unverified value ([`PeerCertificate`], [`RevocationList::decode`]); only verification gives
 //! the types the rest of the code trusts ([`VerifiedPeer`], [`VerifiedRevocations`]).
 
-mod cert;
+pub(crate) mod cert;
 pub mod login;
 mod signed;
 
