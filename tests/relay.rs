@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use e2e::{
-    expect_event, expect_event_within, expect_message, hub, join, join_with, test_config,
-    RelayKind, RelayProcess,
+    expect_event, expect_event_within, expect_message, hub, join, join_with, now_ms, test_config,
+    RelayKind, RelayProcess, TestCluster,
 };
 use futures_util::{SinkExt, StreamExt};
 use hub_client::relay::connect_url;
 use hub_client::RelayEvent;
+use shared_proto::cluster::login::Credentials;
 use shared_proto::frame::{Frame, Hello, RoomStatus};
 use shared_proto::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,12 +36,13 @@ macro_rules! both {
 both!(three_hubs_in_one_room);
 async fn three_hubs_in_one_room(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
-    let (mut a, online) = join(&relay, "three", hub(1)).await;
+    let cluster = TestCluster::new();
+    let (mut a, online) = join(&relay, cluster.hub(1)).await;
     assert!(online.is_empty());
-    let (mut b, online) = join(&relay, "three", hub(2)).await;
+    let (mut b, online) = join(&relay, cluster.hub(2)).await;
     assert_eq!(online, vec![hub(1)]);
     expect_event(&mut a, "B joined", |e| *e == RelayEvent::PeerJoined(hub(2))).await;
-    let (mut c, online) = join(&relay, "three", hub(3)).await;
+    let (mut c, online) = join(&relay, cluster.hub(3)).await;
     assert_eq!(online, vec![hub(1), hub(2)]);
     expect_event(&mut a, "C joined", |e| *e == RelayEvent::PeerJoined(hub(3))).await;
     expect_event(&mut b, "C joined", |e| *e == RelayEvent::PeerJoined(hub(3))).await;
@@ -84,14 +86,15 @@ async fn three_hubs_in_one_room(kind: RelayKind) {
 both!(rooms_are_isolated);
 async fn rooms_are_isolated(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
-    let (mut x1, _) = join(&relay, "cluster-x", hub(1)).await;
-    let (x2, _) = join(&relay, "cluster-x", hub(2)).await;
+    let (x, y) = (TestCluster::new(), TestCluster::new());
+    let (mut x1, _) = join(&relay, x.hub(1)).await;
+    let (x2, _) = join(&relay, x.hub(2)).await;
     expect_event(&mut x1, "x2 joined", |e| {
         *e == RelayEvent::PeerJoined(hub(2))
     })
     .await;
     // The same hub id in another cluster is another hub: it replaces nobody and sees nobody.
-    let (mut y1, online) = join(&relay, "cluster-y", hub(1)).await;
+    let (mut y1, online) = join(&relay, y.hub(1)).await;
     assert!(online.is_empty(), "cluster-y sees {online:?}");
     y1.send(hub(2), b"cross".to_vec()).await.unwrap();
     expect_event(&mut y1, "undeliverable", |e| {
@@ -113,15 +116,21 @@ async fn rooms_are_isolated(kind: RelayKind) {
 }
 
 /// A raw WebSocket to the relay, for sending what a well-behaved client never would.
-async fn raw(
-    relay: &RelayProcess,
-    cluster: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let url = connect_url(&relay.url(), cluster).unwrap();
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw(relay: &RelayProcess, cluster: &TestCluster) -> RawWs {
+    let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
     tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap()
         .0
+}
+
+/// A `Hello` message with a fresh login made at `at_ms`.
+fn login_hello(creds: &Credentials, at_ms: u64) -> Vec<u8> {
+    let ext = creds.login(at_ms, &mut rand::rngs::OsRng);
+    Frame::Hello(creds.hello(&ext)).to_message()
 }
 
 /// Reads until a close frame and returns its code.
@@ -145,12 +154,13 @@ where
 both!(bad_input_closes_only_the_offender);
 async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
-    let (mut a, _) = join(&relay, "bad", hub(1)).await;
-    let (mut b, _) = join(&relay, "bad", hub(2)).await;
+    let cluster = TestCluster::new();
+    let (mut a, _) = join(&relay, cluster.hub(1)).await;
+    let (mut b, _) = join(&relay, cluster.hub(2)).await;
 
     // A member that sends a malformed frame is closed with 4000; the others see it leave.
-    let mut evil = raw(&relay, "bad").await;
-    let hello = Frame::Hello(Hello::new(hub(7))).to_message();
+    let mut evil = raw(&relay, &cluster).await;
+    let hello = login_hello(&cluster.hub(7), now_ms());
     evil.send(Message::Binary(hello.into())).await.unwrap();
     expect_event(&mut a, "evil joined", |e| {
         *e == RelayEvent::PeerJoined(hub(7))
@@ -163,7 +173,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     expect_event(&mut a, "evil left", |e| *e == RelayEvent::PeerLeft(hub(7))).await;
 
     // Each kind of bad input gets its documented code.
-    let mut s = raw(&relay, "bad").await;
+    let mut s = raw(&relay, &cluster).await;
     let send = Frame::Send {
         dst: hub(1),
         payload: b"x",
@@ -172,8 +182,10 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     s.send(Message::Binary(send.into())).await.unwrap();
     assert_eq!(close_code(&mut s).await, CloseCode::HelloRequired.code());
 
-    let mut s = raw(&relay, "bad").await;
-    let mut h = Hello::new(hub(8));
+    let mut s = raw(&relay, &cluster).await;
+    let c8 = cluster.hub(8);
+    let ext = c8.login(now_ms(), &mut rand::rngs::OsRng);
+    let mut h = c8.hello(&ext);
     h.version = 2;
     s.send(Message::Binary(Frame::Hello(h).to_message().into()))
         .await
@@ -183,12 +195,12 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
         CloseCode::UnsupportedVersion.code()
     );
 
-    let mut s = raw(&relay, "bad").await;
+    let mut s = raw(&relay, &cluster).await;
     s.send(Message::text("hello?")).await.unwrap();
     assert_eq!(close_code(&mut s).await, CloseCode::ProtocolError.code());
 
-    let mut s = raw(&relay, "bad").await;
-    let hello = Frame::Hello(Hello::new(hub(9))).to_message();
+    let mut s = raw(&relay, &cluster).await;
+    let hello = login_hello(&cluster.hub(9), now_ms());
     s.send(Message::Binary(hello.into())).await.unwrap();
     let oversized = Frame::Send {
         dst: hub(1),
@@ -199,7 +211,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     assert_eq!(close_code(&mut s).await, CloseCode::TooLarge.code());
 
     // A keepalive is answered without a hello.
-    let mut s = raw(&relay, "bad").await;
+    let mut s = raw(&relay, &cluster).await;
     s.send(Message::text("ping")).await.unwrap();
     let pong = tokio::time::timeout(Duration::from_secs(10), s.next())
         .await
@@ -216,9 +228,10 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
 both!(duplicate_hub_id_replaces_the_old_connection);
 async fn duplicate_hub_id_replaces_the_old_connection(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
-    let (mut old, _) = join(&relay, "dup", hub(1)).await;
-    let (other, _) = join(&relay, "dup", hub(2)).await;
-    let (mut new, _) = join(&relay, "dup", hub(1)).await;
+    let cluster = TestCluster::new();
+    let (mut old, _) = join(&relay, cluster.hub(1)).await;
+    let (other, _) = join(&relay, cluster.hub(2)).await;
+    let (mut new, _) = join(&relay, cluster.hub(1)).await;
     // The old connection is told why, and does not come back to fight over the id.
     let ev = expect_event(&mut old, "disconnect", |e| {
         matches!(e, RelayEvent::Disconnected { .. })
@@ -242,8 +255,9 @@ async fn duplicate_hub_id_replaces_the_old_connection(kind: RelayKind) {
 both!(hubs_reconnect_after_the_relay_is_killed);
 async fn hubs_reconnect_after_the_relay_is_killed(kind: RelayKind) {
     let mut relay = RelayProcess::start(kind);
-    let (mut a, _) = join(&relay, "restart", hub(1)).await;
-    let (mut b, _) = join(&relay, "restart", hub(2)).await;
+    let cluster = TestCluster::new();
+    let (mut a, _) = join(&relay, cluster.hub(1)).await;
+    let (mut b, _) = join(&relay, cluster.hub(2)).await;
     relay.kill();
     for c in [&mut a, &mut b] {
         expect_event(c, "disconnect", |e| {
@@ -284,9 +298,10 @@ async fn hubs_reconnect_after_the_relay_is_killed(kind: RelayKind) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workerd_room_hibernates_and_still_routes() {
     let relay = RelayProcess::start(RelayKind::Workerd);
-    let mut cfg_a = test_config(&relay, "sleepy", hub(1));
+    let cluster = TestCluster::new();
+    let mut cfg_a = test_config(&relay, cluster.hub(1));
     cfg_a.keepalive = Duration::from_secs(2);
-    let mut cfg_b = test_config(&relay, "sleepy", hub(2));
+    let mut cfg_b = test_config(&relay, cluster.hub(2));
     cfg_b.keepalive = Duration::from_secs(2);
     let (mut a, _) = join_with(cfg_a).await;
     let (b, _) = join_with(cfg_b).await;
@@ -357,17 +372,177 @@ async fn http_surface_matches_the_protocol(kind: RelayKind) {
     assert!(body.contains("relay protocol v1"), "{body}");
     assert_eq!(http(&relay, "GET", "/nope", "").0, 404);
     assert_eq!(http(&relay, "GET", "/v1/clusters/a.b/connect", "").0, 400);
-    let (status, body) = http(&relay, "GET", "/v1/clusters/ok/connect", "");
+    let ok = format!("/v1/clusters/{}/connect", TestCluster::new().id());
+    let (status, body) = http(&relay, "GET", &ok, "");
     assert_eq!(status, 426);
     assert!(body.contains("WebSocket upgrade"), "{body}");
+    let post = http(&relay, "POST", &ok, "content-length: 0\r\n");
+    assert_eq!(post.0, 426);
+}
+
+/// Sends one `Hello` message on a fresh socket and returns the close code it gets.
+async fn refused_with(relay: &RelayProcess, cluster: &TestCluster, hello: Vec<u8>) -> u16 {
+    let mut s = raw(relay, cluster).await;
+    s.send(Message::Binary(hello.into())).await.unwrap();
+    close_code(&mut s).await
+}
+
+both!(strangers_are_refused_each_with_its_own_code);
+async fn strangers_are_refused_each_with_its_own_code(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let other = TestCluster::new();
+    let (mut a, _) = join(&relay, cluster.hub(1)).await;
+    let (mut b, _) = join(&relay, cluster.hub(2)).await;
+    let now = now_ms();
+    let day = 86_400_000;
+
+    // No certificate at all.
+    let bare = Frame::Hello(Hello::new(hub(3))).to_message();
     assert_eq!(
-        http(
-            &relay,
-            "POST",
-            "/v1/clusters/ok/connect",
-            "content-length: 0\r\n"
-        )
-        .0,
-        426
+        refused_with(&relay, &cluster, bare).await,
+        CloseCode::CertificateRequired.code()
+    );
+    // A member of another cluster, at this cluster's URL.
+    let foreign = login_hello(&other.hub(3), now);
+    assert_eq!(
+        refused_with(&relay, &cluster, foreign).await,
+        CloseCode::ForeignCluster.code()
+    );
+    // A certificate signed by another CA, presented with this cluster's CA key.
+    let mut forged = Credentials::clone_for_test(&other.hub(3));
+    forged.ca_key = cluster.ca.public_key();
+    let forged = login_hello(&forged, now);
+    assert_eq!(
+        refused_with(&relay, &cluster, forged).await,
+        CloseCode::BadCertificate.code()
+    );
+    // Expired, and not yet valid.
+    let expired = login_hello(&cluster.hub_valid(3, now - 2 * day, now - day), now);
+    assert_eq!(
+        refused_with(&relay, &cluster, expired).await,
+        CloseCode::CertificateExpired.code()
+    );
+    let early = login_hello(&cluster.hub_valid(3, now + day, now + 2 * day), now);
+    assert_eq!(
+        refused_with(&relay, &cluster, early).await,
+        CloseCode::CertificateNotYetValid.code()
+    );
+    // A stale timestamp (replayed from long ago), and a replay of a fresh login.
+    let c3 = cluster.hub(3);
+    let stale = login_hello(&c3, now - 10 * 60_000);
+    assert_eq!(
+        refused_with(&relay, &cluster, stale).await,
+        CloseCode::StaleLogin.code()
+    );
+    let fresh = login_hello(&c3, now_ms());
+    let mut first = raw(&relay, &cluster).await;
+    first
+        .send(Message::Binary(fresh.clone().into()))
+        .await
+        .unwrap();
+    expect_event(&mut a, "hub 3 joined", |e| {
+        *e == RelayEvent::PeerJoined(hub(3))
+    })
+    .await;
+    assert_eq!(
+        refused_with(&relay, &cluster, fresh).await,
+        CloseCode::ReplayedLogin.code()
+    );
+    // A revoked certificate: hub 4 is on the list before it ever connects.
+    let c4 = cluster.hub(4);
+    a.publish_revocations(cluster.revocations(1, &[&c4]))
+        .await
+        .unwrap();
+    expect_event(&mut a, "list", |e| matches!(e, RelayEvent::Revocations(_))).await;
+    let revoked = login_hello(&c4, now_ms());
+    assert_eq!(
+        refused_with(&relay, &cluster, revoked).await,
+        CloseCode::Revoked.code()
+    );
+
+    // Through all of it, the members kept talking, and no stranger was ever online.
+    a.send(hub(2), b"still fine".to_vec()).await.unwrap();
+    assert_eq!(expect_message(&mut b, hub(1)).await, b"still fine");
+    a.request_status().await.unwrap();
+    let status = expect_event(&mut a, "status", |e| matches!(e, RelayEvent::Status(_))).await;
+    assert!(
+        matches!(status, RelayEvent::Status(RoomStatus { online: 3, .. })),
+        "{status:?}"
+    );
+}
+
+both!(revocation_reaches_the_relay_and_every_hub);
+async fn revocation_reaches_the_relay_and_every_hub(kind: RelayKind) {
+    let mut relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let (mut a, _) = join(&relay, cluster.hub(1)).await;
+    let (mut b, _) = join(&relay, cluster.hub(2)).await;
+    let c3 = cluster.hub(3);
+    let (mut c, _) = join(&relay, c3.clone()).await;
+
+    let v2 = cluster.revocations(2, &[&c3]);
+    let started = std::time::Instant::now();
+    a.publish_revocations(v2.clone()).await.unwrap();
+    let closed = expect_event(&mut c, "revoked", |e| {
+        matches!(e, RelayEvent::Disconnected { .. })
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            closed,
+            RelayEvent::Disconnected {
+                code: Some(CloseCode::Revoked),
+                retry_in: None,
+                ..
+            }
+        ),
+        "{closed:?}"
+    );
+    eprintln!("revocation: publish -> revoked hub closed in {took:?} ({kind:?})");
+    for h in [&mut a, &mut b] {
+        // The relay closes the revoked hub first (the others see it leave), then delivers.
+        expect_event(h, "hub 3 left", |e| *e == RelayEvent::PeerLeft(hub(3))).await;
+        let got = expect_event(h, "list", |e| matches!(e, RelayEvent::Revocations(_))).await;
+        assert!(matches!(got, RelayEvent::Revocations(l) if l.version() == 2));
+    }
+
+    // A hub that was offline gets the list with its welcome.
+    let mut config = test_config(&relay, cluster.hub(5));
+    config.revocations = None;
+    let mut d = hub_client::RelayClient::spawn(config).unwrap();
+    let got = expect_event(&mut d, "list", |e| matches!(e, RelayEvent::Revocations(_))).await;
+    assert!(matches!(got, RelayEvent::Revocations(l) if l.version() == 2));
+
+    // An older list is ignored; its publisher is sent the newer one.
+    let mut s = raw(&relay, &cluster).await;
+    let mut msg = login_hello(&cluster.hub(6), now_ms());
+    Frame::RevocationList(&cluster.revocations(1, &[])).encode(&mut msg);
+    s.send(Message::Binary(msg.into())).await.unwrap();
+    let mut saw_v2 = false;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+        if let Message::Binary(bytes) = m {
+            let frames = shared_proto::frame::decode_message(&bytes).unwrap();
+            saw_v2 |= frames.contains(&Frame::RevocationList(&v2));
+            if saw_v2 {
+                break;
+            }
+        }
+    }
+    assert!(
+        saw_v2,
+        "the publisher of an older list was not sent the newer one"
+    );
+    b.send(hub(1), b"after".to_vec()).await.unwrap();
+    assert_eq!(expect_message(&mut a, hub(2)).await, b"after");
+
+    // The list survives a relay restart: the revoked hub is refused by a relay that only has
+    // its own storage to go by (this hub holds no list to pass on).
+    relay.restart();
+    let replay = login_hello(&c3, now_ms());
+    assert_eq!(
+        refused_with(&relay, &cluster, replay).await,
+        CloseCode::Revoked.code()
     );
 }

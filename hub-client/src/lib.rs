@@ -3,11 +3,13 @@
 //! - [`relay`]: the relay client (connect, hello, send, receive, presence, keepalive, reconnect
 //!   with backoff and jitter, clean shutdown), over any WebSocket stream/sink;
 //! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
+//! - [`home`]: the data directory: keys, certificate, CA (founder), revocation list;
 //! - [`backoff`]: reconnect delays.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backoff;
+pub mod home;
 pub mod native_relay;
 pub mod relay;
 

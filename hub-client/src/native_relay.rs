@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::path::{route, Route};
 use shared_proto::cluster::ClusterId;
+use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::BAD_CLUSTER_ID;
+use shared_proto::path::{route, Route};
 use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use tokio::io::AsyncWriteExt;
@@ -120,7 +120,8 @@ impl Relay {
         if let Some(path) = self.revocations_path(cluster) {
             // Write then rename: a crash leaves the old list or the new one, never half of one.
             let tmp = path.with_extension("revocations.tmp");
-            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+            if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
+            {
                 tracing::error!(%cluster, "could not store the revocation list: {e}");
             }
         }
@@ -337,13 +338,7 @@ pub async fn serve_connection(
             return Ok(());
         }
         Route::BadClusterId => {
-            respond(
-                stream,
-                "400 Bad Request",
-                "",
-                BAD_CLUSTER_ID,
-            )
-            .await?;
+            respond(stream, "400 Bad Request", "", BAD_CLUSTER_ID).await?;
             return Ok(());
         }
         Route::Connect(id) => match id.parse::<ClusterId>() {

@@ -13,8 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
 use hub_client::backoff::Backoff;
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
+use shared_proto::cluster::login::Credentials;
+use shared_proto::cluster::{
+    fingerprint, CertificateRequest, ClusterCa, ClusterId, Revocation, RevocationList, TrustLevel,
+};
 use shared_proto::HubId;
 
 /// Which relay implementation a test runs against.
@@ -177,6 +184,8 @@ const relay :Workerd.Worker = (
                 );
                 let mut c = Command::new(hub);
                 c.args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
+                    .arg("--state-dir")
+                    .arg(self.dir.path().join("relay-state"))
                     .env("RUST_LOG", "warn");
                 c
             }
@@ -226,16 +235,97 @@ pub fn hub(b: u8) -> HubId {
     HubId([b; 16])
 }
 
-/// Relay-client settings for tests: quick reconnects, and a keepalive of `keepalive`.
-pub fn test_config(relay: &RelayProcess, cluster: &str, id: HubId) -> RelayConfig {
-    let mut config = RelayConfig::new(relay.url(), cluster, id);
+/// The current time, Unix ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A test cluster: a CA that issues hub credentials and signs revocation lists.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// The CA.
+    pub ca: ClusterCa,
+}
+
+impl Default for TestCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCluster {
+    /// A cluster with a fresh CA.
+    pub fn new() -> Self {
+        TestCluster {
+            ca: ClusterCa::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// The cluster id.
+    pub fn id(&self) -> ClusterId {
+        self.ca.cluster_id()
+    }
+
+    /// Credentials for hub `b`, valid from an hour ago for a day.
+    pub fn hub(&self, b: u8) -> Arc<Credentials> {
+        let now = now_ms();
+        self.hub_valid(b, now - 3_600_000, now + 86_400_000)
+    }
+
+    /// Credentials for hub `b` with the given validity (Unix ms).
+    pub fn hub_valid(&self, b: u8, not_before_ms: u64, not_after_ms: u64) -> Arc<Credentials> {
+        let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+        let req = CertificateRequest {
+            hub_id: hub(b),
+            name: format!("hub {b}"),
+            trust: TrustLevel::AgentDispatch,
+            roles: vec![],
+            identity_key: identity.verifying_key(),
+            noise_key: [b; 32],
+            not_before_ms,
+            not_after_ms,
+        };
+        let cert_der = self.ca.issue(&req, &mut rand::rngs::OsRng).expect("issue");
+        Arc::new(Credentials {
+            ca_key: self.ca.public_key(),
+            cert_der,
+            hub_id: hub(b),
+            identity,
+        })
+    }
+
+    /// A signed revocation list at `version` revoking `hubs` by certificate fingerprint.
+    pub fn revocations(&self, version: u64, hubs: &[&Credentials]) -> Vec<u8> {
+        RevocationList {
+            version,
+            issued_at_ms: now_ms(),
+            entries: hubs
+                .iter()
+                .map(|c| Revocation {
+                    fingerprint: fingerprint(&c.cert_der),
+                    key_hash: [0; 32],
+                    revoked_at_ms: now_ms(),
+                    reason: "test".into(),
+                })
+                .collect(),
+        }
+        .sign(&self.ca)
+        .expect("sign")
+    }
+}
+
+/// Relay-client settings for tests: quick reconnects.
+pub fn test_config(relay: &RelayProcess, creds: Arc<Credentials>) -> RelayConfig {
+    let mut config = RelayConfig::new(relay.url(), creds);
     config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
     config
 }
 
 /// Connects a hub and waits for its welcome; returns the client and the hubs it saw online.
-pub async fn join(relay: &RelayProcess, cluster: &str, id: HubId) -> (RelayClient, Vec<HubId>) {
-    join_with(test_config(relay, cluster, id)).await
+pub async fn join(relay: &RelayProcess, creds: Arc<Credentials>) -> (RelayClient, Vec<HubId>) {
+    join_with(test_config(relay, creds)).await
 }
 
 /// [`join`] with explicit settings.

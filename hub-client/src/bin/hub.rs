@@ -1,25 +1,26 @@
 //! `hub`: the hub's command line.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use hub_client::home::{Home, NewHub};
 use hub_client::native_relay::{serve, Relay};
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
-use rand::RngCore;
-use shared_proto::frame::HUB_ID_LEN;
+use shared_proto::cluster::{Revocation, TrustLevel, VerifiedPeer};
 use shared_proto::HubId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// A hub of a cluster: its relay connection, and a self-hosted relay.
+/// A hub of a cluster: its identity and certificate, its relay connection, and a self-hosted
+/// relay.
 #[derive(Debug, Parser)]
 #[command(name = "hub", version, about, propagate_version = true)]
 struct Cli {
-    /// The hub's data directory.
+    /// The hub's data directory [default: ~/.hub].
     #[arg(long, global = true, env = "HUB_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 
@@ -29,22 +30,87 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create or grow a cluster (the founder holds the cluster CA key).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// This hub's certificate.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Founder: revoke a certificate; the relay closes the hub at once and every hub learns it.
+    RevokeCert {
+        /// The certificate's SHA-256 fingerprint (64 hex digits, as `hub cert show` prints).
+        fingerprint: String,
+        /// Also refuse any certificate for this identity key (SHA-256, 64 hex digits).
+        #[arg(long, value_name = "HEX")]
+        key_hash: Option<String>,
+        /// Why (kept in the list, for people).
+        #[arg(long, default_value = "revoked by the founder")]
+        reason: String,
+        /// Sign and store the list without publishing it through the relay.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Run a relay natively (same protocol and close codes as the Cloudflare Worker).
     Relay {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Where revocation lists are kept across restarts [default: HOME/relay-state].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
-    /// Print this hub's id (created on first use in the data directory).
+    /// Print this hub's id.
     Id,
-    /// Talk to a relay directly, for diagnostics.
+    /// Talk to the relay directly, for diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
 }
 
 #[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Founder: mint a new cluster CA and this hub's certificate (trust full, role founder).
+    Create {
+        /// This hub's name.
+        #[arg(long)]
+        name: String,
+        /// The relay's URL (your Worker, or `hub relay`).
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+    },
+    /// Founder: mint a complete data directory for another hub (copy it to that device).
+    AddHub {
+        /// The new hub's name.
+        #[arg(long)]
+        name: String,
+        /// The directory to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Trust level: read_only, agent_dispatch or full.
+        #[arg(long, default_value = "agent_dispatch")]
+        trust_level: TrustLevel,
+        /// Roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Print the certificate in human-readable form.
+    Show,
+    /// Print the certificate as PEM.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
 enum DebugCommand {
-    /// Join a cluster's room and print presence and messages until interrupted.
+    /// Join the cluster's room and print presence and messages until interrupted.
     Listen {
         #[command(flatten)]
         conn: ConnArgs,
@@ -52,7 +118,7 @@ enum DebugCommand {
         #[arg(long, value_name = "N")]
         count: Option<usize>,
     },
-    /// Join a cluster's room, send one message to a hub, and report whether it was delivered.
+    /// Join the cluster's room, send one message to a hub, and report whether it was delivered.
     Send {
         #[command(flatten)]
         conn: ConnArgs,
@@ -66,15 +132,9 @@ enum DebugCommand {
 
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// The relay's URL (ws://, wss://, http:// or https://).
+    /// Use this relay URL instead of the one in hub.toml.
     #[arg(long, env = "HUB_RELAY_URL", value_name = "URL")]
-    relay: String,
-    /// The cluster id.
-    #[arg(long, env = "HUB_CLUSTER_ID", value_name = "ID")]
-    cluster: String,
-    /// Use this hub id instead of the data directory's.
-    #[arg(long, value_name = "HUB_ID")]
-    hub_id: Option<HubId>,
+    relay: Option<String>,
     /// Give up if the relay has not admitted the hub within this many seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     timeout: u64,
@@ -97,11 +157,77 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let home = cli.home.clone().map_or_else(default_home, Ok)?;
+    let home = Home::new(match cli.home.clone() {
+        Some(dir) => dir,
+        None => default_home()?,
+    });
     match cli.command {
-        Command::Relay { listen } => run_relay(listen).await,
+        Command::Cluster(ClusterCommand::Create {
+            name,
+            relay,
+            validity_days,
+        }) => {
+            hub_client::relay::connect_url(&relay, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+                .context("--relay")?;
+            let spec = NewHub {
+                name,
+                trust: TrustLevel::Full,
+                roles: vec!["founder".into()],
+                validity_days,
+            };
+            let cluster = home.create_cluster(&relay, &spec)?;
+            println!("created cluster {cluster}");
+            println!("this hub: {}", home.certificate()?.hub_id());
+            println!("data directory: {}", home.dir().display());
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::AddHub {
+            name,
+            out,
+            trust_level,
+            roles,
+            validity_days,
+        }) => {
+            let spec = NewHub {
+                name,
+                trust: trust_level,
+                roles,
+                validity_days,
+            };
+            let peer = home.add_hub(&Home::new(&out), &spec)?;
+            println!(
+                "created hub {} ({}) in {}",
+                peer.hub_id(),
+                peer.name(),
+                out.display()
+            );
+            println!("fingerprint {}", hex::encode(peer.fingerprint()));
+            Ok(())
+        }
+        Command::Cert(CertCommand::Show) => {
+            let cert = home.certificate()?;
+            print_certificate(&cert, &home)?;
+            Ok(())
+        }
+        Command::Cert(CertCommand::Export) => {
+            print!("{}", home.certificate()?.to_pem()?);
+            Ok(())
+        }
+        Command::RevokeCert {
+            fingerprint,
+            key_hash,
+            reason,
+            offline,
+        } => revoke(&home, &fingerprint, key_hash.as_deref(), reason, offline).await,
+        Command::Relay { listen, state_dir } => {
+            run_relay(
+                listen,
+                state_dir.unwrap_or_else(|| home.dir().join("relay-state")),
+            )
+            .await
+        }
         Command::Id => {
-            println!("{}", load_or_create_hub_id(&home)?);
+            println!("{}", home.certificate()?.hub_id());
             Ok(())
         }
         Command::Debug(DebugCommand::Listen { conn, count }) => {
@@ -118,32 +244,103 @@ fn default_home() -> Result<PathBuf> {
     Ok(PathBuf::from(base).join(".hub"))
 }
 
-/// The hub id kept in `HOME/hub-id`, created (random) the first time.
-fn load_or_create_hub_id(home: &Path) -> Result<HubId> {
-    let path = home.join("hub-id");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .with_context(|| format!("{} does not hold a hub id", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(home)
-                .with_context(|| format!("creating {}", home.display()))?;
-            let mut id = [0u8; HUB_ID_LEN];
-            rand::rngs::OsRng.fill_bytes(&mut id);
-            let id = HubId(id);
-            // Write then rename, so a crash never leaves a half-written id.
-            let tmp = home.join("hub-id.tmp");
-            std::fs::write(&tmp, format!("{id}\n"))
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-            Ok(id)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+fn print_certificate(cert: &VerifiedPeer, home: &Home) -> Result<()> {
+    let date = |ms: u64| utc(ms / 1000);
+    println!("hub id:       {}", cert.hub_id());
+    println!("name:         {}", cert.name());
+    println!("cluster:      {}", home.cluster_id()?);
+    println!("trust level:  {}", cert.trust());
+    println!("roles:        {}", cert.roles().join(", "));
+    println!("not before:   {}", date(cert.not_before_ms()));
+    println!("not after:    {}", date(cert.not_after_ms()));
+    println!("fingerprint:  {}", hex::encode(cert.fingerprint()));
+    println!("key hash:     {}", hex::encode(cert.key_hash()));
+    println!("noise key:    {}", hex::encode(cert.noise_key()));
+    Ok(())
 }
 
-async fn run_relay(listen: SocketAddr) -> Result<()> {
+/// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds (civil-from-days, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn parse_hash(text: &str, what: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .with_context(|| format!("{what} must be 64 hex digits"))?;
+    Ok(out)
+}
+
+async fn revoke(
+    home: &Home,
+    fingerprint: &str,
+    key_hash: Option<&str>,
+    reason: String,
+    offline: bool,
+) -> Result<()> {
+    let entry = Revocation {
+        fingerprint: parse_hash(fingerprint, "the fingerprint")?,
+        // All zeros matches no key: revocation by fingerprint only.
+        key_hash: key_hash.map_or(Ok([0; 32]), |k| parse_hash(k, "--key-hash"))?,
+        revoked_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        reason,
+    };
+    let list = home.revoke(entry)?;
+    println!("signed revocation list version {}", list.version());
+    if offline {
+        return Ok(());
+    }
+    let conn = ConnArgs {
+        relay: None,
+        timeout: 10,
+    };
+    let (mut client, _) = connect(home, &conn).await?;
+    client.publish_revocations(list.bytes().to_vec()).await?;
+    // The relay delivers an accepted list to every member, the publisher included.
+    tokio::time::timeout(Duration::from_secs(conn.timeout), async {
+        loop {
+            match client.next_event().await {
+                Some(RelayEvent::Revocations(l)) if l.version() >= list.version() => return Ok(()),
+                Some(RelayEvent::Disconnected {
+                    reason,
+                    retry_in: None,
+                    ..
+                }) => {
+                    bail!("the relay closed the connection: {reason}")
+                }
+                Some(_) => {}
+                None => bail!("the relay client stopped"),
+            }
+        }
+    })
+    .await
+    .context("the relay did not confirm the revocation list")??;
+    client.shutdown().await;
+    println!("published: the relay enforces version {}", list.version());
+    Ok(())
+}
+
+async fn run_relay(listen: SocketAddr, state_dir: PathBuf) -> Result<()> {
+    let relay = Relay::new(Some(state_dir.clone()))
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -156,7 +353,7 @@ async fn run_relay(listen: SocketAddr) -> Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    serve(listener, Arc::new(Relay::default()), stop_rx).await?;
+    serve(listener, Arc::new(relay), stop_rx).await?;
     tracing::info!("relay stopped");
     Ok(())
 }
@@ -183,12 +380,15 @@ async fn shutdown_signal() {
     }
 }
 
-async fn connect(home: &Path, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId>)> {
-    let hub_id = match conn.hub_id {
-        Some(id) => id,
-        None => load_or_create_hub_id(home)?,
+/// Connects with the home's credentials; keeps any newer revocation list it hears of.
+async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId>)> {
+    let relay = match &conn.relay {
+        Some(url) => url.clone(),
+        None => home.config()?.relay_url,
     };
-    let mut client = RelayClient::spawn(RelayConfig::new(&conn.relay, &conn.cluster, hub_id))?;
+    let mut config = RelayConfig::new(relay.clone(), home.credentials()?);
+    config.revocations = home.revocations();
+    let mut client = RelayClient::spawn(config)?;
     let online = tokio::time::timeout(Duration::from_secs(conn.timeout), async {
         loop {
             match client.next_event().await {
@@ -197,9 +397,15 @@ async fn connect(home: &Path, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
                     retry_in: None,
                     reason,
                     code,
-                }) => bail!("the relay refused this hub: {reason} (code {code:?})"),
+                }) => bail!(
+                    "the relay refused this hub: {reason} (close code {})",
+                    code.map_or_else(|| "none".to_owned(), |c| c.to_string())
+                ),
                 Some(RelayEvent::Disconnected { reason, .. }) => {
                     tracing::warn!("relay: {reason}; retrying");
+                }
+                Some(RelayEvent::Revocations(list)) => {
+                    home.keep_revocations(&list)?;
                 }
                 Some(_) => {}
                 None => bail!("the relay client stopped"),
@@ -207,11 +413,11 @@ async fn connect(home: &Path, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
         }
     })
     .await
-    .with_context(|| format!("no admission from {} within {} s", conn.relay, conn.timeout))??;
+    .with_context(|| format!("no admission from {relay} within {} s", conn.timeout))??;
     Ok((client, online))
 }
 
-async fn debug_listen(home: &Path, conn: ConnArgs, count: Option<usize>) -> Result<()> {
+async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Result<()> {
     let (mut client, online) = connect(home, &conn).await?;
     println!("joined as {}", client.hub_id());
     for hub in online {
@@ -231,11 +437,16 @@ async fn debug_listen(home: &Path, conn: ConnArgs, count: Option<usize>) -> Resu
                         break;
                     }
                 }
+                Some(RelayEvent::Revocations(list)) => {
+                    home.keep_revocations(&list)?;
+                    println!("revocation list version {}", list.version());
+                }
                 Some(RelayEvent::Connected { online }) => {
                     println!("reconnected; {} other hub(s) online", online.len());
                 }
-                Some(RelayEvent::Disconnected { reason, retry_in: None, .. }) => {
-                    bail!("disconnected for good: {reason}")
+                Some(RelayEvent::Disconnected { reason, retry_in: None, code }) => {
+                    println!("disconnected for good: {reason}");
+                    bail!("disconnected for good: {reason} (close code {code:?})")
                 }
                 Some(RelayEvent::Disconnected { reason, retry_in, .. }) => {
                     println!("disconnected ({reason}); retrying in {retry_in:?}");
@@ -249,7 +460,7 @@ async fn debug_listen(home: &Path, conn: ConnArgs, count: Option<usize>) -> Resu
     Ok(())
 }
 
-async fn debug_send(home: &Path, conn: ConnArgs, to: HubId, message: String) -> Result<()> {
+async fn debug_send(home: &Home, conn: ConnArgs, to: HubId, message: String) -> Result<()> {
     let (mut client, _online) = connect(home, &conn).await?;
     client.send(to, message.into_bytes()).await?;
     // The relay handles a socket's frames in order: its answer to a status request proves the

@@ -139,6 +139,16 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// A copy of these credentials (the identity key included), for tests that tamper with one.
+    pub fn clone_for_test(&self) -> Self {
+        Credentials {
+            ca_key: self.ca_key,
+            cert_der: self.cert_der.clone(),
+            hub_id: self.hub_id,
+            identity: self.identity.clone(),
+        }
+    }
+
     /// The login extension body for a `Hello` sent at `now_ms`.
     pub fn login(&self, now_ms: u64, rng: &mut impl CryptoRngCore) -> Vec<u8> {
         let cluster = ClusterId::from_ca_key(&self.ca_key);

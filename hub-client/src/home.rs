@@ -1,0 +1,429 @@
+//! The hub's data directory (`--home`, `HUB_HOME`, default `~/.hub`).
+//!
+//! | file | what | mode |
+//! |---|---|---|
+//! | `hub.toml` | relay URL and hub name | 0644 |
+//! | `identity.key` | Ed25519 identity secret (32 bytes) then X25519 Noise secret (32 bytes) | 0600 |
+//! | `hub.der` | the hub's certificate, signed by the cluster CA | 0644 |
+//! | `ca.pub` | the cluster CA public key (32 bytes): it names the cluster | 0644 |
+//! | `ca.key` | the cluster CA secret key, on the founder only | 0600 |
+//! | `revocations.bin` | the newest signed revocation list seen | 0644 |
+//!
+//! Every file is written to a temporary name and renamed into place, so a crash leaves either
+//! the old file or the new one. Secret files are created with mode 0600 from the start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use shared_proto::cluster::login::Credentials;
+use shared_proto::cluster::{
+    CertificateRequest, ClusterCa, ClusterId, PeerCertificate, Revocation, RevocationList,
+    TrustLevel, VerifiedPeer, VerifiedRevocations,
+};
+use shared_proto::HubId;
+
+/// Errors of the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HomeError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// The directory already holds a hub.
+    #[error("{0} already holds a hub; use another --home")]
+    AlreadyInitialized(PathBuf),
+    /// The directory holds no hub yet.
+    #[error("{0} holds no hub: run `hub cluster create` (founder) or copy in a directory from `hub cluster add-hub`")]
+    NotInitialized(PathBuf),
+    /// This hub does not hold the cluster CA key.
+    #[error("this hub does not hold the cluster CA key (only the founder does)")]
+    NotFounder,
+    /// A file's content is not what it should be.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A certificate or list was refused.
+    #[error(transparent)]
+    Trust(#[from] shared_proto::cluster::TrustError),
+}
+
+/// `hub.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubConfig {
+    /// The relay's base URL.
+    pub relay_url: String,
+    /// The hub's name.
+    pub name: String,
+}
+
+/// Validity, names and roles of a new hub certificate.
+#[derive(Debug, Clone)]
+pub struct NewHub {
+    /// The hub's name.
+    pub name: String,
+    /// Its trust level.
+    pub trust: TrustLevel,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// How long the certificate is valid, in days.
+    pub validity_days: u64,
+}
+
+/// A hub's data directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Home {
+    /// The directory at `dir` (not created until something is written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Home { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, HomeError> {
+        let path = self.path(name);
+        std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound && name != "ca.key" {
+                HomeError::NotInitialized(self.dir.clone())
+            } else {
+                HomeError::Io { path, source: e }
+            }
+        })
+    }
+
+    /// Writes `bytes` to `name` atomically; `secret` files get mode 0600 from creation.
+    fn write(&self, name: &str, bytes: &[u8], secret: bool) -> Result<(), HomeError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HomeError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if secret { 0o600 } else { 0o644 });
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Whether the directory holds a hub.
+    pub fn is_initialized(&self) -> bool {
+        self.path("hub.der").exists()
+    }
+
+    /// Founder: mints the cluster CA and this hub's identity and certificate (trust `full`,
+    /// role `founder`). Returns the cluster id.
+    pub fn create_cluster(&self, relay_url: &str, hub: &NewHub) -> Result<ClusterId, HomeError> {
+        if self.is_initialized() {
+            return Err(HomeError::AlreadyInitialized(self.dir.clone()));
+        }
+        let ca = ClusterCa::generate(&mut OsRng);
+        self.write("ca.key", &ca.secret(), true)?;
+        enroll(&ca, self, relay_url, hub)?;
+        Ok(ca.cluster_id())
+    }
+
+    /// Founder: mints a complete data directory for a new hub at `out` (offline enrollment: copy
+    /// it to the device). Returns the new hub's certificate.
+    pub fn add_hub(&self, out: &Home, hub: &NewHub) -> Result<VerifiedPeer, HomeError> {
+        if out.is_initialized() {
+            return Err(HomeError::AlreadyInitialized(out.dir.clone()));
+        }
+        let ca = self.ca()?;
+        let relay = self.config()?.relay_url;
+        let peer = enroll(&ca, out, &relay, hub)?;
+        if let Ok(list) = self.read("revocations.bin") {
+            out.write("revocations.bin", &list, false)?;
+        }
+        Ok(peer)
+    }
+
+    /// The cluster CA (founder only).
+    pub fn ca(&self) -> Result<ClusterCa, HomeError> {
+        let path = self.path("ca.key");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Corrupt {
+                    path,
+                    what: "not a 32-byte key".into(),
+                })?;
+                Ok(ClusterCa::from_secret(&secret))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HomeError::NotFounder),
+            Err(source) => Err(HomeError::Io { path, source }),
+        }
+    }
+
+    /// `hub.toml`.
+    pub fn config(&self) -> Result<HubConfig, HomeError> {
+        let text = String::from_utf8(self.read("hub.toml")?).map_err(|_| HomeError::Corrupt {
+            path: self.path("hub.toml"),
+            what: "not UTF-8".into(),
+        })?;
+        toml::from_str(&text).map_err(|e| HomeError::Corrupt {
+            path: self.path("hub.toml"),
+            what: e.to_string(),
+        })
+    }
+
+    /// The CA public key.
+    pub fn ca_key(&self) -> Result<VerifyingKey, HomeError> {
+        let bytes = self.read("ca.pub")?;
+        let corrupt = || HomeError::Corrupt {
+            path: self.path("ca.pub"),
+            what: "not an Ed25519 public key".into(),
+        };
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| corrupt())?;
+        VerifyingKey::from_bytes(&arr).map_err(|_| corrupt())
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> Result<ClusterId, HomeError> {
+        Ok(ClusterId::from_ca_key(&self.ca_key()?))
+    }
+
+    /// This hub's certificate, verified against the CA now (revocation not considered).
+    pub fn certificate(&self) -> Result<VerifiedPeer, HomeError> {
+        let der = self.read("hub.der")?;
+        Ok(PeerCertificate::from_der(&der)?.verify(&self.ca_key()?, now_ms(), None)?)
+    }
+
+    /// This hub's credentials for the relay.
+    pub fn credentials(&self) -> Result<Arc<Credentials>, HomeError> {
+        let keys = self.read("identity.key")?;
+        let secret: [u8; 32] = keys
+            .get(..32)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| HomeError::Corrupt {
+                path: self.path("identity.key"),
+                what: "not a 64-byte key file".into(),
+            })?;
+        let identity = SigningKey::from_bytes(&secret);
+        let cert_der = self.read("hub.der")?;
+        let cert = PeerCertificate::from_der(&cert_der)?;
+        if cert.hub_id() == HubId([0; 16]) {
+            return Err(HomeError::Corrupt {
+                path: self.path("hub.der"),
+                what: "no hub id".into(),
+            });
+        }
+        Ok(Arc::new(Credentials {
+            ca_key: self.ca_key()?,
+            hub_id: cert.hub_id(),
+            cert_der,
+            identity,
+        }))
+    }
+
+    /// The newest revocation list this hub holds (signed bytes).
+    pub fn revocations(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.path("revocations.bin")).ok()
+    }
+
+    /// Keeps `list` if it is newer than the one held; returns whether it was.
+    pub fn keep_revocations(&self, list: &VerifiedRevocations) -> Result<bool, HomeError> {
+        let cluster = self.cluster_id()?;
+        let held = self
+            .revocations()
+            .and_then(|b| RevocationList::verify(&b, &cluster).ok());
+        if list.clone().supersede(held.as_ref()).is_err() {
+            return Ok(false);
+        }
+        self.write("revocations.bin", list.bytes(), false)?;
+        Ok(true)
+    }
+
+    /// Founder: signs a new revocation list (the held one plus `entry`, version + 1), stores it
+    /// and returns it, to be published through the relay.
+    pub fn revoke(&self, entry: Revocation) -> Result<VerifiedRevocations, HomeError> {
+        let ca = self.ca()?;
+        let cluster = ca.cluster_id();
+        let held = self
+            .revocations()
+            .and_then(|b| RevocationList::verify(&b, &cluster).ok());
+        let mut list = held.map_or_else(
+            || RevocationList {
+                version: 0,
+                issued_at_ms: 0,
+                entries: Vec::new(),
+            },
+            |h| h.list().clone(),
+        );
+        if !list
+            .entries
+            .iter()
+            .any(|e| e.fingerprint == entry.fingerprint && e.key_hash == entry.key_hash)
+        {
+            list.entries.push(entry);
+        }
+        list.version += 1;
+        list.issued_at_ms = now_ms();
+        let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
+        self.write("revocations.bin", signed.bytes(), false)?;
+        Ok(signed)
+    }
+}
+
+/// Creates a hub's keys, certificate and config in `home`, signed by `ca`.
+fn enroll(
+    ca: &ClusterCa,
+    home: &Home,
+    relay_url: &str,
+    hub: &NewHub,
+) -> Result<VerifiedPeer, HomeError> {
+    let identity = SigningKey::generate(&mut OsRng);
+    let noise = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+    let noise_public = x25519_dalek::PublicKey::from(&noise);
+    let mut hub_id = [0u8; 16];
+    OsRng.fill_bytes(&mut hub_id);
+    let now = now_ms();
+    let req = CertificateRequest {
+        hub_id: HubId(hub_id),
+        name: hub.name.clone(),
+        trust: hub.trust,
+        roles: hub.roles.clone(),
+        identity_key: identity.verifying_key(),
+        noise_key: noise_public.to_bytes(),
+        // A little slack for clocks that are behind.
+        not_before_ms: now.saturating_sub(5 * 60 * 1000),
+        not_after_ms: now + hub.validity_days.max(1) * 86_400_000,
+    };
+    let der = ca.issue(&req, &mut OsRng)?;
+    let peer = PeerCertificate::from_der(&der)?.verify(&ca.public_key(), now, None)?;
+    let mut keys = identity.to_bytes().to_vec();
+    keys.extend_from_slice(noise.as_bytes());
+    home.write("identity.key", &keys, true)?;
+    home.write("ca.pub", ca.public_key().as_bytes(), false)?;
+    let config = HubConfig {
+        relay_url: relay_url.to_owned(),
+        name: hub.name.clone(),
+    };
+    let toml = toml::to_string(&config).map_err(|e| HomeError::Corrupt {
+        path: home.path("hub.toml"),
+        what: e.to_string(),
+    })?;
+    home.write("hub.toml", toml.as_bytes(), false)?;
+    // The certificate last: its presence marks the directory as initialized.
+    home.write("hub.der", &der, false)?;
+    Ok(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_hub(name: &str) -> NewHub {
+        NewHub {
+            name: name.into(),
+            trust: TrustLevel::Full,
+            roles: vec!["founder".into()],
+            validity_days: 30,
+        }
+    }
+
+    #[test]
+    fn create_add_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let founder = Home::new(dir.path().join("founder"));
+        let cluster = founder
+            .create_cluster("ws://127.0.0.1:1", &new_hub("desk"))
+            .unwrap();
+        assert_eq!(founder.cluster_id().unwrap(), cluster);
+        assert!(matches!(
+            founder.create_cluster("ws://x", &new_hub("again")),
+            Err(HomeError::AlreadyInitialized(_))
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for secret in ["ca.key", "identity.key"] {
+                let mode = std::fs::metadata(founder.dir().join(secret))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{secret}");
+            }
+        }
+        let laptop = Home::new(dir.path().join("laptop"));
+        let mut spec = new_hub("laptop");
+        spec.trust = TrustLevel::ReadOnly;
+        let peer = founder.add_hub(&laptop, &spec).unwrap();
+        assert_eq!(laptop.cluster_id().unwrap(), cluster);
+        assert_eq!(laptop.certificate().unwrap(), peer);
+        assert_eq!(laptop.config().unwrap().relay_url, "ws://127.0.0.1:1");
+        assert!(matches!(laptop.ca(), Err(HomeError::NotFounder)));
+        assert_ne!(
+            laptop.credentials().unwrap().hub_id,
+            founder.credentials().unwrap().hub_id
+        );
+
+        let v1 = founder
+            .revoke(Revocation {
+                fingerprint: peer.fingerprint(),
+                key_hash: peer.key_hash(),
+                revoked_at_ms: 1,
+                reason: "lost".into(),
+            })
+            .unwrap();
+        assert_eq!(v1.version(), 1);
+        assert!(v1.is_revoked(&peer.fingerprint(), &[0; 32]));
+        // The laptop keeps it once, not twice; not an older one.
+        assert!(laptop.keep_revocations(&v1).unwrap());
+        assert!(!laptop.keep_revocations(&v1).unwrap());
+        let v2 = founder
+            .revoke(Revocation {
+                fingerprint: [1; 32],
+                key_hash: [2; 32],
+                revoked_at_ms: 2,
+                reason: "x".into(),
+            })
+            .unwrap();
+        assert_eq!(v2.version(), 2);
+        assert_eq!(v2.list().entries.len(), 2);
+        let empty = Home::new(dir.path().join("nothing"));
+        assert!(matches!(
+            empty.credentials(),
+            Err(HomeError::NotInitialized(_))
+        ));
+    }
+}
