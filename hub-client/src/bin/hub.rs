@@ -147,6 +147,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -313,17 +314,20 @@ async fn revoke(
         timeout: 10,
     };
     let (mut client, _) = connect(home, &conn).await?;
+    // The client already passed the list on in its Hello; publishing again is harmless (an equal
+    // version is ignored). The relay handles a socket's frames in order and closes a hub whose
+    // list it refuses, so its answer to the status request confirms the list was taken.
     client.publish_revocations(list.bytes().to_vec()).await?;
-    // The relay delivers an accepted list to every member, the publisher included.
+    client.request_status().await?;
     tokio::time::timeout(Duration::from_secs(conn.timeout), async {
         loop {
             match client.next_event().await {
-                Some(RelayEvent::Revocations(l)) if l.version() >= list.version() => return Ok(()),
-                Some(RelayEvent::Disconnected {
-                    reason,
-                    retry_in: None,
-                    ..
-                }) => {
+                Some(RelayEvent::Status(_)) => return Ok(()),
+                Some(RelayEvent::Revocations(l)) if l.version() > list.version() => {
+                    home.keep_revocations(&l)?;
+                    bail!("the relay holds a newer list (version {}); revoke again", l.version())
+                }
+                Some(RelayEvent::Disconnected { reason, .. }) => {
                     bail!("the relay closed the connection: {reason}")
                 }
                 Some(_) => {}
