@@ -312,6 +312,19 @@ async fn workerd_room_hibernates_and_still_routes() {
         unreachable!()
     };
 
+    // A login that will be replayed after the eviction (still inside its 60 s window).
+    let captured = login_hello(&cluster.hub(3), now_ms());
+    let mut s3 = raw(&relay, &cluster).await;
+    s3.send(Message::Binary(captured.clone().into()))
+        .await
+        .unwrap();
+    expect_event(&mut a, "hub 3 joined", |e| {
+        *e == RelayEvent::PeerJoined(hub(3))
+    })
+    .await;
+    s3.close(None).await.unwrap();
+    expect_event(&mut a, "hub 3 left", |e| *e == RelayEvent::PeerLeft(hub(3))).await;
+
     // Idle long enough for workerd to evict the object. Keepalives go on (every 2 s; a hub gives
     // up after 6 s without an answer): no disconnect may happen.
     let idle = Duration::from_secs(35);
@@ -340,6 +353,11 @@ async fn workerd_room_hibernates_and_still_routes() {
         after.instance_started_ms > before.instance_started_ms,
         "the room did not hibernate: same instance ({before:?} -> {after:?})\n{}",
         relay.log()
+    );
+    // The woken room still knows the nonces of logins accepted before the eviction.
+    assert_eq!(
+        refused_with(&relay, &cluster, captured).await,
+        CloseCode::ReplayedLogin.code()
     );
 }
 

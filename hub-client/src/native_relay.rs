@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use shared_proto::cluster::login::LoginNonce;
 use shared_proto::cluster::ClusterId;
 use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::BAD_CLUSTER_ID;
@@ -133,7 +134,10 @@ impl Relay {
         if let Some(entry) = rooms.get(cluster) {
             return entry.clone();
         }
-        let mut room = Room::new(RoomConfig::new(cluster.clone(), now_ms()));
+        // Forget rooms that hold nothing worth keeping (no socket, no live login nonce).
+        let now = now_ms();
+        rooms.retain(|_, e| !lock(e).room.is_idle(now));
+        let mut room = Room::new(RoomConfig::new(cluster.clone(), now));
         if let Some(bytes) = self.stored_revocations(cluster) {
             room.set_revocations(&bytes);
         }
@@ -147,12 +151,12 @@ impl Relay {
 
     fn forget_if_empty(&self, cluster_id: &ClusterId, entry: &Arc<Mutex<RoomEntry>>) {
         let mut rooms = lock(&self.rooms);
-        if lock(entry).peers.map.is_empty() {
+        if lock(entry).room.is_idle(now_ms()) {
             rooms.remove(cluster_id);
         }
     }
 
-    /// Number of rooms with at least one socket.
+    /// Number of rooms held (with a socket, or a login nonce that could still be replayed).
     pub fn rooms(&self) -> usize {
         lock(&self.rooms).len()
     }
@@ -208,6 +212,9 @@ impl Sockets for Peers {
     fn store_revocations(&mut self, bytes: Vec<u8>) {
         self.store = Some(bytes);
     }
+
+    /// The room itself remembers nonces; it is kept in memory while any could be replayed.
+    fn remember_login(&mut self, _login: LoginNonce) {}
 }
 
 impl RoomEntry {

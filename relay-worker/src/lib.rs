@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use shared_proto::cluster::login::LoginNonce;
 use shared_proto::cluster::ClusterId;
 use shared_proto::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::path::{route, Route, BAD_CLUSTER_ID};
@@ -28,7 +29,7 @@ use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
-    DurableObject, Env, Request, Response, ResponseBuilder, Result, State, WebSocket,
+    DurableObject, Env, ListOptions, Request, Response, ResponseBuilder, Result, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair,
 };
 
@@ -41,9 +42,11 @@ const ALLOWED_CLUSTERS_VAR: &str = "ALLOWED_CLUSTERS";
 /// How long a socket may stay open without sending its `Hello`.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 
-/// Storage keys of the object.
+/// Storage keys of the object: the cluster id, the newest revocation list, and one key per
+/// accepted login nonce (`n:` + hex nonce -> timestamp), kept while the login could be replayed.
 const CLUSTER_KEY: &str = "cluster";
 const REVOCATIONS_KEY: &str = "revocations";
+const NONCE_PREFIX: &str = "n:";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -290,6 +293,7 @@ impl DurableObject for RelayRoom {
             }
         });
         self.persist(stored).await?;
+        self.load_nonces(now, false).await?;
         if let Some(deadline) = earliest_pending {
             let delay = deadline.saturating_sub(now).max(1);
             self.state
@@ -345,6 +349,7 @@ impl RelayRoom {
         if self.room.borrow().is_some() {
             return Ok(());
         }
+        let now = Date::now().as_millis();
         let mut actions = Vec::new();
         let mut next = self.next_conn.get();
         let raw = self.state.as_raw().get_websockets().unwrap_or_else(|e| {
@@ -371,31 +376,78 @@ impl RelayRoom {
         self.next_conn.set(next);
         *self.room.borrow_mut() = Some(room);
         let stored = self.with_room(|_, out| out.append(&mut actions));
-        self.persist(stored).await
+        self.persist(stored).await?;
+        // Logins accepted before the eviction must stay unreplayable.
+        self.load_nonces(now, true).await
     }
 
-    /// Runs `f` on the room and carries out the actions it produced; returns a revocation list
-    /// to store, if one was accepted.
-    fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> Option<Vec<u8>> {
+    /// Reads the stored login nonces: deletes those that can no longer be replayed and, if
+    /// `restore`, gives the others to the room.
+    async fn load_nonces(&self, now: u64, restore: bool) -> Result<()> {
+        let storage = self.state.storage();
+        let stored = storage
+            .list_with_options(ListOptions::new().prefix(NONCE_PREFIX))
+            .await?;
+        let mut expired = Vec::new();
+        let mut live = Vec::new();
+        stored.for_each(&mut |value, key| {
+            let (Some(key), Some(ts)) = (key.as_string(), value.as_f64()) else {
+                return;
+            };
+            let mut nonce = [0u8; 16];
+            let parsed = key
+                .strip_prefix(NONCE_PREFIX)
+                .is_some_and(|h| hex::decode_to_slice(h, &mut nonce).is_ok());
+            let login = LoginNonce {
+                nonce,
+                timestamp_ms: ts as u64,
+            };
+            if parsed && login.is_live(now) {
+                live.push(login);
+            } else {
+                expired.push(key);
+            }
+        });
+        if restore {
+            let _ = self.with_room(|room, _| {
+                for login in live {
+                    room.remember_login(login);
+                }
+            });
+        }
+        if !expired.is_empty() {
+            storage.delete_multiple(expired).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the room and carries out the actions it produced; returns what must be
+    /// stored durably.
+    fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> ToStore {
         let mut guard = self.room.borrow_mut();
-        let room = guard.as_mut()?;
+        let Some(room) = guard.as_mut() else {
+            return ToStore::default();
+        };
         let mut actions = Vec::new();
         f(room, &mut actions);
         let mut sockets = SocketMap {
             sockets: &self.sockets,
-            store: None,
+            store: ToStore::default(),
         };
         room.perform(actions, &mut sockets);
         sockets.store
     }
 
-    /// Stores an accepted revocation list so that it survives hibernation and restarts.
-    async fn persist(&self, list: Option<Vec<u8>>) -> Result<()> {
-        if let Some(bytes) = list {
-            self.state
-                .storage()
-                .put(REVOCATIONS_KEY, hex::encode(bytes))
-                .await?;
+    /// Stores an accepted revocation list and login nonces so that they survive hibernation
+    /// and restarts.
+    async fn persist(&self, store: ToStore) -> Result<()> {
+        let storage = self.state.storage();
+        if let Some(bytes) = store.revocations {
+            storage.put(REVOCATIONS_KEY, hex::encode(bytes)).await?;
+        }
+        for login in store.logins {
+            let key = format!("{NONCE_PREFIX}{}", hex::encode(login.nonce));
+            storage.put(&key, login.timestamp_ms as f64).await?;
         }
         Ok(())
     }
@@ -411,10 +463,17 @@ impl RelayRoom {
     }
 }
 
+/// What a room's actions asked to store durably.
+#[derive(Debug, Default)]
+struct ToStore {
+    revocations: Option<Vec<u8>>,
+    logins: Vec<LoginNonce>,
+}
+
 /// The object's sockets, as the room drives them.
 struct SocketMap<'a> {
     sockets: &'a RefCell<HashMap<ConnId, WebSocket>>,
-    store: Option<Vec<u8>>,
+    store: ToStore,
 }
 
 impl SocketMap<'_> {
@@ -463,7 +522,11 @@ impl Sockets for SocketMap<'_> {
     }
 
     fn store_revocations(&mut self, bytes: Vec<u8>) {
-        self.store = Some(bytes);
+        self.store.revocations = Some(bytes);
+    }
+
+    fn remember_login(&mut self, login: LoginNonce) {
+        self.store.logins.push(login);
     }
 }
 

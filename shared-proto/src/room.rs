@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::close::CloseCode;
-use crate::cluster::login::{verify_login, ReplayGuard};
+use crate::cluster::login::{verify_login, LoginNonce, ReplayGuard};
 use crate::cluster::{ClusterId, RevocationList, VerifiedRevocations};
 use crate::frame::{
     frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
@@ -64,6 +64,9 @@ pub enum Action {
         /// Who it is.
         member: MemberInfo,
     },
+    /// A login was accepted: remember its nonce durably until it expires, and hand it back
+    /// through [`Room::remember_login`] when the room is rebuilt, so it cannot be replayed.
+    RememberLogin(LoginNonce),
     /// A newer revocation list was accepted: store it durably (it is handed back through
     /// [`Room::set_revocations`] when the room is rebuilt).
     StoreRevocations {
@@ -94,6 +97,8 @@ pub trait Sockets {
     fn admitted(&mut self, conn: ConnId, member: MemberInfo);
     /// Stores the room's newest revocation list durably.
     fn store_revocations(&mut self, bytes: Vec<u8>);
+    /// Remembers an accepted login's nonce durably (until `timestamp_ms` + the skew).
+    fn remember_login(&mut self, login: LoginNonce);
 }
 
 /// Settings of one room.
@@ -192,6 +197,18 @@ impl Room {
         self.revocations.as_ref()
     }
 
+    /// Gives the room the nonce of a login accepted before it was rebuilt.
+    pub fn remember_login(&mut self, login: LoginNonce) {
+        self.replays.remember(login);
+    }
+
+    /// Whether the room holds no socket and no nonce that could still be replayed at `now_ms`:
+    /// forgetting it then loses nothing.
+    pub fn is_idle(&mut self, now_ms: u64) -> bool {
+        self.replays.prune(now_ms);
+        self.conns.is_empty() && self.replays.is_empty()
+    }
+
     /// Gives the room a stored revocation list (when it is rebuilt). Ignored unless it verifies
     /// for this cluster and is newer than the one held; returns whether it was taken.
     pub fn set_revocations(&mut self, bytes: &[u8]) -> bool {
@@ -283,6 +300,7 @@ impl Room {
                     Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
                     Action::Admitted { conn, member } => sockets.admitted(conn, member),
                     Action::StoreRevocations { bytes } => sockets.store_revocations(bytes),
+                    Action::RememberLogin(login) => sockets.remember_login(login),
                 }
             }
             queue = follow_up;
@@ -379,7 +397,7 @@ impl Room {
                         ),
                     ));
                 }
-                let peer = verify_login(
+                let (peer, login) = verify_login(
                     &hello,
                     &self.config.cluster,
                     now_ms,
@@ -392,6 +410,7 @@ impl Room {
                     fingerprint: peer.fingerprint(),
                     key_hash: peer.key_hash(),
                 };
+                out.push(Action::RememberLogin(login));
                 self.admit(conn, member, out)
             }
             (ConnState::AwaitingHello, _) => Err((
@@ -649,7 +668,7 @@ mod tests {
         let mut r = room();
         let out = join(&mut r, 1, hub(1));
         assert!(matches!(
-            out[0],
+            out[1],
             Action::Admitted { conn: ConnId(1), member } if member.hub == hub(1)
         ));
         assert_eq!(
@@ -909,6 +928,7 @@ mod tests {
         fn store_revocations(&mut self, bytes: Vec<u8>) {
             self.stored.push(bytes);
         }
+        fn remember_login(&mut self, _login: LoginNonce) {}
     }
 
     #[test]
@@ -1051,6 +1071,35 @@ mod tests {
         );
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ProtocolError)]);
         assert_eq!(r.revocations().unwrap().version(), 2);
+    }
+
+    #[test]
+    fn remembered_logins_cannot_be_replayed_after_a_rebuild() {
+        let mut r = room();
+        let msg = hello(hub(1));
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(1));
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
+        let remembered: Vec<LoginNonce> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::RememberLogin(l) => Some(*l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remembered.len(), 1);
+        assert!(!r.is_idle(NOW));
+        // The room is evicted and rebuilt from storage.
+        let mut woken = room();
+        for l in remembered {
+            woken.remember_login(l);
+        }
+        let mut out = Vec::new();
+        woken.handle_connect(ConnId(2));
+        woken.handle_message(ConnId(2), NOW + 1_000, &msg, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ReplayedLogin)]);
+        // Once the login can no longer pass the skew check, nothing needs remembering.
+        assert!(woken.is_idle(NOW + crate::cluster::login::MAX_SKEW_MS + 10_000));
     }
 
     #[test]

@@ -325,7 +325,10 @@ async fn revoke(
                 Some(RelayEvent::Status(_)) => return Ok(()),
                 Some(RelayEvent::Revocations(l)) if l.version() > list.version() => {
                     home.keep_revocations(&l)?;
-                    bail!("the relay holds a newer list (version {}); revoke again", l.version())
+                    bail!(
+                        "the relay holds a newer list (version {}); revoke again",
+                        l.version()
+                    )
                 }
                 Some(RelayEvent::Disconnected { reason, .. }) => {
                     bail!("the relay closed the connection: {reason}")

@@ -178,6 +178,23 @@ impl Credentials {
     }
 }
 
+/// The nonce and timestamp of an accepted login: what a relay must remember (durably, where the
+/// room can be evicted from memory) so that the login cannot be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginNonce {
+    /// The login's nonce.
+    pub nonce: [u8; 16],
+    /// The login's timestamp (Unix ms): the nonce matters until `timestamp_ms + MAX_SKEW_MS`.
+    pub timestamp_ms: u64,
+}
+
+impl LoginNonce {
+    /// Whether a login with this timestamp could still pass the skew check at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.timestamp_ms.saturating_add(MAX_SKEW_MS) >= now_ms
+    }
+}
+
 /// The nonces of recent logins, so that none is accepted twice inside the skew window.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
@@ -197,14 +214,29 @@ impl ReplayGuard {
             return Err(LoginError::Replayed);
         }
         if self.seen.len() >= MAX_REMEMBERED_NONCES {
-            let floor = now_ms.saturating_sub(MAX_SKEW_MS);
-            self.seen.retain(|_, ts| *ts >= floor);
+            self.prune(now_ms);
             if self.seen.len() >= MAX_REMEMBERED_NONCES {
                 return Err(LoginError::Busy);
             }
         }
         self.seen.insert(nonce, timestamp_ms);
         Ok(())
+    }
+
+    /// Remembers a nonce accepted earlier (restored from storage).
+    pub fn remember(&mut self, login: LoginNonce) {
+        self.seen.insert(login.nonce, login.timestamp_ms);
+    }
+
+    /// Forgets nonces that can no longer be replayed at `now_ms`.
+    pub fn prune(&mut self, now_ms: u64) {
+        self.seen.retain(|nonce, ts| {
+            LoginNonce {
+                nonce: *nonce,
+                timestamp_ms: *ts,
+            }
+            .is_live(now_ms)
+        });
     }
 
     /// Nonces remembered.
@@ -225,7 +257,7 @@ pub fn verify_login(
     now_ms: u64,
     revocations: Option<&VerifiedRevocations>,
     guard: &mut ReplayGuard,
-) -> Result<VerifiedPeer, LoginError> {
+) -> Result<(VerifiedPeer, LoginNonce), LoginError> {
     let ext = hello
         .extensions
         .iter()
@@ -260,7 +292,13 @@ pub fn verify_login(
         )
         .map_err(|_| LoginError::BadProof)?;
     guard.check_and_remember(nonce, timestamp_ms, now_ms)?;
-    Ok(peer)
+    Ok((
+        peer,
+        LoginNonce {
+            nonce,
+            timestamp_ms,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -297,7 +335,7 @@ mod tests {
         now: u64,
         rl: Option<&VerifiedRevocations>,
         guard: &mut ReplayGuard,
-    ) -> Result<VerifiedPeer, LoginError> {
+    ) -> Result<(VerifiedPeer, LoginNonce), LoginError> {
         verify_login(&f.creds.hello(ext), &f.ca.cluster_id(), now, rl, guard)
     }
 
@@ -306,7 +344,7 @@ mod tests {
         let mut f = fixture();
         let ext = f.creds.login(NOW, &mut f.rng);
         let mut guard = ReplayGuard::default();
-        let peer = check(&f, &ext, NOW + 1_000, None, &mut guard).unwrap();
+        let (peer, _) = check(&f, &ext, NOW + 1_000, None, &mut guard).unwrap();
         assert_eq!(peer.hub_id(), HubId([4; 16]));
         assert_eq!(
             check(&f, &ext, NOW + 2_000, None, &mut guard).unwrap_err(),
