@@ -593,6 +593,18 @@ mod tests {
         })
     }
 
+    /// A client and a relay WebSocket joined by an in-memory duplex.
+    async fn duplex_pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (
+            WebSocketStream::from_raw_socket(a, Role::Client, None).await,
+            WebSocketStream::from_raw_socket(b, Role::Server, None).await,
+        )
+    }
+
     fn config(b: u8) -> RelayConfig {
         RelayConfig::new("ws://unused", creds(b))
     }
@@ -629,9 +641,7 @@ mod tests {
     /// keepalive sent when idle, a clean close on shutdown.
     #[tokio::test(start_paused = true)]
     async fn session_over_duplex() {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let client_ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-        let mut relay_ws = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let (client_ws, mut relay_ws) = duplex_pair().await;
         let mut config = config(1);
         config.keepalive = Duration::from_secs(5);
         let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
@@ -740,9 +750,7 @@ mod tests {
         );
 
         // Relay closes with Replaced.
-        let (a, b) = tokio::io::duplex(1 << 16);
-        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-        let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let (ws, mut relay) = duplex_pair().await;
         let task = tokio::spawn(async move {
             let _hello = relay.next().await;
             relay
@@ -765,9 +773,7 @@ mod tests {
         drop(task);
 
         // Relay sends garbage.
-        let (a, b) = tokio::io::duplex(1 << 16);
-        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-        let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let (ws, mut relay) = duplex_pair().await;
         let task = tokio::spawn(async move {
             let _hello = relay.next().await;
             relay

@@ -36,30 +36,18 @@ pub const MAX_REMEMBERED_NONCES: usize = 100_000;
 const DOMAIN: &[u8] = b"hub-relay login v1\0";
 
 /// Why the relay refuses a login. Each maps to its own close code and says nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoginError {
     /// No login extension in the `Hello`.
     #[error("a certificate login is required")]
     Missing,
-    /// The login or its certificate does not parse.
+    /// The login does not parse.
     #[error("malformed login")]
     Malformed,
-    /// The CA key does not name this cluster.
-    #[error("not a certificate of this cluster")]
-    ForeignCa,
-    /// The certificate's CA signature does not verify.
-    #[error("bad certificate signature")]
-    BadSignature,
-    /// The certificate is not valid yet.
-    #[error("certificate not yet valid")]
-    NotYetValid,
-    /// The certificate has expired.
-    #[error("certificate expired")]
-    Expired,
-    /// The certificate or its key is revoked.
-    #[error("certificate revoked")]
-    Revoked,
+    /// The certificate is refused: foreign CA, bad signature, dates, revoked, or malformed.
+    #[error(transparent)]
+    Certificate(#[from] TrustError),
     /// The certificate names another hub id than the `Hello`.
     #[error("the certificate is for another hub id")]
     HubMismatch,
@@ -79,32 +67,21 @@ pub enum LoginError {
 
 impl LoginError {
     /// The close code the relay sends.
-    pub fn close_code(self) -> CloseCode {
+    pub fn close_code(&self) -> CloseCode {
         match self {
             LoginError::Missing => CloseCode::CertificateRequired,
             LoginError::Malformed | LoginError::HubMismatch => CloseCode::BadCertificate,
-            LoginError::ForeignCa => CloseCode::ForeignCluster,
-            LoginError::BadSignature => CloseCode::BadCertificate,
-            LoginError::NotYetValid => CloseCode::CertificateNotYetValid,
-            LoginError::Expired => CloseCode::CertificateExpired,
-            LoginError::Revoked => CloseCode::Revoked,
+            LoginError::Certificate(e) => match e {
+                TrustError::ForeignCa => CloseCode::ForeignCluster,
+                TrustError::NotYetValid => CloseCode::CertificateNotYetValid,
+                TrustError::Expired => CloseCode::CertificateExpired,
+                TrustError::Revoked => CloseCode::Revoked,
+                _ => CloseCode::BadCertificate,
+            },
             LoginError::Stale => CloseCode::StaleLogin,
             LoginError::BadProof => CloseCode::BadProof,
             LoginError::Replayed => CloseCode::ReplayedLogin,
             LoginError::Busy => CloseCode::TryAgainLater,
-        }
-    }
-}
-
-impl From<TrustError> for LoginError {
-    fn from(e: TrustError) -> Self {
-        match e {
-            TrustError::BadSignature(_) => LoginError::BadSignature,
-            TrustError::ForeignCa => LoginError::ForeignCa,
-            TrustError::NotYetValid => LoginError::NotYetValid,
-            TrustError::Expired => LoginError::Expired,
-            TrustError::Revoked => LoginError::Revoked,
-            _ => LoginError::Malformed,
         }
     }
 }
@@ -276,7 +253,7 @@ pub fn verify_login(
         return Err(LoginError::Malformed);
     }
     if !cluster.names(&ca_key) {
-        return Err(LoginError::ForeignCa);
+        return Err(TrustError::ForeignCa.into());
     }
     let peer = PeerCertificate::from_der(cert_der)?.verify(&ca_key, now_ms, revocations)?;
     if peer.hub_id() != hello.hub {
@@ -380,12 +357,12 @@ mod tests {
         let ext = f.creds.login(NOW + 400 * DAY_MS, &mut f.rng);
         assert_eq!(
             check(&f, &ext, NOW + 400 * DAY_MS, None, &mut guard).unwrap_err(),
-            LoginError::Expired
+            LoginError::Certificate(TrustError::Expired)
         );
         let ext = f.creds.login(NOW - 2 * DAY_MS, &mut f.rng);
         assert_eq!(
             check(&f, &ext, NOW - 2 * DAY_MS, None, &mut guard).unwrap_err(),
-            LoginError::NotYetValid
+            LoginError::Certificate(TrustError::NotYetValid)
         );
         // Another cluster's CA.
         let other = ClusterCa::generate(&mut f.rng);
@@ -399,7 +376,7 @@ mod tests {
                 &mut guard
             )
             .unwrap_err(),
-            LoginError::ForeignCa
+            LoginError::Certificate(TrustError::ForeignCa)
         );
         // A certificate from another CA presented with this CA's key.
         let forged = other
@@ -417,7 +394,7 @@ mod tests {
         let ext = forged_creds.login(NOW, &mut f.rng);
         assert_eq!(
             check(&f, &ext, NOW, None, &mut guard).unwrap_err(),
-            LoginError::BadSignature
+            LoginError::Certificate(TrustError::BadSignature("certificate"))
         );
         // A proof signed by a key other than the certificate's.
         let thief = Credentials {
@@ -455,7 +432,7 @@ mod tests {
         let ext = f.creds.login(NOW, &mut f.rng);
         assert_eq!(
             check(&f, &ext, NOW, Some(&rl), &mut guard).unwrap_err(),
-            LoginError::Revoked
+            LoginError::Certificate(TrustError::Revoked)
         );
         // Truncated.
         let ext = f.creds.login(NOW, &mut f.rng);
