@@ -564,3 +564,17 @@ async fn revocation_reaches_the_relay_and_every_hub(kind: RelayKind) {
         CloseCode::Revoked.code()
     );
 }
+
+both!(a_relay_can_be_limited_to_some_clusters);
+async fn a_relay_can_be_limited_to_some_clusters(kind: RelayKind) {
+    let (mine, theirs) = (TestCluster::new(), TestCluster::new());
+    let relay = RelayProcess::start_serving(kind, Some(mine.id().to_string()));
+    let (mut a, _) = join(&relay, mine.hub(1)).await;
+    let refused = login_hello(&theirs.hub(1), now_ms());
+    assert_eq!(
+        refused_with(&relay, &theirs, refused).await,
+        CloseCode::ClusterNotServed.code()
+    );
+    a.request_status().await.unwrap();
+    expect_event(&mut a, "status", |e| matches!(e, RelayEvent::Status(_))).await;
+}

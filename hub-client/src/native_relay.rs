@@ -72,6 +72,7 @@ pub struct Relay {
     rooms: Mutex<HashMap<ClusterId, Arc<Mutex<RoomEntry>>>>,
     revocations: Mutex<HashMap<ClusterId, Vec<u8>>>,
     state_dir: Option<PathBuf>,
+    allowed: Option<Vec<ClusterId>>,
     next_conn: AtomicU64,
 }
 
@@ -98,6 +99,19 @@ impl Relay {
             state_dir,
             ..Relay::default()
         })
+    }
+
+    /// Serves only these clusters (like the Worker's `ALLOWED_CLUSTERS`); others are closed
+    /// with 4019 as soon as their WebSocket opens.
+    pub fn serve_only(mut self, clusters: Vec<ClusterId>) -> Self {
+        self.allowed = Some(clusters);
+        self
+    }
+
+    fn serves(&self, cluster: &ClusterId) -> bool {
+        self.allowed
+            .as_ref()
+            .is_none_or(|list| list.contains(cluster))
     }
 
     fn revocations_path(&self, cluster: &ClusterId) -> Option<PathBuf> {
@@ -366,7 +380,15 @@ pub async fn serve_connection(
         .await?;
         return Ok(());
     }
-    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await?;
+    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await?;
+    if !relay.serves(&cluster_id) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(CloseCode::ClusterNotServed.code()),
+            reason: "this relay does not serve this cluster".into(),
+        };
+        let _ = ws.close(Some(frame)).await;
+        return Ok(());
+    }
     run_socket(ws, addr, &relay, &cluster_id).await;
     Ok(())
 }

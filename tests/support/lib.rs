@@ -67,17 +67,24 @@ pub struct RelayProcess {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    allowed_clusters: Option<String>,
 }
 
 impl RelayProcess {
     /// Starts a relay of `kind` on a free port and waits until it answers.
     pub fn start(kind: RelayKind) -> Self {
+        Self::start_serving(kind, None)
+    }
+
+    /// [`RelayProcess::start`], serving only `allowed_clusters` (comma-separated) if given.
+    pub fn start_serving(kind: RelayKind, allowed_clusters: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut relay = RelayProcess {
             kind,
             port: free_port(),
             dir,
             child: None,
+            allowed_clusters,
         };
         if kind == RelayKind::Workerd {
             relay.write_workerd_config();
@@ -146,11 +153,16 @@ const relay :Workerd.Worker = (
     (className = "RelayRoom", uniqueKey = "hub-relay-rooms", enableSql = true),
   ],
   durableObjectStorage = (localDisk = "do-disk"),
-  bindings = [ (name = "ROOMS", durableObjectNamespace = "RelayRoom") ],
+  bindings = [ (name = "ROOMS", durableObjectNamespace = "RelayRoom"){allowed} ],
 );
 "#,
             storage = self.dir.path().join("do-storage").display(),
             port = self.port,
+            allowed = self
+                .allowed_clusters
+                .as_ref()
+                .map(|list| format!(r#", (name = "ALLOWED_CLUSTERS", text = "{list}")"#))
+                .unwrap_or_default(),
         );
         std::fs::write(self.dir.path().join("relay.capnp"), config).expect("write capnp");
     }
@@ -187,6 +199,9 @@ const relay :Workerd.Worker = (
                     .arg("--state-dir")
                     .arg(self.dir.path().join("relay-state"))
                     .env("RUST_LOG", "warn");
+                if let Some(list) = &self.allowed_clusters {
+                    c.arg("--allowed-clusters").arg(list);
+                }
                 c
             }
         };

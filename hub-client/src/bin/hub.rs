@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use hub_client::home::{Home, NewHub};
 use hub_client::native_relay::{serve, Relay};
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
-use shared_proto::cluster::{Revocation, TrustLevel, VerifiedPeer};
+use shared_proto::cluster::{ClusterId, Revocation, TrustLevel, VerifiedPeer};
 use shared_proto::HubId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -58,6 +58,9 @@ enum Command {
         /// Where revocation lists are kept across restarts [default: HOME/relay-state].
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Serve only these cluster ids (comma-separated), like the Worker's ALLOWED_CLUSTERS.
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
+        allowed_clusters: Vec<ClusterId>,
     },
     /// Print this hub's id.
     Id,
@@ -220,12 +223,13 @@ async fn run(cli: Cli) -> Result<()> {
             reason,
             offline,
         } => revoke(&home, &fingerprint, key_hash.as_deref(), reason, offline).await,
-        Command::Relay { listen, state_dir } => {
-            run_relay(
-                listen,
-                state_dir.unwrap_or_else(|| home.dir().join("relay-state")),
-            )
-            .await
+        Command::Relay {
+            listen,
+            state_dir,
+            allowed_clusters,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(|| home.dir().join("relay-state"));
+            run_relay(listen, state_dir, allowed_clusters).await
         }
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());
@@ -345,9 +349,12 @@ async fn revoke(
     Ok(())
 }
 
-async fn run_relay(listen: SocketAddr, state_dir: PathBuf) -> Result<()> {
-    let relay = Relay::new(Some(state_dir.clone()))
+async fn run_relay(listen: SocketAddr, state_dir: PathBuf, allowed: Vec<ClusterId>) -> Result<()> {
+    let mut relay = Relay::new(Some(state_dir.clone()))
         .with_context(|| format!("state directory {}", state_dir.display()))?;
+    if !allowed.is_empty() {
+        relay = relay.serve_only(allowed);
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
