@@ -3,7 +3,8 @@
 //! - [`frame`]: relay protocol v1, the frame registry and its strict codec;
 //! - [`room`]: one cluster's room as a pure state machine that returns actions;
 //! - [`close`]: the close codes the relay sends;
-//! - [`path`]: the relay's URL layout.
+//! - [`path`]: the relay's URL layout;
+//! - `noise` (feature `noise`): end-to-end Noise IK sessions between hubs.
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
 //! last two): callers pass time in and perform the returned actions.
@@ -14,6 +15,8 @@ pub mod close;
 pub mod cluster;
 mod codec;
 pub mod frame;
+#[cfg(feature = "noise")]
+pub mod noise;
 pub mod path;
 pub mod room;
 
