@@ -1,0 +1,161 @@
+//! Noise benchmarks, each against a baseline measured in the same process:
+//!
+//! - IK handshakes per second on one core (both sides, certificate checks included);
+//! - transport throughput (encrypt + decrypt) for 1 KiB and 64 KiB messages, against raw
+//!   ChaCha20-Poly1305 (encrypt + decrypt) on the same buffers, as a ratio.
+//!
+//! Run: `cargo bench -p shared-proto --features noise --bench noise`. Each figure is the median
+//! of 7 rounds after a warm-up.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use ed25519_dalek::SigningKey;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use shared_proto::cluster::{
+    CertificateRequest, ClusterCa, PeerCertificate, TrustLevel, VerifiedPeer,
+};
+use shared_proto::noise::{
+    HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, MAX_TRANSPORT_PLAINTEXT,
+};
+use shared_proto::HubId;
+
+const NOW: u64 = 1_795_000_000_000;
+const ROUNDS: usize = 7;
+
+fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
+}
+
+fn hub(ca: &ClusterCa, id: u8) -> (LocalIdentity, VerifiedPeer) {
+    let static_secret = [id; 32];
+    let identity = SigningKey::from_bytes(&[id + 50; 32]);
+    let req = CertificateRequest {
+        hub_id: HubId([id; 16]),
+        name: format!("hub {id}"),
+        trust: TrustLevel::Full,
+        roles: vec![],
+        identity_key: identity.verifying_key(),
+        noise_key: x25519_public(&static_secret),
+        not_before_ms: NOW - 1000,
+        not_after_ms: NOW + 86_400_000,
+    };
+    let cert_der = ca
+        .issue(&req, &mut StdRng::seed_from_u64(1))
+        .expect("issue");
+    let cert = PeerCertificate::from_der(&cert_der)
+        .and_then(|c| c.verify(&ca.public_key(), NOW, None))
+        .expect("verify");
+    let local = LocalIdentity {
+        cluster: ca.cluster_id(),
+        ca_key: ca.public_key(),
+        static_secret,
+        cert_der,
+    };
+    (local, cert)
+}
+
+/// Median time of one call of `f`, over `ROUNDS` rounds of `iters` calls.
+fn median_per_call(iters: u32, mut f: impl FnMut()) -> Duration {
+    for _ in 0..iters / 4 + 1 {
+        f();
+    }
+    let mut rounds: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed() / iters
+        })
+        .collect();
+    rounds.sort();
+    rounds[ROUNDS / 2]
+}
+
+fn main() {
+    let ca = ClusterCa::from_secret(&[3; 32]);
+    let (a, a_cert) = hub(&ca, 1);
+    let (b, b_cert) = hub(&ca, 2);
+    let _ = a_cert;
+    let mut rng = StdRng::seed_from_u64(9);
+
+    // Handshakes: both sides, on this one thread.
+    let mut now = NOW;
+    let mut replay = HandshakeReplay::default();
+    let per_handshake = median_per_call(500, || {
+        now += 1;
+        let (init, m1) = Initiator::start(&a, &b_cert, now, &mut rng).expect("start");
+        let (_, m2) = Responder::accept(&b, &m1, now, None, &mut replay, &mut rng).expect("accept");
+        black_box(init.finish(&a, &m2, now, None).expect("finish"));
+    });
+    println!(
+        "IK handshake (both sides, one core): {:.1} us  ->  {:.0} handshakes/s",
+        per_handshake.as_secs_f64() * 1e6,
+        1.0 / per_handshake.as_secs_f64()
+    );
+
+    // What a handshake spends on certificates: each side parses and verifies the other's.
+    let per_cert = median_per_call(2_000, || {
+        let cert = PeerCertificate::from_der(black_box(&a.cert_der)).expect("parse");
+        black_box(cert.verify(&ca.public_key(), NOW, None).expect("verify"));
+    });
+    println!(
+        "  of which certificate parse + verify: {:.1} us each, 2 per handshake ({:.0}%)",
+        per_cert.as_secs_f64() * 1e6,
+        200.0 * per_cert.as_secs_f64() / per_handshake.as_secs_f64()
+    );
+
+    let (init, m1) = Initiator::start(&a, &b_cert, NOW, &mut rng).expect("start");
+    let (mut tb, m2) = Responder::accept(
+        &b,
+        &m1,
+        NOW,
+        None,
+        &mut HandshakeReplay::default(),
+        &mut rng,
+    )
+    .expect("accept");
+    let mut ta: Transport = init.finish(&a, &m2, NOW, None).expect("finish");
+
+    let cipher = ChaCha20Poly1305::new(&[7u8; 32].into());
+    for size in [1024usize, MAX_TRANSPORT_PLAINTEXT] {
+        let plaintext = vec![0x5au8; size];
+        let mut wire = Vec::with_capacity(size + 64);
+        let mut out = Vec::with_capacity(size + 64);
+        let iters = if size <= 1024 { 20_000 } else { 400 };
+        let noise = median_per_call(iters, || {
+            wire.clear();
+            ta.encrypt(black_box(&plaintext), NOW, &mut wire)
+                .expect("encrypt");
+            tb.decrypt(&wire, NOW, &mut out).expect("decrypt");
+            black_box(&out);
+        });
+        let mut buf = plaintext.clone();
+        let mut counter = 0u64;
+        let raw = median_per_call(iters, || {
+            counter += 1;
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_le_bytes());
+            let nonce = Nonce::from(nonce);
+            let tag = cipher
+                .encrypt_in_place_detached(&nonce, &[], black_box(&mut buf))
+                .expect("raw encrypt");
+            cipher
+                .decrypt_in_place_detached(&nonce, &[], &mut buf, &tag)
+                .expect("raw decrypt");
+            black_box(&buf);
+        });
+        let mib_s = |d: Duration| size as f64 / d.as_secs_f64() / (1024.0 * 1024.0);
+        println!(
+            "transport {:>6} B: noise {:>7.1} MiB/s, raw ChaCha20-Poly1305 {:>7.1} MiB/s, ratio noise/raw {:.2}",
+            size,
+            mib_s(noise),
+            mib_s(raw),
+            raw.as_secs_f64() / noise.as_secs_f64()
+        );
+    }
+}
