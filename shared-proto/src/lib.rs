@@ -4,7 +4,8 @@
 //! - [`room`]: one cluster's room as a pure state machine that returns actions;
 //! - [`close`]: the close codes the relay sends;
 //! - [`path`]: the relay's URL layout;
-//! - `noise` (feature `noise`): end-to-end Noise IK sessions between hubs.
+//! - `noise` and `peer` (feature `noise`): end-to-end Noise IK sessions between hubs, and the
+//!   session layer that sets them up on demand.
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
 //! last two): callers pass time in and perform the returned actions.
@@ -18,6 +19,8 @@ pub mod frame;
 #[cfg(feature = "noise")]
 pub mod noise;
 pub mod path;
+#[cfg(feature = "noise")]
+pub mod peer;
 pub mod room;
 
 pub use close::CloseCode;

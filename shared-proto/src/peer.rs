@@ -1,0 +1,912 @@
+//! The peer layer: Noise sessions with every other hub, on demand, as a sans-IO state machine.
+//!
+//! The application calls [`PeerSessions::send`] with a message for a hub; [`PeerSessions`] sets a
+//! session up if there is none (fetching the peer's certificate first if it does not know it),
+//! queues the message meanwhile (bounded), then fragments, encrypts and hands out relay payloads.
+//! Payloads from the relay go to [`PeerSessions::handle_incoming`]. Time goes in through
+//! `now_ms` and [`PeerSessions::handle_timeout`] (call it at [`PeerSessions::poll_timeout`]);
+//! everything to do comes out of [`PeerSessions::poll_event`]: payloads to send, messages
+//! received, sessions up and down.
+//!
+//! Peer messages (the payload of a relay `Send`/`Recv`), first byte the type:
+//!
+//! ```text
+//! 0x01 init      sender_index: u32 | Noise IK message 1
+//! 0x02 response  sender_index: u32 | receiver_index: u32 | Noise IK message 2
+//! 0x03 data      receiver_index: u32 | counter: u64 | ciphertext (see noise::Transport)
+//! 0x04 cert?     (empty): asks the peer for its certificate
+//! 0x05 cert      the sender's certificate (DER); trusted only after it verifies against the CA
+//! ```
+//!
+//! A data plaintext is one fragment: `message_id: u32 | index: u16 | count: u16 | bytes`.
+//!
+//! Simultaneous open: if both hubs initiate, the hub with the lower id keeps its handshake and
+//! ignores the other's first message; the other answers it. Rekey: a session that
+//! `needs_rekey` is replaced by a new handshake; the old one keeps receiving until it expires, so
+//! nothing in flight is lost. Lost handshake messages are retried with a new first message.
+
+use std::collections::{HashMap, VecDeque};
+
+use rand_core::CryptoRngCore;
+
+use crate::cluster::{PeerCertificate, VerifiedPeer, VerifiedRevocations};
+use crate::codec::Reader;
+use crate::frame::{HubId, MAX_PAYLOAD};
+use crate::noise::{
+    HandshakeReplay, Initiator, LocalIdentity, NoiseError, Responder, Transport,
+    MAX_TRANSPORT_PLAINTEXT,
+};
+
+const INIT: u8 = 0x01;
+const RESPONSE: u8 = 0x02;
+const DATA: u8 = 0x03;
+const CERT_REQUEST: u8 = 0x04;
+const CERT: u8 = 0x05;
+
+/// Bytes of one fragment's header.
+const FRAGMENT_HEADER: usize = 8;
+
+/// Largest piece of an application message per data message (fits one relay payload).
+pub const FRAGMENT_DATA: usize = {
+    let by_relay = MAX_PAYLOAD - 1 - 4 - crate::noise::TRANSPORT_OVERHEAD - FRAGMENT_HEADER;
+    let by_noise = MAX_TRANSPORT_PLAINTEXT - FRAGMENT_HEADER;
+    if by_relay < by_noise {
+        by_relay
+    } else {
+        by_noise
+    }
+};
+
+/// Largest application message.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Messages queued per peer while its session is being set up.
+pub const MAX_QUEUED: usize = 256;
+
+/// A first message without answer is sent again (a new one) after this long...
+pub const HANDSHAKE_RETRY_MS: u64 = 2_000;
+
+/// ... this many times, then the queued messages are dropped and the failure reported.
+pub const HANDSHAKE_ATTEMPTS: u32 = 5;
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Too many messages wait for this peer's session: try again later (backpressure).
+    #[error("too many messages queued for this peer")]
+    QueueFull,
+    /// A message over [`MAX_MESSAGE`].
+    #[error("message of {0} bytes exceeds {MAX_MESSAGE}")]
+    TooLarge(usize),
+    /// Sending to oneself.
+    #[error("a hub does not open a session with itself")]
+    ToSelf,
+}
+
+/// What the application must do or know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Send this payload to `to` through the relay.
+    Transmit {
+        /// The destination hub.
+        to: HubId,
+        /// The relay payload.
+        payload: Vec<u8>,
+    },
+    /// A whole message arrived from `from` over an authenticated session.
+    Received {
+        /// The sender, as its certificate names it.
+        from: HubId,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// A session with `peer` is up (first, or after a rekey).
+    Established {
+        /// The peer.
+        peer: HubId,
+    },
+    /// Setting up a session with `peer` failed, or a session was dropped; queued messages for
+    /// it are gone.
+    Failed {
+        /// The peer.
+        peer: HubId,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Handshake {
+    initiator: Initiator,
+    index: u32,
+    started_ms: u64,
+    attempts: u32,
+}
+
+struct Session {
+    transport: Transport,
+    /// Our index: the peer puts it in the data messages it sends us.
+    local_index: u32,
+    /// The peer's index: we put it in the data messages we send.
+    remote_index: u32,
+}
+
+#[derive(Default)]
+struct PeerState {
+    cert: Option<VerifiedPeer>,
+    awaiting_cert_since: Option<u64>,
+    handshake: Option<Handshake>,
+    current: Option<Session>,
+    previous: Option<Session>,
+    queue: VecDeque<Vec<u8>>,
+    partial: HashMap<u32, Partial>,
+    next_message_id: u32,
+}
+
+struct Partial {
+    count: u16,
+    pieces: Vec<Option<Vec<u8>>>,
+    received: u16,
+}
+
+/// Every session of one hub. See the module docs for the calling pattern.
+pub struct PeerSessions {
+    local: LocalIdentity,
+    me: HubId,
+    peers: HashMap<HubId, PeerState>,
+    by_index: HashMap<u32, HubId>,
+    replay: HandshakeReplay,
+    revocations: Option<VerifiedRevocations>,
+    events: VecDeque<Event>,
+}
+
+impl std::fmt::Debug for PeerSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSessions")
+            .field("me", &self.me)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSessions {
+    /// The sessions of hub `me` with identity `local`.
+    pub fn new(local: LocalIdentity, me: HubId) -> Self {
+        PeerSessions {
+            local,
+            me,
+            peers: HashMap::new(),
+            by_index: HashMap::new(),
+            replay: HandshakeReplay::default(),
+            revocations: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether a session with `peer` is up.
+    pub fn is_established(&self, peer: &HubId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.current.is_some())
+    }
+
+    /// Gives the layer a peer's certificate (from a directory); it is used to start handshakes.
+    pub fn add_certificate(&mut self, cert: VerifiedPeer) {
+        let hub = cert.hub_id();
+        self.peers.entry(hub).or_default().cert = Some(cert);
+    }
+
+    /// Takes a newer revocation list: sessions with revoked peers end at once.
+    pub fn set_revocations(&mut self, list: VerifiedRevocations) {
+        let revoked: Vec<HubId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                let certs = p
+                    .current
+                    .iter()
+                    .chain(p.previous.iter())
+                    .map(|s| s.transport.peer())
+                    .chain(p.cert.iter());
+                certs
+                    .into_iter()
+                    .any(|c| list.is_revoked(&c.fingerprint(), &c.key_hash()))
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        self.revocations = Some(list);
+        for hub in revoked {
+            self.drop_peer(hub, "certificate revoked");
+        }
+    }
+
+    /// Ends every session with `peer` (it left, restarted or was revoked).
+    pub fn drop_peer(&mut self, peer: HubId, reason: &str) {
+        if let Some(state) = self.peers.remove(&peer) {
+            for s in state.current.iter().chain(state.previous.iter()) {
+                self.by_index.remove(&s.local_index);
+            }
+            if let Some(h) = &state.handshake {
+                self.by_index.remove(&h.index);
+            }
+            self.events.push_back(Event::Failed {
+                peer,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Queues `message` for `to`; sets a session up if needed.
+    pub fn send(
+        &mut self,
+        to: HubId,
+        message: Vec<u8>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), SendError> {
+        if to == self.me {
+            return Err(SendError::ToSelf);
+        }
+        if message.len() > MAX_MESSAGE {
+            return Err(SendError::TooLarge(message.len()));
+        }
+        let state = self.peers.entry(to).or_default();
+        if state.current.is_some() {
+            self.transmit_message(to, &message, now_ms);
+            self.maybe_rekey(to, now_ms, rng);
+            return Ok(());
+        }
+        if state.queue.len() >= MAX_QUEUED {
+            return Err(SendError::QueueFull);
+        }
+        state.queue.push_back(message);
+        self.connect(to, now_ms, rng);
+        Ok(())
+    }
+
+    /// Starts a handshake with `peer` unless one runs; asks for its certificate if unknown.
+    fn connect(&mut self, peer: HubId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.handshake.is_some() {
+            return;
+        }
+        let Some(cert) = state.cert.clone() else {
+            if state.awaiting_cert_since.is_none() {
+                state.awaiting_cert_since = Some(now_ms);
+                self.events.push_back(Event::Transmit {
+                    to: peer,
+                    payload: vec![CERT_REQUEST],
+                });
+            }
+            return;
+        };
+        self.start_handshake(peer, &cert, now_ms, 1, rng);
+    }
+
+    fn start_handshake(
+        &mut self,
+        peer: HubId,
+        cert: &VerifiedPeer,
+        now_ms: u64,
+        attempts: u32,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        match Initiator::start(&self.local, cert, now_ms, rng) {
+            Ok((initiator, msg)) => {
+                let index = self.new_index(peer, rng);
+                let mut payload = vec![INIT];
+                payload.extend_from_slice(&index.to_be_bytes());
+                payload.extend_from_slice(&msg);
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    if let Some(old) = state.handshake.take() {
+                        self.by_index.remove(&old.index);
+                    }
+                    state.handshake = Some(Handshake {
+                        initiator,
+                        index,
+                        started_ms: now_ms,
+                        attempts,
+                    });
+                }
+                self.events.push_back(Event::Transmit { to: peer, payload });
+            }
+            Err(e) => self.drop_peer(peer, &format!("handshake: {e}")),
+        }
+    }
+
+    fn new_index(&mut self, peer: HubId, rng: &mut impl CryptoRngCore) -> u32 {
+        loop {
+            let i = rng.next_u32();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                self.by_index.insert(i, peer);
+                return i;
+            }
+        }
+    }
+
+    /// The earliest time [`PeerSessions::handle_timeout`] has work (Unix ms).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.peers
+            .values()
+            .filter_map(|p| {
+                p.handshake
+                    .as_ref()
+                    .map(|h| h.started_ms + HANDSHAKE_RETRY_MS)
+            })
+            .min()
+    }
+
+    /// Retries unanswered handshakes, gives up after [`HANDSHAKE_ATTEMPTS`], starts rekeys and
+    /// drops expired sessions.
+    pub fn handle_timeout(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let due: Vec<(HubId, u32)> = self
+            .peers
+            .iter()
+            .filter_map(|(hub, p)| {
+                let h = p.handshake.as_ref()?;
+                (now_ms >= h.started_ms + HANDSHAKE_RETRY_MS).then_some((*hub, h.attempts))
+            })
+            .collect();
+        for (peer, attempts) in due {
+            if attempts >= HANDSHAKE_ATTEMPTS {
+                self.drop_peer(peer, "no answer to the handshake");
+                continue;
+            }
+            let cert = self.peers.get(&peer).and_then(|p| p.cert.clone());
+            if let Some(cert) = cert {
+                self.start_handshake(peer, &cert, now_ms, attempts + 1, rng);
+            }
+        }
+        let peers: Vec<HubId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.maybe_rekey(peer, now_ms, rng);
+        }
+    }
+
+    fn maybe_rekey(&mut self, peer: HubId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let due = state.handshake.is_none()
+            && state
+                .current
+                .as_ref()
+                .is_some_and(|s| s.transport.needs_rekey(now_ms));
+        if let (true, Some(cert)) = (due, state.cert.clone()) {
+            self.start_handshake(peer, &cert, now_ms, 1, rng);
+        }
+    }
+
+    /// A payload from `from` arrived through the relay.
+    pub fn handle_incoming(
+        &mut self,
+        from: HubId,
+        payload: &[u8],
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), NoiseError> {
+        let Some((&kind, body)) = payload.split_first() else {
+            return Err(NoiseError::Malformed);
+        };
+        match kind {
+            CERT_REQUEST => {
+                self.events.push_back(Event::Transmit {
+                    to: from,
+                    payload: [&[CERT][..], &self.local.cert_der].concat(),
+                });
+                Ok(())
+            }
+            CERT => self.handle_cert(from, body, now_ms, rng),
+            INIT => self.handle_init(from, body, now_ms, rng),
+            RESPONSE => self.handle_response(from, body, now_ms),
+            DATA => self.handle_data(from, body, now_ms),
+            _ => Err(NoiseError::Malformed),
+        }
+    }
+
+    fn handle_cert(
+        &mut self,
+        from: HubId,
+        der: &[u8],
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), NoiseError> {
+        let cert = PeerCertificate::from_der(der)?.verify(
+            &self.local.ca_key,
+            now_ms,
+            self.revocations.as_ref(),
+        )?;
+        if cert.hub_id() != from {
+            return Err(NoiseError::KeyMismatch);
+        }
+        let state = self.peers.entry(from).or_default();
+        state.cert = Some(cert);
+        state.awaiting_cert_since = None;
+        if !state.queue.is_empty() {
+            self.connect(from, now_ms, rng);
+        }
+        Ok(())
+    }
+
+    fn handle_init(
+        &mut self,
+        from: HubId,
+        body: &[u8],
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), NoiseError> {
+        let mut r = Reader::new(body);
+        let remote_index = r.u32().map_err(|_| NoiseError::Malformed)?;
+        let msg = r.rest();
+        // Simultaneous open: the lower hub id keeps its own handshake.
+        let initiating = self.peers.get(&from).is_some_and(|p| p.handshake.is_some());
+        if initiating && self.me < from {
+            return Ok(());
+        }
+        let (transport, answer) = Responder::accept(
+            &self.local,
+            msg,
+            now_ms,
+            self.revocations.as_ref(),
+            &mut self.replay,
+            rng,
+        )?;
+        if transport.peer().hub_id() != from {
+            return Err(NoiseError::KeyMismatch);
+        }
+        let local_index = self.new_index(from, rng);
+        let mut payload = vec![RESPONSE];
+        payload.extend_from_slice(&local_index.to_be_bytes());
+        payload.extend_from_slice(&remote_index.to_be_bytes());
+        payload.extend_from_slice(&answer);
+        self.events.push_back(Event::Transmit { to: from, payload });
+        let cert = transport.peer().clone();
+        let state = self.peers.entry(from).or_default();
+        if let Some(h) = state.handshake.take() {
+            self.by_index.remove(&h.index);
+        }
+        state.cert = Some(cert);
+        self.install(
+            from,
+            Session {
+                transport,
+                local_index,
+                remote_index,
+            },
+            now_ms,
+        );
+        Ok(())
+    }
+
+    fn handle_response(&mut self, from: HubId, body: &[u8], now_ms: u64) -> Result<(), NoiseError> {
+        let mut r = Reader::new(body);
+        let remote_index = r.u32().map_err(|_| NoiseError::Malformed)?;
+        let local_index = r.u32().map_err(|_| NoiseError::Malformed)?;
+        let msg = r.rest();
+        let Some(state) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
+        // An answer to an older attempt, or to nothing: ignore it.
+        if state.handshake.as_ref().map(|h| h.index) != Some(local_index) {
+            return Ok(());
+        }
+        let Some(h) = state.handshake.take() else {
+            return Ok(());
+        };
+        let transport = h
+            .initiator
+            .finish(&self.local, msg, now_ms, self.revocations.as_ref())?;
+        self.install(
+            from,
+            Session {
+                transport,
+                local_index,
+                remote_index,
+            },
+            now_ms,
+        );
+        Ok(())
+    }
+
+    /// Makes `session` current (the old one stays for receiving), then flushes the queue.
+    fn install(&mut self, peer: HubId, session: Session, now_ms: u64) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(old) = state.previous.take() {
+            self.by_index.remove(&old.local_index);
+        }
+        self.by_index.insert(session.local_index, peer);
+        state.previous = state.current.replace(session);
+        let queued: Vec<Vec<u8>> = state.queue.drain(..).collect();
+        self.events.push_back(Event::Established { peer });
+        for message in queued {
+            self.transmit_message(peer, &message, now_ms);
+        }
+    }
+
+    /// Fragments, encrypts and hands out `message` on the current session.
+    fn transmit_message(&mut self, peer: HubId, message: &[u8], now_ms: u64) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(session) = state.current.as_mut() else {
+            return;
+        };
+        let id = state.next_message_id;
+        state.next_message_id = state.next_message_id.wrapping_add(1);
+        let pieces: Vec<&[u8]> = if message.is_empty() {
+            vec![&[]]
+        } else {
+            message.chunks(FRAGMENT_DATA).collect()
+        };
+        let count = pieces.len() as u16;
+        let mut plain = Vec::with_capacity(FRAGMENT_HEADER + FRAGMENT_DATA);
+        let mut failed = None;
+        for (i, piece) in pieces.into_iter().enumerate() {
+            plain.clear();
+            plain.extend_from_slice(&id.to_be_bytes());
+            plain.extend_from_slice(&(i as u16).to_be_bytes());
+            plain.extend_from_slice(&count.to_be_bytes());
+            plain.extend_from_slice(piece);
+            let mut payload = vec![DATA];
+            payload.extend_from_slice(&session.remote_index.to_be_bytes());
+            if let Err(e) = session.transport.encrypt(&plain, now_ms, &mut payload) {
+                failed = Some(e);
+                break;
+            }
+            self.events.push_back(Event::Transmit { to: peer, payload });
+        }
+        if let Some(e) = failed {
+            self.drop_peer(peer, &format!("session: {e}"));
+        }
+    }
+
+    fn handle_data(&mut self, from: HubId, body: &[u8], now_ms: u64) -> Result<(), NoiseError> {
+        let mut r = Reader::new(body);
+        let index = r.u32().map_err(|_| NoiseError::Malformed)?;
+        let msg = r.rest();
+        if self.by_index.get(&index) != Some(&from) {
+            return Err(NoiseError::Noise("unknown session".into()));
+        }
+        let Some(state) = self.peers.get_mut(&from) else {
+            return Err(NoiseError::Noise("unknown session".into()));
+        };
+        let session = [state.current.as_mut(), state.previous.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.local_index == index)
+            .ok_or_else(|| NoiseError::Noise("unknown session".into()))?;
+        let mut plain = Vec::new();
+        session.transport.decrypt(msg, now_ms, &mut plain)?;
+        let mut f = Reader::new(&plain);
+        let m = |_| NoiseError::Malformed;
+        let id = f.u32().map_err(m)?;
+        let i = f.u16().map_err(m)?;
+        let count = f.u16().map_err(m)?;
+        let piece = f.rest();
+        if count == 0
+            || i >= count
+            || usize::from(count) * FRAGMENT_DATA > MAX_MESSAGE + FRAGMENT_DATA
+        {
+            return Err(NoiseError::Malformed);
+        }
+        if count == 1 {
+            self.events.push_back(Event::Received {
+                from,
+                message: piece.to_vec(),
+            });
+            return Ok(());
+        }
+        // A peer cannot make us hold more than a few partial messages.
+        if !state.partial.contains_key(&id) && state.partial.len() >= 4 {
+            return Err(NoiseError::Noise("too many partial messages".into()));
+        }
+        let p = state.partial.entry(id).or_insert_with(|| Partial {
+            count,
+            pieces: vec![None; usize::from(count)],
+            received: 0,
+        });
+        if p.count != count {
+            return Err(NoiseError::Malformed);
+        }
+        let slot = &mut p.pieces[usize::from(i)];
+        if slot.is_none() {
+            *slot = Some(piece.to_vec());
+            p.received += 1;
+        }
+        if p.received == p.count {
+            if let Some(done) = state.partial.remove(&id) {
+                let message = done.pieces.into_iter().flatten().flatten().collect();
+                self.events.push_back(Event::Received { from, message });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::cert::tests::{request, NOW};
+    use crate::cluster::{ClusterCa, Revocation, RevocationList};
+    use ed25519_dalek::SigningKey;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+    fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+        let mut dh = DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .unwrap();
+        dh.set(secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(dh.pubkey());
+        out
+    }
+
+    fn ca() -> ClusterCa {
+        ClusterCa::from_secret(&[5; 32])
+    }
+
+    fn sessions(id: u8) -> (PeerSessions, VerifiedPeer) {
+        let static_secret = [id; 32];
+        let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
+        let mut req = request(id, &identity);
+        req.noise_key = x25519_public(&static_secret);
+        let cert_der = ca()
+            .issue(&req, &mut StdRng::seed_from_u64(u64::from(id)))
+            .unwrap();
+        let cert = PeerCertificate::from_der(&cert_der)
+            .unwrap()
+            .verify(&ca().public_key(), NOW, None)
+            .unwrap();
+        let local = LocalIdentity {
+            cluster: ca().cluster_id(),
+            ca_key: ca().public_key(),
+            static_secret,
+            cert_der,
+        };
+        (PeerSessions::new(local, HubId([id; 16])), cert)
+    }
+
+    /// Two hubs and a virtual network between them, with a virtual clock.
+    struct Pair {
+        a: PeerSessions,
+        b: PeerSessions,
+        now: u64,
+        rng: StdRng,
+        /// Payloads in flight: (to_b, payload).
+        wire: VecDeque<(bool, Vec<u8>)>,
+        got_a: Vec<Vec<u8>>,
+        got_b: Vec<Vec<u8>>,
+        failed: Vec<(bool, String)>,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            Pair {
+                a: sessions(1).0,
+                b: sessions(2).0,
+                now: NOW,
+                rng: StdRng::seed_from_u64(1),
+                wire: VecDeque::new(),
+                got_a: vec![],
+                got_b: vec![],
+                failed: vec![],
+            }
+        }
+
+        /// Moves events into the wire and the inboxes.
+        fn collect(&mut self) {
+            while let Some(e) = self.a.poll_event() {
+                match e {
+                    Event::Transmit { payload, .. } => self.wire.push_back((true, payload)),
+                    Event::Received { message, .. } => self.got_a.push(message),
+                    Event::Failed { reason, .. } => self.failed.push((true, reason)),
+                    _ => {}
+                }
+            }
+            while let Some(e) = self.b.poll_event() {
+                match e {
+                    Event::Transmit { payload, .. } => self.wire.push_back((false, payload)),
+                    Event::Received { message, .. } => self.got_b.push(message),
+                    Event::Failed { reason, .. } => self.failed.push((false, reason)),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Delivers everything in flight, in order, until quiet.
+        fn drive(&mut self) {
+            self.collect();
+            while let Some((to_b, payload)) = self.wire.pop_front() {
+                let r = if to_b {
+                    self.b
+                        .handle_incoming(HubId([1; 16]), &payload, self.now, &mut self.rng)
+                } else {
+                    self.a
+                        .handle_incoming(HubId([2; 16]), &payload, self.now, &mut self.rng)
+                };
+                r.unwrap();
+                self.collect();
+            }
+        }
+    }
+
+    const A: HubId = HubId([1; 16]);
+    const B: HubId = HubId([2; 16]);
+
+    #[test]
+    fn on_demand_session_fetches_the_certificate_and_delivers_queued_messages() {
+        let mut p = Pair::new();
+        p.a.send(B, b"one".to_vec(), p.now, &mut p.rng).unwrap();
+        p.a.send(B, b"two".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(p.a.is_established(&B) && p.b.is_established(&A));
+        p.b.send(A, b"back".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_a, vec![b"back".to_vec()]);
+    }
+
+    #[test]
+    fn large_messages_are_fragmented_and_reassembled() {
+        let mut p = Pair::new();
+        let big: Vec<u8> = (0..(3 * FRAGMENT_DATA + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        p.a.send(B, big.clone(), p.now, &mut p.rng).unwrap();
+        p.a.send(B, Vec::new(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b, vec![big, Vec::new()]);
+        assert!(p.wire.is_empty());
+        assert_eq!(
+            p.a.send(B, vec![0; MAX_MESSAGE + 1], p.now, &mut p.rng),
+            Err(SendError::TooLarge(MAX_MESSAGE + 1))
+        );
+    }
+
+    #[test]
+    fn simultaneous_open_settles_on_one_session() {
+        let mut p = Pair::new();
+        let (_, cert_a) = sessions(1);
+        let (_, cert_b) = sessions(2);
+        p.a.add_certificate(cert_b);
+        p.b.add_certificate(cert_a);
+        p.a.send(B, b"from a".to_vec(), p.now, &mut p.rng).unwrap();
+        p.b.send(A, b"from b".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b, vec![b"from a".to_vec()]);
+        assert_eq!(p.got_a, vec![b"from b".to_vec()]);
+        // One session each way: the same indices pair up.
+        let (sa, sb) = (
+            p.a.peers[&B].current.as_ref().unwrap(),
+            p.b.peers[&A].current.as_ref().unwrap(),
+        );
+        assert_eq!(sa.remote_index, sb.local_index);
+        assert_eq!(sb.remote_index, sa.local_index);
+        assert!(p.a.peers[&B].previous.is_none() && p.b.peers[&A].previous.is_none());
+    }
+
+    #[test]
+    fn a_lost_first_message_is_retried_and_a_dead_peer_reported() {
+        let mut p = Pair::new();
+        let (_, cert_b) = sessions(2);
+        p.a.add_certificate(cert_b);
+        p.a.send(B, b"hello".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        assert_eq!(p.wire.len(), 1);
+        p.wire.clear(); // lost
+        p.now += HANDSHAKE_RETRY_MS;
+        assert_eq!(p.a.poll_timeout(), Some(p.now));
+        p.a.handle_timeout(p.now, &mut p.rng);
+        p.drive();
+        assert_eq!(p.got_b, vec![b"hello".to_vec()]);
+        // A peer that never answers: given up after the attempts, reported.
+        let mut q = Pair::new();
+        let (_, cert_b) = sessions(2);
+        q.a.add_certificate(cert_b);
+        q.a.send(B, b"x".to_vec(), q.now, &mut q.rng).unwrap();
+        for _ in 0..HANDSHAKE_ATTEMPTS {
+            q.now += HANDSHAKE_RETRY_MS;
+            q.a.handle_timeout(q.now, &mut q.rng);
+        }
+        q.collect();
+        assert_eq!(q.failed, vec![(true, "no answer to the handshake".into())]);
+    }
+
+    #[test]
+    fn rekey_mid_stream_loses_nothing() {
+        let mut p = Pair::new();
+        p.a.send(B, b"before".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        let old = p.a.peers[&B].current.as_ref().unwrap().local_index;
+        p.now += crate::noise::REKEY_AFTER_MS;
+        // A message sent on the old session as the rekey starts (the send triggers it) is held
+        // back in flight...
+        p.a.send(B, b"in flight".to_vec(), p.now, &mut p.rng)
+            .unwrap();
+        p.collect();
+        let (in_flight, rest): (Vec<_>, Vec<_>) = p
+            .wire
+            .drain(..)
+            .partition(|(_, payload)| payload[0] == DATA);
+        p.wire.extend(rest);
+        assert_eq!(p.wire.len(), 1, "the rekey's first message");
+        p.drive();
+        assert!(
+            p.b.peers[&A].previous.is_some(),
+            "the old session is kept for receiving"
+        );
+        // ... and arrives after the new session is up: still accepted.
+        for (_, payload) in in_flight {
+            p.b.handle_incoming(A, &payload, p.now, &mut p.rng).unwrap();
+        }
+        p.collect();
+        p.a.send(B, b"after".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_ne!(p.a.peers[&B].current.as_ref().unwrap().local_index, old);
+        let mut got = p.got_b.clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![b"after".to_vec(), b"before".to_vec(), b"in flight".to_vec()]
+        );
+    }
+
+    #[test]
+    fn revocation_drops_sessions_and_duplicates_are_refused() {
+        let mut p = Pair::new();
+        p.a.send(B, b"x".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        // Capture the data message to replay it later.
+        p.drive();
+        p.a.send(B, b"y".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let (_, data) = p.wire.pop_front().unwrap();
+        p.b.handle_incoming(A, &data, p.now, &mut p.rng).unwrap();
+        assert_eq!(
+            p.b.handle_incoming(A, &data, p.now, &mut p.rng),
+            Err(NoiseError::Replayed)
+        );
+        let (_, cert_a) = sessions(1);
+        let list = RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: cert_a.fingerprint(),
+                key_hash: [0; 32],
+                revoked_at_ms: NOW,
+                reason: "gone".into(),
+            }],
+        };
+        let list = RevocationList::verify(&list.sign(&ca()).unwrap(), &ca().cluster_id()).unwrap();
+        p.b.set_revocations(list);
+        assert!(!p.b.is_established(&A));
+        p.collect();
+        assert_eq!(p.failed, vec![(false, "certificate revoked".into())]);
+        // The revoked hub cannot set a new session up either.
+        p.a.drop_peer(B, "test");
+        p.a.send(B, b"z".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let mut refused = false;
+        while let Some((to_b, payload)) = p.wire.pop_front() {
+            let r = if to_b {
+                p.b.handle_incoming(A, &payload, p.now, &mut p.rng)
+            } else {
+                p.a.handle_incoming(B, &payload, p.now, &mut p.rng)
+            };
+            refused |= r.is_err();
+            p.collect();
+        }
+        assert!(refused);
+        assert!(!p.b.is_established(&A));
+    }
+}
