@@ -25,6 +25,7 @@ use shared_proto::cluster::{
     CertificateRequest, ClusterCa, ClusterId, PeerCertificate, Revocation, RevocationList,
     TrustLevel, VerifiedPeer, VerifiedRevocations,
 };
+use shared_proto::noise::LocalIdentity;
 use shared_proto::HubId;
 
 /// Errors of the data directory.
@@ -253,6 +254,24 @@ impl Home {
             cert_der,
             identity,
         }))
+    }
+
+    /// This hub's Noise identity: its X25519 static secret and certificate.
+    pub fn noise_identity(&self) -> Result<LocalIdentity, HomeError> {
+        let keys = self.read("identity.key")?;
+        let static_secret: [u8; 32] = keys
+            .get(32..64)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| HomeError::Corrupt {
+                path: self.path("identity.key"),
+                what: "not a 64-byte key file".into(),
+            })?;
+        Ok(LocalIdentity {
+            cluster: self.cluster_id()?,
+            ca_key: self.ca_key()?,
+            static_secret,
+            cert_der: self.read("hub.der")?,
+        })
     }
 
     /// The newest revocation list this hub holds (signed bytes).

@@ -2,6 +2,7 @@
 //!
 //! - [`relay`]: the relay client (connect, hello, send, receive, presence, keepalive, reconnect
 //!   with backoff and jitter, clean shutdown), over any WebSocket stream/sink;
+//! - [`peers`]: end-to-end Noise sessions with every other hub, over the relay connection;
 //! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
 //! - [`home`]: the data directory: keys, certificate, CA (founder), revocation list;
 //! - [`backoff`]: reconnect delays.
@@ -11,6 +12,7 @@
 pub mod backoff;
 pub mod home;
 pub mod native_relay;
+pub mod peers;
 pub mod relay;
 
 pub use relay::{RelayClient, RelayConfig, RelayError, RelayEvent};

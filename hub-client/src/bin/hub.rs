@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hub_client::home::{Home, NewHub};
 use hub_client::native_relay::{serve, Relay};
+use hub_client::peers::{PeerClient, PeerError, PeerEvent};
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
 use shared_proto::cluster::{ClusterId, Revocation, TrustLevel, VerifiedPeer};
 use shared_proto::HubId;
@@ -64,6 +65,16 @@ enum Command {
     },
     /// Print this hub's id.
     Id,
+    /// Measure round trips to another hub through the end-to-end encrypted session.
+    Ping {
+        /// The hub to ping (32 hex digits).
+        peer: HubId,
+        /// How many pings.
+        #[arg(long, default_value_t = 4)]
+        count: u32,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Talk to the relay directly, for diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -235,6 +246,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", home.certificate()?.hub_id());
             Ok(())
         }
+        Command::Ping { peer, count, conn } => ping(&home, peer, count, conn).await,
         Command::Debug(DebugCommand::Listen { conn, count }) => {
             debug_listen(&home, conn, count).await
         }
@@ -431,38 +443,103 @@ async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
     Ok((client, online))
 }
 
-async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Result<()> {
-    let (mut client, online) = connect(home, &conn).await?;
-    println!("joined as {}", client.hub_id());
-    for hub in online {
-        println!("online {hub}");
+/// Starts the peer layer with the home's identity and waits until the relay admits the hub.
+async fn connect_peers(home: &Home, conn: &ConnArgs) -> Result<PeerClient> {
+    let relay = match &conn.relay {
+        Some(url) => url.clone(),
+        None => home.config()?.relay_url,
+    };
+    let mut config = RelayConfig::new(relay.clone(), home.credentials()?);
+    config.revocations = home.revocations();
+    let mut peers = PeerClient::spawn(config, home.noise_identity()?)?;
+    tokio::time::timeout(Duration::from_secs(conn.timeout), async {
+        loop {
+            match peers.next_event().await {
+                Some(PeerEvent::Relay(RelayEvent::Connected { .. })) => return Ok(()),
+                Some(PeerEvent::Relay(RelayEvent::Disconnected {
+                    retry_in: None,
+                    reason,
+                    code,
+                })) => bail!(
+                    "the relay refused this hub: {reason} (close code {})",
+                    code.map_or_else(|| "none".to_owned(), |c| c.to_string())
+                ),
+                Some(PeerEvent::Relay(RelayEvent::Revocations(list))) => {
+                    home.keep_revocations(&list)?;
+                }
+                Some(_) => {}
+                None => bail!("the peer client stopped"),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no admission from {relay} within {} s", conn.timeout))??;
+    Ok(peers)
+}
+
+async fn ping(home: &Home, peer: HubId, count: u32, conn: ConnArgs) -> Result<()> {
+    let peers = connect_peers(home, &conn).await?;
+    let limit = Duration::from_secs(conn.timeout);
+    let mut rtts = Vec::new();
+    for i in 0..count.max(1) {
+        let rtt = peers
+            .ping(peer, limit)
+            .await
+            .with_context(|| format!("ping {peer}"))?;
+        let note = if i == 0 {
+            " (includes the handshake)"
+        } else {
+            ""
+        };
+        println!(
+            "reply from {peer}: {:.2} ms{note}",
+            rtt.as_secs_f64() * 1000.0
+        );
+        rtts.push(rtt);
     }
+    if rtts.len() > 1 {
+        let mut steady: Vec<Duration> = rtts[1..].to_vec();
+        steady.sort();
+        println!(
+            "{} pings; after the handshake: min {:.2} ms, median {:.2} ms, max {:.2} ms",
+            rtts.len(),
+            steady[0].as_secs_f64() * 1000.0,
+            steady[steady.len() / 2].as_secs_f64() * 1000.0,
+            steady[steady.len() - 1].as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Result<()> {
+    let mut peers = connect_peers(home, &conn).await?;
+    println!("joined as {}", home.certificate()?.hub_id());
     let mut received = 0;
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
-            event = client.next_event() => match event {
-                Some(RelayEvent::PeerJoined(hub)) => println!("joined {hub}"),
-                Some(RelayEvent::PeerLeft(hub)) => println!("left {hub}"),
-                Some(RelayEvent::Message { from, payload }) => {
-                    println!("message from {from}: {}", String::from_utf8_lossy(&payload));
+            event = peers.next_event() => match event {
+                Some(PeerEvent::Message { from, message }) => {
+                    println!("message from {from}: {}", String::from_utf8_lossy(&message));
                     received += 1;
                     if count.is_some_and(|n| received >= n) {
                         break;
                     }
                 }
-                Some(RelayEvent::Revocations(list)) => {
+                Some(PeerEvent::Relay(RelayEvent::PeerJoined(hub))) => println!("joined {hub}"),
+                Some(PeerEvent::Relay(RelayEvent::PeerLeft(hub))) => println!("left {hub}"),
+                Some(PeerEvent::Relay(RelayEvent::Revocations(list))) => {
                     home.keep_revocations(&list)?;
                     println!("revocation list version {}", list.version());
                 }
-                Some(RelayEvent::Connected { online }) => {
-                    println!("reconnected; {} other hub(s) online", online.len());
+                Some(PeerEvent::Relay(RelayEvent::Connected { online })) => {
+                    println!("connected; {} other hub(s) online", online.len());
                 }
-                Some(RelayEvent::Disconnected { reason, retry_in: None, code }) => {
+                Some(PeerEvent::Relay(RelayEvent::Disconnected { reason, retry_in: None, code })) => {
                     println!("disconnected for good: {reason}");
                     bail!("disconnected for good: {reason} (close code {code:?})")
                 }
-                Some(RelayEvent::Disconnected { reason, retry_in, .. }) => {
+                Some(PeerEvent::Relay(RelayEvent::Disconnected { reason, retry_in, .. })) => {
                     println!("disconnected ({reason}); retrying in {retry_in:?}");
                 }
                 Some(_) => {}
@@ -470,32 +547,25 @@ async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Resu
             }
         }
     }
-    client.shutdown().await;
     Ok(())
 }
 
 async fn debug_send(home: &Home, conn: ConnArgs, to: HubId, message: String) -> Result<()> {
-    let (mut client, _online) = connect(home, &conn).await?;
-    client.send(to, message.into_bytes()).await?;
-    // The relay handles a socket's frames in order: its answer to a status request proves the
-    // message before it was routed (or reported undeliverable).
-    client.request_status().await?;
-    let outcome = tokio::time::timeout(Duration::from_secs(conn.timeout), async {
-        loop {
-            match client.next_event().await {
-                Some(RelayEvent::Undeliverable(hub)) if hub == to => {
-                    return Err(anyhow::anyhow!("{to} is not online in this cluster"))
-                }
-                Some(RelayEvent::Status(_)) => return Ok(()),
-                Some(_) => {}
-                None => return Err(anyhow::anyhow!("the relay client stopped")),
+    let peers = connect_peers(home, &conn).await?;
+    peers.send(to, message.into_bytes()).await?;
+    // The session is ordered: the answer to a ping sent after the message proves its delivery.
+    let rtt = peers
+        .ping(to, Duration::from_secs(conn.timeout))
+        .await
+        .map_err(|e| match e {
+            PeerError::Session { reason, .. } if reason == "not online" => {
+                anyhow::anyhow!("{to} is not online in this cluster")
             }
-        }
-    })
-    .await
-    .context("no answer from the relay")?;
-    client.shutdown().await;
-    outcome?;
-    println!("delivered to {to}");
+            e => anyhow::anyhow!(e),
+        })?;
+    println!(
+        "delivered to {to} over an end-to-end session (round trip {:.2} ms)",
+        rtt.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
