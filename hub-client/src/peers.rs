@@ -162,8 +162,15 @@ impl Drop for PeerClient {
     }
 }
 
+/// A ping waiting for its pong: the peer, when it was sent, and who waits for the answer.
+struct PendingPing {
+    peer: HubId,
+    sent: Instant,
+    done: oneshot::Sender<Result<Duration, PeerError>>,
+}
+
 struct Pending {
-    pings: HashMap<u64, (HubId, Instant, oneshot::Sender<Result<Duration, PeerError>>)>,
+    pings: HashMap<u64, PendingPing>,
 }
 
 async fn run(
@@ -194,7 +201,8 @@ async fn run(
                         msg.extend_from_slice(&token.to_be_bytes());
                         match sessions.send(to, msg, unix_ms(), &mut rng) {
                             Ok(()) => {
-                                pending.pings.insert(token, (to, Instant::now(), done));
+                                let ping = PendingPing { peer: to, sent: Instant::now(), done };
+                                pending.pings.insert(token, ping);
                             }
                             Err(e) => {
                                 let _ = done.send(Err(e.into()));
@@ -249,11 +257,10 @@ async fn drain(
 ) -> bool {
     while let Some(event) = sessions.poll_event() {
         match event {
-            Event::Transmit { to, payload } => {
-                if relay.send(to, payload).await.is_err() {
-                    return false;
-                }
+            Event::Transmit { to, payload } if relay.send(to, payload).await.is_err() => {
+                return false;
             }
+            Event::Transmit { .. } => {}
             Event::Received { from, message } => match message.split_first() {
                 Some((&KIND_DATA, body)) => {
                     let ev = PeerEvent::Message {
@@ -271,9 +278,9 @@ async fn drain(
                 }
                 Some((&KIND_PONG, token)) => {
                     let token = token.try_into().map(u64::from_be_bytes).unwrap_or(0);
-                    if let Some((peer, sent, done)) = pending.pings.remove(&token) {
-                        if peer == from {
-                            let _ = done.send(Ok(sent.elapsed()));
+                    if let Some(ping) = pending.pings.remove(&token) {
+                        if ping.peer == from {
+                            let _ = ping.done.send(Ok(ping.sent.elapsed()));
                         }
                     }
                 }
@@ -284,12 +291,12 @@ async fn drain(
                 let failed: Vec<u64> = pending
                     .pings
                     .iter()
-                    .filter(|(_, (p, _, _))| *p == peer)
+                    .filter(|(_, p)| p.peer == peer)
                     .map(|(t, _)| *t)
                     .collect();
                 for t in failed {
-                    if let Some((_, _, done)) = pending.pings.remove(&t) {
-                        let _ = done.send(Err(PeerError::Session {
+                    if let Some(ping) = pending.pings.remove(&t) {
+                        let _ = ping.done.send(Err(PeerError::Session {
                             peer,
                             reason: reason.clone(),
                         }));
