@@ -257,10 +257,12 @@ async fn drain(
 ) -> bool {
     while let Some(event) = sessions.poll_event() {
         match event {
-            Event::Transmit { to, payload } if relay.send(to, payload).await.is_err() => {
-                return false;
+            Event::Transmit { to, payload } => {
+                let sent = relay.send(to, payload).await;
+                if sent.is_err() {
+                    return false;
+                }
             }
-            Event::Transmit { .. } => {}
             Event::Received { from, message } => match message.split_first() {
                 Some((&KIND_DATA, body)) => {
                     let ev = PeerEvent::Message {
