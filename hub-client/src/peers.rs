@@ -4,8 +4,9 @@
 //! [`PeerClient::spawn`] owns a [`RelayClient`] and the sessions. The application sends with
 //! [`PeerClient::send`] (a session is set up on demand; messages wait in a bounded queue, and the
 //! call waits when the task is busy) and receives with [`PeerClient::next_message`]. Presence
-//! drives the sessions: a hub that leaves or reconnects (it may have restarted) loses its session,
-//! and a revocation list that revokes a peer drops its session at once.
+//! drives the sessions: a hub that leaves loses its session and what was queued for it; a hub that
+//! reconnects (it may have restarted) gets a new session, queued messages kept; a revocation list
+//! that revokes a peer drops its session at once.
 //!
 //! Messages carry one byte of kind: `0` application data, `1` ping, `2` pong (the ping's 8-byte
 //! token echoed), so [`PeerClient::ping`] measures a round trip through the session itself.
@@ -183,6 +184,7 @@ async fn run(
     let mut pending = Pending {
         pings: HashMap::new(),
     };
+    let mut connected_before = false;
     loop {
         let timer = sessions
             .poll_timeout()
@@ -221,8 +223,15 @@ async fn run(
                     }
                     RelayEvent::PeerLeft(hub) => sessions.drop_peer(*hub, "left the relay"),
                     RelayEvent::Undeliverable(hub) => sessions.drop_peer(*hub, "not online"),
-                    RelayEvent::PeerJoined(hub) => sessions.drop_peer(*hub, "reconnected to the relay"),
+                    RelayEvent::PeerJoined(hub) => sessions.reset_peer(*hub, unix_ms(), &mut rng),
                     RelayEvent::Revocations(list) => sessions.set_revocations(list.clone()),
+                    RelayEvent::Connected { .. } => {
+                        // After a reconnect, peers may have dropped their side of our sessions.
+                        if connected_before {
+                            sessions.reset_all(unix_ms(), &mut rng);
+                        }
+                        connected_before = true;
+                    }
                     _ => {}
                 }
                 if !matches!(event, RelayEvent::Message { .. })

@@ -159,6 +159,9 @@ pub struct PeerSessions {
     replay: HandshakeReplay,
     revocations: Option<VerifiedRevocations>,
     events: VecDeque<Event>,
+    /// The timestamp of our last first message: each new one is strictly later, as the
+    /// responder's replay check requires, even within one millisecond.
+    last_init_ms: u64,
 }
 
 impl std::fmt::Debug for PeerSessions {
@@ -181,6 +184,7 @@ impl PeerSessions {
             replay: HandshakeReplay::default(),
             revocations: None,
             events: VecDeque::new(),
+            last_init_ms: 0,
         }
     }
 
@@ -237,6 +241,40 @@ impl PeerSessions {
                 peer,
                 reason: reason.to_owned(),
             });
+        }
+    }
+
+    /// Forgets the sessions with `peer` but keeps its queued messages (it reconnected and may have
+    /// restarted, losing its side): a new handshake starts if messages wait.
+    pub fn reset_peer(&mut self, peer: HubId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let indices: Vec<u32> = state
+            .current
+            .take()
+            .into_iter()
+            .chain(state.previous.take())
+            .map(|s| s.local_index)
+            .chain(state.handshake.take().map(|h| h.index))
+            .collect();
+        state.partial.clear();
+        state.awaiting_cert_since = None;
+        let waiting = !state.queue.is_empty();
+        for i in indices {
+            self.by_index.remove(&i);
+        }
+        if waiting {
+            self.connect(peer, now_ms, rng);
+        }
+    }
+
+    /// Forgets every session, keeping queued messages: after this hub reconnected to the relay,
+    /// its peers may have dropped their side.
+    pub fn reset_all(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let peers: Vec<HubId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.reset_peer(peer, now_ms, rng);
         }
     }
 
@@ -297,7 +335,9 @@ impl PeerSessions {
         attempts: u32,
         rng: &mut impl CryptoRngCore,
     ) {
-        match Initiator::start(&self.local, cert, now_ms, rng) {
+        let stamp = now_ms.max(self.last_init_ms + 1);
+        self.last_init_ms = stamp;
+        match Initiator::start(&self.local, cert, stamp, rng) {
             Ok((initiator, msg)) => {
                 let index = self.new_index(peer, rng);
                 let mut payload = vec![INIT];
@@ -859,6 +899,21 @@ mod tests {
             got,
             vec![b"after".to_vec(), b"before".to_vec(), b"in flight".to_vec()]
         );
+    }
+
+    #[test]
+    fn a_peer_that_restarts_gets_a_new_session_and_nothing_queued_is_lost() {
+        let mut p = Pair::new();
+        p.a.send(B, b"one".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        // B restarts (new state, same identity); A hears it rejoined while a message waits.
+        p.b = sessions(2).0;
+        p.a.reset_peer(B, p.now, &mut p.rng);
+        p.a.send(B, b"two".to_vec(), p.now, &mut p.rng).unwrap();
+        p.a.reset_peer(B, p.now, &mut p.rng);
+        p.drive();
+        assert_eq!(p.got_b, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(p.a.is_established(&B) && p.b.is_established(&A));
     }
 
     #[test]

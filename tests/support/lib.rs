@@ -1,4 +1,9 @@
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::result_large_err
+)]
 //! Test harness for the end-to-end suites: starts a real relay (the Worker in workerd, or
 //! `hub relay`) on a free 127.0.0.1 port, kills it on drop, and drives hubs against it.
 //!
@@ -402,4 +407,135 @@ pub async fn expect_message(client: &mut RelayClient, from: HubId) -> Vec<u8> {
         RelayEvent::Message { payload, .. } => payload,
         _ => unreachable!(),
     }
+}
+
+/// A WebSocket proxy in front of a relay that records every message in both directions: what
+/// the relay receives and sends, exactly (WebSocket masking undone), so a test can inspect it.
+#[derive(Debug)]
+pub struct TapProxy {
+    port: u16,
+    recorded: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TapProxy {
+    /// Listens on a free port and forwards each WebSocket to the same path on `relay`.
+    pub async fn start(relay: &RelayProcess) -> Self {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let upstream = relay.url().replace("http://", "ws://");
+        let rec = recorded.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let rec = rec.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let mut path = String::new();
+                    let capture = |req: &Request, resp: Response| {
+                        path = req.uri().to_string();
+                        Ok(resp)
+                    };
+                    let Ok(down) = tokio_tungstenite::accept_hdr_async(tcp, capture).await else {
+                        return;
+                    };
+                    let Ok((up, _)) =
+                        tokio_tungstenite::connect_async(format!("{upstream}{path}")).await
+                    else {
+                        return;
+                    };
+                    let (mut down_tx, mut down_rx) = down.split();
+                    let (mut up_tx, mut up_rx) = up.split();
+                    let rec2 = rec.clone();
+                    let to_relay = async move {
+                        while let Some(Ok(m)) = down_rx.next().await {
+                            if let Message::Binary(b) = &m {
+                                rec2.lock().expect("lock").push(b.to_vec());
+                            }
+                            if up_tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let to_hub = async move {
+                        while let Some(Ok(m)) = up_rx.next().await {
+                            if let Message::Binary(b) = &m {
+                                rec.lock().expect("lock").push(b.to_vec());
+                            }
+                            if down_tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(to_relay, to_hub);
+                });
+            }
+        });
+        TapProxy {
+            port,
+            recorded,
+            task,
+        }
+    }
+
+    /// The proxy's URL, to give hubs instead of the relay's.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every binary message seen so far, both directions.
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.recorded.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TapProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A hub of `cluster` with a Noise identity, for the peer layer.
+pub fn peer_hub(
+    cluster: &TestCluster,
+    b: u8,
+) -> (Arc<Credentials>, shared_proto::noise::LocalIdentity) {
+    let static_secret = [b; 32];
+    let noise_public =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(static_secret));
+    let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = now_ms();
+    let req = CertificateRequest {
+        hub_id: hub(b),
+        name: format!("hub {b}"),
+        trust: TrustLevel::AgentDispatch,
+        roles: vec![],
+        identity_key: identity.verifying_key(),
+        noise_key: noise_public.to_bytes(),
+        not_before_ms: now - 3_600_000,
+        not_after_ms: now + 86_400_000,
+    };
+    let cert_der = cluster
+        .ca
+        .issue(&req, &mut rand::rngs::OsRng)
+        .expect("issue");
+    let local = shared_proto::noise::LocalIdentity {
+        cluster: cluster.id(),
+        ca_key: cluster.ca.public_key(),
+        static_secret,
+        cert_der: cert_der.clone(),
+    };
+    let creds = Arc::new(Credentials {
+        ca_key: cluster.ca.public_key(),
+        cert_der,
+        hub_id: hub(b),
+        identity,
+    });
+    (creds, local)
 }
