@@ -797,6 +797,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_fragment_fits_one_relay_payload() {
+        // docs/PROTOCOL.md states this figure: it is part of the wire contract.
+        assert_eq!(FRAGMENT_DATA, 65_499);
+        let mut p = Pair::new();
+        p.a.send(B, vec![1; FRAGMENT_DATA], p.now, &mut p.rng).unwrap();
+        p.drive();
+        p.a.send(B, vec![2; FRAGMENT_DATA], p.now, &mut p.rng).unwrap();
+        p.collect();
+        let (_, payload) = p.wire.pop_front().unwrap();
+        assert_eq!(payload.len(), MAX_PAYLOAD);
+    }
+
+    #[test]
     fn large_messages_are_fragmented_and_reassembled() {
         let mut p = Pair::new();
         let big: Vec<u8> = (0..(3 * FRAGMENT_DATA + 17))
