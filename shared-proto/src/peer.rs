@@ -801,9 +801,11 @@ mod tests {
         // docs/PROTOCOL.md states this figure: it is part of the wire contract.
         assert_eq!(FRAGMENT_DATA, 65_499);
         let mut p = Pair::new();
-        p.a.send(B, vec![1; FRAGMENT_DATA], p.now, &mut p.rng).unwrap();
+        p.a.send(B, vec![1; FRAGMENT_DATA], p.now, &mut p.rng)
+            .unwrap();
         p.drive();
-        p.a.send(B, vec![2; FRAGMENT_DATA], p.now, &mut p.rng).unwrap();
+        p.a.send(B, vec![2; FRAGMENT_DATA], p.now, &mut p.rng)
+            .unwrap();
         p.collect();
         let (_, payload) = p.wire.pop_front().unwrap();
         assert_eq!(payload.len(), MAX_PAYLOAD);

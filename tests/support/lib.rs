@@ -193,7 +193,10 @@ const relay :Workerd.Worker = (
                 c
             }
             RelayKind::Native => {
-                let hub = target_dir().join("debug/hub");
+                // HUB_BIN picks another build (benchmarks use the release one).
+                let hub = std::env::var_os("HUB_BIN")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| target_dir().join("debug/hub"));
                 assert!(
                     hub.exists(),
                     "{} is missing: cargo build -p hub-client --bin hub (scripts/test does)",
