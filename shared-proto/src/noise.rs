@@ -466,7 +466,7 @@ impl Transport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::cert::tests::{request, NOW};
     use crate::cluster::{ClusterCa, Revocation, RevocationList};
@@ -480,7 +480,7 @@ mod tests {
     }
 
     /// The X25519 public key of `secret`, through snow's own DH.
-    fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    pub(crate) fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
         let mut dh = DefaultResolver
             .resolve_dh(&snow::params::DHChoice::Curve25519)
             .unwrap();

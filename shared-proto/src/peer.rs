@@ -512,15 +512,7 @@ impl PeerSessions {
             self.by_index.remove(&h.index);
         }
         state.cert = Some(cert);
-        self.install(
-            from,
-            Session {
-                transport,
-                local_index,
-                remote_index,
-            },
-            now_ms,
-        );
+        self.install(from, transport, local_index, remote_index, now_ms);
         Ok(())
     }
 
@@ -542,20 +534,24 @@ impl PeerSessions {
         let transport = h
             .initiator
             .finish(&self.local, msg, now_ms, self.revocations.as_ref())?;
-        self.install(
-            from,
-            Session {
-                transport,
-                local_index,
-                remote_index,
-            },
-            now_ms,
-        );
+        self.install(from, transport, local_index, remote_index, now_ms);
         Ok(())
     }
 
-    /// Makes `session` current (the old one stays for receiving), then flushes the queue.
-    fn install(&mut self, peer: HubId, session: Session, now_ms: u64) {
+    /// Makes a new session current (the old one stays for receiving), then flushes the queue.
+    fn install(
+        &mut self,
+        peer: HubId,
+        transport: Transport,
+        local_index: u32,
+        remote_index: u32,
+        now_ms: u64,
+    ) {
+        let session = Session {
+            transport,
+            local_index,
+            remote_index,
+        };
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -676,20 +672,10 @@ mod tests {
     use super::*;
     use crate::cluster::cert::tests::{request, NOW};
     use crate::cluster::{ClusterCa, Revocation, RevocationList};
+    use crate::noise::tests::x25519_public;
     use ed25519_dalek::SigningKey;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-    use snow::resolvers::{CryptoResolver, DefaultResolver};
-
-    fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
-        let mut dh = DefaultResolver
-            .resolve_dh(&snow::params::DHChoice::Curve25519)
-            .unwrap();
-        dh.set(secret);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(dh.pubkey());
-        out
-    }
 
     fn ca() -> ClusterCa {
         ClusterCa::from_secret(&[5; 32])

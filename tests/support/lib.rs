@@ -424,9 +424,8 @@ pub struct TapProxy {
 impl TapProxy {
     /// Listens on a free port and forwards each WebSocket to the same path on `relay`.
     pub async fn start(relay: &RelayProcess) -> Self {
-        use futures_util::{SinkExt, StreamExt};
+        use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-        use tokio_tungstenite::tungstenite::Message;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -453,29 +452,10 @@ impl TapProxy {
                     else {
                         return;
                     };
-                    let (mut down_tx, mut down_rx) = down.split();
-                    let (mut up_tx, mut up_rx) = up.split();
-                    let rec2 = rec.clone();
-                    let to_relay = async move {
-                        while let Some(Ok(m)) = down_rx.next().await {
-                            if let Message::Binary(b) = &m {
-                                rec2.lock().expect("lock").push(b.to_vec());
-                            }
-                            if up_tx.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let to_hub = async move {
-                        while let Some(Ok(m)) = up_rx.next().await {
-                            if let Message::Binary(b) = &m {
-                                rec.lock().expect("lock").push(b.to_vec());
-                            }
-                            if down_tx.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
+                    let (down_tx, down_rx) = down.split();
+                    let (up_tx, up_rx) = up.split();
+                    let to_relay = pump(down_rx, up_tx, rec.clone());
+                    let to_hub = pump(up_rx, down_tx, rec);
                     tokio::join!(to_relay, to_hub);
                 });
             }
@@ -501,6 +481,28 @@ impl TapProxy {
 impl Drop for TapProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Forwards WebSocket messages from `rx` to `tx`, recording binary ones, until either side ends.
+async fn pump<R, T>(mut rx: R, mut tx: T, rec: Arc<std::sync::Mutex<Vec<Vec<u8>>>>)
+where
+    R: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+    T: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    while let Some(Ok(m)) = rx.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = &m {
+            rec.lock().expect("lock").push(b.to_vec());
+        }
+        if tx.send(m).await.is_err() {
+            break;
+        }
     }
 }
 
