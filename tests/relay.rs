@@ -668,3 +668,22 @@ async fn sessions_come_back_after_a_relay_restart(kind: RelayKind) {
     a.send(hub(2), b"after".to_vec()).await.unwrap();
     assert_eq!(next_peer_message(&mut b).await.1, b"after");
 }
+
+both!(a_socket_that_never_says_hello_is_closed);
+async fn a_socket_that_never_says_hello_is_closed(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let (mut a, _) = join(&relay, cluster.hub(1)).await;
+    let mut silent = raw(&relay, &cluster).await;
+    // The relay's hello timeout is 10 s; `close_code` waits up to 15 s.
+    assert_eq!(
+        close_code(&mut silent).await,
+        CloseCode::HelloTimeout.code()
+    );
+    a.request_status().await.unwrap();
+    let status = expect_event(&mut a, "status", |e| matches!(e, RelayEvent::Status(_))).await;
+    assert!(matches!(
+        status,
+        RelayEvent::Status(RoomStatus { online: 1, .. })
+    ));
+}
