@@ -5,6 +5,7 @@
 //! - [`peers`]: end-to-end Noise sessions with every other hub, over the relay connection;
 //! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
 //! - [`home`]: the data directory: keys, certificate, CA (founder), revocation list;
+//! - [`store`]: the SQLite store (migrations, peers, pairing tokens stored hashed);
 //! - [`backoff`]: reconnect delays.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -14,5 +15,6 @@ pub mod home;
 pub mod native_relay;
 pub mod peers;
 pub mod relay;
+pub mod store;
 
 pub use relay::{RelayClient, RelayConfig, RelayError, RelayEvent};

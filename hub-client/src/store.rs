@@ -1,0 +1,501 @@
+//! The hub's SQLite store (`hub.db` in the data directory): versioned migrations, and the
+//! records that must survive a crash consistently.
+//!
+//! - Migrations are numbered; `PRAGMA user_version` records the last one applied, and each is
+//!   applied in its own transaction, so a hub killed mid-upgrade reopens at a whole version.
+//! - Pairing tokens are stored only as the SHA-256 of their secret. Redeeming one is a single
+//!   conditional `UPDATE` (unused, unexpired, same hash), so of two concurrent redemptions exactly
+//!   one succeeds; the secret itself never reaches the database file.
+//! - Peers are soft-deleted: `revoked_at` is kept for audit.
+//!
+//! Times are Unix milliseconds, passed in by the caller.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
+use shared_proto::cluster::TrustLevel;
+use shared_proto::HubId;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer hub.
+    #[error("the database is at schema version {found}, newer than this hub's {known}")]
+    TooNew {
+        /// Its version.
+        found: u32,
+        /// The newest this build knows.
+        known: u32,
+    },
+    /// A stored value that does not parse.
+    #[error("corrupt {0} in the database")]
+    Corrupt(&'static str),
+}
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: identity, peers, pairing tokens, documents, API tokens.
+    r#"
+    CREATE TABLE instance (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        identity_public_key TEXT NOT NULL,
+        noise_public_key    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE federation_peers (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        endpoint     TEXT NOT NULL,
+        public_key   TEXT NOT NULL,
+        trust_level  TEXT NOT NULL,
+        roles        TEXT NOT NULL,
+        paired_at    INTEGER NOT NULL,
+        revoked_at   INTEGER,
+        suspended_at INTEGER,
+        last_seen_at INTEGER
+    );
+    CREATE TABLE pairing_tokens (
+        secret_sha256 BLOB PRIMARY KEY,
+        trust_level   TEXT NOT NULL,
+        roles         TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        used_at       INTEGER,
+        used_by       TEXT
+    );
+    CREATE TABLE documents (
+        kind    TEXT PRIMARY KEY,
+        serial  INTEGER NOT NULL,
+        body    BLOB NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        secret_sha256 BLOB PRIMARY KEY,
+        name          TEXT NOT NULL,
+        admin         INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER,
+        last_used_at  INTEGER
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// A pairing token's terms, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenTerms {
+    /// The trust level the new hub gets.
+    pub trust: TrustLevel,
+    /// Its roles.
+    pub roles: Vec<String>,
+}
+
+/// Why a redemption failed. Deliberately coarse: a caller learns nothing about other tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedeemError {
+    /// No such token, a wrong secret, already used, or expired.
+    #[error("invalid, used or expired pairing token")]
+    Invalid,
+}
+
+/// A peer as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Its hub id.
+    pub id: HubId,
+    /// Its name.
+    pub name: String,
+    /// Where it is reached (relay URL).
+    pub endpoint: String,
+    /// Its identity public key (hex).
+    pub public_key: String,
+    /// Its trust level.
+    pub trust: TrustLevel,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// When it was paired.
+    pub paired_at: u64,
+    /// When it was revoked (kept for audit).
+    pub revoked_at: Option<u64>,
+    /// When it was suspended, if it is.
+    pub suspended_at: Option<u64>,
+    /// When it was last seen online.
+    pub last_seen_at: Option<u64>,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+fn sha256(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+fn join_roles(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+fn split_roles(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version of the open database.
+    pub fn version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found = self.version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Stores a new pairing token: only the SHA-256 of `secret` is written.
+    pub fn add_pairing_token(
+        &self,
+        secret: &[u8],
+        terms: &TokenTerms,
+        now_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO pairing_tokens (secret_sha256, trust_level, roles, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                sha256(secret).as_slice(),
+                terms.trust.as_str(),
+                join_roles(&terms.roles),
+                now_ms as i64,
+                expires_at_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Redeems a pairing token once: marks it used by `hub` and returns its terms.
+    ///
+    /// The lookup is by the SHA-256 of the presented secret (an index lookup on a hash: no
+    /// comparison of secrets happens in application code), and marking it used is one
+    /// conditional `UPDATE`, so two concurrent redemptions cannot both succeed.
+    pub fn redeem_pairing_token(
+        &self,
+        secret: &[u8],
+        hub: HubId,
+        now_ms: u64,
+    ) -> Result<Result<TokenTerms, RedeemError>, StoreError> {
+        let hash = sha256(secret);
+        let tx = self.conn.unchecked_transaction()?;
+        let changed = tx.execute(
+            "UPDATE pairing_tokens SET used_at = ?1, used_by = ?2
+             WHERE secret_sha256 = ?3 AND used_at IS NULL AND expires_at > ?1",
+            params![now_ms as i64, hub.to_string(), hash.as_slice()],
+        )?;
+        if changed != 1 {
+            return Ok(Err(RedeemError::Invalid));
+        }
+        let (trust, roles): (String, String) = tx.query_row(
+            "SELECT trust_level, roles FROM pairing_tokens WHERE secret_sha256 = ?1",
+            params![hash.as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.commit()?;
+        let trust = trust
+            .parse()
+            .map_err(|_| StoreError::Corrupt("trust level"))?;
+        Ok(Ok(TokenTerms {
+            trust,
+            roles: split_roles(&roles),
+        }))
+    }
+
+    /// Adds or replaces a peer (pairing records both sides).
+    pub fn upsert_peer(&self, peer: &PeerRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO federation_peers
+               (id, name, endpoint, public_key, trust_level, roles, paired_at, revoked_at, suspended_at, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, endpoint = excluded.endpoint,
+               public_key = excluded.public_key, trust_level = excluded.trust_level,
+               roles = excluded.roles, paired_at = excluded.paired_at,
+               revoked_at = excluded.revoked_at, suspended_at = excluded.suspended_at,
+               last_seen_at = excluded.last_seen_at",
+            params![
+                peer.id.to_string(),
+                peer.name,
+                peer.endpoint,
+                peer.public_key,
+                peer.trust.as_str(),
+                join_roles(&peer.roles),
+                peer.paired_at as i64,
+                peer.revoked_at.map(|t| t as i64),
+                peer.suspended_at.map(|t| t as i64),
+                peer.last_seen_at.map(|t| t as i64),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Soft-deletes a peer: `revoked_at` is set and kept for audit. Returns whether it existed
+    /// and was not revoked already.
+    pub fn revoke_peer(&self, id: HubId, now_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE federation_peers SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            params![now_ms as i64, id.to_string()],
+        )? == 1)
+    }
+
+    /// One peer, revoked or not.
+    pub fn peer(&self, id: HubId) -> Result<Option<PeerRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, endpoint, public_key, trust_level, roles, paired_at, revoked_at,
+                        suspended_at, last_seen_at
+                 FROM federation_peers WHERE id = ?1",
+                params![id.to_string()],
+                row_to_peer,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// Peers not revoked, most recently seen (then paired) first.
+    pub fn active_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, endpoint, public_key, trust_level, roles, paired_at, revoked_at,
+                    suspended_at, last_seen_at
+             FROM federation_peers WHERE revoked_at IS NULL
+             ORDER BY COALESCE(last_seen_at, 0) DESC, paired_at DESC",
+        )?;
+        let rows = stmt.query_map([], row_to_peer)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(|p| p))
+            .collect()
+    }
+}
+
+type PeerRow = Result<PeerRecord, StoreError>;
+
+fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRow> {
+    let opt =
+        |i| -> rusqlite::Result<Option<u64>> { Ok(r.get::<_, Option<i64>>(i)?.map(|t| t as u64)) };
+    let id: String = r.get(0)?;
+    let trust: String = r.get(4)?;
+    let roles: String = r.get(5)?;
+    let record = (|| {
+        Ok(PeerRecord {
+            id: id.parse().map_err(|_| StoreError::Corrupt("peer id"))?,
+            name: r.get(1)?,
+            endpoint: r.get(2)?,
+            public_key: r.get(3)?,
+            trust: trust
+                .parse()
+                .map_err(|_| StoreError::Corrupt("trust level"))?,
+            roles: split_roles(&roles),
+            paired_at: r.get::<_, i64>(6)? as u64,
+            revoked_at: opt(7)?,
+            suspended_at: opt(8)?,
+            last_seen_at: opt(9)?,
+        })
+    })();
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_795_000_000_000;
+    const HOUR: u64 = 3_600_000;
+
+    fn terms() -> TokenTerms {
+        TokenTerms {
+            trust: TrustLevel::AgentDispatch,
+            roles: vec!["laptop".into()],
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        // Reopening applies nothing again (it would fail on CREATE TABLE).
+        let store = Store::open(&path).unwrap();
+        store
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+    }
+
+    #[test]
+    fn tokens_are_single_use_expire_and_never_stored_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = Store::open(&path).unwrap();
+        let secret = b"secret-0123456789abcdef-DO-NOT-STORE";
+        store
+            .add_pairing_token(secret, &terms(), NOW, NOW + HOUR)
+            .unwrap();
+        store
+            .add_pairing_token(
+                b"expired-token-secret-value",
+                &terms(),
+                NOW - 2 * HOUR,
+                NOW - HOUR,
+            )
+            .unwrap();
+        let hub = HubId([7; 16]);
+        assert_eq!(
+            store.redeem_pairing_token(b"wrong", hub, NOW).unwrap(),
+            Err(RedeemError::Invalid)
+        );
+        assert_eq!(
+            store
+                .redeem_pairing_token(b"expired-token-secret-value", hub, NOW)
+                .unwrap(),
+            Err(RedeemError::Invalid)
+        );
+        assert_eq!(
+            store.redeem_pairing_token(secret, hub, NOW + 1).unwrap(),
+            Ok(terms())
+        );
+        assert_eq!(
+            store.redeem_pairing_token(secret, hub, NOW + 2).unwrap(),
+            Err(RedeemError::Invalid)
+        );
+        drop(store);
+        // The database file (and its WAL) holds the hash, never the secret.
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "secret found on disk"
+            );
+        }
+        let on_disk = std::fs::read(&path).unwrap();
+        let hash = sha256(secret);
+        let wal = std::fs::read(dir.path().join("hub.db-wal")).unwrap_or_default();
+        assert!(on_disk.windows(32).any(|w| w == hash) || wal.windows(32).any(|w| w == hash));
+    }
+
+    #[test]
+    fn two_concurrent_redemptions_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        Store::open(&path)
+            .unwrap()
+            .add_pairing_token(b"race", &terms(), NOW, NOW + HOUR)
+            .unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let store = Store::open(&path).unwrap();
+                    barrier.wait();
+                    store
+                        .redeem_pairing_token(b"race", HubId([i; 16]), NOW)
+                        .unwrap()
+                        .is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn peers_are_soft_deleted_and_listed_most_recent_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let peer = |b: u8, seen: Option<u64>| PeerRecord {
+            id: HubId([b; 16]),
+            name: format!("hub {b}"),
+            endpoint: "wss://relay".into(),
+            public_key: "ab".repeat(32),
+            trust: TrustLevel::ReadOnly,
+            roles: vec!["phone".into()],
+            paired_at: NOW + u64::from(b),
+            revoked_at: None,
+            suspended_at: None,
+            last_seen_at: seen,
+        };
+        store.upsert_peer(&peer(1, Some(NOW + 10))).unwrap();
+        store.upsert_peer(&peer(2, None)).unwrap();
+        store.upsert_peer(&peer(3, Some(NOW + 20))).unwrap();
+        let ids: Vec<u8> = store
+            .active_peers()
+            .unwrap()
+            .iter()
+            .map(|p| p.id.0[0])
+            .collect();
+        assert_eq!(ids, vec![3, 1, 2]);
+        assert!(store.revoke_peer(HubId([3; 16]), NOW + 30).unwrap());
+        assert!(!store.revoke_peer(HubId([3; 16]), NOW + 31).unwrap());
+        let ids: Vec<u8> = store
+            .active_peers()
+            .unwrap()
+            .iter()
+            .map(|p| p.id.0[0])
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+        // Kept for audit.
+        assert_eq!(
+            store.peer(HubId([3; 16])).unwrap().unwrap().revoked_at,
+            Some(NOW + 30)
+        );
+        assert_eq!(
+            store.peer(HubId([3; 16])).unwrap().unwrap().roles,
+            vec!["phone"]
+        );
+    }
+}
