@@ -306,7 +306,7 @@ impl TestCluster {
             trust: TrustLevel::AgentDispatch,
             roles: vec![],
             identity_key: identity.verifying_key(),
-            noise_key: [b; 32],
+            noise_key: noise_public(b),
             not_before_ms,
             not_after_ms,
         };
@@ -506,41 +506,22 @@ where
     }
 }
 
+/// The X25519 public key of hub `b`'s Noise static secret (`[b; 32]`).
+fn noise_public(b: u8) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([b; 32])).to_bytes()
+}
+
 /// A hub of `cluster` with a Noise identity, for the peer layer.
 pub fn peer_hub(
     cluster: &TestCluster,
     b: u8,
 ) -> (Arc<Credentials>, shared_proto::noise::LocalIdentity) {
-    let static_secret = [b; 32];
-    let noise_public =
-        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(static_secret));
-    let identity = SigningKey::generate(&mut rand::rngs::OsRng);
-    let now = now_ms();
-    let req = CertificateRequest {
-        hub_id: hub(b),
-        name: format!("hub {b}"),
-        trust: TrustLevel::AgentDispatch,
-        roles: vec![],
-        identity_key: identity.verifying_key(),
-        noise_key: noise_public.to_bytes(),
-        not_before_ms: now - 3_600_000,
-        not_after_ms: now + 86_400_000,
-    };
-    let cert_der = cluster
-        .ca
-        .issue(&req, &mut rand::rngs::OsRng)
-        .expect("issue");
+    let creds = cluster.hub(b);
     let local = shared_proto::noise::LocalIdentity {
         cluster: cluster.id(),
         ca_key: cluster.ca.public_key(),
-        static_secret,
-        cert_der: cert_der.clone(),
+        static_secret: [b; 32],
+        cert_der: creds.cert_der.clone(),
     };
-    let creds = Arc::new(Credentials {
-        ca_key: cluster.ca.public_key(),
-        cert_der,
-        hub_id: hub(b),
-        identity,
-    });
     (creds, local)
 }
