@@ -428,7 +428,7 @@ async fn strangers_are_refused_each_with_its_own_code(kind: RelayKind) {
         CloseCode::ForeignCluster.code()
     );
     // A certificate signed by another CA, presented with this cluster's CA key.
-    let mut forged = Credentials::clone_for_test(&other.hub(3));
+    let mut forged = Credentials::clone(&other.hub(3));
     forged.ca_key = cluster.ca.public_key();
     let forged = login_hello(&forged, now);
     assert_eq!(

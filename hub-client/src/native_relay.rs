@@ -170,11 +170,6 @@ impl Relay {
         }
     }
 
-    /// Number of rooms held (with a socket, or a login nonce that could still be replayed).
-    pub fn rooms(&self) -> usize {
-        lock(&self.rooms).len()
-    }
-
     /// Tells every socket that the relay is going away, then closes it with 1001.
     pub fn announce_restart(&self, reconnect_after: Duration) {
         let notice = Frame::Restarting {

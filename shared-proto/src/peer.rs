@@ -135,7 +135,7 @@ struct Session {
 #[derive(Default)]
 struct PeerState {
     cert: Option<VerifiedPeer>,
-    awaiting_cert_since: Option<u64>,
+    awaiting_cert: bool,
     handshake: Option<Handshake>,
     current: Option<Session>,
     previous: Option<Session>,
@@ -145,9 +145,8 @@ struct PeerState {
 }
 
 struct Partial {
-    count: u16,
     pieces: Vec<Option<Vec<u8>>>,
-    received: u16,
+    received: usize,
 }
 
 /// Every session of one hub. See the module docs for the calling pattern.
@@ -259,7 +258,7 @@ impl PeerSessions {
             .chain(state.handshake.take().map(|h| h.index))
             .collect();
         state.partial.clear();
-        state.awaiting_cert_since = None;
+        state.awaiting_cert = false;
         let waiting = !state.queue.is_empty();
         for i in indices {
             self.by_index.remove(&i);
@@ -315,8 +314,8 @@ impl PeerSessions {
             return;
         }
         let Some(cert) = state.cert.clone() else {
-            if state.awaiting_cert_since.is_none() {
-                state.awaiting_cert_since = Some(now_ms);
+            if !state.awaiting_cert {
+                state.awaiting_cert = true;
                 self.events.push_back(Event::Transmit {
                     to: peer,
                     payload: vec![CERT_REQUEST],
@@ -467,7 +466,7 @@ impl PeerSessions {
         }
         let state = self.peers.entry(from).or_default();
         state.cert = Some(cert);
-        state.awaiting_cert_since = None;
+        state.awaiting_cert = false;
         if !state.queue.is_empty() {
             self.connect(from, now_ms, rng);
         }
@@ -645,11 +644,10 @@ impl PeerSessions {
             return Err(NoiseError::Noise("too many partial messages".into()));
         }
         let p = state.partial.entry(id).or_insert_with(|| Partial {
-            count,
             pieces: vec![None; usize::from(count)],
             received: 0,
         });
-        if p.count != count {
+        if p.pieces.len() != usize::from(count) {
             return Err(NoiseError::Malformed);
         }
         let slot = &mut p.pieces[usize::from(i)];
@@ -657,7 +655,7 @@ impl PeerSessions {
             *slot = Some(piece.to_vec());
             p.received += 1;
         }
-        if p.received == p.count {
+        if p.received == p.pieces.len() {
             if let Some(done) = state.partial.remove(&id) {
                 let message = done.pieces.into_iter().flatten().flatten().collect();
                 self.events.push_back(Event::Received { from, message });
@@ -731,20 +729,20 @@ mod tests {
 
         /// Moves events into the wire and the inboxes.
         fn collect(&mut self) {
-            while let Some(e) = self.a.poll_event() {
-                match e {
-                    Event::Transmit { payload, .. } => self.wire.push_back((true, payload)),
-                    Event::Received { message, .. } => self.got_a.push(message),
-                    Event::Failed { reason, .. } => self.failed.push((true, reason)),
-                    _ => {}
-                }
-            }
-            while let Some(e) = self.b.poll_event() {
-                match e {
-                    Event::Transmit { payload, .. } => self.wire.push_back((false, payload)),
-                    Event::Received { message, .. } => self.got_b.push(message),
-                    Event::Failed { reason, .. } => self.failed.push((false, reason)),
-                    _ => {}
+            // `from_a`: events of hub A travel to B, and the reverse.
+            for from_a in [true, false] {
+                let (hub, inbox) = if from_a {
+                    (&mut self.a, &mut self.got_a)
+                } else {
+                    (&mut self.b, &mut self.got_b)
+                };
+                while let Some(e) = hub.poll_event() {
+                    match e {
+                        Event::Transmit { payload, .. } => self.wire.push_back((from_a, payload)),
+                        Event::Received { message, .. } => inbox.push(message),
+                        Event::Failed { reason, .. } => self.failed.push((from_a, reason)),
+                        _ => {}
+                    }
                 }
             }
         }

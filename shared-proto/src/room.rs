@@ -187,11 +187,6 @@ impl Room {
         }
     }
 
-    /// The room's cluster.
-    pub fn cluster(&self) -> &ClusterId {
-        &self.config.cluster
-    }
-
     /// The newest revocation list the room holds.
     pub fn revocations(&self) -> Option<&VerifiedRevocations> {
         self.revocations.as_ref()
@@ -518,20 +513,15 @@ impl Room {
                 format!("revocation list refused: {e}"),
             )
         })?;
-        let list = match list.supersede(self.revocations.as_ref()) {
-            Ok(newer) => newer,
-            Err(_) => {
+        if let Some(held) = &self.revocations {
+            if list.version() <= held.version() {
                 // Not newer. If the room holds a strictly newer one, the sender learns it.
-                if let Some(held) = &self.revocations {
-                    if RevocationList::verify(doc, &self.config.cluster)
-                        .is_ok_and(|l| l.version() < held.version())
-                    {
-                        outbox.push(conn, &Frame::RevocationList(held.bytes()), out);
-                    }
+                if list.version() < held.version() {
+                    outbox.push(conn, &Frame::RevocationList(held.bytes()), out);
                 }
                 return Ok(());
             }
-        };
+        }
         out.push(Action::StoreRevocations {
             bytes: list.bytes().to_vec(),
         });

@@ -103,11 +103,6 @@ impl RelayProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Which relay this is.
-    pub fn kind(&self) -> RelayKind {
-        self.kind
-    }
-
     /// Kills the process at once (no goodbye to the hubs).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -103,7 +103,7 @@ fn signed_message(
 }
 
 /// What a hub needs to log in to its cluster's room.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Credentials {
     /// The cluster CA public key.
     pub ca_key: VerifyingKey,
@@ -116,16 +116,6 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// A copy of these credentials (the identity key included), for tests that tamper with one.
-    pub fn clone_for_test(&self) -> Self {
-        Credentials {
-            ca_key: self.ca_key,
-            cert_der: self.cert_der.clone(),
-            hub_id: self.hub_id,
-            identity: self.identity.clone(),
-        }
-    }
-
     /// The login extension body for a `Hello` sent at `now_ms`.
     pub fn login(&self, now_ms: u64, rng: &mut impl CryptoRngCore) -> Vec<u8> {
         let cluster = ClusterId::from_ca_key(&self.ca_key);
@@ -214,11 +204,6 @@ impl ReplayGuard {
             }
             .is_live(now_ms)
         });
-    }
-
-    /// Nonces remembered.
-    pub fn len(&self) -> usize {
-        self.seen.len()
     }
 
     /// Whether no nonce is remembered.
