@@ -402,10 +402,14 @@ impl Transport {
             || now_ms.saturating_sub(self.established_ms) >= REKEY_AFTER_MS
     }
 
-    fn check_alive(&self, now_ms: u64) -> Result<(), NoiseError> {
-        if self.sent >= REJECT_AFTER_MESSAGES
+    /// Whether the session is past its reject limit: it neither sends nor receives any more.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.sent >= REJECT_AFTER_MESSAGES
             || now_ms.saturating_sub(self.established_ms) >= REJECT_AFTER_MS
-        {
+    }
+
+    fn check_alive(&self, now_ms: u64) -> Result<(), NoiseError> {
+        if self.is_expired(now_ms) {
             return Err(NoiseError::Expired);
         }
         Ok(())

@@ -292,6 +292,22 @@ impl PeerSessions {
             return Err(SendError::TooLarge(message.len()));
         }
         let state = self.peers.entry(to).or_default();
+        // A session past its reject limit (the hub was idle for minutes) is retired: the message
+        // waits for a new handshake instead of failing on the dead session.
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|s| s.transport.is_expired(now_ms))
+        {
+            for s in state
+                .current
+                .take()
+                .into_iter()
+                .chain(state.previous.take())
+            {
+                self.by_index.remove(&s.local_index);
+            }
+        }
         if state.current.is_some() {
             self.transmit_message(to, &message, now_ms);
             self.maybe_rekey(to, now_ms, rng);
@@ -859,6 +875,23 @@ mod tests {
         }
         q.collect();
         assert_eq!(q.failed, vec![(true, "no answer to the handshake".into())]);
+    }
+
+    #[test]
+    fn a_session_idle_past_its_reject_limit_is_replaced_on_the_next_send() {
+        let mut p = Pair::new();
+        p.a.send(B, b"early".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        // Nothing sent for longer than a session may live (no timer ran meanwhile).
+        p.now += crate::noise::REJECT_AFTER_MS + 1;
+        p.a.send(B, b"after a long pause".to_vec(), p.now, &mut p.rng)
+            .unwrap();
+        p.drive();
+        assert!(p.failed.is_empty(), "{:?}", p.failed);
+        assert_eq!(
+            p.got_b,
+            vec![b"early".to_vec(), b"after a long pause".to_vec()]
+        );
     }
 
     #[test]
