@@ -120,6 +120,9 @@ struct Attachment {
     t: f64,
     /// Once admitted: hub id, certificate fingerprint, key hash (hex).
     m: Option<(String, String, String)>,
+    /// For a pairing guest: the issuer's hub id (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<String>,
 }
 
 impl Attachment {
@@ -133,10 +136,15 @@ impl Attachment {
         let mut key_hash = [0u8; 32];
         hex::decode_to_slice(f, &mut fingerprint).ok()?;
         hex::decode_to_slice(k, &mut key_hash).ok()?;
+        let guest_of = match &self.g {
+            Some(issuer) => Some(issuer.parse().ok()?),
+            None => None,
+        };
         Some(MemberInfo {
             hub: h.parse().ok()?,
             fingerprint,
             key_hash,
+            guest_of,
         })
     }
 }
@@ -197,6 +205,7 @@ impl DurableObject for RelayRoom {
             c: conn.0 as f64,
             t: now as f64,
             m: None,
+            g: None,
         })?;
         self.state
             .as_raw()
@@ -515,6 +524,7 @@ impl Sockets for SocketMap<'_> {
                 hex::encode(member.fingerprint),
                 hex::encode(member.key_hash),
             )),
+            g: member.guest_of.map(|h| h.to_string()),
         };
         if let Err(e) = ws.serialize_attachment(att) {
             console_error!("could not store the member with its socket: {e}");

@@ -57,11 +57,16 @@ pub enum CloseCode {
     ReplayedLogin,
     /// 4019: this relay does not serve this cluster (`ALLOWED_CLUSTERS`).
     ClusterNotServed,
+    /// 4020: pairing: the hub that issued the pairing token is not online in the room (or left).
+    IssuerOffline,
+    /// 4021: pairing: the guest went past its allowance (a destination other than its issuer,
+    /// too many messages, or its time in the room is up).
+    GuestLimit,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 22] = [
+    pub const ALL: [CloseCode; 24] = [
         Self::Normal,
         Self::GoingAway,
         Self::InternalError,
@@ -84,6 +89,8 @@ impl CloseCode {
         Self::BadProof,
         Self::ReplayedLogin,
         Self::ClusterNotServed,
+        Self::IssuerOffline,
+        Self::GuestLimit,
     ];
 
     /// The numeric code on the wire.
@@ -111,6 +118,8 @@ impl CloseCode {
             Self::BadProof => 4017,
             Self::ReplayedLogin => 4018,
             Self::ClusterNotServed => 4019,
+            Self::IssuerOffline => 4020,
+            Self::GuestLimit => 4021,
         }
     }
 
@@ -136,6 +145,8 @@ impl CloseCode {
                 | Self::CertificateExpired
                 | Self::Revoked
                 | Self::ClusterNotServed
+                | Self::IssuerOffline
+                | Self::GuestLimit
         )
     }
 }

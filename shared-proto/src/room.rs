@@ -24,7 +24,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::close::CloseCode;
-use crate::cluster::login::{verify_login, LoginNonce, ReplayGuard};
+use crate::cluster::login::{
+    verify_login, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
+};
 use crate::cluster::{ClusterId, RevocationList, VerifiedRevocations};
 use crate::frame::{
     frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
@@ -78,13 +80,28 @@ pub enum Action {
 /// What the room remembers of an admitted socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberInfo {
-    /// The hub's id.
+    /// The hub's id (for a pairing guest, the id it chose).
     pub hub: HubId,
-    /// SHA-256 of its certificate.
+    /// SHA-256 of its certificate (zero for a guest).
     pub fingerprint: [u8; 32],
-    /// SHA-256 of its identity key.
+    /// SHA-256 of its identity key (zero for a guest).
     pub key_hash: [u8; 32],
+    /// For a pairing guest: the member that issued its token, the only hub it may talk to.
+    pub guest_of: Option<HubId>,
 }
+
+/// Most pairing guests a room holds at once.
+pub const MAX_GUESTS: usize = 8;
+
+/// Largest payload a pairing guest may send.
+pub const MAX_GUEST_PAYLOAD: usize = 4096;
+
+/// Most `Send` frames one pairing guest may send.
+pub const MAX_GUEST_SENDS: u32 = 4;
+
+/// How long a pairing guest may stay; past it, its next frame closes it, and a new guest may
+/// take its place when the room is full of guests.
+pub const GUEST_LIFETIME_MS: u64 = 60_000;
 
 /// The sockets of a relay, as [`Room::perform`] drives them.
 pub trait Sockets {
@@ -127,6 +144,17 @@ impl RoomConfig {
 enum ConnState {
     AwaitingHello,
     Member(MemberInfo),
+    Guest { hub: HubId, issuer: HubId },
+}
+
+/// A pairing guest: a hub without a certificate, admitted to reach one member (its token's
+/// issuer) with a few small messages.
+#[derive(Debug, Clone, Copy)]
+struct Guest {
+    conn: ConnId,
+    issuer: HubId,
+    admitted_ms: u64,
+    sends: u32,
 }
 
 /// One cluster's room. See the module docs for the calling order.
@@ -135,6 +163,7 @@ pub struct Room {
     config: RoomConfig,
     conns: HashMap<ConnId, ConnState>,
     members: BTreeMap<HubId, ConnId>,
+    guests: HashMap<HubId, Guest>,
     replays: ReplayGuard,
     revocations: Option<VerifiedRevocations>,
 }
@@ -182,6 +211,7 @@ impl Room {
             config,
             conns: HashMap::new(),
             members: BTreeMap::new(),
+            guests: HashMap::new(),
             replays: ReplayGuard::default(),
             revocations: None,
         }
@@ -257,6 +287,18 @@ impl Room {
             return;
         };
         let hub = member.hub;
+        if let Some(issuer) = member.guest_of {
+            // Its admission time is not kept: it may be evicted at once if guests crowd in.
+            let guest = Guest {
+                conn,
+                issuer,
+                admitted_ms: 0,
+                sends: 0,
+            };
+            self.guests.insert(hub, guest);
+            self.conns.insert(conn, ConnState::Guest { hub, issuer });
+            return;
+        }
         let loser = match self.members.get(&hub) {
             Some(&other) if other > conn => conn,
             Some(&other) => {
@@ -304,13 +346,28 @@ impl Room {
 
     /// A socket closed (by either side) or failed.
     pub fn handle_disconnect(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        let Some(ConnState::Member(MemberInfo { hub, .. })) = self.conns.remove(&conn) else {
-            return;
+        let hub = match self.conns.remove(&conn) {
+            Some(ConnState::Member(MemberInfo { hub, .. })) => hub,
+            Some(ConnState::Guest { hub, .. }) => {
+                self.guests.remove(&hub);
+                return;
+            }
+            _ => return,
         };
         if self.members.get(&hub) != Some(&conn) {
             return;
         }
         self.members.remove(&hub);
+        let orphans: Vec<ConnId> = self
+            .guests
+            .values()
+            .filter(|g| g.issuer == hub)
+            .map(|g| g.conn)
+            .collect();
+        for guest in orphans {
+            let reason = "the issuer of the pairing token left".to_owned();
+            self.close(guest, CloseCode::IssuerOffline, reason, out);
+        }
         let left = Frame::PeerLeft(hub).to_message();
         for &other in self.members.values() {
             out.push(Action::Send {
@@ -392,6 +449,9 @@ impl Room {
                         ),
                     ));
                 }
+                if let Some(issuer) = pairing_issuer(&hello)? {
+                    return self.admit_guest(conn, now_ms, hello.hub, issuer, out);
+                }
                 let (peer, login) = verify_login(
                     &hello,
                     &self.config.cluster,
@@ -404,6 +464,7 @@ impl Room {
                     hub: peer.hub_id(),
                     fingerprint: peer.fingerprint(),
                     key_hash: peer.key_hash(),
+                    guest_of: None,
                 };
                 out.push(Action::RememberLogin(login));
                 self.admit(conn, member, out)
@@ -411,6 +472,13 @@ impl Room {
             (ConnState::AwaitingHello, _) => Err((
                 CloseCode::HelloRequired,
                 "the first frame must be a Hello".into(),
+            )),
+            (ConnState::Guest { hub, issuer }, Frame::Send { dst, payload }) => {
+                self.guest_send(conn, now_ms, hub, issuer, dst, payload, outbox, out)
+            }
+            (ConnState::Guest { .. }, other) => Err((
+                CloseCode::ProtocolError,
+                format!("a pairing guest may not send {:?}", other.frame_type()),
             )),
             (ConnState::Member(_), Frame::Hello(_)) => Err((
                 CloseCode::ProtocolError,
@@ -422,7 +490,13 @@ impl Room {
             (ConnState::Member(MemberInfo { hub: src, .. }), Frame::Send { dst, payload }) => {
                 match self.members.get(&dst) {
                     Some(&to) => outbox.push(to, &Frame::Recv { src, payload }, out),
-                    None => outbox.push(conn, &Frame::Undeliverable(dst), out),
+                    None => match self.guests.get(&dst) {
+                        // Only the guest's issuer reaches it.
+                        Some(g) if g.issuer == src => {
+                            outbox.push(g.conn, &Frame::Recv { src, payload }, out)
+                        }
+                        _ => outbox.push(conn, &Frame::Undeliverable(dst), out),
+                    },
                 }
                 Ok(())
             }
@@ -499,6 +573,111 @@ impl Room {
         Ok(())
     }
 
+    /// Admits a pairing guest: it sees only its issuer, and no member sees it.
+    fn admit_guest(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        hub: HubId,
+        issuer: HubId,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (CloseCode, String)> {
+        if self.members.contains_key(&hub) || self.guests.contains_key(&hub) {
+            return Err((
+                CloseCode::ProtocolError,
+                "that hub id is in use in this room".into(),
+            ));
+        }
+        if !self.members.contains_key(&issuer) {
+            return Err((
+                CloseCode::IssuerOffline,
+                format!("the issuing hub {issuer} is not online"),
+            ));
+        }
+        if self.guests.len() >= MAX_GUESTS {
+            let expired: Vec<ConnId> = self
+                .guests
+                .values()
+                .filter(|g| now_ms.saturating_sub(g.admitted_ms) > GUEST_LIFETIME_MS)
+                .map(|g| g.conn)
+                .collect();
+            for old in expired {
+                let reason = "pairing time is up".to_owned();
+                self.close(old, CloseCode::GuestLimit, reason, out);
+            }
+            if self.guests.len() >= MAX_GUESTS {
+                return Err((
+                    CloseCode::TryAgainLater,
+                    format!("the room holds {MAX_GUESTS} pairing guests already"),
+                ));
+            }
+        }
+        let guest = Guest {
+            conn,
+            issuer,
+            admitted_ms: now_ms,
+            sends: 0,
+        };
+        self.guests.insert(hub, guest);
+        self.conns.insert(conn, ConnState::Guest { hub, issuer });
+        let member = MemberInfo {
+            hub,
+            fingerprint: [0; 32],
+            key_hash: [0; 32],
+            guest_of: Some(issuer),
+        };
+        out.push(Action::Admitted { conn, member });
+        let welcome = Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            online: vec![issuer],
+        };
+        out.push(Action::Send {
+            conn,
+            message: welcome.to_message(),
+        });
+        Ok(())
+    }
+
+    /// A pairing guest's `Send`: to its issuer only, small, few, and in time.
+    #[allow(clippy::too_many_arguments)]
+    fn guest_send(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        hub: HubId,
+        issuer: HubId,
+        dst: HubId,
+        payload: &[u8],
+        outbox: &mut Outbox,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (CloseCode, String)> {
+        let limit = |reason: &str| Err((CloseCode::GuestLimit, reason.to_owned()));
+        let Some(guest) = self.guests.get_mut(&hub) else {
+            return limit("unknown pairing guest");
+        };
+        if now_ms.saturating_sub(guest.admitted_ms) > GUEST_LIFETIME_MS && guest.admitted_ms != 0 {
+            return limit("pairing time is up");
+        }
+        if dst != issuer {
+            return limit("a pairing guest talks only to the hub that issued its token");
+        }
+        if payload.len() > MAX_GUEST_PAYLOAD {
+            return Err((
+                CloseCode::TooLarge,
+                format!("a pairing guest sends at most {MAX_GUEST_PAYLOAD} bytes at once"),
+            ));
+        }
+        if guest.sends >= MAX_GUEST_SENDS {
+            return limit("a pairing guest sends at most 4 messages");
+        }
+        guest.sends += 1;
+        match self.members.get(&issuer) {
+            Some(&to) => outbox.push(to, &Frame::Recv { src: hub, payload }, out),
+            None => outbox.push(conn, &Frame::Undeliverable(dst), out),
+        }
+        Ok(())
+    }
+
     /// A member published a revocation list: keep it if newer, enforce it, deliver it.
     fn publish_revocations(
         &mut self,
@@ -561,6 +740,30 @@ impl Room {
 }
 
 /// A close frame's reason is at most 123 bytes; cut on a character boundary.
+/// The issuer named by a `Hello`'s pairing extension, if it has one (and no login).
+fn pairing_issuer(hello: &crate::frame::Hello<'_>) -> Result<Option<HubId>, (CloseCode, String)> {
+    let Some(ext) = hello
+        .extensions
+        .iter()
+        .find(|e| e.kind == PAIRING_EXTENSION)
+    else {
+        return Ok(None);
+    };
+    if hello.extensions.iter().any(|e| e.kind == LOGIN_EXTENSION) {
+        return Err((
+            CloseCode::ProtocolError,
+            "a Hello carries a login or a pairing request, not both".into(),
+        ));
+    }
+    let id: [u8; 16] = ext.data.try_into().map_err(|_| {
+        (
+            CloseCode::ProtocolError,
+            "the pairing extension is the issuer's 16-byte hub id".to_owned(),
+        )
+    })?;
+    Ok(Some(HubId(id)))
+}
+
 fn truncate_reason(reason: &mut String) {
     const MAX: usize = 123;
     if reason.len() > MAX {
@@ -651,6 +854,175 @@ mod tests {
 
     fn room() -> Room {
         Room::new(RoomConfig::new(ca().cluster_id(), 42))
+    }
+
+    fn guest_hello(guest: HubId, issuer: HubId) -> Vec<u8> {
+        let mut hello = crate::frame::Hello::new(guest);
+        hello.extensions.push(crate::frame::Extension {
+            kind: PAIRING_EXTENSION,
+            data: issuer.as_bytes(),
+        });
+        Frame::Hello(hello).to_message()
+    }
+
+    fn guest_join(room: &mut Room, conn: u64, guest: HubId, issuer: HubId, at: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        room.handle_connect(ConnId(conn));
+        room.handle_message(ConnId(conn), at, &guest_hello(guest, issuer), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_pairing_guest_reaches_only_its_issuer_and_no_member_sees_it() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let out = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        // It sees only its issuer; no member hears of it.
+        assert_eq!(
+            sent_to(&out, ConnId(10)),
+            vec![vec![Frame::Welcome {
+                version: 1,
+                online: vec![hub(1)]
+            }]]
+        );
+        assert!(sent_to(&out, ConnId(1)).is_empty() && sent_to(&out, ConnId(2)).is_empty());
+        assert!(
+            matches!(out[0], Action::Admitted { member, .. } if member.guest_of == Some(hub(1)))
+        );
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(2)]);
+
+        // Guest -> issuer and issuer -> guest flow.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(10), NOW, &send(hub(1), b"request"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::Recv {
+                src: hub(0xa0),
+                payload: b"request"
+            }]]
+        );
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW, &send(hub(0xa0), b"answer"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(10)),
+            vec![vec![Frame::Recv {
+                src: hub(1),
+                payload: b"answer"
+            }]]
+        );
+        // Another member cannot reach the guest.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(2), NOW, &send(hub(0xa0), b"hi"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(2)),
+            vec![vec![Frame::Undeliverable(hub(0xa0))]]
+        );
+        assert!(sent_to(&out, ConnId(10)).is_empty());
+        // The guest cannot reach another member, nor ask for status.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(10), NOW, &send(hub(2), b"x"), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::GuestLimit)]);
+        assert!(sent_to(&out, ConnId(2)).is_empty());
+        let _ = guest_join(&mut r, 11, hub(0xa1), hub(1), NOW);
+        let mut out = Vec::new();
+        r.handle_message(
+            ConnId(11),
+            NOW,
+            &Frame::StatusRequest.to_message(),
+            &mut out,
+        );
+        assert_eq!(closes(&out), vec![(ConnId(11), CloseCode::ProtocolError)]);
+    }
+
+    #[test]
+    fn a_pairing_guest_is_limited_in_size_count_and_time() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        let mut out = Vec::new();
+        let big = vec![0u8; MAX_GUEST_PAYLOAD + 1];
+        r.handle_message(ConnId(10), NOW, &send(hub(1), &big), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::TooLarge)]);
+        assert!(sent_to(&out, ConnId(1)).is_empty());
+
+        let _ = guest_join(&mut r, 11, hub(0xa1), hub(1), NOW);
+        for _ in 0..MAX_GUEST_SENDS {
+            let mut out = Vec::new();
+            r.handle_message(ConnId(11), NOW, &send(hub(1), b"x"), &mut out);
+            assert!(closes(&out).is_empty());
+        }
+        let mut out = Vec::new();
+        r.handle_message(ConnId(11), NOW, &send(hub(1), b"x"), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(11), CloseCode::GuestLimit)]);
+
+        let _ = guest_join(&mut r, 12, hub(0xa2), hub(1), NOW);
+        let mut out = Vec::new();
+        let late = NOW + GUEST_LIFETIME_MS + 1;
+        r.handle_message(ConnId(12), late, &send(hub(1), b"x"), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(12), CloseCode::GuestLimit)]);
+    }
+
+    #[test]
+    fn guests_are_refused_without_their_issuer_and_closed_when_it_leaves() {
+        let mut r = room();
+        let out = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::IssuerOffline)]);
+        let _ = join(&mut r, 1, hub(1));
+        // A guest may not take a member's id.
+        let out = guest_join(&mut r, 11, hub(1), hub(1), NOW);
+        assert_eq!(closes(&out), vec![(ConnId(11), CloseCode::ProtocolError)]);
+        let _ = guest_join(&mut r, 12, hub(0xa2), hub(1), NOW);
+        let mut out = Vec::new();
+        r.handle_disconnect(ConnId(1), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(12), CloseCode::IssuerOffline)]);
+        assert_eq!(r.connections(), 0, "every socket was closed and forgotten");
+    }
+
+    #[test]
+    fn guests_are_bounded_and_stale_ones_make_room() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        for i in 0..MAX_GUESTS as u64 {
+            let out = guest_join(&mut r, 10 + i, hub(0xa0 + i as u8), hub(1), NOW);
+            assert!(closes(&out).is_empty());
+        }
+        let out = guest_join(&mut r, 30, hub(0xc0), hub(1), NOW);
+        assert_eq!(closes(&out), vec![(ConnId(30), CloseCode::TryAgainLater)]);
+        // Once the others' time is up, a new guest evicts them.
+        let out = guest_join(&mut r, 31, hub(0xc1), hub(1), NOW + GUEST_LIFETIME_MS + 1);
+        assert_eq!(closes(&out).len(), MAX_GUESTS);
+        assert!(closes(&out)
+            .iter()
+            .all(|(c, code)| c.0 < 30 && *code == CloseCode::GuestLimit));
+        assert_eq!(
+            sent_to(&out, ConnId(31)).len(),
+            1,
+            "the new guest is welcomed"
+        );
+    }
+
+    #[test]
+    fn a_guest_survives_a_restore() {
+        let mut r = room();
+        let mut out = Vec::new();
+        r.restore(ConnId(1), Some(member(1)), &mut out);
+        let guest = MemberInfo {
+            hub: hub(0xa0),
+            fingerprint: [0; 32],
+            key_hash: [0; 32],
+            guest_of: Some(hub(1)),
+        };
+        r.restore(ConnId(10), Some(guest), &mut out);
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1)]);
+        r.handle_message(ConnId(10), NOW, &send(hub(1), b"after"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::Recv {
+                src: hub(0xa0),
+                payload: b"after"
+            }]]
+        );
     }
 
     #[test]
@@ -946,6 +1318,7 @@ mod tests {
             hub: hub(b),
             fingerprint: [b; 32],
             key_hash: [b; 32],
+            guest_of: None,
         }
     }
 

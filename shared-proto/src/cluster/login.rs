@@ -27,6 +27,10 @@ use crate::frame::{Extension, Hello, HubId};
 /// The `Hello` extension kind of the login.
 pub const LOGIN_EXTENSION: u16 = 1;
 
+/// The `Hello` extension kind of a pairing guest (a hub without a certificate yet): its body is
+/// the 16-byte id of the member that issued the pairing token. See `room` for what a guest may do.
+pub const PAIRING_EXTENSION: u16 = 2;
+
 /// How far a login's timestamp may be from the relay's clock, either way.
 pub const MAX_SKEW_MS: u64 = 60_000;
 
