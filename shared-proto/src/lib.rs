@@ -5,7 +5,8 @@
 //! - [`close`]: the close codes the relay sends;
 //! - [`path`]: the relay's URL layout;
 //! - `noise` and `peer` (feature `noise`): end-to-end Noise IK sessions between hubs, and the
-//!   session layer that sets them up on demand.
+//!   session layer that sets them up on demand; `pairing`: joining a cluster with a one-time
+//!   token, through the relay, over one Noise IK round trip to the token's issuer.
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
 //! last two): callers pass time in and perform the returned actions.
@@ -18,6 +19,8 @@ mod codec;
 pub mod frame;
 #[cfg(feature = "noise")]
 pub mod noise;
+#[cfg(feature = "noise")]
+pub mod pairing;
 pub mod path;
 #[cfg(feature = "noise")]
 pub mod peer;

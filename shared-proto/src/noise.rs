@@ -93,8 +93,19 @@ pub enum NoiseError {
     TooLarge(usize),
 }
 
-fn noise_err(e: snow::Error) -> NoiseError {
+pub(crate) fn noise_err(e: snow::Error) -> NoiseError {
     NoiseError::Noise(e.to_string())
+}
+
+/// The X25519 public key of a static secret.
+pub fn public_key(secret: &[u8; 32]) -> Result<[u8; 32], NoiseError> {
+    let mut dh = DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .ok_or_else(|| NoiseError::Noise("X25519 unavailable".into()))?;
+    dh.set(secret);
+    dh.pubkey()
+        .try_into()
+        .map_err(|_| NoiseError::Noise("X25519 public key of an unexpected length".into()))
 }
 
 /// A hub's Noise identity: its X25519 static key pair and certificate.
@@ -163,12 +174,21 @@ fn builder<'a>(
     prologue: &'a [u8],
     rng: &mut impl CryptoRngCore,
 ) -> Result<snow::Builder<'a>, NoiseError> {
+    static_builder(&local.static_secret, prologue, rng)
+}
+
+/// A Noise IK builder for `static_secret`, with the caller's randomness.
+pub(crate) fn static_builder<'a>(
+    static_secret: &'a [u8; 32],
+    prologue: &'a [u8],
+    rng: &mut impl CryptoRngCore,
+) -> Result<snow::Builder<'a>, NoiseError> {
     let params: NoiseParams = PATTERN.parse().map_err(noise_err)?;
     // IK draws one ephemeral key per side.
     let mut seed = vec![0u8; 32];
     rng.fill_bytes(&mut seed);
     snow::Builder::with_resolver(params, Box::new(Resolver(seed)))
-        .local_private_key(&local.static_secret)
+        .local_private_key(static_secret)
         .and_then(|b| b.prologue(prologue))
         .map_err(noise_err)
 }
@@ -478,23 +498,17 @@ pub(crate) mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    struct Hub {
-        local: LocalIdentity,
-        cert: VerifiedPeer,
+    pub(crate) struct Hub {
+        pub(crate) local: LocalIdentity,
+        pub(crate) cert: VerifiedPeer,
     }
 
     /// The X25519 public key of `secret`, through snow's own DH.
     pub(crate) fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
-        let mut dh = DefaultResolver
-            .resolve_dh(&snow::params::DHChoice::Curve25519)
-            .unwrap();
-        dh.set(secret);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(dh.pubkey());
-        out
+        public_key(secret).unwrap()
     }
 
-    fn hub(ca: &ClusterCa, id: u8) -> Hub {
+    pub(crate) fn hub(ca: &ClusterCa, id: u8) -> Hub {
         let static_secret = [id; 32];
         let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
         let mut req = request(id, &identity);
