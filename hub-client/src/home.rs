@@ -7,10 +7,12 @@
 //! | `hub.der` | the hub's certificate, signed by the cluster CA | 0644 |
 //! | `ca.pub` | the cluster CA public key (32 bytes): it names the cluster | 0644 |
 //! | `ca.key` | the cluster CA secret key, on the founder only | 0600 |
-//! | `revocations.bin` | the newest signed revocation list seen | 0644 |
+//! | `hub.db` | the SQLite store (`store`): identity record, peers, pairing and API token hashes, the manifest and the newest revocation list | 0600 |
 //!
 //! Every file is written to a temporary name and renamed into place, so a crash leaves either
 //! the old file or the new one. Secret files are created with mode 0600 from the start.
+//! `hub.der` is written last when a hub is created or joins: until it exists the directory
+//! holds no hub, whatever else a crash left behind, and creating or joining may start over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,8 +27,15 @@ use shared_proto::cluster::{
     CertificateRequest, ClusterCa, ClusterId, PeerCertificate, Revocation, RevocationList,
     TrustLevel, VerifiedPeer, VerifiedRevocations,
 };
+use shared_proto::cluster::{Manifest, ManifestMember, VerifiedManifest};
 use shared_proto::noise::LocalIdentity;
+use shared_proto::pairing::{Joined, PairingRequest, PairingToken, SECRET_LEN};
 use shared_proto::HubId;
+
+use crate::store::{
+    Admission, Document, Instance, PeerRecord, RedeemError, Store, StoreError, TokenTerms,
+    MANIFEST, REVOCATIONS,
+};
 
 /// Errors of the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,12 @@ pub enum HomeError {
     /// A certificate or list was refused.
     #[error(transparent)]
     Trust(#[from] shared_proto::cluster::TrustError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Pairing failed.
+    #[error(transparent)]
+    Pairing(#[from] shared_proto::pairing::PairingError),
 }
 
 /// `hub.toml`.
@@ -147,6 +162,16 @@ impl Home {
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 
+    /// Writes a file readable by the owner only (atomically).
+    pub fn write_secret(&self, name: &str, bytes: &[u8]) -> Result<(), HomeError> {
+        self.write(name, bytes, true)
+    }
+
+    /// Writes a file (atomically).
+    pub fn write_public(&self, name: &str, bytes: &[u8]) -> Result<(), HomeError> {
+        self.write(name, bytes, false)
+    }
+
     /// Whether the directory holds a hub.
     pub fn is_initialized(&self) -> bool {
         self.path("hub.der").exists()
@@ -160,7 +185,7 @@ impl Home {
         }
         let ca = ClusterCa::generate(&mut OsRng);
         self.write("ca.key", &ca.secret(), true)?;
-        enroll(&ca, self, relay_url, hub)?;
+        enroll(&ca, self, relay_url, hub, None)?;
         Ok(ca.cluster_id())
     }
 
@@ -172,9 +197,10 @@ impl Home {
         }
         let ca = self.ca()?;
         let relay = self.config()?.relay_url;
-        let peer = enroll(&ca, out, &relay, hub)?;
-        if let Ok(list) = self.read("revocations.bin") {
-            out.write("revocations.bin", &list, false)?;
+        let peer = enroll(&ca, out, &relay, hub, Some(self))?;
+        if let Some(list) = self.revocations() {
+            let list = RevocationList::verify(&list, &ca.cluster_id())?;
+            out.keep_revocations(&list)?;
         }
         Ok(peer)
     }
@@ -274,32 +300,71 @@ impl Home {
         })
     }
 
+    /// The store (`hub.db`), created and migrated if needed.
+    pub fn store(&self) -> Result<Store, HomeError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| HomeError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.path("hub.db");
+        #[cfg(unix)]
+        if !path.exists() {
+            // Created 0600 before SQLite opens it: token hashes are no one else's business.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| HomeError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(Store::open(&path)?)
+    }
+
     /// The newest revocation list this hub holds (signed bytes).
     pub fn revocations(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.path("revocations.bin")).ok()
+        let doc = self.store().ok()?.document(REVOCATIONS).ok()??;
+        Some(doc.body)
+    }
+
+    fn held_revocations(&self, store: &Store) -> Result<Option<VerifiedRevocations>, HomeError> {
+        let cluster = self.cluster_id()?;
+        Ok(store
+            .document(REVOCATIONS)?
+            .and_then(|d| RevocationList::verify(&d.body, &cluster).ok()))
     }
 
     /// Keeps `list` if it is newer than the one held; returns whether it was.
     pub fn keep_revocations(&self, list: &VerifiedRevocations) -> Result<bool, HomeError> {
-        let cluster = self.cluster_id()?;
-        let held = self
-            .revocations()
-            .and_then(|b| RevocationList::verify(&b, &cluster).ok());
-        if list.clone().supersede(held.as_ref()).is_err() {
-            return Ok(false);
-        }
-        self.write("revocations.bin", list.bytes(), false)?;
-        Ok(true)
+        let store = self.store()?;
+        let doc = Document {
+            serial: list.version(),
+            body: list.bytes().to_vec(),
+        };
+        Ok(store.put_document(REVOCATIONS, &doc)?)
     }
 
     /// Founder: signs a new revocation list (the held one plus `entry`, version + 1), stores it
-    /// and returns it, to be published through the relay.
+    /// and returns it, to be published through the relay. With `peer`, that peer is marked
+    /// revoked in the same transaction.
     pub fn revoke(&self, entry: Revocation) -> Result<VerifiedRevocations, HomeError> {
+        self.revoke_peer(entry, None)
+    }
+
+    /// As [`Home::revoke`], also marking `peer` revoked (soft delete) in the same transaction.
+    pub fn revoke_peer(
+        &self,
+        entry: Revocation,
+        peer: Option<HubId>,
+    ) -> Result<VerifiedRevocations, HomeError> {
         let ca = self.ca()?;
         let cluster = ca.cluster_id();
-        let held = self
-            .revocations()
-            .and_then(|b| RevocationList::verify(&b, &cluster).ok());
+        let store = self.store()?;
+        let held = self.held_revocations(&store)?;
         let mut list = held.map_or_else(
             || RevocationList {
                 version: 0,
@@ -318,9 +383,226 @@ impl Home {
         list.version += 1;
         list.issued_at_ms = now_ms();
         let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
-        self.write("revocations.bin", signed.bytes(), false)?;
+        let doc = Document {
+            serial: signed.version(),
+            body: signed.bytes().to_vec(),
+        };
+        store.in_transaction(|store| {
+            store.put_document(REVOCATIONS, &doc)?;
+            if let Some(peer) = peer {
+                store.revoke_peer(peer, now_ms())?;
+            }
+            Ok(())
+        })?;
         Ok(signed)
     }
+
+    /// The manifest this hub holds, verified.
+    pub fn manifest(&self) -> Result<Option<VerifiedManifest>, HomeError> {
+        let cluster = self.cluster_id()?;
+        match self.store()?.document(MANIFEST)? {
+            Some(doc) => Ok(Some(Manifest::verify(&doc.body, &cluster)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Founder: a new pairing token for a hub with `terms`, valid for `ttl_ms`. Only the SHA-256
+    /// of its secret is stored.
+    pub fn invite(&self, terms: &TokenTerms, ttl_ms: u64) -> Result<PairingToken, HomeError> {
+        // Only a hub holding the CA key can sign the new hub's certificate.
+        self.ca()?;
+        let cert = self.certificate()?;
+        let mut secret = [0u8; SECRET_LEN];
+        OsRng.fill_bytes(&mut secret);
+        let now = now_ms();
+        self.store()?
+            .add_pairing_token(&secret, terms, now, now.saturating_add(ttl_ms))?;
+        Ok(PairingToken {
+            relay_url: self.config()?.relay_url,
+            cluster: self.cluster_id()?,
+            issuer: cert.hub_id(),
+            issuer_noise_key: *cert.noise_key(),
+            secret,
+        })
+    }
+
+    /// Founder: answers a pairing request. The token is redeemed, the certificate signed, the
+    /// peer recorded and the manifest re-signed in one transaction. Returns the answer to send
+    /// back (acceptance, or an authenticated refusal) and, if it was accepted, the new peer.
+    pub fn answer_pairing(
+        &self,
+        store: &Store,
+        local: &LocalIdentity,
+        request: PairingRequest,
+    ) -> Result<(Vec<u8>, Option<PeerRecord>), HomeError> {
+        let ca = self.ca()?;
+        let relay_url = self.config()?.relay_url;
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let hub_id = HubId(id);
+        let now = now_ms();
+        let outcome = store.admit_with_token(request.secret(), hub_id, now, |terms, held| {
+            let req = CertificateRequest {
+                hub_id,
+                name: request.name.clone(),
+                trust: terms.trust,
+                roles: terms.roles.clone(),
+                identity_key: request.identity_key,
+                noise_key: request.noise_key,
+                not_before_ms: now.saturating_sub(5 * 60 * 1000),
+                not_after_ms: now + CERT_VALIDITY_DAYS * 86_400_000,
+            };
+            let der = ca.issue(&req, &mut OsRng)?;
+            let member = ManifestMember {
+                hub_id,
+                fingerprint: shared_proto::cluster::fingerprint(&der),
+                trust: terms.trust,
+                roles: terms.roles.clone(),
+            };
+            let manifest = next_manifest(&ca, held, member, now)?;
+            let peer = PeerRecord {
+                id: hub_id,
+                name: request.name.clone(),
+                endpoint: relay_url.clone(),
+                public_key: hex::encode(request.identity_key.as_bytes()),
+                trust: terms.trust,
+                roles: terms.roles.clone(),
+                paired_at: now,
+                revoked_at: None,
+                suspended_at: None,
+                last_seen_at: None,
+            };
+            let admission = Admission {
+                peer: peer.clone(),
+                manifest: manifest.clone(),
+            };
+            Ok::<_, HomeError>(((der, manifest.body, peer), Some(admission)))
+        })?;
+        match outcome {
+            Ok((der, manifest, peer)) => Ok((request.accept(local, &der, &manifest)?, Some(peer))),
+            Err(RedeemError::Invalid) => {
+                Ok((request.refuse(&RedeemError::Invalid.to_string())?, None))
+            }
+        }
+    }
+
+    /// A new hub's keys, generated for joining: written to `identity.key` (replacing what an
+    /// interrupted join left) and returned.
+    pub fn new_identity(&self) -> Result<(SigningKey, [u8; 32]), HomeError> {
+        if self.is_initialized() {
+            return Err(HomeError::AlreadyInitialized(self.dir.clone()));
+        }
+        let identity = SigningKey::generate(&mut OsRng);
+        let noise = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let mut keys = identity.to_bytes().to_vec();
+        keys.extend_from_slice(noise.as_bytes());
+        self.write("identity.key", &keys, true)?;
+        Ok((identity, noise.to_bytes()))
+    }
+
+    /// Records a completed pairing: the store first (one transaction: identity, manifest,
+    /// issuer), then the CA key and config, then the certificate, which marks the hub as
+    /// joined. A crash before the last write leaves a directory that can join again.
+    pub fn complete_join(&self, joined: &Joined, relay_url: &str) -> Result<(), HomeError> {
+        let store = self.store()?;
+        let cert = &joined.certificate;
+        let issuer = &joined.issuer;
+        let now = now_ms();
+        store.in_transaction(|store| {
+            store.set_instance(&Instance {
+                id: cert.hub_id(),
+                name: cert.name().to_owned(),
+                identity_public_key: hex::encode(cert.identity_key().as_bytes()),
+                noise_public_key: hex::encode(cert.noise_key()),
+                created_at: now,
+            })?;
+            let manifest = Document {
+                serial: joined.manifest.manifest().epoch,
+                body: joined.manifest.bytes().to_vec(),
+            };
+            store.put_document(MANIFEST, &manifest)?;
+            store.upsert_peer(&PeerRecord {
+                id: issuer.hub_id(),
+                name: issuer.name().to_owned(),
+                endpoint: relay_url.to_owned(),
+                public_key: hex::encode(issuer.identity_key().as_bytes()),
+                trust: issuer.trust(),
+                roles: issuer.roles().to_vec(),
+                paired_at: now,
+                revoked_at: None,
+                suspended_at: None,
+                last_seen_at: Some(now),
+            })
+        })?;
+        self.write("ca.pub", joined.ca_key.as_bytes(), false)?;
+        self.write_config(&HubConfig {
+            relay_url: relay_url.to_owned(),
+            name: cert.name().to_owned(),
+        })?;
+        self.write("hub.der", cert.der(), false)
+    }
+
+    fn write_config(&self, config: &HubConfig) -> Result<(), HomeError> {
+        let toml = toml::to_string(config).map_err(|e| HomeError::Corrupt {
+            path: self.path("hub.toml"),
+            what: e.to_string(),
+        })?;
+        self.write("hub.toml", toml.as_bytes(), false)
+    }
+
+    /// Records a peer this hub learned of through a verified certificate (a session), keeping
+    /// what the store knows (pairing time, suspension, revocation).
+    pub fn record_peer(&self, store: &Store, cert: &VerifiedPeer) -> Result<(), HomeError> {
+        let now = now_ms();
+        let relay_url = self.config()?.relay_url;
+        let known = store.peer(cert.hub_id())?;
+        if known.as_ref().is_some_and(|p| p.revoked_at.is_some()) {
+            return Ok(());
+        }
+        store.upsert_peer(&PeerRecord {
+            id: cert.hub_id(),
+            name: cert.name().to_owned(),
+            endpoint: relay_url,
+            public_key: hex::encode(cert.identity_key().as_bytes()),
+            trust: cert.trust(),
+            roles: cert.roles().to_vec(),
+            paired_at: known.as_ref().map_or(now, |p| p.paired_at),
+            revoked_at: None,
+            suspended_at: known.as_ref().and_then(|p| p.suspended_at),
+            last_seen_at: Some(now),
+        })?;
+        Ok(())
+    }
+}
+
+/// Validity of certificates signed at pairing, in days.
+pub const CERT_VALIDITY_DAYS: u64 = 365;
+
+/// The manifest after adding (or replacing) `member`: the held one's members, epoch + 1.
+fn next_manifest(
+    ca: &ClusterCa,
+    held: Option<Document>,
+    member: ManifestMember,
+    now: u64,
+) -> Result<Document, HomeError> {
+    let held = match held {
+        Some(doc) => Some(Manifest::verify(&doc.body, &ca.cluster_id())?),
+        None => None,
+    };
+    let (epoch, mut members) = held.map_or((0, Vec::new()), |m| {
+        (m.manifest().epoch, m.manifest().members.clone())
+    });
+    members.retain(|m| m.hub_id != member.hub_id);
+    members.push(member);
+    let manifest = Manifest {
+        epoch: epoch + 1,
+        issued_at_ms: now,
+        members,
+    };
+    Ok(Document {
+        serial: manifest.epoch,
+        body: manifest.sign(ca)?,
+    })
 }
 
 /// Creates a hub's keys, certificate and config in `home`, signed by `ca`.
@@ -329,6 +611,7 @@ fn enroll(
     home: &Home,
     relay_url: &str,
     hub: &NewHub,
+    founder: Option<&Home>,
 ) -> Result<VerifiedPeer, HomeError> {
     let identity = SigningKey::generate(&mut OsRng);
     let noise = x25519_dalek::StaticSecret::random_from_rng(OsRng);
@@ -353,15 +636,51 @@ fn enroll(
     keys.extend_from_slice(noise.as_bytes());
     home.write("identity.key", &keys, true)?;
     home.write("ca.pub", ca.public_key().as_bytes(), false)?;
-    let config = HubConfig {
+    home.write_config(&HubConfig {
         relay_url: relay_url.to_owned(),
         name: hub.name.clone(),
-    };
-    let toml = toml::to_string(&config).map_err(|e| HomeError::Corrupt {
-        path: home.path("hub.toml"),
-        what: e.to_string(),
     })?;
-    home.write("hub.toml", toml.as_bytes(), false)?;
+    // Both stores learn of the new hub: its own identity, and the founder's manifest (the
+    // founder itself when it creates the cluster) and peer list.
+    let member = ManifestMember {
+        hub_id: peer.hub_id(),
+        fingerprint: peer.fingerprint(),
+        trust: hub.trust,
+        roles: hub.roles.clone(),
+    };
+    let founder_home = founder.unwrap_or(home);
+    let founder_store = founder_home.store()?;
+    let manifest = next_manifest(ca, founder_store.document(MANIFEST)?, member, now)?;
+    founder_store.in_transaction(|store| {
+        store.put_document(MANIFEST, &manifest)?;
+        if founder.is_some() {
+            store.upsert_peer(&PeerRecord {
+                id: peer.hub_id(),
+                name: hub.name.clone(),
+                endpoint: relay_url.to_owned(),
+                public_key: hex::encode(identity.verifying_key().as_bytes()),
+                trust: hub.trust,
+                roles: hub.roles.clone(),
+                paired_at: now,
+                revoked_at: None,
+                suspended_at: None,
+                last_seen_at: None,
+            })?;
+        }
+        Ok(())
+    })?;
+    let store = home.store()?;
+    store.in_transaction(|store| {
+        store.set_instance(&Instance {
+            id: peer.hub_id(),
+            name: hub.name.clone(),
+            identity_public_key: hex::encode(identity.verifying_key().as_bytes()),
+            noise_public_key: hex::encode(noise_public.as_bytes()),
+            created_at: now,
+        })?;
+        store.put_document(MANIFEST, &manifest)?;
+        Ok(())
+    })?;
     // The certificate last: its presence marks the directory as initialized.
     home.write("hub.der", &der, false)?;
     Ok(peer)

@@ -6,12 +6,17 @@
 //! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
 //! - [`home`]: the data directory: keys, certificate, CA (founder), revocation list;
 //! - [`store`]: the SQLite store (migrations, peers, pairing tokens stored hashed);
+//! - [`join`]: joining a cluster with a pairing token, through the relay;
+//! - [`daemon`]: `hub run`, the long-running hub, and [`api`], its local admin HTTP API;
 //! - [`backoff`]: reconnect delays.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod backoff;
+pub mod daemon;
 pub mod home;
+pub mod join;
 pub mod native_relay;
 pub mod peers;
 pub mod relay;

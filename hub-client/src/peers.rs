@@ -9,14 +9,24 @@
 //! that revokes a peer drops its session at once.
 //!
 //! Messages carry one byte of kind: `0` application data, `1` ping, `2` pong (the ping's 8-byte
-//! token echoed), so [`PeerClient::ping`] measures a round trip through the session itself.
+//! token echoed), so [`PeerClient::ping`] measures a round trip through the session itself;
+//! `3` info request (a token) and `4` info (the token, then JSON: name, version, uptime), so a
+//! hub can ask what a peer reports about itself; `5` refused (the token, then a reason): the
+//! answer to any request from a peer this hub refuses (suspended).
+//!
+//! Pairing messages (`shared_proto::pairing`) are not session traffic: they go to the
+//! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
+use std::sync::Arc;
+
+use shared_proto::cluster::PeerCertificate;
 use shared_proto::noise::LocalIdentity;
+use shared_proto::pairing::is_pairing_message;
 use shared_proto::peer::{Event, PeerSessions, SendError};
 use shared_proto::HubId;
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +37,62 @@ use crate::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 const KIND_DATA: u8 = 0;
 const KIND_PING: u8 = 1;
 const KIND_PONG: u8 = 2;
+const KIND_INFO_REQUEST: u8 = 3;
+const KIND_INFO: u8 = 4;
+const KIND_REFUSED: u8 = 5;
+
+/// What a hub reports about itself to its peers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerInfo {
+    /// Its name.
+    pub name: String,
+    /// Its software version.
+    pub version: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+}
+
+/// What this hub answers about itself, and whom it refuses. Shared with the application, which
+/// may change the refused set at any time (suspending a peer).
+#[derive(Debug)]
+pub struct LocalPolicy {
+    /// This hub's name.
+    name: std::sync::RwLock<String>,
+    /// When this hub started.
+    pub started: Instant,
+    /// Peers whose requests are refused.
+    pub refused: std::sync::RwLock<std::collections::HashSet<HubId>>,
+}
+
+impl LocalPolicy {
+    /// A policy that refuses nobody.
+    pub fn new(name: impl Into<String>) -> Self {
+        LocalPolicy {
+            name: std::sync::RwLock::new(name.into()),
+            started: Instant::now(),
+            refused: Default::default(),
+        }
+    }
+
+    /// Changes the name this hub reports (after it joins).
+    pub fn set_name(&self, name: &str) {
+        if let Ok(mut n) = self.name.write() {
+            *n = name.to_owned();
+        }
+    }
+
+    fn refuses(&self, peer: &HubId) -> bool {
+        self.refused.read().map_or(true, |r| r.contains(peer))
+    }
+
+    fn info(&self) -> PeerInfo {
+        PeerInfo {
+            name: self.name.read().map(|n| n.clone()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+}
 
 /// Errors of the peer layer.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +115,17 @@ pub enum PeerError {
     /// No answer in time.
     #[error("no answer from {0} in time")]
     Timeout(HubId),
+    /// The peer refused the request.
+    #[error("{peer} refused: {reason}")]
+    Refused {
+        /// The peer.
+        peer: HubId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The peer's answer does not parse.
+    #[error("malformed answer from {0}")]
+    Malformed(HubId),
     /// The peer client has stopped.
     #[error("the peer client has stopped")]
     Stopped,
@@ -67,6 +144,18 @@ pub enum PeerEvent {
     },
     /// A relay event worth knowing (presence, revocations, disconnects).
     Relay(RelayEvent),
+    /// A session with a peer is up; its certificate was verified in the handshake.
+    Established {
+        /// The peer's certificate.
+        certificate: Box<shared_proto::cluster::VerifiedPeer>,
+    },
+    /// A pairing message (from a pairing guest, or an issuer's answer).
+    Pairing {
+        /// The sender.
+        from: HubId,
+        /// The whole message.
+        message: Vec<u8>,
+    },
     /// A session with a peer failed or was dropped.
     SessionFailed {
         /// The peer.
@@ -82,18 +171,41 @@ enum Command {
         message: Vec<u8>,
         done: oneshot::Sender<Result<(), SendError>>,
     },
-    Ping {
+    Request {
         to: HubId,
-        done: oneshot::Sender<Result<Duration, PeerError>>,
+        kind: u8,
+        done: oneshot::Sender<Result<Reply, PeerError>>,
     },
+    Raw {
+        to: HubId,
+        payload: Vec<u8>,
+    },
+    Publish {
+        list: Vec<u8>,
+    },
+    RelayRtt {
+        done: oneshot::Sender<Duration>,
+    },
+}
+
+/// An answer to a request: its round trip and body.
+struct Reply {
+    rtt: Duration,
+    body: Vec<u8>,
 }
 
 /// A running peer layer. Dropping it stops the task and the relay connection.
 #[derive(Debug)]
 pub struct PeerClient {
-    commands: mpsc::Sender<Command>,
+    handle: PeerHandle,
     events: mpsc::Receiver<PeerEvent>,
     task: JoinHandle<()>,
+}
+
+/// Sends, pings and asks through a [`PeerClient`]; cheap to clone, usable from many tasks.
+#[derive(Debug, Clone)]
+pub struct PeerHandle {
+    commands: mpsc::Sender<Command>,
 }
 
 fn unix_ms() -> u64 {
@@ -105,19 +217,53 @@ fn unix_ms() -> u64 {
 impl PeerClient {
     /// Connects to the relay with `relay` and runs sessions with `identity`'s static key.
     pub fn spawn(relay: RelayConfig, identity: LocalIdentity) -> Result<Self, PeerError> {
+        let name = PeerCertificate::from_der(&identity.cert_der)
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+        Self::spawn_with(relay, identity, Arc::new(LocalPolicy::new(name)))
+    }
+
+    /// As [`PeerClient::spawn`], answering and refusing by `policy`.
+    pub fn spawn_with(
+        relay: RelayConfig,
+        identity: LocalIdentity,
+        policy: Arc<LocalPolicy>,
+    ) -> Result<Self, PeerError> {
         let me = relay.credentials.hub_id;
         let client = RelayClient::spawn(relay)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let sessions = PeerSessions::new(identity, me);
-        let task = tokio::spawn(run(client, sessions, cmd_rx, ev_tx));
+        let task = tokio::spawn(run(client, sessions, cmd_rx, ev_tx, policy));
         Ok(PeerClient {
-            commands: cmd_tx,
+            handle: PeerHandle { commands: cmd_tx },
             events: ev_rx,
             task,
         })
     }
 
+    /// A handle for sending from other tasks.
+    pub fn handle(&self) -> PeerHandle {
+        self.handle.clone()
+    }
+
+    /// Sends `message` to `to` over an end-to-end session.
+    pub async fn send(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
+        self.handle.send(to, message).await
+    }
+
+    /// Round trip to `to` through the session; see [`PeerHandle::ping`].
+    pub async fn ping(&self, to: HubId, limit: Duration) -> Result<Duration, PeerError> {
+        self.handle.ping(to, limit).await
+    }
+
+    /// The next event; `None` once the client has stopped.
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
+        self.events.recv().await
+    }
+}
+
+impl PeerHandle {
     /// Sends `message` to `to` over an end-to-end session.
     pub async fn send(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
         let mut framed = Vec::with_capacity(message.len() + 1);
@@ -140,9 +286,19 @@ impl PeerClient {
     /// Round trip to `to` through the session (set up first if needed; that time is included in
     /// the first ping).
     pub async fn ping(&self, to: HubId, limit: Duration) -> Result<Duration, PeerError> {
+        Ok(self.request(to, KIND_PING, limit).await?.rtt)
+    }
+
+    /// What `to` reports about itself, asked over the session.
+    pub async fn info(&self, to: HubId, limit: Duration) -> Result<PeerInfo, PeerError> {
+        let reply = self.request(to, KIND_INFO_REQUEST, limit).await?;
+        serde_json::from_slice(&reply.body).map_err(|_| PeerError::Malformed(to))
+    }
+
+    async fn request(&self, to: HubId, kind: u8, limit: Duration) -> Result<Reply, PeerError> {
         let (done, wait) = oneshot::channel();
         self.commands
-            .send(Command::Ping { to, done })
+            .send(Command::Request { to, kind, done })
             .await
             .map_err(|_| PeerError::Stopped)?;
         match tokio::time::timeout(limit, wait).await {
@@ -151,9 +307,33 @@ impl PeerClient {
         }
     }
 
-    /// The next event; `None` once the client has stopped.
-    pub async fn next_event(&mut self) -> Option<PeerEvent> {
-        self.events.recv().await
+    /// Sends a payload to `to` through the relay as it is, outside any session (pairing).
+    pub async fn send_raw(&self, to: HubId, payload: Vec<u8>) -> Result<(), PeerError> {
+        self.commands
+            .send(Command::Raw { to, payload })
+            .await
+            .map_err(|_| PeerError::Stopped)
+    }
+
+    /// Publishes a signed revocation list through the relay.
+    pub async fn publish_revocations(&self, list: Vec<u8>) -> Result<(), PeerError> {
+        self.commands
+            .send(Command::Publish { list })
+            .await
+            .map_err(|_| PeerError::Stopped)
+    }
+
+    /// Round trip to the relay itself (a status request and its answer).
+    pub async fn relay_rtt(&self, limit: Duration) -> Result<Duration, PeerError> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::RelayRtt { done })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        match tokio::time::timeout(limit, wait).await {
+            Ok(r) => r.map_err(|_| PeerError::Stopped),
+            Err(_) => Err(PeerError::Stopped),
+        }
     }
 }
 
@@ -163,15 +343,16 @@ impl Drop for PeerClient {
     }
 }
 
-/// A ping waiting for its pong: the peer, when it was sent, and who waits for the answer.
-struct PendingPing {
+/// A request waiting for its answer: the peer, when it was sent, and who waits for the answer.
+struct PendingRequest {
     peer: HubId,
     sent: Instant,
-    done: oneshot::Sender<Result<Duration, PeerError>>,
+    done: oneshot::Sender<Result<Reply, PeerError>>,
 }
 
 struct Pending {
-    pings: HashMap<u64, PendingPing>,
+    requests: HashMap<u64, PendingRequest>,
+    policy: Arc<LocalPolicy>,
 }
 
 async fn run(
@@ -179,12 +360,16 @@ async fn run(
     mut sessions: PeerSessions,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<PeerEvent>,
+    policy: Arc<LocalPolicy>,
 ) {
     let mut rng = StdRng::from_entropy();
     let mut pending = Pending {
-        pings: HashMap::new(),
+        requests: HashMap::new(),
+        policy,
     };
     let mut connected_before = false;
+    let mut status_waiters: std::collections::VecDeque<(Instant, oneshot::Sender<Duration>)> =
+        Default::default();
     loop {
         let timer = sessions
             .poll_timeout()
@@ -197,25 +382,47 @@ async fn run(
                     Command::Send { to, message, done } => {
                         let _ = done.send(sessions.send(to, message, unix_ms(), &mut rng));
                     }
-                    Command::Ping { to, done } => {
+                    Command::Request { to, kind, done } => {
                         let token = rng.next_u64();
-                        let mut msg = vec![KIND_PING];
+                        let mut msg = vec![kind];
                         msg.extend_from_slice(&token.to_be_bytes());
                         match sessions.send(to, msg, unix_ms(), &mut rng) {
                             Ok(()) => {
-                                let ping = PendingPing { peer: to, sent: Instant::now(), done };
-                                pending.pings.insert(token, ping);
+                                let req = PendingRequest { peer: to, sent: Instant::now(), done };
+                                pending.requests.insert(token, req);
                             }
                             Err(e) => {
                                 let _ = done.send(Err(e.into()));
                             }
                         }
                     }
+                    Command::Raw { to, payload } => {
+                        if relay.send(to, payload).await.is_err() {
+                            break;
+                        }
+                    }
+                    Command::Publish { list } => {
+                        if relay.publish_revocations(list).await.is_err() {
+                            break;
+                        }
+                    }
+                    Command::RelayRtt { done } => {
+                        if relay.request_status().await.is_err() {
+                            break;
+                        }
+                        status_waiters.push_back((Instant::now(), done));
+                    }
                 }
             }
             event = relay.next_event() => {
                 let Some(event) = event else { break };
                 match &event {
+                    RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
+                        let ev = PeerEvent::Pairing { from: *from, message: payload.clone() };
+                        if events.send(ev).await.is_err() {
+                            break;
+                        }
+                    }
                     RelayEvent::Message { from, payload } => {
                         if let Err(e) = sessions.handle_incoming(*from, payload, unix_ms(), &mut rng) {
                             tracing::debug!(%from, "peer message refused: {e}");
@@ -225,6 +432,11 @@ async fn run(
                     RelayEvent::Undeliverable(hub) => sessions.drop_peer(*hub, "not online"),
                     RelayEvent::PeerJoined(hub) => sessions.reset_peer(*hub, unix_ms(), &mut rng),
                     RelayEvent::Revocations(list) => sessions.set_revocations(list.clone()),
+                    RelayEvent::Status(_) => {
+                        if let Some((sent, done)) = status_waiters.pop_front() {
+                            let _ = done.send(sent.elapsed());
+                        }
+                    }
                     RelayEvent::Connected { .. } => {
                         // After a reconnect, peers may have dropped their side of our sessions.
                         if connected_before {
@@ -274,6 +486,10 @@ async fn drain(
             }
             Event::Received { from, message } => match message.split_first() {
                 Some((&KIND_DATA, body)) => {
+                    if pending.policy.refuses(&from) {
+                        tracing::debug!(%from, "message from a refused peer dropped");
+                        continue;
+                    }
                     let ev = PeerEvent::Message {
                         from,
                         message: body.to_vec(),
@@ -282,32 +498,64 @@ async fn drain(
                         return false;
                     }
                 }
-                Some((&KIND_PING, token)) => {
-                    let mut pong = vec![KIND_PONG];
-                    pong.extend_from_slice(token);
-                    let _ = sessions.send(from, pong, unix_ms(), rng);
+                Some((&kind @ (KIND_PING | KIND_INFO_REQUEST), token)) if token.len() == 8 => {
+                    let answer = if pending.policy.refuses(&from) {
+                        let mut m = vec![KIND_REFUSED];
+                        m.extend_from_slice(token);
+                        m.extend_from_slice(b"suspended by this hub");
+                        m
+                    } else if kind == KIND_PING {
+                        [&[KIND_PONG][..], token].concat()
+                    } else {
+                        let info = serde_json::to_vec(&pending.policy.info()).unwrap_or_default();
+                        [&[KIND_INFO][..], token, &info].concat()
+                    };
+                    let _ = sessions.send(from, answer, unix_ms(), rng);
                 }
-                Some((&KIND_PONG, token)) => {
+                Some((&kind @ (KIND_PONG | KIND_INFO | KIND_REFUSED), rest)) if rest.len() >= 8 => {
+                    let (token, body) = rest.split_at(8);
                     let token = token.try_into().map(u64::from_be_bytes).unwrap_or(0);
-                    if let Some(ping) = pending.pings.remove(&token) {
-                        if ping.peer == from {
-                            let _ = ping.done.send(Ok(ping.sent.elapsed()));
+                    if let Some(req) = pending.requests.remove(&token) {
+                        if req.peer != from {
+                            pending.requests.insert(token, req);
+                            continue;
                         }
+                        let result = if kind == KIND_REFUSED {
+                            Err(PeerError::Refused {
+                                peer: from,
+                                reason: String::from_utf8_lossy(body).into_owned(),
+                            })
+                        } else {
+                            Ok(Reply {
+                                rtt: req.sent.elapsed(),
+                                body: body.to_vec(),
+                            })
+                        };
+                        let _ = req.done.send(result);
                     }
                 }
                 _ => tracing::debug!(%from, "message of unknown kind"),
             },
-            Event::Established { peer } => tracing::debug!(%peer, "session established"),
+            Event::Established { peer, certificate } => {
+                tracing::debug!(%peer, "session established");
+                if events
+                    .send(PeerEvent::Established { certificate })
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
             Event::Failed { peer, reason } => {
                 let failed: Vec<u64> = pending
-                    .pings
+                    .requests
                     .iter()
                     .filter(|(_, p)| p.peer == peer)
                     .map(|(t, _)| *t)
                     .collect();
                 for t in failed {
-                    if let Some(ping) = pending.pings.remove(&t) {
-                        let _ = ping.done.send(Err(PeerError::Session {
+                    if let Some(req) = pending.requests.remove(&t) {
+                        let _ = req.done.send(Err(PeerError::Session {
                             peer,
                             reason: reason.clone(),
                         }));

@@ -131,6 +131,69 @@ pub struct PeerRecord {
     pub last_seen_at: Option<u64>,
 }
 
+/// Kind of the stored manifest document.
+pub const MANIFEST: &str = "manifest";
+/// Kind of the stored revocation list document.
+pub const REVOCATIONS: &str = "revocations";
+
+/// A signed document as stored: its serial (manifest epoch, list version) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// Epoch or version.
+    pub serial: u64,
+    /// The signed bytes.
+    pub body: Vec<u8>,
+}
+
+/// What pairing records on the issuer, in the redeeming transaction.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The new peer.
+    pub peer: PeerRecord,
+    /// The manifest that lists it.
+    pub manifest: Document,
+}
+
+/// This hub's identity, as recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Hub id.
+    pub id: HubId,
+    /// Name.
+    pub name: String,
+    /// Ed25519 identity key (hex).
+    pub identity_public_key: String,
+    /// X25519 Noise key (hex).
+    pub noise_public_key: String,
+    /// When it joined or founded the cluster (Unix ms).
+    pub created_at: u64,
+}
+
+/// An API token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiToken {
+    /// Its name.
+    pub name: String,
+    /// Whether it may use admin routes.
+    pub admin: bool,
+    /// Created (Unix ms).
+    pub created_at: u64,
+    /// Expires (Unix ms), if ever.
+    pub expires_at: Option<u64>,
+    /// Last used (Unix ms).
+    pub last_used_at: Option<u64>,
+}
+
+fn row_to_api_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
+    Ok(ApiToken {
+        name: r.get(0)?,
+        admin: r.get(1)?,
+        created_at: r.get::<_, i64>(2)? as u64,
+        expires_at: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+        last_used_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+    })
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct Store {
@@ -224,29 +287,198 @@ impl Store {
         hub: HubId,
         now_ms: u64,
     ) -> Result<Result<TokenTerms, RedeemError>, StoreError> {
+        self.admit_with_token(secret, hub, now_ms, |terms, _| {
+            Ok::<_, StoreError>((terms.clone(), None))
+        })
+    }
+
+    /// Pairing, on the issuer, as one transaction: redeems the token (as
+    /// [`Store::redeem_pairing_token`]), calls `admit` with its terms and the manifest held,
+    /// and stores the peer record and the new manifest it returns. If `admit` fails or the hub
+    /// dies before the commit, the token stays unused and nothing is recorded.
+    pub fn admit_with_token<T, E: From<StoreError>>(
+        &self,
+        secret: &[u8],
+        hub: HubId,
+        now_ms: u64,
+        admit: impl FnOnce(&TokenTerms, Option<Document>) -> Result<(T, Option<Admission>), E>,
+    ) -> Result<Result<T, RedeemError>, E> {
         let hash = sha256(secret);
-        let tx = self.conn.unchecked_transaction()?;
-        let changed = tx.execute(
-            "UPDATE pairing_tokens SET used_at = ?1, used_by = ?2
-             WHERE secret_sha256 = ?3 AND used_at IS NULL AND expires_at > ?1",
-            params![now_ms as i64, hub.to_string(), hash.as_slice()],
-        )?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(StoreError::from)?;
+        let changed = tx
+            .execute(
+                "UPDATE pairing_tokens SET used_at = ?1, used_by = ?2
+                 WHERE secret_sha256 = ?3 AND used_at IS NULL AND expires_at > ?1",
+                params![now_ms as i64, hub.to_string(), hash.as_slice()],
+            )
+            .map_err(StoreError::from)?;
         if changed != 1 {
             return Ok(Err(RedeemError::Invalid));
         }
-        let (trust, roles): (String, String) = tx.query_row(
-            "SELECT trust_level, roles FROM pairing_tokens WHERE secret_sha256 = ?1",
-            params![hash.as_slice()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.commit()?;
-        let trust = trust
-            .parse()
-            .map_err(|_| StoreError::Corrupt("trust level"))?;
-        Ok(Ok(TokenTerms {
-            trust,
+        let (trust, roles): (String, String) = tx
+            .query_row(
+                "SELECT trust_level, roles FROM pairing_tokens WHERE secret_sha256 = ?1",
+                params![hash.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(StoreError::from)?;
+        let terms = TokenTerms {
+            trust: trust
+                .parse()
+                .map_err(|_| StoreError::Corrupt("trust level"))?,
             roles: split_roles(&roles),
-        }))
+        };
+        let manifest = self.document(MANIFEST)?;
+        let (out, admission) = admit(&terms, manifest)?;
+        if let Some(a) = admission {
+            self.upsert_peer(&a.peer)?;
+            self.put_document(MANIFEST, &a.manifest)?;
+        }
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Ok(out))
+    }
+
+    /// Stores a new API token: only the SHA-256 of `secret` is written.
+    pub fn add_api_token(
+        &self,
+        secret: &[u8],
+        name: &str,
+        admin: bool,
+        now_ms: u64,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (secret_sha256, name, admin, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                sha256(secret).as_slice(),
+                name,
+                admin,
+                now_ms as i64,
+                expires_at_ms.map(|t| t as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The API token whose secret is `secret`, if it exists and has not expired; records its use.
+    pub fn use_api_token(
+        &self,
+        secret: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<ApiToken>, StoreError> {
+        let hash = sha256(secret);
+        let changed = self.conn.execute(
+            "UPDATE api_tokens SET last_used_at = ?1
+             WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)",
+            params![now_ms as i64, hash.as_slice()],
+        )?;
+        if changed != 1 {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, admin, created_at, expires_at, last_used_at FROM api_tokens
+                 WHERE secret_sha256 = ?1",
+                params![hash.as_slice()],
+                row_to_api_token,
+            )
+            .optional()?)
+    }
+
+    /// Every API token (without secrets), newest first.
+    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, admin, created_at, expires_at, last_used_at FROM api_tokens
+             ORDER BY created_at DESC",
+        )?;
+        let rows = stmt.query_map([], row_to_api_token)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the API tokens named `name`; returns how many.
+    pub fn delete_api_tokens(&self, name: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM api_tokens WHERE name = ?1", params![name])?)
+    }
+
+    /// A stored signed document (`manifest`, `revocations`).
+    pub fn document(&self, kind: &str) -> Result<Option<Document>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT serial, body FROM documents WHERE kind = ?1",
+                params![kind],
+                |r| {
+                    Ok(Document {
+                        serial: r.get::<_, i64>(0)? as u64,
+                        body: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores `doc` as `kind` unless one with a serial at least as high is held; returns whether
+    /// it was stored. The caller has verified it.
+    pub fn put_document(&self, kind: &str, doc: &Document) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "INSERT INTO documents (kind, serial, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT(kind) DO UPDATE SET serial = excluded.serial, body = excluded.body
+             WHERE excluded.serial > documents.serial",
+            params![kind, doc.serial as i64, doc.body],
+        )? == 1)
+    }
+
+    /// Runs `f` in one transaction: all of its writes land, or none.
+    pub fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records this hub's identity (replacing an earlier one).
+    pub fn set_instance(&self, instance: &Instance) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM instance", [])?;
+        self.conn.execute(
+            "INSERT INTO instance (id, name, identity_public_key, noise_public_key, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                instance.id.to_string(),
+                instance.name,
+                instance.identity_public_key,
+                instance.noise_public_key,
+                instance.created_at as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Suspends (`Some(now)`) or resumes (`None`) a peer that is not revoked; returns whether it
+    /// exists.
+    pub fn set_suspended(&self, id: HubId, at_ms: Option<u64>) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE federation_peers SET suspended_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            params![at_ms.map(|t| t as i64), id.to_string()],
+        )? == 1)
+    }
+
+    /// Records that a peer was online at `now_ms`.
+    pub fn touch_peer(&self, id: HubId, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE federation_peers SET last_seen_at = ?1 WHERE id = ?2",
+            params![now_ms as i64, id.to_string()],
+        )?;
+        Ok(())
     }
 
     /// Adds or replaces a peer (pairing records both sides).

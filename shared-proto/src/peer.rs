@@ -106,6 +106,8 @@ pub enum Event {
     Established {
         /// The peer.
         peer: HubId,
+        /// Its certificate, as verified in the handshake.
+        certificate: Box<VerifiedPeer>,
     },
     /// Setting up a session with `peer` failed, or a session was dropped; queued messages for
     /// it are gone.
@@ -562,6 +564,7 @@ impl PeerSessions {
         remote_index: u32,
         now_ms: u64,
     ) {
+        let certificate = Box::new(transport.peer().clone());
         let session = Session {
             transport,
             local_index,
@@ -576,7 +579,8 @@ impl PeerSessions {
         self.by_index.insert(session.local_index, peer);
         state.previous = state.current.replace(session);
         let queued: Vec<Vec<u8>> = state.queue.drain(..).collect();
-        self.events.push_back(Event::Established { peer });
+        self.events
+            .push_back(Event::Established { peer, certificate });
         for message in queued {
             self.transmit_message(peer, &message, now_ms);
         }

@@ -10,8 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use hub_client::home::{Home, NewHub};
 use hub_client::native_relay::{serve, Relay};
 use hub_client::peers::{PeerClient, PeerError, PeerEvent};
+use hub_client::store::TokenTerms;
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
 use shared_proto::cluster::{ClusterId, Revocation, TrustLevel, VerifiedPeer};
+use shared_proto::pairing::PairingToken;
 use shared_proto::HubId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,6 +65,50 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "IDS")]
         allowed_clusters: Vec<ClusterId>,
     },
+    /// Run the hub: relay connection, sessions, pairing (founder) and the local admin API.
+    Run {
+        /// Where the admin API listens (keep it on loopback).
+        #[arg(
+            long,
+            default_value = "127.0.0.1:7780",
+            env = "HUB_API_LISTEN",
+            value_name = "ADDR"
+        )]
+        api_listen: SocketAddr,
+    },
+    /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
+    Invite {
+        /// Trust level of the new hub: read_only, agent_dispatch or full.
+        #[arg(long, default_value = "agent_dispatch")]
+        trust_level: TrustLevel,
+        /// Roles of the new hub, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// How long the token is valid: 90s, 30m, 1h, 1d (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Join a cluster with a pairing token from `hub invite` (the issuer must be running).
+    Join {
+        /// The token (hubpair1_...).
+        token: String,
+        /// This hub's name.
+        #[arg(long)]
+        name: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// List, inspect, revoke, suspend and resume peers.
+    Peers {
+        #[command(subcommand)]
+        command: Option<PeersCommand>,
+    },
+    /// This hub's state: cluster, relay connection and round trip, peers online, documents.
+    Status,
+    /// API tokens for the local admin API.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Print this hub's id.
     Id,
     /// Measure round trips to another hub through the end-to-end encrypted session.
@@ -111,6 +157,58 @@ enum ClusterCommand {
         /// Certificate validity in days.
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeersCommand {
+    /// Peers not revoked, most recently seen first (the default).
+    List,
+    /// One peer, with what it reports about itself if it is online.
+    Show {
+        /// The peer's hub id.
+        id: HubId,
+    },
+    /// Founder: revoke a peer cluster-wide (kept for audit); the relay cuts it off at once.
+    Revoke {
+        /// The peer's hub id.
+        id: HubId,
+        /// Why (kept in the revocation list).
+        #[arg(long, default_value = "revoked by the founder")]
+        reason: String,
+    },
+    /// Refuse a peer's calls until it is resumed.
+    Suspend {
+        /// The peer's hub id.
+        id: HubId,
+    },
+    /// Accept a suspended peer's calls again.
+    Resume {
+        /// The peer's hub id.
+        id: HubId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Make an API token (printed once; only its hash is kept).
+    Create {
+        /// A name to recognize it by.
+        #[arg(long)]
+        name: String,
+        /// Allow admin routes (pairing, revoke, suspend).
+        #[arg(long)]
+        admin: bool,
+        /// Expire after this long (90s, 30m, 12h, 30d); never by default.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List API tokens (names and dates, never secrets).
+    List,
+    /// Delete the API tokens with this name.
+    Delete {
+        /// The name.
+        name: String,
     },
 }
 
@@ -242,11 +340,47 @@ async fn run(cli: Cli) -> Result<()> {
             let state_dir = state_dir.unwrap_or_else(|| home.dir().join("relay-state"));
             run_relay(listen, state_dir, allowed_clusters).await
         }
+        Command::Run { api_listen } => run_hub(home, api_listen).await,
+        Command::Invite {
+            trust_level,
+            roles,
+            ttl,
+        } => {
+            if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+                bail!("--ttl must be between 1s and 24h");
+            }
+            let terms = TokenTerms {
+                trust: trust_level,
+                roles,
+            };
+            let token = home.invite(&terms, ttl.as_millis() as u64)?;
+            eprintln!(
+                "pairing token for a {} hub, valid {} s, single use; the new hub runs:",
+                trust_level,
+                ttl.as_secs()
+            );
+            eprintln!("  hub join <TOKEN> --name <NAME>");
+            println!("{}", token.encode());
+            Ok(())
+        }
+        Command::Join {
+            token,
+            name,
+            timeout,
+        } => join(&home, &token, &name, timeout).await,
+        Command::Peers { command } => {
+            peers_command(&home, command.unwrap_or(PeersCommand::List)).await
+        }
+        Command::Status => status(&home).await,
+        Command::Tokens(cmd) => tokens(&home, cmd),
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());
             Ok(())
         }
-        Command::Ping { peer, count, conn } => ping(&home, peer, count, conn).await,
+        Command::Ping { peer, count, conn } => match Api::find(&home).await {
+            Some(api) => ping_via_api(&api, peer, count).await,
+            None => ping(&home, peer, count, conn).await,
+        },
         Command::Debug(DebugCommand::Listen { conn, count }) => {
             debug_listen(&home, conn, count).await
         }
@@ -325,6 +459,12 @@ async fn revoke(
     if offline {
         return Ok(());
     }
+    publish(home, &list).await
+}
+
+/// Publishes a revocation list through a short relay connection and waits for the relay to take
+/// it.
+async fn publish(home: &Home, list: &shared_proto::cluster::VerifiedRevocations) -> Result<()> {
     let conn = ConnArgs {
         relay: None,
         timeout: 10,
@@ -567,5 +707,427 @@ async fn debug_send(home: &Home, conn: ConnArgs, to: HubId, message: String) -> 
         "delivered to {to} over an end-to-end session (round trip {:.2} ms)",
         rtt.as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+/// `90s`, `30m`, `1h`, `7d`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, like 30m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}; use s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn run_hub(home: Home, api_listen: SocketAddr) -> Result<()> {
+    if !api_listen.ip().is_loopback() {
+        tracing::warn!("the admin API listens on {api_listen}, not loopback: anyone who can reach it and holds a token can manage this hub");
+    }
+    let listener = TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {api_listen}"))?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("admin API on http://{}", listener.local_addr()?);
+    hub_client::daemon::run(home, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn join(home: &Home, token: &str, name: &str, timeout: u64) -> Result<()> {
+    let token = PairingToken::parse(token)?;
+    if home.is_initialized() {
+        bail!(
+            "{} already holds a hub; use another --home",
+            home.dir().display()
+        );
+    }
+    let joined = hub_client::join::join(home, &token, name, Duration::from_secs(timeout))
+        .await
+        .context("pairing failed")?;
+    println!(
+        "joined cluster {} as {} ({}), trust level {}",
+        token.cluster,
+        joined.certificate.hub_id(),
+        joined.certificate.name(),
+        joined.certificate.trust()
+    );
+    println!(
+        "paired with {} ({})",
+        joined.issuer.hub_id(),
+        joined.issuer.name()
+    );
+    // Prove the membership: the relay admits the new certificate.
+    let conn = ConnArgs {
+        relay: None,
+        timeout,
+    };
+    let (client, online) = connect(home, &conn).await?;
+    client.shutdown().await;
+    println!(
+        "the relay admits this hub; {} other hub(s) online; start it with `hub run`",
+        online.len()
+    );
+    Ok(())
+}
+
+/// The admin API of a running hub, found through `api.url` and `cli.token` in the home.
+struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn find(home: &Home) -> Option<Api> {
+        let base = std::fs::read_to_string(home.dir().join("api.url")).ok()?;
+        let token = std::fs::read_to_string(home.dir().join("cli.token")).ok()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .ok()?;
+        let api = Api {
+            base: base.trim().to_owned(),
+            token: token.trim().to_owned(),
+            client,
+        };
+        // A crash leaves the files behind: only a hub that answers counts.
+        api.client
+            .get(format!("{}/api/health", api.base))
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?;
+        Some(api)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.context("the running hub did not answer")?;
+        let status = resp.status();
+        let value: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .map_or_else(|| status.to_string(), str::to_owned);
+            bail!("{message}");
+        }
+        Ok(value)
+    }
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let s = unix_ms().saturating_sub(t) / 1000;
+            match s {
+                0..=59 => format!("{s}s ago"),
+                60..=3599 => format!("{}m ago", s / 60),
+                3600..=86_399 => format!("{}h ago", s / 3600),
+                _ => format!("{}d ago", s / 86_400),
+            }
+        }
+    }
+}
+
+fn print_peers(peers: &[serde_json::Value], live: bool) {
+    if peers.is_empty() {
+        println!("no peers");
+        return;
+    }
+    println!(
+        "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  state",
+        "ID", "NAME", "ONLINE", "TRUST", "LAST SEEN"
+    );
+    for p in peers {
+        let online = if !live {
+            "?"
+        } else if p["online"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        };
+        let state = if p["suspended_at"].is_u64() {
+            "suspended"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {state}",
+            p["id"].as_str().unwrap_or_default(),
+            p["name"].as_str().unwrap_or_default(),
+            online,
+            p["trust_level"].as_str().unwrap_or_default(),
+            ago(p["last_seen_at"].as_u64()),
+        );
+    }
+}
+
+fn peer_json(p: &hub_client::store::PeerRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id.to_string(),
+        "name": p.name,
+        "endpoint": p.endpoint,
+        "public_key": p.public_key,
+        "trust_level": p.trust.as_str(),
+        "roles": p.roles,
+        "paired_at": p.paired_at,
+        "revoked_at": p.revoked_at,
+        "suspended_at": p.suspended_at,
+        "last_seen_at": p.last_seen_at,
+    })
+}
+
+async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
+    let api = Api::find(home).await;
+    match (cmd, api) {
+        (PeersCommand::List, Some(api)) => {
+            let peers = api
+                .call(reqwest::Method::GET, "/api/federation/peers", None)
+                .await?;
+            print_peers(peers.as_array().map_or(&[][..], Vec::as_slice), true);
+        }
+        (PeersCommand::List, None) => {
+            let peers: Vec<_> = home
+                .store()?
+                .active_peers()?
+                .iter()
+                .map(peer_json)
+                .collect();
+            eprintln!("(the hub is not running: online state unknown)");
+            print_peers(&peers, false);
+        }
+        (PeersCommand::Show { id }, Some(api)) => {
+            let peer = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/federation/peers/{id}"),
+                    None,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&peer)?);
+        }
+        (PeersCommand::Show { id }, None) => {
+            let peer = home
+                .store()?
+                .peer(id)?
+                .with_context(|| format!("no peer {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&peer_json(&peer))?);
+        }
+        (PeersCommand::Revoke { id, reason }, Some(api)) => {
+            let path = format!("/api/federation/peers/{id}?reason={}", url_encode(&reason));
+            let out = api.call(reqwest::Method::DELETE, &path, None).await?;
+            println!(
+                "revoked {id}; revocation list version {} published",
+                out["revocation_version"]
+            );
+        }
+        (PeersCommand::Revoke { id, reason }, None) => {
+            let peer = home
+                .store()?
+                .peer(id)?
+                .filter(|p| p.revoked_at.is_none())
+                .with_context(|| format!("no active peer {id}"))?;
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(&peer.public_key, &mut key).context("stored peer key")?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&key).context("stored peer key")?;
+            let entry = Revocation {
+                fingerprint: [0; 32],
+                key_hash: shared_proto::cluster::key_hash(&key),
+                revoked_at_ms: unix_ms(),
+                reason,
+            };
+            let list = home.revoke_peer(entry, Some(id))?;
+            println!(
+                "revoked {id}; signed revocation list version {}",
+                list.version()
+            );
+            publish(home, &list).await?;
+        }
+        (PeersCommand::Suspend { id }, Some(api)) => {
+            let path = format!("/api/federation/peers/{id}/suspend");
+            api.call(reqwest::Method::POST, &path, None).await?;
+            println!("suspended {id}: its calls are refused until `hub peers resume {id}`");
+        }
+        (PeersCommand::Resume { id }, Some(api)) => {
+            let path = format!("/api/federation/peers/{id}/resume");
+            api.call(reqwest::Method::POST, &path, None).await?;
+            println!("resumed {id}");
+        }
+        (PeersCommand::Suspend { id }, None) => {
+            if !home.store()?.set_suspended(id, Some(unix_ms()))? {
+                bail!("no active peer {id}");
+            }
+            println!("suspended {id}: its calls are refused until `hub peers resume {id}`");
+        }
+        (PeersCommand::Resume { id }, None) => {
+            if !home.store()?.set_suspended(id, None)? {
+                bail!("no active peer {id}");
+            }
+            println!("resumed {id}");
+        }
+    }
+    Ok(())
+}
+
+fn url_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn status(home: &Home) -> Result<()> {
+    if let Some(api) = Api::find(home).await {
+        let s = api.call(reqwest::Method::GET, "/api/status", None).await?;
+        if s["joined"] == false {
+            println!(
+                "running, not a member of a cluster yet (POST /api/federation/pair or hub join)"
+            );
+            return Ok(());
+        }
+        println!(
+            "hub:          {} ({})",
+            s["hub_id"].as_str().unwrap_or_default(),
+            s["name"].as_str().unwrap_or_default()
+        );
+        println!(
+            "cluster:      {}",
+            s["cluster_id"].as_str().unwrap_or_default()
+        );
+        println!("running:      yes");
+        let relay = &s["relay"];
+        let state = if relay["connected"] == true {
+            match relay["rtt_ms"].as_f64() {
+                Some(rtt) => format!("connected, round trip {rtt:.2} ms"),
+                None => "connected".to_owned(),
+            }
+        } else {
+            format!(
+                "disconnected ({})",
+                relay["last_error"].as_str().unwrap_or("connecting")
+            )
+        };
+        println!(
+            "relay:        {} {state}",
+            relay["url"].as_str().unwrap_or_default()
+        );
+        println!("peers online: {}", s["peers_online"]);
+        let serial =
+            |v: &serde_json::Value| v.as_u64().map_or_else(|| "none".into(), |n| n.to_string());
+        println!("manifest:     epoch {}", serial(&s["manifest_epoch"]));
+        println!("revocations:  version {}", serial(&s["revocation_version"]));
+        return Ok(());
+    }
+    let cert = home.certificate()?;
+    let store = home.store()?;
+    let doc = |kind| -> Result<String> {
+        Ok(store
+            .document(kind)?
+            .map_or_else(|| "none".to_owned(), |d| d.serial.to_string()))
+    };
+    println!("hub:          {} ({})", cert.hub_id(), cert.name());
+    println!("cluster:      {}", home.cluster_id()?);
+    println!("running:      no (start it with `hub run`)");
+    println!("relay:        {} (not connected)", home.config()?.relay_url);
+    println!("manifest:     epoch {}", doc(hub_client::store::MANIFEST)?);
+    println!(
+        "revocations:  version {}",
+        doc(hub_client::store::REVOCATIONS)?
+    );
+    Ok(())
+}
+
+fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
+    let store = home.store()?;
+    match cmd {
+        TokensCommand::Create {
+            name,
+            admin,
+            expires,
+        } => {
+            use rand::RngCore;
+            let mut secret = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let token = hub_client::api::format_api_token(&secret);
+            let now = unix_ms();
+            let expires_at = expires.map(|d| now + d.as_millis() as u64);
+            store.add_api_token(token.as_bytes(), &name, admin, now, expires_at)?;
+            eprintln!(
+                "API token {name:?} ({}); shown once, store it now:",
+                if admin { "admin" } else { "read" }
+            );
+            println!("{token}");
+        }
+        TokensCommand::List => {
+            let tokens = store.api_tokens()?;
+            if tokens.is_empty() {
+                println!("no API tokens");
+            }
+            for t in tokens {
+                println!(
+                    "{:<24}  {:<5}  created {}  expires {}  last used {}",
+                    t.name,
+                    if t.admin { "admin" } else { "read" },
+                    ago(Some(t.created_at)),
+                    t.expires_at
+                        .map_or_else(|| "never".into(), |e| utc(e / 1000)),
+                    ago(t.last_used_at)
+                );
+            }
+        }
+        TokensCommand::Delete { name } => {
+            let n = store.delete_api_tokens(&name)?;
+            if n == 0 {
+                bail!("no API token named {name:?}");
+            }
+            println!("deleted {n} token(s) named {name:?}");
+        }
+    }
+    Ok(())
+}
+
+async fn ping_via_api(api: &Api, peer: HubId, count: u32) -> Result<()> {
+    for _ in 0..count.max(1) {
+        let out = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/federation/peers/{peer}/ping"),
+                None,
+            )
+            .await
+            .with_context(|| format!("ping {peer}"))?;
+        println!(
+            "reply from {peer}: {:.2} ms (through the running hub)",
+            out["rtt_ms"].as_f64().unwrap_or_default()
+        );
+    }
     Ok(())
 }

@@ -378,6 +378,11 @@ impl PeerCertificate {
         self.hub_id
     }
 
+    /// The name the certificate claims.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// SHA-256 of the DER.
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.der)

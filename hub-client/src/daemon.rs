@@ -1,0 +1,393 @@
+//! `hub run`: the long-running hub. It keeps the relay connection and the peer sessions, answers
+//! pairing requests (founder), records peers as they show up, and serves the admin API
+//! (`api`) on loopback.
+//!
+//! A home that holds no hub yet can run too: the API then serves `POST /api/federation/pair`,
+//! and once that joins a cluster the hub connects as a member.
+//!
+//! The CLI finds a running hub through two files in the home: `api.url` (where the API listens)
+//! and `cli.token` (mode 0600: an admin API token minted at start for the local CLI). Both are
+//! removed on a clean shutdown; a stale pair left by a crash is detected by a failed request.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::OsRng;
+use rand::RngCore;
+use shared_proto::cluster::TrustError;
+use shared_proto::pairing::{refused_unreadable, PairingRequest};
+use shared_proto::HubId;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::home::{Home, HomeError};
+use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
+use crate::relay::{RelayConfig, RelayEvent};
+use crate::store::{Store, StoreError};
+
+/// Name of the API tokens `hub run` mints for the local CLI.
+pub const CLI_TOKEN_NAME: &str = "cli (hub run)";
+
+/// Why the hub stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The data directory or store.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The peer layer.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The API socket.
+    #[error("admin API: {0}")]
+    Io(#[from] std::io::Error),
+    /// The relay refused this hub for good (revoked, expired certificate, ...).
+    #[error("the relay refused this hub: {reason} (close code {code})")]
+    Refused {
+        /// The close code.
+        code: String,
+        /// The reason.
+        reason: String,
+    },
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The relay connection as the hub sees it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RelayState {
+    pub(crate) connected: bool,
+    pub(crate) online: BTreeSet<HubId>,
+    pub(crate) last_error: Option<String>,
+}
+
+/// State shared by the hub loop and the API handlers.
+#[derive(Debug)]
+pub(crate) struct HubState {
+    pub(crate) home: Home,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) policy: Arc<LocalPolicy>,
+    pub(crate) member: RwLock<Option<PeerHandle>>,
+    pub(crate) relay: RwLock<RelayState>,
+    /// Woken when an unjoined hub joins through the API.
+    pub(crate) joined: Notify,
+    /// Serializes joins through the API.
+    pub(crate) joining: tokio::sync::Mutex<()>,
+}
+
+impl HubState {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A poisoned lock means a handler panicked mid-call; SQLite transactions keep the data
+        // consistent, so carry on with it.
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The peer layer, once the hub runs as a member.
+    pub(crate) fn member(&self) -> Option<PeerHandle> {
+        self.member.read().ok().and_then(|m| m.clone())
+    }
+
+    pub(crate) fn relay_state(&self) -> RelayState {
+        self.relay.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn update_relay(&self, f: impl FnOnce(&mut RelayState)) {
+        if let Ok(mut r) = self.relay.write() {
+            f(&mut r);
+        }
+    }
+
+    /// Refuses (suspended) or accepts a peer's requests from now on.
+    pub(crate) fn set_refused(&self, peer: HubId, refused: bool) {
+        if let Ok(mut set) = self.policy.refused.write() {
+            if refused {
+                set.insert(peer);
+            } else {
+                set.remove(&peer);
+            }
+        }
+    }
+}
+
+/// Runs the hub until `shutdown` resolves (or the relay refuses it for good), serving the admin
+/// API on `listener`.
+pub async fn run(
+    home: Home,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let store = home.store()?;
+    let refused: HashSet<HubId> = store
+        .active_peers()?
+        .into_iter()
+        .filter(|p| p.suspended_at.is_some())
+        .map(|p| p.id)
+        .collect();
+    let name = home.config().map(|c| c.name).unwrap_or_default();
+    let policy = Arc::new(LocalPolicy::new(name));
+    if let Ok(mut set) = policy.refused.write() {
+        *set = refused;
+    }
+    let state = Arc::new(HubState {
+        home: home.clone(),
+        store: Mutex::new(store),
+        policy,
+        member: RwLock::new(None),
+        relay: RwLock::new(RelayState::default()),
+        joined: Notify::new(),
+        joining: tokio::sync::Mutex::new(()),
+    });
+    let addr = listener.local_addr()?;
+    publish_cli_access(&state, addr)?;
+    tracing::info!("admin API on http://{addr}/api/");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let app = crate::api::router(state.clone());
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        r = hub_loop(state.clone(), stop_rx.clone()) => r,
+    };
+    let _ = stop_tx.send(true);
+    let _ = stop_rx.changed().await;
+    let _ = server.await;
+    withdraw_cli_access(&state);
+    result
+}
+
+/// Writes `api.url` and a fresh `cli.token` (older CLI tokens are deleted).
+fn publish_cli_access(state: &HubState, addr: SocketAddr) -> Result<(), DaemonError> {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let token = crate::api::format_api_token(&secret);
+    {
+        let store = state.store();
+        store.delete_api_tokens(CLI_TOKEN_NAME)?;
+        store.add_api_token(token.as_bytes(), CLI_TOKEN_NAME, true, now_ms(), None)?;
+    }
+    state.home.write_secret("cli.token", token.as_bytes())?;
+    state
+        .home
+        .write_public("api.url", format!("http://{addr}").as_bytes())?;
+    Ok(())
+}
+
+fn withdraw_cli_access(state: &HubState) {
+    let _ = std::fs::remove_file(state.home.dir().join("api.url"));
+    let _ = std::fs::remove_file(state.home.dir().join("cli.token"));
+    let _ = state.store().delete_api_tokens(CLI_TOKEN_NAME);
+}
+
+/// The relay connection and sessions, once the home holds a hub.
+async fn hub_loop(state: Arc<HubState>, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    while !state.home.is_initialized() {
+        tracing::info!("this home holds no hub yet: waiting for POST /api/federation/pair");
+        state.joined.notified().await;
+    }
+    let home = &state.home;
+    let mut config = RelayConfig::new(home.config()?.relay_url, home.credentials()?);
+    config.revocations = home.revocations();
+    let me = config.credentials.hub_id;
+    let identity = home.noise_identity()?;
+    let mut peers = PeerClient::spawn_with(config, identity, state.policy.clone())?;
+    if let Ok(mut m) = state.member.write() {
+        *m = Some(peers.handle());
+    }
+    tracing::info!(hub = %me, cluster = %home.cluster_id()?, "hub running");
+    let founder = home.ca().is_ok();
+    while !*stop.borrow() {
+        let Some(event) = peers.next_event().await else {
+            break;
+        };
+        handle_event(&state, &peers, me, founder, event).await?;
+    }
+    Ok(())
+}
+
+async fn handle_event(
+    state: &HubState,
+    peers: &PeerClient,
+    me: HubId,
+    founder: bool,
+    event: PeerEvent,
+) -> Result<(), DaemonError> {
+    let home = &state.home;
+    match event {
+        PeerEvent::Relay(RelayEvent::Connected { online }) => {
+            tracing::info!(
+                "connected to the relay; {} other hub(s) online",
+                online.len()
+            );
+            let now = now_ms();
+            {
+                let store = state.store();
+                for hub in &online {
+                    store.touch_peer(*hub, now)?;
+                }
+            }
+            state.update_relay(|r| {
+                r.connected = true;
+                r.online = online.into_iter().collect();
+                r.last_error = None;
+            });
+        }
+        PeerEvent::Relay(RelayEvent::Disconnected {
+            reason,
+            retry_in,
+            code,
+        }) => {
+            state.update_relay(|r| {
+                r.connected = false;
+                r.online.clear();
+                r.last_error = Some(reason.clone());
+            });
+            match retry_in {
+                Some(d) => tracing::warn!("relay: {reason}; reconnecting in {d:?}"),
+                None => {
+                    return Err(DaemonError::Refused {
+                        code: code.map_or_else(|| "none".into(), |c| c.to_string()),
+                        reason,
+                    })
+                }
+            }
+        }
+        PeerEvent::Relay(RelayEvent::PeerJoined(hub)) => {
+            tracing::info!(%hub, "peer online");
+            state.store().touch_peer(hub, now_ms())?;
+            state.update_relay(|r| {
+                r.online.insert(hub);
+            });
+        }
+        PeerEvent::Relay(RelayEvent::PeerLeft(hub)) => {
+            tracing::info!(%hub, "peer offline");
+            state.store().touch_peer(hub, now_ms())?;
+            state.update_relay(|r| {
+                r.online.remove(&hub);
+            });
+        }
+        PeerEvent::Relay(RelayEvent::Revocations(list)) if home.keep_revocations(&list)? => {
+            tracing::info!(version = list.version(), "new revocation list");
+        }
+        PeerEvent::Established { certificate } => {
+            let store = state.store();
+            home.record_peer(&store, &certificate)?;
+        }
+        PeerEvent::Pairing { from, message } => {
+            let answer = if founder {
+                answer_pairing(state, me, &message)
+            } else {
+                refused_unreadable("this hub does not issue pairing tokens")
+            };
+            peers.handle().send_raw(from, answer).await?;
+        }
+        PeerEvent::Message { from, message } => {
+            tracing::debug!(%from, bytes = message.len(), "message");
+        }
+        PeerEvent::SessionFailed { peer, reason } => {
+            tracing::debug!(%peer, "session failed: {reason}");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The founder's answer to a pairing request; never fails outward (a refusal is an answer).
+fn answer_pairing(state: &HubState, me: HubId, message: &[u8]) -> Vec<u8> {
+    let home = &state.home;
+    let local = match home.noise_identity() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("pairing: cannot load this hub's identity: {e}");
+            return refused_unreadable("the issuer cannot answer now");
+        }
+    };
+    let request = match PairingRequest::read(&local, me, message, &mut OsRng) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("pairing request refused: {e}");
+            return refused_unreadable("cannot read the pairing request");
+        }
+    };
+    let name = request.name.clone();
+    let store = state.store();
+    match home.answer_pairing(&store, &local, request) {
+        Ok((answer, Some(peer))) => {
+            tracing::info!(hub = %peer.id, %name, trust = %peer.trust, "paired a new hub");
+            answer
+        }
+        Ok((answer, None)) => {
+            tracing::warn!(%name, "pairing refused: invalid, used or expired token");
+            answer
+        }
+        Err(e) => {
+            tracing::error!(%name, "pairing failed: {e}");
+            refused_unreadable("the issuer failed to record the pairing")
+        }
+    }
+}
+
+/// Revokes `peer` cluster-wide (founder): a new signed list, stored with the peer marked
+/// revoked in one transaction, published through the relay; sessions with it drop as the list
+/// comes back from the relay. Returns the list's version.
+pub(crate) async fn revoke_peer(
+    state: &HubState,
+    peer: HubId,
+    reason: String,
+) -> Result<u64, HomeError> {
+    let record = state.store().peer(peer)?;
+    let Some(record) = record else {
+        return Err(HomeError::Trust(TrustError::Malformed("unknown peer")));
+    };
+    let mut identity_key = [0u8; 32];
+    hex::decode_to_slice(&record.public_key, &mut identity_key)
+        .map_err(|_| HomeError::Trust(TrustError::Malformed("stored peer key")))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&identity_key)
+        .map_err(|_| HomeError::Trust(TrustError::Malformed("stored peer key")))?;
+    let entry = shared_proto::cluster::Revocation {
+        // Revoked by identity key: every certificate for it, not only the last one seen.
+        fingerprint: [0; 32],
+        key_hash: shared_proto::cluster::key_hash(&key),
+        revoked_at_ms: now_ms(),
+        reason,
+    };
+    let list = state.home.revoke_peer(entry, Some(peer))?;
+    state.set_refused(peer, true);
+    if let Some(member) = state.member() {
+        if let Err(e) = member.publish_revocations(list.bytes().to_vec()).await {
+            tracing::warn!(
+                "revocation list not published now ({e}); the relay gets it on reconnect"
+            );
+        }
+    }
+    Ok(list.version())
+}
+
+/// The round trip to the relay, if connected.
+pub(crate) async fn relay_rtt(state: &HubState) -> Option<Duration> {
+    let member = state.member()?;
+    if !state.relay_state().connected {
+        return None;
+    }
+    member.relay_rtt(Duration::from_secs(3)).await.ok()
+}

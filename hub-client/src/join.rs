@@ -1,0 +1,147 @@
+//! Joining a cluster with a pairing token (`hub join`): the new hub's side of
+//! `shared_proto::pairing`, over one guest connection to the relay.
+//!
+//! The hub connects to the token's relay as a pairing guest (a random guest id, `Hello`
+//! extension 2 naming the issuer), sends its request once welcomed, and waits for the issuer's
+//! answer. On success the home records everything (`Home::complete_join`); the caller then
+//! connects again as a member.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use shared_proto::cluster::login::PAIRING_EXTENSION;
+use shared_proto::frame::{frames, Extension, Hello};
+use shared_proto::pairing::{JoinRequest, Joined, Joiner, PairingError, PairingToken};
+use shared_proto::{CloseCode, Frame, HubId};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::home::{Home, HomeError};
+use crate::relay::{connect_url, ws_config, RelayError};
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The data directory.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The relay URL in the token.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// The WebSocket to the relay.
+    #[error("relay connection: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The pairing exchange (refused, or an answer that does not check out).
+    #[error(transparent)]
+    Pairing(#[from] PairingError),
+    /// The relay closed the guest connection.
+    #[error("the relay closed the pairing connection: {reason} (close code {code})")]
+    Closed {
+        /// The code.
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+    /// The issuer is not online.
+    #[error("the issuing hub is not online at the relay: start `hub run` on it and try again")]
+    IssuerOffline,
+    /// A frame that does not belong.
+    #[error("relay protocol: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("no answer from the issuing hub within {0:?}")]
+    Timeout(Duration),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Joins the cluster of `token` as `name`: new keys, the pairing exchange, then the home records
+/// the result. The home must not hold a hub yet.
+pub async fn join(
+    home: &Home,
+    token: &PairingToken,
+    name: &str,
+    limit: Duration,
+) -> Result<Joined, JoinError> {
+    let (identity, noise_secret) = home.new_identity()?;
+    let request = JoinRequest {
+        name,
+        identity: &identity,
+        noise_secret: &noise_secret,
+    };
+    let (joiner, message) = Joiner::start(token, &request, &mut OsRng)?;
+    let joined = tokio::time::timeout(limit, exchange(token, joiner, message))
+        .await
+        .map_err(|_| JoinError::Timeout(limit))??;
+    home.complete_join(&joined, &token.relay_url)?;
+    Ok(joined)
+}
+
+/// The guest connection: hello, request, answer.
+async fn exchange(
+    token: &PairingToken,
+    joiner: Joiner,
+    request: Vec<u8>,
+) -> Result<Joined, JoinError> {
+    let url = connect_url(&token.relay_url, token.cluster.as_str())?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true).await?;
+    let mut guest = [0u8; 16];
+    OsRng.fill_bytes(&mut guest);
+    let mut hello = Hello::new(HubId(guest));
+    hello.extensions.push(Extension {
+        kind: PAIRING_EXTENSION,
+        data: token.issuer.as_bytes(),
+    });
+    ws.send(Message::Binary(Frame::Hello(hello).to_message().into()))
+        .await?;
+    let mut joiner = Some(joiner);
+    while let Some(message) = ws.next().await {
+        match message? {
+            Message::Binary(bytes) => {
+                for frame in frames(&bytes) {
+                    match frame.map_err(|e| JoinError::Protocol(e.to_string()))? {
+                        Frame::Welcome { .. } => {
+                            let send = Frame::Send {
+                                dst: token.issuer,
+                                payload: &request,
+                            };
+                            ws.send(Message::Binary(send.to_message().into())).await?;
+                        }
+                        Frame::Recv { src, payload } if src == token.issuer => {
+                            let Some(joiner) = joiner.take() else {
+                                return Err(JoinError::Protocol("a second answer".into()));
+                            };
+                            let joined = joiner.finish(payload, now_ms());
+                            let _ = ws.close(None).await;
+                            return Ok(joined?);
+                        }
+                        Frame::Undeliverable(_) => return Err(JoinError::IssuerOffline),
+                        _ => {}
+                    }
+                }
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                if CloseCode::from_code(code) == Some(CloseCode::IssuerOffline) {
+                    return Err(JoinError::IssuerOffline);
+                }
+                return Err(JoinError::Closed { code, reason });
+            }
+            _ => {}
+        }
+    }
+    Err(JoinError::Closed {
+        code: u16::from(WsCloseCode::Abnormal),
+        reason: "the connection ended".into(),
+    })
+}
