@@ -53,7 +53,7 @@ pub enum HomeError {
     #[error("{0} already holds a hub; use another --home")]
     AlreadyInitialized(PathBuf),
     /// The directory holds no hub yet.
-    #[error("{0} holds no hub: run `hub cluster create` (founder) or copy in a directory from `hub cluster add-hub`")]
+    #[error("{0} holds no hub: run `hub cluster create` (founder) or `hub join TOKEN` (with a token from `hub invite`)")]
     NotInitialized(PathBuf),
     /// This hub does not hold the cluster CA key.
     #[error("this hub does not hold the cluster CA key (only the founder does)")]

@@ -59,6 +59,20 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// The `hub` binary under test: `HUB_BIN`, or the debug build in the target directory
+/// (benchmarks pick the release one through `HUB_BIN`).
+pub fn hub_bin() -> PathBuf {
+    let hub = std::env::var_os("HUB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/hub"));
+    assert!(
+        hub.exists(),
+        "{} is missing: cargo build -p hub-client --bin hub (scripts/test does)",
+        hub.display()
+    );
+    hub
+}
+
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -188,16 +202,7 @@ const relay :Workerd.Worker = (
                 c
             }
             RelayKind::Native => {
-                // HUB_BIN picks another build (benchmarks use the release one).
-                let hub = std::env::var_os("HUB_BIN")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| target_dir().join("debug/hub"));
-                assert!(
-                    hub.exists(),
-                    "{} is missing: cargo build -p hub-client --bin hub (scripts/test does)",
-                    hub.display()
-                );
-                let mut c = Command::new(hub);
+                let mut c = Command::new(hub_bin());
                 c.args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
                     .arg("--state-dir")
                     .arg(self.dir.path().join("relay-state"))
@@ -247,6 +252,8 @@ impl Drop for RelayProcess {
         self.kill();
     }
 }
+
+pub mod cli;
 
 /// A hub id made of one repeated byte, for readable tests.
 pub fn hub(b: u8) -> HubId {

@@ -1,0 +1,243 @@
+//! Driving `hub` processes: one-shot CLI commands against a home directory, and `hub run`
+//! with its admin API.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::hub_bin;
+
+/// A hub's home directory and the CLI over it.
+#[derive(Debug)]
+pub struct HubHome {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl HubHome {
+    /// A home at `dir` (not created until a command writes it).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        HubHome {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+
+    /// A `hub` command with this home.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(hub_bin());
+        c.arg("--home")
+            .arg(&self.dir)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("HUB_RELAY_URL")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `hub ARGS` to completion.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("run the hub binary")
+    }
+
+    /// Runs `hub ARGS`, which must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "hub {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `hub ARGS`, which must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            !out.status.success(),
+            "hub {args:?} succeeded but should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// This hub's id.
+    pub fn id(&self) -> String {
+        self.ok(&["id"]).trim().to_owned()
+    }
+
+    /// Starts `hub run` on a free port and waits until its API answers (and, for a member,
+    /// until it is connected to the relay).
+    pub fn run(&self) -> RunningHub {
+        let mut child = self
+            .command()
+            .args(["run", "--api-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.with_extension("log"))
+                    .expect("run log"),
+            )
+            .spawn()
+            .expect("start hub run");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the API address");
+        let base = line
+            .trim()
+            .strip_prefix("admin API on ")
+            .unwrap_or_else(|| panic!("unexpected first line from hub run: {line:?}"))
+            .to_owned();
+        let hub = RunningHub {
+            child,
+            base,
+            log: self.dir.with_extension("log"),
+            cli_token: self.dir.join("cli.token"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = hub.get_json("/api/status", Some(&hub.cli_token())) {
+                if status["joined"] == false || status["relay"]["connected"] == true {
+                    return hub;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub run did not come up:\n{}",
+                hub.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A `hub run` process; killed on drop.
+#[derive(Debug)]
+pub struct RunningHub {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    log: PathBuf,
+    cli_token: PathBuf,
+}
+
+/// An HTTP answer: status and JSON body (`Null` if the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub json: Value,
+}
+
+impl RunningHub {
+    /// The admin token `hub run` minted for the local CLI.
+    pub fn cli_token(&self) -> String {
+        std::fs::read_to_string(&self.cli_token)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A request to the API.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Answer {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = req.send().expect("the API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        Answer {
+            status,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    fn get_json(&self, path: &str, token: Option<&str>) -> Result<Value, reqwest::Error> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let mut req = client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()?.error_for_status()?.json()
+    }
+
+    /// Waits (up to 20 s) for the process to exit by itself; returns whether it succeeded.
+    pub fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub run did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, `KILL`) to the process.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Sends signal `name` to `pid` with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+impl Drop for RunningHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
