@@ -529,7 +529,7 @@ fn an_issuer_killed_mid_pairing_reopens_consistent_and_the_token_still_works() {
 
     // The request reaches the frozen issuer's socket; the issuer dies without handling it.
     c.founder_run.signal("STOP");
-    let mut join = laptop
+    let join = laptop
         .command()
         .args(["join", &token, "--name", "laptop", "--timeout", "30"])
         .stdout(std::process::Stdio::null())
