@@ -764,4 +764,70 @@ mod tests {
             Err(HomeError::NotInitialized(_))
         ));
     }
+
+    #[test]
+    fn pairing_records_both_sides_once_and_the_store_is_private() {
+        use shared_proto::pairing::{JoinRequest, Joiner, PairingRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let founder = Home::new(dir.path().join("founder"));
+        founder
+            .create_cluster("ws://127.0.0.1:1", &new_hub("desk"))
+            .unwrap();
+        assert_eq!(founder.manifest().unwrap().unwrap().manifest().epoch, 1);
+        let terms = TokenTerms {
+            trust: TrustLevel::ReadOnly,
+            roles: vec!["kiosk".into()],
+        };
+        let token = founder.invite(&terms, 3_600_000).unwrap();
+        let local = founder.noise_identity().unwrap();
+        let me = founder.certificate().unwrap().hub_id();
+
+        let pair = |home: &Home, name: &str| {
+            let (identity, noise) = home.new_identity().unwrap();
+            let req = JoinRequest {
+                name,
+                identity: &identity,
+                noise_secret: &noise,
+            };
+            let (joiner, m1) = Joiner::start(&token, &req, &mut OsRng).unwrap();
+            let request = PairingRequest::read(&local, me, &m1, &mut OsRng).unwrap();
+            let store = founder.store().unwrap();
+            let (answer, peer) = founder.answer_pairing(&store, &local, request).unwrap();
+            (joiner.finish(&answer, now_ms()), peer)
+        };
+        let kiosk = Home::new(dir.path().join("kiosk"));
+        let (joined, peer) = pair(&kiosk, "kiosk");
+        let joined = joined.unwrap();
+        let peer = peer.unwrap();
+        assert_eq!(peer.id, joined.certificate.hub_id());
+        kiosk.complete_join(&joined, "ws://127.0.0.1:1").unwrap();
+        assert!(kiosk.is_initialized());
+        assert_eq!(kiosk.certificate().unwrap().trust(), TrustLevel::ReadOnly);
+        assert_eq!(kiosk.manifest().unwrap().unwrap().manifest().epoch, 2);
+        // Both sides list each other.
+        let theirs = kiosk.store().unwrap().active_peers().unwrap();
+        assert_eq!(theirs[0].id, me);
+        let ours = founder.store().unwrap().active_peers().unwrap();
+        assert_eq!(ours[0].id, peer.id);
+        assert_eq!(ours[0].roles, vec!["kiosk".to_owned()]);
+        // The token is spent: a second hub gets an authenticated refusal and nothing changes.
+        let other = Home::new(dir.path().join("other"));
+        let (refused, none) = pair(&other, "other");
+        assert!(matches!(
+            refused,
+            Err(shared_proto::pairing::PairingError::Refused(_))
+        ));
+        assert!(none.is_none());
+        assert_eq!(founder.store().unwrap().active_peers().unwrap().len(), 1);
+        assert_eq!(founder.manifest().unwrap().unwrap().manifest().epoch, 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(founder.dir().join("hub.db"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

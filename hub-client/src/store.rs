@@ -730,4 +730,53 @@ mod tests {
             vec!["phone"]
         );
     }
+
+    #[test]
+    fn api_tokens_expire_record_their_use_and_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        store
+            .add_api_token(b"hubapi_admin-secret", "ops", true, NOW, None)
+            .unwrap();
+        store
+            .add_api_token(b"hubapi_short-secret", "temp", false, NOW, Some(NOW + 1000))
+            .unwrap();
+        let t = store
+            .use_api_token(b"hubapi_admin-secret", NOW + 5)
+            .unwrap()
+            .unwrap();
+        assert!(t.admin && t.name == "ops" && t.last_used_at == Some(NOW + 5));
+        assert!(store.use_api_token(b"hubapi_wrong", NOW).unwrap().is_none());
+        assert!(store
+            .use_api_token(b"hubapi_short-secret", NOW + 999)
+            .unwrap()
+            .is_some());
+        assert!(store
+            .use_api_token(b"hubapi_short-secret", NOW + 1000)
+            .unwrap()
+            .is_none());
+        assert_eq!(store.api_tokens().unwrap().len(), 2);
+        assert_eq!(store.delete_api_tokens("temp").unwrap(), 1);
+        drop(store);
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(12).any(|w| w == b"admin-secret"));
+        }
+    }
+
+    #[test]
+    fn documents_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let doc = |serial, body: &[u8]| Document {
+            serial,
+            body: body.to_vec(),
+        };
+        assert!(store.put_document(MANIFEST, &doc(2, b"two")).unwrap());
+        assert!(!store.put_document(MANIFEST, &doc(1, b"one")).unwrap());
+        assert!(!store.put_document(MANIFEST, &doc(2, b"again")).unwrap());
+        assert_eq!(store.document(MANIFEST).unwrap(), Some(doc(2, b"two")));
+        assert!(store.put_document(MANIFEST, &doc(3, b"three")).unwrap());
+        assert_eq!(store.document(REVOCATIONS).unwrap(), None);
+    }
 }
