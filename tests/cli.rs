@@ -162,11 +162,16 @@ fn a_third_hub_and_offline_commands() {
         peers.contains("phone") && peers.contains("tablet"),
         "{peers}"
     );
-    let _phone_run = phone.run();
+    let mut phone_run = phone.run();
     let _tablet_run = tablet.run();
     phone.ok(&["ping", &tablet.id(), "--count", "1"]);
     assert!(phone.ok(&["peers"]).contains("tablet"));
     assert!(tablet.ok(&["peers"]).contains("phone"));
+    // SIGTERM: a clean exit that withdraws the CLI's access files and token.
+    phone_run.signal("TERM");
+    assert!(phone_run.wait_exit(), "{}", phone_run.log());
+    assert!(!phone.dir.join("api.url").exists() && !phone.dir.join("cli.token").exists());
+    assert!(!phone.ok(&["tokens", "list"]).contains("cli (hub run)"));
     // Only the founder invites.
     let err = phone.fails(&["invite"]);
     assert!(err.contains("CA key"), "{err}");

@@ -441,6 +441,7 @@ impl Home {
         OsRng.fill_bytes(&mut id);
         let hub_id = HubId(id);
         let now = now_ms();
+        let revocations = store.document(REVOCATIONS)?.map(|d| d.body);
         let outcome = store.admit_with_token(request.secret(), hub_id, now, |terms, held| {
             let req = CertificateRequest {
                 hub_id,
@@ -479,7 +480,10 @@ impl Home {
             Ok::<_, HomeError>(((der, manifest.body, peer), Some(admission)))
         })?;
         match outcome {
-            Ok((der, manifest, peer)) => Ok((request.accept(local, &der, &manifest)?, Some(peer))),
+            Ok((der, manifest, peer)) => {
+                let answer = request.accept(local, &der, &manifest, revocations.as_deref())?;
+                Ok((answer, Some(peer)))
+            }
             Err(RedeemError::Invalid) => {
                 Ok((request.refuse(&RedeemError::Invalid.to_string())?, None))
             }
@@ -521,6 +525,13 @@ impl Home {
                 body: joined.manifest.bytes().to_vec(),
             };
             store.put_document(MANIFEST, &manifest)?;
+            if let Some(list) = &joined.revocations {
+                let doc = Document {
+                    serial: list.version(),
+                    body: list.bytes().to_vec(),
+                };
+                store.put_document(REVOCATIONS, &doc)?;
+            }
             store.upsert_peer(&PeerRecord {
                 id: issuer.hub_id(),
                 name: issuer.name().to_owned(),
@@ -774,6 +785,14 @@ mod tests {
             .create_cluster("ws://127.0.0.1:1", &new_hub("desk"))
             .unwrap();
         assert_eq!(founder.manifest().unwrap().unwrap().manifest().epoch, 1);
+        let list = founder
+            .revoke(Revocation {
+                fingerprint: [1; 32],
+                key_hash: [2; 32],
+                revoked_at_ms: 1,
+                reason: "old laptop".into(),
+            })
+            .unwrap();
         let terms = TokenTerms {
             trust: TrustLevel::ReadOnly,
             roles: vec!["kiosk".into()],
@@ -804,6 +823,8 @@ mod tests {
         assert!(kiosk.is_initialized());
         assert_eq!(kiosk.certificate().unwrap().trust(), TrustLevel::ReadOnly);
         assert_eq!(kiosk.manifest().unwrap().unwrap().manifest().epoch, 2);
+        // It holds the cluster's revocation list from the start.
+        assert_eq!(kiosk.revocations(), Some(list.bytes().to_vec()));
         // Both sides list each other.
         let theirs = kiosk.store().unwrap().active_peers().unwrap();
         assert_eq!(theirs[0].id, me);

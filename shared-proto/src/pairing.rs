@@ -11,7 +11,8 @@
 //!               secret: [32] | identity_key: [32] | name: u8 len + UTF-8 | signature: [64]
 //! 0x11 answer   Noise IK message 2, payload:
 //!               0x00 | ca_key: [32] | cert: u16 len + DER | issuer_cert: u16 len + DER |
-//!                      manifest: u32 len + signed manifest
+//!                      manifest: u32 len + signed manifest |
+//!                      revocations: u32 len + signed list (length 0: none issued yet)
 //!               0x01 | reason: UTF-8                       (refused: bad, used or expired token)
 //! 0x12 refused  reason: UTF-8, unencrypted: the issuer could not read the request at all
 //! ```
@@ -38,7 +39,8 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{
-    ClusterId, Manifest, PeerCertificate, TrustError, VerifiedManifest, VerifiedPeer,
+    ClusterId, Manifest, PeerCertificate, RevocationList, TrustError, VerifiedManifest,
+    VerifiedPeer, VerifiedRevocations,
 };
 use crate::codec::{put_short_str, Reader};
 use crate::frame::HubId;
@@ -238,6 +240,8 @@ pub struct Joined {
     pub issuer: VerifiedPeer,
     /// The manifest that lists the new hub.
     pub manifest: VerifiedManifest,
+    /// The cluster's newest revocation list, if one was issued.
+    pub revocations: Option<VerifiedRevocations>,
 }
 
 /// The new hub's side of a pairing in progress.
@@ -335,6 +339,8 @@ impl Joiner {
         let issuer_cert = r.take(len).map_err(m)?;
         let len = r.u32().map_err(m)? as usize;
         let manifest = r.take(len).map_err(m)?;
+        let len = r.u32().map_err(m)? as usize;
+        let revocations = r.take(len).map_err(m)?;
         if !r.is_empty() {
             return Err(PairingError::Malformed);
         }
@@ -343,7 +349,15 @@ impl Joiner {
                 "the CA key does not name the token's cluster",
             ));
         }
-        let issuer = PeerCertificate::from_der(issuer_cert)?.verify(&ca_key, now_ms, None)?;
+        let revocations = match revocations {
+            [] => None,
+            list => Some(RevocationList::verify(list, &self.token.cluster)?),
+        };
+        let issuer = PeerCertificate::from_der(issuer_cert)?.verify(
+            &ca_key,
+            now_ms,
+            revocations.as_ref(),
+        )?;
         if issuer.hub_id() != self.token.issuer
             || *issuer.noise_key() != self.token.issuer_noise_key
         {
@@ -375,6 +389,7 @@ impl Joiner {
             certificate,
             issuer,
             manifest,
+            revocations,
         })
     }
 }
@@ -451,12 +466,14 @@ impl PairingRequest {
         &self.secret
     }
 
-    /// The answer that admits it: its certificate, the issuer's, and the manifest listing it.
+    /// The answer that admits it: its certificate, the issuer's, the manifest listing it, and
+    /// the newest revocation list if there is one.
     pub fn accept(
         self,
         local: &LocalIdentity,
         certificate_der: &[u8],
         manifest: &[u8],
+        revocations: Option<&[u8]>,
     ) -> Result<Vec<u8>, PairingError> {
         let too_long = |n: usize| PairingError::TooLarge(n);
         let mut p = vec![ACCEPTED];
@@ -466,9 +483,11 @@ impl PairingRequest {
             p.extend_from_slice(&len.to_be_bytes());
             p.extend_from_slice(der);
         }
-        let len = u32::try_from(manifest.len()).map_err(|_| too_long(manifest.len()))?;
-        p.extend_from_slice(&len.to_be_bytes());
-        p.extend_from_slice(manifest);
+        for doc in [manifest, revocations.unwrap_or_default()] {
+            let len = u32::try_from(doc.len()).map_err(|_| too_long(doc.len()))?;
+            p.extend_from_slice(&len.to_be_bytes());
+            p.extend_from_slice(doc);
+        }
         self.answer(&p)
     }
 
@@ -560,7 +579,15 @@ mod tests {
         }
         .sign(&ca)
         .unwrap();
-        req.accept(&issuer.local, &cert, &manifest).unwrap()
+        let revocations = crate::cluster::RevocationList {
+            version: 4,
+            issued_at_ms: NOW,
+            entries: vec![],
+        }
+        .sign(&ca)
+        .unwrap();
+        req.accept(&issuer.local, &cert, &manifest, Some(&revocations))
+            .unwrap()
     }
 
     fn keys() -> (SigningKey, [u8; 32]) {
@@ -622,6 +649,7 @@ mod tests {
         assert_eq!(joined.issuer.hub_id(), issuer.cert.hub_id());
         assert_eq!(joined.ca_key, ca().public_key());
         assert_eq!(joined.manifest.manifest().epoch, 2);
+        assert_eq!(joined.revocations.unwrap().version(), 4);
         // The secret travels encrypted.
         assert!(!m1.windows(SECRET_LEN).any(|w| w == [9; SECRET_LEN]));
     }
