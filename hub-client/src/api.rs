@@ -132,7 +132,9 @@ async fn not_found() -> ApiError {
 }
 
 /// A request with a valid token.
-pub(crate) struct Authed(#[allow(dead_code)] ApiToken);
+pub(crate) struct Authed {
+    admin: bool,
+}
 
 /// A request with a valid admin token.
 pub(crate) struct Admin;
@@ -156,7 +158,9 @@ impl FromRequestParts<Shared> for Authed {
         };
         let token = bearer(parts).ok_or_else(unauthorized)?;
         let found = state.store().use_api_token(token.as_bytes(), now_ms())?;
-        found.map(Authed).ok_or_else(unauthorized)
+        found
+            .map(|t: ApiToken| Authed { admin: t.admin })
+            .ok_or_else(unauthorized)
     }
 }
 
@@ -164,8 +168,8 @@ impl FromRequestParts<Shared> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let Authed(token) = Authed::from_request_parts(parts, state).await?;
-        if !token.admin {
+        let Authed { admin } = Authed::from_request_parts(parts, state).await?;
+        if !admin {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

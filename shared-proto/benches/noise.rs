@@ -1,6 +1,8 @@
 //! Noise benchmarks, each against a baseline measured in the same process:
 //!
 //! - IK handshakes per second on one core (both sides, certificate checks included);
+//! - a whole pairing exchange (request, certificate and manifest signed, answer checked), as a
+//!   ratio to one IK handshake;
 //! - transport throughput (encrypt + decrypt) for 1 KiB and 64 KiB messages, against raw
 //!   ChaCha20-Poly1305 (encrypt + decrypt) on the same buffers, as a ratio.
 //!
@@ -20,11 +22,13 @@ use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use shared_proto::cluster::{
-    CertificateRequest, ClusterCa, PeerCertificate, TrustLevel, VerifiedPeer,
+    fingerprint, CertificateRequest, ClusterCa, Manifest, ManifestMember, PeerCertificate,
+    TrustLevel, VerifiedPeer,
 };
 use shared_proto::noise::{
     HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, MAX_TRANSPORT_PLAINTEXT,
 };
+use shared_proto::pairing::{JoinRequest, Joiner, PairingRequest, PairingToken};
 use shared_proto::HubId;
 
 const NOW: u64 = 1_795_000_000_000;
@@ -84,7 +88,6 @@ fn main() {
     let ca = ClusterCa::from_secret(&[3; 32]);
     let (a, a_cert) = hub(&ca, 1);
     let (b, b_cert) = hub(&ca, 2);
-    let _ = a_cert;
     let mut rng = StdRng::seed_from_u64(9);
 
     // Handshakes: both sides, on this one thread.
@@ -111,6 +114,70 @@ fn main() {
         "  of which certificate parse + verify: {:.1} us each, 2 per handshake ({:.0}%)",
         per_cert.as_secs_f64() * 1e6,
         200.0 * per_cert.as_secs_f64() / per_handshake.as_secs_f64()
+    );
+
+    // Pairing: the new hub's request, the issuer reading it, signing a certificate and a
+    // manifest of 50 members, answering, and the new hub checking the answer.
+    let token = PairingToken {
+        relay_url: "wss://relay.example".into(),
+        cluster: ca.cluster_id(),
+        issuer: a_cert.hub_id(),
+        issuer_noise_key: *a_cert.noise_key(),
+        secret: [7; 32],
+    };
+    let joiner_identity = SigningKey::from_bytes(&[77; 32]);
+    let members: Vec<ManifestMember> = (0..49u8)
+        .map(|i| ManifestMember {
+            hub_id: HubId([i; 16]),
+            fingerprint: [i; 32],
+            trust: TrustLevel::AgentDispatch,
+            roles: vec!["laptop".into()],
+        })
+        .collect();
+    let per_pairing = median_per_call(200, || {
+        let request = JoinRequest {
+            name: "laptop",
+            identity: &joiner_identity,
+            noise_secret: &[78; 32],
+        };
+        let (joiner, m1) = Joiner::start(&token, &request, &mut rng).expect("start");
+        let req = PairingRequest::read(&a, a_cert.hub_id(), &m1, &mut rng).expect("read");
+        let cert = ca
+            .issue(
+                &CertificateRequest {
+                    hub_id: HubId([0xee; 16]),
+                    name: req.name.clone(),
+                    trust: TrustLevel::AgentDispatch,
+                    roles: vec![],
+                    identity_key: req.identity_key,
+                    noise_key: req.noise_key,
+                    not_before_ms: NOW - 1000,
+                    not_after_ms: NOW + 86_400_000,
+                },
+                &mut rng,
+            )
+            .expect("issue");
+        let mut all = members.clone();
+        all.push(ManifestMember {
+            hub_id: HubId([0xee; 16]),
+            fingerprint: fingerprint(&cert),
+            trust: TrustLevel::AgentDispatch,
+            roles: vec![],
+        });
+        let manifest = Manifest {
+            epoch: 51,
+            issued_at_ms: NOW,
+            members: all,
+        }
+        .sign(&ca)
+        .expect("sign");
+        let answer = req.accept(&a, &cert, &manifest, None).expect("accept");
+        black_box(joiner.finish(&answer, NOW).expect("finish"));
+    });
+    println!(
+        "pairing exchange (both sides, 50-member manifest): {:.1} us  ->  {:.2}x one IK handshake",
+        per_pairing.as_secs_f64() * 1e6,
+        per_pairing.as_secs_f64() / per_handshake.as_secs_f64()
     );
 
     let (init, m1) = Initiator::start(&a, &b_cert, NOW, &mut rng).expect("start");
