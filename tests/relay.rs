@@ -687,3 +687,120 @@ async fn a_socket_that_never_says_hello_is_closed(kind: RelayKind) {
         RelayEvent::Status(RoomStatus { online: 1, .. })
     ));
 }
+
+/// The next binary message (within 10 s).
+async fn next_binary<S>(ws: &mut S) -> Vec<u8>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let wait = async {
+        while let Some(msg) = ws.next().await {
+            if let Message::Binary(b) = msg.expect("socket error") {
+                return b.to_vec();
+            }
+        }
+        panic!("the socket ended");
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("a message within 10 s")
+}
+
+/// A pairing guest's `Hello` (extension 2 naming the issuer).
+fn guest_hello(guest: shared_proto::HubId, issuer: shared_proto::HubId) -> Vec<u8> {
+    let mut hello = Hello::new(guest);
+    hello.extensions.push(shared_proto::frame::Extension {
+        kind: shared_proto::cluster::login::PAIRING_EXTENSION,
+        data: issuer.as_bytes(),
+    });
+    Frame::Hello(hello).to_message()
+}
+
+both!(a_pairing_guest_reaches_its_issuer_only);
+async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    // No issuer online: refused with 4020.
+    let code = refused_with(&relay, &cluster, guest_hello(hub(0xa0), hub(1))).await;
+    assert_eq!(code, CloseCode::IssuerOffline.code());
+
+    let (mut issuer, _) = join(&relay, cluster.hub(1)).await;
+    let (mut other, _) = join(&relay, cluster.hub(2)).await;
+    let mut guest = raw(&relay, &cluster).await;
+    guest
+        .send(Message::Binary(guest_hello(hub(0xa1), hub(1)).into()))
+        .await
+        .unwrap();
+    // Welcomed with the issuer only; members hear nothing of it.
+    let welcome = next_binary(&mut guest).await;
+    let frames: Vec<Frame<'_>> = shared_proto::frame::frames(&welcome)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        frames,
+        vec![Frame::Welcome {
+            version: 1,
+            online: vec![hub(1)]
+        }]
+    );
+    // Guest -> issuer, issuer -> guest.
+    let request = Frame::Send {
+        dst: hub(1),
+        payload: b"pair me",
+    };
+    guest
+        .send(Message::Binary(request.to_message().into()))
+        .await
+        .unwrap();
+    assert_eq!(expect_message(&mut issuer, hub(0xa1)).await, b"pair me");
+    issuer.send(hub(0xa1), b"answer".to_vec()).await.unwrap();
+    let answer = next_binary(&mut guest).await;
+    assert_eq!(
+        shared_proto::frame::frames(&answer)
+            .next()
+            .unwrap()
+            .unwrap(),
+        Frame::Recv {
+            src: hub(1),
+            payload: b"answer"
+        }
+    );
+    // Another member cannot reach it.
+    other.send(hub(0xa1), b"psst".to_vec()).await.unwrap();
+    expect_event(&mut other, "undeliverable", |e| {
+        *e == RelayEvent::Undeliverable(hub(0xa1))
+    })
+    .await;
+    // Sending to anyone but the issuer ends the guest with 4021.
+    let stray = Frame::Send {
+        dst: hub(2),
+        payload: b"hello?",
+    };
+    guest
+        .send(Message::Binary(stray.to_message().into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut guest).await, CloseCode::GuestLimit.code());
+    // A guest is closed with 4020 when its issuer leaves.
+    let mut guest = raw(&relay, &cluster).await;
+    guest
+        .send(Message::Binary(guest_hello(hub(0xa2), hub(1)).into()))
+        .await
+        .unwrap();
+    let _welcome = guest.next().await;
+    issuer.shutdown().await;
+    assert_eq!(
+        close_code(&mut guest).await,
+        CloseCode::IssuerOffline.code()
+    );
+    // None of this was announced to the members.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(10), other.next_event()).await
+    {
+        assert!(
+            !matches!(e, RelayEvent::PeerJoined(h) | RelayEvent::PeerLeft(h) if h.0[0] >= 0xa0),
+            "a guest was announced: {e:?}"
+        );
+    }
+}

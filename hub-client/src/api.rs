@@ -348,6 +348,12 @@ struct PeerView {
 
 fn view(state: &HubState, p: PeerRecord) -> PeerView {
     let online = p.revoked_at.is_none() && state.relay_state().online.contains(&p.id);
+    // A peer online now was last seen now.
+    let last_seen_at = if online {
+        Some(now_ms())
+    } else {
+        p.last_seen_at
+    };
     PeerView {
         id: p.id.to_string(),
         name: p.name,
@@ -358,7 +364,7 @@ fn view(state: &HubState, p: PeerRecord) -> PeerView {
         paired_at: p.paired_at,
         revoked_at: p.revoked_at,
         suspended_at: p.suspended_at,
-        last_seen_at: p.last_seen_at,
+        last_seen_at,
         online,
     }
 }

@@ -152,7 +152,7 @@ pub async fn run(
     publish_cli_access(&state, addr)?;
     tracing::info!("admin API on http://{addr}/api/");
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = crate::api::router(state.clone());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -162,18 +162,25 @@ pub async fn run(
             })
             .await
     });
+    let mut hub = tokio::spawn(hub_loop(state.clone(), stop_rx.clone()));
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
-            Ok(())
+            let _ = stop_tx.send(true);
+            (&mut hub).await
         }
-        r = hub_loop(state.clone(), stop_rx.clone()) => r,
+        r = &mut hub => r,
     };
     let _ = stop_tx.send(true);
-    let _ = stop_rx.changed().await;
     let _ = server.await;
     withdraw_cli_access(&state);
-    result
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("the hub task failed: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Writes `api.url` and a fresh `cli.token` (older CLI tokens are deleted).
@@ -200,10 +207,16 @@ fn withdraw_cli_access(state: &HubState) {
 }
 
 /// The relay connection and sessions, once the home holds a hub.
-async fn hub_loop(state: Arc<HubState>, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+async fn hub_loop(
+    state: Arc<HubState>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
     while !state.home.is_initialized() {
         tracing::info!("this home holds no hub yet: waiting for POST /api/federation/pair");
-        state.joined.notified().await;
+        tokio::select! {
+            () = state.joined.notified() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
     }
     let home = &state.home;
     let mut config = RelayConfig::new(home.config()?.relay_url, home.credentials()?);
@@ -216,13 +229,20 @@ async fn hub_loop(state: Arc<HubState>, stop: watch::Receiver<bool>) -> Result<(
     }
     tracing::info!(hub = %me, cluster = %home.cluster_id()?, "hub running");
     let founder = home.ca().is_ok();
-    while !*stop.borrow() {
-        let Some(event) = peers.next_event().await else {
-            break;
+    let result = loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+            event = peers.next_event() => event,
         };
-        handle_event(&state, &peers, me, founder, event).await?;
-    }
-    Ok(())
+        let Some(event) = event else {
+            break Ok(());
+        };
+        if let Err(e) = handle_event(&state, &peers, me, founder, event).await {
+            break Err(e);
+        }
+    };
+    peers.shutdown().await;
+    result
 }
 
 async fn handle_event(

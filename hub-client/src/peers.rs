@@ -166,6 +166,7 @@ pub enum PeerEvent {
 }
 
 enum Command {
+    Shutdown,
     Send {
         to: HubId,
         message: Vec<u8>,
@@ -260,6 +261,16 @@ impl PeerClient {
     /// The next event; `None` once the client has stopped.
     pub async fn next_event(&mut self) -> Option<PeerEvent> {
         self.events.recv().await
+    }
+
+    /// Closes the relay connection cleanly (code 1000, so peers see this hub leave at once) and
+    /// waits for the task to end.
+    pub async fn shutdown(mut self) {
+        if self.handle.commands.send(Command::Shutdown).await.is_ok() {
+            // Events may still be queued: drop them so the task is never blocked on them.
+            self.events.close();
+            let _ = (&mut self.task).await;
+        }
     }
 }
 
@@ -379,6 +390,7 @@ async fn run(
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
+                    Command::Shutdown => break,
                     Command::Send { to, message, done } => {
                         let _ = done.send(sessions.send(to, message, unix_ms(), &mut rng));
                     }
