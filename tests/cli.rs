@@ -164,8 +164,20 @@ fn a_third_hub_and_offline_commands() {
     );
     let mut phone_run = phone.run();
     let _tablet_run = tablet.run();
+    let status = phone.ok(&["status"]);
+    assert!(status.contains("epoch 2"), "{status}");
     phone.ok(&["ping", &tablet.id(), "--count", "1"]);
     assert!(phone.ok(&["peers"]).contains("tablet"));
+    // The session passed the tablet's newer manifest (epoch 3, both listed) to the phone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !phone.ok(&["status"]).contains("epoch 3") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            phone.ok(&["status"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(tablet.ok(&["peers"]).contains("phone"));
     // SIGTERM: a clean exit that withdraws the CLI's access files and token.
     phone_run.signal("TERM");

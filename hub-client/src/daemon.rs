@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use crate::home::{Home, HomeError};
 use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
 use crate::relay::{RelayConfig, RelayEvent};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, MANIFEST};
 
 /// Name of the API tokens `hub run` mints for the local CLI.
 pub const CLI_TOKEN_NAME: &str = "cli (hub run)";
@@ -310,9 +310,24 @@ async fn handle_event(
             tracing::info!(version = list.version(), "new revocation list");
         }
         PeerEvent::Established { certificate } => {
-            let store = state.store();
-            home.record_peer(&store, &certificate)?;
+            let manifest = {
+                let store = state.store();
+                home.record_peer(&store, &certificate)?;
+                store.document(MANIFEST)?
+            };
+            // Pass the manifest on; the peer keeps it if it is newer than its own.
+            if let Some(doc) = manifest {
+                let _ = peers
+                    .handle()
+                    .send_manifest(certificate.hub_id(), &doc.body)
+                    .await;
+            }
         }
+        PeerEvent::Manifest { from, manifest } => match home.keep_manifest(&manifest) {
+            Ok(true) => tracing::info!(%from, "newer cluster manifest"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%from, "manifest refused: {e}"),
+        },
         PeerEvent::Pairing { from, message } => {
             let answer = if founder {
                 answer_pairing(state, me, &message)

@@ -406,6 +406,17 @@ impl Home {
         }
     }
 
+    /// Keeps a signed manifest if it verifies for this cluster and is newer than the one held;
+    /// returns whether it was kept.
+    pub fn keep_manifest(&self, bytes: &[u8]) -> Result<bool, HomeError> {
+        let manifest = Manifest::verify(bytes, &self.cluster_id()?)?;
+        let doc = Document {
+            serial: manifest.manifest().epoch,
+            body: manifest.bytes().to_vec(),
+        };
+        Ok(self.store()?.put_document(MANIFEST, &doc)?)
+    }
+
     /// Founder: a new pairing token for a hub with `terms`, valid for `ttl_ms`. Only the SHA-256
     /// of its secret is stored.
     pub fn invite(&self, terms: &TokenTerms, ttl_ms: u64) -> Result<PairingToken, HomeError> {
@@ -825,6 +836,23 @@ mod tests {
         assert_eq!(kiosk.manifest().unwrap().unwrap().manifest().epoch, 2);
         // It holds the cluster's revocation list from the start.
         assert_eq!(kiosk.revocations(), Some(list.bytes().to_vec()));
+        // Manifests passed on by peers: only newer ones, only this cluster's.
+        let held = founder
+            .store()
+            .unwrap()
+            .document(MANIFEST)
+            .unwrap()
+            .unwrap();
+        assert!(!kiosk.keep_manifest(&held.body).unwrap(), "not newer");
+        let foreign = Manifest {
+            epoch: 99,
+            issued_at_ms: 1,
+            members: vec![],
+        }
+        .sign(&ClusterCa::generate(&mut OsRng))
+        .unwrap();
+        assert!(kiosk.keep_manifest(&foreign).is_err());
+        assert_eq!(kiosk.manifest().unwrap().unwrap().manifest().epoch, 2);
         // Both sides list each other.
         let theirs = kiosk.store().unwrap().active_peers().unwrap();
         assert_eq!(theirs[0].id, me);

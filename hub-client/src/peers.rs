@@ -12,7 +12,9 @@
 //! token echoed), so [`PeerClient::ping`] measures a round trip through the session itself;
 //! `3` info request (a token) and `4` info (the token, then JSON: name, version, uptime), so a
 //! hub can ask what a peer reports about itself; `5` refused (the token, then a reason): the
-//! answer to any request from a peer this hub refuses (suspended).
+//! answer to any request from a peer this hub refuses (suspended); `6` manifest (the signed
+//! cluster manifest the sender holds: hubs pass it on when a session comes up, so a manifest the
+//! founder signs reaches every hub that talks to one that has it).
 //!
 //! Pairing messages (`shared_proto::pairing`) are not session traffic: they go to the
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
@@ -40,6 +42,7 @@ const KIND_PONG: u8 = 2;
 const KIND_INFO_REQUEST: u8 = 3;
 const KIND_INFO: u8 = 4;
 const KIND_REFUSED: u8 = 5;
+const KIND_MANIFEST: u8 = 6;
 
 /// What a hub reports about itself to its peers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -148,6 +151,13 @@ pub enum PeerEvent {
     Established {
         /// The peer's certificate.
         certificate: Box<shared_proto::cluster::VerifiedPeer>,
+    },
+    /// A peer passed on the manifest it holds (signed bytes, not verified yet).
+    Manifest {
+        /// The sender.
+        from: HubId,
+        /// The signed manifest.
+        manifest: Vec<u8>,
     },
     /// A pairing message (from a pairing guest, or an issuer's answer).
     Pairing {
@@ -277,9 +287,18 @@ impl PeerClient {
 impl PeerHandle {
     /// Sends `message` to `to` over an end-to-end session.
     pub async fn send(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
+        self.send_kind(to, KIND_DATA, &message).await
+    }
+
+    /// Sends the signed cluster manifest to `to` over its session.
+    pub async fn send_manifest(&self, to: HubId, manifest: &[u8]) -> Result<(), PeerError> {
+        self.send_kind(to, KIND_MANIFEST, manifest).await
+    }
+
+    async fn send_kind(&self, to: HubId, kind: u8, message: &[u8]) -> Result<(), PeerError> {
         let mut framed = Vec::with_capacity(message.len() + 1);
-        framed.push(KIND_DATA);
-        framed.extend_from_slice(&message);
+        framed.push(kind);
+        framed.extend_from_slice(message);
         let (done, wait) = oneshot::channel();
         self.commands
             .send(Command::Send {
@@ -505,6 +524,15 @@ async fn drain(
                     let ev = PeerEvent::Message {
                         from,
                         message: body.to_vec(),
+                    };
+                    if events.send(ev).await.is_err() {
+                        return false;
+                    }
+                }
+                Some((&KIND_MANIFEST, body)) => {
+                    let ev = PeerEvent::Manifest {
+                        from,
+                        manifest: body.to_vec(),
                     };
                     if events.send(ev).await.is_err() {
                         return false;
