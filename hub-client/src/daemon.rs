@@ -211,10 +211,16 @@ async fn hub_loop(
     state: Arc<HubState>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    if !state.home.is_initialized() {
+        tracing::info!(
+            "this home holds no hub yet: waiting for POST /api/federation/pair (or `hub join`)"
+        );
+    }
     while !state.home.is_initialized() {
-        tracing::info!("this home holds no hub yet: waiting for POST /api/federation/pair");
+        // Woken by a pairing through the API; a `hub join` run beside it is noticed within 1 s.
         tokio::select! {
             () = state.joined.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
