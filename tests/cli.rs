@@ -146,7 +146,7 @@ fn create_invite_join_list_ping_suspend_resume_and_revoke_through_workerd() {
 
 #[test]
 fn a_third_hub_and_offline_commands() {
-    let c = Cluster::start(RelayKind::Native);
+    let mut c = Cluster::start(RelayKind::Native);
     let phone = c.join("phone");
     let tablet = c.join("tablet");
     // Not running: the CLI works on the store and says so.
@@ -163,7 +163,7 @@ fn a_third_hub_and_offline_commands() {
         "{peers}"
     );
     let mut phone_run = phone.run();
-    let _tablet_run = tablet.run();
+    let mut tablet_run = tablet.run();
     let status = phone.ok(&["status"]);
     assert!(status.contains("epoch 2"), "{status}");
     phone.ok(&["ping", &tablet.id(), "--count", "1"]);
@@ -184,6 +184,14 @@ fn a_third_hub_and_offline_commands() {
     assert!(phone_run.wait_exit(), "{}", phone_run.log());
     assert!(!phone.dir.join("api.url").exists() && !phone.dir.join("cli.token").exists());
     assert!(!phone.ok(&["tokens", "list"]).contains("cli (hub run)"));
+    // A revocation by a founder that is not running: signed and stored offline, published
+    // through a short relay connection; the running tablet is cut off.
+    c.founder_run.signal("TERM");
+    assert!(c.founder_run.wait_exit());
+    let out = c.founder.ok(&["peers", "revoke", &tablet.id()]);
+    assert!(out.contains("published"), "{out}");
+    assert!(!tablet_run.wait_exit(), "{}", tablet_run.log());
+    assert!(!c.founder.ok(&["peers"]).contains("tablet"));
     // Only the founder invites.
     let err = phone.fails(&["invite"]);
     assert!(err.contains("CA key"), "{err}");

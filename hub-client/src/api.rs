@@ -422,7 +422,7 @@ async fn revoke_peer(
         .get("reason")
         .cloned()
         .unwrap_or_else(|| "revoked by the founder".into());
-    let version = crate::daemon::revoke_peer(&state, record.id, reason).await?;
+    let version = crate::daemon::revoke_peer(&state, &record, reason).await?;
     Ok(Json(json!({
         "ok": true,
         "id": record.id.to_string(),

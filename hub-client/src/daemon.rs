@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use shared_proto::cluster::TrustError;
 use shared_proto::pairing::{refused_unreadable, PairingRequest};
 use shared_proto::HubId;
 use tokio::net::TcpListener;
@@ -25,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use crate::home::{Home, HomeError};
 use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
 use crate::relay::{RelayConfig, RelayEvent};
-use crate::store::{Store, StoreError, MANIFEST};
+use crate::store::{PeerRecord, Store, StoreError, MANIFEST};
 
 /// Name of the API tokens `hub run` mints for the local CLI.
 pub const CLI_TOKEN_NAME: &str = "cli (hub run)";
@@ -388,32 +387,16 @@ fn answer_pairing(state: &HubState, me: HubId, message: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Revokes `peer` cluster-wide (founder): a new signed list, stored with the peer marked
-/// revoked in one transaction, published through the relay; sessions with it drop as the list
-/// comes back from the relay. Returns the list's version.
+/// Revokes `peer` cluster-wide (founder): see [`Home::revoke_peer`]; then its calls are refused
+/// here and the list is published through the relay, which closes the peer and delivers the list
+/// to every hub (their sessions with it drop). Returns the list's version.
 pub(crate) async fn revoke_peer(
     state: &HubState,
-    peer: HubId,
+    peer: &PeerRecord,
     reason: String,
 ) -> Result<u64, HomeError> {
-    let record = state.store().peer(peer)?;
-    let Some(record) = record else {
-        return Err(HomeError::Trust(TrustError::Malformed("unknown peer")));
-    };
-    let mut identity_key = [0u8; 32];
-    hex::decode_to_slice(&record.public_key, &mut identity_key)
-        .map_err(|_| HomeError::Trust(TrustError::Malformed("stored peer key")))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&identity_key)
-        .map_err(|_| HomeError::Trust(TrustError::Malformed("stored peer key")))?;
-    let entry = shared_proto::cluster::Revocation {
-        // Revoked by identity key: every certificate for it, not only the last one seen.
-        fingerprint: [0; 32],
-        key_hash: shared_proto::cluster::key_hash(&key),
-        revoked_at_ms: now_ms(),
-        reason,
-    };
-    let list = state.home.revoke_peer(entry, Some(peer))?;
-    state.set_refused(peer, true);
+    let list = state.home.revoke_peer(peer, reason)?;
+    state.set_refused(peer.id, true);
     if let Some(member) = state.member() {
         if let Err(e) = member.publish_revocations(list.bytes().to_vec()).await {
             tracing::warn!(

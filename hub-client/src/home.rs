@@ -352,11 +352,34 @@ impl Home {
     /// and returns it, to be published through the relay. With `peer`, that peer is marked
     /// revoked in the same transaction.
     pub fn revoke(&self, entry: Revocation) -> Result<VerifiedRevocations, HomeError> {
-        self.revoke_peer(entry, None)
+        self.sign_revocation(entry, None)
     }
 
-    /// As [`Home::revoke`], also marking `peer` revoked (soft delete) in the same transaction.
+    /// Founder: revokes a peer by its identity key (so every certificate for that key, not only
+    /// the last one seen), marking it revoked (a soft delete, kept for audit) in the same
+    /// transaction as the new list, which is returned to be published through the relay.
     pub fn revoke_peer(
+        &self,
+        peer: &PeerRecord,
+        reason: String,
+    ) -> Result<VerifiedRevocations, HomeError> {
+        let corrupt = || HomeError::Corrupt {
+            path: self.path("hub.db"),
+            what: format!("peer {}: stored identity key", peer.id),
+        };
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&peer.public_key, &mut key).map_err(|_| corrupt())?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| corrupt())?;
+        let entry = Revocation {
+            fingerprint: [0; 32],
+            key_hash: shared_proto::cluster::key_hash(&key),
+            revoked_at_ms: now_ms(),
+            reason,
+        };
+        self.sign_revocation(entry, Some(peer.id))
+    }
+
+    fn sign_revocation(
         &self,
         entry: Revocation,
         peer: Option<HubId>,

@@ -958,16 +958,7 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
                 .peer(id)?
                 .filter(|p| p.revoked_at.is_none())
                 .with_context(|| format!("no active peer {id}"))?;
-            let mut key = [0u8; 32];
-            hex::decode_to_slice(&peer.public_key, &mut key).context("stored peer key")?;
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&key).context("stored peer key")?;
-            let entry = Revocation {
-                fingerprint: [0; 32],
-                key_hash: shared_proto::cluster::key_hash(&key),
-                revoked_at_ms: unix_ms(),
-                reason,
-            };
-            let list = home.revoke_peer(entry, Some(id))?;
+            let list = home.revoke_peer(&peer, reason)?;
             println!(
                 "revoked {id}; signed revocation list version {}",
                 list.version()
