@@ -99,6 +99,14 @@ pub const MAX_GUEST_PAYLOAD: usize = 4096;
 /// Most `Send` frames one pairing guest may send.
 pub const MAX_GUEST_SENDS: u32 = 4;
 
+/// Most pairing guests a room admits in any [`GUEST_WINDOW_MS`]; past that, guests are refused
+/// with `1013` until older admissions leave the window. Each guest can make the issuer do a
+/// Noise handshake, so their rate is bounded, not only their number.
+pub const MAX_GUEST_ADMISSIONS: usize = 30;
+
+/// The window of [`MAX_GUEST_ADMISSIONS`].
+pub const GUEST_WINDOW_MS: u64 = 60_000;
+
 /// How long a pairing guest may stay; past it, its next frame closes it, and a new guest may
 /// take its place when the room is full of guests.
 pub const GUEST_LIFETIME_MS: u64 = 60_000;
@@ -164,6 +172,7 @@ pub struct Room {
     conns: HashMap<ConnId, ConnState>,
     members: BTreeMap<HubId, ConnId>,
     guests: HashMap<HubId, Guest>,
+    guest_admissions: std::collections::VecDeque<u64>,
     replays: ReplayGuard,
     revocations: Option<VerifiedRevocations>,
 }
@@ -212,6 +221,7 @@ impl Room {
             conns: HashMap::new(),
             members: BTreeMap::new(),
             guests: HashMap::new(),
+            guest_admissions: std::collections::VecDeque::new(),
             replays: ReplayGuard::default(),
             revocations: None,
         }
@@ -612,6 +622,20 @@ impl Room {
                 ));
             }
         }
+        while self
+            .guest_admissions
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= GUEST_WINDOW_MS)
+        {
+            self.guest_admissions.pop_front();
+        }
+        if self.guest_admissions.len() >= MAX_GUEST_ADMISSIONS {
+            return Err((
+                CloseCode::TryAgainLater,
+                format!("at most {MAX_GUEST_ADMISSIONS} pairing guests a minute"),
+            ));
+        }
+        self.guest_admissions.push_back(now_ms);
         let guest = Guest {
             conn,
             issuer,
@@ -1000,6 +1024,25 @@ mod tests {
             1,
             "the new guest is welcomed"
         );
+    }
+
+    #[test]
+    fn guest_admissions_are_rate_limited() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        // Guests that come and go quickly still count against the rate.
+        for i in 0..MAX_GUEST_ADMISSIONS as u64 {
+            let at = NOW + i;
+            let out = guest_join(&mut r, 100 + i, hub(0x80 + i as u8), hub(1), at);
+            assert!(closes(&out).is_empty(), "guest {i}");
+            let mut out = Vec::new();
+            r.handle_disconnect(ConnId(100 + i), &mut out);
+        }
+        let out = guest_join(&mut r, 200, hub(0xf0), hub(1), NOW + 100);
+        assert_eq!(closes(&out), vec![(ConnId(200), CloseCode::TryAgainLater)]);
+        // A minute after the first ones, room again.
+        let out = guest_join(&mut r, 201, hub(0xf1), hub(1), NOW + GUEST_WINDOW_MS + 1);
+        assert!(closes(&out).is_empty());
     }
 
     #[test]
