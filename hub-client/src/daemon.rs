@@ -45,6 +45,9 @@ pub enum DaemonError {
     /// The API socket.
     #[error("admin API: {0}")]
     Io(#[from] std::io::Error),
+    /// The hub's task ended abnormally (a bug: it panicked).
+    #[error("the hub task failed: {0}")]
+    Task(String),
     /// The relay refused this hub for good (revoked, expired certificate, ...).
     #[error("the relay refused this hub: {reason} (close code {code})")]
     Refused {
@@ -173,13 +176,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     withdraw_cli_access(&state);
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("the hub task failed: {e}");
-            Ok(())
-        }
-    }
+    result.map_err(|e| DaemonError::Task(e.to_string()))?
 }
 
 /// Writes `api.url` and a fresh `cli.token` (older CLI tokens are deleted).
