@@ -430,7 +430,7 @@ async fn revoke_peer(
     })))
 }
 
-async fn set_suspended(state: &HubState, id: &str, suspend: bool) -> Result<Json<Value>, ApiError> {
+fn set_suspended(state: &HubState, id: &str, suspend: bool) -> Result<Json<Value>, ApiError> {
     let id = peer_id(id)?;
     let at = suspend.then(now_ms);
     if !state.store().set_suspended(id, at)? {
@@ -447,7 +447,7 @@ async fn suspend_peer(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    set_suspended(&state, &id, true).await
+    set_suspended(&state, &id, true)
 }
 
 async fn resume_peer(
@@ -455,7 +455,7 @@ async fn resume_peer(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    set_suspended(&state, &id, false).await
+    set_suspended(&state, &id, false)
 }
 
 async fn ping_peer(
