@@ -325,6 +325,14 @@ async fn workerd_room_hibernates_and_still_routes() {
     s3.close(None).await.unwrap();
     expect_event(&mut a, "hub 3 left", |e| *e == RelayEvent::PeerLeft(hub(3))).await;
 
+    // A pairing guest of hub 1, waiting across the eviction (its attachment says it is a guest).
+    let mut guest = raw(&relay, &cluster).await;
+    guest
+        .send(Message::Binary(guest_hello(hub(0xa5), hub(1)).into()))
+        .await
+        .unwrap();
+    let _welcome = next_binary(&mut guest).await;
+
     // Idle long enough for workerd to evict the object. Keepalives go on (every 2 s; a hub gives
     // up after 6 s without an answer): no disconnect may happen.
     let idle = Duration::from_secs(35);
@@ -353,6 +361,28 @@ async fn workerd_room_hibernates_and_still_routes() {
         after.instance_started_ms > before.instance_started_ms,
         "the room did not hibernate: same instance ({before:?} -> {after:?})\n{}",
         relay.log()
+    );
+    // The guest is still a guest of hub 1: it reaches hub 1, and hub 1 reaches it.
+    let request = Frame::Send {
+        dst: hub(1),
+        payload: b"still pairing",
+    };
+    guest
+        .send(Message::Binary(request.to_message().into()))
+        .await
+        .unwrap();
+    assert_eq!(expect_message(&mut a, hub(0xa5)).await, b"still pairing");
+    a.send(hub(0xa5), b"answer".to_vec()).await.unwrap();
+    let answer = next_binary(&mut guest).await;
+    assert_eq!(
+        shared_proto::frame::frames(&answer)
+            .next()
+            .unwrap()
+            .unwrap(),
+        Frame::Recv {
+            src: hub(1),
+            payload: b"answer"
+        }
     );
     // The woken room still knows the nonces of logins accepted before the eviction.
     assert_eq!(
