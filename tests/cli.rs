@@ -179,6 +179,9 @@ fn a_third_hub_and_offline_commands() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(tablet.ok(&["peers"]).contains("phone"));
+    // A one-shot relay connection for a running hub is refused (it would replace the hub's own).
+    let err = phone.fails(&["debug", "send", "--to", &tablet.id(), "hi"]);
+    assert!(err.contains("this hub is running"), "{err}");
     // SIGTERM: a clean exit that withdraws the CLI's access files and token.
     phone_run.signal("TERM");
     assert!(phone_run.wait_exit(), "{}", phone_run.log());

@@ -546,8 +546,21 @@ async fn shutdown_signal() {
     }
 }
 
+/// Refuses to open a second relay connection for a hub that `hub run` serves: the relay keeps
+/// one connection per hub id, so the newer one would replace the running hub's (4004).
+async fn ensure_not_running(home: &Home) -> Result<()> {
+    if Api::find(home).await.is_some() {
+        bail!(
+            "this hub is running (`hub run`): a second connection would replace it at the relay; \
+             use `hub peers`, `hub ping` or `hub status`, which go through it, or stop it first"
+        );
+    }
+    Ok(())
+}
+
 /// Connects with the home's credentials; keeps any newer revocation list it hears of.
 async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId>)> {
+    ensure_not_running(home).await?;
     let relay = match &conn.relay {
         Some(url) => url.clone(),
         None => home.config()?.relay_url,
@@ -585,6 +598,7 @@ async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
 
 /// Starts the peer layer with the home's identity and waits until the relay admits the hub.
 async fn connect_peers(home: &Home, conn: &ConnArgs) -> Result<PeerClient> {
+    ensure_not_running(home).await?;
     let relay = match &conn.relay {
         Some(url) => url.clone(),
         None => home.config()?.relay_url,
