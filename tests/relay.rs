@@ -363,27 +363,7 @@ async fn workerd_room_hibernates_and_still_routes() {
         relay.log()
     );
     // The guest is still a guest of hub 1: it reaches hub 1, and hub 1 reaches it.
-    let request = Frame::Send {
-        dst: hub(1),
-        payload: b"still pairing",
-    };
-    guest
-        .send(Message::Binary(request.to_message().into()))
-        .await
-        .unwrap();
-    assert_eq!(expect_message(&mut a, hub(0xa5)).await, b"still pairing");
-    a.send(hub(0xa5), b"answer".to_vec()).await.unwrap();
-    let answer = next_binary(&mut guest).await;
-    assert_eq!(
-        shared_proto::frame::frames(&answer)
-            .next()
-            .unwrap()
-            .unwrap(),
-        Frame::Recv {
-            src: hub(1),
-            payload: b"answer"
-        }
-    );
+    guest_round_trip(&mut guest, hub(0xa5), &mut a, hub(1)).await;
     // The woken room still knows the nonces of logins accepted before the eviction.
     assert_eq!(
         refused_with(&relay, &cluster, captured).await,
@@ -736,6 +716,40 @@ where
         .expect("a message within 10 s")
 }
 
+/// A request from a pairing guest (raw socket) to its issuer, and the issuer's answer back.
+async fn guest_round_trip<S>(
+    guest: &mut S,
+    guest_id: shared_proto::HubId,
+    issuer: &mut hub_client::RelayClient,
+    issuer_id: shared_proto::HubId,
+) where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin,
+{
+    let request = Frame::Send {
+        dst: issuer_id,
+        payload: b"pair me",
+    };
+    guest
+        .send(Message::Binary(request.to_message().into()))
+        .await
+        .unwrap();
+    assert_eq!(expect_message(issuer, guest_id).await, b"pair me");
+    issuer.send(guest_id, b"answer".to_vec()).await.unwrap();
+    let answer = next_binary(guest).await;
+    assert_eq!(
+        shared_proto::frame::frames(&answer)
+            .next()
+            .unwrap()
+            .unwrap(),
+        Frame::Recv {
+            src: issuer_id,
+            payload: b"answer"
+        }
+    );
+}
+
 /// A pairing guest's `Hello` (extension 2 naming the issuer).
 fn guest_hello(guest: shared_proto::HubId, issuer: shared_proto::HubId) -> Vec<u8> {
     let mut hello = Hello::new(guest);
@@ -774,27 +788,7 @@ async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
         }]
     );
     // Guest -> issuer, issuer -> guest.
-    let request = Frame::Send {
-        dst: hub(1),
-        payload: b"pair me",
-    };
-    guest
-        .send(Message::Binary(request.to_message().into()))
-        .await
-        .unwrap();
-    assert_eq!(expect_message(&mut issuer, hub(0xa1)).await, b"pair me");
-    issuer.send(hub(0xa1), b"answer".to_vec()).await.unwrap();
-    let answer = next_binary(&mut guest).await;
-    assert_eq!(
-        shared_proto::frame::frames(&answer)
-            .next()
-            .unwrap()
-            .unwrap(),
-        Frame::Recv {
-            src: hub(1),
-            payload: b"answer"
-        }
-    );
+    guest_round_trip(&mut guest, hub(0xa1), &mut issuer, hub(1)).await;
     // Another member cannot reach it.
     other.send(hub(0xa1), b"psst".to_vec()).await.unwrap();
     expect_event(&mut other, "undeliverable", |e| {
