@@ -23,10 +23,11 @@ use shared_proto::cluster::TrustLevel;
 use shared_proto::pairing::PairingToken;
 use shared_proto::HubId;
 
-use crate::daemon::{now_ms, HubState};
+use crate::daemon::HubState;
 use crate::home::HomeError;
 use crate::join::JoinError;
 use crate::store::{ApiToken, PeerRecord, TokenTerms, MANIFEST, REVOCATIONS};
+use crate::unix_ms;
 
 /// What every API token starts with.
 pub const API_TOKEN_PREFIX: &str = "hubapi_";
@@ -157,7 +158,7 @@ impl FromRequestParts<Shared> for Authed {
             )
         };
         let token = bearer(parts).ok_or_else(unauthorized)?;
-        let found = state.store().use_api_token(token.as_bytes(), now_ms())?;
+        let found = state.store().use_api_token(token.as_bytes(), unix_ms())?;
         found
             .map(|t: ApiToken| Authed { admin: t.admin })
             .ok_or_else(unauthorized)
@@ -268,7 +269,7 @@ async fn generate_pairing_token(
         "cluster_id": token.cluster.to_string(),
         "trust_level": terms.trust.as_str(),
         "roles": terms.roles,
-        "expires_at": now_ms() + ttl * 1000,
+        "expires_at": unix_ms() + ttl * 1000,
         "expires_in_seconds": ttl,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -350,7 +351,7 @@ fn view(state: &HubState, p: PeerRecord) -> PeerView {
     let online = p.revoked_at.is_none() && state.relay_state().online.contains(&p.id);
     // A peer online now was last seen now.
     let last_seen_at = if online {
-        Some(now_ms())
+        Some(unix_ms())
     } else {
         p.last_seen_at
     };
@@ -432,7 +433,7 @@ async fn revoke_peer(
 
 fn set_suspended(state: &HubState, id: &str, suspend: bool) -> Result<Json<Value>, ApiError> {
     let id = peer_id(id)?;
-    let at = suspend.then(now_ms);
+    let at = suspend.then(unix_ms);
     if !state.store().set_suspended(id, at)? {
         return Err(ApiError::not_found(format!("no active peer {id}")));
     }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -25,6 +25,7 @@ use crate::home::{Home, HomeError};
 use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
 use crate::relay::{RelayConfig, RelayEvent};
 use crate::store::{PeerRecord, Store, StoreError, MANIFEST};
+use crate::unix_ms;
 
 /// Name of the API tokens `hub run` mints for the local CLI.
 pub const CLI_TOKEN_NAME: &str = "cli (hub run)";
@@ -56,12 +57,6 @@ pub enum DaemonError {
         /// The reason.
         reason: String,
     },
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The relay connection as the hub sees it.
@@ -187,7 +182,7 @@ fn publish_cli_access(state: &HubState, addr: SocketAddr) -> Result<(), DaemonEr
     {
         let store = state.store();
         store.delete_api_tokens(CLI_TOKEN_NAME)?;
-        store.add_api_token(token.as_bytes(), CLI_TOKEN_NAME, true, now_ms(), None)?;
+        store.add_api_token(token.as_bytes(), CLI_TOKEN_NAME, true, unix_ms(), None)?;
     }
     state.home.write_secret("cli.token", token.as_bytes())?;
     state
@@ -261,7 +256,7 @@ async fn handle_event(
                 "connected to the relay; {} other hub(s) online",
                 online.len()
             );
-            let now = now_ms();
+            let now = unix_ms();
             {
                 let store = state.store();
                 for hub in &online {
@@ -296,14 +291,14 @@ async fn handle_event(
         }
         PeerEvent::Relay(RelayEvent::PeerJoined(hub)) => {
             tracing::info!(%hub, "peer online");
-            state.store().touch_peer(hub, now_ms())?;
+            state.store().touch_peer(hub, unix_ms())?;
             state.update_relay(|r| {
                 r.online.insert(hub);
             });
         }
         PeerEvent::Relay(RelayEvent::PeerLeft(hub)) => {
             tracing::info!(%hub, "peer offline");
-            state.store().touch_peer(hub, now_ms())?;
+            state.store().touch_peer(hub, unix_ms())?;
             state.update_relay(|r| {
                 r.online.remove(&hub);
             });

@@ -36,6 +36,7 @@ use crate::store::{
     Admission, Document, Instance, PeerRecord, RedeemError, Store, StoreError, TokenTerms,
     MANIFEST, REVOCATIONS,
 };
+use crate::unix_ms;
 
 /// Errors of the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +104,6 @@ pub struct NewHub {
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Home {
@@ -252,7 +247,7 @@ impl Home {
     /// This hub's certificate, verified against the CA now (revocation not considered).
     pub fn certificate(&self) -> Result<VerifiedPeer, HomeError> {
         let der = self.read("hub.der")?;
-        Ok(PeerCertificate::from_der(&der)?.verify(&self.ca_key()?, now_ms(), None)?)
+        Ok(PeerCertificate::from_der(&der)?.verify(&self.ca_key()?, unix_ms(), None)?)
     }
 
     /// This hub's credentials for the relay.
@@ -373,7 +368,7 @@ impl Home {
         let entry = Revocation {
             fingerprint: [0; 32],
             key_hash: shared_proto::cluster::key_hash(&key),
-            revoked_at_ms: now_ms(),
+            revoked_at_ms: unix_ms(),
             reason,
         };
         self.sign_revocation(entry, Some(peer.id))
@@ -404,7 +399,7 @@ impl Home {
             list.entries.push(entry);
         }
         list.version += 1;
-        list.issued_at_ms = now_ms();
+        list.issued_at_ms = unix_ms();
         let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
         let doc = Document {
             serial: signed.version(),
@@ -413,7 +408,7 @@ impl Home {
         store.in_transaction(|store| {
             store.put_document(REVOCATIONS, &doc)?;
             if let Some(peer) = peer {
-                store.revoke_peer(peer, now_ms())?;
+                store.revoke_peer(peer, unix_ms())?;
             }
             Ok(())
         })?;
@@ -448,7 +443,7 @@ impl Home {
         let cert = self.certificate()?;
         let mut secret = [0u8; SECRET_LEN];
         OsRng.fill_bytes(&mut secret);
-        let now = now_ms();
+        let now = unix_ms();
         self.store()?
             .add_pairing_token(&secret, terms, now, now.saturating_add(ttl_ms))?;
         Ok(PairingToken {
@@ -474,7 +469,7 @@ impl Home {
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
         let hub_id = HubId(id);
-        let now = now_ms();
+        let now = unix_ms();
         let revocations = store.document(REVOCATIONS)?.map(|d| d.body);
         let outcome = store.admit_with_token(request.secret(), hub_id, now, |terms, held| {
             let req = CertificateRequest {
@@ -545,7 +540,7 @@ impl Home {
         let store = self.store()?;
         let cert = &joined.certificate;
         let issuer = &joined.issuer;
-        let now = now_ms();
+        let now = unix_ms();
         store.in_transaction(|store| {
             store.set_instance(&Instance {
                 id: cert.hub_id(),
@@ -598,7 +593,7 @@ impl Home {
     /// Records a peer this hub learned of through a verified certificate (a session), keeping
     /// what the store knows (pairing time, suspension, revocation).
     pub fn record_peer(&self, store: &Store, cert: &VerifiedPeer) -> Result<(), HomeError> {
-        let now = now_ms();
+        let now = unix_ms();
         let relay_url = self.config()?.relay_url;
         let known = store.peer(cert.hub_id())?;
         if known.as_ref().is_some_and(|p| p.revoked_at.is_some()) {
@@ -663,7 +658,7 @@ fn enroll(
     let noise_public = x25519_dalek::PublicKey::from(&noise);
     let mut hub_id = [0u8; 16];
     OsRng.fill_bytes(&mut hub_id);
-    let now = now_ms();
+    let now = unix_ms();
     let req = CertificateRequest {
         hub_id: HubId(hub_id),
         name: hub.name.clone(),
@@ -846,7 +841,7 @@ mod tests {
             let request = PairingRequest::read(&local, me, &m1, &mut OsRng).unwrap();
             let store = founder.store().unwrap();
             let (answer, peer) = founder.answer_pairing(&store, &local, request).unwrap();
-            (joiner.finish(&answer, now_ms()), peer)
+            (joiner.finish(&answer, unix_ms()), peer)
         };
         let kiosk = Home::new(dir.path().join("kiosk"));
         let (joined, peer) = pair(&kiosk, "kiosk");

@@ -6,7 +6,7 @@
 //! answer. On success the home records everything (`Home::complete_join`); the caller then
 //! connects again as a member.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::home::{Home, HomeError};
 use crate::relay::{connect_url, ws_config, RelayError};
+use crate::unix_ms;
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +55,6 @@ pub enum JoinError {
     /// No answer in time.
     #[error("no answer from the issuing hub within {0:?}")]
     Timeout(Duration),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Joins the cluster of `token` as `name`: new keys, the pairing exchange, then the home records
@@ -119,7 +114,7 @@ async fn exchange(
                             let Some(joiner) = joiner.take() else {
                                 return Err(JoinError::Protocol("a second answer".into()));
                             };
-                            let joined = joiner.finish(payload, now_ms());
+                            let joined = joiner.finish(payload, unix_ms());
                             let _ = ws.close(None).await;
                             return Ok(joined?);
                         }

@@ -23,3 +23,10 @@ pub mod relay;
 pub mod store;
 
 pub use relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
+
+/// The wall clock as Unix milliseconds (0 before 1970), the time the sans-IO core is given.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shared_proto::cluster::login::LoginNonce;
@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::relay::ws_config;
+use crate::unix_ms;
 
 /// Bytes queued for one socket before it is closed as a slow consumer.
 pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
@@ -80,12 +81,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a room half-updated in a way that matters
     // more than losing the relay; recover the guard rather than poisoning every later caller.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Relay {
@@ -149,7 +144,7 @@ impl Relay {
             return entry.clone();
         }
         // Forget rooms that hold nothing worth keeping (no socket, no live login nonce).
-        let now = now_ms();
+        let now = unix_ms();
         rooms.retain(|_, e| !lock(e).room.is_idle(now));
         let mut room = Room::new(RoomConfig::new(cluster.clone(), now));
         if let Some(bytes) = self.stored_revocations(cluster) {
@@ -165,7 +160,7 @@ impl Relay {
 
     fn forget_if_empty(&self, cluster_id: &ClusterId, entry: &Arc<Mutex<RoomEntry>>) {
         let mut rooms = lock(&self.rooms);
-        if lock(entry).room.is_idle(now_ms()) {
+        if lock(entry).room.is_idle(unix_ms()) {
             rooms.remove(cluster_id);
         }
     }
@@ -436,7 +431,7 @@ async fn run_socket(
             Some(Ok(Message::Binary(bytes))) => {
                 let (alive, stored) = {
                     let mut e = lock(&entry);
-                    e.room.handle_message(conn, now_ms(), &bytes, &mut actions);
+                    e.room.handle_message(conn, unix_ms(), &bytes, &mut actions);
                     let stored = e.perform(actions);
                     admitted = e.room.hub_of(conn).is_some();
                     (e.peers.map.contains_key(&conn), stored)

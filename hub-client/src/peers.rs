@@ -20,7 +20,7 @@
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
+use crate::unix_ms;
 
 const KIND_DATA: u8 = 0;
 const KIND_PING: u8 = 1;
@@ -217,12 +218,6 @@ pub struct PeerClient {
 #[derive(Debug, Clone)]
 pub struct PeerHandle {
     commands: mpsc::Sender<Command>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl PeerClient {

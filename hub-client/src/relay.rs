@@ -12,7 +12,7 @@
 //! batched into one WebSocket message.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
 
 use crate::backoff::Backoff;
+use crate::unix_ms;
 
 /// Target size of one batched WebSocket message the client sends.
 const BATCH_TARGET: usize = 256 * 1024;
@@ -478,12 +479,6 @@ where
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn close_message(code: CloseCode, reason: &str) -> Message {

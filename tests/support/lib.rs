@@ -261,11 +261,7 @@ pub fn hub(b: u8) -> HubId {
 }
 
 /// The current time, Unix ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use hub_client::unix_ms as now_ms;
 
 /// A test cluster: a CA that issues hub credentials and signs revocation lists.
 #[derive(Debug)]

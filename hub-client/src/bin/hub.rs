@@ -11,6 +11,7 @@ use hub_client::home::{Home, NewHub};
 use hub_client::native_relay::{serve, Relay};
 use hub_client::peers::{PeerClient, PeerError, PeerEvent};
 use hub_client::store::TokenTerms;
+use hub_client::unix_ms;
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
 use shared_proto::cluster::{ClusterId, Revocation, TrustLevel, VerifiedPeer};
 use shared_proto::pairing::PairingToken;
@@ -449,9 +450,7 @@ async fn revoke(
         fingerprint: parse_hash(fingerprint, "the fingerprint")?,
         // All zeros matches no key: revocation by fingerprint only.
         key_hash: key_hash.map_or(Ok([0; 32]), |k| parse_hash(k, "--key-hash"))?,
-        revoked_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        revoked_at_ms: unix_ms(),
         reason,
     };
     let list = home.revoke(entry)?;
@@ -744,12 +743,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     n.checked_mul(secs)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{text:?} is too long"))
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn run_hub(home: Home, api_listen: SocketAddr) -> Result<()> {
