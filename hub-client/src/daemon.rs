@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::home::{Home, HomeError};
 use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
-use crate::relay::{RelayConfig, RelayEvent};
+use crate::relay::RelayEvent;
 use crate::store::{PeerRecord, Store, StoreError, MANIFEST};
 use crate::unix_ms;
 
@@ -216,8 +216,7 @@ async fn hub_loop(
         }
     }
     let home = &state.home;
-    let mut config = RelayConfig::new(home.config()?.relay_url, home.credentials()?);
-    config.revocations = home.revocations();
+    let config = home.relay_config(None)?;
     let me = config.credentials.hub_id;
     let identity = home.noise_identity()?;
     let mut peers = PeerClient::spawn_with(config, identity, state.policy.clone())?;

@@ -32,6 +32,7 @@ use shared_proto::noise::LocalIdentity;
 use shared_proto::pairing::{Joined, PairingRequest, PairingToken, SECRET_LEN};
 use shared_proto::HubId;
 
+use crate::relay::RelayConfig;
 use crate::store::{
     Admission, Document, Instance, PeerRecord, RedeemError, Store, StoreError, TokenTerms,
     MANIFEST, REVOCATIONS,
@@ -275,6 +276,18 @@ impl Home {
             cert_der,
             identity,
         }))
+    }
+
+    /// The relay connection settings of this hub: its relay (or `relay_url` instead), its
+    /// credentials, and the newest revocation list it holds, passed on after its `Hello`.
+    pub fn relay_config(&self, relay_url: Option<&str>) -> Result<RelayConfig, HomeError> {
+        let url = match relay_url {
+            Some(url) => url.to_owned(),
+            None => self.config()?.relay_url,
+        };
+        let mut config = RelayConfig::new(url, self.credentials()?);
+        config.revocations = self.revocations();
+        Ok(config)
     }
 
     /// This hub's Noise identity: its X25519 static secret and certificate.

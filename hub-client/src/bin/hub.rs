@@ -12,7 +12,7 @@ use hub_client::native_relay::{serve, Relay};
 use hub_client::peers::{PeerClient, PeerError, PeerEvent};
 use hub_client::store::TokenTerms;
 use hub_client::unix_ms;
-use hub_client::{RelayClient, RelayConfig, RelayEvent};
+use hub_client::{RelayClient, RelayEvent};
 use shared_proto::cluster::{ClusterId, Revocation, TrustLevel, VerifiedPeer};
 use shared_proto::pairing::PairingToken;
 use shared_proto::HubId;
@@ -560,12 +560,8 @@ async fn ensure_not_running(home: &Home) -> Result<()> {
 /// Connects with the home's credentials; keeps any newer revocation list it hears of.
 async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId>)> {
     ensure_not_running(home).await?;
-    let relay = match &conn.relay {
-        Some(url) => url.clone(),
-        None => home.config()?.relay_url,
-    };
-    let mut config = RelayConfig::new(relay.clone(), home.credentials()?);
-    config.revocations = home.revocations();
+    let config = home.relay_config(conn.relay.as_deref())?;
+    let relay = config.relay_url.clone();
     let mut client = RelayClient::spawn(config)?;
     let online = tokio::time::timeout(Duration::from_secs(conn.timeout), async {
         loop {
@@ -598,12 +594,8 @@ async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
 /// Starts the peer layer with the home's identity and waits until the relay admits the hub.
 async fn connect_peers(home: &Home, conn: &ConnArgs) -> Result<PeerClient> {
     ensure_not_running(home).await?;
-    let relay = match &conn.relay {
-        Some(url) => url.clone(),
-        None => home.config()?.relay_url,
-    };
-    let mut config = RelayConfig::new(relay.clone(), home.credentials()?);
-    config.revocations = home.revocations();
+    let config = home.relay_config(conn.relay.as_deref())?;
+    let relay = config.relay_url.clone();
     let mut peers = PeerClient::spawn(config, home.noise_identity()?)?;
     tokio::time::timeout(Duration::from_secs(conn.timeout), async {
         loop {
