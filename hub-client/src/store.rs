@@ -276,25 +276,13 @@ impl Store {
         Ok(())
     }
 
-    /// Redeems a pairing token once: marks it used by `hub` and returns its terms.
+    /// Pairing, on the issuer, as one transaction: redeems the token, calls `admit` with its
+    /// terms and the manifest held, and stores the peer record and the new manifest it returns.
     ///
     /// The lookup is by the SHA-256 of the presented secret (an index lookup on a hash: no
     /// comparison of secrets happens in application code), and marking it used is one
-    /// conditional `UPDATE`, so two concurrent redemptions cannot both succeed.
-    pub fn redeem_pairing_token(
-        &self,
-        secret: &[u8],
-        hub: HubId,
-        now_ms: u64,
-    ) -> Result<Result<TokenTerms, RedeemError>, StoreError> {
-        self.admit_with_token(secret, hub, now_ms, |terms, _| {
-            Ok::<_, StoreError>((terms.clone(), None))
-        })
-    }
-
-    /// Pairing, on the issuer, as one transaction: redeems the token (as
-    /// [`Store::redeem_pairing_token`]), calls `admit` with its terms and the manifest held,
-    /// and stores the peer record and the new manifest it returns. If `admit` fails or the hub
+    /// conditional `UPDATE` (unused, unexpired), so two concurrent redemptions cannot both
+    /// succeed. If `admit` fails or the hub
     /// dies before the commit, the token stays unused and nothing is recorded.
     pub fn admit_with_token<T, E: From<StoreError>>(
         &self,
@@ -308,23 +296,19 @@ impl Store {
             .conn
             .unchecked_transaction()
             .map_err(StoreError::from)?;
-        let changed = tx
-            .execute(
-                "UPDATE pairing_tokens SET used_at = ?1, used_by = ?2
-                 WHERE secret_sha256 = ?3 AND used_at IS NULL AND expires_at > ?1",
-                params![now_ms as i64, hub.to_string(), hash.as_slice()],
-            )
-            .map_err(StoreError::from)?;
-        if changed != 1 {
-            return Ok(Err(RedeemError::Invalid));
-        }
-        let (trust, roles): (String, String) = tx
+        let redeemed: Option<(String, String)> = tx
             .query_row(
-                "SELECT trust_level, roles FROM pairing_tokens WHERE secret_sha256 = ?1",
-                params![hash.as_slice()],
+                "UPDATE pairing_tokens SET used_at = ?1, used_by = ?2
+                 WHERE secret_sha256 = ?3 AND used_at IS NULL AND expires_at > ?1
+                 RETURNING trust_level, roles",
+                params![now_ms as i64, hub.to_string(), hash.as_slice()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
+            .optional()
             .map_err(StoreError::from)?;
+        let Some((trust, roles)) = redeemed else {
+            return Ok(Err(RedeemError::Invalid));
+        };
         let terms = TokenTerms {
             trust: trust
                 .parse()
@@ -364,27 +348,20 @@ impl Store {
         Ok(())
     }
 
-    /// The API token whose secret is `secret`, if it exists and has not expired; records its use.
+    /// The API token whose secret is `secret`, if it exists and has not expired; records its use
+    /// (one statement: the update returns the row).
     pub fn use_api_token(
         &self,
         secret: &[u8],
         now_ms: u64,
     ) -> Result<Option<ApiToken>, StoreError> {
-        let hash = sha256(secret);
-        let changed = self.conn.execute(
-            "UPDATE api_tokens SET last_used_at = ?1
-             WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)",
-            params![now_ms as i64, hash.as_slice()],
-        )?;
-        if changed != 1 {
-            return Ok(None);
-        }
         Ok(self
             .conn
             .query_row(
-                "SELECT name, admin, created_at, expires_at, last_used_at FROM api_tokens
-                 WHERE secret_sha256 = ?1",
-                params![hash.as_slice()],
+                "UPDATE api_tokens SET last_used_at = ?1
+                 WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)
+                 RETURNING name, admin, created_at, expires_at, last_used_at",
+                params![now_ms as i64, sha256(secret).as_slice()],
                 row_to_api_token,
             )
             .optional()?)
@@ -575,6 +552,20 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Store {
+        /// Redeems a pairing token with nothing else recorded: the redemption alone.
+        fn redeem_pairing_token(
+            &self,
+            secret: &[u8],
+            hub: HubId,
+            now_ms: u64,
+        ) -> Result<Result<TokenTerms, RedeemError>, StoreError> {
+            self.admit_with_token(secret, hub, now_ms, |terms, _| {
+                Ok::<_, StoreError>((terms.clone(), None))
+            })
+        }
+    }
 
     const NOW: u64 = 1_795_000_000_000;
     const HOUR: u64 = 3_600_000;
