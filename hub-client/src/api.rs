@@ -5,6 +5,7 @@
 //! SHA-256 and looked up by that hash, so no secret is compared in application code. Admin routes
 //! also need an admin token. Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -347,8 +348,9 @@ struct PeerView {
     online: bool,
 }
 
-fn view(state: &HubState, p: PeerRecord) -> PeerView {
-    let online = p.revoked_at.is_none() && state.relay_state().online.contains(&p.id);
+/// A peer as the API shows it; `online` is the relay's presence (read once per request).
+fn view(online: &BTreeSet<HubId>, p: PeerRecord) -> PeerView {
+    let online = p.revoked_at.is_none() && online.contains(&p.id);
     // A peer online now was last seen now.
     let last_seen_at = if online {
         Some(unix_ms())
@@ -372,7 +374,8 @@ fn view(state: &HubState, p: PeerRecord) -> PeerView {
 
 async fn list_peers(State(state): State<Shared>, _: Authed) -> Result<Json<Value>, ApiError> {
     let peers = state.store().active_peers()?;
-    let views: Vec<PeerView> = peers.into_iter().map(|p| view(&state, p)).collect();
+    let online = state.relay_state().online;
+    let views: Vec<PeerView> = peers.into_iter().map(|p| view(&online, p)).collect();
     Ok(Json(json!(views)))
 }
 
@@ -391,7 +394,7 @@ async fn get_peer(
 ) -> Result<Json<Value>, ApiError> {
     let record = known_peer(&state, &id)?;
     let peer = record.id;
-    let mut out = json!(view(&state, record));
+    let mut out = json!(view(&state.relay_state().online, record));
     let online = out["online"].as_bool().unwrap_or(false);
     let (reported, error) = match state.member() {
         Some(member) if online => match member.info(peer, Duration::from_secs(5)).await {
