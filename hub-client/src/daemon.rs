@@ -302,7 +302,9 @@ async fn handle_event(
                 r.online.remove(&hub);
             });
         }
-        PeerEvent::Relay(RelayEvent::Revocations(list)) if home.keep_revocations(&list)? => {
+        PeerEvent::Relay(RelayEvent::Revocations(list))
+            if state.store().keep_revocations(&list)? =>
+        {
             tracing::info!(version = list.version(), "new revocation list");
         }
         PeerEvent::Established { certificate } => {
@@ -319,11 +321,13 @@ async fn handle_event(
                     .await;
             }
         }
-        PeerEvent::Manifest { from, manifest } => match home.keep_manifest(&manifest) {
-            Ok(true) => tracing::info!(%from, "newer cluster manifest"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%from, "manifest refused: {e}"),
-        },
+        PeerEvent::Manifest { from, manifest } => {
+            match home.keep_manifest(&state.store(), &manifest) {
+                Ok(true) => tracing::info!(%from, "newer cluster manifest"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%from, "manifest refused: {e}"),
+            }
+        }
         PeerEvent::Pairing { from, message } => {
             let answer = if founder {
                 answer_pairing(state, me, &message)

@@ -348,12 +348,7 @@ impl Home {
 
     /// Keeps `list` if it is newer than the one held; returns whether it was.
     pub fn keep_revocations(&self, list: &VerifiedRevocations) -> Result<bool, HomeError> {
-        let store = self.store()?;
-        let doc = Document {
-            serial: list.version(),
-            body: list.bytes().to_vec(),
-        };
-        Ok(store.put_document(REVOCATIONS, &doc)?)
+        Ok(self.store()?.keep_revocations(list)?)
     }
 
     /// Founder: signs a new revocation list (the held one plus `entry`, version + 1), stores it
@@ -414,12 +409,8 @@ impl Home {
         list.version += 1;
         list.issued_at_ms = unix_ms();
         let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
-        let doc = Document {
-            serial: signed.version(),
-            body: signed.bytes().to_vec(),
-        };
         store.in_transaction(|store| {
-            store.put_document(REVOCATIONS, &doc)?;
+            store.keep_revocations(&signed)?;
             if let Some(peer) = peer {
                 store.revoke_peer(peer, unix_ms())?;
             }
@@ -437,15 +428,11 @@ impl Home {
         }
     }
 
-    /// Keeps a signed manifest if it verifies for this cluster and is newer than the one held;
-    /// returns whether it was kept.
-    pub fn keep_manifest(&self, bytes: &[u8]) -> Result<bool, HomeError> {
+    /// Keeps a signed manifest in `store` if it verifies for this cluster and is newer than the
+    /// one held; returns whether it was kept.
+    pub fn keep_manifest(&self, store: &Store, bytes: &[u8]) -> Result<bool, HomeError> {
         let manifest = Manifest::verify(bytes, &self.cluster_id()?)?;
-        let doc = Document {
-            serial: manifest.manifest().epoch,
-            body: manifest.bytes().to_vec(),
-        };
-        Ok(self.store()?.put_document(MANIFEST, &doc)?)
+        Ok(store.keep_manifest(&manifest)?)
     }
 
     /// Founder: a new pairing token for a hub with `terms`, valid for `ttl_ms`. Only the SHA-256
@@ -562,17 +549,9 @@ impl Home {
                 noise_public_key: hex::encode(cert.noise_key()),
                 created_at: now,
             })?;
-            let manifest = Document {
-                serial: joined.manifest.manifest().epoch,
-                body: joined.manifest.bytes().to_vec(),
-            };
-            store.put_document(MANIFEST, &manifest)?;
+            store.keep_manifest(&joined.manifest)?;
             if let Some(list) = &joined.revocations {
-                let doc = Document {
-                    serial: list.version(),
-                    body: list.bytes().to_vec(),
-                };
-                store.put_document(REVOCATIONS, &doc)?;
+                store.keep_revocations(list)?;
             }
             store.upsert_peer(&PeerRecord {
                 id: issuer.hub_id(),
@@ -874,7 +853,11 @@ mod tests {
             .document(MANIFEST)
             .unwrap()
             .unwrap();
-        assert!(!kiosk.keep_manifest(&held.body).unwrap(), "not newer");
+        let kiosk_store = kiosk.store().unwrap();
+        assert!(
+            !kiosk.keep_manifest(&kiosk_store, &held.body).unwrap(),
+            "not newer"
+        );
         let foreign = Manifest {
             epoch: 99,
             issued_at_ms: 1,
@@ -882,7 +865,7 @@ mod tests {
         }
         .sign(&ClusterCa::generate(&mut OsRng))
         .unwrap();
-        assert!(kiosk.keep_manifest(&foreign).is_err());
+        assert!(kiosk.keep_manifest(&kiosk_store, &foreign).is_err());
         assert_eq!(kiosk.manifest().unwrap().unwrap().manifest().epoch, 2);
         // Both sides list each other.
         let theirs = kiosk.store().unwrap().active_peers().unwrap();

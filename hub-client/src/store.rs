@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
-use shared_proto::cluster::TrustLevel;
+use shared_proto::cluster::{TrustLevel, VerifiedManifest, VerifiedRevocations};
 use shared_proto::HubId;
 
 /// Errors of the store.
@@ -421,6 +421,26 @@ impl Store {
         let out = f(self)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Keeps a verified revocation list unless one at least as new is held; returns whether it
+    /// was kept.
+    pub fn keep_revocations(&self, list: &VerifiedRevocations) -> Result<bool, StoreError> {
+        let doc = Document {
+            serial: list.version(),
+            body: list.bytes().to_vec(),
+        };
+        self.put_document(REVOCATIONS, &doc)
+    }
+
+    /// Keeps a verified manifest unless one of at least its epoch is held; returns whether it
+    /// was kept.
+    pub fn keep_manifest(&self, manifest: &VerifiedManifest) -> Result<bool, StoreError> {
+        let doc = Document {
+            serial: manifest.manifest().epoch,
+            body: manifest.bytes().to_vec(),
+        };
+        self.put_document(MANIFEST, &doc)
     }
 
     /// Records this hub's identity (replacing an earlier one).
