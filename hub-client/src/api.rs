@@ -333,8 +333,9 @@ fn join_error(e: JoinError) -> ApiError {
     }
 }
 
+/// A peer as the API (and the CLI, offline) shows it.
 #[derive(Debug, Serialize)]
-struct PeerView {
+pub struct PeerView {
     id: String,
     name: String,
     endpoint: String,
@@ -345,37 +346,44 @@ struct PeerView {
     revoked_at: Option<u64>,
     suspended_at: Option<u64>,
     last_seen_at: Option<u64>,
-    online: bool,
+    /// Absent when unknown (the hub is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<bool>,
 }
 
-/// A peer as the API shows it; `online` is the relay's presence (read once per request).
-fn view(online: &BTreeSet<HubId>, p: PeerRecord) -> PeerView {
-    let online = p.revoked_at.is_none() && online.contains(&p.id);
-    // A peer online now was last seen now.
-    let last_seen_at = if online {
-        Some(unix_ms())
-    } else {
-        p.last_seen_at
-    };
-    PeerView {
-        id: p.id.to_string(),
-        name: p.name,
-        endpoint: p.endpoint,
-        public_key: p.public_key,
-        trust_level: p.trust.as_str(),
-        roles: p.roles,
-        paired_at: p.paired_at,
-        revoked_at: p.revoked_at,
-        suspended_at: p.suspended_at,
-        last_seen_at,
-        online,
+impl PeerView {
+    /// `p` as stored; `online` is the relay's presence, if this hub is connected to know it.
+    pub fn new(p: PeerRecord, online: Option<&BTreeSet<HubId>>) -> Self {
+        let online = online.map(|set| p.revoked_at.is_none() && set.contains(&p.id));
+        // A peer online now was last seen now.
+        let last_seen_at = if online == Some(true) {
+            Some(unix_ms())
+        } else {
+            p.last_seen_at
+        };
+        PeerView {
+            id: p.id.to_string(),
+            name: p.name,
+            endpoint: p.endpoint,
+            public_key: p.public_key,
+            trust_level: p.trust.as_str(),
+            roles: p.roles,
+            paired_at: p.paired_at,
+            revoked_at: p.revoked_at,
+            suspended_at: p.suspended_at,
+            last_seen_at,
+            online,
+        }
     }
 }
 
 async fn list_peers(State(state): State<Shared>, _: Authed) -> Result<Json<Value>, ApiError> {
     let peers = state.store().active_peers()?;
     let online = state.relay_state().online;
-    let views: Vec<PeerView> = peers.into_iter().map(|p| view(&online, p)).collect();
+    let views: Vec<PeerView> = peers
+        .into_iter()
+        .map(|p| PeerView::new(p, Some(&online)))
+        .collect();
     Ok(Json(json!(views)))
 }
 
@@ -394,7 +402,7 @@ async fn get_peer(
 ) -> Result<Json<Value>, ApiError> {
     let record = known_peer(&state, &id)?;
     let peer = record.id;
-    let mut out = json!(view(&state.relay_state().online, record));
+    let mut out = json!(PeerView::new(record, Some(&state.relay_state().online)));
     let online = out["online"].as_bool().unwrap_or(false);
     let (reported, error) = match state.member() {
         Some(member) if online => match member.info(peer, Duration::from_secs(5)).await {

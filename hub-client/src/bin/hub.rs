@@ -859,7 +859,7 @@ fn ago(ms: Option<u64>) -> String {
     }
 }
 
-fn print_peers(peers: &[serde_json::Value], live: bool) {
+fn print_peers(peers: &[serde_json::Value]) {
     if peers.is_empty() {
         println!("no peers");
         return;
@@ -869,12 +869,10 @@ fn print_peers(peers: &[serde_json::Value], live: bool) {
         "ID", "NAME", "ONLINE", "TRUST", "LAST SEEN"
     );
     for p in peers {
-        let online = if !live {
-            "?"
-        } else if p["online"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
+        let online = match p["online"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
         };
         let state = if p["suspended_at"].is_u64() {
             "suspended"
@@ -892,19 +890,10 @@ fn print_peers(peers: &[serde_json::Value], live: bool) {
     }
 }
 
-fn peer_json(p: &hub_client::store::PeerRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": p.id.to_string(),
-        "name": p.name,
-        "endpoint": p.endpoint,
-        "public_key": p.public_key,
-        "trust_level": p.trust.as_str(),
-        "roles": p.roles,
-        "paired_at": p.paired_at,
-        "revoked_at": p.revoked_at,
-        "suspended_at": p.suspended_at,
-        "last_seen_at": p.last_seen_at,
-    })
+fn peer_json(p: hub_client::store::PeerRecord) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(hub_client::api::PeerView::new(
+        p, None,
+    ))?)
 }
 
 async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
@@ -914,17 +903,17 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
             let peers = api
                 .call(reqwest::Method::GET, "/api/federation/peers", None)
                 .await?;
-            print_peers(peers.as_array().map_or(&[][..], Vec::as_slice), true);
+            print_peers(peers.as_array().map_or(&[][..], Vec::as_slice));
         }
         (PeersCommand::List, None) => {
-            let peers: Vec<_> = home
+            let peers = home
                 .store()?
                 .active_peers()?
-                .iter()
+                .into_iter()
                 .map(peer_json)
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             eprintln!("(the hub is not running: online state unknown)");
-            print_peers(&peers, false);
+            print_peers(&peers);
         }
         (PeersCommand::Show { id }, Some(api)) => {
             let peer = api
@@ -941,7 +930,7 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
                 .store()?
                 .peer(id)?
                 .with_context(|| format!("no peer {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&peer_json(&peer))?);
+            println!("{}", serde_json::to_string_pretty(&peer_json(peer)?)?);
         }
         (PeersCommand::Revoke { id, reason }, Some(api)) => {
             let path = format!("/api/federation/peers/{id}?reason={}", url_encode(&reason));
