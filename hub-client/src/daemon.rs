@@ -224,7 +224,7 @@ async fn hub_loop(
         *m = Some(peers.handle());
     }
     tracing::info!(hub = %me, cluster = %home.cluster_id()?, "hub running");
-    let founder = home.ca().is_ok();
+    let founder = home.is_founder();
     let result = loop {
         let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break Ok(()),

@@ -201,6 +201,11 @@ impl Home {
         Ok(peer)
     }
 
+    /// Whether this hub holds the cluster CA key (the founder), without reading the key.
+    pub fn is_founder(&self) -> bool {
+        self.path("ca.key").exists()
+    }
+
     /// The cluster CA (founder only).
     pub fn ca(&self) -> Result<ClusterCa, HomeError> {
         let path = self.path("ca.key");
@@ -439,7 +444,9 @@ impl Home {
     /// of its secret is stored.
     pub fn invite(&self, terms: &TokenTerms, ttl_ms: u64) -> Result<PairingToken, HomeError> {
         // Only a hub holding the CA key can sign the new hub's certificate.
-        self.ca()?;
+        if !self.is_founder() {
+            return Err(HomeError::NotFounder);
+        }
         let cert = self.certificate()?;
         let mut secret = [0u8; SECRET_LEN];
         OsRng.fill_bytes(&mut secret);
