@@ -446,6 +446,9 @@ async fn revoke(
     reason: String,
     offline: bool,
 ) -> Result<()> {
+    if !offline {
+        ensure_not_running(home).await?;
+    }
     let entry = Revocation {
         fingerprint: parse_hash(fingerprint, "the fingerprint")?,
         // All zeros matches no key: revocation by fingerprint only.
@@ -546,7 +549,8 @@ async fn shutdown_signal() {
 }
 
 /// Refuses to open a second relay connection for a hub that `hub run` serves: the relay keeps
-/// one connection per hub id, so the newer one would replace the running hub's (4004).
+/// one connection per hub id, so the newer one would replace the running hub's (4004). Commands
+/// that try the API first (`ping`, `peers revoke`) have checked already; the others call this.
 async fn ensure_not_running(home: &Home) -> Result<()> {
     if Api::find(home).await.is_some() {
         bail!(
@@ -559,7 +563,6 @@ async fn ensure_not_running(home: &Home) -> Result<()> {
 
 /// Connects with the home's credentials; keeps any newer revocation list it hears of.
 async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId>)> {
-    ensure_not_running(home).await?;
     let config = home.relay_config(conn.relay.as_deref())?;
     let relay = config.relay_url.clone();
     let mut client = RelayClient::spawn(config)?;
@@ -593,7 +596,6 @@ async fn connect(home: &Home, conn: &ConnArgs) -> Result<(RelayClient, Vec<HubId
 
 /// Starts the peer layer with the home's identity and waits until the relay admits the hub.
 async fn connect_peers(home: &Home, conn: &ConnArgs) -> Result<PeerClient> {
-    ensure_not_running(home).await?;
     let config = home.relay_config(conn.relay.as_deref())?;
     let relay = config.relay_url.clone();
     let mut peers = PeerClient::spawn(config, home.noise_identity()?)?;
@@ -657,6 +659,7 @@ async fn ping(home: &Home, peer: HubId, count: u32, conn: ConnArgs) -> Result<()
 }
 
 async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Result<()> {
+    ensure_not_running(home).await?;
     let mut peers = connect_peers(home, &conn).await?;
     println!("joined as {}", home.certificate()?.hub_id());
     let mut received = 0;
@@ -696,6 +699,7 @@ async fn debug_listen(home: &Home, conn: ConnArgs, count: Option<usize>) -> Resu
 }
 
 async fn debug_send(home: &Home, conn: ConnArgs, to: HubId, message: String) -> Result<()> {
+    ensure_not_running(home).await?;
     let peers = connect_peers(home, &conn).await?;
     peers.send(to, message.into_bytes()).await?;
     // The session is ordered: the answer to a ping sent after the message proves its delivery.
