@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::cli::{signal, HubHome, RunningHub};
+use e2e::cli::{signal, unread_bytes, wait_for_unread_bytes, HubHome, RunningHub};
 use e2e::{RelayKind, RelayProcess};
 use sha2::{Digest, Sha256};
 use shared_proto::pairing::PairingToken;
@@ -515,6 +515,7 @@ fn a_joiner_killed_mid_pairing_reopens_consistent_and_pairs_again() {
     // once it is waiting for the answer.
     let token = c.invite(&[]);
     c.founder_run.signal("STOP");
+    let waiting = unread_bytes(c.founder_run.pid(), c.relay.port());
     let mut join = laptop
         .command()
         .args(["join", &token, "--name", "laptop", "--timeout", "30"])
@@ -522,13 +523,8 @@ fn a_joiner_killed_mid_pairing_reopens_consistent_and_pairs_again() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The joiner writes its keys before it connects; wait for them, then a little for the request.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !laptop.dir.join("identity.key").exists() {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // The request has reached the frozen issuer when its socket holds more unread bytes.
+    wait_for_unread_bytes(c.founder_run.pid(), c.relay.port(), waiting);
     signal(join.id(), "KILL");
     let _ = join.wait();
     c.founder_run.signal("CONT");
@@ -557,6 +553,7 @@ fn an_issuer_killed_mid_pairing_reopens_consistent_and_the_token_still_works() {
 
     // The request reaches the frozen issuer's socket; the issuer dies without handling it.
     c.founder_run.signal("STOP");
+    let waiting = unread_bytes(c.founder_run.pid(), c.relay.port());
     let join = laptop
         .command()
         .args(["join", &token, "--name", "laptop", "--timeout", "30"])
@@ -564,7 +561,7 @@ fn an_issuer_killed_mid_pairing_reopens_consistent_and_the_token_still_works() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for_unread_bytes(c.founder_run.pid(), c.relay.port(), waiting);
     c.founder_run.signal("KILL");
     let out = join.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -590,4 +587,49 @@ fn an_issuer_killed_mid_pairing_reopens_consistent_and_the_token_still_works() {
     let out = laptop.ok(&["join", &token, "--name", "laptop"]);
     assert!(out.contains("joined cluster"), "{out}");
     assert!(c.founder.ok(&["peers"]).contains("laptop"));
+}
+
+/// A user's mistake is one clear message with its causes and a non-zero exit, even with
+/// `RUST_BACKTRACE=1` in the environment (once a 30-line stack backtrace); the backtrace comes
+/// only with debug logs. A command that needs a hub, in a home without one, says so and how to
+/// make one, and creates nothing.
+#[test]
+fn user_errors_are_one_clear_message_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = HubHome::new(dir.path().join("nothing"));
+    let out = home
+        .command()
+        .env("RUST_BACKTRACE", "1")
+        .args(["join", "garbage", "--name", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("pairing token"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+
+    // With debug logs asked for, the backtrace is there for a bug report.
+    let out = home
+        .command()
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "debug")
+        .args(["join", "garbage", "--name", "x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: "), "{stderr}");
+    assert!(stderr.lines().count() > 4, "{stderr}");
+
+    for args in [
+        &["peers"][..],
+        &["peers", "suspend", "00000000000000000000000000000000"],
+    ] {
+        let stderr = home.fails(args);
+        assert!(stderr.contains("holds no hub"), "{args:?}: {stderr}");
+        assert!(stderr.contains("hub cluster create"), "{args:?}: {stderr}");
+        assert!(stderr.contains("hub join"), "{args:?}: {stderr}");
+        assert!(!home.dir.exists(), "{args:?} created the home");
+    }
 }

@@ -18,6 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -133,13 +135,34 @@ impl Home {
         })
     }
 
+    /// Creates the directory if missing, readable by the owner only (0700): it holds keys and
+    /// token hashes. An existing directory keeps its mode.
+    fn create_dir(&self) -> Result<(), HomeError> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(&self.dir).map_err(|source| HomeError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// Reads a key file into memory that is zeroed when dropped.
+    fn read_secret(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, HomeError> {
+        self.read(name).map(Zeroizing::new)
+    }
+
     /// Writes `bytes` to `name` atomically; `secret` files get mode 0600 from creation.
     fn write(&self, name: &str, bytes: &[u8], secret: bool) -> Result<(), HomeError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| HomeError::Io { path, source }
         };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        self.create_dir()?;
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp);
@@ -211,10 +234,13 @@ impl Home {
         let path = self.path("ca.key");
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let secret: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Corrupt {
-                    path,
-                    what: "not a 32-byte key".into(),
-                })?;
+                let bytes = Zeroizing::new(bytes);
+                let secret = <[u8; 32]>::try_from(bytes.as_slice())
+                    .map(Zeroizing::new)
+                    .map_err(|_| HomeError::Corrupt {
+                        path,
+                        what: "not a 32-byte key".into(),
+                    })?;
                 Ok(ClusterCa::from_secret(&secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HomeError::NotFounder),
@@ -258,10 +284,11 @@ impl Home {
 
     /// This hub's credentials for the relay.
     pub fn credentials(&self) -> Result<Arc<Credentials>, HomeError> {
-        let keys = self.read("identity.key")?;
-        let secret: [u8; 32] = keys
+        let keys = self.read_secret("identity.key")?;
+        let secret: Zeroizing<[u8; 32]> = keys
             .get(..32)
-            .and_then(|k| k.try_into().ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .map(Zeroizing::new)
             .ok_or_else(|| HomeError::Corrupt {
                 path: self.path("identity.key"),
                 what: "not a 64-byte key file".into(),
@@ -297,7 +324,7 @@ impl Home {
 
     /// This hub's Noise identity: its X25519 static secret and certificate.
     pub fn noise_identity(&self) -> Result<LocalIdentity, HomeError> {
-        let keys = self.read("identity.key")?;
+        let keys = self.read_secret("identity.key")?;
         let static_secret: [u8; 32] = keys
             .get(32..64)
             .and_then(|k| k.try_into().ok())
@@ -308,17 +335,23 @@ impl Home {
         Ok(LocalIdentity {
             cluster: self.cluster_id()?,
             ca_key: self.ca_key()?,
-            static_secret,
+            static_secret: static_secret.into(),
             cert_der: self.read("hub.der")?,
         })
     }
 
+    /// The store of a directory that holds a hub; [`HomeError::NotInitialized`] (which says how
+    /// to create or join one) otherwise, without creating anything.
+    pub fn hub_store(&self) -> Result<Store, HomeError> {
+        if !self.is_initialized() {
+            return Err(HomeError::NotInitialized(self.dir.clone()));
+        }
+        self.store()
+    }
+
     /// The store (`hub.db`), created and migrated if needed.
     pub fn store(&self) -> Result<Store, HomeError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| HomeError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
+        self.create_dir()?;
         let path = self.path("hub.db");
         #[cfg(unix)]
         if !path.exists() {
@@ -395,33 +428,40 @@ impl Home {
         let ca = self.ca()?;
         let cluster = ca.cluster_id();
         let store = self.store()?;
-        let held = self.held_revocations(&store)?;
-        let mut list = held.map_or_else(
-            || RevocationList {
-                version: 0,
-                issued_at_ms: 0,
-                entries: Vec::new(),
-            },
-            |h| h.list().clone(),
-        );
-        if !list
-            .entries
-            .iter()
-            .any(|e| e.fingerprint == entry.fingerprint && e.key_hash == entry.key_hash)
-        {
-            list.entries.push(entry);
-        }
-        list.version += 1;
-        list.issued_at_ms = unix_ms();
-        let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
+        // Read, sign and keep under one write lock: two revocations at once make versions N+1
+        // and N+2 (the second holding both entries), never two different lists numbered N+1.
         store.in_transaction(|store| {
-            store.keep_revocations(&signed)?;
+            let held = self.held_revocations(store)?;
+            let mut list = held.map_or_else(
+                || RevocationList {
+                    version: 0,
+                    issued_at_ms: 0,
+                    entries: Vec::new(),
+                },
+                |h| h.list().clone(),
+            );
+            if !list
+                .entries
+                .iter()
+                .any(|e| e.fingerprint == entry.fingerprint && e.key_hash == entry.key_hash)
+            {
+                list.entries.push(entry);
+            }
+            list.version += 1;
+            list.issued_at_ms = unix_ms();
+            let signed = RevocationList::verify(&list.sign(&ca)?, &cluster)?;
+            store.put_signed(
+                REVOCATIONS,
+                &Document {
+                    serial: signed.version(),
+                    body: signed.bytes().to_vec(),
+                },
+            )?;
             if let Some(peer) = peer {
                 store.revoke_peer(peer, unix_ms())?;
             }
-            Ok(())
-        })?;
-        Ok(signed)
+            Ok::<_, HomeError>(signed)
+        })
     }
 
     /// The manifest this hub holds, verified.
@@ -534,7 +574,7 @@ impl Home {
         }
         let identity = SigningKey::generate(&mut OsRng);
         let noise = x25519_dalek::StaticSecret::random_from_rng(OsRng);
-        let mut keys = identity.to_bytes().to_vec();
+        let mut keys = Zeroizing::new(identity.to_bytes().to_vec());
         keys.extend_from_slice(noise.as_bytes());
         self.write("identity.key", &keys, true)?;
         Ok((identity, noise.to_bytes()))
@@ -671,7 +711,7 @@ fn enroll(
     };
     let der = ca.issue(&req, &mut OsRng)?;
     let peer = PeerCertificate::from_der(&der)?.verify(&ca.public_key(), now, None)?;
-    let mut keys = identity.to_bytes().to_vec();
+    let mut keys = Zeroizing::new(identity.to_bytes().to_vec());
     keys.extend_from_slice(noise.as_bytes());
     home.write("identity.key", &keys, true)?;
     home.write("ca.pub", ca.public_key().as_bytes(), false)?;
@@ -689,9 +729,9 @@ fn enroll(
     };
     let founder_home = founder.unwrap_or(home);
     let founder_store = founder_home.store()?;
-    let manifest = next_manifest(ca, founder_store.document(MANIFEST)?, member, now)?;
-    founder_store.in_transaction(|store| {
-        store.put_document(MANIFEST, &manifest)?;
+    let manifest = founder_store.in_transaction(|store| {
+        let manifest = next_manifest(ca, store.document(MANIFEST)?, member, now)?;
+        store.put_signed(MANIFEST, &manifest)?;
         if founder.is_some() {
             store.upsert_peer(&PeerRecord {
                 id: peer.hub_id(),
@@ -706,7 +746,7 @@ fn enroll(
                 last_seen_at: None,
             })?;
         }
-        Ok(())
+        Ok::<_, HomeError>(manifest)
     })?;
     let store = home.store()?;
     store.in_transaction(|store| {
@@ -718,7 +758,7 @@ fn enroll(
             created_at: now,
         })?;
         store.put_document(MANIFEST, &manifest)?;
-        Ok(())
+        Ok::<_, HomeError>(())
     })?;
     // The certificate last: its presence marks the directory as initialized.
     home.write("hub.der", &der, false)?;
@@ -753,6 +793,11 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(founder.dir())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "the home directory");
             for secret in ["ca.key", "identity.key"] {
                 let mode = std::fs::metadata(founder.dir().join(secret))
                     .unwrap()
@@ -802,6 +847,57 @@ mod tests {
             empty.credentials(),
             Err(HomeError::NotInitialized(_))
         ));
+    }
+
+    /// Concurrent revocations (each on its own connection, as two API calls or a CLI command
+    /// beside `hub run` are) are serialized: each signs a distinct version over the one before,
+    /// and the newest list holds every entry. Reading the held list outside the write
+    /// transaction signed several lists numbered 1, of which the store kept one.
+    #[test]
+    fn concurrent_revocations_all_land_in_the_newest_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let founder = Home::new(dir.path().join("founder"));
+        founder
+            .create_cluster("ws://127.0.0.1:1", &new_hub("desk"))
+            .unwrap();
+        const N: u8 = 6;
+        let barrier = std::sync::Barrier::new(usize::from(N));
+        let versions: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (founder, barrier) = (&founder, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        founder
+                            .revoke(Revocation {
+                                fingerprint: [i + 1; 32],
+                                key_hash: [0; 32],
+                                revoked_at_ms: 1,
+                                reason: format!("revocation {i}"),
+                            })
+                            .unwrap()
+                            .version()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (1..=u64::from(N)).collect::<Vec<_>>(),
+            "{versions:?}"
+        );
+        let held = RevocationList::verify(
+            &founder.revocations().unwrap(),
+            &founder.cluster_id().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(held.version(), u64::from(N));
+        for i in 0..N {
+            assert!(held.is_revoked(&[i + 1; 32], &[9; 32]), "entry {i} lost");
+        }
     }
 
     #[test]

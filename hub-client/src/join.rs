@@ -95,8 +95,10 @@ async fn exchange(
         kind: PAIRING_EXTENSION,
         data: token.issuer.as_bytes(),
     });
-    ws.send(Message::Binary(Frame::Hello(hello).to_message().into()))
-        .await?;
+    let hello = Frame::Hello(hello)
+        .to_message()
+        .map_err(|e| JoinError::Protocol(e.to_string()))?;
+    ws.send(Message::Binary(hello.into())).await?;
     let mut joiner = Some(joiner);
     while let Some(message) = ws.next().await {
         match message? {
@@ -108,7 +110,10 @@ async fn exchange(
                                 dst: token.issuer,
                                 payload: &request,
                             };
-                            ws.send(Message::Binary(send.to_message().into())).await?;
+                            let send = send
+                                .to_message()
+                                .map_err(|e| JoinError::Protocol(e.to_string()))?;
+                            ws.send(Message::Binary(send.into())).await?;
                         }
                         Frame::Recv { src, payload } if src == token.issuer => {
                             let Some(joiner) = joiner.take() else {

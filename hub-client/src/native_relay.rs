@@ -8,6 +8,11 @@
 //! plus one outgoing queue per socket; the reader of each socket feeds the room, and a writer task
 //! per socket drains its queue. A socket whose queue holds more than [`MAX_QUEUED_BYTES`] is
 //! closed as a slow consumer, so one stalled hub cannot make the relay buffer without bound.
+//!
+//! Deadlines (no `Hello` in time, a pairing guest's lifetime, a member idle past
+//! [`IDLE_TIMEOUT_MS`]) are the room's: one timer task per room sleeps until
+//! `Room::poll_timeout` and calls `Room::handle_timeout`. At most [`MAX_CONNECTIONS`] TCP
+//! connections are served at once (`--max-connections`); past that, new ones are closed at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,8 +42,13 @@ use crate::unix_ms;
 /// Bytes queued for one socket before it is closed as a slow consumer.
 pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 
-/// How long a socket may stay open without sending its `Hello`.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection has to send its whole HTTP request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most TCP connections served at once, by default.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
+pub use shared_proto::room::IDLE_TIMEOUT_MS;
 
 /// How long one write to a socket may take before the socket is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,17 +74,22 @@ struct Peer {
 struct RoomEntry {
     room: Room,
     peers: Peers,
+    /// Wakes the room's timer task when a deadline earlier than the one it sleeps for appears.
+    timer: Arc<tokio::sync::Notify>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<u64>,
 }
 
 /// The relay's rooms, one per cluster id, and each cluster's newest revocation list (kept while
 /// the relay runs, and in `state_dir` if it has one, so that it survives restarts).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Relay {
     rooms: Mutex<HashMap<ClusterId, Arc<Mutex<RoomEntry>>>>,
     revocations: Mutex<HashMap<ClusterId, Vec<u8>>>,
     state_dir: Option<PathBuf>,
     allowed: Option<Vec<ClusterId>>,
     next_conn: AtomicU64,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,9 +106,19 @@ impl Relay {
             std::fs::create_dir_all(dir)?;
         }
         Ok(Relay {
+            rooms: Mutex::default(),
+            revocations: Mutex::default(),
             state_dir,
-            ..Relay::default()
+            allowed: None,
+            next_conn: AtomicU64::new(0),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         })
+    }
+
+    /// Serves at most `max` TCP connections at once (default [`MAX_CONNECTIONS`]).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(max));
+        self
     }
 
     /// Serves only these clusters (like the Worker's `ALLOWED_CLUSTERS`); others are closed
@@ -146,14 +171,20 @@ impl Relay {
         // Forget rooms that hold nothing worth keeping (no socket, no live login nonce).
         let now = unix_ms();
         rooms.retain(|_, e| !lock(e).room.is_idle(now));
-        let mut room = Room::new(RoomConfig::new(cluster.clone(), now));
+        let mut config = RoomConfig::new(cluster.clone(), now);
+        config.idle_timeout_ms = Some(IDLE_TIMEOUT_MS);
+        let mut room = Room::new(config);
         if let Some(bytes) = self.stored_revocations(cluster) {
             room.set_revocations(&bytes);
         }
+        let timer = Arc::new(tokio::sync::Notify::new());
         let entry = Arc::new(Mutex::new(RoomEntry {
             room,
             peers: Peers::default(),
+            timer: timer.clone(),
+            armed: None,
         }));
+        tokio::spawn(run_timers(Arc::downgrade(&entry), timer));
         rooms.insert(cluster.clone(), entry.clone());
         entry
     }
@@ -170,10 +201,13 @@ impl Relay {
         let notice = Frame::Restarting {
             reconnect_after_ms: reconnect_after.as_millis().min(u128::from(u32::MAX)) as u32,
         }
-        .to_message();
+        .to_message()
+        .ok();
         for entry in lock(&self.rooms).values() {
             for peer in lock(entry).peers.map.values() {
-                let _ = peer.tx.send(Outgoing::Binary(notice.clone()));
+                if let Some(notice) = &notice {
+                    let _ = peer.tx.send(Outgoing::Binary(notice.clone()));
+                }
                 let _ = peer.tx.send(Outgoing::Close(
                     CloseCode::GoingAway,
                     "relay restarting".into(),
@@ -222,11 +256,52 @@ impl Sockets for Peers {
 }
 
 impl RoomEntry {
-    /// Carries out the room's actions (the room is locked by the caller); returns a revocation
-    /// list to store, if the room accepted one.
+    /// Carries out the room's actions (the room is locked by the caller), and wakes the timer
+    /// task if the room now has an earlier deadline; returns a revocation list to store, if the
+    /// room accepted one.
     fn perform(&mut self, actions: Vec<Action>) -> Option<Vec<u8>> {
         self.room.perform(actions, &mut self.peers);
+        if let Some(at) = self.room.poll_timeout() {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.armed = Some(at);
+                self.timer.notify_one();
+            }
+        }
         self.peers.store.take()
+    }
+}
+
+/// A room's timer task: sleeps until the room's earliest deadline and hands it to the room.
+/// Ends once the room is forgotten.
+async fn run_timers(entry: std::sync::Weak<Mutex<RoomEntry>>, timer: Arc<tokio::sync::Notify>) {
+    // Without a deadline, look again this often (to notice that the room is gone).
+    const IDLE_CHECK: Duration = Duration::from_secs(60);
+    loop {
+        let next = {
+            let Some(entry) = entry.upgrade() else {
+                return;
+            };
+            let mut e = lock(&entry);
+            e.armed = e.room.poll_timeout();
+            e.armed
+        };
+        let sleep = next.map_or(IDLE_CHECK, |at| {
+            Duration::from_millis(at.saturating_sub(unix_ms()))
+        });
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = timer.notified() => continue,
+        }
+        if next.is_none() {
+            continue;
+        }
+        let Some(entry) = entry.upgrade() else {
+            return;
+        };
+        let mut e = lock(&entry);
+        let mut actions = Vec::new();
+        e.room.handle_timeout(unix_ms(), &mut actions);
+        let _ = e.perform(actions);
     }
 }
 
@@ -254,11 +329,17 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
+                    // Full: the connection is dropped at once (the hub retries with backoff).
+                    tracing::warn!(%addr, "connection limit reached; closing a new connection");
+                    continue;
+                };
                 let relay = relay.clone();
                 tokio::spawn(async move {
                     if let Err(e) = serve_connection(stream, addr, relay).await {
                         tracing::debug!(%addr, "connection ended: {e}");
                     }
+                    drop(permit);
                 });
             }
         }
@@ -276,7 +357,7 @@ struct RequestHead {
 /// Peeks at the request head without consuming it, so tungstenite can read it again.
 async fn peek_head(stream: &TcpStream) -> std::io::Result<Option<RequestHead>> {
     let mut buf = vec![0u8; MAX_REQUEST_HEAD];
-    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
             .await
@@ -395,7 +476,6 @@ async fn run_socket(
     let queued = Arc::new(AtomicUsize::new(0));
     {
         let mut e = lock(&entry);
-        e.room.handle_connect(conn);
         e.peers.map.insert(
             conn,
             Peer {
@@ -403,28 +483,19 @@ async fn run_socket(
                 queued: queued.clone(),
             },
         );
+        let mut actions = Vec::new();
+        e.room.handle_connect(conn, unix_ms(), &mut actions);
+        let _ = e.perform(actions);
     }
     let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, rx, queued));
-    let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
-    let mut admitted = false;
+    // The writer ends after the room closes the socket (its close frame sent), or on a failed
+    // write; the reader stops with it.
+    let mut writer = tokio::spawn(write_loop(sink, rx, queued));
 
     loop {
-        let next = if admitted {
-            stream.next().await
-        } else {
-            match tokio::time::timeout_at(hello_deadline, stream.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    close_now(
-                        &entry,
-                        conn,
-                        CloseCode::HelloTimeout,
-                        "no Hello within 10 s".into(),
-                    );
-                    break;
-                }
-            }
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = &mut writer => break,
         };
         let mut actions = Vec::new();
         match next {
@@ -433,7 +504,6 @@ async fn run_socket(
                     let mut e = lock(&entry);
                     e.room.handle_message(conn, unix_ms(), &bytes, &mut actions);
                     let stored = e.perform(actions);
-                    admitted = e.room.hub_of(conn).is_some();
                     (e.peers.map.contains_key(&conn), stored)
                 };
                 if let Some(bytes) = stored {
@@ -445,6 +515,7 @@ async fn run_socket(
                 }
             }
             Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE_REQUEST => {
+                lock(&entry).room.handle_keepalive(conn, unix_ms());
                 let _ = tx.send(Outgoing::Text(KEEPALIVE_RESPONSE));
             }
             Some(Ok(Message::Text(_))) => {
@@ -477,7 +548,9 @@ async fn run_socket(
         }
     }
     drop(tx);
-    let _ = writer.await;
+    if !writer.is_finished() {
+        let _ = writer.await;
+    }
     relay.forget_if_empty(cluster_id, &entry);
 }
 

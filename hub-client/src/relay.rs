@@ -55,6 +55,9 @@ pub enum RelayError {
     /// The client was shut down or gave up (after a final close code).
     #[error("the relay client has stopped")]
     Stopped,
+    /// Something this hub would send is past a limit of the relay protocol.
+    #[error("cannot send to the relay: {0}")]
+    Frame(#[from] shared_proto::frame::FrameError),
 }
 
 /// What the relay client tells the application.
@@ -237,6 +240,7 @@ impl RelayClient {
     /// Publishes a signed revocation list through the relay; it reaches every hub of the room and
     /// comes back as [`RelayEvent::Revocations`] once the relay has taken it.
     pub async fn publish_revocations(&self, signed: Vec<u8>) -> Result<(), RelayError> {
+        Frame::RevocationList(&signed).check()?;
         self.commands
             .send(Command::Publish(signed))
             .await
@@ -393,10 +397,20 @@ where
     let creds = &config.credentials;
     let cluster = config.cluster_id();
     let login = creds.login(unix_ms(), &mut rand::rngs::OsRng);
-    let mut hello = Frame::Hello(creds.hello(&login)).to_message();
+    let mut hello = match Frame::Hello(creds.hello(&login)).to_message() {
+        Ok(hello) => hello,
+        Err(e) => {
+            return SessionEnd::Failed {
+                reason: format!("this hub's Hello: {e}"),
+                welcomed: false,
+            }
+        }
+    };
     // Pass on the newest list this hub holds: the relay may have lost or never seen it.
     if let Some(list) = held.as_ref() {
-        Frame::RevocationList(list.bytes()).encode(&mut hello);
+        if let Err(e) = Frame::RevocationList(list.bytes()).encode(&mut hello) {
+            tracing::warn!("not passing on the held revocation list: {e}");
+        }
     }
     if let Err(e) = ws.send(Message::Binary(hello.into())).await {
         return SessionEnd::Failed {
@@ -456,10 +470,14 @@ where
                 let mut batch = Vec::new();
                 let mut next = Some(cmd);
                 while let Some(cmd) = next.take() {
-                    match cmd {
+                    // `send` and `publish_revocations` checked the limits already.
+                    let encoded = match cmd {
                         Command::Send { dst, payload } => Frame::Send { dst, payload: &payload }.encode(&mut batch),
                         Command::Status => Frame::StatusRequest.encode(&mut batch),
                         Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
+                    };
+                    if let Err(e) = encoded {
+                        tracing::warn!("dropped a frame past the protocol's limits: {e}");
                     }
                     if batch.len() < BATCH_TARGET {
                         next = commands.try_recv().ok();
@@ -688,12 +706,14 @@ mod tests {
             version: 1,
             online: vec![hub(2)],
         }
-        .to_message();
+        .to_message()
+        .unwrap();
         Frame::Recv {
             src: hub(2),
             payload: b"hey",
         }
-        .encode(&mut msg);
+        .encode(&mut msg)
+        .unwrap();
         relay_ws.send(Message::Binary(msg.into())).await.unwrap();
         assert_eq!(
             ev_rx.recv().await.unwrap(),

@@ -35,6 +35,15 @@ pub enum StoreError {
     /// A stored value that does not parse.
     #[error("corrupt {0} in the database")]
     Corrupt(&'static str),
+    /// A document this hub signed was not kept: the store holds one at least as new (the
+    /// signer read a stale one). It must not be published.
+    #[error("the new {kind} ({serial}) was not kept: the store holds one at least as new")]
+    NotKept {
+        /// Which document.
+        kind: &'static str,
+        /// Its version or epoch.
+        serial: u64,
+    },
 }
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -319,7 +328,7 @@ impl Store {
         let (out, admission) = admit(&terms, manifest)?;
         if let Some(a) = admission {
             self.upsert_peer(&a.peer)?;
-            self.put_document(MANIFEST, &a.manifest)?;
+            self.put_signed(MANIFEST, &a.manifest)?;
         }
         tx.commit().map_err(StoreError::from)?;
         Ok(Ok(out))
@@ -412,14 +421,33 @@ impl Store {
         )? == 1)
     }
 
-    /// Runs `f` in one transaction: all of its writes land, or none.
-    pub fn in_transaction<T>(
+    /// Stores a document this hub has just signed, which must be newer than the one held
+    /// ([`StoreError::NotKept`] otherwise: a signed document is never dropped silently).
+    pub fn put_signed(&self, kind: &'static str, doc: &Document) -> Result<(), StoreError> {
+        if self.put_document(kind, doc)? {
+            Ok(())
+        } else {
+            Err(StoreError::NotKept {
+                kind,
+                serial: doc.serial,
+            })
+        }
+    }
+
+    /// Runs `f` in one immediate transaction: it holds the write lock from its first statement,
+    /// so what `f` reads is still true when its writes land (two hubs' commands or two API calls
+    /// run one after the other), and all of its writes land, or none.
+    pub fn in_transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        f: impl FnOnce(&Store) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(StoreError::from)?;
         let out = f(self)?;
-        tx.commit()?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(out)
     }
 

@@ -8,9 +8,14 @@
 //! that the cluster id names.
 //!
 //! What survives hibernation: the sockets (the runtime keeps them); per socket, an attachment
-//! with its connection id, its member info once admitted, and when it was accepted; and in the
-//! object's storage, the cluster id and the newest revocation list. The room is rebuilt from
-//! those on the first event after a wake-up.
+//! with its connection id, when it was accepted, and its member info once admitted (for a
+//! pairing guest, its admission time and message count); and in the object's storage, the
+//! cluster id, the newest revocation list and the login nonces. The room is rebuilt from those
+//! on the first event after a wake-up.
+//!
+//! Deadlines are the room's (`Room::poll_timeout`): the object keeps one alarm, set to the
+//! earliest of them after every event, and hands the alarm to `Room::handle_timeout`. A room of
+//! members only has no deadline, so an idle cluster sets no alarm and is never woken.
 //!
 //! Nothing here may panic: a panic aborts the wasm instance and drops every hub in the room. All
 //! fallible calls go through `Result`, and JS errors are logged and mapped to close code 1011.
@@ -29,8 +34,8 @@ use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
-    DurableObject, Env, ListOptions, Request, Response, ResponseBuilder, Result, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    DurableObject, Env, ListOptions, Request, Response, ResponseBuilder, Result, ScheduledTime,
+    State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
 /// The Durable Object binding name in `wrangler.toml`.
@@ -38,9 +43,6 @@ const ROOMS_BINDING: &str = "ROOMS";
 
 /// Optional Worker variable: a comma-separated list of the cluster ids this relay serves.
 const ALLOWED_CLUSTERS_VAR: &str = "ALLOWED_CLUSTERS";
-
-/// How long a socket may stay open without sending its `Hello`.
-const HELLO_TIMEOUT_MS: u64 = 10_000;
 
 /// Storage keys of the object: the cluster id, the newest revocation list, and one key per
 /// accepted login nonce (`n:` + hex nonce -> timestamp), kept while the login could be replayed.
@@ -123,6 +125,16 @@ struct Attachment {
     /// For a pairing guest: the issuer's hub id (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     g: Option<String>,
+    /// When it was admitted (Unix ms).
+    #[serde(default)]
+    a: f64,
+    /// For a pairing guest: the `Send` frames it has sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    s: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Attachment {
@@ -145,6 +157,8 @@ impl Attachment {
             fingerprint,
             key_hash,
             guest_of,
+            admitted_ms: self.a as u64,
+            sends: self.s,
         })
     }
 }
@@ -157,6 +171,8 @@ pub struct RelayRoom {
     room: RefCell<Option<Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     next_conn: Cell<u64>,
+    /// When the alarm is set for (Unix ms), as far as this instance knows.
+    alarm_at: Cell<Option<u64>>,
 }
 
 impl std::fmt::Debug for RelayRoom {
@@ -184,6 +200,7 @@ impl DurableObject for RelayRoom {
             room: RefCell::new(None),
             sockets: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
+            alarm_at: Cell::new(None),
         }
     }
 
@@ -206,20 +223,16 @@ impl DurableObject for RelayRoom {
             t: now as f64,
             m: None,
             g: None,
+            a: 0.0,
+            s: 0,
         })?;
         self.state
             .as_raw()
             .accept_websocket(server.as_ref())
             .map_err(worker::Error::from)?;
-        self.with_room(|room, _| room.handle_connect(conn));
         self.sockets.borrow_mut().insert(conn, server);
-        // One alarm serves every pending socket: it closes those past the deadline and re-arms.
-        let storage = self.state.storage();
-        if matches!(storage.get_alarm().await, Ok(None)) {
-            storage
-                .set_alarm(std::time::Duration::from_millis(HELLO_TIMEOUT_MS))
-                .await?;
-        }
+        let stored = self.with_room(|room, actions| room.handle_connect(conn, now, actions));
+        self.persist(stored).await?;
         Response::from_websocket(pair.client)
     }
 
@@ -239,6 +252,7 @@ impl DurableObject for RelayRoom {
             }
             WebSocketIncomingMessage::String(text) if text == KEEPALIVE_REQUEST => {
                 // Normally answered by the runtime; answer here when it was not.
+                room.handle_keepalive(conn, now);
                 let _ = ws.send_with_str(KEEPALIVE_RESPONSE);
             }
             WebSocketIncomingMessage::String(_) => room.handle_text(conn, actions),
@@ -267,49 +281,13 @@ impl DurableObject for RelayRoom {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        // The runtime cleared the alarm that fired.
+        self.alarm_at.set(None);
         self.ensure_room(None).await?;
         let now = Date::now().as_millis();
-        let mut earliest_pending: Option<u64> = None;
-        let sockets: Vec<(ConnId, WebSocket)> = self
-            .sockets
-            .borrow()
-            .iter()
-            .map(|(c, w)| (*c, w.clone()))
-            .collect();
-        let mut expired = Vec::new();
-        for (conn, ws) in sockets {
-            let Ok(Some(att)) = ws.deserialize_attachment::<Attachment>() else {
-                continue;
-            };
-            if att.m.is_some() {
-                continue;
-            }
-            let deadline = att.t as u64 + HELLO_TIMEOUT_MS;
-            if deadline <= now {
-                expired.push(conn);
-            } else {
-                earliest_pending = Some(earliest_pending.map_or(deadline, |e| e.min(deadline)));
-            }
-        }
-        let stored = self.with_room(|room, actions| {
-            for conn in expired {
-                actions.push(Action::Close {
-                    conn,
-                    code: CloseCode::HelloTimeout,
-                    reason: "no Hello within 10 s".into(),
-                });
-                room.handle_disconnect(conn, actions);
-            }
-        });
+        let stored = self.with_room(|room, actions| room.handle_timeout(now, actions));
         self.persist(stored).await?;
         self.load_nonces(now, false).await?;
-        if let Some(deadline) = earliest_pending {
-            let delay = deadline.saturating_sub(now).max(1);
-            self.state
-                .storage()
-                .set_alarm(std::time::Duration::from_millis(delay))
-                .await?;
-        }
         Response::ok("")
     }
 }
@@ -335,6 +313,8 @@ impl RelayRoom {
             return Ok(());
         }
         let storage = self.state.storage();
+        let alarm = storage.get_alarm().await?;
+        self.alarm_at.set(alarm.map(|at| at.max(0) as u64));
         let stored: Option<String> = storage.get(CLUSTER_KEY).await?;
         let cluster = match (stored.and_then(|s| s.parse::<ClusterId>().ok()), hint) {
             (Some(c), _) => c,
@@ -371,7 +351,7 @@ impl RelayRoom {
                 Ok(Some(att)) => {
                     let conn = att.conn();
                     next = next.max(conn.0 + 1);
-                    room.restore(conn, att.member(), &mut actions);
+                    room.restore(conn, att.t as u64, att.member(), now, &mut actions);
                     self.sockets.borrow_mut().insert(conn, ws);
                 }
                 _ => {
@@ -444,13 +424,21 @@ impl RelayRoom {
             store: ToStore::default(),
         };
         room.perform(actions, &mut sockets);
+        sockets.store.deadline = room.poll_timeout();
         sockets.store
     }
 
     /// Stores an accepted revocation list and login nonces so that they survive hibernation
-    /// and restarts.
+    /// and restarts, and moves the alarm to the room's earliest deadline if that is sooner.
     async fn persist(&self, store: ToStore) -> Result<()> {
         let storage = self.state.storage();
+        if let Some(at) = store.deadline {
+            if self.alarm_at.get().is_none_or(|set| at < set) {
+                let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
+                storage.set_alarm(ScheduledTime::new(date)).await?;
+                self.alarm_at.set(Some(at));
+            }
+        }
         if let Some(bytes) = store.revocations {
             storage.put(REVOCATIONS_KEY, hex::encode(bytes)).await?;
         }
@@ -477,6 +465,8 @@ impl RelayRoom {
 struct ToStore {
     revocations: Option<Vec<u8>>,
     logins: Vec<LoginNonce>,
+    /// The room's earliest deadline: the alarm must fire by then.
+    deadline: Option<u64>,
 }
 
 /// The object's sockets, as the room drives them.
@@ -525,6 +515,8 @@ impl Sockets for SocketMap<'_> {
                 hex::encode(member.key_hash),
             )),
             g: member.guest_of.map(|h| h.to_string()),
+            a: member.admitted_ms as f64,
+            s: member.sends,
         };
         if let Err(e) = ws.serialize_attachment(att) {
             console_error!("could not store the member with its socket: {e}");

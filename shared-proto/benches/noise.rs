@@ -60,7 +60,7 @@ fn hub(ca: &ClusterCa, id: u8) -> (LocalIdentity, VerifiedPeer) {
     let local = LocalIdentity {
         cluster: ca.cluster_id(),
         ca_key: ca.public_key(),
-        static_secret,
+        static_secret: static_secret.into(),
         cert_der,
     };
     (local, cert)

@@ -33,6 +33,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4007: the room already holds the most hubs it admits.
     RoomFull,
+    /// 4008: nothing arrived from the hub, not even a keepalive, for the relay's idle timeout
+    /// (`hub relay`: 150 s); the connection is presumed dead. Reconnect.
+    IdleTimeout,
     /// 1013: the relay is overloaded for this request; try again later.
     TryAgainLater,
     /// 4010: the `Hello` carried no certificate login.
@@ -66,7 +69,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 24] = [
+    pub const ALL: [CloseCode; 25] = [
         Self::Normal,
         Self::GoingAway,
         Self::InternalError,
@@ -78,6 +81,7 @@ impl CloseCode {
         Self::TooLarge,
         Self::SlowConsumer,
         Self::RoomFull,
+        Self::IdleTimeout,
         Self::TryAgainLater,
         Self::CertificateRequired,
         Self::ForeignCluster,
@@ -107,6 +111,7 @@ impl CloseCode {
             Self::TooLarge => 4005,
             Self::SlowConsumer => 4006,
             Self::RoomFull => 4007,
+            Self::IdleTimeout => 4008,
             Self::TryAgainLater => 1013,
             Self::CertificateRequired => 4010,
             Self::ForeignCluster => 4011,

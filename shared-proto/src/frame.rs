@@ -312,11 +312,62 @@ impl<'a> Frame<'a> {
         }
     }
 
-    /// Appends the frame's wire form to `out`.
-    ///
-    /// Encoding never fails for frames within the limits; callers building frames from their own
-    /// input check [`MAX_PAYLOAD`] first (the hub client does, in `send`).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Whether the frame is within the limits that [`Frame::decode`] enforces: what encodes,
+    /// decodes. A frame past a limit is an error, never a frame cut short to fit its length
+    /// field.
+    pub fn check(&self) -> Result<(), FrameError> {
+        let limit = |what, len, max| {
+            if len > max {
+                Err(FrameError::TooLarge { what, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Frame::Hello(hello) => {
+                for (i, ext) in hello.extensions.iter().enumerate() {
+                    limit("hello extension", ext.data.len(), MAX_EXTENSION_LEN)?;
+                    if hello.extensions[..i].iter().any(|e| e.kind == ext.kind) {
+                        return Err(FrameError::DuplicateExtension(ext.kind));
+                    }
+                }
+                let body = 1
+                    + HUB_ID_LEN
+                    + hello
+                        .extensions
+                        .iter()
+                        .map(|e| 4 + e.data.len())
+                        .sum::<usize>();
+                limit("frame body", body, MAX_FRAME_BODY)
+            }
+            Frame::Welcome { online, .. } => {
+                limit("welcome member list", online.len(), MAX_ROOM_MEMBERS)
+            }
+            Frame::Send { payload, .. } | Frame::Recv { payload, .. } => {
+                limit("payload", payload.len(), MAX_PAYLOAD)
+            }
+            Frame::RevocationList([]) => Err(FrameError::Invalid("empty revocation list")),
+            Frame::RevocationList(doc) => limit("frame body", doc.len(), MAX_DOCUMENT_BODY),
+            Frame::PeerJoined(_)
+            | Frame::PeerLeft(_)
+            | Frame::Undeliverable(_)
+            | Frame::StatusRequest
+            | Frame::Status(_)
+            | Frame::Restarting { .. } => Ok(()),
+        }
+    }
+
+    /// Appends the frame's wire form to `out`; a frame past a limit ([`Frame::check`]) is an
+    /// error and leaves `out` as it was.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        self.check()?;
+        self.write(out);
+        Ok(())
+    }
+
+    /// Appends the wire form without checking the limits: for [`Frame::encode`], and for tests
+    /// that need frames past a limit (to see the decoder refuse them).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.push(self.frame_type() as u8);
         out.extend_from_slice(&[0; 4]);
@@ -354,15 +405,16 @@ impl<'a> Frame<'a> {
             }
             Frame::RevocationList(doc) => out.extend_from_slice(doc),
         }
+        // Within u32: `check` bounds every body far below it.
         let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
         out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&body_len.to_be_bytes());
     }
 
     /// The frame as a one-frame message.
-    pub fn to_message(&self) -> Vec<u8> {
+    pub fn to_message(&self) -> Result<Vec<u8>, FrameError> {
         let mut out = Vec::new();
-        self.encode(&mut out);
-        out
+        self.encode(&mut out)?;
+        Ok(out)
     }
 
     /// Decodes one frame from the front of `buf`, returning it and the rest of `buf`.
@@ -614,16 +666,85 @@ mod tests {
         ];
         assert_eq!(expected.len(), FrameType::ALL.len(), "a snapshot per type");
         for (ty, want) in expected {
-            let got = hex::encode(sample(ty).to_message());
+            let got = hex::encode(sample(ty).to_message().unwrap());
             assert_eq!(got, want.replace(' ', ""), "{ty:?}");
         }
+    }
+
+    /// Encoding checks the limits decoding enforces: a 70,000-byte extension once went out
+    /// with its length cut to 16 bits (a corrupt frame); now it is refused and nothing is
+    /// written.
+    #[test]
+    fn encoding_past_a_limit_is_an_error_not_a_corrupt_frame() {
+        let big = vec![0u8; 70_000];
+        let mut out = vec![9u8];
+        let hello = Frame::Hello(Hello {
+            version: 1,
+            hub: hub(1),
+            extensions: vec![Extension {
+                kind: 1,
+                data: &big,
+            }],
+        });
+        assert!(matches!(
+            hello.encode(&mut out),
+            Err(FrameError::TooLarge {
+                what: "hello extension",
+                len: 70_000,
+                ..
+            })
+        ));
+        assert_eq!(out, [9], "nothing written");
+        let twice = Frame::Hello(Hello {
+            version: 1,
+            hub: hub(1),
+            extensions: vec![
+                Extension {
+                    kind: 1,
+                    data: b"a",
+                },
+                Extension {
+                    kind: 1,
+                    data: b"b",
+                },
+            ],
+        });
+        assert_eq!(twice.to_message(), Err(FrameError::DuplicateExtension(1)));
+        let payload = vec![0u8; MAX_PAYLOAD + 1];
+        let send = Frame::Send {
+            dst: hub(2),
+            payload: &payload,
+        };
+        assert!(matches!(
+            send.to_message(),
+            Err(FrameError::TooLarge {
+                what: "payload",
+                ..
+            })
+        ));
+        let online = vec![hub(3); MAX_ROOM_MEMBERS + 1];
+        let welcome = Frame::Welcome { version: 1, online };
+        assert!(welcome.to_message().is_err());
+        assert!(Frame::RevocationList(b"").to_message().is_err());
+        let doc = vec![1u8; MAX_DOCUMENT_BODY + 1];
+        assert!(Frame::RevocationList(&doc).to_message().is_err());
+        // At the limits, what encodes decodes.
+        let payload = vec![0u8; MAX_PAYLOAD];
+        let send = Frame::Send {
+            dst: hub(2),
+            payload: &payload,
+        };
+        assert_eq!(
+            decode_message(&send.to_message().unwrap()).unwrap(),
+            vec![send]
+        );
     }
 
     #[test]
     fn every_type_round_trips_and_registry_is_closed() {
         for ty in FrameType::ALL {
             let frame = sample(ty);
-            let bytes = frame.to_message();
+            let bytes = frame.to_message().unwrap();
             assert_eq!(decode_message(&bytes).unwrap(), vec![frame]);
         }
         let known: Vec<u8> = FrameType::ALL.iter().map(|t| *t as u8).collect();
@@ -638,7 +759,7 @@ mod tests {
     #[test]
     fn truncated_input_is_rejected_at_every_cut() {
         for ty in FrameType::ALL {
-            let bytes = sample(ty).to_message();
+            let bytes = sample(ty).to_message().unwrap();
             for cut in 1..bytes.len() {
                 let err = decode_message(&bytes[..cut]).unwrap_err();
                 assert_eq!(err, FrameError::Truncated, "{ty:?} cut at {cut}");
@@ -655,7 +776,7 @@ mod tests {
             FrameType::Restarting,
             FrameType::Welcome,
         ] {
-            let mut bytes = sample(ty).to_message();
+            let mut bytes = sample(ty).to_message().unwrap();
             bytes.push(0);
             let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) + 1;
             bytes[1..5].copy_from_slice(&len.to_be_bytes());
@@ -668,19 +789,25 @@ mod tests {
 
     #[test]
     fn trailing_garbage_after_the_last_frame_is_rejected() {
-        let mut bytes = sample(FrameType::PeerLeft).to_message();
+        let mut bytes = sample(FrameType::PeerLeft).to_message().unwrap();
         bytes.extend_from_slice(&[0x05, 0x00]);
         assert_eq!(decode_message(&bytes).unwrap_err(), FrameError::Truncated);
+    }
+
+    /// A frame written without the encoder's checks, to feed the decoder.
+    fn unchecked(frame: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame.write(&mut out);
+        out
     }
 
     #[test]
     fn oversized_input_is_rejected() {
         let payload = vec![0u8; MAX_PAYLOAD + 1];
-        let bytes = Frame::Send {
+        let bytes = unchecked(&Frame::Send {
             dst: hub(1),
             payload: &payload,
-        }
-        .to_message();
+        });
         assert!(matches!(
             decode_message(&bytes).unwrap_err(),
             FrameError::TooLarge {
@@ -708,7 +835,8 @@ mod tests {
             dst: hub(1),
             payload: &payload,
         }
-        .to_message();
+        .to_message()
+        .unwrap();
         assert_eq!(decode_message(&bytes).unwrap().len(), 1);
     }
 
@@ -716,12 +844,11 @@ mod tests {
     fn empty_message_and_duplicate_extensions_are_rejected() {
         assert_eq!(decode_message(&[]).unwrap_err(), FrameError::Empty);
         let ext = Extension { kind: 9, data: b"" };
-        let bytes = Frame::Hello(Hello {
+        let bytes = unchecked(&Frame::Hello(Hello {
             version: 1,
             hub: hub(1),
             extensions: vec![ext, ext],
-        })
-        .to_message();
+        }));
         assert_eq!(
             decode_message(&bytes).unwrap_err(),
             FrameError::DuplicateExtension(9)
@@ -826,7 +953,7 @@ mod tests {
             let frames: Vec<Frame<'_>> = batch.iter().map(Owned::frame).collect();
             let mut msg = Vec::new();
             for f in &frames {
-                f.encode(&mut msg);
+                f.encode(&mut msg).unwrap();
             }
             prop_assert_eq!(decode_message(&msg).unwrap(), frames);
         }

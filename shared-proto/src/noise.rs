@@ -108,6 +108,29 @@ pub fn public_key(secret: &[u8; 32]) -> Result<[u8; 32], NoiseError> {
         .map_err(|_| NoiseError::Noise("X25519 public key of an unexpected length".into()))
 }
 
+/// An X25519 static secret: never printed, zeroed when dropped.
+#[derive(Clone, zeroize::ZeroizeOnDrop)]
+pub struct StaticSecret([u8; 32]);
+
+impl StaticSecret {
+    /// The secret's bytes (to hand to the Noise handshake or to write into the key file).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for StaticSecret {
+    fn from(bytes: [u8; 32]) -> Self {
+        StaticSecret(bytes)
+    }
+}
+
+impl std::fmt::Debug for StaticSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticSecret(<redacted>)")
+    }
+}
+
 /// A hub's Noise identity: its X25519 static key pair and certificate.
 #[derive(Debug)]
 pub struct LocalIdentity {
@@ -116,7 +139,7 @@ pub struct LocalIdentity {
     /// The cluster CA key (to verify peers).
     pub ca_key: ed25519_dalek::VerifyingKey,
     /// X25519 static secret; its public half is in the certificate.
-    pub static_secret: [u8; 32],
+    pub static_secret: StaticSecret,
     /// This hub's certificate (DER).
     pub cert_der: Vec<u8>,
 }
@@ -174,7 +197,7 @@ fn builder<'a>(
     prologue: &'a [u8],
     rng: &mut impl CryptoRngCore,
 ) -> Result<snow::Builder<'a>, NoiseError> {
-    static_builder(&local.static_secret, prologue, rng)
+    static_builder(local.static_secret.as_bytes(), prologue, rng)
 }
 
 /// A Noise IK builder for `static_secret`, with the caller's randomness.
@@ -524,7 +547,7 @@ pub(crate) mod tests {
             local: LocalIdentity {
                 cluster: ca.cluster_id(),
                 ca_key: ca.public_key(),
-                static_secret,
+                static_secret: static_secret.into(),
                 cert_der,
             },
             cert,
@@ -564,6 +587,20 @@ pub(crate) mod tests {
 
     impl rand_core::CryptoRng for Fixed {}
 
+    #[test]
+    fn debug_never_prints_the_static_secret() {
+        let ca = ClusterCa::from_secret(&[5; 32]);
+        let h = hub(&ca, 0xab);
+        let printed = format!("{:?} {:#?}", h.local, h.local);
+        assert!(printed.contains("StaticSecret(<redacted>)"), "{printed}");
+        // The secret is [0xab; 32]: neither its bytes as Debug prints an array, nor in hex.
+        assert!(
+            !printed.contains(&format!("{:?}", [0xabu8; 32])),
+            "{printed}"
+        );
+        assert!(!printed.contains(&hex::encode([0xabu8; 32])), "{printed}");
+    }
+
     /// Known answers from a second, independent implementation written from the Noise spec
     /// (`scripts/noise-ik-vectors.py`, Python `cryptography` + `hashlib`): snow as configured
     /// here (pattern, resolver, caller-supplied randomness, prologue) must produce the same
@@ -574,7 +611,7 @@ pub(crate) mod tests {
         let identity = |secret: u8| LocalIdentity {
             cluster: "gr2q7gf5lh6pzfdnurnkvputhpqvjjfv".parse().unwrap(),
             ca_key: ca.public_key(),
-            static_secret: [secret; 32],
+            static_secret: [secret; 32].into(),
             cert_der: Vec::new(),
         };
         let (i, r) = (identity(1), identity(2));

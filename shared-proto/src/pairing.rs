@@ -429,7 +429,7 @@ impl PairingRequest {
             return Err(PairingError::Malformed);
         }
         let prologue = prologue(&local.cluster);
-        let mut hs = static_builder(&local.static_secret, &prologue, rng)?
+        let mut hs = static_builder(local.static_secret.as_bytes(), &prologue, rng)?
             .build_responder()
             .map_err(noise_err)?;
         let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
@@ -707,7 +707,7 @@ mod tests {
         // An answer from another cluster's CA is refused.
         let (joiner, m1) = Joiner::start(&token(&issuer), &request, &mut rng).unwrap();
         let mut foreign = hub(&ClusterCa::from_secret(&[8; 32]), 1);
-        foreign.local.static_secret = issuer.local.static_secret;
+        foreign.local.static_secret = issuer.local.static_secret.clone();
         foreign.local.cluster = ca().cluster_id();
         let req =
             PairingRequest::read(&foreign.local, issuer.cert.hub_id(), &m1, &mut rng).unwrap();

@@ -63,6 +63,15 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Messages queued per peer while its session is being set up.
 pub const MAX_QUEUED: usize = 256;
 
+/// Most messages of one peer being reassembled at once.
+pub const MAX_PARTIAL_MESSAGES: usize = 4;
+
+/// Most bytes of one peer's messages being reassembled at once: one whole [`MAX_MESSAGE`].
+pub const MAX_PARTIAL_BYTES: usize = MAX_MESSAGE;
+
+/// A message whose fragments have not all arrived this long after the first is dropped.
+pub const REASSEMBLY_TIMEOUT_MS: u64 = 30_000;
+
 /// A first message without answer is sent again (a new one) after this long...
 pub const HANDSHAKE_RETRY_MS: u64 = 2_000;
 
@@ -143,12 +152,16 @@ struct PeerState {
     previous: Option<Session>,
     queue: VecDeque<Vec<u8>>,
     partial: HashMap<u32, Partial>,
+    /// Bytes held in `partial`.
+    partial_bytes: usize,
     next_message_id: u32,
 }
 
 struct Partial {
     pieces: Vec<Option<Vec<u8>>>,
     received: usize,
+    /// When its first fragment arrived.
+    started_ms: u64,
 }
 
 /// Every session of one hub. See the module docs for the calling pattern.
@@ -260,6 +273,7 @@ impl PeerSessions {
             .chain(state.handshake.take().map(|h| h.index))
             .collect();
         state.partial.clear();
+        state.partial_bytes = 0;
         state.awaiting_cert = false;
         let waiting = !state.queue.is_empty();
         for i in indices {
@@ -391,10 +405,17 @@ impl PeerSessions {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.peers
             .values()
-            .filter_map(|p| {
-                p.handshake
+            .flat_map(|p| {
+                let handshake = p
+                    .handshake
                     .as_ref()
-                    .map(|h| h.started_ms + HANDSHAKE_RETRY_MS)
+                    .map(|h| h.started_ms + HANDSHAKE_RETRY_MS);
+                let partial = p
+                    .partial
+                    .values()
+                    .map(|m| m.started_ms + REASSEMBLY_TIMEOUT_MS)
+                    .min();
+                handshake.into_iter().chain(partial)
             })
             .min()
     }
@@ -423,6 +444,20 @@ impl PeerSessions {
         let peers: Vec<HubId> = self.peers.keys().copied().collect();
         for peer in peers {
             self.maybe_rekey(peer, now_ms, rng);
+        }
+        for state in self.peers.values_mut() {
+            let before = state.partial.len();
+            state
+                .partial
+                .retain(|_, m| now_ms < m.started_ms + REASSEMBLY_TIMEOUT_MS);
+            if state.partial.len() != before {
+                state.partial_bytes = state
+                    .partial
+                    .values()
+                    .flat_map(|m| m.pieces.iter().flatten())
+                    .map(Vec::len)
+                    .sum();
+            }
         }
     }
 
@@ -659,13 +694,24 @@ impl PeerSessions {
             });
             return Ok(());
         }
-        // A peer cannot make us hold more than a few partial messages.
-        if !state.partial.contains_key(&id) && state.partial.len() >= 4 {
+        // A peer cannot make us hold more than a few partial messages, nor more than one whole
+        // message's bytes, nor any of it for long (`handle_timeout`).
+        if !state.partial.contains_key(&id) && state.partial.len() >= MAX_PARTIAL_MESSAGES {
             return Err(NoiseError::Noise("too many partial messages".into()));
+        }
+        if state.partial_bytes + piece.len() > MAX_PARTIAL_BYTES {
+            // The message that does not fit is dropped whole, so the others can complete.
+            if let Some(dropped) = state.partial.remove(&id) {
+                state.partial_bytes -= dropped.pieces.iter().flatten().map(Vec::len).sum::<usize>();
+            }
+            return Err(NoiseError::Noise(
+                "partial messages past the reassembly limit".into(),
+            ));
         }
         let p = state.partial.entry(id).or_insert_with(|| Partial {
             pieces: vec![None; usize::from(count)],
             received: 0,
+            started_ms: now_ms,
         });
         if p.pieces.len() != usize::from(count) {
             return Err(NoiseError::Malformed);
@@ -674,10 +720,12 @@ impl PeerSessions {
         if slot.is_none() {
             *slot = Some(piece.to_vec());
             p.received += 1;
+            state.partial_bytes += piece.len();
         }
         if p.received == p.pieces.len() {
             if let Some(done) = state.partial.remove(&id) {
-                let message = done.pieces.into_iter().flatten().flatten().collect();
+                let message: Vec<u8> = done.pieces.into_iter().flatten().flatten().collect();
+                state.partial_bytes -= message.len();
                 self.events.push_back(Event::Received { from, message });
             }
         }
@@ -714,7 +762,7 @@ mod tests {
         let local = LocalIdentity {
             cluster: ca().cluster_id(),
             ca_key: ca().public_key(),
-            static_secret,
+            static_secret: static_secret.into(),
             cert_der,
         };
         (PeerSessions::new(local, HubId([id; 16])), cert)
@@ -813,6 +861,52 @@ mod tests {
         p.collect();
         let (_, payload) = p.wire.pop_front().unwrap();
         assert_eq!(payload.len(), MAX_PAYLOAD);
+    }
+
+    /// A peer that sends fragments and never the last one cannot make us hold more than one
+    /// whole message's bytes, nor hold them for more than the reassembly timeout (once it could
+    /// park 4 x 16 MiB for as long as the session lasted).
+    #[test]
+    fn partial_messages_are_bounded_in_bytes_and_in_time() {
+        let mut p = Pair::new();
+        p.a.send(B, b"hi".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        let big = vec![7u8; 10 * 1024 * 1024];
+        p.a.send(B, big.clone(), p.now, &mut p.rng).unwrap();
+        p.a.send(B, big.clone(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let fragments: Vec<Vec<u8>> = p.wire.drain(..).map(|(_, f)| f).collect();
+        let per_message = fragments.len() / 2;
+        let (first, second) = fragments.split_at(per_message);
+        for f in &first[..per_message - 1] {
+            p.b.handle_incoming(A, f, p.now, &mut p.rng).unwrap();
+        }
+        let refused = second
+            .iter()
+            .filter(|f| p.b.handle_incoming(A, f, p.now, &mut p.rng).is_err())
+            .count();
+        assert!(refused > 0, "20 MiB held for reassembly");
+        assert_eq!(p.b.poll_timeout(), Some(p.now + REASSEMBLY_TIMEOUT_MS));
+        p.b.handle_timeout(p.now + REASSEMBLY_TIMEOUT_MS - 1, &mut p.rng);
+        p.b.handle_incoming(A, &first[per_message - 1], p.now, &mut p.rng)
+            .unwrap();
+        p.collect();
+        assert_eq!(p.got_b.last(), Some(&big), "completed within its time");
+
+        // Again, but the last fragment comes after the timeout: the rest was dropped.
+        p.a.send(B, big.clone(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let fragments: Vec<Vec<u8>> = p.wire.drain(..).map(|(_, f)| f).collect();
+        let (last, rest) = fragments.split_last().unwrap();
+        for f in rest {
+            p.b.handle_incoming(A, f, p.now, &mut p.rng).unwrap();
+        }
+        let received = p.got_b.len();
+        p.b.handle_timeout(p.now + REASSEMBLY_TIMEOUT_MS, &mut p.rng);
+        p.b.handle_incoming(A, last, p.now + REASSEMBLY_TIMEOUT_MS, &mut p.rng)
+            .unwrap();
+        p.collect();
+        assert_eq!(p.got_b.len(), received, "an expired message was completed");
     }
 
     #[test]

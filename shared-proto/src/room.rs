@@ -4,12 +4,19 @@
 //!
 //! 1. [`Room::handle_connect`] when the WebSocket opens (or [`Room::restore`] when it rebuilds the
 //!    room after a hibernation, from what it stored per socket on [`Action::Admitted`]);
-//! 2. [`Room::handle_message`] for every binary message;
-//! 3. [`Room::handle_disconnect`] when the socket closes or errors.
+//! 2. [`Room::handle_message`] for every binary message (and [`Room::handle_keepalive`] for a
+//!    keepalive the relay answered itself);
+//! 3. [`Room::handle_disconnect`] when the socket closes or errors;
+//! 4. after any of these, [`Room::poll_timeout`]: the earliest deadline of the room, at which the
+//!    relay calls [`Room::handle_timeout`] (a timer task, or the Durable Object's one alarm).
 //!
 //! Each call appends [`Action`]s to a buffer the caller owns; the caller performs them in order.
 //! The room never reads a clock, draws randomness or touches a socket, so the same logic runs in
-//! wasm32 inside workerd and natively under tokio, and is tested here without either.
+//! wasm32 inside workerd and natively under tokio, and is tested here without either. Every
+//! deadline of the protocol lives here, on the caller's clock (Unix ms), so both relays obey one
+//! rule: a socket must say `Hello` within [`HELLO_TIMEOUT_MS`], a pairing guest may stay
+//! [`GUEST_LIFETIME_MS`], and, where the relay sets [`RoomConfig::idle_timeout_ms`], a member must
+//! send something (a keepalive at least) that often.
 //!
 //! Admission: a `Hello` must carry a certificate login for the room's cluster
 //! (`cluster::login`); the room checks it against the cluster id, the clock the caller passes, the
@@ -21,7 +28,7 @@
 //! connection; frames before it in the same message may already have been routed. Payloads for
 //! the same destination produced by one incoming message are batched into one outgoing message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::close::CloseCode;
 use crate::cluster::login::{
@@ -58,8 +65,9 @@ pub enum Action {
         /// Human-readable detail for logs; never secret.
         reason: String,
     },
-    /// The socket's hub was admitted: store this with the socket (it must survive hibernation,
-    /// and is handed back through [`Room::restore`]).
+    /// The socket's hub was admitted, or what must be kept of it changed (a pairing guest's
+    /// message count): store this with the socket, replacing what was stored (it must survive
+    /// hibernation, and is handed back through [`Room::restore`]).
     Admitted {
         /// The socket.
         conn: ConnId,
@@ -88,6 +96,10 @@ pub struct MemberInfo {
     pub key_hash: [u8; 32],
     /// For a pairing guest: the member that issued its token, the only hub it may talk to.
     pub guest_of: Option<HubId>,
+    /// When it was admitted (Unix ms): a pairing guest's lifetime counts from here.
+    pub admitted_ms: u64,
+    /// For a pairing guest: how many `Send` frames it has sent.
+    pub sends: u32,
 }
 
 /// Most pairing guests a room holds at once.
@@ -107,9 +119,20 @@ pub const MAX_GUEST_ADMISSIONS: usize = 30;
 /// The window of [`MAX_GUEST_ADMISSIONS`].
 pub const GUEST_WINDOW_MS: u64 = 60_000;
 
-/// How long a pairing guest may stay; past it, its next frame closes it, and a new guest may
-/// take its place when the room is full of guests.
+/// How long a pairing guest may stay; then it is closed with `4021`.
 pub const GUEST_LIFETIME_MS: u64 = 60_000;
+
+/// How long a socket may stay open without sending its `Hello`; then it is closed with `4003`.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// Most sockets a room holds that have not said `Hello` yet; past that, a new socket is closed
+/// at once with `1013` (the others keep their place until their [`HELLO_TIMEOUT_MS`]).
+pub const MAX_PENDING: usize = 256;
+
+/// The idle timeout `hub relay` sets ([`RoomConfig::idle_timeout_ms`]): a member that sends
+/// nothing, not even a keepalive, for this long is closed with `4008`. Hubs send a keepalive
+/// every 25 s by default.
+pub const IDLE_TIMEOUT_MS: u64 = 150_000;
 
 /// The sockets of a relay, as [`Room::perform`] drives them.
 pub trait Sockets {
@@ -135,6 +158,10 @@ pub struct RoomConfig {
     pub instance_started_ms: u64,
     /// Most hubs admitted at once.
     pub max_members: usize,
+    /// A member that sends nothing for this long is closed with `4008` (`None`: never). The
+    /// Durable Object leaves it off: the runtime answers keepalives without waking the room,
+    /// and an idle room must not be woken by a timer.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl RoomConfig {
@@ -144,6 +171,7 @@ impl RoomConfig {
             cluster,
             instance_started_ms,
             max_members: MAX_ROOM_MEMBERS,
+            idle_timeout_ms: None,
         }
     }
 }
@@ -155,21 +183,29 @@ enum ConnState {
     Guest { hub: HubId, issuer: HubId },
 }
 
+/// An open socket: its state and its deadline (also a key of `Room::timers`).
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    state: ConnState,
+    deadline: Option<u64>,
+}
+
 /// A pairing guest: a hub without a certificate, admitted to reach one member (its token's
 /// issuer) with a few small messages.
 #[derive(Debug, Clone, Copy)]
 struct Guest {
     conn: ConnId,
-    issuer: HubId,
-    admitted_ms: u64,
-    sends: u32,
+    info: MemberInfo,
 }
 
 /// One cluster's room. See the module docs for the calling order.
 #[derive(Debug)]
 pub struct Room {
     config: RoomConfig,
-    conns: HashMap<ConnId, ConnState>,
+    conns: HashMap<ConnId, Conn>,
+    /// Every socket's deadline, earliest first.
+    timers: BTreeSet<(u64, ConnId)>,
+    pending: usize,
     members: BTreeMap<HubId, ConnId>,
     guests: HashMap<HubId, Guest>,
     guest_admissions: std::collections::VecDeque<u64>,
@@ -194,7 +230,12 @@ impl Outbox {
         };
         let buf = &mut self.pending[idx].1;
         let before = buf.len();
-        frame.encode(buf);
+        if let Err(e) = frame.encode(buf) {
+            // The room only builds frames within the limits from frames it decoded; this would
+            // be a bug, reported to the one socket rather than sent as a corrupt frame.
+            out.push(encode_failed(conn, &e));
+            return;
+        }
         if buf.len() > MAX_MESSAGE && before > 0 {
             // Over the message limit: send what was there and start a new batch with this frame.
             let tail = buf.split_off(before);
@@ -219,6 +260,8 @@ impl Room {
         Room {
             config,
             conns: HashMap::new(),
+            timers: BTreeSet::new(),
+            pending: 0,
             members: BTreeMap::new(),
             guests: HashMap::new(),
             guest_admissions: std::collections::VecDeque::new(),
@@ -270,7 +313,7 @@ impl Room {
 
     /// The hub a socket was admitted as; `None` before its `Hello` or once it is gone.
     pub fn hub_of(&self, conn: ConnId) -> Option<HubId> {
-        match self.conns.get(&conn) {
+        match self.conns.get(&conn).map(|c| c.state) {
             Some(ConnState::Member(m)) => Some(m.hub),
             _ => None,
         }
@@ -281,44 +324,63 @@ impl Room {
         self.conns.len()
     }
 
-    /// A socket opened. Its first frame must be a `Hello`.
-    pub fn handle_connect(&mut self, conn: ConnId) {
-        self.conns.insert(conn, ConnState::AwaitingHello);
+    /// A socket opened at `now_ms`. Its first frame must be a `Hello`, within
+    /// [`HELLO_TIMEOUT_MS`]; past [`MAX_PENDING`] such sockets it is closed at once.
+    pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<Action>) {
+        self.handle_timeout(now_ms, out);
+        if self.pending >= MAX_PENDING {
+            out.push(Action::Close {
+                conn,
+                code: CloseCode::TryAgainLater,
+                reason: format!("{MAX_PENDING} connections are waiting for their Hello already"),
+            });
+            return;
+        }
+        self.insert(
+            conn,
+            ConnState::AwaitingHello,
+            Some(now_ms.saturating_add(HELLO_TIMEOUT_MS)),
+        );
     }
 
-    /// Puts back a socket that was open before the room was rebuilt (after a hibernation), with
-    /// the hub it was admitted as, if any. The hubs saw no change, so nothing is announced.
+    /// Puts back a socket that was open before the room was rebuilt (after a hibernation): when
+    /// it was accepted, and the hub it was admitted as, if any (as last stored through
+    /// [`Action::Admitted`]). The hubs saw no change, so nothing is announced; deadlines count
+    /// from the stored times, so a restored socket gets no more time than it had.
     ///
     /// If two sockets claim one hub (a replacement whose close was not seen yet), the higher
     /// `ConnId` wins, as the newer connection did, and the other is closed as replaced.
-    pub fn restore(&mut self, conn: ConnId, member: Option<MemberInfo>, out: &mut Vec<Action>) {
+    pub fn restore(
+        &mut self,
+        conn: ConnId,
+        accepted_ms: u64,
+        member: Option<MemberInfo>,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
         let Some(member) = member else {
-            self.conns.insert(conn, ConnState::AwaitingHello);
+            let deadline = accepted_ms.saturating_add(HELLO_TIMEOUT_MS);
+            self.insert(conn, ConnState::AwaitingHello, Some(deadline));
             return;
         };
         let hub = member.hub;
         if let Some(issuer) = member.guest_of {
-            // Its admission time is not kept: it may be evicted at once if guests crowd in.
-            let guest = Guest {
-                conn,
-                issuer,
-                admitted_ms: 0,
-                sends: 0,
-            };
-            self.guests.insert(hub, guest);
-            self.conns.insert(conn, ConnState::Guest { hub, issuer });
+            self.guests.insert(hub, Guest { conn, info: member });
+            let deadline = member.admitted_ms.saturating_add(GUEST_LIFETIME_MS);
+            self.insert(conn, ConnState::Guest { hub, issuer }, Some(deadline));
             return;
         }
+        let idle = self.idle_deadline(now_ms);
         let loser = match self.members.get(&hub) {
             Some(&other) if other > conn => conn,
             Some(&other) => {
-                self.conns.remove(&other);
-                self.conns.insert(conn, ConnState::Member(member));
+                self.forget(other);
+                self.insert(conn, ConnState::Member(member), idle);
                 self.members.insert(hub, conn);
                 other
             }
             None => {
-                self.conns.insert(conn, ConnState::Member(member));
+                self.insert(conn, ConnState::Member(member), idle);
                 self.members.insert(hub, conn);
                 return;
             }
@@ -328,6 +390,106 @@ impl Room {
             code: CloseCode::Replaced,
             reason: REPLACED_REASON.into(),
         });
+    }
+
+    /// The earliest deadline of the room (Unix ms): call [`Room::handle_timeout`] then, or
+    /// sooner. `None`: no deadline (nothing but members, and no idle timeout).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Closes every socket whose deadline is at or before `now_ms`: no `Hello` in time (`4003`),
+    /// a pairing guest's time up (`4021`), a member idle past the idle timeout (`4008`).
+    pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        while let Some(&(at, conn)) = self.timers.first() {
+            if at > now_ms {
+                break;
+            }
+            let Some(state) = self.conns.get(&conn).map(|c| c.state) else {
+                self.timers.remove(&(at, conn));
+                continue;
+            };
+            let (code, reason) = match state {
+                ConnState::AwaitingHello => (
+                    CloseCode::HelloTimeout,
+                    format!("no Hello within {} s", HELLO_TIMEOUT_MS / 1000),
+                ),
+                ConnState::Guest { .. } => (CloseCode::GuestLimit, "pairing time is up".into()),
+                ConnState::Member(_) => (
+                    CloseCode::IdleTimeout,
+                    format!(
+                        "nothing received for {} s",
+                        self.config.idle_timeout_ms.unwrap_or_default() / 1000
+                    ),
+                ),
+            };
+            self.close(conn, code, reason, out);
+        }
+    }
+
+    /// The relay answered a keepalive of `conn` itself: it counts as activity.
+    pub fn handle_keepalive(&mut self, conn: ConnId, now_ms: u64) {
+        self.touch(conn, now_ms);
+    }
+
+    /// A member was heard from: its idle deadline moves (by whole seconds, so that a busy
+    /// member does not reorder the timers on every message).
+    fn touch(&mut self, conn: ConnId, now_ms: u64) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if !matches!(c.state, ConnState::Member(_)) {
+            return;
+        }
+        if let (Some(new), Some(old)) = (self.idle_deadline(now_ms), c.deadline) {
+            if new >= old.saturating_add(1000) {
+                self.set_deadline(conn, Some(new));
+            }
+        }
+    }
+
+    fn idle_deadline(&self, now_ms: u64) -> Option<u64> {
+        self.config
+            .idle_timeout_ms
+            .map(|t| now_ms.saturating_add(t))
+    }
+
+    /// Adds (or replaces) a socket with its state and deadline.
+    fn insert(&mut self, conn: ConnId, state: ConnState, deadline: Option<u64>) {
+        self.forget(conn);
+        if state == ConnState::AwaitingHello {
+            self.pending += 1;
+        }
+        self.conns.insert(conn, Conn { state, deadline });
+        if let Some(at) = deadline {
+            self.timers.insert((at, conn));
+        }
+    }
+
+    /// Removes a socket and its deadline; returns its state.
+    fn forget(&mut self, conn: ConnId) -> Option<ConnState> {
+        let c = self.conns.remove(&conn)?;
+        if let Some(at) = c.deadline {
+            self.timers.remove(&(at, conn));
+        }
+        if c.state == ConnState::AwaitingHello {
+            self.pending -= 1;
+        }
+        Some(c.state)
+    }
+
+    fn set_deadline(&mut self, conn: ConnId, deadline: Option<u64>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(at) = c.deadline {
+            self.timers.remove(&(at, conn));
+        }
+        c.deadline = deadline;
+        if let Some(at) = deadline {
+            self.timers.insert((at, conn));
+        }
     }
 
     /// Carries out `actions` on `sockets`, in order. A socket that refuses a message is closed
@@ -356,7 +518,7 @@ impl Room {
 
     /// A socket closed (by either side) or failed.
     pub fn handle_disconnect(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        let hub = match self.conns.remove(&conn) {
+        let hub = match self.forget(conn) {
             Some(ConnState::Member(MemberInfo { hub, .. })) => hub,
             Some(ConnState::Guest { hub, .. }) => {
                 self.guests.remove(&hub);
@@ -371,19 +533,15 @@ impl Room {
         let orphans: Vec<ConnId> = self
             .guests
             .values()
-            .filter(|g| g.issuer == hub)
+            .filter(|g| g.info.guest_of == Some(hub))
             .map(|g| g.conn)
             .collect();
         for guest in orphans {
             let reason = "the issuer of the pairing token left".to_owned();
             self.close(guest, CloseCode::IssuerOffline, reason, out);
         }
-        let left = Frame::PeerLeft(hub).to_message();
         for &other in self.members.values() {
-            out.push(Action::Send {
-                conn: other,
-                message: left.clone(),
-            });
+            out.push(send(other, &Frame::PeerLeft(hub)));
         }
     }
 
@@ -407,8 +565,9 @@ impl Room {
         out: &mut Vec<Action>,
     ) {
         let mut outbox = Outbox::default();
+        self.touch(conn, now_ms);
         for frame in frames(message) {
-            let Some(state) = self.conns.get(&conn).copied() else {
+            let Some(state) = self.conns.get(&conn).map(|c| c.state) else {
                 // Closed by an earlier frame of this message, or unknown to the room.
                 break;
             };
@@ -475,9 +634,11 @@ impl Room {
                     fingerprint: peer.fingerprint(),
                     key_hash: peer.key_hash(),
                     guest_of: None,
+                    admitted_ms: now_ms,
+                    sends: 0,
                 };
                 out.push(Action::RememberLogin(login));
-                self.admit(conn, member, out)
+                self.admit(conn, now_ms, member, out)
             }
             (ConnState::AwaitingHello, _) => Err((
                 CloseCode::HelloRequired,
@@ -502,7 +663,7 @@ impl Room {
                     Some(&to) => outbox.push(to, &Frame::Recv { src, payload }, out),
                     None => match self.guests.get(&dst) {
                         // Only the guest's issuer reaches it.
-                        Some(g) if g.issuer == src => {
+                        Some(g) if g.info.guest_of == Some(src) => {
                             outbox.push(g.conn, &Frame::Recv { src, payload }, out)
                         }
                         _ => outbox.push(conn, &Frame::Undeliverable(dst), out),
@@ -528,6 +689,7 @@ impl Room {
     fn admit(
         &mut self,
         conn: ConnId,
+        now_ms: u64,
         member: MemberInfo,
         out: &mut Vec<Action>,
     ) -> Result<(), (CloseCode, String)> {
@@ -542,14 +704,15 @@ impl Room {
         if let Some(old) = replaced {
             // The newer connection wins: the old one is closed and told why. Its later
             // disconnect is a no-op because it is no longer in `conns`.
-            self.conns.remove(&old);
+            self.forget(old);
             out.push(Action::Close {
                 conn: old,
                 code: CloseCode::Replaced,
                 reason: REPLACED_REASON.into(),
             });
         }
-        self.conns.insert(conn, ConnState::Member(member));
+        let idle = self.idle_deadline(now_ms);
+        self.insert(conn, ConnState::Member(member), idle);
         self.members.insert(hub, conn);
         out.push(Action::Admitted { conn, member });
 
@@ -559,25 +722,19 @@ impl Room {
             .filter(|h| **h != hub)
             .copied()
             .collect();
-        let mut welcome = Frame::Welcome {
+        let mut welcome = Outbox::default();
+        let frame = Frame::Welcome {
             version: PROTOCOL_VERSION,
             online,
-        }
-        .to_message();
+        };
+        welcome.push(conn, &frame, out);
         if let Some(list) = &self.revocations {
-            Frame::RevocationList(list.bytes()).encode(&mut welcome);
+            welcome.push(conn, &Frame::RevocationList(list.bytes()), out);
         }
-        out.push(Action::Send {
-            conn,
-            message: welcome,
-        });
-        let joined = Frame::PeerJoined(hub).to_message();
+        welcome.flush(out);
         for (&other_hub, &other) in &self.members {
             if other_hub != hub {
-                out.push(Action::Send {
-                    conn: other,
-                    message: joined.clone(),
-                });
+                out.push(send(other, &Frame::PeerJoined(hub)));
             }
         }
         Ok(())
@@ -604,23 +761,13 @@ impl Room {
                 format!("the issuing hub {issuer} is not online"),
             ));
         }
+        // Guests past their lifetime leave first (the relay's timer may not have fired yet).
+        self.handle_timeout(now_ms, out);
         if self.guests.len() >= MAX_GUESTS {
-            let expired: Vec<ConnId> = self
-                .guests
-                .values()
-                .filter(|g| now_ms.saturating_sub(g.admitted_ms) > GUEST_LIFETIME_MS)
-                .map(|g| g.conn)
-                .collect();
-            for old in expired {
-                let reason = "pairing time is up".to_owned();
-                self.close(old, CloseCode::GuestLimit, reason, out);
-            }
-            if self.guests.len() >= MAX_GUESTS {
-                return Err((
-                    CloseCode::TryAgainLater,
-                    format!("the room holds {MAX_GUESTS} pairing guests already"),
-                ));
-            }
+            return Err((
+                CloseCode::TryAgainLater,
+                format!("the room holds {MAX_GUESTS} pairing guests already"),
+            ));
         }
         while self
             .guest_admissions
@@ -636,29 +783,23 @@ impl Room {
             ));
         }
         self.guest_admissions.push_back(now_ms);
-        let guest = Guest {
-            conn,
-            issuer,
-            admitted_ms: now_ms,
-            sends: 0,
-        };
-        self.guests.insert(hub, guest);
-        self.conns.insert(conn, ConnState::Guest { hub, issuer });
         let member = MemberInfo {
             hub,
             fingerprint: [0; 32],
             key_hash: [0; 32],
             guest_of: Some(issuer),
+            admitted_ms: now_ms,
+            sends: 0,
         };
+        self.guests.insert(hub, Guest { conn, info: member });
+        let deadline = now_ms.saturating_add(GUEST_LIFETIME_MS);
+        self.insert(conn, ConnState::Guest { hub, issuer }, Some(deadline));
         out.push(Action::Admitted { conn, member });
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
             online: vec![issuer],
         };
-        out.push(Action::Send {
-            conn,
-            message: welcome.to_message(),
-        });
+        out.push(send(conn, &welcome));
         Ok(())
     }
 
@@ -679,7 +820,7 @@ impl Room {
         let Some(guest) = self.guests.get_mut(&hub) else {
             return limit("unknown pairing guest");
         };
-        if now_ms.saturating_sub(guest.admitted_ms) > GUEST_LIFETIME_MS && guest.admitted_ms != 0 {
+        if now_ms >= guest.info.admitted_ms.saturating_add(GUEST_LIFETIME_MS) {
             return limit("pairing time is up");
         }
         if dst != issuer {
@@ -691,10 +832,15 @@ impl Room {
                 format!("a pairing guest sends at most {MAX_GUEST_PAYLOAD} bytes at once"),
             ));
         }
-        if guest.sends >= MAX_GUEST_SENDS {
+        if guest.info.sends >= MAX_GUEST_SENDS {
             return limit("a pairing guest sends at most 4 messages");
         }
-        guest.sends += 1;
+        guest.info.sends += 1;
+        // The count must survive a hibernation, or a restored guest could start again.
+        out.push(Action::Admitted {
+            conn,
+            member: guest.info,
+        });
         match self.members.get(&issuer) {
             Some(&to) => outbox.push(to, &Frame::Recv { src: hub, payload }, out),
             None => outbox.push(conn, &Frame::Undeliverable(dst), out),
@@ -731,22 +877,19 @@ impl Room {
         let revoked: Vec<ConnId> = self
             .conns
             .iter()
-            .filter_map(|(c, s)| match s {
+            .filter_map(|(c, s)| match s.state {
                 ConnState::Member(m) if list.is_revoked(&m.fingerprint, &m.key_hash) => Some(*c),
                 _ => None,
             })
             .collect();
-        let message = Frame::RevocationList(list.bytes()).to_message();
-        self.revocations = Some(list);
         for c in revoked {
             self.close(c, CloseCode::Revoked, "certificate revoked".into(), out);
         }
+        let frame = Frame::RevocationList(list.bytes());
         for &member in self.members.values() {
-            out.push(Action::Send {
-                conn: member,
-                message: message.clone(),
-            });
+            out.push(send(member, &frame));
         }
+        self.revocations = Some(list);
         Ok(())
     }
 
@@ -759,11 +902,28 @@ impl Room {
         truncate_reason(&mut reason);
         out.push(Action::Close { conn, code, reason });
         self.handle_disconnect(conn, out);
-        self.conns.remove(&conn);
     }
 }
 
-/// A close frame's reason is at most 123 bytes; cut on a character boundary.
+/// One frame as a message for `conn`.
+fn send(conn: ConnId, frame: &Frame<'_>) -> Action {
+    match frame.to_message() {
+        Ok(message) => Action::Send { conn, message },
+        Err(e) => encode_failed(conn, &e),
+    }
+}
+
+/// A frame the room built did not encode: a bug, never a corrupt frame on the wire.
+fn encode_failed(conn: ConnId, error: &FrameError) -> Action {
+    let mut reason = format!("relay could not encode a frame: {error}");
+    truncate_reason(&mut reason);
+    Action::Close {
+        conn,
+        code: CloseCode::InternalError,
+        reason,
+    }
+}
+
 /// The issuer named by a `Hello`'s pairing extension, if it has one (and no login).
 fn pairing_issuer(hello: &crate::frame::Hello<'_>) -> Result<Option<HubId>, (CloseCode, String)> {
     let Some(ext) = hello
@@ -788,6 +948,7 @@ fn pairing_issuer(hello: &crate::frame::Hello<'_>) -> Result<Option<HubId>, (Clo
     Ok(Some(HubId(id)))
 }
 
+/// A close frame's reason is at most 123 bytes; cut on a character boundary.
 fn truncate_reason(reason: &mut String) {
     const MAX: usize = 123;
     if reason.len() > MAX {
@@ -839,11 +1000,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(SEED.fetch_add(1, Ordering::Relaxed));
         let c = creds(h);
         let ext = c.login(NOW, &mut rng);
-        Frame::Hello(c.hello(&ext)).to_message()
+        Frame::Hello(c.hello(&ext)).to_message().unwrap()
     }
 
     fn send(dst: HubId, payload: &[u8]) -> Vec<u8> {
-        Frame::Send { dst, payload }.to_message()
+        Frame::Send { dst, payload }.to_message().unwrap()
     }
 
     /// The frames sent to `conn`, decoded, one inner Vec per message.
@@ -871,7 +1032,7 @@ mod tests {
 
     fn join(room: &mut Room, conn: u64, h: HubId) -> Vec<Action> {
         let mut out = Vec::new();
-        room.handle_connect(ConnId(conn));
+        room.handle_connect(ConnId(conn), NOW, &mut out);
         room.handle_message(ConnId(conn), NOW, &hello(h), &mut out);
         out
     }
@@ -886,12 +1047,12 @@ mod tests {
             kind: PAIRING_EXTENSION,
             data: issuer.as_bytes(),
         });
-        Frame::Hello(hello).to_message()
+        Frame::Hello(hello).to_message().unwrap()
     }
 
     fn guest_join(room: &mut Room, conn: u64, guest: HubId, issuer: HubId, at: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        room.handle_connect(ConnId(conn));
+        room.handle_connect(ConnId(conn), at, &mut out);
         room.handle_message(ConnId(conn), at, &guest_hello(guest, issuer), &mut out);
         out
     }
@@ -953,7 +1114,7 @@ mod tests {
         r.handle_message(
             ConnId(11),
             NOW,
-            &Frame::StatusRequest.to_message(),
+            &Frame::StatusRequest.to_message().unwrap(),
             &mut out,
         );
         assert_eq!(closes(&out), vec![(ConnId(11), CloseCode::ProtocolError)]);
@@ -1045,20 +1206,30 @@ mod tests {
         assert!(closes(&out).is_empty());
     }
 
+    /// What the guest rule needs is stored with the socket (`Admitted`, again after every
+    /// send) and restored: a restored guest keeps its message count and expires on time. A
+    /// restore once set its admission time to 0, which skipped the lifetime check, and its
+    /// count to 0.
     #[test]
-    fn a_guest_survives_a_restore() {
+    fn a_restored_guest_keeps_its_count_and_its_lifetime() {
         let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let out = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        let mut stored = stored_member(&out, ConnId(10));
+        assert_eq!((stored.admitted_ms, stored.sends), (NOW, 0));
+        for i in 1..MAX_GUEST_SENDS {
+            let mut out = Vec::new();
+            r.handle_message(ConnId(10), NOW + 1, &send(hub(1), b"x"), &mut out);
+            stored = stored_member(&out, ConnId(10));
+            assert_eq!(stored.sends, i);
+        }
+        // Hibernation: a new room from what was stored.
+        let mut woken = room();
         let mut out = Vec::new();
-        r.restore(ConnId(1), Some(member(1)), &mut out);
-        let guest = MemberInfo {
-            hub: hub(0xa0),
-            fingerprint: [0; 32],
-            key_hash: [0; 32],
-            guest_of: Some(hub(1)),
-        };
-        r.restore(ConnId(10), Some(guest), &mut out);
-        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1)]);
-        r.handle_message(ConnId(10), NOW, &send(hub(1), b"after"), &mut out);
+        woken.restore(ConnId(1), NOW, Some(member(1)), NOW + 2, &mut out);
+        woken.restore(ConnId(10), NOW, Some(stored), NOW + 2, &mut out);
+        let mut out = Vec::new();
+        woken.handle_message(ConnId(10), NOW + 3, &send(hub(1), b"after"), &mut out);
         assert_eq!(
             sent_to(&out, ConnId(1)),
             vec![vec![Frame::Recv {
@@ -1066,6 +1237,101 @@ mod tests {
                 payload: b"after"
             }]]
         );
+        // That was its last message.
+        let mut out = Vec::new();
+        woken.handle_message(ConnId(10), NOW + 4, &send(hub(1), b"one more"), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::GuestLimit)]);
+
+        // Another restored guest is closed when its time, counted from its admission, is up.
+        let mut woken = room();
+        let mut out = Vec::new();
+        woken.restore(ConnId(1), NOW, Some(member(1)), NOW + 2, &mut out);
+        let guest = MemberInfo { sends: 0, ..stored };
+        woken.restore(ConnId(10), NOW, Some(guest), NOW + 2, &mut out);
+        assert_eq!(woken.poll_timeout(), Some(NOW + GUEST_LIFETIME_MS));
+        let mut out = Vec::new();
+        woken.handle_timeout(NOW + GUEST_LIFETIME_MS - 1, &mut out);
+        assert!(out.is_empty());
+        woken.handle_timeout(NOW + GUEST_LIFETIME_MS, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::GuestLimit)]);
+        assert_eq!(woken.poll_timeout(), None);
+    }
+
+    /// The member info last stored for `conn` by these actions.
+    fn stored_member(actions: &[Action], conn: ConnId) -> MemberInfo {
+        actions
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Admitted { conn: c, member } if *c == conn => Some(*member),
+                _ => None,
+            })
+            .expect("an Admitted action")
+    }
+
+    /// Every deadline is the room's: a guest is held its whole lifetime (the native relay once
+    /// closed it at 10 s, as a socket without Hello), a socket without Hello is closed at 10 s,
+    /// a member idle past the idle timeout is closed, and activity moves that deadline.
+    #[test]
+    fn deadlines_hello_guest_and_idle() {
+        let mut config = RoomConfig::new(ca().cluster_id(), 42);
+        config.idle_timeout_ms = Some(IDLE_TIMEOUT_MS);
+        let mut r = Room::new(config);
+        let _ = join(&mut r, 1, hub(1));
+        assert_eq!(r.poll_timeout(), Some(NOW + IDLE_TIMEOUT_MS));
+        let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(20), NOW, &mut out);
+        assert_eq!(r.poll_timeout(), Some(NOW + HELLO_TIMEOUT_MS));
+
+        // At 10 s the silent socket goes, and only it.
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + HELLO_TIMEOUT_MS, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(20), CloseCode::HelloTimeout)]);
+        // At 15 s the guest is still there and reaches its issuer.
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + 15_000, &mut out);
+        assert!(out.is_empty());
+        r.handle_message(ConnId(10), NOW + 15_000, &send(hub(1), b"still"), &mut out);
+        assert_eq!(sent_to(&out, ConnId(1)).len(), 1);
+        // The member keeps itself alive with a keepalive at 59 s.
+        r.handle_keepalive(ConnId(1), NOW + 59_000);
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + GUEST_LIFETIME_MS, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::GuestLimit)]);
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + IDLE_TIMEOUT_MS, &mut out);
+        assert!(out.is_empty(), "the keepalive moved the idle deadline");
+        assert_eq!(r.poll_timeout(), Some(NOW + 59_000 + IDLE_TIMEOUT_MS));
+        r.handle_timeout(NOW + 59_000 + IDLE_TIMEOUT_MS, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::IdleTimeout)]);
+        assert_eq!(r.connections(), 0);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    /// Sockets that have not said Hello are capped; the one past the cap is refused at once and
+    /// the others keep their place.
+    #[test]
+    fn sockets_awaiting_hello_are_capped() {
+        let mut r = room();
+        let mut out = Vec::new();
+        for i in 0..MAX_PENDING as u64 {
+            r.handle_connect(ConnId(i), NOW, &mut out);
+        }
+        assert!(out.is_empty());
+        r.handle_connect(ConnId(9999), NOW, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(9999), CloseCode::TryAgainLater)]);
+        assert_eq!(r.connections(), MAX_PENDING);
+        // One says Hello: a place is free again.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(0), NOW, &hello(hub(1)), &mut out);
+        r.handle_connect(ConnId(10_000), NOW, &mut out);
+        assert!(closes(&out).is_empty());
+        // Past their deadline they all go.
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + HELLO_TIMEOUT_MS, &mut out);
+        assert_eq!(closes(&out).len(), MAX_PENDING);
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1)]);
     }
 
     #[test]
@@ -1241,17 +1507,22 @@ mod tests {
     fn hello_rules() {
         let mut r = room();
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1));
+        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::HelloRequired)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2));
+        r.handle_connect(ConnId(2), NOW, &mut Vec::new());
         let c = creds(hub(2));
         let ext = c.login(NOW, &mut StdRng::seed_from_u64(99));
         let mut h = c.hello(&ext);
         h.version = 9;
-        r.handle_message(ConnId(2), NOW, &Frame::Hello(h).to_message(), &mut out);
+        r.handle_message(
+            ConnId(2),
+            NOW,
+            &Frame::Hello(h).to_message().unwrap(),
+            &mut out,
+        );
         assert_eq!(
             closes(&out),
             vec![(ConnId(2), CloseCode::UnsupportedVersion)]
@@ -1268,13 +1539,13 @@ mod tests {
         r.handle_message(
             ConnId(4),
             NOW,
-            &Frame::PeerLeft(hub(1)).to_message(),
+            &Frame::PeerLeft(hub(1)).to_message().unwrap(),
             &mut out,
         );
         assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(5));
+        r.handle_connect(ConnId(5), NOW, &mut Vec::new());
         r.handle_text(ConnId(5), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(5), CloseCode::ProtocolError)]);
         assert_eq!(r.connections(), 0);
@@ -1285,8 +1556,14 @@ mod tests {
         let mut r = room();
         let _ = join(&mut r, 1, hub(1));
         let payload = vec![0u8; crate::frame::MAX_PAYLOAD + 1];
+        let mut message = Vec::new();
+        Frame::Send {
+            dst: hub(1),
+            payload: &payload,
+        }
+        .write(&mut message);
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), NOW, &send(hub(1), &payload), &mut out);
+        r.handle_message(ConnId(1), NOW, &message, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::TooLarge)]);
     }
 
@@ -1296,6 +1573,7 @@ mod tests {
             cluster: ca().cluster_id(),
             instance_started_ms: 0,
             max_members: 2,
+            idle_timeout_ms: None,
         });
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
@@ -1362,6 +1640,8 @@ mod tests {
             fingerprint: [b; 32],
             key_hash: [b; 32],
             guest_of: None,
+            admitted_ms: NOW,
+            sends: 0,
         }
     }
 
@@ -1386,11 +1666,11 @@ mod tests {
         let mut r = room();
         // No login.
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1));
+        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
         r.handle_message(
             ConnId(1),
             NOW,
-            &Frame::Hello(Hello::new(hub(1))).to_message(),
+            &Frame::Hello(Hello::new(hub(1))).to_message().unwrap(),
             &mut out,
         );
         assert_eq!(
@@ -1400,11 +1680,11 @@ mod tests {
         // A replayed login.
         let msg = hello(hub(2));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2));
+        r.handle_connect(ConnId(2), NOW, &mut Vec::new());
         r.handle_message(ConnId(2), NOW, &msg, &mut out);
         assert!(closes(&out).is_empty());
         let mut out = Vec::new();
-        r.handle_connect(ConnId(3));
+        r.handle_connect(ConnId(3), NOW, &mut Vec::new());
         r.handle_message(ConnId(3), NOW, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ReplayedLogin)]);
         // Another cluster's room refuses this cluster's hubs.
@@ -1413,7 +1693,7 @@ mod tests {
             0,
         ));
         let mut out = Vec::new();
-        other.handle_connect(ConnId(1));
+        other.handle_connect(ConnId(1), NOW, &mut Vec::new());
         other.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ForeignCluster)]);
     }
@@ -1429,7 +1709,7 @@ mod tests {
         r.handle_message(
             ConnId(1),
             NOW,
-            &Frame::RevocationList(&v2).to_message(),
+            &Frame::RevocationList(&v2).to_message().unwrap(),
             &mut out,
         );
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::Revoked)]);
@@ -1451,7 +1731,7 @@ mod tests {
         r.handle_message(
             ConnId(2),
             NOW,
-            &Frame::RevocationList(&v1).to_message(),
+            &Frame::RevocationList(&v1).to_message().unwrap(),
             &mut out,
         );
         assert!(closes(&out).is_empty());
@@ -1472,7 +1752,7 @@ mod tests {
         r.handle_message(
             ConnId(2),
             NOW,
-            &Frame::RevocationList(&forged).to_message(),
+            &Frame::RevocationList(&forged).to_message().unwrap(),
             &mut out,
         );
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ProtocolError)]);
@@ -1484,7 +1764,7 @@ mod tests {
         let mut r = room();
         let msg = hello(hub(1));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1));
+        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &msg, &mut out);
         let remembered: Vec<LoginNonce> = out
             .iter()
@@ -1501,7 +1781,7 @@ mod tests {
             woken.remember_login(l);
         }
         let mut out = Vec::new();
-        woken.handle_connect(ConnId(2));
+        woken.handle_connect(ConnId(2), NOW, &mut Vec::new());
         woken.handle_message(ConnId(2), NOW + 1_000, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ReplayedLogin)]);
         // Once the login can no longer pass the skew check, nothing needs remembering.
@@ -1526,14 +1806,19 @@ mod tests {
         // Rebuild from what the relay stored per socket: same routing, no presence noise.
         let mut woken = Room::new(RoomConfig::new(ca().cluster_id(), 99));
         let mut out = Vec::new();
-        woken.restore(ConnId(1), Some(member(1)), &mut out);
-        woken.restore(ConnId(2), Some(member(2)), &mut out);
-        woken.restore(ConnId(3), None, &mut out);
+        woken.restore(ConnId(1), NOW, Some(member(1)), NOW, &mut out);
+        woken.restore(ConnId(2), NOW, Some(member(2)), NOW, &mut out);
+        woken.restore(ConnId(3), NOW, None, NOW, &mut out);
         assert!(out.is_empty());
         woken.handle_message(ConnId(1), NOW, &send(hub(2), b"p"), &mut out);
         assert_eq!(sent_to(&out, ConnId(2)).len(), 1);
         let mut out = Vec::new();
-        woken.handle_message(ConnId(2), NOW, &Frame::StatusRequest.to_message(), &mut out);
+        woken.handle_message(
+            ConnId(2),
+            NOW,
+            &Frame::StatusRequest.to_message().unwrap(),
+            &mut out,
+        );
         assert_eq!(
             sent_to(&out, ConnId(2)),
             vec![vec![Frame::Status(RoomStatus {
@@ -1544,10 +1829,10 @@ mod tests {
         // Two sockets claiming one hub: the newer one wins, whatever the order.
         let mut r = room();
         let mut out = Vec::new();
-        r.restore(ConnId(7), Some(member(1)), &mut out);
-        r.restore(ConnId(5), Some(member(1)), &mut out);
-        r.restore(ConnId(8), Some(member(2)), &mut out);
-        r.restore(ConnId(9), Some(member(2)), &mut out);
+        r.restore(ConnId(7), NOW, Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(5), NOW, Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(8), NOW, Some(member(2)), NOW, &mut out);
+        r.restore(ConnId(9), NOW, Some(member(2)), NOW, &mut out);
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(7)));
         assert_eq!(r.conn_of(&hub(2)), Some(ConnId(9)));
         assert_eq!(

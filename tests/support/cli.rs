@@ -225,6 +225,52 @@ impl RunningHub {
     }
 }
 
+/// Bytes received but not yet read by process `pid` on its TCP connections to port `port` of
+/// 127.0.0.1 (from `/proc`): how a test sees that a message has reached a stopped process.
+pub fn unread_bytes(pid: u32, port: u16) -> u64 {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let remote = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (rem, queues, inode) = (f.get(2)?, f.get(4)?, f.get(9)?);
+            if *rem != remote || !inodes.contains(*inode) {
+                return None;
+            }
+            u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+        })
+        .sum()
+}
+
+/// Waits (up to 20 s) until process `pid` has more unread bytes from `port` than `before`.
+pub fn wait_for_unread_bytes(pid: u32, port: u16, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unread_bytes(pid, port) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached process {pid} from port {port} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends signal `name` to `pid` with kill(1).
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")

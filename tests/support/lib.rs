@@ -73,17 +73,20 @@ pub fn hub_bin() -> PathBuf {
     hub
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// A relay process under test. Killed (SIGKILL) when dropped.
+///
+/// No port is chosen by binding and releasing it (another process could take it in between):
+/// workerd is handed a listening socket that the harness bound and keeps (`--socket-fd`, so a
+/// restart serves the same socket and connections made meanwhile wait in its backlog);
+/// `hub relay` binds port 0 itself and says which port it got, and binds that port again when
+/// restarted.
 #[derive(Debug)]
 pub struct RelayProcess {
     kind: RelayKind,
+    /// 0 until `hub relay` has said which port it got.
     port: u16,
+    /// workerd's listening socket, kept open across restarts.
+    listener: Option<TcpListener>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     allowed_clusters: Option<String>,
@@ -100,16 +103,25 @@ impl RelayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut relay = RelayProcess {
             kind,
-            port: free_port(),
+            port: 0,
+            listener: None,
             dir,
             child: None,
             allowed_clusters,
         };
         if kind == RelayKind::Workerd {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            relay.port = listener.local_addr().expect("local addr").port();
+            relay.listener = Some(listener);
             relay.write_workerd_config();
         }
         relay.spawn();
         relay
+    }
+
+    /// The port it serves on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -155,7 +167,7 @@ const config :Workerd.Config = (
     (name = "main", worker = .relay),
     (name = "do-disk", disk = (path = "{storage}", writable = true)),
   ],
-  sockets = [ (name = "http", address = "127.0.0.1:{port}", http = (), service = "main") ],
+  sockets = [ (name = "http", http = (), service = "main") ],
 );
 const relay :Workerd.Worker = (
   modules = [
@@ -171,7 +183,6 @@ const relay :Workerd.Worker = (
 );
 "#,
             storage = self.dir.path().join("do-storage").display(),
-            port = self.port,
             allowed = self
                 .allowed_clusters
                 .as_ref()
@@ -195,14 +206,27 @@ const relay :Workerd.Worker = (
                     "{} is missing: run scripts/setup",
                     workerd.display()
                 );
+                let listener = self.listener.as_ref().expect("workerd's socket");
+                let fd = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup socket"));
                 let mut c = Command::new(workerd);
                 c.arg("serve")
                     .arg("relay.capnp")
+                    .arg("--socket-fd")
+                    .arg("http=3")
                     .current_dir(self.dir.path());
+                command_fds::CommandFdExt::fd_mappings(
+                    &mut c,
+                    vec![command_fds::FdMapping {
+                        parent_fd: fd,
+                        child_fd: 3,
+                    }],
+                )
+                .expect("fd mapping");
                 c
             }
             RelayKind::Native => {
                 let mut c = Command::new(hub_bin());
+                // Port 0 the first time; the same port again on a restart.
                 c.args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
                     .arg("--state-dir")
                     .arg(self.dir.path().join("relay-state"))
@@ -226,7 +250,18 @@ const relay :Workerd.Worker = (
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            if self.port == 0 {
+                // `hub relay` prints `listening on ADDR` once it has bound.
+                self.port = self
+                    .log()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("listening on "))
+                    .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+                    .map_or(0, |a| a.port());
+            }
+            if self.port == 0 {
+                // Not bound yet.
+            } else if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
@@ -518,7 +553,7 @@ pub fn peer_hub(
     let local = shared_proto::noise::LocalIdentity {
         cluster: cluster.id(),
         ca_key: cluster.ca.public_key(),
-        static_secret: [b; 32],
+        static_secret: [b; 32].into(),
         cert_der: creds.cert_der.clone(),
     };
     (creds, local)

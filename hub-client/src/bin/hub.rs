@@ -65,6 +65,9 @@ enum Command {
         /// Serve only these cluster ids (comma-separated), like the Worker's ALLOWED_CLUSTERS.
         #[arg(long, value_delimiter = ',', value_name = "IDS")]
         allowed_clusters: Vec<ClusterId>,
+        /// Most TCP connections served at once; past that, new ones are closed at once.
+        #[arg(long, default_value_t = hub_client::native_relay::MAX_CONNECTIONS, value_name = "N")]
+        max_connections: usize,
     },
     /// Run the hub: relay connection, sessions, pairing (founder) and the local admin API.
     Run {
@@ -253,21 +256,45 @@ struct ConnArgs {
     timeout: u64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A backtrace helps with a bug, not with a user's mistake: shown only when asked for debug
+    // logs, whatever RUST_BACKTRACE says.
+    let debug = filter
+        .max_level_hint()
+        .is_some_and(|l| l >= tracing::level_filters::LevelFilter::DEBUG);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e, debug));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: WHAT`, one `caused by:` line per cause, and the backtrace only if `debug`.
+fn error_report(e: &anyhow::Error, debug: bool) -> String {
+    use std::fmt::Write;
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = write!(out, "\n  caused by: {cause}");
+    }
+    if debug && e.backtrace().status() == std::backtrace::BacktraceStatus::Captured {
+        let _ = write!(out, "\n\n{}", e.backtrace());
+    }
+    out
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -337,9 +364,10 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             state_dir,
             allowed_clusters,
+            max_connections,
         } => {
             let state_dir = state_dir.unwrap_or_else(|| home.dir().join("relay-state"));
-            run_relay(listen, state_dir, allowed_clusters).await
+            run_relay(listen, state_dir, allowed_clusters, max_connections).await
         }
         Command::Run { api_listen } => run_hub(home, api_listen).await,
         Command::Invite {
@@ -378,7 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", home.certificate()?.hub_id());
             Ok(())
         }
-        Command::Ping { peer, count, conn } => match Api::find(&home).await {
+        Command::Ping { peer, count, conn } => match Api::find(&home).await? {
             Some(api) => ping_via_api(&api, peer, count).await,
             None => ping(&home, peer, count, conn).await,
         },
@@ -503,9 +531,15 @@ async fn publish(home: &Home, list: &shared_proto::cluster::VerifiedRevocations)
     Ok(())
 }
 
-async fn run_relay(listen: SocketAddr, state_dir: PathBuf, allowed: Vec<ClusterId>) -> Result<()> {
+async fn run_relay(
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    allowed: Vec<ClusterId>,
+    max_connections: usize,
+) -> Result<()> {
     let mut relay = Relay::new(Some(state_dir.clone()))
-        .with_context(|| format!("state directory {}", state_dir.display()))?;
+        .with_context(|| format!("state directory {}", state_dir.display()))?
+        .max_connections(max_connections);
     if !allowed.is_empty() {
         relay = relay.serve_only(allowed);
     }
@@ -552,7 +586,7 @@ async fn shutdown_signal() {
 /// one connection per hub id, so the newer one would replace the running hub's (4004). Commands
 /// that try the API first (`ping`, `peers revoke`) have checked already; the others call this.
 async fn ensure_not_running(home: &Home) -> Result<()> {
-    if Api::find(home).await.is_some() {
+    if Api::find(home).await?.is_some() {
         bail!(
             "this hub is running (`hub run`): a second connection would replace it at the relay; \
              use `hub peers`, `hub ping` or `hub status`, which go through it, or stop it first"
@@ -799,27 +833,49 @@ struct Api {
 }
 
 impl Api {
-    async fn find(home: &Home) -> Option<Api> {
-        let base = std::fs::read_to_string(home.dir().join("api.url")).ok()?;
-        let token = std::fs::read_to_string(home.dir().join("cli.token")).ok()?;
+    /// How long a running hub has to answer its health check.
+    const FIND_TIMEOUT: Duration = Duration::from_secs(3);
+    /// How long one API call may take.
+    const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The running hub's API, if one is running: `None` when there is no `api.url` or nothing
+    /// listens there any more (a crash leaves the files behind); an error when something listens
+    /// but does not answer its health check in time (a stuck hub must not be mistaken for a
+    /// stopped one, or the CLI would open a second relay connection in its place).
+    async fn find(home: &Home) -> Result<Option<Api>> {
+        let Ok(base) = std::fs::read_to_string(home.dir().join("api.url")) else {
+            return Ok(None);
+        };
+        let Ok(token) = std::fs::read_to_string(home.dir().join("cli.token")) else {
+            return Ok(None);
+        };
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(Self::FIND_TIMEOUT)
+            .timeout(Self::CALL_TIMEOUT)
             .build()
-            .ok()?;
+            .context("building the HTTP client")?;
         let api = Api {
             base: base.trim().to_owned(),
             token: token.trim().to_owned(),
             client,
         };
-        // A crash leaves the files behind: only a hub that answers counts.
-        api.client
+        let health = api
+            .client
             .get(format!("{}/api/health", api.base))
+            .timeout(Self::FIND_TIMEOUT)
             .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?;
-        Some(api)
+            .await;
+        match health {
+            Ok(resp) if resp.status().is_success() => Ok(Some(api)),
+            Err(e) if e.is_timeout() => bail!(
+                "the running hub at {} (from {}) did not answer within {} s; \
+                 is it stuck? stop it, or remove that file if no hub runs",
+                api.base,
+                home.dir().join("api.url").display(),
+                Self::FIND_TIMEOUT.as_secs()
+            ),
+            _ => Ok(None),
+        }
     }
 
     async fn call(
@@ -901,7 +957,7 @@ fn peer_json(p: hub_client::store::PeerRecord) -> Result<serde_json::Value> {
 }
 
 async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
-    let api = Api::find(home).await;
+    let api = Api::find(home).await?;
     match (cmd, api) {
         (PeersCommand::List, Some(api)) => {
             let peers = api
@@ -911,7 +967,7 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
         }
         (PeersCommand::List, None) => {
             let peers = home
-                .store()?
+                .hub_store()?
                 .active_peers()?
                 .into_iter()
                 .map(peer_json)
@@ -931,7 +987,7 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
         }
         (PeersCommand::Show { id }, None) => {
             let peer = home
-                .store()?
+                .hub_store()?
                 .peer(id)?
                 .with_context(|| format!("no peer {id}"))?;
             println!("{}", serde_json::to_string_pretty(&peer_json(peer)?)?);
@@ -946,7 +1002,7 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
         }
         (PeersCommand::Revoke { id, reason }, None) => {
             let peer = home
-                .store()?
+                .hub_store()?
                 .peer(id)?
                 .filter(|p| p.revoked_at.is_none())
                 .with_context(|| format!("no active peer {id}"))?;
@@ -968,13 +1024,13 @@ async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> {
             println!("resumed {id}");
         }
         (PeersCommand::Suspend { id }, None) => {
-            if !home.store()?.set_suspended(id, Some(unix_ms()))? {
+            if !home.hub_store()?.set_suspended(id, Some(unix_ms()))? {
                 bail!("no active peer {id}");
             }
             println!("suspended {id}: its calls are refused until `hub peers resume {id}`");
         }
         (PeersCommand::Resume { id }, None) => {
-            if !home.store()?.set_suspended(id, None)? {
+            if !home.hub_store()?.set_suspended(id, None)? {
                 bail!("no active peer {id}");
             }
             println!("resumed {id}");
@@ -988,7 +1044,7 @@ fn url_encode(text: &str) -> String {
 }
 
 async fn status(home: &Home) -> Result<()> {
-    if let Some(api) = Api::find(home).await {
+    if let Some(api) = Api::find(home).await? {
         let s = api.call(reqwest::Method::GET, "/api/status", None).await?;
         if s["joined"] == false {
             println!(
