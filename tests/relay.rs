@@ -661,6 +661,54 @@ async fn the_relay_never_sees_plaintext(kind: RelayKind) {
     }
 }
 
+both!(two_hubs_send_each_other_64_mib_at_once);
+/// Each hub sends the other 64 MiB while reading what the other sends. Once each hub's peer task
+/// waited to hand a message to its relay task while that task waited to hand it an event: with
+/// both queues full, neither moved again.
+async fn two_hubs_send_each_other_64_mib_at_once(kind: RelayKind) {
+    const MESSAGES: usize = 64;
+    const SIZE: usize = 1024 * 1024;
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let mut a = peer_client(relay.url(), &cluster, 1).await;
+    let mut b = peer_client(relay.url(), &cluster, 2).await;
+    a.ping(hub(2), Duration::from_secs(10)).await.unwrap();
+    b.ping(hub(1), Duration::from_secs(10)).await.unwrap();
+    let sender = |handle: hub_client::peers::PeerHandle, to| {
+        tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                handle.send(to, vec![i as u8; SIZE]).await.unwrap();
+            }
+        })
+    };
+    let (send_a, send_b) = (sender(a.handle(), hub(2)), sender(b.handle(), hub(1)));
+    async fn receive(client: &mut hub_client::peers::PeerClient, from: shared_proto::HubId) {
+        let mut got = 0;
+        while got < MESSAGES {
+            match client.next_event().await.expect("the client runs") {
+                hub_client::peers::PeerEvent::Message { from: f, message } if f == from => {
+                    assert_eq!(message, vec![got as u8; SIZE], "message {got}");
+                    got += 1;
+                }
+                hub_client::peers::PeerEvent::Relay(RelayEvent::Disconnected {
+                    reason, ..
+                }) => {
+                    panic!("disconnected: {reason}")
+                }
+                _ => {}
+            }
+        }
+    }
+    let all = async {
+        tokio::join!(receive(&mut a, hub(2)), receive(&mut b, hub(1)));
+        send_a.await.unwrap();
+        send_b.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(180), all)
+        .await
+        .unwrap_or_else(|_| panic!("the transfers did not finish:\n{}", relay.log()));
+}
+
 both!(sessions_come_back_after_a_relay_restart);
 async fn sessions_come_back_after_a_relay_restart(kind: RelayKind) {
     let mut relay = RelayProcess::start(kind);
@@ -860,4 +908,91 @@ async fn a_pairing_guest_is_held_past_the_hello_timeout(kind: RelayKind) {
     let quiet = tokio::time::timeout(Duration::from_secs(15), guest.next()).await;
     assert!(quiet.is_err(), "the guest heard {quiet:?}\n{}", relay.log());
     guest_round_trip(&mut guest, hub(0xa3), &mut issuer, hub(1)).await;
+}
+
+/// `hub relay` closes an admitted hub that sends nothing, not even a keepalive, with 4008 (a
+/// phone that vanished without closing once stayed online for good); keepalives keep a hub in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_relay_closes_a_silent_member_after_its_idle_timeout() {
+    let relay = RelayProcess::start_native_with(&["--idle-timeout", "2"]);
+    let cluster = TestCluster::new();
+    let mut silent = raw(&relay, &cluster).await;
+    silent
+        .send(Message::Binary(
+            login_hello(&cluster.hub(1), now_ms()).into(),
+        ))
+        .await
+        .unwrap();
+    let mut alive = raw(&relay, &cluster).await;
+    alive
+        .send(Message::Binary(
+            login_hello(&cluster.hub(2), now_ms()).into(),
+        ))
+        .await
+        .unwrap();
+    let _welcome = next_binary(&mut alive).await;
+    // Keepalives every half second for twice the timeout: answered, never closed; meanwhile the
+    // silent one is closed.
+    let keep_alive = async {
+        for _ in 0..8 {
+            alive.send(Message::text("ping")).await.unwrap();
+            loop {
+                let answer = tokio::time::timeout(Duration::from_secs(5), alive.next())
+                    .await
+                    .expect("an answer");
+                match answer {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "pong" => break,
+                    Some(Ok(Message::Binary(_))) => {} // hub 1 leaving
+                    other => panic!("keepalive answered with {other:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (code, ()) = tokio::join!(close_code(&mut silent), keep_alive);
+    assert_eq!(code, CloseCode::IdleTimeout.code());
+    assert_eq!(close_code(&mut alive).await, CloseCode::IdleTimeout.code());
+}
+
+/// `hub relay` serves at most `--max-connections` TCP connections; past that a new one is
+/// closed at once, and served again once one of the others is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_relay_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = RelayProcess::start_native_with(&["--max-connections", "3"]);
+    let addr = ("127.0.0.1", relay.port());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Each accepted connection is counted once the relay has accepted it: the fourth sees EOF.
+    let mut refused = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !refused && tokio::time::Instant::now() < deadline {
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        refused = matches!(
+            tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await,
+            Ok(Ok(0))
+        );
+    }
+    assert!(refused, "a fourth connection was served");
+    drop(held.pop());
+    // Served again: a health request is answered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut answer)).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not served again after a connection closed"
+        );
+    }
 }

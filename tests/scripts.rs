@@ -105,7 +105,10 @@ fn an_interrupted_demo_leaves_nothing_running() {
             break;
         }
     }
-    assert!(seen.contains("the desk invites"), "the demo stopped early:\n{seen}");
+    assert!(
+        seen.contains("the desk invites"),
+        "the demo stopped early:\n{seen}"
+    );
     assert!(!processes_mentioning(&dir.path().to_string_lossy()).is_empty());
     signal(child.id(), "INT");
     let status = child.wait().unwrap();

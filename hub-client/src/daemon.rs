@@ -313,12 +313,16 @@ async fn handle_event(
                 home.record_peer(&store, &certificate)?;
                 store.document(MANIFEST)?
             };
-            // Pass the manifest on; the peer keeps it if it is newer than its own.
+            // Pass the manifest on; the peer keeps it if it is newer than its own. From another
+            // task: this loop is the only reader of the events, and must not wait on the sender.
             if let Some(doc) = manifest {
-                let _ = peers
-                    .handle()
-                    .send_manifest(certificate.hub_id(), &doc.body)
-                    .await;
+                let handle = peers.handle();
+                let to = certificate.hub_id();
+                tokio::spawn(async move {
+                    if let Err(e) = handle.send_manifest(to, &doc.body).await {
+                        tracing::debug!(peer = %to, "manifest not sent: {e}");
+                    }
+                });
             }
         }
         PeerEvent::Manifest { from, manifest } => {
@@ -334,7 +338,12 @@ async fn handle_event(
             } else {
                 refused_unreadable("this hub does not issue pairing tokens")
             };
-            peers.handle().send_raw(from, answer).await?;
+            let handle = peers.handle();
+            tokio::spawn(async move {
+                if let Err(e) = handle.send_raw(from, answer).await {
+                    tracing::warn!(guest = %from, "pairing answer not sent: {e}");
+                }
+            });
         }
         PeerEvent::Message { from, message } => {
             tracing::debug!(%from, bytes = message.len(), "message");

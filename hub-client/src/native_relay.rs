@@ -6,8 +6,12 @@
 //! routed exactly like the Worker's `fetch` (health text, 400, 404, 426), and a WebSocket upgrade
 //! to `/v1/clusters/{id}/connect` joins that cluster's room. A room is a `Room` behind a mutex
 //! plus one outgoing queue per socket; the reader of each socket feeds the room, and a writer task
-//! per socket drains its queue. A socket whose queue holds more than [`MAX_QUEUED_BYTES`] is
-//! closed as a slow consumer, so one stalled hub cannot make the relay buffer without bound.
+//! per socket drains its queue. When a message leaves a receiver's queue above
+//! [`PUSHBACK_BYTES`], the reader of the socket that sent it waits (reads nothing more) until that
+//! queue drains below it: a fast sender is slowed to what its receiver takes, through TCP, and
+//! the receiver is not punished. A socket whose queue still reaches [`MAX_QUEUED_BYTES`] (many
+//! senders at once, a receiver that stopped reading) is closed as a slow consumer, so one stalled
+//! hub cannot make the relay buffer without bound.
 //!
 //! Deadlines (no `Hello` in time, a pairing guest's lifetime, a member idle past
 //! [`IDLE_TIMEOUT_MS`]) are the room's: one timer task per room sleeps until
@@ -40,7 +44,10 @@ use crate::relay::ws_config;
 use crate::unix_ms;
 
 /// Bytes queued for one socket before it is closed as a slow consumer.
-pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes queued for one socket above which its senders wait for it.
+pub const PUSHBACK_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a connection has to send its whole HTTP request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +74,39 @@ enum Outgoing {
 #[derive(Debug)]
 struct Peer {
     tx: mpsc::UnboundedSender<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+}
+
+/// The bytes waiting in one socket's outgoing queue, and a signal when it drains.
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+    /// Set when the writer stopped: nobody waits for this queue any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Queue {
+    fn congested(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && self.bytes.load(Ordering::Relaxed) > PUSHBACK_BYTES
+    }
+
+    /// Waits until the queue is back below [`PUSHBACK_BYTES`] or its writer stopped, at most
+    /// the write timeout (a writer that cannot write for that long gives up).
+    async fn wait_drained(&self) {
+        let wait = async {
+            loop {
+                let drained = self.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if !self.congested() {
+                    return;
+                }
+                drained.await;
+            }
+        };
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, wait).await;
+    }
 }
 
 #[derive(Debug)]
@@ -90,6 +129,7 @@ pub struct Relay {
     allowed: Option<Vec<ClusterId>>,
     next_conn: AtomicU64,
     connections: Arc<tokio::sync::Semaphore>,
+    idle_timeout_ms: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,7 +152,14 @@ impl Relay {
             allowed: None,
             next_conn: AtomicU64::new(0),
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            idle_timeout_ms: IDLE_TIMEOUT_MS,
         })
+    }
+
+    /// Closes an admitted hub that sends nothing for this long (default [`IDLE_TIMEOUT_MS`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        self
     }
 
     /// Serves at most `max` TCP connections at once (default [`MAX_CONNECTIONS`]).
@@ -172,7 +219,7 @@ impl Relay {
         let now = unix_ms();
         rooms.retain(|_, e| !lock(e).room.is_idle(now));
         let mut config = RoomConfig::new(cluster.clone(), now);
-        config.idle_timeout_ms = Some(IDLE_TIMEOUT_MS);
+        config.idle_timeout_ms = Some(self.idle_timeout_ms);
         let mut room = Room::new(config);
         if let Some(bytes) = self.stored_revocations(cluster) {
             room.set_revocations(&bytes);
@@ -222,6 +269,8 @@ impl Relay {
 struct Peers {
     map: HashMap<ConnId, Peer>,
     store: Option<Vec<u8>>,
+    /// Queues that went past [`PUSHBACK_BYTES`] during the current `perform`.
+    congested: Vec<Arc<Queue>>,
 }
 
 impl Sockets for Peers {
@@ -230,9 +279,13 @@ impl Sockets for Peers {
             return Ok(());
         };
         let len = message.len();
-        if peer.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
-            peer.queued.fetch_sub(len, Ordering::Relaxed);
+        let queued = peer.queue.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > MAX_QUEUED_BYTES {
+            peer.queue.bytes.fetch_sub(len, Ordering::Relaxed);
             return Err(CloseCode::SlowConsumer);
+        }
+        if queued > PUSHBACK_BYTES && !self.congested.iter().any(|q| Arc::ptr_eq(q, &peer.queue)) {
+            self.congested.push(peer.queue.clone());
         }
         peer.tx
             .send(Outgoing::Binary(message))
@@ -473,14 +526,14 @@ async fn run_socket(
     let conn = ConnId(relay.next_conn.fetch_add(1, Ordering::Relaxed));
     let entry = relay.room(cluster_id);
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(Queue::default());
     {
         let mut e = lock(&entry);
         e.peers.map.insert(
             conn,
             Peer {
                 tx: tx.clone(),
-                queued: queued.clone(),
+                queue: queue.clone(),
             },
         );
         let mut actions = Vec::new();
@@ -490,7 +543,7 @@ async fn run_socket(
     let (sink, mut stream) = ws.split();
     // The writer ends after the room closes the socket (its close frame sent), or on a failed
     // write; the reader stops with it.
-    let mut writer = tokio::spawn(write_loop(sink, rx, queued));
+    let mut writer = tokio::spawn(write_loop(sink, rx, queue));
 
     loop {
         let next = tokio::select! {
@@ -500,11 +553,12 @@ async fn run_socket(
         let mut actions = Vec::new();
         match next {
             Some(Ok(Message::Binary(bytes))) => {
-                let (alive, stored) = {
+                let (alive, stored, congested) = {
                     let mut e = lock(&entry);
                     e.room.handle_message(conn, unix_ms(), &bytes, &mut actions);
                     let stored = e.perform(actions);
-                    (e.peers.map.contains_key(&conn), stored)
+                    let congested = std::mem::take(&mut e.peers.congested);
+                    (e.peers.map.contains_key(&conn), stored, congested)
                 };
                 if let Some(bytes) = stored {
                     relay.keep_revocations(cluster_id, bytes);
@@ -512,6 +566,10 @@ async fn run_socket(
                 if !alive {
                     // The room closed this socket (protocol error, replaced, slow, revoked).
                     break;
+                }
+                // Push back: read nothing more from this sender until its receivers caught up.
+                for queue in congested {
+                    queue.wait_drained().await;
                 }
             }
             Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE_REQUEST => {
@@ -565,17 +623,26 @@ fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: St
     let _ = e.perform(actions);
 }
 
-async fn write_loop<S>(
-    mut sink: S,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
-) where
+async fn write_loop<S>(sink: S, rx: mpsc::UnboundedReceiver<Outgoing>, queue: Arc<Queue>)
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    write_messages(sink, rx, &queue).await;
+    queue.closed.store(true, Ordering::Relaxed);
+    queue.drained.notify_waiters();
+}
+
+async fn write_messages<S>(mut sink: S, mut rx: mpsc::UnboundedReceiver<Outgoing>, queue: &Queue)
+where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     while let Some(out) = rx.recv().await {
         let (msg, last) = match out {
             Outgoing::Binary(bytes) => {
-                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                let before = queue.bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
+                if before > PUSHBACK_BYTES && before - bytes.len() <= PUSHBACK_BYTES {
+                    queue.drained.notify_waiters();
+                }
                 (Message::Binary(bytes.into()), false)
             }
             Outgoing::Text(t) => (Message::text(t), false),

@@ -3,7 +3,14 @@
 //!
 //! [`PeerClient::spawn`] owns a [`RelayClient`] and the sessions. The application sends with
 //! [`PeerClient::send`] (a session is set up on demand; messages wait in a bounded queue, and the
-//! call waits when the task is busy) and receives with [`PeerClient::next_message`]. Presence
+//! call waits when the task is busy) and receives with [`PeerClient::next_event`].
+//!
+//! The task never waits on one direction while the other is blocked: what it sends to the relay
+//! connection and what it hands to the application wait in its own queues, and it waits for room
+//! in either inside one `select!` while it goes on reading. Past [`OUTBOUND_HIGH`] bytes for the
+//! relay it stops taking the application's commands (its sends wait); past [`TO_APP_HIGH`] events
+//! for the application it stops reading the relay (TCP pushes back on the senders). An
+//! application must therefore read its events while it sends, or send from another task. Presence
 //! drives the sessions: a hub that leaves loses its session and what was queued for it; a hub that
 //! reconnects (it may have restarted) gets a new session, queued messages kept; a revocation list
 //! that revokes a peer drops its session at once.
@@ -19,7 +26,7 @@
 //! Pairing messages (`shared_proto::pairing`) are not session traffic: they go to the
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -31,7 +38,7 @@ use shared_proto::noise::LocalIdentity;
 use shared_proto::pairing::is_pairing_message;
 use shared_proto::peer::{Event, PeerSessions, SendError};
 use shared_proto::HubId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
@@ -44,6 +51,19 @@ const KIND_INFO_REQUEST: u8 = 3;
 const KIND_INFO: u8 = 4;
 const KIND_REFUSED: u8 = 5;
 const KIND_MANIFEST: u8 = 6;
+
+/// Bytes waiting for the relay connection above which the application's commands wait.
+pub const OUTBOUND_HIGH: usize = 4 * 1024 * 1024;
+
+/// Bytes waiting for the relay connection above which what incoming traffic would add (answers
+/// to pings and requests) is dropped: a peer cannot make this hub queue without bound.
+pub const OUTBOUND_MAX: usize = 16 * 1024 * 1024;
+
+/// Events waiting for the application above which the relay connection is not read.
+pub const TO_APP_HIGH: usize = 1024;
+
+/// Requests (pings, info) waiting for their answer at once; more are refused at once.
+pub const MAX_PENDING_REQUESTS: usize = 1024;
 
 /// What a hub reports about itself to its peers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -133,6 +153,9 @@ pub enum PeerError {
     /// The peer client has stopped.
     #[error("the peer client has stopped")]
     Stopped,
+    /// Too many requests are waiting for answers.
+    #[error("{MAX_PENDING_REQUESTS} requests are waiting for answers already")]
+    TooManyRequests,
 }
 
 /// What the application receives.
@@ -177,7 +200,6 @@ pub enum PeerEvent {
 }
 
 enum Command {
-    Shutdown,
     Send {
         to: HubId,
         message: Vec<u8>,
@@ -186,6 +208,7 @@ enum Command {
     Request {
         to: HubId,
         kind: u8,
+        limit: Duration,
         done: oneshot::Sender<Result<Reply, PeerError>>,
     },
     Raw {
@@ -211,6 +234,7 @@ struct Reply {
 pub struct PeerClient {
     handle: PeerHandle,
     events: mpsc::Receiver<PeerEvent>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -239,11 +263,13 @@ impl PeerClient {
         let client = RelayClient::spawn(relay)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
         let sessions = PeerSessions::new(identity, me);
-        let task = tokio::spawn(run(client, sessions, cmd_rx, ev_tx, policy));
+        let task = tokio::spawn(run(client, sessions, cmd_rx, ev_tx, stop_rx, policy));
         Ok(PeerClient {
             handle: PeerHandle { commands: cmd_tx },
             events: ev_rx,
+            stop,
             task,
         })
     }
@@ -271,7 +297,7 @@ impl PeerClient {
     /// Closes the relay connection cleanly (code 1000, so peers see this hub leave at once) and
     /// waits for the task to end.
     pub async fn shutdown(mut self) {
-        if self.handle.commands.send(Command::Shutdown).await.is_ok() {
+        if self.stop.send(true).is_ok() {
             // Events may still be queued: drop them so the task is never blocked on them.
             self.events.close();
             let _ = (&mut self.task).await;
@@ -323,7 +349,12 @@ impl PeerHandle {
     async fn request(&self, to: HubId, kind: u8, limit: Duration) -> Result<Reply, PeerError> {
         let (done, wait) = oneshot::channel();
         self.commands
-            .send(Command::Request { to, kind, done })
+            .send(Command::Request {
+                to,
+                kind,
+                limit,
+                done,
+            })
             .await
             .map_err(|_| PeerError::Stopped)?;
         match tokio::time::timeout(limit, wait).await {
@@ -368,10 +399,12 @@ impl Drop for PeerClient {
     }
 }
 
-/// A request waiting for its answer: the peer, when it was sent, and who waits for the answer.
+/// A request waiting for its answer: the peer, when it was sent, until when the caller waits,
+/// and who waits for the answer.
 struct PendingRequest {
     peer: HubId,
     sent: Instant,
+    deadline: Instant,
     done: oneshot::Sender<Result<Reply, PeerError>>,
 }
 
@@ -380,11 +413,60 @@ struct Pending {
     policy: Arc<LocalPolicy>,
 }
 
+impl Pending {
+    /// The earliest time a request's caller stops waiting.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.requests.values().map(|r| r.deadline).min()
+    }
+
+    /// Forgets the requests whose callers stopped waiting (they were told `Timeout`).
+    fn expire(&mut self, now: Instant) {
+        self.requests.retain(|_, r| r.deadline > now);
+    }
+}
+
+/// What waits for the relay connection.
+enum Outbound {
+    Send(HubId, Vec<u8>),
+    Publish(Vec<u8>),
+    Status,
+}
+
+/// The task's queues toward the relay connection and toward the application.
+#[derive(Default)]
+struct Queues {
+    outbound: VecDeque<Outbound>,
+    outbound_bytes: usize,
+    to_app: VecDeque<PeerEvent>,
+}
+
+impl Queues {
+    fn push_outbound(&mut self, item: Outbound) {
+        self.outbound_bytes += Self::size(&item);
+        self.outbound.push_back(item);
+    }
+
+    fn pop_outbound(&mut self) -> Option<Outbound> {
+        let item = self.outbound.pop_front()?;
+        self.outbound_bytes -= Self::size(&item);
+        Some(item)
+    }
+
+    fn size(item: &Outbound) -> usize {
+        match item {
+            Outbound::Send(_, payload) => payload.len(),
+            Outbound::Publish(list) => list.len(),
+            Outbound::Status => 0,
+        }
+    }
+}
+
 async fn run(
     mut relay: RelayClient,
     mut sessions: PeerSessions,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<PeerEvent>,
+    mut stop: watch::Receiver<bool>,
     policy: Arc<LocalPolicy>,
 ) {
     let mut rng = StdRng::from_entropy();
@@ -392,29 +474,65 @@ async fn run(
         requests: HashMap::new(),
         policy,
     };
+    let mut q = Queues::default();
+    let sender = relay.sender();
     let mut connected_before = false;
-    let mut status_waiters: std::collections::VecDeque<(Instant, oneshot::Sender<Duration>)> =
-        Default::default();
+    let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
     loop {
-        let timer = sessions
+        let session_timer = sessions
             .poll_timeout()
-            .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
+            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms())));
+        let timer = [session_timer, pending.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        // Transmissions caused by what peers sent may be dropped past `OUTBOUND_MAX`.
+        let mut from_network = false;
         tokio::select! {
             biased;
-            cmd = commands.recv() => {
+            _ = stop.wait_for(|s| *s) => break,
+            permit = sender.reserve(), if !q.outbound.is_empty() => {
+                let Ok(permit) = permit else { break };
+                let sent = match q.pop_outbound() {
+                    Some(Outbound::Send(to, payload)) => permit.send(to, payload),
+                    Some(Outbound::Publish(list)) => permit.publish_revocations(list),
+                    Some(Outbound::Status) => {
+                        permit.request_status();
+                        Ok(())
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!("not sent to the relay: {e}");
+                }
+            }
+            permit = events.reserve(), if !q.to_app.is_empty() => {
+                let Ok(permit) = permit else { break };
+                if let Some(event) = q.to_app.pop_front() {
+                    permit.send(event);
+                }
+            }
+            cmd = commands.recv(), if q.outbound_bytes < OUTBOUND_HIGH => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
-                    Command::Shutdown => break,
                     Command::Send { to, message, done } => {
                         let _ = done.send(sessions.send(to, message, unix_ms(), &mut rng));
                     }
-                    Command::Request { to, kind, done } => {
+                    Command::Request { to, kind, limit, done } => {
+                        if pending.requests.len() >= MAX_PENDING_REQUESTS {
+                            pending.expire(Instant::now());
+                        }
+                        if pending.requests.len() >= MAX_PENDING_REQUESTS {
+                            let _ = done.send(Err(PeerError::TooManyRequests));
+                            continue;
+                        }
                         let token = rng.next_u64();
                         let mut msg = vec![kind];
                         msg.extend_from_slice(&token.to_be_bytes());
                         match sessions.send(to, msg, unix_ms(), &mut rng) {
                             Ok(()) => {
-                                let req = PendingRequest { peer: to, sent: Instant::now(), done };
+                                let sent = Instant::now();
+                                let req = PendingRequest { peer: to, sent, deadline: sent + limit, done };
                                 pending.requests.insert(token, req);
                             }
                             Err(e) => {
@@ -422,32 +540,21 @@ async fn run(
                             }
                         }
                     }
-                    Command::Raw { to, payload } => {
-                        if relay.send(to, payload).await.is_err() {
-                            break;
-                        }
-                    }
-                    Command::Publish { list } => {
-                        if relay.publish_revocations(list).await.is_err() {
-                            break;
-                        }
-                    }
+                    Command::Raw { to, payload } => q.push_outbound(Outbound::Send(to, payload)),
+                    Command::Publish { list } => q.push_outbound(Outbound::Publish(list)),
                     Command::RelayRtt { done } => {
-                        if relay.request_status().await.is_err() {
-                            break;
-                        }
+                        q.push_outbound(Outbound::Status);
                         status_waiters.push_back((Instant::now(), done));
                     }
                 }
             }
-            event = relay.next_event() => {
+            event = relay.next_event(), if q.to_app.len() < TO_APP_HIGH => {
                 let Some(event) = event else { break };
+                from_network = true;
                 match &event {
                     RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
                         let ev = PeerEvent::Pairing { from: *from, message: payload.clone() };
-                        if events.send(ev).await.is_err() {
-                            break;
-                        }
+                        q.to_app.push_back(ev);
                     }
                     RelayEvent::Message { from, payload } => {
                         if let Err(e) = sessions.handle_incoming(*from, payload, unix_ms(), &mut rng) {
@@ -472,43 +579,44 @@ async fn run(
                     }
                     _ => {}
                 }
-                if !matches!(event, RelayEvent::Message { .. })
-                    && events.send(PeerEvent::Relay(event)).await.is_err()
-                {
-                    break;
+                if !matches!(event, RelayEvent::Message { .. }) {
+                    q.to_app.push_back(PeerEvent::Relay(event));
                 }
             }
-            () = sleep_opt(timer) => sessions.handle_timeout(unix_ms(), &mut rng),
+            () = sleep_until_opt(timer) => {
+                sessions.handle_timeout(unix_ms(), &mut rng);
+                pending.expire(Instant::now());
+            }
         }
-        if !drain(&mut sessions, &relay, &events, &mut pending, &mut rng).await {
-            break;
-        }
+        drain(&mut sessions, &mut q, &mut pending, &mut rng, from_network);
     }
     relay.shutdown().await;
 }
 
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
 
-/// Carries out what the sessions produced. Returns false when the application is gone.
-async fn drain(
+/// Moves what the sessions produced into the task's queues. Transmissions caused by what peers
+/// sent (`from_network`) are dropped while the relay queue is past [`OUTBOUND_MAX`].
+fn drain(
     sessions: &mut PeerSessions,
-    relay: &RelayClient,
-    events: &mpsc::Sender<PeerEvent>,
+    q: &mut Queues,
     pending: &mut Pending,
     rng: &mut StdRng,
-) -> bool {
+    from_network: bool,
+) {
     while let Some(event) = sessions.poll_event() {
         match event {
             Event::Transmit { to, payload } => {
-                let sent = relay.send(to, payload).await;
-                if sent.is_err() {
-                    return false;
+                if from_network && q.outbound_bytes > OUTBOUND_MAX {
+                    tracing::debug!(peer = %to, "relay queue full: an answer was dropped");
+                    continue;
                 }
+                q.push_outbound(Outbound::Send(to, payload));
             }
             Event::Received { from, message } => match message.split_first() {
                 Some((&KIND_DATA, body)) => {
@@ -516,22 +624,16 @@ async fn drain(
                         tracing::debug!(%from, "message from a refused peer dropped");
                         continue;
                     }
-                    let ev = PeerEvent::Message {
+                    q.to_app.push_back(PeerEvent::Message {
                         from,
                         message: body.to_vec(),
-                    };
-                    if events.send(ev).await.is_err() {
-                        return false;
-                    }
+                    });
                 }
                 Some((&KIND_MANIFEST, body)) => {
-                    let ev = PeerEvent::Manifest {
+                    q.to_app.push_back(PeerEvent::Manifest {
                         from,
                         manifest: body.to_vec(),
-                    };
-                    if events.send(ev).await.is_err() {
-                        return false;
-                    }
+                    });
                 }
                 Some((&kind @ (KIND_PING | KIND_INFO_REQUEST), token)) if token.len() == 8 => {
                     let answer = if pending.policy.refuses(&from) {
@@ -573,13 +675,7 @@ async fn drain(
             },
             Event::Established { peer, certificate } => {
                 tracing::debug!(%peer, "session established");
-                if events
-                    .send(PeerEvent::Established { certificate })
-                    .await
-                    .is_err()
-                {
-                    return false;
-                }
+                q.to_app.push_back(PeerEvent::Established { certificate });
             }
             Event::Failed { peer, reason } => {
                 let failed: Vec<u64> = pending
@@ -596,13 +692,44 @@ async fn drain(
                         }));
                     }
                 }
-                let ev = PeerEvent::SessionFailed { peer, reason };
-                if events.send(ev).await.is_err() {
-                    return false;
-                }
+                q.to_app
+                    .push_back(PeerEvent::SessionFailed { peer, reason });
             }
             _ => {}
         }
     }
-    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose caller stopped waiting is forgotten at its deadline: the map of pending
+    /// requests holds only requests someone still waits for (once they stayed forever).
+    #[test]
+    fn requests_are_forgotten_when_their_caller_stops_waiting() {
+        let mut pending = Pending {
+            requests: HashMap::new(),
+            policy: Arc::new(LocalPolicy::new("test")),
+        };
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        for (token, limit) in [(1u64, 1), (2, 5), (3, 10)] {
+            let (done, wait) = oneshot::channel();
+            waiting.push(wait);
+            let req = PendingRequest {
+                peer: HubId([token as u8; 16]),
+                sent: now,
+                deadline: now + Duration::from_secs(limit),
+                done,
+            };
+            pending.requests.insert(token, req);
+        }
+        assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(1)));
+        pending.expire(now + Duration::from_secs(5));
+        let mut left: Vec<u64> = pending.requests.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![3]);
+        assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(10)));
+    }
 }

@@ -255,6 +255,12 @@ impl RelayClient {
             .map_err(|_| RelayError::Stopped)
     }
 
+    /// A sender of commands to this connection, to wait for room in its queue while also
+    /// reading its events ([`RelaySender::reserve`]).
+    pub fn sender(&self) -> RelaySender {
+        RelaySender(self.commands.clone())
+    }
+
     /// The next event; `None` once the client has stopped and every event was read.
     pub async fn next_event(&mut self) -> Option<RelayEvent> {
         self.events.recv().await
@@ -266,6 +272,50 @@ impl RelayClient {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// Sends commands to a relay connection ([`RelayClient::sender`]).
+#[derive(Debug, Clone)]
+pub struct RelaySender(mpsc::Sender<Command>);
+
+impl RelaySender {
+    /// Waits for room in the connection's queue for one command. With the permit in hand the
+    /// command is queued without waiting: a task that must also go on reading events waits for
+    /// room in a `select!` instead of blocking in [`RelayClient::send`].
+    pub async fn reserve(&self) -> Result<RelayPermit<'_>, RelayError> {
+        self.0
+            .reserve()
+            .await
+            .map(RelayPermit)
+            .map_err(|_| RelayError::Stopped)
+    }
+}
+
+/// Room for one command in a relay connection's queue ([`RelaySender::reserve`]).
+#[derive(Debug)]
+pub struct RelayPermit<'a>(mpsc::Permit<'a, Command>);
+
+impl RelayPermit<'_> {
+    /// Queues a payload for another hub, as [`RelayClient::send`] does.
+    pub fn send(self, dst: HubId, payload: Vec<u8>) -> Result<(), RelayError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RelayError::PayloadTooLarge(payload.len()));
+        }
+        self.0.send(Command::Send { dst, payload });
+        Ok(())
+    }
+
+    /// Queues a revocation list, as [`RelayClient::publish_revocations`] does.
+    pub fn publish_revocations(self, signed: Vec<u8>) -> Result<(), RelayError> {
+        Frame::RevocationList(&signed).check()?;
+        self.0.send(Command::Publish(signed));
+        Ok(())
+    }
+
+    /// Queues a status request, as [`RelayClient::request_status`] does.
+    pub fn request_status(self) {
+        self.0.send(Command::Status);
     }
 }
 
@@ -317,14 +367,25 @@ async fn connection_loop(
         .as_deref()
         .and_then(|b| RevocationList::verify(b, &cluster).ok());
     loop {
-        let end = match tokio_tungstenite::connect_async_with_config(
-            url.as_str(),
-            Some(ws_config()),
-            true,
-        )
-        .await
-        {
-            Ok((ws, _)) => {
+        let connect = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true),
+        );
+        // A shutdown does not wait for a connection attempt to finish.
+        let connected = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            connected = connect => connected,
+        };
+        let end = match connected {
+            Err(_) => SessionEnd::Failed {
+                reason: format!(
+                    "connect to {url}: no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+                welcomed: false,
+            },
+            Ok(Ok((ws, _))) => {
                 tracing::debug!(%url, "connected to relay");
                 run_session(
                     ws,
@@ -336,7 +397,7 @@ async fn connection_loop(
                 )
                 .await
             }
-            Err(e) => SessionEnd::Failed {
+            Ok(Err(e)) => SessionEnd::Failed {
                 reason: format!("connect to {url}: {e}"),
                 welcomed: false,
             },
@@ -383,8 +444,14 @@ async fn connection_loop(
 }
 
 /// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
+///
+/// Reading never waits for writing: a writer task owns the socket's sending half, and the
+/// session hands it whole messages through a short queue. While that queue is full the session
+/// stops taking commands (the application's sends wait) but goes on reading what the relay
+/// sends, so two hubs sending to each other as fast as they can never wait on each other. A
+/// write that takes longer than [`WRITE_TIMEOUT`] ends the session as stalled.
 pub async fn run_session<S>(
-    mut ws: S,
+    ws: S,
     config: &RelayConfig,
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<RelayEvent>,
@@ -392,7 +459,11 @@ pub async fn run_session<S>(
     held: &mut Option<VerifiedRevocations>,
 ) -> SessionEnd
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Unpin
+        + Send
+        + 'static,
 {
     let creds = &config.credentials;
     let cluster = config.cluster_id();
@@ -412,12 +483,11 @@ where
             tracing::warn!("not passing on the held revocation list: {e}");
         }
     }
-    if let Err(e) = ws.send(Message::Binary(hello.into())).await {
-        return SessionEnd::Failed {
-            reason: format!("send hello: {e}"),
-            welcomed: false,
-        };
-    }
+    let (sink, mut stream) = ws.split();
+    let (out, out_rx) = mpsc::channel::<Message>(WRITE_QUEUE);
+    let mut writer = Writer(tokio::spawn(write_loop(sink, out_rx)));
+    // The queue is empty: this cannot fail.
+    let _ = out.try_send(Message::Binary(hello.into()));
     let mut welcomed = false;
     let mut restart_after = None;
     let mut last_heard = Instant::now();
@@ -430,11 +500,17 @@ where
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                let _ = ws.send(close_message(CloseCode::Normal, "hub shutting down")).await;
-                let _ = ws.flush().await;
+                writer.close(&out, close_message(CloseCode::Normal, "hub shutting down")).await;
                 return SessionEnd::Shutdown;
             }
-            incoming = ws.next() => {
+            ended = &mut writer.0 => {
+                let reason = match ended {
+                    Ok(Err(reason)) => reason,
+                    _ => "the writer stopped".to_owned(),
+                };
+                return SessionEnd::Failed { reason, welcomed };
+            }
+            incoming = stream.next() => {
                 let msg = match incoming {
                     None => return SessionEnd::Failed { reason: "relay closed the stream".into(), welcomed },
                     Some(Err(e)) => return SessionEnd::Failed { reason: e.to_string(), welcomed },
@@ -446,7 +522,7 @@ where
                         match handle_relay_message(&bytes, &cluster, events, &mut welcomed, &mut restart_after, held).await {
                             Ok(()) => {}
                             Err(reason) => {
-                                let _ = ws.send(close_message(CloseCode::ProtocolError, &reason)).await;
+                                writer.close(&out, close_message(CloseCode::ProtocolError, &reason)).await;
                                 return SessionEnd::Failed { reason, welcomed };
                             }
                         }
@@ -462,9 +538,11 @@ where
                     _ => {}
                 }
             }
-            cmd = commands.recv() => {
+            // The writer's queue is full: wake when it has room again.
+            _ = out.reserve(), if out.capacity() == 0 => {}
+            cmd = commands.recv(), if out.capacity() > 0 => {
                 let Some(cmd) = cmd else {
-                    let _ = ws.send(close_message(CloseCode::Normal, "hub shutting down")).await;
+                    writer.close(&out, close_message(CloseCode::Normal, "hub shutting down")).await;
                     return SessionEnd::Shutdown;
                 };
                 let mut batch = Vec::new();
@@ -483,20 +561,71 @@ where
                         next = commands.try_recv().ok();
                     }
                 }
-                if let Err(e) = ws.send(Message::Binary(batch.into())).await {
-                    return SessionEnd::Failed { reason: format!("send: {e}"), welcomed };
-                }
+                // This task is the queue's only sender and saw room in it.
+                let _ = out.try_send(Message::Binary(batch.into()));
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= dead_after {
                     return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed };
                 }
-                if let Err(e) = ws.send(Message::text(KEEPALIVE_REQUEST)).await {
-                    return SessionEnd::Failed { reason: format!("keepalive: {e}"), welcomed };
-                }
+                // With the queue full, writes are flowing (or the write timeout ends them).
+                let _ = out.try_send(Message::text(KEEPALIVE_REQUEST));
             }
         }
     }
+}
+
+/// Messages waiting for the socket's writer task.
+const WRITE_QUEUE: usize = 4;
+
+/// How long one write to the relay may take before the connection counts as stalled.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long connecting to the relay (TCP, TLS, WebSocket upgrade) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The writer task of a session; aborted when the session ends.
+struct Writer(JoinHandle<Result<(), String>>);
+
+impl Writer {
+    /// Queues a close frame and gives the writer a moment to send it and close the socket.
+    async fn close(&mut self, out: &mpsc::Sender<Message>, message: Message) {
+        if out.try_send(message).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.0).await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends what the session queues, each write within [`WRITE_TIMEOUT`]; after a close frame,
+/// closes the socket and ends.
+async fn write_loop<K>(mut sink: K, mut queue: mpsc::Receiver<Message>) -> Result<(), String>
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    while let Some(message) = queue.recv().await {
+        let last = matches!(message, Message::Close(_));
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("send: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "a write took longer than {} s: the connection is stalled",
+                    WRITE_TIMEOUT.as_secs()
+                ))
+            }
+        }
+        if last {
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn close_message(code: CloseCode, reason: &str) -> Message {
@@ -804,5 +933,86 @@ mod tests {
         );
         let closed = task.await.unwrap();
         assert!(matches!(closed, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 4000));
+    }
+
+    /// A relay that stops reading: once the socket's buffers are full a write waits, and after
+    /// the write timeout the session ends as stalled, although the relay's keepalive answers
+    /// still arrive (reading goes on while writing waits).
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_ends_the_session() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let config = config(1);
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(1024);
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let (_stop_tx, mut stop_rx) = watch::channel(false);
+        // The relay welcomes, then only writes: keepalive answers every second, never reading.
+        let task = tokio::spawn(async move {
+            let _hello = relay.next().await;
+            let welcome = Frame::Welcome {
+                version: 1,
+                online: vec![],
+            };
+            let welcome = welcome.to_message().unwrap();
+            relay.send(Message::Binary(welcome.into())).await.unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if relay.send(Message::text(KEEPALIVE_RESPONSE)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let feeder = tokio::spawn(async move {
+            while cmd_tx
+                .send(Command::Send {
+                    dst: hub(2),
+                    payload: vec![0; 60_000],
+                })
+                .await
+                .is_ok()
+            {}
+        });
+        let started = Instant::now();
+        let mut held = None;
+        let session = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held);
+        let end = tokio::select! {
+            end = session => end,
+            _ = async { while ev_rx.recv().await.is_some() {} } => unreachable!(),
+        };
+        assert!(
+            matches!(end, SessionEnd::Failed { ref reason, welcomed: true } if reason.contains("stalled")),
+            "{end:?}"
+        );
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+        task.abort();
+        feeder.abort();
+    }
+
+    /// A relay address that accepts the TCP connection and never answers the upgrade: the
+    /// attempt ends after the connect timeout and is retried; a shutdown during an attempt ends
+    /// the client at once (it once waited for the attempt, which could wait forever).
+    #[tokio::test(start_paused = true)]
+    async fn connecting_is_bounded_and_shutdown_cancels_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let mut client = RelayClient::spawn(RelayConfig::new(url, creds(1))).unwrap();
+        match client.next_event().await.unwrap() {
+            RelayEvent::Disconnected {
+                reason, retry_in, ..
+            } => {
+                assert!(reason.contains("no answer within 15 s"), "{reason}");
+                assert!(retry_in.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The next attempt is under way (and would never finish by itself).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+        assert!(
+            stopped.is_ok(),
+            "shutdown waited for the connection attempt"
+        );
+        drop(listener);
     }
 }

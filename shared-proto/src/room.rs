@@ -433,8 +433,8 @@ impl Room {
         self.touch(conn, now_ms);
     }
 
-    /// A member was heard from: its idle deadline moves (by whole seconds, so that a busy
-    /// member does not reorder the timers on every message).
+    /// A member was heard from: its idle deadline moves (in steps of an eighth of the timeout,
+    /// at most a second, so that a busy member does not reorder the timers on every message).
     fn touch(&mut self, conn: ConnId, now_ms: u64) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -442,8 +442,12 @@ impl Room {
         if !matches!(c.state, ConnState::Member(_)) {
             return;
         }
+        let step = self
+            .config
+            .idle_timeout_ms
+            .map_or(1000, |t| (t / 8).clamp(1, 1000));
         if let (Some(new), Some(old)) = (self.idle_deadline(now_ms), c.deadline) {
-            if new >= old.saturating_add(1000) {
+            if new >= old.saturating_add(step) {
                 self.set_deadline(conn, Some(new));
             }
         }

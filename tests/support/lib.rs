@@ -90,6 +90,8 @@ pub struct RelayProcess {
     dir: tempfile::TempDir,
     child: Option<Child>,
     allowed_clusters: Option<String>,
+    /// More arguments for `hub relay`.
+    extra_args: Vec<String>,
 }
 
 impl RelayProcess {
@@ -98,8 +100,22 @@ impl RelayProcess {
         Self::start_serving(kind, None)
     }
 
+    /// `hub relay` with extra command-line arguments.
+    pub fn start_native_with(args: &[&str]) -> Self {
+        let mut relay = Self::new(RelayKind::Native, None);
+        relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        relay.spawn();
+        relay
+    }
+
     /// [`RelayProcess::start`], serving only `allowed_clusters` (comma-separated) if given.
     pub fn start_serving(kind: RelayKind, allowed_clusters: Option<String>) -> Self {
+        let mut relay = Self::new(kind, allowed_clusters);
+        relay.spawn();
+        relay
+    }
+
+    fn new(kind: RelayKind, allowed_clusters: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut relay = RelayProcess {
             kind,
@@ -108,6 +124,7 @@ impl RelayProcess {
             dir,
             child: None,
             allowed_clusters,
+            extra_args: Vec::new(),
         };
         if kind == RelayKind::Workerd {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -115,7 +132,6 @@ impl RelayProcess {
             relay.listener = Some(listener);
             relay.write_workerd_config();
         }
-        relay.spawn();
         relay
     }
 
@@ -234,6 +250,7 @@ const relay :Workerd.Worker = (
                 if let Some(list) = &self.allowed_clusters {
                     c.arg("--allowed-clusters").arg(list);
                 }
+                c.args(&self.extra_args);
                 c
             }
         };

@@ -68,6 +68,9 @@ enum Command {
         /// Most TCP connections served at once; past that, new ones are closed at once.
         #[arg(long, default_value_t = hub_client::native_relay::MAX_CONNECTIONS, value_name = "N")]
         max_connections: usize,
+        /// Close a hub that sends nothing, not even a keepalive, for this many seconds (4008).
+        #[arg(long, default_value_t = hub_client::native_relay::IDLE_TIMEOUT_MS / 1000, value_name = "SECS")]
+        idle_timeout: u64,
     },
     /// Run the hub: relay connection, sessions, pairing (founder) and the local admin API.
     Run {
@@ -365,9 +368,19 @@ async fn run(cli: Cli) -> Result<()> {
             state_dir,
             allowed_clusters,
             max_connections,
+            idle_timeout,
         } => {
             let state_dir = state_dir.unwrap_or_else(|| home.dir().join("relay-state"));
-            run_relay(listen, state_dir, allowed_clusters, max_connections).await
+            let relay = Relay::new(Some(state_dir.clone()))
+                .with_context(|| format!("state directory {}", state_dir.display()))?
+                .max_connections(max_connections)
+                .idle_timeout(Duration::from_secs(idle_timeout));
+            let relay = if allowed_clusters.is_empty() {
+                relay
+            } else {
+                relay.serve_only(allowed_clusters)
+            };
+            run_relay(listen, relay).await
         }
         Command::Run { api_listen } => run_hub(home, api_listen).await,
         Command::Invite {
@@ -531,18 +544,7 @@ async fn publish(home: &Home, list: &shared_proto::cluster::VerifiedRevocations)
     Ok(())
 }
 
-async fn run_relay(
-    listen: SocketAddr,
-    state_dir: PathBuf,
-    allowed: Vec<ClusterId>,
-    max_connections: usize,
-) -> Result<()> {
-    let mut relay = Relay::new(Some(state_dir.clone()))
-        .with_context(|| format!("state directory {}", state_dir.display()))?
-        .max_connections(max_connections);
-    if !allowed.is_empty() {
-        relay = relay.serve_only(allowed);
-    }
+async fn run_relay(listen: SocketAddr, relay: Relay) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
