@@ -9,7 +9,7 @@ use std::time::Duration;
 use e2e::cli::{signal, unread_bytes, wait_for_unread_bytes, HubHome, RunningHub};
 use e2e::{RelayKind, RelayProcess};
 use sha2::{Digest, Sha256};
-use shared_proto::pairing::PairingToken;
+use shared_proto::session::pairing::PairingToken;
 
 /// A relay and a founder hub (created, running).
 struct Cluster {

@@ -10,10 +10,10 @@ use e2e::{
     RelayKind, RelayProcess, TapProxy, TestCluster,
 };
 use futures_util::{SinkExt, StreamExt};
-use hub_client::relay::connect_url;
+use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
-use shared_proto::cluster::login::Credentials;
-use shared_proto::frame::{Frame, FrameType, Hello, RoomStatus};
+use shared_proto::relay::frame::{Frame, FrameType, Hello, RoomStatus};
+use shared_proto::trust::login::Credentials;
 use shared_proto::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -557,7 +557,7 @@ async fn revocation_reaches_the_relay_and_every_hub(kind: RelayKind) {
     let mut saw_v2 = false;
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), s.next()).await {
         if let Message::Binary(bytes) = m {
-            let frames = shared_proto::frame::decode_message(&bytes).unwrap();
+            let frames = shared_proto::relay::frame::decode_message(&bytes).unwrap();
             saw_v2 |= frames.contains(&Frame::RevocationList(&v2));
             if saw_v2 {
                 break;
@@ -596,17 +596,23 @@ async fn a_relay_can_be_limited_to_some_clusters(kind: RelayKind) {
 }
 
 /// Starts a peer client for hub `b` of `cluster` on relay URL `url` and waits for admission.
-async fn peer_client(url: String, cluster: &TestCluster, b: u8) -> hub_client::peers::PeerClient {
+async fn peer_client(
+    url: String,
+    cluster: &TestCluster,
+    b: u8,
+) -> hub_client::transport::peers::PeerClient {
     let (creds, local) = e2e::peer_hub(cluster, b);
     let mut config = hub_client::RelayConfig::new(url, creds);
-    config.backoff =
-        hub_client::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-    let mut client = hub_client::peers::PeerClient::spawn(config, local).unwrap();
+    config.backoff = hub_client::transport::backoff::Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    );
+    let mut client = hub_client::transport::peers::PeerClient::spawn(config, local).unwrap();
     let admitted = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(e) = client.next_event().await {
             if matches!(
                 e,
-                hub_client::peers::PeerEvent::Relay(RelayEvent::Connected { .. })
+                hub_client::transport::peers::PeerEvent::Relay(RelayEvent::Connected { .. })
             ) {
                 return true;
             }
@@ -619,11 +625,11 @@ async fn peer_client(url: String, cluster: &TestCluster, b: u8) -> hub_client::p
 }
 
 async fn next_peer_message(
-    client: &mut hub_client::peers::PeerClient,
+    client: &mut hub_client::transport::peers::PeerClient,
 ) -> (shared_proto::HubId, Vec<u8>) {
     let found = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(e) = client.next_event().await {
-            if let hub_client::peers::PeerEvent::Message { from, message } = e {
+            if let hub_client::transport::peers::PeerEvent::Message { from, message } = e {
                 return Some((from, message));
             }
         }
@@ -674,7 +680,7 @@ async fn two_hubs_send_each_other_64_mib_at_once(kind: RelayKind) {
     let mut b = peer_client(relay.url(), &cluster, 2).await;
     a.ping(hub(2), Duration::from_secs(10)).await.unwrap();
     b.ping(hub(1), Duration::from_secs(10)).await.unwrap();
-    let sender = |handle: hub_client::peers::PeerHandle, to| {
+    let sender = |handle: hub_client::transport::peers::PeerHandle, to| {
         tokio::spawn(async move {
             for i in 0..MESSAGES {
                 handle.send(to, vec![i as u8; SIZE]).await.unwrap();
@@ -682,16 +688,22 @@ async fn two_hubs_send_each_other_64_mib_at_once(kind: RelayKind) {
         })
     };
     let (send_a, send_b) = (sender(a.handle(), hub(2)), sender(b.handle(), hub(1)));
-    async fn receive(client: &mut hub_client::peers::PeerClient, from: shared_proto::HubId) {
+    async fn receive(
+        client: &mut hub_client::transport::peers::PeerClient,
+        from: shared_proto::HubId,
+    ) {
         let mut got = 0;
         while got < MESSAGES {
             match client.next_event().await.expect("the client runs") {
-                hub_client::peers::PeerEvent::Message { from: f, message } if f == from => {
+                hub_client::transport::peers::PeerEvent::Message { from: f, message }
+                    if f == from =>
+                {
                     assert_eq!(message, vec![got as u8; SIZE], "message {got}");
                     got += 1;
                 }
-                hub_client::peers::PeerEvent::Relay(RelayEvent::Disconnected {
-                    reason, ..
+                hub_client::transport::peers::PeerEvent::Relay(RelayEvent::Disconnected {
+                    reason,
+                    ..
                 }) => {
                     panic!("disconnected: {reason}")
                 }
@@ -793,7 +805,7 @@ async fn guest_round_trip<S>(
     issuer.send(guest_id, b"answer".to_vec()).await.unwrap();
     let answer = next_binary(guest).await;
     assert_eq!(
-        shared_proto::frame::frames(&answer)
+        shared_proto::relay::frame::frames(&answer)
             .next()
             .unwrap()
             .unwrap(),
@@ -807,10 +819,12 @@ async fn guest_round_trip<S>(
 /// A pairing guest's `Hello` (extension 2 naming the issuer).
 fn guest_hello(guest: shared_proto::HubId, issuer: shared_proto::HubId) -> Vec<u8> {
     let mut hello = Hello::new(guest);
-    hello.extensions.push(shared_proto::frame::Extension {
-        kind: shared_proto::cluster::login::PAIRING_EXTENSION,
-        data: issuer.as_bytes(),
-    });
+    hello
+        .extensions
+        .push(shared_proto::relay::frame::Extension {
+            kind: shared_proto::trust::login::PAIRING_EXTENSION,
+            data: issuer.as_bytes(),
+        });
     Frame::Hello(hello).to_message().unwrap()
 }
 
@@ -831,7 +845,7 @@ async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
         .unwrap();
     // Welcomed with the issuer only; members hear nothing of it.
     let welcome = next_binary(&mut guest).await;
-    let frames: Vec<Frame<'_>> = shared_proto::frame::frames(&welcome)
+    let frames: Vec<Frame<'_>> = shared_proto::relay::frame::frames(&welcome)
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(

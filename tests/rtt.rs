@@ -90,11 +90,11 @@ async fn through_session(relay: &RelayProcess) -> Vec<Duration> {
     for b in [1u8, 2] {
         let (creds, local) = e2e::peer_hub(&cluster, b);
         let config = hub_client::RelayConfig::new(relay.url(), creds);
-        let mut c = hub_client::peers::PeerClient::spawn(config, local).unwrap();
+        let mut c = hub_client::transport::peers::PeerClient::spawn(config, local).unwrap();
         while let Some(e) = c.next_event().await {
             if matches!(
                 e,
-                hub_client::peers::PeerEvent::Relay(RelayEvent::Connected { .. })
+                hub_client::transport::peers::PeerEvent::Relay(RelayEvent::Connected { .. })
             ) {
                 break;
             }

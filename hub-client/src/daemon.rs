@@ -9,22 +9,23 @@
 //! and `cli.token` (mode 0600: an admin API token minted at start for the local CLI). Both are
 //! removed on a clean shutdown; a stale pair left by a crash is detected by a failed request.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use shared_proto::pairing::{refused_unreadable, PairingRequest};
+use shared_proto::session::pairing::{refused_unreadable, PairingRequest};
 use shared_proto::HubId;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::home::{Home, HomeError};
-use crate::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent, PeerHandle};
-use crate::relay::RelayEvent;
-use crate::store::{PeerRecord, Store, StoreError, MANIFEST};
+use crate::hub::{HubState, RelayState};
+use crate::node::home::{Home, HomeError};
+use crate::node::store::{StoreError, MANIFEST};
+use crate::transport::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent};
+use crate::transport::relay::RelayEvent;
 use crate::unix_ms;
 
 /// Name of the API tokens `hub run` mints for the local CLI.
@@ -40,6 +41,9 @@ pub enum DaemonError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The hub's service.
+    #[error(transparent)]
+    Service(#[from] crate::hub::ServiceError),
     /// The peer layer.
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -57,64 +61,6 @@ pub enum DaemonError {
         /// The reason.
         reason: String,
     },
-}
-
-/// The relay connection as the hub sees it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RelayState {
-    pub(crate) connected: bool,
-    pub(crate) online: BTreeSet<HubId>,
-    pub(crate) last_error: Option<String>,
-}
-
-/// State shared by the hub loop and the API handlers.
-#[derive(Debug)]
-pub(crate) struct HubState {
-    pub(crate) home: Home,
-    pub(crate) store: Mutex<Store>,
-    pub(crate) policy: Arc<LocalPolicy>,
-    pub(crate) member: RwLock<Option<PeerHandle>>,
-    pub(crate) relay: RwLock<RelayState>,
-    /// Woken when an unjoined hub joins through the API.
-    pub(crate) joined: Notify,
-    /// Serializes joins through the API.
-    pub(crate) joining: tokio::sync::Mutex<()>,
-}
-
-impl HubState {
-    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        // A poisoned lock means a handler panicked mid-call; SQLite transactions keep the data
-        // consistent, so carry on with it.
-        self.store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The peer layer, once the hub runs as a member.
-    pub(crate) fn member(&self) -> Option<PeerHandle> {
-        self.member.read().ok().and_then(|m| m.clone())
-    }
-
-    pub(crate) fn relay_state(&self) -> RelayState {
-        self.relay.read().map(|r| r.clone()).unwrap_or_default()
-    }
-
-    fn update_relay(&self, f: impl FnOnce(&mut RelayState)) {
-        if let Ok(mut r) = self.relay.write() {
-            f(&mut r);
-        }
-    }
-
-    /// Refuses (suspended) or accepts a peer's requests from now on.
-    pub(crate) fn set_refused(&self, peer: HubId, refused: bool) {
-        if let Ok(mut set) = self.policy.refused.write() {
-            if refused {
-                set.insert(peer);
-            } else {
-                set.remove(&peer);
-            }
-        }
-    }
 }
 
 /// Runs the hub until `shutdown` resolves (or the relay refuses it for good), serving the admin
@@ -242,26 +188,29 @@ async fn hub_loop(
 }
 
 async fn handle_event(
-    state: &HubState,
+    state: &Arc<HubState>,
     peers: &PeerClient,
     me: HubId,
     founder: bool,
     event: PeerEvent,
 ) -> Result<(), DaemonError> {
-    let home = &state.home;
     match event {
         PeerEvent::Relay(RelayEvent::Connected { online }) => {
             tracing::info!(
                 "connected to the relay; {} other hub(s) online",
                 online.len()
             );
-            let now = unix_ms();
-            {
-                let store = state.store();
-                for hub in &online {
-                    store.touch_peer(*hub, now)?;
-                }
-            }
+            let hubs: Vec<HubId> = online.to_vec();
+            state
+                .blocking(move |state| {
+                    let store = state.store();
+                    let now = unix_ms();
+                    for hub in hubs {
+                        store.touch_peer(hub, now)?;
+                    }
+                    Ok(())
+                })
+                .await?;
             state.update_relay(|r| {
                 r.connected = true;
                 r.online = online.into_iter().collect();
@@ -290,34 +239,40 @@ async fn handle_event(
         }
         PeerEvent::Relay(RelayEvent::PeerJoined(hub)) => {
             tracing::info!(%hub, "peer online");
-            state.store().touch_peer(hub, unix_ms())?;
+            touch_peer(state, hub).await?;
             state.update_relay(|r| {
                 r.online.insert(hub);
             });
         }
         PeerEvent::Relay(RelayEvent::PeerLeft(hub)) => {
             tracing::info!(%hub, "peer offline");
-            state.store().touch_peer(hub, unix_ms())?;
+            touch_peer(state, hub).await?;
             state.update_relay(|r| {
                 r.online.remove(&hub);
             });
         }
-        PeerEvent::Relay(RelayEvent::Revocations(list))
-            if state.store().keep_revocations(&list)? =>
-        {
-            tracing::info!(version = list.version(), "new revocation list");
+        PeerEvent::Relay(RelayEvent::Revocations(list)) => {
+            let version = list.version();
+            let kept = state
+                .blocking(move |state| Ok(state.store().keep_revocations(&list)?))
+                .await?;
+            if kept {
+                tracing::info!(version, "new revocation list");
+            }
         }
         PeerEvent::Established { certificate } => {
-            let manifest = {
-                let store = state.store();
-                home.record_peer(&store, &certificate)?;
-                store.document(MANIFEST)?
-            };
+            let to = certificate.hub_id();
+            let manifest = state
+                .blocking(move |state| {
+                    let store = state.store();
+                    state.home.record_peer(&store, &certificate)?;
+                    Ok(store.document(MANIFEST)?)
+                })
+                .await?;
             // Pass the manifest on; the peer keeps it if it is newer than its own. From another
             // task: this loop is the only reader of the events, and must not wait on the sender.
             if let Some(doc) = manifest {
                 let handle = peers.handle();
-                let to = certificate.hub_id();
                 tokio::spawn(async move {
                     if let Err(e) = handle.send_manifest(to, &doc.body).await {
                         tracing::debug!(peer = %to, "manifest not sent: {e}");
@@ -326,7 +281,10 @@ async fn handle_event(
             }
         }
         PeerEvent::Manifest { from, manifest } => {
-            match home.keep_manifest(&state.store(), &manifest) {
+            let kept = state
+                .blocking(move |state| Ok(state.home.keep_manifest(&state.store(), &manifest)))
+                .await?;
+            match kept {
                 Ok(true) => tracing::info!(%from, "newer cluster manifest"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%from, "manifest refused: {e}"),
@@ -334,7 +292,9 @@ async fn handle_event(
         }
         PeerEvent::Pairing { from, message } => {
             let answer = if founder {
-                answer_pairing(state, me, &message)
+                state
+                    .blocking(move |state| Ok(answer_pairing(state, me, &message)))
+                    .await?
             } else {
                 refused_unreadable("this hub does not issue pairing tokens")
             };
@@ -353,6 +313,14 @@ async fn handle_event(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Records that `hub` was seen now.
+async fn touch_peer(state: &Arc<HubState>, hub: HubId) -> Result<(), DaemonError> {
+    state
+        .blocking(move |state| Ok(state.store().touch_peer(hub, unix_ms())?))
+        .await?;
     Ok(())
 }
 
@@ -389,33 +357,4 @@ fn answer_pairing(state: &HubState, me: HubId, message: &[u8]) -> Vec<u8> {
             refused_unreadable("the issuer failed to record the pairing")
         }
     }
-}
-
-/// Revokes `peer` cluster-wide (founder): see [`Home::revoke_peer`]; then its calls are refused
-/// here and the list is published through the relay, which closes the peer and delivers the list
-/// to every hub (their sessions with it drop). Returns the list's version.
-pub(crate) async fn revoke_peer(
-    state: &HubState,
-    peer: &PeerRecord,
-    reason: String,
-) -> Result<u64, HomeError> {
-    let list = state.home.revoke_peer(peer, reason)?;
-    state.set_refused(peer.id, true);
-    if let Some(member) = state.member() {
-        if let Err(e) = member.publish_revocations(list.bytes().to_vec()).await {
-            tracing::warn!(
-                "revocation list not published now ({e}); the relay gets it on reconnect"
-            );
-        }
-    }
-    Ok(list.version())
-}
-
-/// The round trip to the relay, if connected.
-pub(crate) async fn relay_rtt(state: &HubState) -> Option<Duration> {
-    let member = state.member()?;
-    if !state.relay_state().connected {
-        return None;
-    }
-    member.relay_rtt(Duration::from_secs(3)).await.ok()
 }

@@ -1,28 +1,27 @@
-//! The hub: its connection to the cluster's relay, and `hub relay`, the relay run natively.
+//! The hub: its connection to the cluster's relay, its store, the running hub and its surfaces,
+//! and `hub relay`, the relay run natively.
 //!
-//! - [`relay`]: the relay client (connect, hello, send, receive, presence, keepalive, reconnect
-//!   with backoff and jitter, clean shutdown), over any WebSocket stream/sink;
-//! - [`peers`]: end-to-end Noise sessions with every other hub, over the relay connection;
-//! - [`native_relay`]: the relay server over tokio, sharing the Worker's room logic;
-//! - [`home`]: the data directory: keys, certificate, CA (founder), revocation list;
-//! - [`store`]: the SQLite store (migrations, peers, pairing tokens stored hashed);
-//! - [`join`]: joining a cluster with a pairing token, through the relay;
-//! - [`daemon`]: `hub run`, the long-running hub, and [`api`], its local admin HTTP API;
-//! - [`backoff`]: reconnect delays.
+//! | module | what |
+//! |---|---|
+//! | [`transport`] | the relay connection, the end-to-end Noise sessions over it, joining with a pairing token, reconnect delays (only this module touches sockets toward the cluster) |
+//! | [`node`] | the data directory (keys, certificate, the founder's CA) and the SQLite store |
+//! | [`hub`] | the running hub's state and the one service API that every surface calls |
+//! | [`api`] | the local admin HTTP API (a surface), with the request and answer types the CLI shares |
+//! | [`daemon`] | `hub run`: the hub's relay connection and event loop, with its surfaces |
+//! | [`relay_server`] | `hub relay`: the relay over tokio, sharing the Worker's room logic |
+//!
+//! Dependencies go one way: `daemon` -> `api` -> `hub` -> `node`, `transport`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
-pub mod backoff;
 pub mod daemon;
-pub mod home;
-pub mod join;
-pub mod native_relay;
-pub mod peers;
-pub mod relay;
-pub mod store;
+pub mod hub;
+pub mod node;
+pub mod relay_server;
+pub mod transport;
 
-pub use relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
+pub use transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 
 /// The wall clock as Unix milliseconds (0 before 1970), the time the sans-IO core is given.
 pub fn unix_ms() -> u64 {

@@ -2,7 +2,7 @@
 //!
 //! Flow: [`fetch`] routes `GET /v1/clusters/{cluster_id}/connect` to the Durable Object named by
 //! the cluster id ([`RelayRoom`]); the object accepts the WebSocket with the Hibernation API and
-//! hands every event to `shared_proto::room::Room`, which checks logins, routes frames and
+//! hands every event to `shared_proto::relay::room::Room`, which checks logins, routes frames and
 //! enforces revocations, then carries out the actions it returns. The Worker has no logic of its
 //! own beyond that adapter, and no per-cluster configuration: the room trusts the cluster CA key
 //! that the cluster id names.
@@ -26,11 +26,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use shared_proto::cluster::login::LoginNonce;
-use shared_proto::cluster::ClusterId;
-use shared_proto::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::path::{route, Route, BAD_CLUSTER_ID};
-use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
+use shared_proto::relay::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::relay::path::{route, Route, BAD_CLUSTER_ID};
+use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
+use shared_proto::trust::login::LoginNonce;
+use shared_proto::trust::ClusterId;
 use shared_proto::CloseCode;
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,

@@ -21,14 +21,14 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shared_proto::cluster::{
+use shared_proto::session::noise::{
+    HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, MAX_TRANSPORT_PLAINTEXT,
+};
+use shared_proto::session::pairing::{JoinRequest, Joiner, PairingRequest, PairingToken};
+use shared_proto::trust::{
     fingerprint, CertificateRequest, ClusterCa, Manifest, ManifestMember, PeerCertificate,
     TrustLevel, VerifiedPeer,
 };
-use shared_proto::noise::{
-    HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, MAX_TRANSPORT_PLAINTEXT,
-};
-use shared_proto::pairing::{JoinRequest, Joiner, PairingRequest, PairingToken};
 use shared_proto::HubId;
 
 const NOW: u64 = 1_795_000_000_000;

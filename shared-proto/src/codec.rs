@@ -1,6 +1,6 @@
 //! Byte cursor shared by the wire codecs: reads refuse to go past the end.
 
-use crate::frame::{FrameError, FrameType, HubId};
+use crate::relay::frame::{FrameError, FrameType, HubId};
 
 /// A cursor over borrowed bytes that refuses to read past the end.
 #[derive(Debug)]

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use hub_client::backoff::Backoff;
+use hub_client::transport::backoff::Backoff;
 use hub_client::{RelayClient, RelayConfig, RelayEvent};
-use shared_proto::cluster::login::Credentials;
-use shared_proto::cluster::{
+use shared_proto::trust::login::Credentials;
+use shared_proto::trust::{
     fingerprint, CertificateRequest, ClusterCa, ClusterId, Revocation, RevocationList, TrustLevel,
 };
 use shared_proto::HubId;
@@ -565,9 +565,12 @@ fn noise_public(b: u8) -> [u8; 32] {
 pub fn peer_hub(
     cluster: &TestCluster,
     b: u8,
-) -> (Arc<Credentials>, shared_proto::noise::LocalIdentity) {
+) -> (
+    Arc<Credentials>,
+    shared_proto::session::noise::LocalIdentity,
+) {
     let creds = cluster.hub(b);
-    let local = shared_proto::noise::LocalIdentity {
+    let local = shared_proto::session::noise::LocalIdentity {
         cluster: cluster.id(),
         ca_key: cluster.ca.public_key(),
         static_secret: [b; 32].into(),

@@ -24,21 +24,21 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use shared_proto::cluster::login::Credentials;
-use shared_proto::cluster::{
+use shared_proto::session::noise::LocalIdentity;
+use shared_proto::session::pairing::{Joined, PairingRequest, PairingToken, SECRET_LEN};
+use shared_proto::trust::login::Credentials;
+use shared_proto::trust::{
     CertificateRequest, ClusterCa, ClusterId, PeerCertificate, Revocation, RevocationList,
     TrustLevel, VerifiedPeer, VerifiedRevocations,
 };
-use shared_proto::cluster::{Manifest, ManifestMember, VerifiedManifest};
-use shared_proto::noise::LocalIdentity;
-use shared_proto::pairing::{Joined, PairingRequest, PairingToken, SECRET_LEN};
+use shared_proto::trust::{Manifest, ManifestMember, VerifiedManifest};
 use shared_proto::HubId;
 
-use crate::relay::RelayConfig;
-use crate::store::{
+use crate::node::store::{
     Admission, Document, Instance, PeerRecord, RedeemError, Store, StoreError, TokenTerms,
     MANIFEST, REVOCATIONS,
 };
+use crate::transport::relay::RelayConfig;
 use crate::unix_ms;
 
 /// Errors of the data directory.
@@ -72,13 +72,13 @@ pub enum HomeError {
     },
     /// A certificate or list was refused.
     #[error(transparent)]
-    Trust(#[from] shared_proto::cluster::TrustError),
+    Trust(#[from] shared_proto::trust::TrustError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Pairing failed.
     #[error(transparent)]
-    Pairing(#[from] shared_proto::pairing::PairingError),
+    Pairing(#[from] shared_proto::session::pairing::PairingError),
 }
 
 /// `hub.toml`.
@@ -413,7 +413,7 @@ impl Home {
         let key = VerifyingKey::from_bytes(&key).map_err(|_| corrupt())?;
         let entry = Revocation {
             fingerprint: [0; 32],
-            key_hash: shared_proto::cluster::key_hash(&key),
+            key_hash: shared_proto::trust::key_hash(&key),
             revoked_at_ms: unix_ms(),
             reason,
         };
@@ -532,7 +532,7 @@ impl Home {
             let der = ca.issue(&req, &mut OsRng)?;
             let member = ManifestMember {
                 hub_id,
-                fingerprint: shared_proto::cluster::fingerprint(&der),
+                fingerprint: shared_proto::trust::fingerprint(&der),
                 trust: terms.trust,
                 roles: terms.roles.clone(),
             };
@@ -902,7 +902,7 @@ mod tests {
 
     #[test]
     fn pairing_records_both_sides_once_and_the_store_is_private() {
-        use shared_proto::pairing::{JoinRequest, Joiner, PairingRequest};
+        use shared_proto::session::pairing::{JoinRequest, Joiner, PairingRequest};
         let dir = tempfile::tempdir().unwrap();
         let founder = Home::new(dir.path().join("founder"));
         founder
@@ -981,7 +981,7 @@ mod tests {
         let (refused, none) = pair(&other, "other");
         assert!(matches!(
             refused,
-            Err(shared_proto::pairing::PairingError::Refused(_))
+            Err(shared_proto::session::pairing::PairingError::Refused(_))
         ));
         assert!(none.is_none());
         assert_eq!(founder.store().unwrap().active_peers().unwrap().len(), 1);

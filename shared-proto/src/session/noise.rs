@@ -26,9 +26,9 @@ use snow::params::NoiseParams;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
-use crate::cluster::{ClusterId, PeerCertificate, TrustError, VerifiedPeer, VerifiedRevocations};
 use crate::codec::Reader;
-use crate::frame::HubId;
+use crate::relay::frame::HubId;
+use crate::trust::{ClusterId, PeerCertificate, TrustError, VerifiedPeer, VerifiedRevocations};
 
 /// The Noise pattern, as the Noise spec names it.
 pub const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -132,7 +132,7 @@ impl std::fmt::Debug for StaticSecret {
 }
 
 /// A hub's Noise identity: its X25519 static key pair and certificate.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LocalIdentity {
     /// The cluster.
     pub cluster: ClusterId,
@@ -515,8 +515,8 @@ impl Transport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cluster::cert::tests::{request, NOW};
-    use crate::cluster::{ClusterCa, Revocation, RevocationList};
+    use crate::trust::cert::tests::{request, NOW};
+    use crate::trust::{ClusterCa, Revocation, RevocationList};
     use ed25519_dalek::SigningKey;
     use rand::rngs::StdRng;
     use rand::SeedableRng;

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
-use shared_proto::cluster::{TrustLevel, VerifiedManifest, VerifiedRevocations};
+use shared_proto::trust::{TrustLevel, VerifiedManifest, VerifiedRevocations};
 use shared_proto::HubId;
 
 /// Errors of the store.

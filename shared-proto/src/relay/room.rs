@@ -30,14 +30,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::close::CloseCode;
-use crate::cluster::login::{
-    verify_login, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
-};
-use crate::cluster::{ClusterId, RevocationList, VerifiedRevocations};
-use crate::frame::{
+use crate::relay::close::CloseCode;
+use crate::relay::frame::{
     frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
 };
+use crate::trust::login::{
+    verify_login, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
+};
+use crate::trust::{ClusterId, RevocationList, VerifiedRevocations};
 
 const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
 
@@ -929,7 +929,9 @@ fn encode_failed(conn: ConnId, error: &FrameError) -> Action {
 }
 
 /// The issuer named by a `Hello`'s pairing extension, if it has one (and no login).
-fn pairing_issuer(hello: &crate::frame::Hello<'_>) -> Result<Option<HubId>, (CloseCode, String)> {
+fn pairing_issuer(
+    hello: &crate::relay::frame::Hello<'_>,
+) -> Result<Option<HubId>, (CloseCode, String)> {
     let Some(ext) = hello
         .extensions
         .iter()
@@ -967,10 +969,10 @@ fn truncate_reason(reason: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cert::tests::{request, NOW};
-    use crate::cluster::login::Credentials;
-    use crate::cluster::{ClusterCa, Revocation};
-    use crate::frame::{decode_message, Hello};
+    use crate::relay::frame::{decode_message, Hello};
+    use crate::trust::cert::tests::{request, NOW};
+    use crate::trust::login::Credentials;
+    use crate::trust::{ClusterCa, Revocation};
     use ed25519_dalek::SigningKey;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -1046,8 +1048,8 @@ mod tests {
     }
 
     fn guest_hello(guest: HubId, issuer: HubId) -> Vec<u8> {
-        let mut hello = crate::frame::Hello::new(guest);
-        hello.extensions.push(crate::frame::Extension {
+        let mut hello = crate::relay::frame::Hello::new(guest);
+        hello.extensions.push(crate::relay::frame::Extension {
             kind: PAIRING_EXTENSION,
             data: issuer.as_bytes(),
         });
@@ -1407,7 +1409,7 @@ mod tests {
         let mut r = room();
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
-        let payload = vec![0u8; crate::frame::MAX_PAYLOAD];
+        let payload = vec![0u8; crate::relay::frame::MAX_PAYLOAD];
         let mut msg = Vec::new();
         for _ in 0..15 {
             msg.extend(send(hub(2), &payload));
@@ -1559,7 +1561,7 @@ mod tests {
     fn oversized_frame_uses_its_own_code() {
         let mut r = room();
         let _ = join(&mut r, 1, hub(1));
-        let payload = vec![0u8; crate::frame::MAX_PAYLOAD + 1];
+        let payload = vec![0u8; crate::relay::frame::MAX_PAYLOAD + 1];
         let mut message = Vec::new();
         Frame::Send {
             dst: hub(1),
@@ -1650,7 +1652,7 @@ mod tests {
     }
 
     fn revoking(version: u64, h: HubId) -> Vec<u8> {
-        let fp = crate::cluster::fingerprint(&creds(h).cert_der);
+        let fp = crate::trust::fingerprint(&creds(h).cert_der);
         RevocationList {
             version,
             issued_at_ms: NOW,
@@ -1789,7 +1791,7 @@ mod tests {
         woken.handle_message(ConnId(2), NOW + 1_000, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ReplayedLogin)]);
         // Once the login can no longer pass the skew check, nothing needs remembering.
-        assert!(woken.is_idle(NOW + crate::cluster::login::MAX_SKEW_MS + 10_000));
+        assert!(woken.is_idle(NOW + crate::trust::login::MAX_SKEW_MS + 10_000));
     }
 
     #[test]

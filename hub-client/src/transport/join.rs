@@ -1,5 +1,5 @@
 //! Joining a cluster with a pairing token (`hub join`): the new hub's side of
-//! `shared_proto::pairing`, over one guest connection to the relay.
+//! `shared_proto::session::pairing`, over one guest connection to the relay.
 //!
 //! The hub connects to the token's relay as a pairing guest (a random guest id, `Hello`
 //! extension 2 naming the issuer), sends its request once welcomed, and waits for the issuer's
@@ -11,15 +11,15 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use shared_proto::cluster::login::PAIRING_EXTENSION;
-use shared_proto::frame::{frames, Extension, Hello};
-use shared_proto::pairing::{JoinRequest, Joined, Joiner, PairingError, PairingToken};
+use shared_proto::relay::frame::{frames, Extension, Hello};
+use shared_proto::session::pairing::{JoinRequest, Joined, Joiner, PairingError, PairingToken};
+use shared_proto::trust::login::PAIRING_EXTENSION;
 use shared_proto::{CloseCode, Frame, HubId};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::home::{Home, HomeError};
-use crate::relay::{connect_url, ws_config, RelayError};
+use crate::node::home::{Home, HomeError};
+use crate::transport::relay::{connect_url, ws_config, RelayError};
 use crate::unix_ms;
 
 /// Why joining failed.

@@ -29,13 +29,13 @@ use std::collections::{HashMap, VecDeque};
 
 use rand_core::CryptoRngCore;
 
-use crate::cluster::{PeerCertificate, VerifiedPeer, VerifiedRevocations};
 use crate::codec::Reader;
-use crate::frame::{HubId, MAX_PAYLOAD};
-use crate::noise::{
+use crate::relay::frame::{HubId, MAX_PAYLOAD};
+use crate::session::noise::{
     HandshakeReplay, Initiator, LocalIdentity, NoiseError, Responder, Transport,
     MAX_TRANSPORT_PLAINTEXT,
 };
+use crate::trust::{PeerCertificate, VerifiedPeer, VerifiedRevocations};
 
 const INIT: u8 = 0x01;
 const RESPONSE: u8 = 0x02;
@@ -48,7 +48,8 @@ const FRAGMENT_HEADER: usize = 8;
 
 /// Largest piece of an application message per data message (fits one relay payload).
 pub const FRAGMENT_DATA: usize = {
-    let by_relay = MAX_PAYLOAD - 1 - 4 - crate::noise::TRANSPORT_OVERHEAD - FRAGMENT_HEADER;
+    let by_relay =
+        MAX_PAYLOAD - 1 - 4 - crate::session::noise::TRANSPORT_OVERHEAD - FRAGMENT_HEADER;
     let by_noise = MAX_TRANSPORT_PLAINTEXT - FRAGMENT_HEADER;
     if by_relay < by_noise {
         by_relay
@@ -736,9 +737,9 @@ impl PeerSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cert::tests::{request, NOW};
-    use crate::cluster::{ClusterCa, Revocation, RevocationList};
-    use crate::noise::tests::x25519_public;
+    use crate::session::noise::tests::x25519_public;
+    use crate::trust::cert::tests::{request, NOW};
+    use crate::trust::{ClusterCa, Revocation, RevocationList};
     use ed25519_dalek::SigningKey;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -981,7 +982,7 @@ mod tests {
         p.a.send(B, b"early".to_vec(), p.now, &mut p.rng).unwrap();
         p.drive();
         // Nothing sent for longer than a session may live (no timer ran meanwhile).
-        p.now += crate::noise::REJECT_AFTER_MS + 1;
+        p.now += crate::session::noise::REJECT_AFTER_MS + 1;
         p.a.send(B, b"after a long pause".to_vec(), p.now, &mut p.rng)
             .unwrap();
         p.drive();
@@ -998,7 +999,7 @@ mod tests {
         p.a.send(B, b"before".to_vec(), p.now, &mut p.rng).unwrap();
         p.drive();
         let old = p.a.peers[&B].current.as_ref().unwrap().local_index;
-        p.now += crate::noise::REKEY_AFTER_MS;
+        p.now += crate::session::noise::REKEY_AFTER_MS;
         // A message sent on the old session as the rekey starts (the send triggers it) is held
         // back in flight...
         p.a.send(B, b"in flight".to_vec(), p.now, &mut p.rng)

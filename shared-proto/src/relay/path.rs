@@ -1,6 +1,6 @@
 //! The relay's URL layout: `GET /v1/clusters/{cluster_id}/connect` (WebSocket upgrade).
 
-use crate::cluster::ClusterId;
+use crate::trust::ClusterId;
 
 /// Whether `id` may name a cluster: 32 characters of lowercase base32 (`a-z 2-7`), the form of a
 /// [`ClusterId`] (URL-safe, so it names one Durable Object unambiguously).

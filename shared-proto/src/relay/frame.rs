@@ -17,8 +17,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::close::CloseCode;
 use crate::codec::Reader;
+use crate::relay::close::CloseCode;
 
 /// The relay protocol version this crate speaks (also the `/v1/` of the connect URL).
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -197,7 +197,7 @@ mod tests {
         let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
         let id = ClusterId::from_ca_key(&key);
         assert_eq!(id.as_str().len(), 32);
-        assert!(crate::path::is_valid_cluster_id(id.as_str()));
+        assert!(crate::relay::path::is_valid_cluster_id(id.as_str()));
         assert!(id.names(&key));
         assert!(!id.names(&other));
         assert_eq!(id.as_str().parse::<ClusterId>().unwrap(), id);

@@ -20,7 +20,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::{ClusterCa, ClusterId, TrustError, TrustLevel};
 use crate::codec::{put_short_str, Reader};
-use crate::frame::{FrameError, HubId};
+use crate::relay::frame::{FrameError, HubId};
 
 const FORMAT: u8 = 1;
 const MANIFEST_MAGIC: &[u8; 4] = b"HRMF";
@@ -343,7 +343,7 @@ impl VerifiedRevocations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cert::tests::NOW;
+    use crate::trust::cert::tests::NOW;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

@@ -17,13 +17,13 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shared_proto::cluster::login::Credentials;
-use shared_proto::cluster::{ClusterId, RevocationList, VerifiedRevocations};
-use shared_proto::frame::{
+use shared_proto::relay::frame::{
     frames, Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE,
     MAX_PAYLOAD, PROTOCOL_VERSION,
 };
-use shared_proto::path::{connect_path, is_valid_cluster_id};
+use shared_proto::relay::path::{connect_path, is_valid_cluster_id};
+use shared_proto::trust::login::Credentials;
+use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::CloseCode;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use url::Url;
 
-use crate::backoff::Backoff;
+use crate::transport::backoff::Backoff;
 use crate::unix_ms;
 
 /// Target size of one batched WebSocket message the client sends.
@@ -57,7 +57,7 @@ pub enum RelayError {
     Stopped,
     /// Something this hub would send is past a limit of the relay protocol.
     #[error("cannot send to the relay: {0}")]
-    Frame(#[from] shared_proto::frame::FrameError),
+    Frame(#[from] shared_proto::relay::frame::FrameError),
 }
 
 /// What the relay client tells the application.
@@ -698,14 +698,14 @@ async fn handle_relay_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_proto::frame::decode_message;
+    use shared_proto::relay::frame::decode_message;
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::WebSocketStream;
 
     use ed25519_dalek::SigningKey;
-    use shared_proto::cluster::login::LOGIN_EXTENSION;
-    use shared_proto::cluster::{CertificateRequest, ClusterCa, TrustLevel};
-    use shared_proto::frame::{Extension, Hello};
+    use shared_proto::relay::frame::{Extension, Hello};
+    use shared_proto::trust::login::LOGIN_EXTENSION;
+    use shared_proto::trust::{CertificateRequest, ClusterCa, TrustLevel};
 
     fn hub(b: u8) -> HubId {
         HubId([b; 16])

@@ -38,13 +38,15 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{
+use crate::codec::{put_short_str, Reader};
+use crate::relay::frame::HubId;
+use crate::session::noise::{
+    noise_err, static_builder, LocalIdentity, NoiseError, MAX_NOISE_MESSAGE,
+};
+use crate::trust::{
     ClusterId, Manifest, PeerCertificate, RevocationList, TrustError, VerifiedManifest,
     VerifiedPeer, VerifiedRevocations,
 };
-use crate::codec::{put_short_str, Reader};
-use crate::frame::HubId;
-use crate::noise::{noise_err, static_builder, LocalIdentity, NoiseError, MAX_NOISE_MESSAGE};
 
 /// What every pairing token starts with.
 pub const TOKEN_PREFIX: &str = "hubpair1_";
@@ -270,7 +272,7 @@ impl Joiner {
         if request.name.is_empty() || request.name.len() > 64 {
             return Err(TrustError::Malformed("hub name (1 to 64 bytes)").into());
         }
-        let noise_key = crate::noise::public_key(request.noise_secret)?;
+        let noise_key = crate::session::noise::public_key(request.noise_secret)?;
         let identity_key = request.identity.verifying_key();
         let prologue = prologue(&token.cluster);
         let mut hs = static_builder(request.noise_secret, &prologue, rng)?
@@ -529,9 +531,9 @@ pub fn is_pairing_message(message: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cert::tests::NOW;
-    use crate::cluster::{CertificateRequest, ClusterCa, ManifestMember, TrustLevel};
-    use crate::noise::tests::{hub, Hub};
+    use crate::session::noise::tests::{hub, Hub};
+    use crate::trust::cert::tests::NOW;
+    use crate::trust::{CertificateRequest, ClusterCa, ManifestMember, TrustLevel};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -572,14 +574,14 @@ mod tests {
             issued_at_ms: NOW,
             members: vec![ManifestMember {
                 hub_id: HubId([0x42; 16]),
-                fingerprint: crate::cluster::fingerprint(&cert),
+                fingerprint: crate::trust::fingerprint(&cert),
                 trust: TrustLevel::AgentDispatch,
                 roles: vec![],
             }],
         }
         .sign(&ca)
         .unwrap();
-        let revocations = crate::cluster::RevocationList {
+        let revocations = crate::trust::RevocationList {
             version: 4,
             issued_at_ms: NOW,
             entries: vec![],
@@ -643,7 +645,10 @@ mod tests {
         assert_eq!(req.secret(), &[9; SECRET_LEN]);
         assert_eq!(req.name, "laptop");
         assert_eq!(req.identity_key, identity.verifying_key());
-        assert_eq!(req.noise_key, crate::noise::public_key(&noise).unwrap());
+        assert_eq!(
+            req.noise_key,
+            crate::session::noise::public_key(&noise).unwrap()
+        );
         let joined = joiner.finish(&admit(&issuer, req), NOW).unwrap();
         assert_eq!(joined.certificate.name(), "laptop");
         assert_eq!(joined.issuer.hub_id(), issuer.cert.hub_id());
@@ -731,7 +736,7 @@ mod tests {
             .unwrap()
             .build_initiator()
             .unwrap();
-        let noise_key = crate::noise::public_key(&noise).unwrap();
+        let noise_key = crate::session::noise::public_key(&noise).unwrap();
         let other = SigningKey::from_bytes(&[0x77; 32]);
         let sig = other.sign(&signed_request(
             &cluster,

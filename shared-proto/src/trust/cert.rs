@@ -27,7 +27,7 @@ use x509_cert::{Certificate, TbsCertificate, Version};
 
 use super::{fingerprint, key_hash, ClusterId, TrustError, TrustLevel, VerifiedRevocations};
 use crate::codec::{put_short_str, Reader};
-use crate::frame::HubId;
+use crate::relay::frame::HubId;
 
 /// Ed25519 (RFC 8410).
 const ED25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");

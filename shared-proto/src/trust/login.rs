@@ -20,9 +20,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 
 use super::{ClusterId, PeerCertificate, TrustError, VerifiedPeer, VerifiedRevocations};
-use crate::close::CloseCode;
 use crate::codec::Reader;
-use crate::frame::{Extension, Hello, HubId};
+use crate::relay::close::CloseCode;
+use crate::relay::frame::{Extension, Hello, HubId};
 
 /// The `Hello` extension kind of the login.
 pub const LOGIN_EXTENSION: u16 = 1;
@@ -270,8 +270,8 @@ pub fn verify_login(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::cert::tests::{request, DAY_MS, NOW};
-    use crate::cluster::{ClusterCa, Revocation, RevocationList};
+    use crate::trust::cert::tests::{request, DAY_MS, NOW};
+    use crate::trust::{ClusterCa, Revocation, RevocationList};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -406,7 +406,7 @@ mod tests {
             LoginError::HubMismatch
         );
         // Revoked, by fingerprint.
-        let fp = crate::cluster::fingerprint(&f.creds.cert_der);
+        let fp = crate::trust::fingerprint(&f.creds.cert_der);
         let rl = RevocationList {
             version: 1,
             issued_at_ms: NOW,

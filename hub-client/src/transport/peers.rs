@@ -1,4 +1,4 @@
-//! The hub's encrypted channel to every other hub: `shared_proto::peer::PeerSessions` driven by a
+//! The hub's encrypted channel to every other hub: `shared_proto::session::peer::PeerSessions` driven by a
 //! tokio task over the relay connection.
 //!
 //! [`PeerClient::spawn`] owns a [`RelayClient`] and the sessions. The application sends with
@@ -15,15 +15,14 @@
 //! reconnects (it may have restarted) gets a new session, queued messages kept; a revocation list
 //! that revokes a peer drops its session at once.
 //!
-//! Messages carry one byte of kind: `0` application data, `1` ping, `2` pong (the ping's 8-byte
-//! token echoed), so [`PeerClient::ping`] measures a round trip through the session itself;
-//! `3` info request (a token) and `4` info (the token, then JSON: name, version, uptime), so a
-//! hub can ask what a peer reports about itself; `5` refused (the token, then a reason): the
-//! answer to any request from a peer this hub refuses (suspended); `6` manifest (the signed
+//! Messages are `shared_proto::msg::Msg`: application data; ping and pong, so
+//! [`PeerClient::ping`] measures a round trip through the session itself; info request and info
+//! (name, version, uptime), so a hub can ask what a peer reports about itself; refused, the
+//! answer to any request from a peer this hub refuses (suspended); and the manifest (the signed
 //! cluster manifest the sender holds: hubs pass it on when a session comes up, so a manifest the
 //! founder signs reaches every hub that talks to one that has it).
 //!
-//! Pairing messages (`shared_proto::pairing`) are not session traffic: they go to the
+//! Pairing messages (`shared_proto::session::pairing`) are not session traffic: they go to the
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
 
 use std::collections::{HashMap, VecDeque};
@@ -33,24 +32,33 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 
-use shared_proto::cluster::PeerCertificate;
-use shared_proto::noise::LocalIdentity;
-use shared_proto::pairing::is_pairing_message;
-use shared_proto::peer::{Event, PeerSessions, SendError};
+use shared_proto::msg::Msg;
+use shared_proto::session::noise::LocalIdentity;
+use shared_proto::session::pairing::is_pairing_message;
+use shared_proto::session::peer::{Event, PeerSessions, SendError};
+use shared_proto::trust::PeerCertificate;
 use shared_proto::HubId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
+use crate::transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 use crate::unix_ms;
 
-const KIND_DATA: u8 = 0;
-const KIND_PING: u8 = 1;
-const KIND_PONG: u8 = 2;
-const KIND_INFO_REQUEST: u8 = 3;
-const KIND_INFO: u8 = 4;
-const KIND_REFUSED: u8 = 5;
-const KIND_MANIFEST: u8 = 6;
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    Ping,
+    Info,
+}
+
+impl Request {
+    fn message(self, token: u64) -> Msg<'static> {
+        match self {
+            Request::Ping => Msg::Ping { token },
+            Request::Info => Msg::InfoRequest { token },
+        }
+    }
+}
 
 /// Bytes waiting for the relay connection above which the application's commands wait.
 pub const OUTBOUND_HIGH: usize = 4 * 1024 * 1024;
@@ -174,7 +182,7 @@ pub enum PeerEvent {
     /// A session with a peer is up; its certificate was verified in the handshake.
     Established {
         /// The peer's certificate.
-        certificate: Box<shared_proto::cluster::VerifiedPeer>,
+        certificate: Box<shared_proto::trust::VerifiedPeer>,
     },
     /// A peer passed on the manifest it holds (signed bytes, not verified yet).
     Manifest {
@@ -207,7 +215,7 @@ enum Command {
     },
     Request {
         to: HubId,
-        kind: u8,
+        kind: Request,
         limit: Duration,
         done: oneshot::Sender<Result<Reply, PeerError>>,
     },
@@ -308,25 +316,19 @@ impl PeerClient {
 impl PeerHandle {
     /// Sends `message` to `to` over an end-to-end session.
     pub async fn send(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
-        self.send_kind(to, KIND_DATA, &message).await
+        self.send_message(to, Msg::Data(&message).to_vec()).await
     }
 
     /// Sends the signed cluster manifest to `to` over its session.
     pub async fn send_manifest(&self, to: HubId, manifest: &[u8]) -> Result<(), PeerError> {
-        self.send_kind(to, KIND_MANIFEST, manifest).await
+        self.send_message(to, Msg::Manifest(manifest).to_vec())
+            .await
     }
 
-    async fn send_kind(&self, to: HubId, kind: u8, message: &[u8]) -> Result<(), PeerError> {
-        let mut framed = Vec::with_capacity(message.len() + 1);
-        framed.push(kind);
-        framed.extend_from_slice(message);
+    async fn send_message(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
         let (done, wait) = oneshot::channel();
         self.commands
-            .send(Command::Send {
-                to,
-                message: framed,
-                done,
-            })
+            .send(Command::Send { to, message, done })
             .await
             .map_err(|_| PeerError::Stopped)?;
         wait.await
@@ -337,16 +339,16 @@ impl PeerHandle {
     /// Round trip to `to` through the session (set up first if needed; that time is included in
     /// the first ping).
     pub async fn ping(&self, to: HubId, limit: Duration) -> Result<Duration, PeerError> {
-        Ok(self.request(to, KIND_PING, limit).await?.rtt)
+        Ok(self.request(to, Request::Ping, limit).await?.rtt)
     }
 
     /// What `to` reports about itself, asked over the session.
     pub async fn info(&self, to: HubId, limit: Duration) -> Result<PeerInfo, PeerError> {
-        let reply = self.request(to, KIND_INFO_REQUEST, limit).await?;
+        let reply = self.request(to, Request::Info, limit).await?;
         serde_json::from_slice(&reply.body).map_err(|_| PeerError::Malformed(to))
     }
 
-    async fn request(&self, to: HubId, kind: u8, limit: Duration) -> Result<Reply, PeerError> {
+    async fn request(&self, to: HubId, kind: Request, limit: Duration) -> Result<Reply, PeerError> {
         let (done, wait) = oneshot::channel();
         self.commands
             .send(Command::Request {
@@ -527,8 +529,7 @@ async fn run(
                             continue;
                         }
                         let token = rng.next_u64();
-                        let mut msg = vec![kind];
-                        msg.extend_from_slice(&token.to_be_bytes());
+                        let msg = kind.message(token).to_vec();
                         match sessions.send(to, msg, unix_ms(), &mut rng) {
                             Ok(()) => {
                                 let sent = Instant::now();
@@ -618,8 +619,8 @@ fn drain(
                 }
                 q.push_outbound(Outbound::Send(to, payload));
             }
-            Event::Received { from, message } => match message.split_first() {
-                Some((&KIND_DATA, body)) => {
+            Event::Received { from, message } => match Msg::decode(&message) {
+                Ok(Msg::Data(body)) => {
                     if pending.policy.refuses(&from) {
                         tracing::debug!(%from, "message from a refused peer dropped");
                         continue;
@@ -629,49 +630,56 @@ fn drain(
                         message: body.to_vec(),
                     });
                 }
-                Some((&KIND_MANIFEST, body)) => {
+                Ok(Msg::Manifest(body)) => {
                     q.to_app.push_back(PeerEvent::Manifest {
                         from,
                         manifest: body.to_vec(),
                     });
                 }
-                Some((&kind @ (KIND_PING | KIND_INFO_REQUEST), token)) if token.len() == 8 => {
+                Ok(request @ (Msg::Ping { token } | Msg::InfoRequest { token })) => {
+                    let info;
                     let answer = if pending.policy.refuses(&from) {
-                        let mut m = vec![KIND_REFUSED];
-                        m.extend_from_slice(token);
-                        m.extend_from_slice(b"suspended by this hub");
-                        m
-                    } else if kind == KIND_PING {
-                        [&[KIND_PONG][..], token].concat()
-                    } else {
-                        let info = serde_json::to_vec(&pending.policy.info()).unwrap_or_default();
-                        [&[KIND_INFO][..], token, &info].concat()
-                    };
-                    let _ = sessions.send(from, answer, unix_ms(), rng);
-                }
-                Some((&kind @ (KIND_PONG | KIND_INFO | KIND_REFUSED), rest)) if rest.len() >= 8 => {
-                    let (token, body) = rest.split_at(8);
-                    let token = token.try_into().map(u64::from_be_bytes).unwrap_or(0);
-                    if let Some(req) = pending.requests.remove(&token) {
-                        if req.peer != from {
-                            pending.requests.insert(token, req);
-                            continue;
+                        Msg::Refused {
+                            token,
+                            reason: "suspended by this hub",
                         }
-                        let result = if kind == KIND_REFUSED {
-                            Err(PeerError::Refused {
-                                peer: from,
-                                reason: String::from_utf8_lossy(body).into_owned(),
-                            })
-                        } else {
-                            Ok(Reply {
-                                rtt: req.sent.elapsed(),
-                                body: body.to_vec(),
-                            })
-                        };
-                        let _ = req.done.send(result);
-                    }
+                    } else if matches!(request, Msg::Ping { .. }) {
+                        Msg::Pong { token }
+                    } else {
+                        info = serde_json::to_vec(&pending.policy.info()).unwrap_or_default();
+                        Msg::Info { token, info: &info }
+                    };
+                    let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
                 }
-                _ => tracing::debug!(%from, "message of unknown kind"),
+                Ok(
+                    answer @ (Msg::Pong { token }
+                    | Msg::Info { token, .. }
+                    | Msg::Refused { token, .. }),
+                ) => {
+                    let Some(req) = pending.requests.remove(&token) else {
+                        continue;
+                    };
+                    if req.peer != from {
+                        pending.requests.insert(token, req);
+                        continue;
+                    }
+                    let result = match answer {
+                        Msg::Refused { reason, .. } => Err(PeerError::Refused {
+                            peer: from,
+                            reason: reason.to_owned(),
+                        }),
+                        Msg::Info { info, .. } => Ok(Reply {
+                            rtt: req.sent.elapsed(),
+                            body: info.to_vec(),
+                        }),
+                        _ => Ok(Reply {
+                            rtt: req.sent.elapsed(),
+                            body: Vec::new(),
+                        }),
+                    };
+                    let _ = req.done.send(result);
+                }
+                Err(e) => tracing::debug!(%from, "session message refused: {e}"),
             },
             Event::Established { peer, certificate } => {
                 tracing::debug!(%peer, "session established");

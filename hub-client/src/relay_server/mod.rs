@@ -1,5 +1,5 @@
 //! `hub relay`: the relay run natively over tokio, for users without Cloudflare and as a fast
-//! host for tests. Same URLs, same frames, same room logic (`shared_proto::room`), same close
+//! host for tests. Same URLs, same frames, same room logic (`shared_proto::relay::room`), same close
 //! codes as the Worker.
 //!
 //! Each TCP connection is read by [`serve_connection`]: the HTTP request head is peeked and
@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use shared_proto::cluster::login::LoginNonce;
-use shared_proto::cluster::ClusterId;
-use shared_proto::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::path::BAD_CLUSTER_ID;
-use shared_proto::path::{route, Route};
-use shared_proto::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
+use shared_proto::relay::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::relay::path::BAD_CLUSTER_ID;
+use shared_proto::relay::path::{route, Route};
+use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
+use shared_proto::trust::login::LoginNonce;
+use shared_proto::trust::ClusterId;
 use shared_proto::CloseCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::relay::ws_config;
+use crate::transport::relay::ws_config;
 use crate::unix_ms;
 
 /// Bytes queued for one socket before it is closed as a slow consumer.
@@ -55,7 +55,7 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TCP connections served at once, by default.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
-pub use shared_proto::room::IDLE_TIMEOUT_MS;
+pub use shared_proto::relay::room::IDLE_TIMEOUT_MS;
 
 /// How long one write to a socket may take before the socket is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

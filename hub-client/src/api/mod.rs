@@ -1,0 +1,313 @@
+//! The local admin HTTP API of `hub run` (axum), documented in `docs/API.md`.
+//!
+//! Every route but `/api/health` needs `Authorization: Bearer <token>`, a token made with
+//! `hub tokens create` (or the one `hub run` mints for the local CLI). Tokens are stored as
+//! SHA-256 and looked up by that hash, so no secret is compared in application code. Admin routes
+//! also need an admin token. Errors are JSON: `{"error": {"code": "...", "message": "..."}}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use data_encoding::BASE64URL_NOPAD;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shared_proto::session::pairing::PairingToken;
+use shared_proto::trust::TrustLevel;
+use shared_proto::HubId;
+
+pub use crate::hub::view::{
+    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RelayView,
+    RevokedView, StatusView, SuspendedView,
+};
+pub use crate::hub::MAX_PAIRING_TTL_S;
+use crate::hub::{HubState, ServiceError};
+use crate::node::store::ApiToken;
+use crate::unix_ms;
+
+/// What every API token starts with.
+pub const API_TOKEN_PREFIX: &str = "hubapi_";
+
+/// An API token's text for a secret.
+pub fn format_api_token(secret: &[u8; 32]) -> String {
+    format!("{API_TOKEN_PREFIX}{}", BASE64URL_NOPAD.encode(secret))
+}
+
+type Shared = Arc<HubState>;
+
+/// The API's routes over the hub's state.
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/status", get(status))
+        .route(
+            "/api/federation/generate-pairing-token",
+            post(generate_pairing_token),
+        )
+        .route("/api/federation/pair", post(pair))
+        .route("/api/federation/peers", get(list_peers))
+        .route("/api/federation/peers/{id}", get(get_peer))
+        .route("/api/federation/peers/{id}", delete(revoke_peer))
+        .route("/api/federation/peers/{id}/suspend", post(suspend_peer))
+        .route("/api/federation/peers/{id}/resume", post(resume_peer))
+        .route("/api/federation/peers/{id}/ping", post(ping_peer))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!("admin API: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (see the hub's log)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::NotJoined => (StatusCode::CONFLICT, "not_joined"),
+            ServiceError::AlreadyJoined => (StatusCode::CONFLICT, "already_joined"),
+            ServiceError::NotFounder => (StatusCode::FORBIDDEN, "not_founder"),
+            ServiceError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+            ServiceError::PairingRefused(_) => (StatusCode::FORBIDDEN, "pairing_refused"),
+            ServiceError::Relay(_) => (StatusCode::BAD_GATEWAY, "relay"),
+            ServiceError::IssuerOffline(_) => (StatusCode::SERVICE_UNAVAILABLE, "issuer_offline"),
+            ServiceError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ServiceError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+            ServiceError::Home(_) | ServiceError::Store(_) | ServiceError::Task(_) => {
+                return Self::internal(e)
+            }
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl From<crate::node::store::StoreError> for ApiError {
+    fn from(e: crate::node::store::StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// A request with a valid token.
+pub(crate) struct Authed {
+    admin: bool,
+}
+
+/// A request with a valid admin token.
+pub(crate) struct Admin;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<Shared> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required (hub tokens create)",
+            )
+        };
+        let token = bearer(parts).ok_or_else(unauthorized)?;
+        let found = state.store().use_api_token(token.as_bytes(), unix_ms())?;
+        found
+            .map(|t: ApiToken| Authed { admin: t.admin })
+            .ok_or_else(unauthorized)
+    }
+}
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Authed { admin } = Authed::from_request_parts(parts, state).await?;
+        if !admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this route needs an admin token (hub tokens create --admin)",
+            ));
+        }
+        Ok(Admin)
+    }
+}
+
+/// A JSON body; an empty body is the type's default.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+fn peer_id(text: &str) -> Result<HubId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request("a peer id is 32 hex digits"))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn status(State(state): State<Shared>, _: Authed) -> Result<Json<StatusView>, ApiError> {
+    Ok(Json(state.status().await?))
+}
+
+/// `POST /api/federation/generate-pairing-token`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The new hub's trust level (default `agent_dispatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_level: Option<String>,
+    /// The new hub's roles.
+    pub roles: Vec<String>,
+    /// The token's lifetime (default 3600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+async fn generate_pairing_token(
+    State(state): State<Shared>,
+    _: Admin,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let req: TokenRequest = body(&bytes)?;
+    let trust = match req.trust_level.as_deref() {
+        None => TrustLevel::AgentDispatch,
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::bad_request("trust_level is read_only, agent_dispatch or full")
+        })?,
+    };
+    let token = state
+        .invite(trust, req.roles, req.ttl_seconds.unwrap_or(3600))
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+/// `POST /api/federation/pair`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairRequest {
+    /// The token from `hub invite`.
+    pub pairing_token: String,
+    /// This hub's name.
+    pub name: String,
+}
+
+async fn pair(State(state): State<Shared>, _: Admin, bytes: Bytes) -> Result<Response, ApiError> {
+    let req: PairRequest = body(&bytes)?;
+    if req.name.is_empty() {
+        return Err(ApiError::bad_request("name (this hub's name) is required"));
+    }
+    let token = PairingToken::parse(&req.pairing_token)
+        .map_err(|e| ApiError::bad_request(format!("pairing_token: {e}")))?;
+    let joined = state.join(&token, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(joined)).into_response())
+}
+
+async fn list_peers(
+    State(state): State<Shared>,
+    _: Authed,
+) -> Result<Json<Vec<PeerView>>, ApiError> {
+    Ok(Json(state.peers().await?))
+}
+
+async fn get_peer(
+    State(state): State<Shared>,
+    _: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<PeerDetail>, ApiError> {
+    Ok(Json(state.peer(peer_id(&id)?).await?))
+}
+
+async fn revoke_peer(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<RevokedView>, ApiError> {
+    let id = peer_id(&id)?;
+    let reason = query
+        .get("reason")
+        .cloned()
+        .unwrap_or_else(|| "revoked by the founder".into());
+    Ok(Json(state.revoke(id, reason).await?))
+}
+
+async fn suspend_peer(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<SuspendedView>, ApiError> {
+    Ok(Json(state.suspend(peer_id(&id)?, true).await?))
+}
+
+async fn resume_peer(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<SuspendedView>, ApiError> {
+    Ok(Json(state.suspend(peer_id(&id)?, false).await?))
+}
+
+async fn ping_peer(
+    State(state): State<Shared>,
+    _: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<PingView>, ApiError> {
+    Ok(Json(state.ping(peer_id(&id)?).await?))
+}

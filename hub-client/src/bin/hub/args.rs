@@ -1,0 +1,272 @@
+//! The command line: every command and option (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use shared_proto::trust::{ClusterId, TrustLevel};
+use shared_proto::HubId;
+
+/// A hub of a cluster: its identity and certificate, its relay connection, and a self-hosted
+/// relay.
+#[derive(Debug, Parser)]
+#[command(name = "hub", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// The hub's data directory [default: ~/.hub].
+    #[arg(long, global = true, env = "HUB_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create or grow a cluster (the founder holds the cluster CA key).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// This hub's certificate.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Founder: revoke a certificate; the relay closes the hub at once and every hub learns it.
+    RevokeCert {
+        /// The certificate's SHA-256 fingerprint (64 hex digits, as `hub cert show` prints).
+        fingerprint: String,
+        /// Also refuse any certificate for this identity key (SHA-256, 64 hex digits).
+        #[arg(long, value_name = "HEX")]
+        key_hash: Option<String>,
+        /// Why (kept in the list, for people).
+        #[arg(long, default_value = "revoked by the founder")]
+        reason: String,
+        /// Sign and store the list without publishing it through the relay.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Run a relay natively (same protocol and close codes as the Cloudflare Worker).
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Where revocation lists are kept across restarts [default: HOME/relay-state].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Serve only these cluster ids (comma-separated), like the Worker's ALLOWED_CLUSTERS.
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
+        allowed_clusters: Vec<ClusterId>,
+        /// Most TCP connections served at once; past that, new ones are closed at once.
+        #[arg(long, default_value_t = hub_client::relay_server::MAX_CONNECTIONS, value_name = "N")]
+        max_connections: usize,
+        /// Close a hub that sends nothing, not even a keepalive, for this many seconds (4008).
+        #[arg(long, default_value_t = hub_client::relay_server::IDLE_TIMEOUT_MS / 1000, value_name = "SECS")]
+        idle_timeout: u64,
+    },
+    /// Run the hub: relay connection, sessions, pairing (founder) and the local admin API.
+    Run {
+        /// Where the admin API listens (keep it on loopback).
+        #[arg(
+            long,
+            default_value = "127.0.0.1:7780",
+            env = "HUB_API_LISTEN",
+            value_name = "ADDR"
+        )]
+        api_listen: SocketAddr,
+    },
+    /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
+    Invite {
+        /// Trust level of the new hub: read_only, agent_dispatch or full.
+        #[arg(long, default_value = "agent_dispatch")]
+        trust_level: TrustLevel,
+        /// Roles of the new hub, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// How long the token is valid: 90s, 30m, 1h, 1d (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Join a cluster with a pairing token from `hub invite` (the issuer must be running).
+    Join {
+        /// The token (hubpair1_...).
+        token: String,
+        /// This hub's name.
+        #[arg(long)]
+        name: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// List, inspect, revoke, suspend and resume peers.
+    Peers {
+        #[command(subcommand)]
+        command: Option<PeersCommand>,
+    },
+    /// This hub's state: cluster, relay connection and round trip, peers online, documents.
+    Status,
+    /// API tokens for the local admin API.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Print this hub's id.
+    Id,
+    /// Measure round trips to another hub through the end-to-end encrypted session.
+    Ping {
+        /// The hub to ping (32 hex digits).
+        peer: HubId,
+        /// How many pings.
+        #[arg(long, default_value_t = 4)]
+        count: u32,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Talk to the relay directly, for diagnostics.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Founder: mint a new cluster CA and this hub's certificate (trust full, role founder).
+    Create {
+        /// This hub's name.
+        #[arg(long)]
+        name: String,
+        /// The relay's URL (your Worker, or `hub relay`).
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+    },
+    /// Founder: mint a complete data directory for another hub (copy it to that device).
+    AddHub {
+        /// The new hub's name.
+        #[arg(long)]
+        name: String,
+        /// The directory to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Trust level: read_only, agent_dispatch or full.
+        #[arg(long, default_value = "agent_dispatch")]
+        trust_level: TrustLevel,
+        /// Roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PeersCommand {
+    /// Peers not revoked, most recently seen first (the default).
+    List,
+    /// One peer, with what it reports about itself if it is online.
+    Show {
+        /// The peer's hub id.
+        id: HubId,
+    },
+    /// Founder: revoke a peer cluster-wide (kept for audit); the relay cuts it off at once.
+    Revoke {
+        /// The peer's hub id.
+        id: HubId,
+        /// Why (kept in the revocation list).
+        #[arg(long, default_value = "revoked by the founder")]
+        reason: String,
+    },
+    /// Refuse a peer's calls until it is resumed.
+    Suspend {
+        /// The peer's hub id.
+        id: HubId,
+    },
+    /// Accept a suspended peer's calls again.
+    Resume {
+        /// The peer's hub id.
+        id: HubId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Make an API token (printed once; only its hash is kept).
+    Create {
+        /// A name to recognize it by.
+        #[arg(long)]
+        name: String,
+        /// Allow admin routes (pairing, revoke, suspend).
+        #[arg(long)]
+        admin: bool,
+        /// Expire after this long (90s, 30m, 12h, 30d); never by default.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List API tokens (names and dates, never secrets).
+    List,
+    /// Delete the API tokens with this name.
+    Delete {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Print the certificate in human-readable form.
+    Show,
+    /// Print the certificate as PEM.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DebugCommand {
+    /// Join the cluster's room and print presence and messages until interrupted.
+    Listen {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
+    /// Join the cluster's room, send one message to a hub, and report whether it was delivered.
+    Send {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The destination hub id (32 hex digits).
+        #[arg(long, value_name = "HUB_ID")]
+        to: HubId,
+        /// The message text.
+        message: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnArgs {
+    /// Use this relay URL instead of the one in hub.toml.
+    #[arg(long, env = "HUB_RELAY_URL", value_name = "URL")]
+    pub(crate) relay: Option<String>,
+    /// Give up if the relay has not admitted the hub within this many seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) timeout: u64,
+}
+
+/// `90s`, `30m`, `1h`, `7d`, or plain seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, like 30m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}; use s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}

@@ -1,0 +1,124 @@
+//! `hub cluster`, `hub cert`, `hub revoke-cert`: the founder's CA operations and publishing a
+//! revocation list through the relay.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hub_client::node::home::Home;
+use hub_client::unix_ms;
+use hub_client::RelayEvent;
+use shared_proto::trust::{Revocation, VerifiedPeer};
+
+use crate::args::ConnArgs;
+use crate::session::connect;
+use crate::session::ensure_not_running;
+
+pub(crate) fn print_certificate(cert: &VerifiedPeer, home: &Home) -> Result<()> {
+    let date = |ms: u64| utc(ms / 1000);
+    println!("hub id:       {}", cert.hub_id());
+    println!("name:         {}", cert.name());
+    println!("cluster:      {}", home.cluster_id()?);
+    println!("trust level:  {}", cert.trust());
+    println!("roles:        {}", cert.roles().join(", "));
+    println!("not before:   {}", date(cert.not_before_ms()));
+    println!("not after:    {}", date(cert.not_after_ms()));
+    println!("fingerprint:  {}", hex::encode(cert.fingerprint()));
+    println!("key hash:     {}", hex::encode(cert.key_hash()));
+    println!("noise key:    {}", hex::encode(cert.noise_key()));
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds (civil-from-days, proleptic Gregorian).
+pub(crate) fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub(crate) fn parse_hash(text: &str, what: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .with_context(|| format!("{what} must be 64 hex digits"))?;
+    Ok(out)
+}
+
+pub(crate) async fn revoke(
+    home: &Home,
+    fingerprint: &str,
+    key_hash: Option<&str>,
+    reason: String,
+    offline: bool,
+) -> Result<()> {
+    if !offline {
+        ensure_not_running(home).await?;
+    }
+    let entry = Revocation {
+        fingerprint: parse_hash(fingerprint, "the fingerprint")?,
+        // All zeros matches no key: revocation by fingerprint only.
+        key_hash: key_hash.map_or(Ok([0; 32]), |k| parse_hash(k, "--key-hash"))?,
+        revoked_at_ms: unix_ms(),
+        reason,
+    };
+    let list = home.revoke(entry)?;
+    println!("signed revocation list version {}", list.version());
+    if offline {
+        return Ok(());
+    }
+    publish(home, &list).await
+}
+
+/// Publishes a revocation list through a short relay connection and waits for the relay to take
+/// it.
+pub(crate) async fn publish(
+    home: &Home,
+    list: &shared_proto::trust::VerifiedRevocations,
+) -> Result<()> {
+    let conn = ConnArgs {
+        relay: None,
+        timeout: 10,
+    };
+    let (mut client, _) = connect(home, &conn).await?;
+    // The client already passed the list on in its Hello; publishing again is harmless (an equal
+    // version is ignored). The relay handles a socket's frames in order and closes a hub whose
+    // list it refuses, so its answer to the status request confirms the list was taken.
+    client.publish_revocations(list.bytes().to_vec()).await?;
+    client.request_status().await?;
+    tokio::time::timeout(Duration::from_secs(conn.timeout), async {
+        loop {
+            match client.next_event().await {
+                Some(RelayEvent::Status(_)) => return Ok(()),
+                Some(RelayEvent::Revocations(l)) if l.version() > list.version() => {
+                    home.keep_revocations(&l)?;
+                    bail!(
+                        "the relay holds a newer list (version {}); revoke again",
+                        l.version()
+                    )
+                }
+                Some(RelayEvent::Disconnected { reason, .. }) => {
+                    bail!("the relay closed the connection: {reason}")
+                }
+                Some(_) => {}
+                None => bail!("the relay client stopped"),
+            }
+        }
+    })
+    .await
+    .context("the relay did not confirm the revocation list")??;
+    client.shutdown().await;
+    println!("published: the relay enforces version {}", list.version());
+    Ok(())
+}

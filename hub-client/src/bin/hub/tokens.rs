@@ -1,0 +1,58 @@
+//! `hub tokens`: API tokens for the admin API.
+
+use anyhow::{bail, Result};
+use hub_client::node::home::Home;
+use hub_client::unix_ms;
+
+use crate::args::TokensCommand;
+use crate::cluster::utc;
+use crate::peers::ago;
+
+pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
+    let store = home.store()?;
+    match cmd {
+        TokensCommand::Create {
+            name,
+            admin,
+            expires,
+        } => {
+            use rand::RngCore;
+            let mut secret = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let token = hub_client::api::format_api_token(&secret);
+            let now = unix_ms();
+            let expires_at = expires.map(|d| now + d.as_millis() as u64);
+            store.add_api_token(token.as_bytes(), &name, admin, now, expires_at)?;
+            eprintln!(
+                "API token {name:?} ({}); shown once, store it now:",
+                if admin { "admin" } else { "read" }
+            );
+            println!("{token}");
+        }
+        TokensCommand::List => {
+            let tokens = store.api_tokens()?;
+            if tokens.is_empty() {
+                println!("no API tokens");
+            }
+            for t in tokens {
+                println!(
+                    "{:<24}  {:<5}  created {}  expires {}  last used {}",
+                    t.name,
+                    if t.admin { "admin" } else { "read" },
+                    ago(Some(t.created_at)),
+                    t.expires_at
+                        .map_or_else(|| "never".into(), |e| utc(e / 1000)),
+                    ago(t.last_used_at)
+                );
+            }
+        }
+        TokensCommand::Delete { name } => {
+            let n = store.delete_api_tokens(&name)?;
+            if n == 0 {
+                bail!("no API token named {name:?}");
+            }
+            println!("deleted {n} token(s) named {name:?}");
+        }
+    }
+    Ok(())
+}

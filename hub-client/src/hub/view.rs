@@ -1,0 +1,218 @@
+//! What the hub's service answers: the types every surface shows, serialized as JSON by the
+//! admin API (docs/API.md) and read back by the CLI.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use shared_proto::HubId;
+
+use crate::node::store::PeerRecord;
+use crate::transport::peers::PeerInfo;
+use crate::unix_ms;
+
+/// `GET /api/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Whether this hub is a member of a cluster; the other fields are present only if so.
+    pub joined: bool,
+    /// This hub's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_id: Option<String>,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The cluster id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Its trust level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_level: Option<String>,
+    /// Whether it holds the cluster CA key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub founder: Option<bool>,
+    /// The relay connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayView>,
+    /// Peers online at the relay now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_online: Option<usize>,
+    /// The manifest's epoch, if one is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_epoch: Option<u64>,
+    /// The revocation list's version, if one is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_version: Option<u64>,
+}
+
+impl StatusView {
+    /// The status of a hub that has not joined a cluster yet.
+    pub fn not_joined() -> Self {
+        StatusView {
+            joined: false,
+            hub_id: None,
+            name: None,
+            cluster_id: None,
+            trust_level: None,
+            founder: None,
+            relay: None,
+            peers_online: None,
+            manifest_epoch: None,
+            revocation_version: None,
+        }
+    }
+}
+
+/// The relay connection in [`StatusView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The relay's URL.
+    pub url: String,
+    /// Whether the relay admitted this hub and the connection is up.
+    pub connected: bool,
+    /// The round trip to the relay just measured, if connected.
+    pub rtt_ms: Option<f64>,
+    /// Why the last connection ended, if it did.
+    pub last_error: Option<String>,
+}
+
+/// A peer as the API (and the CLI, offline) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its hub id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Where it was reached (its relay).
+    pub endpoint: String,
+    /// Its identity key (hex).
+    pub public_key: String,
+    /// Its trust level.
+    pub trust_level: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// When it paired (Unix ms).
+    pub paired_at: u64,
+    /// When it was revoked.
+    pub revoked_at: Option<u64>,
+    /// When it was suspended (its calls are refused).
+    pub suspended_at: Option<u64>,
+    /// When it was last seen online.
+    pub last_seen_at: Option<u64>,
+    /// Whether it is online now; absent when unknown (the hub is not running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+}
+
+impl PeerView {
+    /// `p` as stored; `online` is the relay's presence, if this hub is connected to know it.
+    pub fn new(p: PeerRecord, online: Option<&BTreeSet<HubId>>) -> Self {
+        let online = online.map(|set| p.revoked_at.is_none() && set.contains(&p.id));
+        // A peer online now was last seen now.
+        let last_seen_at = if online == Some(true) {
+            Some(unix_ms())
+        } else {
+            p.last_seen_at
+        };
+        PeerView {
+            id: p.id.to_string(),
+            name: p.name,
+            endpoint: p.endpoint,
+            public_key: p.public_key,
+            trust_level: p.trust.as_str().to_owned(),
+            roles: p.roles,
+            paired_at: p.paired_at,
+            revoked_at: p.revoked_at,
+            suspended_at: p.suspended_at,
+            last_seen_at,
+            online,
+        }
+    }
+}
+
+/// `GET /api/federation/peers/{id}`: the peer, with what it reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDetail {
+    /// The peer.
+    #[serde(flatten)]
+    pub peer: PeerView,
+    /// What it reported about itself over the session just now.
+    pub reported: Option<PeerInfo>,
+    /// Why it could not be asked.
+    pub report_error: Option<String>,
+}
+
+/// A pairing token just made (`POST /api/federation/generate-pairing-token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingTokenView {
+    /// The token: shown once.
+    pub token: String,
+    /// The issuing hub.
+    pub issuer: String,
+    /// The cluster.
+    pub cluster_id: String,
+    /// The new hub's trust level.
+    pub trust_level: String,
+    /// The new hub's roles.
+    pub roles: Vec<String>,
+    /// When it expires (Unix ms).
+    pub expires_at: u64,
+    /// Its lifetime.
+    pub expires_in_seconds: u64,
+}
+
+/// This hub after joining (`POST /api/federation/pair`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedView {
+    /// This hub's new id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The cluster.
+    pub cluster_id: String,
+    /// Its trust level.
+    pub trust_level: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// The hub that issued the token.
+    pub issuer: IssuerView,
+}
+
+/// The issuer in [`JoinedView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A peer revoked (`DELETE /api/federation/peers/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedView {
+    /// Always true.
+    pub ok: bool,
+    /// The peer.
+    pub id: String,
+    /// The version of the revocation list published.
+    pub revocation_version: u64,
+}
+
+/// A peer suspended or resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspendedView {
+    /// Always true.
+    pub ok: bool,
+    /// The peer.
+    pub id: String,
+    /// When it was suspended; `None` once resumed.
+    pub suspended_at: Option<u64>,
+}
+
+/// A round trip to a peer (`POST /api/federation/peers/{id}/ping`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingView {
+    /// The peer.
+    pub id: String,
+    /// The round trip through the end-to-end session, in milliseconds.
+    pub rtt_ms: f64,
+}

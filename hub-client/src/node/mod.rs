@@ -1,0 +1,9 @@
+//! What the hub keeps on its machine: the data directory (keys loaded from 0600 files, the
+//! certificate, the founder's CA operations) and the SQLite store with its migrations.
+//!
+//! - [`home`]: the data directory and the operations that change it (create, join, invite,
+//!   revoke, keep documents);
+//! - [`store`]: the SQLite store (peers, pairing and API token hashes, signed documents).
+
+pub mod home;
+pub mod store;

@@ -1,0 +1,12 @@
+//! Hub <-> relay: the relay protocol v1 and the room that both relays run.
+//!
+//! - [`frame`]: the frame-type registry and its strict codec;
+//! - [`close`]: the close codes the relay sends;
+//! - [`path`]: the relay's URL layout;
+//! - [`room`]: one cluster's room as a pure state machine that returns actions, with every
+//!   deadline and bound of the protocol.
+
+pub mod close;
+pub mod frame;
+pub mod path;
+pub mod room;
