@@ -21,4 +21,4 @@ pub mod trust;
 
 pub use relay::close::CloseCode;
 pub use relay::frame::{Frame, FrameError, FrameType, HubId};
-pub use relay::room::{Action, ConnId, Room, RoomConfig};
+pub use relay::room::{Action, ConnId, Room, RoomConfig, RoomError};

@@ -32,14 +32,101 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::relay::close::CloseCode;
 use crate::relay::frame::{
-    frames, Frame, FrameError, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
+    frames, Frame, FrameError, FrameType, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS,
+    PROTOCOL_VERSION,
 };
 use crate::trust::login::{
-    verify_login, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
+    verify_login, LoginError, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
 };
-use crate::trust::{ClusterId, RevocationList, VerifiedRevocations};
+use crate::trust::{ClusterId, RevocationList, TrustError, VerifiedRevocations};
 
 const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
+
+/// Why the room closes a socket. Each maps to one close code ([`RoomError::close_code`]); the
+/// text is the close reason, for logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// A malformed frame or message.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame type that only the relay sends.
+    #[error("{0:?} frames flow from the relay to hubs only")]
+    RelayOnlyFrame(FrameType),
+    /// A `Hello` of a protocol version this relay does not speak.
+    #[error("protocol version {0} is not supported; this relay speaks {PROTOCOL_VERSION}")]
+    UnsupportedVersion(u8),
+    /// The first frame was not a `Hello`.
+    #[error("the first frame must be a Hello")]
+    HelloRequired,
+    /// A second `Hello`.
+    #[error("a connection sends Hello only once")]
+    SecondHello,
+    /// A frame a member may not send.
+    #[error("unexpected {0:?} frame")]
+    Unexpected(FrameType),
+    /// A frame a pairing guest may not send.
+    #[error("a pairing guest may not send {0:?}")]
+    GuestFrame(FrameType),
+    /// A `Hello` with both a login and a pairing request.
+    #[error("a Hello carries a login or a pairing request, not both")]
+    LoginAndPairing,
+    /// A pairing extension that is not a hub id.
+    #[error("the pairing extension is the issuer's 16-byte hub id")]
+    BadPairingExtension,
+    /// The login was refused (each reason has its own code).
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    /// The room holds the most hubs it admits.
+    #[error("the room admits at most {0} hubs")]
+    RoomFull(usize),
+    /// A pairing guest chose a hub id in use in the room.
+    #[error("that hub id is in use in this room")]
+    HubIdInUse,
+    /// The pairing token's issuer is not online.
+    #[error("the issuing hub {0} is not online")]
+    IssuerOffline(HubId),
+    /// The room holds the most pairing guests it admits.
+    #[error("the room holds {MAX_GUESTS} pairing guests already")]
+    TooManyGuests,
+    /// Pairing guests arrive faster than the room admits them.
+    #[error("at most {MAX_GUEST_ADMISSIONS} pairing guests a minute")]
+    GuestRate,
+    /// A pairing guest went past its allowance.
+    #[error("{0}")]
+    GuestLimit(&'static str),
+    /// A pairing guest sent a payload past its size.
+    #[error("a pairing guest sends at most {MAX_GUEST_PAYLOAD} bytes at once")]
+    GuestTooLarge,
+    /// A revocation list not signed by the cluster CA, or malformed.
+    #[error("revocation list refused: {0}")]
+    Revocations(TrustError),
+}
+
+impl RoomError {
+    /// The close code the relay sends for it.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            RoomError::Frame(e) => e.close_code(),
+            RoomError::Login(e) => e.close_code(),
+            RoomError::UnsupportedVersion(_) => CloseCode::UnsupportedVersion,
+            RoomError::HelloRequired => CloseCode::HelloRequired,
+            RoomError::RoomFull(_) => CloseCode::RoomFull,
+            RoomError::IssuerOffline(_) => CloseCode::IssuerOffline,
+            RoomError::TooManyGuests | RoomError::GuestRate => CloseCode::TryAgainLater,
+            RoomError::GuestLimit(_) => CloseCode::GuestLimit,
+            RoomError::GuestTooLarge => CloseCode::TooLarge,
+            RoomError::RelayOnlyFrame(_)
+            | RoomError::SecondHello
+            | RoomError::Unexpected(_)
+            | RoomError::GuestFrame(_)
+            | RoomError::LoginAndPairing
+            | RoomError::BadPairingExtension
+            | RoomError::HubIdInUse
+            | RoomError::Revocations(_) => CloseCode::ProtocolError,
+        }
+    }
+}
 
 /// A relay's handle for one socket; unique among the room's open sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -582,11 +669,10 @@ impl Room {
                     return;
                 }
                 Ok(frame) => {
-                    if let Err((code, reason)) =
-                        self.handle_frame(conn, now_ms, state, frame, &mut outbox, out)
+                    if let Err(e) = self.handle_frame(conn, now_ms, state, frame, &mut outbox, out)
                     {
                         outbox.flush(out);
-                        self.close(conn, code, reason, out);
+                        self.close(conn, e.close_code(), e.to_string(), out);
                         return;
                     }
                 }
@@ -603,24 +689,15 @@ impl Room {
         frame: Frame<'_>,
         outbox: &mut Outbox,
         out: &mut Vec<Action>,
-    ) -> Result<(), (CloseCode, String)> {
+    ) -> Result<(), RoomError> {
         let ty = frame.frame_type();
         if !ty.is_hub_to_relay() {
-            return Err((
-                CloseCode::ProtocolError,
-                format!("{ty:?} frames flow from the relay to hubs only"),
-            ));
+            return Err(RoomError::RelayOnlyFrame(ty));
         }
         match (state, frame) {
             (ConnState::AwaitingHello, Frame::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
-                    return Err((
-                        CloseCode::UnsupportedVersion,
-                        format!(
-                            "protocol version {} is not supported; this relay speaks {}",
-                            hello.version, PROTOCOL_VERSION
-                        ),
-                    ));
+                    return Err(RoomError::UnsupportedVersion(hello.version));
                 }
                 if let Some(issuer) = pairing_issuer(&hello)? {
                     return self.admit_guest(conn, now_ms, hello.hub, issuer, out);
@@ -631,8 +708,7 @@ impl Room {
                     now_ms,
                     self.revocations.as_ref(),
                     &mut self.replays,
-                )
-                .map_err(|e| (e.close_code(), e.to_string()))?;
+                )?;
                 let member = MemberInfo {
                     hub: peer.hub_id(),
                     fingerprint: peer.fingerprint(),
@@ -644,21 +720,12 @@ impl Room {
                 out.push(Action::RememberLogin(login));
                 self.admit(conn, now_ms, member, out)
             }
-            (ConnState::AwaitingHello, _) => Err((
-                CloseCode::HelloRequired,
-                "the first frame must be a Hello".into(),
-            )),
+            (ConnState::AwaitingHello, _) => Err(RoomError::HelloRequired),
             (ConnState::Guest { hub, issuer }, Frame::Send { dst, payload }) => {
                 self.guest_send(conn, now_ms, hub, issuer, dst, payload, outbox, out)
             }
-            (ConnState::Guest { .. }, other) => Err((
-                CloseCode::ProtocolError,
-                format!("a pairing guest may not send {:?}", other.frame_type()),
-            )),
-            (ConnState::Member(_), Frame::Hello(_)) => Err((
-                CloseCode::ProtocolError,
-                "a connection sends Hello only once".into(),
-            )),
+            (ConnState::Guest { .. }, other) => Err(RoomError::GuestFrame(other.frame_type())),
+            (ConnState::Member(_), Frame::Hello(_)) => Err(RoomError::SecondHello),
             (ConnState::Member(_), Frame::RevocationList(doc)) => {
                 self.publish_revocations(conn, doc, outbox, out)
             }
@@ -683,10 +750,7 @@ impl Room {
                 outbox.push(conn, &Frame::Status(status), out);
                 Ok(())
             }
-            (ConnState::Member(_), other) => Err((
-                CloseCode::ProtocolError,
-                format!("unexpected {:?} frame", other.frame_type()),
-            )),
+            (ConnState::Member(_), other) => Err(RoomError::Unexpected(other.frame_type())),
         }
     }
 
@@ -696,14 +760,11 @@ impl Room {
         now_ms: u64,
         member: MemberInfo,
         out: &mut Vec<Action>,
-    ) -> Result<(), (CloseCode, String)> {
+    ) -> Result<(), RoomError> {
         let hub = member.hub;
         let replaced = self.members.get(&hub).copied();
         if replaced.is_none() && self.members.len() >= self.config.max_members {
-            return Err((
-                CloseCode::RoomFull,
-                format!("the room admits at most {} hubs", self.config.max_members),
-            ));
+            return Err(RoomError::RoomFull(self.config.max_members));
         }
         if let Some(old) = replaced {
             // The newer connection wins: the old one is closed and told why. Its later
@@ -752,26 +813,17 @@ impl Room {
         hub: HubId,
         issuer: HubId,
         out: &mut Vec<Action>,
-    ) -> Result<(), (CloseCode, String)> {
+    ) -> Result<(), RoomError> {
         if self.members.contains_key(&hub) || self.guests.contains_key(&hub) {
-            return Err((
-                CloseCode::ProtocolError,
-                "that hub id is in use in this room".into(),
-            ));
+            return Err(RoomError::HubIdInUse);
         }
         if !self.members.contains_key(&issuer) {
-            return Err((
-                CloseCode::IssuerOffline,
-                format!("the issuing hub {issuer} is not online"),
-            ));
+            return Err(RoomError::IssuerOffline(issuer));
         }
         // Guests past their lifetime leave first (the relay's timer may not have fired yet).
         self.handle_timeout(now_ms, out);
         if self.guests.len() >= MAX_GUESTS {
-            return Err((
-                CloseCode::TryAgainLater,
-                format!("the room holds {MAX_GUESTS} pairing guests already"),
-            ));
+            return Err(RoomError::TooManyGuests);
         }
         while self
             .guest_admissions
@@ -781,10 +833,7 @@ impl Room {
             self.guest_admissions.pop_front();
         }
         if self.guest_admissions.len() >= MAX_GUEST_ADMISSIONS {
-            return Err((
-                CloseCode::TryAgainLater,
-                format!("at most {MAX_GUEST_ADMISSIONS} pairing guests a minute"),
-            ));
+            return Err(RoomError::GuestRate);
         }
         self.guest_admissions.push_back(now_ms);
         let member = MemberInfo {
@@ -819,8 +868,8 @@ impl Room {
         payload: &[u8],
         outbox: &mut Outbox,
         out: &mut Vec<Action>,
-    ) -> Result<(), (CloseCode, String)> {
-        let limit = |reason: &str| Err((CloseCode::GuestLimit, reason.to_owned()));
+    ) -> Result<(), RoomError> {
+        let limit = |reason: &'static str| Err(RoomError::GuestLimit(reason));
         let Some(guest) = self.guests.get_mut(&hub) else {
             return limit("unknown pairing guest");
         };
@@ -831,10 +880,7 @@ impl Room {
             return limit("a pairing guest talks only to the hub that issued its token");
         }
         if payload.len() > MAX_GUEST_PAYLOAD {
-            return Err((
-                CloseCode::TooLarge,
-                format!("a pairing guest sends at most {MAX_GUEST_PAYLOAD} bytes at once"),
-            ));
+            return Err(RoomError::GuestTooLarge);
         }
         if guest.info.sends >= MAX_GUEST_SENDS {
             return limit("a pairing guest sends at most 4 messages");
@@ -859,13 +905,9 @@ impl Room {
         doc: &[u8],
         outbox: &mut Outbox,
         out: &mut Vec<Action>,
-    ) -> Result<(), (CloseCode, String)> {
-        let list = RevocationList::verify(doc, &self.config.cluster).map_err(|e| {
-            (
-                CloseCode::ProtocolError,
-                format!("revocation list refused: {e}"),
-            )
-        })?;
+    ) -> Result<(), RoomError> {
+        let list =
+            RevocationList::verify(doc, &self.config.cluster).map_err(RoomError::Revocations)?;
         if let Some(held) = &self.revocations {
             if list.version() <= held.version() {
                 // Not newer. If the room holds a strictly newer one, the sender learns it.
@@ -898,6 +940,7 @@ impl Room {
     }
 
     fn refuse(&mut self, conn: ConnId, error: FrameError, out: &mut Vec<Action>) {
+        let error = RoomError::Frame(error);
         self.close(conn, error.close_code(), error.to_string(), out);
     }
 
@@ -929,9 +972,7 @@ fn encode_failed(conn: ConnId, error: &FrameError) -> Action {
 }
 
 /// The issuer named by a `Hello`'s pairing extension, if it has one (and no login).
-fn pairing_issuer(
-    hello: &crate::relay::frame::Hello<'_>,
-) -> Result<Option<HubId>, (CloseCode, String)> {
+fn pairing_issuer(hello: &crate::relay::frame::Hello<'_>) -> Result<Option<HubId>, RoomError> {
     let Some(ext) = hello
         .extensions
         .iter()
@@ -940,17 +981,12 @@ fn pairing_issuer(
         return Ok(None);
     };
     if hello.extensions.iter().any(|e| e.kind == LOGIN_EXTENSION) {
-        return Err((
-            CloseCode::ProtocolError,
-            "a Hello carries a login or a pairing request, not both".into(),
-        ));
+        return Err(RoomError::LoginAndPairing);
     }
-    let id: [u8; 16] = ext.data.try_into().map_err(|_| {
-        (
-            CloseCode::ProtocolError,
-            "the pairing extension is the issuer's 16-byte hub id".to_owned(),
-        )
-    })?;
+    let id: [u8; 16] = ext
+        .data
+        .try_into()
+        .map_err(|_| RoomError::BadPairingExtension)?;
     Ok(Some(HubId(id)))
 }
 
