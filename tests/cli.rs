@@ -242,7 +242,7 @@ fn pairing_tokens_expire_are_single_use_checked_and_never_stored() {
     forged.secret[0] ^= 1;
     let err = c
         .home("forger")
-        .fails(&["join", &forged.encode(), "--name", "forger"]);
+        .fails(&["join", &forged.encode().unwrap(), "--name", "forger"]);
     assert!(err.contains("invalid, used or expired"), "{err}");
 
     // A tampered token (one character changed): refused before any connection.

@@ -71,13 +71,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends a `u8`-length-prefixed string; longer strings are cut at 255 bytes on a character
-/// boundary (callers validate lengths first).
-pub(crate) fn put_short_str(out: &mut Vec<u8>, s: &str) {
-    let mut end = s.len().min(255);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.push(end as u8);
-    out.extend_from_slice(&s.as_bytes()[..end]);
+/// A string longer than a `u8` length prefix can say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLong;
+
+/// Appends a `u8`-length-prefixed string; a string over 255 bytes is an error (nothing is
+/// written), never a string cut short.
+pub(crate) fn put_short_str(out: &mut Vec<u8>, s: &str) -> Result<(), TooLong> {
+    let len = u8::try_from(s.len()).map_err(|_| TooLong)?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
 }

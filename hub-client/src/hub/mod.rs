@@ -210,7 +210,7 @@ impl HubState {
         self.blocking(move |state| {
             let token = state.home.invite(&terms, ttl_s * 1000)?;
             Ok(PairingTokenView {
-                token: token.encode(),
+                token: token.encode().map_err(HomeError::from)?,
                 issuer: token.issuer.to_string(),
                 cluster_id: token.cluster.to_string(),
                 trust_level: terms.trust.as_str().to_owned(),

@@ -106,7 +106,13 @@ pub enum PairingError {
     /// The answer would not fit one Noise message.
     #[error("the answer is too large for one message ({0} bytes)")]
     TooLarge(usize),
+    /// The relay URL is longer than a token can carry.
+    #[error("the relay URL is {0} bytes; a pairing token carries at most 2,048")]
+    UrlTooLong(usize),
 }
+
+/// Longest relay URL a pairing token carries.
+pub const MAX_URL: usize = 2048;
 
 /// A pairing token, as `hub invite` prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,19 +145,21 @@ impl PairingToken {
     /// `format: u8 = 1 | cluster_id: [32] ASCII | issuer: [16] | issuer_noise_key: [32] |
     /// secret: [32] | relay_url: u16 len + UTF-8 | check: [4]`, `check` being the first 4 bytes
     /// of the SHA-256 of everything before it.
-    pub fn encode(&self) -> String {
+    pub fn encode(&self) -> Result<String, PairingError> {
         let mut b = vec![TOKEN_FORMAT];
         b.extend_from_slice(self.cluster.as_str().as_bytes());
         b.extend_from_slice(&self.issuer.0);
         b.extend_from_slice(&self.issuer_noise_key);
         b.extend_from_slice(&self.secret);
         let url = self.relay_url.as_bytes();
-        let url = &url[..url.len().min(usize::from(u16::MAX))];
+        if url.len() > MAX_URL {
+            return Err(PairingError::UrlTooLong(url.len()));
+        }
         b.extend_from_slice(&(url.len() as u16).to_be_bytes());
         b.extend_from_slice(url);
         let check = Sha256::digest(&b);
         b.extend_from_slice(&check[..CHECK_LEN]);
-        format!("{TOKEN_PREFIX}{}", BASE64URL_NOPAD.encode(&b))
+        Ok(format!("{TOKEN_PREFIX}{}", BASE64URL_NOPAD.encode(&b)))
     }
 
     /// Reads a token (surrounding whitespace ignored).
@@ -183,6 +191,9 @@ impl PairingToken {
         let issuer_noise_key = r.array::<32>().map_err(m)?;
         let secret = r.array::<SECRET_LEN>().map_err(m)?;
         let len = usize::from(r.u16().map_err(m)?);
+        if len > MAX_URL {
+            return Err(PairingError::UrlTooLong(len));
+        }
         let relay_url = std::str::from_utf8(r.take(len).map_err(m)?)
             .map_err(|_| PairingError::Damaged)?
             .to_owned();
@@ -288,7 +299,8 @@ impl Joiner {
         ));
         let mut payload = token.secret.to_vec();
         payload.extend_from_slice(identity_key.as_bytes());
-        put_short_str(&mut payload, request.name);
+        // The name was checked to be 1 to 64 bytes above.
+        let _ = put_short_str(&mut payload, request.name);
         payload.extend_from_slice(&signature.to_bytes());
         let mut msg = vec![0u8; 1 + MAX_NOISE_MESSAGE];
         msg[0] = PAIR_REQUEST;
@@ -600,16 +612,24 @@ mod tests {
     fn tokens_round_trip_and_hide_their_secret_in_debug() {
         let issuer = hub(&ca(), 1);
         let t = token(&issuer);
-        let text = t.encode();
+        let text = t.encode().unwrap();
         assert!(text.starts_with(TOKEN_PREFIX));
         assert_eq!(PairingToken::parse(&format!("  {text}\n")).unwrap(), t);
         assert!(!format!("{t:?}").contains("9, 9"));
+        // A URL longer than a token carries is an error, not a URL cut short (it once was cut
+        // at 65,535 bytes without a word).
+        let mut long = t.clone();
+        long.relay_url = format!("wss://{}.example", "a".repeat(MAX_URL));
+        assert_eq!(
+            long.encode(),
+            Err(PairingError::UrlTooLong(long.relay_url.len()))
+        );
     }
 
     #[test]
     fn damaged_or_altered_tokens_are_refused() {
         let issuer = hub(&ca(), 1);
-        let text = token(&issuer).encode();
+        let text = token(&issuer).encode().unwrap();
         assert_eq!(PairingToken::parse("hello"), Err(PairingError::NotAToken));
         assert_eq!(
             PairingToken::parse(&text[..text.len() - 3]),
@@ -747,7 +767,7 @@ mod tests {
         ));
         let mut payload = [9u8; SECRET_LEN].to_vec();
         payload.extend_from_slice(identity.verifying_key().as_bytes());
-        put_short_str(&mut payload, "thief");
+        put_short_str(&mut payload, "thief").unwrap();
         payload.extend_from_slice(&sig.to_bytes());
         let mut msg = vec![0u8; 1 + MAX_NOISE_MESSAGE];
         msg[0] = PAIR_REQUEST;

@@ -88,10 +88,11 @@ impl CertificateRequest {
         v.extend_from_slice(&self.hub_id.0);
         v.push(self.trust.to_u8());
         v.extend_from_slice(&self.noise_key);
-        put_short_str(&mut v, &self.name);
-        v.push(self.roles.len() as u8);
-        for role in &self.roles {
-            put_short_str(&mut v, role);
+        // `check` bounded the name, the roles and their number (far below 255).
+        let _ = put_short_str(&mut v, &self.name);
+        v.push(self.roles.len().min(MAX_ROLES) as u8);
+        for role in self.roles.iter().take(MAX_ROLES) {
+            let _ = put_short_str(&mut v, role);
         }
         v
     }

@@ -86,7 +86,13 @@ fn seal(
     issued_at_ms: u64,
     count: usize,
     entries: &[u8],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, TrustError> {
+    // What the relay protocol carries in one frame (docs/PROTOCOL.md, section 6).
+    if 4 + 1 + 32 + 18 + entries.len() + 64 > crate::relay::frame::MAX_DOCUMENT_BODY {
+        return Err(TrustError::Malformed(
+            "signed document (over 524,288 bytes)",
+        ));
+    }
     let mut out = Vec::with_capacity(4 + 1 + 32 + 18 + entries.len() + 64);
     out.extend_from_slice(magic);
     out.push(FORMAT);
@@ -97,7 +103,7 @@ fn seal(
     out.extend_from_slice(entries);
     let sig = ca.sign(&out);
     out.extend_from_slice(&sig.to_bytes());
-    out
+    Ok(out)
 }
 
 fn check_signature(
@@ -148,19 +154,21 @@ impl Manifest {
             entries.extend_from_slice(&m.hub_id.0);
             entries.extend_from_slice(&m.fingerprint);
             entries.push(m.trust.to_u8());
-            entries.push(m.roles.len().min(255) as u8);
-            for role in m.roles.iter().take(255) {
-                put_short_str(&mut entries, role);
+            let too_many = || TrustError::Malformed("manifest member (more than 255 roles)");
+            entries.push(u8::try_from(m.roles.len()).map_err(|_| too_many())?);
+            for role in &m.roles {
+                put_short_str(&mut entries, role)
+                    .map_err(|_| TrustError::Malformed("manifest role (over 255 bytes)"))?;
             }
         }
-        Ok(seal(
+        seal(
             ca,
             MANIFEST_MAGIC,
             self.epoch,
             self.issued_at_ms,
             self.members.len(),
             &entries,
-        ))
+        )
     }
 
     /// Parses and verifies a signed manifest against the cluster id.
@@ -255,16 +263,17 @@ impl RevocationList {
             entries.extend_from_slice(&e.fingerprint);
             entries.extend_from_slice(&e.key_hash);
             entries.extend_from_slice(&e.revoked_at_ms.to_be_bytes());
-            put_short_str(&mut entries, &e.reason);
+            put_short_str(&mut entries, &e.reason)
+                .map_err(|_| TrustError::Malformed("revocation reason (over 255 bytes)"))?;
         }
-        Ok(seal(
+        seal(
             ca,
             REVOCATION_MAGIC,
             self.version,
             self.issued_at_ms,
             self.entries.len(),
             &entries,
-        ))
+        )
     }
 
     /// Parses and verifies a signed list against the cluster id.
@@ -375,6 +384,40 @@ mod tests {
             hex::encode(&bytes[37..55]),
             "0000000000000007000001a1ee565e000001"
         );
+    }
+
+    /// Signing checks what the encoding can say: a reason or role over 255 bytes, more than 255
+    /// roles, or a document too large for the relay is an error (a reason was once cut at 255
+    /// bytes without a word, and 300 roles were signed as 44).
+    #[test]
+    fn signing_past_a_limit_is_an_error() {
+        let ca = ClusterCa::from_secret(&[1; 32]);
+        let mut long = list(1, 1);
+        long.entries[0].reason = "x".repeat(256);
+        assert!(matches!(long.sign(&ca), Err(TrustError::Malformed(_))));
+        long.entries[0].reason = "x".repeat(255);
+        let v = RevocationList::verify(&long.sign(&ca).unwrap(), &ca.cluster_id()).unwrap();
+        assert_eq!(v.list().entries[0].reason.len(), 255);
+        let member = |roles: usize| ManifestMember {
+            hub_id: HubId([1; 16]),
+            fingerprint: [2; 32],
+            trust: TrustLevel::Full,
+            roles: vec!["r".into(); roles],
+        };
+        let manifest = |roles| Manifest {
+            epoch: 1,
+            issued_at_ms: NOW,
+            members: vec![member(roles)],
+        };
+        assert!(matches!(
+            manifest(256).sign(&ca),
+            Err(TrustError::Malformed(_))
+        ));
+        assert!(manifest(255).sign(&ca).is_ok());
+        // 2,000 entries with 255-byte reasons: about 660 KB, over one relay frame.
+        let mut big = list(1, 1);
+        big.entries = vec![long.entries[0].clone(); 2_000];
+        assert!(matches!(big.sign(&ca), Err(TrustError::Malformed(_))));
     }
 
     #[test]

@@ -95,6 +95,10 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             hub_client::transport::relay::connect_url(&relay, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
                 .context("--relay")?;
+            let max = shared_proto::session::pairing::MAX_URL;
+            if relay.len() > max {
+                bail!("--relay: a relay URL is at most {max} bytes (pairing tokens carry it)");
+            }
             let spec = NewHub {
                 name,
                 trust: TrustLevel::Full,
@@ -184,7 +188,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ttl.as_secs()
             );
             eprintln!("  hub join <TOKEN> --name <NAME>");
-            println!("{}", token.encode());
+            println!("{}", token.encode()?);
             Ok(())
         }
         Command::Join {
