@@ -11,9 +11,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use shared_proto::relay::frame::{frames, Extension, Hello};
+use shared_proto::relay::client::{ClientEvent, ClientSession};
 use shared_proto::session::pairing::{JoinRequest, Joined, Joiner, PairingError, PairingToken};
-use shared_proto::trust::login::PAIRING_EXTENSION;
 use shared_proto::{CloseCode, Frame, HubId};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -90,40 +89,39 @@ async fn exchange(
         tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true).await?;
     let mut guest = [0u8; 16];
     OsRng.fill_bytes(&mut guest);
-    let mut hello = Hello::new(HubId(guest));
-    hello.extensions.push(Extension {
-        kind: PAIRING_EXTENSION,
-        data: token.issuer.as_bytes(),
-    });
-    let hello = Frame::Hello(hello)
-        .to_message()
-        .map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let protocol = |e: &dyn std::fmt::Display| JoinError::Protocol(e.to_string());
+    let (mut session, hello) =
+        ClientSession::guest(token.cluster.clone(), HubId(guest), token.issuer)
+            .map_err(|e| protocol(&e))?;
     ws.send(Message::Binary(hello.into())).await?;
     let mut joiner = Some(joiner);
     while let Some(message) = ws.next().await {
         match message? {
             Message::Binary(bytes) => {
-                for frame in frames(&bytes) {
-                    match frame.map_err(|e| JoinError::Protocol(e.to_string()))? {
-                        Frame::Welcome { .. } => {
+                let mut events = Vec::new();
+                session
+                    .handle_message(&bytes, &mut events)
+                    .map_err(|e| protocol(&e))?;
+                for event in events {
+                    match event {
+                        ClientEvent::Welcome { .. } => {
                             let send = Frame::Send {
                                 dst: token.issuer,
                                 payload: &request,
                             };
-                            let send = send
-                                .to_message()
-                                .map_err(|e| JoinError::Protocol(e.to_string()))?;
+                            let send = send.to_message().map_err(|e| protocol(&e))?;
                             ws.send(Message::Binary(send.into())).await?;
                         }
-                        Frame::Recv { src, payload } if src == token.issuer => {
+                        // The session lets a guest hear from its issuer only.
+                        ClientEvent::Message { payload, .. } => {
                             let Some(joiner) = joiner.take() else {
                                 return Err(JoinError::Protocol("a second answer".into()));
                             };
-                            let joined = joiner.finish(payload, unix_ms());
+                            let joined = joiner.finish(&payload, unix_ms());
                             let _ = ws.close(None).await;
                             return Ok(joined?);
                         }
-                        Frame::Undeliverable(_) => return Err(JoinError::IssuerOffline),
+                        ClientEvent::Undeliverable(_) => return Err(JoinError::IssuerOffline),
                         _ => {}
                     }
                 }

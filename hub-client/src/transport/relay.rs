@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use shared_proto::relay::client::{ClientEvent, ClientSession};
 use shared_proto::relay::frame::{
-    frames, Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE,
-    MAX_PAYLOAD, PROTOCOL_VERSION,
+    Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE, MAX_PAYLOAD,
 };
 use shared_proto::relay::path::{connect_path, is_valid_cluster_id};
 use shared_proto::trust::login::Credentials;
@@ -465,11 +465,14 @@ where
         + Send
         + 'static,
 {
-    let creds = &config.credentials;
-    let cluster = config.cluster_id();
-    let login = creds.login(unix_ms(), &mut rand::rngs::OsRng);
-    let mut hello = match Frame::Hello(creds.hello(&login)).to_message() {
-        Ok(hello) => hello,
+    let opened = ClientSession::member(
+        &config.credentials,
+        held.clone(),
+        unix_ms(),
+        &mut rand::rngs::OsRng,
+    );
+    let (mut session, hello) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             return SessionEnd::Failed {
                 reason: format!("this hub's Hello: {e}"),
@@ -477,19 +480,11 @@ where
             }
         }
     };
-    // Pass on the newest list this hub holds: the relay may have lost or never seen it.
-    if let Some(list) = held.as_ref() {
-        if let Err(e) = Frame::RevocationList(list.bytes()).encode(&mut hello) {
-            tracing::warn!("not passing on the held revocation list: {e}");
-        }
-    }
     let (sink, mut stream) = ws.split();
     let (out, out_rx) = mpsc::channel::<Message>(WRITE_QUEUE);
     let mut writer = Writer(tokio::spawn(write_loop(sink, out_rx)));
     // The queue is empty: this cannot fail.
     let _ = out.try_send(Message::Binary(hello.into()));
-    let mut welcomed = false;
-    let mut restart_after = None;
     let mut last_heard = Instant::now();
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
@@ -508,9 +503,10 @@ where
                     Ok(Err(reason)) => reason,
                     _ => "the writer stopped".to_owned(),
                 };
-                return SessionEnd::Failed { reason, welcomed };
+                return SessionEnd::Failed { reason, welcomed: session.welcomed() };
             }
             incoming = stream.next() => {
+                let welcomed = session.welcomed();
                 let msg = match incoming {
                     None => return SessionEnd::Failed { reason: "relay closed the stream".into(), welcomed },
                     Some(Err(e)) => return SessionEnd::Failed { reason: e.to_string(), welcomed },
@@ -519,12 +515,20 @@ where
                 last_heard = Instant::now();
                 match msg {
                     Message::Binary(bytes) => {
-                        match handle_relay_message(&bytes, &cluster, events, &mut welcomed, &mut restart_after, held).await {
-                            Ok(()) => {}
-                            Err(reason) => {
-                                writer.close(&out, close_message(CloseCode::ProtocolError, &reason)).await;
-                                return SessionEnd::Failed { reason, welcomed };
+                        let mut decoded = Vec::new();
+                        let result = session.handle_message(&bytes, &mut decoded);
+                        for event in decoded {
+                            if let ClientEvent::Revocations(list) = &event {
+                                *held = Some(list.clone());
                             }
+                            if events.send(relay_event(event)).await.is_err() {
+                                break;
+                            }
+                        }
+                        if let Err(e) = result {
+                            let reason = e.to_string();
+                            writer.close(&out, close_message(e.close_code(), &reason)).await;
+                            return SessionEnd::Failed { reason, welcomed: session.welcomed() };
                         }
                     }
                     Message::Text(t) if t.as_str() == KEEPALIVE_RESPONSE => {}
@@ -532,6 +536,7 @@ where
                         let (code, reason) = frame
                             .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
                             .unwrap_or((None, String::new()));
+                        let restart_after = session.restart_after_ms().map(Duration::from_millis);
                         return SessionEnd::Closed { code, reason, welcomed, restart_after };
                     }
                     // Pings are answered by tungstenite; anything else is ignored.
@@ -566,7 +571,7 @@ where
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= dead_after {
-                    return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed };
+                    return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed: session.welcomed() };
                 }
                 // With the queue full, writes are flowing (or the write timeout ends them).
                 let _ = out.try_send(Message::text(KEEPALIVE_REQUEST));
@@ -635,64 +640,20 @@ fn close_message(code: CloseCode, reason: &str) -> Message {
     }))
 }
 
-/// Turns one message from the relay into events. An error means the relay broke the protocol.
-async fn handle_relay_message(
-    bytes: &[u8],
-    cluster: &ClusterId,
-    events: &mpsc::Sender<RelayEvent>,
-    welcomed: &mut bool,
-    restart_after: &mut Option<Duration>,
-    held: &mut Option<VerifiedRevocations>,
-) -> Result<(), String> {
-    for frame in frames(bytes) {
-        let frame = frame.map_err(|e| format!("bad frame from relay: {e}"))?;
-        let event = match frame {
-            Frame::Welcome { version, online } => {
-                if version != PROTOCOL_VERSION {
-                    return Err(format!("relay speaks protocol version {version}"));
-                }
-                *welcomed = true;
-                RelayEvent::Connected { online }
-            }
-            Frame::Recv { src, payload } => RelayEvent::Message {
-                from: src,
-                payload: payload.to_vec(),
-            },
-            Frame::PeerJoined(hub) => RelayEvent::PeerJoined(hub),
-            Frame::PeerLeft(hub) => RelayEvent::PeerLeft(hub),
-            Frame::Undeliverable(hub) => RelayEvent::Undeliverable(hub),
-            Frame::Status(status) => RelayEvent::Status(status),
-            Frame::Restarting { reconnect_after_ms } => {
-                let after = Duration::from_millis(u64::from(reconnect_after_ms));
-                *restart_after = Some(after);
-                RelayEvent::Restarting {
-                    reconnect_after: after,
-                }
-            }
-            Frame::RevocationList(doc) => {
-                // Only a list signed by this cluster's CA and newer than the one held counts.
-                let list = RevocationList::verify(doc, cluster)
-                    .map_err(|e| format!("relay sent a bad revocation list: {e}"))?;
-                match list.supersede(held.as_ref()) {
-                    Ok(newer) => {
-                        *held = Some(newer.clone());
-                        RelayEvent::Revocations(newer)
-                    }
-                    Err(_) => continue,
-                }
-            }
-            other => {
-                return Err(format!(
-                    "unexpected {:?} frame from relay",
-                    other.frame_type()
-                ))
-            }
-        };
-        if events.send(event).await.is_err() {
-            return Ok(());
-        }
+/// What the application hears of a session event.
+fn relay_event(event: ClientEvent) -> RelayEvent {
+    match event {
+        ClientEvent::Welcome { online } => RelayEvent::Connected { online },
+        ClientEvent::Message { from, payload } => RelayEvent::Message { from, payload },
+        ClientEvent::PeerJoined(hub) => RelayEvent::PeerJoined(hub),
+        ClientEvent::PeerLeft(hub) => RelayEvent::PeerLeft(hub),
+        ClientEvent::Undeliverable(hub) => RelayEvent::Undeliverable(hub),
+        ClientEvent::Status(status) => RelayEvent::Status(status),
+        ClientEvent::Restarting { after_ms } => RelayEvent::Restarting {
+            reconnect_after: Duration::from_millis(after_ms),
+        },
+        ClientEvent::Revocations(list) => RelayEvent::Revocations(list),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! - [`close`]: the close codes the relay sends;
 //! - [`path`]: the relay's URL layout;
 //! - [`room`]: one cluster's room as a pure state machine that returns actions, with every
-//!   deadline and bound of the protocol.
+//!   deadline and bound of the protocol;
+//! - [`client`]: the hub's side of a connection: its opening message (a member's login or a
+//!   pairing guest's request) and what the relay's messages mean.
 
+pub mod client;
 pub mod close;
 pub mod frame;
 pub mod path;
