@@ -1010,3 +1010,49 @@ async fn hub_relay_caps_its_connections() {
         );
     }
 }
+
+/// `hub relay` and half-open HTTP: a connection that sends part of a request head is closed once
+/// the head deadline passes, and connections that go away in the middle of their head are
+/// forgotten at once (their descriptors were once kept, with the relay polling them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_relay_forgets_half_open_http_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = RelayProcess::start_native_with(&[]);
+    let pid = relay.pid().expect("running");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let baseline = fds();
+    let addr = ("127.0.0.1", relay.port());
+    let mut partial = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        partial.push(s);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fds() < baseline + 50 {
+        assert!(tokio::time::Instant::now() < deadline, "not all accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut held = partial.pop().unwrap();
+    drop(partial);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fds() > baseline + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} descriptors still open after the clients left (baseline {baseline})",
+            fds()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The one still held is closed by the relay when its head is late (10 s).
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), held.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a late head was not closed: {read:?}"
+    );
+}

@@ -135,6 +135,11 @@ impl RelayProcess {
         relay
     }
 
+    /// The relay process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The port it serves on.
     pub fn port(&self) -> u16 {
         self.port

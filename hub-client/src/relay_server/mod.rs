@@ -2,11 +2,11 @@
 //! host for tests. Same URLs, same frames, same room logic (`shared_proto::relay::room`), same close
 //! codes as the Worker.
 //!
-//! Each TCP connection is read by [`serve_connection`]: the HTTP request head is peeked and
-//! routed exactly like the Worker's `fetch` (health text, 400, 404, 426), and a WebSocket upgrade
-//! to `/v1/clusters/{id}/connect` joins that cluster's room. A room is a `Room` behind a mutex
-//! plus one outgoing queue per socket; the reader of each socket feeds the room, and a writer task
-//! per socket drains its queue. When a message leaves a receiver's queue above
+//! Each TCP connection is served by [`serve_connection`] with hyper (the request head must arrive
+//! within [`HEAD_TIMEOUT`]) and routed exactly like the Worker's `fetch` (health text, 400, 404,
+//! 426); a WebSocket upgrade to `/v1/clusters/{id}/connect` joins that cluster's room. A room is
+//! a `Room` behind a mutex plus one outgoing queue per socket; the reader of each socket feeds the
+//! room, and a writer task per socket drains its queue. When a message leaves a receiver's queue above
 //! [`PUSHBACK_BYTES`], the reader of the socket that sent it waits (reads nothing more) until that
 //! queue drains below it: a fast sender is slowed to what its receiver takes, through TCP, and
 //! the receiver is not punished. A socket whose queue still reaches [`MAX_QUEUED_BYTES`] (many
@@ -33,7 +33,6 @@ use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, So
 use shared_proto::trust::login::LoginNonce;
 use shared_proto::trust::ClusterId;
 use shared_proto::CloseCode;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -387,142 +386,151 @@ pub async fn serve(
                     tracing::warn!(%addr, "connection limit reached; closing a new connection");
                     continue;
                 };
-                let relay = relay.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, addr, relay).await {
-                        tracing::debug!(%addr, "connection ended: {e}");
-                    }
-                    drop(permit);
-                });
+                tokio::spawn(serve_connection(stream, addr, relay.clone(), Arc::new(permit)));
             }
         }
     }
 }
 
-/// The head of an HTTP request, as far as routing needs it.
-#[derive(Debug)]
-struct RequestHead {
-    method: String,
-    path: String,
-    upgrade: bool,
-}
-
-/// Peeks at the request head without consuming it, so tungstenite can read it again.
-async fn peek_head(stream: &TcpStream) -> std::io::Result<Option<RequestHead>> {
-    let mut buf = vec![0u8; MAX_REQUEST_HEAD];
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-        if n == 0 {
-            return Ok(None);
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..n]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let upgrade = req.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("upgrade")
-                        && std::str::from_utf8(h.value)
-                            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-                });
-                let target = req.path.unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_owned();
-                return Ok(Some(RequestHead {
-                    method: req.method.unwrap_or("").to_owned(),
-                    path,
-                    upgrade,
-                }));
-            }
-            Ok(httparse::Status::Partial) if n < buf.len() => {
-                // Wait for more bytes to arrive, then peek again.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            _ => return Ok(None),
-        }
-    }
-}
-
-async fn respond(
-    mut stream: TcpStream,
-    status: &str,
-    extra: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Serves one TCP connection: plain HTTP answers, or a WebSocket in a room.
+/// Serves one TCP connection with hyper: plain HTTP answers (routed exactly like the Worker's
+/// `fetch`: health text, 400, 404, 426), or a WebSocket upgrade into a room. The request head
+/// must arrive within [`HEAD_TIMEOUT`]. `permit` (a place under `--max-connections`) is held
+/// until the connection and any WebSocket it became are gone.
 pub async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,
     relay: Arc<Relay>,
-) -> Result<(), WsError> {
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
     let _ = stream.set_nodelay(true);
-    let Some(head) = peek_head(&stream).await? else {
-        respond(stream, "400 Bad Request", "", "malformed request\n").await?;
-        return Ok(());
-    };
-    let cluster_id = match route(&head.path) {
-        Route::Health => {
-            let body = format!(
-                "hub relay: relay protocol v{PROTOCOL_VERSION}; connect at /v1/clusters/{{cluster_id}}/connect\n"
-            );
-            respond(stream, "200 OK", "", &body).await?;
-            return Ok(());
-        }
-        Route::NotFound => {
-            respond(stream, "404 Not Found", "", "not found\n").await?;
-            return Ok(());
-        }
-        Route::BadClusterId => {
-            respond(stream, "400 Bad Request", "", BAD_CLUSTER_ID).await?;
-            return Ok(());
-        }
-        Route::Connect(id) => match id.parse::<ClusterId>() {
-            Ok(c) => c,
-            Err(_) => {
-                respond(stream, "400 Bad Request", "", BAD_CLUSTER_ID).await?;
-                return Ok(());
-            }
-        },
-    };
-    if head.method != "GET" || !head.upgrade {
-        respond(
-            stream,
-            "426 Upgrade Required",
-            "upgrade: websocket\r\n",
-            "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n",
-        )
-        .await?;
-        return Ok(());
+    let service = hyper::service::service_fn(move |req| {
+        let (relay, permit) = (relay.clone(), permit.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle_request(req, addr, relay, permit)) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%addr, "connection ended: {e}");
     }
-    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await?;
-    if !relay.serves(&cluster_id) {
-        let frame = CloseFrame {
-            code: WsCloseCode::from(CloseCode::ClusterNotServed.code()),
-            reason: "this relay does not serve this cluster".into(),
-        };
-        let _ = ws.close(Some(frame)).await;
-        return Ok(());
-    }
-    run_socket(ws, addr, &relay, &cluster_id).await;
-    Ok(())
 }
 
-async fn run_socket(
-    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// A plain-text answer, as the Worker gives; the connection closes after it.
+fn text(status: u16, body: impl Into<String>) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(Body::from(body.into()));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+fn handle_request(
+    req: hyper::Request<hyper::body::Incoming>,
+    addr: SocketAddr,
+    relay: Arc<Relay>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> hyper::Response<Body> {
+    let cluster_id = match route(req.uri().path()) {
+        Route::Health => {
+            return text(
+                200,
+                format!(
+                    "hub relay: relay protocol v{PROTOCOL_VERSION}; connect at /v1/clusters/{{cluster_id}}/connect\n"
+                ),
+            )
+        }
+        Route::NotFound => return text(404, "not found\n"),
+        Route::BadClusterId => return text(400, BAD_CLUSTER_ID),
+        Route::Connect(id) => match id.parse::<ClusterId>() {
+            Ok(c) => c,
+            Err(_) => return text(400, BAD_CLUSTER_ID),
+        },
+    };
+    let header = |name: hyper::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let upgrade =
+        header(hyper::header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = header(hyper::header::SEC_WEBSOCKET_KEY).map(str::to_owned);
+    let (true, true, Some(key)) = (req.method() == hyper::Method::GET, upgrade, key) else {
+        let mut resp = text(
+            426,
+            "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)\n",
+        );
+        resp.headers_mut().insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        return resp;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(%addr, "upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(ws_config()),
+        )
+        .await;
+        if relay.serves(&cluster_id) {
+            run_socket(ws, addr, &relay, &cluster_id).await;
+        } else {
+            let frame = CloseFrame {
+                code: WsCloseCode::from(CloseCode::ClusterNotServed.code()),
+                reason: "this relay does not serve this cluster".into(),
+            };
+            let _ = ws.close(Some(frame)).await;
+        }
+        drop(permit);
+    });
+    let mut resp = hyper::Response::new(Body::default());
+    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(accept) = hyper::header::HeaderValue::from_str(&accept) {
+        headers.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    resp
+}
+
+async fn run_socket<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
     addr: SocketAddr,
     relay: &Relay,
     cluster_id: &ClusterId,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = ConnId(relay.next_conn.fetch_add(1, Ordering::Relaxed));
     let entry = relay.room(cluster_id);
     let (tx, rx) = mpsc::unbounded_channel();
