@@ -2,13 +2,13 @@
 //! admitted without a certificate from the fixture CA (which the fuzzer cannot forge).
 #![no_main]
 
-use hub_relay_fuzz::{ca, NOW};
+use hub_relay_fuzz::{cluster, NOW};
 use libfuzzer_sys::fuzz_target;
 use shared_proto::relay::frame::{frames, Frame};
 use shared_proto::trust::login::{verify_login, ReplayGuard};
 
 fuzz_target!(|data: &[u8]| {
-    let cluster = ca().cluster_id();
+    let cluster = cluster();
     let mut guard = ReplayGuard::default();
     for frame in frames(data) {
         if let Ok(Frame::Hello(hello)) = frame {

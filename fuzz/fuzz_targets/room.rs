@@ -3,14 +3,14 @@
 //! the WebSocket limit; the room's own sends decode.
 #![no_main]
 
-use hub_relay_fuzz::{ca, NOW};
+use hub_relay_fuzz::{cluster, NOW};
 use libfuzzer_sys::fuzz_target;
 use shared_proto::relay::frame::decode_message;
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig};
 use shared_proto::HubId;
 
 fuzz_target!(|data: &[u8]| {
-    let mut room = Room::new(RoomConfig::new(ca().cluster_id(), NOW));
+    let mut room = Room::new(RoomConfig::new(cluster(), NOW));
     let mut out = Vec::new();
     let member = |b: u8, guest_of: Option<HubId>| MemberInfo {
         hub: HubId([b; 16]),

@@ -2,12 +2,12 @@
 //! verifies for the fixture cluster.
 #![no_main]
 
-use hub_relay_fuzz::ca;
+use hub_relay_fuzz::cluster;
 use libfuzzer_sys::fuzz_target;
 use shared_proto::trust::{Manifest, RevocationList};
 
 fuzz_target!(|data: &[u8]| {
-    let cluster = ca().cluster_id();
+    let cluster = cluster();
     assert!(RevocationList::verify(data, &cluster).is_err());
     assert!(Manifest::verify(data, &cluster).is_err());
 });

@@ -16,6 +16,19 @@ pub fn ca() -> ClusterCa {
     ClusterCa::from_secret(&[7; 32])
 }
 
+/// The fixture cluster's id, computed once (deriving the CA key per input would dominate).
+pub fn cluster() -> shared_proto::trust::ClusterId {
+    static CLUSTER: std::sync::OnceLock<shared_proto::trust::ClusterId> =
+        std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| ca().cluster_id()).clone()
+}
+
+/// The fixture CA's public key, computed once.
+pub fn ca_key() -> ed25519_dalek::VerifyingKey {
+    static KEY: std::sync::OnceLock<ed25519_dalek::VerifyingKey> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| ca().public_key())
+}
+
 /// Seeded randomness.
 pub fn rng() -> StdRng {
     StdRng::seed_from_u64(0x5eed)

@@ -161,8 +161,10 @@ impl FromRequestParts<Shared> for Authed {
                 "a valid bearer token is required (hub tokens create)",
             )
         };
-        let token = bearer(parts).ok_or_else(unauthorized)?;
-        let found = state.store().use_api_token(token.as_bytes(), unix_ms())?;
+        let token = bearer(parts).ok_or_else(unauthorized)?.as_bytes().to_vec();
+        let found = state
+            .blocking(move |state| Ok(state.store().use_api_token(&token, unix_ms())?))
+            .await?;
         found
             .map(|t: ApiToken| Authed { admin: t.admin })
             .ok_or_else(unauthorized)

@@ -490,8 +490,9 @@ async fn run(
             .min();
         // Transmissions caused by what peers sent may be dropped past `OUTBOUND_MAX`.
         let mut from_network = false;
+        // Not biased: every ready branch gets its turn, so heavy sending does not starve
+        // reading, nor the other way round.
         tokio::select! {
-            biased;
             _ = stop.wait_for(|s| *s) => break,
             permit = sender.reserve(), if !q.outbound.is_empty() => {
                 let Ok(permit) = permit else { break };
