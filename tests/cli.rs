@@ -633,3 +633,71 @@ fn user_errors_are_one_clear_message_without_a_backtrace() {
         assert!(!home.dir.exists(), "{args:?} created the home");
     }
 }
+
+/// Two revocations at once through the API: each is signed over the other (versions 1 and 2),
+/// and the relay refuses both hubs. (Each once signed its own version 1; the relay kept one and
+/// the other hub stayed admitted while the founder listed it as revoked.)
+#[test]
+fn two_revocations_at_once_through_the_api_cut_off_both_hubs() {
+    let c = Cluster::start(RelayKind::Workerd);
+    let (a, b) = (c.join("a"), c.join("b"));
+    let mut runs = [a.run(), b.run()];
+    let token = c.founder_run.cli_token();
+    let ids = [a.id(), b.id()];
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (founder, token) = (&c.founder_run, &token);
+                s.spawn(move || {
+                    founder.request(
+                        "DELETE",
+                        &format!("/api/federation/peers/{id}"),
+                        Some(token),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut versions: Vec<u64> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 200, "{}", a.json);
+            a.json["revocation_version"].as_u64().unwrap()
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, vec![1, 2]);
+    for (home, run) in [&a, &b].into_iter().zip(runs.iter_mut()) {
+        assert!(!run.wait_exit(), "{} kept running", home.dir.display());
+        assert!(run.log().contains("4015"), "{}", run.log());
+        let err = home.fails(&["ping", &c.founder.id(), "--count", "1"]);
+        assert!(err.contains("4015"), "{err}");
+    }
+}
+
+/// A running hub that does not answer (here: something that accepts and says nothing) makes
+/// the CLI fail within seconds with the reason, instead of hanging 30 s or opening a second
+/// relay connection in the hub's place.
+#[test]
+fn the_cli_gives_up_on_a_hub_that_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = HubHome::new(dir.path().join("desk"));
+    home.ok(&[
+        "cluster",
+        "create",
+        "--name",
+        "desk",
+        "--relay",
+        "ws://127.0.0.1:9",
+    ]);
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", stuck.local_addr().unwrap());
+    std::fs::write(home.dir.join("api.url"), url).unwrap();
+    std::fs::write(home.dir.join("cli.token"), "hubapi_x").unwrap();
+    let err = home.fails(&["peers"]);
+    assert!(err.contains("did not answer within 3 s"), "{err}");
+    drop(stuck);
+}
