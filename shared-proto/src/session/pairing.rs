@@ -334,77 +334,112 @@ impl Joiner {
             .hs
             .read_message(body, &mut payload)
             .map_err(noise_err)?;
-        let mut r = Reader::new(&payload[..n]);
-        let m = |_| PairingError::Malformed;
-        match r.u8().map_err(m)? {
-            ACCEPTED => {}
-            REFUSED => {
-                return Err(PairingError::Refused(
-                    String::from_utf8_lossy(r.rest()).into_owned(),
-                ))
-            }
-            _ => return Err(PairingError::Malformed),
-        }
-        let ca_key = VerifyingKey::from_bytes(&r.array::<32>().map_err(m)?)
-            .map_err(|_| PairingError::Malformed)?;
-        let len = usize::from(r.u16().map_err(m)?);
-        let cert = r.take(len).map_err(m)?;
-        let len = usize::from(r.u16().map_err(m)?);
-        let issuer_cert = r.take(len).map_err(m)?;
-        let len = r.u32().map_err(m)? as usize;
-        let manifest = r.take(len).map_err(m)?;
-        let len = r.u32().map_err(m)? as usize;
-        let revocations = r.take(len).map_err(m)?;
-        if !r.is_empty() {
-            return Err(PairingError::Malformed);
-        }
-        if !self.token.cluster.names(&ca_key) {
-            return Err(PairingError::Mismatch(
-                "the CA key does not name the token's cluster",
-            ));
-        }
-        let revocations = match revocations {
-            [] => None,
-            list => Some(RevocationList::verify(list, &self.token.cluster)?),
-        };
-        let issuer = PeerCertificate::from_der(issuer_cert)?.verify(
-            &ca_key,
+        read_answer(
+            &payload[..n],
+            &self.token,
+            &self.identity_key,
+            &self.noise_key,
             now_ms,
-            revocations.as_ref(),
-        )?;
-        if issuer.hub_id() != self.token.issuer
-            || *issuer.noise_key() != self.token.issuer_noise_key
-        {
-            return Err(PairingError::Mismatch(
-                "the issuer's certificate is not the token's issuer",
-            ));
+        )
+    }
+}
+
+/// The joiner's reading of a decrypted answer: the CA key must name the token's cluster, the
+/// issuer's certificate must be the token's issuer, the new certificate must carry this hub's
+/// keys, and the manifest must list it, all verified.
+fn read_answer(
+    payload: &[u8],
+    token: &PairingToken,
+    identity_key: &VerifyingKey,
+    noise_key: &[u8; 32],
+    now_ms: u64,
+) -> Result<Joined, PairingError> {
+    let mut r = Reader::new(payload);
+    let m = |_| PairingError::Malformed;
+    match r.u8().map_err(m)? {
+        ACCEPTED => {}
+        REFUSED => {
+            return Err(PairingError::Refused(
+                String::from_utf8_lossy(r.rest()).into_owned(),
+            ))
         }
-        let certificate = PeerCertificate::from_der(cert)?.verify(&ca_key, now_ms, None)?;
-        if *certificate.identity_key() != self.identity_key
-            || *certificate.noise_key() != self.noise_key
-        {
-            return Err(PairingError::Mismatch(
-                "the certificate is not for this hub's keys",
-            ));
-        }
-        let manifest = Manifest::verify(manifest, &self.token.cluster)?;
-        if !manifest
-            .manifest()
-            .members
-            .iter()
-            .any(|m| m.hub_id == certificate.hub_id() && m.fingerprint == certificate.fingerprint())
-        {
-            return Err(PairingError::Mismatch(
-                "the manifest does not list this hub",
-            ));
-        }
-        Ok(Joined {
-            ca_key,
-            certificate,
-            issuer,
-            manifest,
-            revocations,
-        })
+        _ => return Err(PairingError::Malformed),
+    }
+    let ca_key = VerifyingKey::from_bytes(&r.array::<32>().map_err(m)?)
+        .map_err(|_| PairingError::Malformed)?;
+    let len = usize::from(r.u16().map_err(m)?);
+    let cert = r.take(len).map_err(m)?;
+    let len = usize::from(r.u16().map_err(m)?);
+    let issuer_cert = r.take(len).map_err(m)?;
+    let len = r.u32().map_err(m)? as usize;
+    let manifest = r.take(len).map_err(m)?;
+    let len = r.u32().map_err(m)? as usize;
+    let revocations = r.take(len).map_err(m)?;
+    if !r.is_empty() {
+        return Err(PairingError::Malformed);
+    }
+    if !token.cluster.names(&ca_key) {
+        return Err(PairingError::Mismatch(
+            "the CA key does not name the token's cluster",
+        ));
+    }
+    let revocations = match revocations {
+        [] => None,
+        list => Some(RevocationList::verify(list, &token.cluster)?),
+    };
+    let issuer =
+        PeerCertificate::from_der(issuer_cert)?.verify(&ca_key, now_ms, revocations.as_ref())?;
+    if issuer.hub_id() != token.issuer || *issuer.noise_key() != token.issuer_noise_key {
+        return Err(PairingError::Mismatch(
+            "the issuer's certificate is not the token's issuer",
+        ));
+    }
+    let certificate = PeerCertificate::from_der(cert)?.verify(&ca_key, now_ms, None)?;
+    if certificate.identity_key() != identity_key || certificate.noise_key() != noise_key {
+        return Err(PairingError::Mismatch(
+            "the certificate is not for this hub's keys",
+        ));
+    }
+    let manifest = Manifest::verify(manifest, &token.cluster)?;
+    if !manifest
+        .manifest()
+        .members
+        .iter()
+        .any(|m| m.hub_id == certificate.hub_id() && m.fingerprint == certificate.fingerprint())
+    {
+        return Err(PairingError::Mismatch(
+            "the manifest does not list this hub",
+        ));
+    }
+    Ok(Joined {
+        ca_key,
+        certificate,
+        issuer,
+        manifest,
+        revocations,
+    })
+}
+
+/// Internals for the fuzz targets (`--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads a decrypted answer that accepts the pairing and names `ca_key`, followed by
+    /// `rest` (the certificates, the manifest and the revocation list, length-prefixed), as a
+    /// joiner with these keys would.
+    pub fn read_accepted_answer(
+        ca_key: &VerifyingKey,
+        rest: &[u8],
+        token: &PairingToken,
+        identity_key: &VerifyingKey,
+        noise_key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Joined, PairingError> {
+        let mut payload = vec![ACCEPTED];
+        payload.extend_from_slice(ca_key.as_bytes());
+        payload.extend_from_slice(rest);
+        read_answer(&payload, token, identity_key, noise_key, now_ms)
     }
 }
 
