@@ -592,6 +592,13 @@ async fn run(
         }
         drain(&mut sessions, &mut q, &mut pending, &mut rng, from_network);
     }
+    // What the application has not been handed yet still reaches it (above all the relay's last
+    // `Disconnected`, which says why it stopped), unless it stopped listening.
+    for event in q.to_app.drain(..) {
+        if events.send(event).await.is_err() {
+            break;
+        }
+    }
     relay.shutdown().await;
 }
 
