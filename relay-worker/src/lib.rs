@@ -281,9 +281,10 @@ impl DurableObject for RelayRoom {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        // The runtime cleared the alarm that fired.
-        self.alarm_at.set(None);
         self.ensure_room(None).await?;
+        // The alarm that fired is spent (whatever a rebuild read from storage meanwhile): the
+        // room's next deadline, if any, sets a new one below.
+        self.alarm_at.set(None);
         let now = Date::now().as_millis();
         let stored = self.with_room(|room, actions| room.handle_timeout(now, actions));
         self.persist(stored).await?;
