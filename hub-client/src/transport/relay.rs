@@ -193,6 +193,22 @@ pub enum Command {
     Publish(Vec<u8>),
 }
 
+impl Command {
+    /// A `Send`, checked against the payload limit.
+    fn send(dst: HubId, payload: Vec<u8>) -> Result<Self, RelayError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RelayError::PayloadTooLarge(payload.len()));
+        }
+        Ok(Command::Send { dst, payload })
+    }
+
+    /// A `Publish`, checked against the frame's limits.
+    fn publish(signed: Vec<u8>) -> Result<Self, RelayError> {
+        Frame::RevocationList(&signed).check()?;
+        Ok(Command::Publish(signed))
+    }
+}
+
 /// A running relay connection. Dropping it shuts the connection down.
 #[derive(Debug)]
 pub struct RelayClient {
@@ -228,11 +244,8 @@ impl RelayClient {
 
     /// Queues a payload for another hub of the room. Waits while the queue is full.
     pub async fn send(&self, dst: HubId, payload: Vec<u8>) -> Result<(), RelayError> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(RelayError::PayloadTooLarge(payload.len()));
-        }
         self.commands
-            .send(Command::Send { dst, payload })
+            .send(Command::send(dst, payload)?)
             .await
             .map_err(|_| RelayError::Stopped)
     }
@@ -240,9 +253,8 @@ impl RelayClient {
     /// Publishes a signed revocation list through the relay; it reaches every hub of the room and
     /// comes back as [`RelayEvent::Revocations`] once the relay has taken it.
     pub async fn publish_revocations(&self, signed: Vec<u8>) -> Result<(), RelayError> {
-        Frame::RevocationList(&signed).check()?;
         self.commands
-            .send(Command::Publish(signed))
+            .send(Command::publish(signed)?)
             .await
             .map_err(|_| RelayError::Stopped)
     }
@@ -299,17 +311,13 @@ pub struct RelayPermit<'a>(mpsc::Permit<'a, Command>);
 impl RelayPermit<'_> {
     /// Queues a payload for another hub, as [`RelayClient::send`] does.
     pub fn send(self, dst: HubId, payload: Vec<u8>) -> Result<(), RelayError> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(RelayError::PayloadTooLarge(payload.len()));
-        }
-        self.0.send(Command::Send { dst, payload });
+        self.0.send(Command::send(dst, payload)?);
         Ok(())
     }
 
     /// Queues a revocation list, as [`RelayClient::publish_revocations`] does.
     pub fn publish_revocations(self, signed: Vec<u8>) -> Result<(), RelayError> {
-        Frame::RevocationList(&signed).check()?;
-        self.0.send(Command::Publish(signed));
+        self.0.send(Command::publish(signed)?);
         Ok(())
     }
 
