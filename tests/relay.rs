@@ -1056,3 +1056,139 @@ async fn hub_relay_forgets_half_open_http_connections() {
         "a late head was not closed: {read:?}"
     );
 }
+
+both!(a_flooder_is_rate_limited_and_told_and_nobody_else_is);
+/// One member floods another at full speed, ignoring what the relay tells it, while a third
+/// pair pings. The flooder is told it is rate-limited (a `RateLimited` frame naming itself)
+/// and, still flooding 5 s later, closed with 4009; the hub it floods stays connected, the pair
+/// goes on pinging, and none of them is rate-limited.
+async fn a_flooder_is_rate_limited_and_told_and_nobody_else_is(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let (founder, _) = join(&relay, cluster.hub(1)).await;
+    let (mut c, _) = join(&relay, cluster.hub(3)).await;
+    let (mut d, _) = join(&relay, cluster.hub(4)).await;
+
+    // Every event of a hub that is not the flooder, read as it comes (a hub that reads).
+    let watch = |mut client: hub_client::RelayClient| {
+        tokio::spawn(async move {
+            let mut bad = Vec::new();
+            let mut messages = 0u64;
+            while let Some(e) = client.next_event().await {
+                match e {
+                    RelayEvent::Message { .. } => messages += 1,
+                    e @ (RelayEvent::Disconnected { .. } | RelayEvent::RateLimited { .. }) => {
+                        bad.push(e);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (messages, bad)
+        })
+    };
+    let founder = watch(founder);
+
+    let mut flood = raw(&relay, &cluster).await;
+    let hello = login_hello(&cluster.hub(2), now_ms());
+    flood.send(Message::Binary(hello.into())).await.unwrap();
+    let (mut sink, mut stream) = flood.split();
+    let payload = vec![0x55u8; 1024];
+    let frames: Vec<u8> = (0..64)
+        .flat_map(|_| {
+            Frame::Send {
+                dst: hub(1),
+                payload: &payload,
+            }
+            .to_message()
+            .unwrap()
+        })
+        .collect();
+    let flooding = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sink
+            .send(Message::Binary(frames.clone().into()))
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+        sent
+    });
+
+    // The pair pings all along, each ping answered within 15 s, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let pinging = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let ping = rounds.to_be_bytes().to_vec();
+            c.send(hub(4), ping.clone()).await.unwrap();
+            assert_eq!(bystander_message(&mut d, hub(3)).await, ping);
+            d.send(hub(3), ping.clone()).await.unwrap();
+            assert_eq!(bystander_message(&mut c, hub(4)).await, ping);
+            rounds += 1;
+        }
+        rounds
+    });
+
+    // The flooder is told, then closed with 4009 for going on.
+    let mut notices = 0u32;
+    let code = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Binary(bytes)) => {
+                    for f in shared_proto::relay::frame::frames(&bytes) {
+                        if let Ok(Frame::RateLimited { limited, .. }) = f {
+                            assert_eq!(limited, hub(2), "the flooder's own limit");
+                            notices += 1;
+                        }
+                    }
+                }
+                Ok(Message::Close(Some(frame))) => return u16::from(frame.code),
+                Ok(_) => {}
+                Err(e) => panic!("flooder's socket failed without a close frame: {e}"),
+            }
+        }
+        panic!("flooder's socket ended without a close frame");
+    })
+    .await
+    .expect("the flooder is closed within 60 s");
+    assert_eq!(code, CloseCode::RateLimited.code());
+    assert!(notices >= 1, "the flooder was told before it was closed");
+    let sent = flooding.await.unwrap();
+    assert!(sent > 0);
+
+    // The pair pinged through the flood; the flooded hub read along and stayed.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = pinging.await.expect("the pair pinged through the flood");
+    assert!(rounds > 0);
+    if founder.is_finished() {
+        let (_, bad) = founder.await.unwrap();
+        panic!("the flooded hub: {bad:?}");
+    }
+    founder.abort();
+}
+
+/// The next message from `from` to a hub that is not the flooder, within 15 s; being told it
+/// is rate-limited, or disconnected, fails the test.
+async fn bystander_message(
+    client: &mut hub_client::RelayClient,
+    from: shared_proto::HubId,
+) -> Vec<u8> {
+    let wait = async {
+        loop {
+            match client.next_event().await {
+                Some(RelayEvent::Message { from: f, payload }) if f == from => return payload,
+                Some(e @ (RelayEvent::RateLimited { .. } | RelayEvent::Disconnected { .. })) => {
+                    panic!("a bystander got {e:?}")
+                }
+                Some(_) => {}
+                None => panic!("a bystander's client stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .expect("a ping answered within 15 s")
+}

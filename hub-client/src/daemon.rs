@@ -251,6 +251,14 @@ async fn handle_event(
                 r.online.remove(&hub);
             });
         }
+        PeerEvent::Relay(RelayEvent::RateLimited { dropped, .. }) => {
+            // The relay client logged it; `hub status` shows it.
+            state.update_relay(|r| {
+                r.rate_limited += 1;
+                r.dropped += u64::from(dropped);
+                r.last_rate_limited_ms = Some(unix_ms());
+            });
+        }
         PeerEvent::Relay(RelayEvent::Revocations(list)) => {
             let version = list.version();
             let kept = state

@@ -456,7 +456,8 @@ impl RelayRoom {
             return Ok(());
         };
         self.sockets.borrow_mut().remove(&conn);
-        let stored = self.with_room(|room, actions| room.handle_disconnect(conn, actions));
+        let now = Date::now().as_millis();
+        let stored = self.with_room(|room, actions| room.handle_disconnect(conn, now, actions));
         self.persist(stored).await
     }
 }

@@ -1,6 +1,6 @@
 //! Byte cursor shared by the wire codecs: reads refuse to go past the end.
 
-use crate::relay::frame::{FrameError, FrameType, HubId};
+use crate::relay::frame::{FrameError, FrameType, HubId, HUB_ID_LEN, MAX_ROOM_MEMBERS};
 
 /// A cursor over borrowed bytes that refuses to read past the end.
 #[derive(Debug)]
@@ -46,6 +46,23 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn hub(&mut self) -> Result<HubId, FrameError> {
         Ok(HubId(self.array()?))
+    }
+
+    /// One hub id or more, as many as the body holds whole (bytes left over are for
+    /// [`Reader::finish`] to refuse), at most [`MAX_ROOM_MEMBERS`].
+    pub(crate) fn hub_list(&mut self) -> Result<Vec<HubId>, FrameError> {
+        let count = self.buf.len() / HUB_ID_LEN;
+        if count > MAX_ROOM_MEMBERS {
+            return Err(FrameError::TooLarge {
+                what: "presence list",
+                len: count,
+                max: MAX_ROOM_MEMBERS,
+            });
+        }
+        let hubs = (0..count.max(1))
+            .map(|_| self.hub())
+            .collect::<Result<_, _>>()?;
+        Ok(hubs)
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {

@@ -58,6 +58,23 @@ impl HubHome {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `hub ARGS` (which must succeed) until its stdout satisfies `pred`, for up to 15 s
+    /// (what a running hub knows of others arrives over the relay); returns that stdout.
+    pub fn ok_when(&self, args: &[&str], what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let out = self.ok(args);
+            if pred(&out) {
+                return out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hub {args:?}: no {what} within 15 s; last output:\n{out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Runs `hub ARGS`, which must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.output(args);

@@ -23,8 +23,8 @@ use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
 
 pub use crate::hub::view::{
-    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RelayView,
-    RevokedView, StatusView, SuspendedView,
+    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RateLimitedView,
+    RelayView, RevokedView, StatusView, SuspendedView,
 };
 pub use crate::hub::MAX_PAIRING_TTL_S;
 use crate::hub::{HubState, ServiceError};

@@ -20,8 +20,8 @@ use crate::unix_ms;
 pub mod view;
 
 use view::{
-    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RelayView,
-    RevokedView, StatusView, SuspendedView,
+    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RateLimitedView,
+    RelayView, RevokedView, StatusView, SuspendedView,
 };
 
 /// Longest pairing-token lifetime the hub grants.
@@ -93,6 +93,10 @@ pub(crate) struct RelayState {
     pub(crate) connected: bool,
     pub(crate) online: BTreeSet<HubId>,
     pub(crate) last_error: Option<String>,
+    /// Times the relay said this hub was rate-limited, frames it dropped, and the last time.
+    pub(crate) rate_limited: u64,
+    pub(crate) dropped: u64,
+    pub(crate) last_rate_limited_ms: Option<u64>,
 }
 
 /// State shared by the hub loop and the API handlers.
@@ -185,6 +189,11 @@ impl HubState {
                     connected: relay.connected,
                     rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
                     last_error: relay.last_error,
+                    rate_limited: relay.last_rate_limited_ms.map(|at| RateLimitedView {
+                        times: relay.rate_limited,
+                        dropped: relay.dropped,
+                        last_ms_ago: unix_ms().saturating_sub(at),
+                    }),
                 }),
                 peers_online: Some(relay.online.len()),
                 manifest_epoch: store.document(MANIFEST)?.map(|d| d.serial),

@@ -73,6 +73,20 @@ pub struct RelayView {
     pub rtt_ms: Option<f64>,
     /// Why the last connection ended, if it did.
     pub last_error: Option<String>,
+    /// Whether the relay has rate-limited this hub since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<RateLimitedView>,
+}
+
+/// How often the relay rate-limited this hub (it then sends slower for a while).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitedView {
+    /// Notices received from the relay.
+    pub times: u64,
+    /// Frames the relay dropped, as its notices counted them.
+    pub dropped: u64,
+    /// How long ago the last notice came (ms).
+    pub last_ms_ago: u64,
 }
 
 /// A peer as the API (and the CLI, offline) shows it.

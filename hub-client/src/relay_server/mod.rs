@@ -561,12 +561,19 @@ async fn run_socket<S>(
         let mut actions = Vec::new();
         match next {
             Some(Ok(Message::Binary(bytes))) => {
-                let (alive, stored, congested) = {
+                let (alive, stored, congested, throttled) = {
                     let mut e = lock(&entry);
-                    e.room.handle_message(conn, unix_ms(), &bytes, &mut actions);
+                    let now = unix_ms();
+                    e.room.handle_message(conn, now, &bytes, &mut actions);
                     let stored = e.perform(actions);
                     let congested = std::mem::take(&mut e.peers.congested);
-                    (e.peers.map.contains_key(&conn), stored, congested)
+                    let throttled = e.room.throttled_until(conn, now);
+                    (
+                        e.peers.map.contains_key(&conn),
+                        stored,
+                        congested,
+                        throttled,
+                    )
                 };
                 if let Some(bytes) = stored {
                     relay.keep_revocations(cluster_id, bytes);
@@ -575,9 +582,17 @@ async fn run_socket<S>(
                     // The room closed this socket (protocol error, replaced, slow, revoked).
                     break;
                 }
-                // Push back: read nothing more from this sender until its receivers caught up.
+                // Push back: read nothing more from this sender until its receivers caught up,
+                // and, over its rate limit, until the limit lets it send again (the room told
+                // it so): a flood waits in its own TCP buffers, not in the relay.
                 for queue in congested {
                     queue.wait_drained().await;
+                }
+                if let Some(until) = throttled {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(until.saturating_sub(unix_ms()))) => {}
+                        _ = &mut writer => break,
+                    }
                 }
             }
             Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE_REQUEST => {
@@ -605,7 +620,7 @@ async fn run_socket<S>(
     {
         let mut e = lock(&entry);
         let mut actions = Vec::new();
-        e.room.handle_disconnect(conn, &mut actions);
+        e.room.handle_disconnect(conn, unix_ms(), &mut actions);
         let _ = e.perform(actions);
         if let Some(peer) = e.peers.map.remove(&conn) {
             let _ = peer
@@ -627,7 +642,7 @@ fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: St
         let _ = peer.tx.send(Outgoing::Close(code, reason));
     }
     let mut actions = Vec::new();
-    e.room.handle_disconnect(conn, &mut actions);
+    e.room.handle_disconnect(conn, unix_ms(), &mut actions);
     let _ = e.perform(actions);
 }
 

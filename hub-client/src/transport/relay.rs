@@ -22,6 +22,7 @@ use shared_proto::relay::frame::{
     Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE, MAX_PAYLOAD,
 };
 use shared_proto::relay::path::{connect_path, is_valid_cluster_id};
+use shared_proto::relay::rate::{Limits, Pacer};
 use shared_proto::trust::login::Credentials;
 use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::CloseCode;
@@ -86,6 +87,16 @@ pub enum RelayEvent {
     Status(RoomStatus),
     /// A newer signed revocation list (already verified for this cluster): store it.
     Revocations(VerifiedRevocations),
+    /// The relay dropped frames this hub sent, for a rate limit (its own, or that of the hub
+    /// it sent to). The client has paused its sends for `retry_after` and goes on slower.
+    RateLimited {
+        /// Whose limit was hit: this hub's, or the receiver's.
+        limited: HubId,
+        /// How long sends were paused.
+        retry_after: Duration,
+        /// Frames dropped since the relay's previous notice.
+        dropped: u32,
+    },
     /// The relay announced a restart; the client reconnects after the delay it gave.
     Restarting {
         /// Suggested wait.
@@ -498,8 +509,11 @@ where
         tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead_after = config.keepalive * (config.keepalive_misses + 1);
+    // What this hub sends stays below the relay's rate limits, and slows when told.
+    let mut pacer = Pacer::new(Limits::default(), unix_ms());
 
     loop {
+        let paced = pacer.ready_at(unix_ms());
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -526,8 +540,22 @@ where
                         let mut decoded = Vec::new();
                         let result = session.handle_message(&bytes, &mut decoded);
                         for event in decoded {
-                            if let ClientEvent::Revocations(list) = &event {
-                                *held = Some(list.clone());
+                            match &event {
+                                ClientEvent::Revocations(list) => *held = Some(list.clone()),
+                                ClientEvent::RateLimited { limited, retry_after_ms, dropped } => {
+                                    let whose = if *limited == config.credentials.hub_id {
+                                        "this hub sends more than its share".to_owned()
+                                    } else {
+                                        format!("hub {limited} is sent more than its share")
+                                    };
+                                    tracing::warn!(
+                                        dropped,
+                                        retry_after_ms,
+                                        "rate-limited by the relay ({whose}); slowing down"
+                                    );
+                                    pacer.rate_limited(*retry_after_ms, unix_ms());
+                                }
+                                _ => {}
                             }
                             if events.send(relay_event(event)).await.is_err() {
                                 break;
@@ -553,24 +581,29 @@ where
             }
             // The writer's queue is full: wake when it has room again.
             _ = out.reserve(), if out.capacity() == 0 => {}
-            cmd = commands.recv(), if out.capacity() > 0 => {
+            // Over the pace: wake when a frame may go again.
+            () = sleep_until_ms(paced), if paced.is_some() => {}
+            cmd = commands.recv(), if out.capacity() > 0 && paced.is_none() => {
                 let Some(cmd) = cmd else {
                     writer.close(&out, close_message(CloseCode::Normal, "hub shutting down")).await;
                     return SessionEnd::Shutdown;
                 };
                 let mut batch = Vec::new();
                 let mut next = Some(cmd);
+                let now = unix_ms();
                 while let Some(cmd) = next.take() {
                     // `send` and `publish_revocations` checked the limits already.
+                    let before = batch.len();
                     let encoded = match cmd {
                         Command::Send { dst, payload } => Frame::Send { dst, payload: &payload }.encode(&mut batch),
                         Command::Status => Frame::StatusRequest.encode(&mut batch),
                         Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
                     };
-                    if let Err(e) = encoded {
-                        tracing::warn!("dropped a frame past the protocol's limits: {e}");
+                    match encoded {
+                        Ok(()) => pacer.sent(batch.len() - before, now),
+                        Err(e) => tracing::warn!("dropped a frame past the protocol's limits: {e}"),
                     }
-                    if batch.len() < BATCH_TARGET {
+                    if batch.len() < BATCH_TARGET && pacer.ready_at(now).is_none() {
                         next = commands.try_recv().ok();
                     }
                 }
@@ -585,6 +618,14 @@ where
                 let _ = out.try_send(Message::text(KEEPALIVE_REQUEST));
             }
         }
+    }
+}
+
+/// Sleeps until `at` (Unix ms); `None`: forever.
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -661,6 +702,15 @@ fn relay_event(event: ClientEvent) -> RelayEvent {
             reconnect_after: Duration::from_millis(after_ms),
         },
         ClientEvent::Revocations(list) => RelayEvent::Revocations(list),
+        ClientEvent::RateLimited {
+            limited,
+            retry_after_ms,
+            dropped,
+        } => RelayEvent::RateLimited {
+            limited,
+            retry_after: Duration::from_millis(retry_after_ms),
+            dropped,
+        },
     }
 }
 

@@ -48,6 +48,17 @@ pub enum ClientEvent {
     },
     /// A revocation list signed by the cluster CA, newer than the one held: keep it.
     Revocations(VerifiedRevocations),
+    /// The relay dropped frames of this hub for a rate limit: send nothing for `retry_after_ms`,
+    /// then slower (`relay::rate::Pacer::rate_limited`).
+    RateLimited {
+        /// Whose limit: this hub's own (it sends too much) or the receiver's (it is sent too
+        /// much by everyone together).
+        limited: HubId,
+        /// How long to send nothing.
+        retry_after_ms: u64,
+        /// Frames dropped since the previous notice.
+        dropped: u32,
+    },
 }
 
 /// How the relay broke the protocol.
@@ -161,8 +172,23 @@ impl ClientSession {
                         payload: payload.to_vec(),
                     }
                 }
-                Frame::PeerJoined(hub) => ClientEvent::PeerJoined(hub),
-                Frame::PeerLeft(hub) => ClientEvent::PeerLeft(hub),
+                Frame::PeerJoined(hubs) => {
+                    out.extend(hubs.into_iter().map(ClientEvent::PeerJoined));
+                    continue;
+                }
+                Frame::PeerLeft(hubs) => {
+                    out.extend(hubs.into_iter().map(ClientEvent::PeerLeft));
+                    continue;
+                }
+                Frame::RateLimited {
+                    limited,
+                    retry_after_ms,
+                    dropped,
+                } => ClientEvent::RateLimited {
+                    limited,
+                    retry_after_ms: u64::from(retry_after_ms),
+                    dropped,
+                },
                 Frame::Undeliverable(hub) => ClientEvent::Undeliverable(hub),
                 Frame::Status(status) => ClientEvent::Status(status),
                 Frame::Restarting { reconnect_after_ms } => {

@@ -36,6 +36,9 @@ pub enum CloseCode {
     /// 4008: nothing arrived from the hub, not even a keepalive, for the relay's idle timeout
     /// (`hub relay`: 150 s); the connection is presumed dead. Reconnect.
     IdleTimeout,
+    /// 4009: rate-limited: the hub went on sending past its rate limit for 5 s after the relay
+    /// told it so with `RateLimited` frames. Reconnect after a backoff, and send slower.
+    RateLimited,
     /// 1013: the relay is overloaded for this request; try again later.
     TryAgainLater,
     /// 4010: the `Hello` carried no certificate login.
@@ -69,7 +72,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 25] = [
+    pub const ALL: [CloseCode; 26] = [
         Self::Normal,
         Self::GoingAway,
         Self::InternalError,
@@ -82,6 +85,7 @@ impl CloseCode {
         Self::SlowConsumer,
         Self::RoomFull,
         Self::IdleTimeout,
+        Self::RateLimited,
         Self::TryAgainLater,
         Self::CertificateRequired,
         Self::ForeignCluster,
@@ -112,6 +116,7 @@ impl CloseCode {
             Self::SlowConsumer => 4006,
             Self::RoomFull => 4007,
             Self::IdleTimeout => 4008,
+            Self::RateLimited => 4009,
             Self::TryAgainLater => 1013,
             Self::CertificateRequired => 4010,
             Self::ForeignCluster => 4011,

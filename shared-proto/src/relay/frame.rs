@@ -125,11 +125,13 @@ pub enum FrameType {
     Restarting = 0x0a,
     /// both ways: the cluster's signed revocation list (a hub publishes, the relay delivers).
     RevocationList = 0x0b,
+    /// relay -> hub: frames of this hub were dropped for going past a rate limit.
+    RateLimited = 0x0c,
 }
 
 impl FrameType {
     /// Every registered type, in registry order.
-    pub const ALL: [FrameType; 11] = [
+    pub const ALL: [FrameType; 12] = [
         Self::Hello,
         Self::Welcome,
         Self::Send,
@@ -141,6 +143,7 @@ impl FrameType {
         Self::Status,
         Self::Restarting,
         Self::RevocationList,
+        Self::RateLimited,
     ];
 
     /// Looks a wire value up in the registry.
@@ -227,10 +230,12 @@ pub enum Frame<'a> {
         /// Opaque payload, up to [`MAX_PAYLOAD`] bytes.
         payload: &'a [u8],
     },
-    /// `hub: [u8; 16]`
-    PeerJoined(HubId),
-    /// `hub: [u8; 16]`
-    PeerLeft(HubId),
+    /// `hub: [u8; 16] * n` (n >= 1): hubs that came online (or reconnected), in the order they
+    /// did; the relay gathers the joins of a moment into one frame.
+    PeerJoined(Vec<HubId>),
+    /// `hub: [u8; 16] * n` (n >= 1): hubs that went offline. In a message that holds both, a
+    /// hub that left and came back is in the `PeerLeft` frame first.
+    PeerLeft(Vec<HubId>),
     /// `dst: [u8; 16]`: the hub a `Send` named is not online; its payload was dropped.
     Undeliverable(HubId),
     /// empty body
@@ -244,6 +249,18 @@ pub enum Frame<'a> {
     },
     /// the signed revocation list, as `cluster::RevocationList::sign` makes it
     RevocationList(&'a [u8]),
+    /// `limited: [u8; 16] | retry_after_ms: u32 | dropped: u32`: frames of this hub were dropped
+    /// because a rate limit was hit: its own (`limited` is its id) or that of the hub it sent
+    /// to (`limited` is that hub). `dropped` counts the frames dropped since the last such
+    /// frame; send nothing more for `retry_after_ms`, then slower.
+    RateLimited {
+        /// Whose limit was hit.
+        limited: HubId,
+        /// How long until the limit lets a frame like the last one dropped through.
+        retry_after_ms: u32,
+        /// Frames dropped since the previous `RateLimited` frame.
+        dropped: u32,
+    },
 }
 
 /// Why bytes are not a valid frame or message.
@@ -309,6 +326,7 @@ impl<'a> Frame<'a> {
             Frame::Status(_) => FrameType::Status,
             Frame::Restarting { .. } => FrameType::Restarting,
             Frame::RevocationList(_) => FrameType::RevocationList,
+            Frame::RateLimited { .. } => FrameType::RateLimited,
         }
     }
 
@@ -348,8 +366,13 @@ impl<'a> Frame<'a> {
             }
             Frame::RevocationList([]) => Err(FrameError::Invalid("empty revocation list")),
             Frame::RevocationList(doc) => limit("frame body", doc.len(), MAX_DOCUMENT_BODY),
-            Frame::PeerJoined(_)
-            | Frame::PeerLeft(_)
+            Frame::PeerJoined(hubs) | Frame::PeerLeft(hubs) => {
+                if hubs.is_empty() {
+                    return Err(FrameError::Invalid("empty presence list"));
+                }
+                limit("presence list", hubs.len(), MAX_ROOM_MEMBERS)
+            }
+            Frame::RateLimited { .. }
             | Frame::Undeliverable(_)
             | Frame::StatusRequest
             | Frame::Status(_)
@@ -392,8 +415,20 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&hub.0);
                 out.extend_from_slice(payload);
             }
-            Frame::PeerJoined(hub) | Frame::PeerLeft(hub) | Frame::Undeliverable(hub) => {
-                out.extend_from_slice(&hub.0);
+            Frame::PeerJoined(hubs) | Frame::PeerLeft(hubs) => {
+                for hub in hubs {
+                    out.extend_from_slice(&hub.0);
+                }
+            }
+            Frame::Undeliverable(hub) => out.extend_from_slice(&hub.0),
+            Frame::RateLimited {
+                limited,
+                retry_after_ms,
+                dropped,
+            } => {
+                out.extend_from_slice(&limited.0);
+                out.extend_from_slice(&retry_after_ms.to_be_bytes());
+                out.extend_from_slice(&dropped.to_be_bytes());
             }
             Frame::StatusRequest => {}
             Frame::Status(status) => {
@@ -499,8 +534,8 @@ impl<'a> Frame<'a> {
                     Frame::Recv { src: hub, payload }
                 }
             }
-            FrameType::PeerJoined => Frame::PeerJoined(r.hub()?),
-            FrameType::PeerLeft => Frame::PeerLeft(r.hub()?),
+            FrameType::PeerJoined => Frame::PeerJoined(r.hub_list()?),
+            FrameType::PeerLeft => Frame::PeerLeft(r.hub_list()?),
             FrameType::Undeliverable => Frame::Undeliverable(r.hub()?),
             FrameType::StatusRequest => Frame::StatusRequest,
             FrameType::Status => Frame::Status(RoomStatus {
@@ -517,6 +552,11 @@ impl<'a> Frame<'a> {
                 }
                 Frame::RevocationList(doc)
             }
+            FrameType::RateLimited => Frame::RateLimited {
+                limited: r.hub()?,
+                retry_after_ms: r.u32()?,
+                dropped: r.u32()?,
+            },
         })
     }
 }
@@ -623,8 +663,8 @@ mod tests {
                 src: hub(0x55),
                 payload: b"yo",
             },
-            FrameType::PeerJoined => Frame::PeerJoined(hub(0x66)),
-            FrameType::PeerLeft => Frame::PeerLeft(hub(0x77)),
+            FrameType::PeerJoined => Frame::PeerJoined(vec![hub(0x66)]),
+            FrameType::PeerLeft => Frame::PeerLeft(vec![hub(0x77)]),
             FrameType::Undeliverable => Frame::Undeliverable(hub(0x88)),
             FrameType::StatusRequest => Frame::StatusRequest,
             FrameType::Status => Frame::Status(RoomStatus {
@@ -635,6 +675,11 @@ mod tests {
                 reconnect_after_ms: 1500,
             },
             FrameType::RevocationList => Frame::RevocationList(b"HRRL"),
+            FrameType::RateLimited => Frame::RateLimited {
+                limited: hub(0x99),
+                retry_after_ms: 250,
+                dropped: 7,
+            },
         }
     }
 
@@ -663,6 +708,10 @@ mod tests {
             ),
             (FrameType::Restarting, "0a00000004 000005dc".to_owned()),
             (FrameType::RevocationList, "0b00000004 4852524c".to_owned()),
+            (
+                FrameType::RateLimited,
+                format!("0c00000018 {} 000000fa 00000007", id(0x99)),
+            ),
         ];
         assert_eq!(expected.len(), FrameType::ALL.len(), "a snapshot per type");
         for (ty, want) in expected {
@@ -874,13 +923,14 @@ mod tests {
         Welcome(u8, Vec<HubId>),
         Send(HubId, Vec<u8>),
         Recv(HubId, Vec<u8>),
-        Joined(HubId),
-        Left(HubId),
+        Joined(Vec<HubId>),
+        Left(Vec<HubId>),
         Undeliverable(HubId),
         StatusRequest,
         Status(u32, u64),
         Restarting(u32),
         Revocations(Vec<u8>),
+        RateLimited(HubId, u32, u32),
     }
 
     impl Owned {
@@ -906,8 +956,8 @@ mod tests {
                     src: *h,
                     payload: p,
                 },
-                Owned::Joined(h) => Frame::PeerJoined(*h),
-                Owned::Left(h) => Frame::PeerLeft(*h),
+                Owned::Joined(h) => Frame::PeerJoined(h.clone()),
+                Owned::Left(h) => Frame::PeerLeft(h.clone()),
                 Owned::Undeliverable(h) => Frame::Undeliverable(*h),
                 Owned::StatusRequest => Frame::StatusRequest,
                 Owned::Status(online, started) => Frame::Status(RoomStatus {
@@ -918,6 +968,11 @@ mod tests {
                     reconnect_after_ms: *ms,
                 },
                 Owned::Revocations(doc) => Frame::RevocationList(doc),
+                Owned::RateLimited(h, ms, n) => Frame::RateLimited {
+                    limited: *h,
+                    retry_after_ms: *ms,
+                    dropped: *n,
+                },
             }
         }
     }
@@ -936,13 +991,15 @@ mod tests {
                 .prop_map(|(v, o)| Owned::Welcome(v, o)),
             (arb_hub(), payload.clone()).prop_map(|(h, p)| Owned::Send(h, p)),
             (arb_hub(), payload).prop_map(|(h, p)| Owned::Recv(h, p)),
-            arb_hub().prop_map(Owned::Joined),
-            arb_hub().prop_map(Owned::Left),
+            proptest::collection::vec(arb_hub(), 1..20).prop_map(Owned::Joined),
+            proptest::collection::vec(arb_hub(), 1..20).prop_map(Owned::Left),
             arb_hub().prop_map(Owned::Undeliverable),
             Just(Owned::StatusRequest),
             (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Status(a, b)),
             any::<u32>().prop_map(Owned::Restarting),
             proptest::collection::vec(any::<u8>(), 1..512).prop_map(Owned::Revocations),
+            (arb_hub(), any::<u32>(), any::<u32>())
+                .prop_map(|(h, a, b)| Owned::RateLimited(h, a, b)),
         ]
     }
 

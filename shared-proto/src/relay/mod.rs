@@ -12,4 +12,5 @@ pub mod client;
 pub mod close;
 pub mod frame;
 pub mod path;
+pub mod rate;
 pub mod room;

@@ -32,9 +32,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::relay::close::CloseCode;
 use crate::relay::frame::{
-    frames, Frame, FrameError, FrameType, HubId, RoomStatus, MAX_MESSAGE, MAX_ROOM_MEMBERS,
-    PROTOCOL_VERSION,
+    frames, Frame, FrameError, FrameType, HubId, RoomStatus, FRAME_HEADER_LEN, HUB_ID_LEN,
+    MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
 };
+use crate::relay::rate::{Limits, TokenBucket, CLOSE_AFTER_MS, EPISODE_GAP_MS, NOTICE_INTERVAL_MS};
 use crate::trust::login::{
     verify_login, LoginError, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
 };
@@ -101,6 +102,9 @@ pub enum RoomError {
     /// A revocation list not signed by the cluster CA, or malformed.
     #[error("revocation list refused: {0}")]
     Revocations(TrustError),
+    /// A member went on sending past its rate limit after being told.
+    #[error("rate-limited: still sending past the limit {} s after being told", CLOSE_AFTER_MS / 1000)]
+    RateLimited,
 }
 
 impl RoomError {
@@ -116,6 +120,7 @@ impl RoomError {
             RoomError::TooManyGuests | RoomError::GuestRate => CloseCode::TryAgainLater,
             RoomError::GuestLimit(_) => CloseCode::GuestLimit,
             RoomError::GuestTooLarge => CloseCode::TooLarge,
+            RoomError::RateLimited => CloseCode::RateLimited,
             RoomError::RelayOnlyFrame(_)
             | RoomError::SecondHello
             | RoomError::Unexpected(_)
@@ -221,6 +226,13 @@ pub const MAX_PENDING: usize = 256;
 /// every 25 s by default.
 pub const IDLE_TIMEOUT_MS: u64 = 150_000;
 
+/// Presence changes (joins, leaves) in this window after an announcement are gathered and
+/// announced together at its end: one message per member, however many hubs came back.
+pub const PRESENCE_WINDOW_MS: u64 = 100;
+
+/// Most presence changes gathered before they are announced, window or not.
+pub const MAX_PRESENCE_LOG: usize = 4096;
+
 /// The sockets of a relay, as [`Room::perform`] drives them.
 pub trait Sockets {
     /// Sends one message on `conn`. An `Err` means the socket cannot take it: the room then
@@ -249,6 +261,11 @@ pub struct RoomConfig {
     /// Durable Object leaves it off: the runtime answers keepalives without waking the room,
     /// and an idle room must not be woken by a timer.
     pub idle_timeout_ms: Option<u64>,
+    /// What each member may send and be sent ([`crate::relay::rate`]).
+    pub limits: Limits,
+    /// Presence changes within this long after an announcement are gathered into one
+    /// (default [`PRESENCE_WINDOW_MS`]; 0 announces each at once).
+    pub presence_window_ms: u64,
 }
 
 impl RoomConfig {
@@ -259,6 +276,8 @@ impl RoomConfig {
             instance_started_ms,
             max_members: MAX_ROOM_MEMBERS,
             idle_timeout_ms: None,
+            limits: Limits::default(),
+            presence_window_ms: PRESENCE_WINDOW_MS,
         }
     }
 }
@@ -275,6 +294,74 @@ enum ConnState {
 struct Conn {
     state: ConnState,
     deadline: Option<u64>,
+    /// For a member: its rate limits.
+    rate: Option<MemberRate>,
+    /// For a member: how much of the presence log it has been told.
+    seen: usize,
+}
+
+/// A member's share of the relay: what it may send and be sent, and how it was told.
+#[derive(Debug, Clone, Copy)]
+struct MemberRate {
+    send_frames: TokenBucket,
+    send_bytes: TokenBucket,
+    recv_bytes: TokenBucket,
+    /// Frames dropped since the last notice.
+    dropped: u32,
+    /// No notice before then.
+    next_notice_ms: u64,
+    /// When the current episode of drops began (the first notice of it).
+    episode_start: Option<u64>,
+    last_drop_ms: u64,
+    /// Its own limit lets a frame through again then.
+    throttled_until: u64,
+}
+
+impl MemberRate {
+    fn new(limits: &Limits, now_ms: u64) -> Self {
+        MemberRate {
+            send_frames: TokenBucket::new(limits.send_frames, now_ms),
+            send_bytes: TokenBucket::new(limits.send_bytes, now_ms),
+            recv_bytes: TokenBucket::new(limits.recv_bytes, now_ms),
+            dropped: 0,
+            next_notice_ms: 0,
+            episode_start: None,
+            last_drop_ms: 0,
+            throttled_until: 0,
+        }
+    }
+
+    /// Takes a frame of `bytes` from the sender's buckets; the wait if it may not send it.
+    fn send(&mut self, bytes: u64, now_ms: u64) -> Result<(), u64> {
+        let frames = self.send_frames.check(1, now_ms);
+        let bytes_ok = self.send_bytes.check(bytes, now_ms);
+        match (frames, bytes_ok) {
+            (Ok(()), Ok(())) => {
+                self.send_frames.take_with_debt(1, now_ms);
+                self.send_bytes.take_with_debt(bytes, now_ms);
+                Ok(())
+            }
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(wait), _) | (_, Err(wait)) => Err(wait),
+        }
+    }
+}
+
+/// A presence change, as the log keeps it until it is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Joined,
+    Left,
+}
+
+/// Presence changes not yet told to every member. Each member's [`Conn::seen`] is the index
+/// from which it still has to be told.
+#[derive(Debug, Default)]
+struct Presence {
+    log: Vec<(HubId, Change)>,
+    /// When the gathered changes are announced.
+    due: Option<u64>,
+    last_flush_ms: Option<u64>,
 }
 
 /// A pairing guest: a hub without a certificate, admitted to reach one member (its token's
@@ -298,6 +385,10 @@ pub struct Room {
     guest_admissions: std::collections::VecDeque<u64>,
     replays: ReplayGuard,
     revocations: Option<VerifiedRevocations>,
+    presence: Presence,
+    /// The latest time the caller gave (Unix ms), for what happens without one (a socket that
+    /// refused a message).
+    now_ms: u64,
 }
 
 /// Outgoing messages of one `handle_message` call, batched per destination.
@@ -354,6 +445,8 @@ impl Room {
             guest_admissions: std::collections::VecDeque::new(),
             replays: ReplayGuard::default(),
             revocations: None,
+            presence: Presence::default(),
+            now_ms: 0,
         }
     }
 
@@ -427,6 +520,7 @@ impl Room {
             conn,
             ConnState::AwaitingHello,
             Some(now_ms.saturating_add(HELLO_TIMEOUT_MS)),
+            now_ms,
         );
     }
 
@@ -445,16 +539,22 @@ impl Room {
         now_ms: u64,
         out: &mut Vec<Action>,
     ) {
+        self.tick(now_ms);
         let Some(member) = member else {
             let deadline = accepted_ms.saturating_add(HELLO_TIMEOUT_MS);
-            self.insert(conn, ConnState::AwaitingHello, Some(deadline));
+            self.insert(conn, ConnState::AwaitingHello, Some(deadline), now_ms);
             return;
         };
         let hub = member.hub;
         if let Some(issuer) = member.guest_of {
             self.guests.insert(hub, Guest { conn, info: member });
             let deadline = member.admitted_ms.saturating_add(GUEST_LIFETIME_MS);
-            self.insert(conn, ConnState::Guest { hub, issuer }, Some(deadline));
+            self.insert(
+                conn,
+                ConnState::Guest { hub, issuer },
+                Some(deadline),
+                now_ms,
+            );
             return;
         }
         let idle = self.idle_deadline(now_ms);
@@ -462,12 +562,12 @@ impl Room {
             Some(&other) if other > conn => conn,
             Some(&other) => {
                 self.forget(other);
-                self.insert(conn, ConnState::Member(member), idle);
+                self.insert(conn, ConnState::Member(member), idle, now_ms);
                 self.members.insert(hub, conn);
                 other
             }
             None => {
-                self.insert(conn, ConnState::Member(member), idle);
+                self.insert(conn, ConnState::Member(member), idle, now_ms);
                 self.members.insert(hub, conn);
                 return;
             }
@@ -480,15 +580,29 @@ impl Room {
     }
 
     /// The earliest deadline of the room (Unix ms): call [`Room::handle_timeout`] then, or
-    /// sooner. `None`: no deadline (nothing but members, and no idle timeout).
+    /// sooner. `None`: no deadline (nothing but members, no idle timeout, no presence change
+    /// waiting to be announced).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.timers.first().map(|&(at, _)| at)
+        let socket = self.timers.first().map(|&(at, _)| at);
+        match (socket, self.presence.due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Closes every socket whose deadline is at or before `now_ms`: no `Hello` in time (`4003`),
-    /// a pairing guest's time up (`4021`), a member idle past the idle timeout (`4008`).
+    /// a pairing guest's time up (`4021`), a member idle past the idle timeout (`4008`); and
+    /// announces the presence changes gathered, when their window ends.
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.tick(now_ms);
+        self.expire(now_ms, out);
+        if self.presence.due.is_some_and(|due| due <= now_ms) {
+            self.flush_presence(now_ms, out);
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now_ms {
                 break;
@@ -517,7 +631,20 @@ impl Room {
 
     /// The relay answered a keepalive of `conn` itself: it counts as activity.
     pub fn handle_keepalive(&mut self, conn: ConnId, now_ms: u64) {
+        self.tick(now_ms);
         self.touch(conn, now_ms);
+    }
+
+    fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// When `conn`, a member over its own rate limit, may send a frame again (Unix ms): `None`
+    /// if it may now. `hub relay` reads nothing more from it until then, so that a flood waits
+    /// in the sender's TCP buffers rather than costing the relay.
+    pub fn throttled_until(&self, conn: ConnId, now_ms: u64) -> Option<u64> {
+        let until = self.conns.get(&conn)?.rate?.throttled_until;
+        (until > now_ms).then_some(until)
     }
 
     /// A member was heard from: its idle deadline moves (in steps of an eighth of the timeout,
@@ -547,12 +674,23 @@ impl Room {
     }
 
     /// Adds (or replaces) a socket with its state and deadline.
-    fn insert(&mut self, conn: ConnId, state: ConnState, deadline: Option<u64>) {
+    fn insert(&mut self, conn: ConnId, state: ConnState, deadline: Option<u64>, now_ms: u64) {
         self.forget(conn);
         if state == ConnState::AwaitingHello {
             self.pending += 1;
         }
-        self.conns.insert(conn, Conn { state, deadline });
+        let rate = matches!(state, ConnState::Member(_))
+            .then(|| MemberRate::new(&self.config.limits, now_ms));
+        let seen = self.presence.log.len();
+        self.conns.insert(
+            conn,
+            Conn {
+                state,
+                deadline,
+                rate,
+                seen,
+            },
+        );
         if let Some(at) = deadline {
             self.timers.insert((at, conn));
         }
@@ -594,7 +732,7 @@ impl Room {
                     Action::Send { conn, message } => {
                         if let Err(code) = sockets.send(conn, message) {
                             sockets.close(conn, code, "the socket did not take a message".into());
-                            self.handle_disconnect(conn, &mut follow_up);
+                            self.disconnected(conn, &mut follow_up);
                         }
                     }
                     Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
@@ -607,8 +745,13 @@ impl Room {
         }
     }
 
-    /// A socket closed (by either side) or failed.
-    pub fn handle_disconnect(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+    /// A socket closed (by either side) or failed, at `now_ms`.
+    pub fn handle_disconnect(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<Action>) {
+        self.tick(now_ms);
+        self.disconnected(conn, out);
+    }
+
+    fn disconnected(&mut self, conn: ConnId, out: &mut Vec<Action>) {
         let hub = match self.forget(conn) {
             Some(ConnState::Member(MemberInfo { hub, .. })) => hub,
             Some(ConnState::Guest { hub, .. }) => {
@@ -631,8 +774,72 @@ impl Room {
             let reason = "the issuer of the pairing token left".to_owned();
             self.close(guest, CloseCode::IssuerOffline, reason, out);
         }
-        for &other in self.members.values() {
-            out.push(send(other, &Frame::PeerLeft(hub)));
+        self.announce(hub, Change::Left, out);
+    }
+
+    /// Tells the members that `hub` joined or left: at once if nothing was announced within
+    /// [`PRESENCE_WINDOW_MS`], else with the other changes of that window at its end.
+    fn announce(&mut self, hub: HubId, change: Change, out: &mut Vec<Action>) {
+        let now_ms = self.now_ms;
+        let window = self.config.presence_window_ms;
+        let presence = &mut self.presence;
+        presence.log.push((hub, change));
+        let window_end = presence
+            .last_flush_ms
+            .map_or(0, |t| t.saturating_add(window));
+        if presence.log.len() >= MAX_PRESENCE_LOG
+            || (presence.due.is_none() && now_ms >= window_end)
+        {
+            self.flush_presence(now_ms, out);
+        } else if presence.due.is_none() {
+            presence.due = Some(window_end);
+        }
+    }
+
+    /// Announces every gathered presence change to the members that have not been told it:
+    /// one message each, with the hubs that left in one `PeerLeft` frame and those that joined
+    /// in one `PeerJoined` frame.
+    fn flush_presence(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let mut messages: HashMap<usize, Vec<u8>> = HashMap::new();
+        for &conn in self.members.values() {
+            let Some(seen) = self.conns.get(&conn).map(|c| c.seen) else {
+                continue;
+            };
+            if seen >= self.presence.log.len() {
+                continue;
+            }
+            let message = messages
+                .entry(seen)
+                .or_insert_with(|| presence_message(&self.presence.log[seen..]));
+            if !message.is_empty() {
+                out.push(Action::Send {
+                    conn,
+                    message: message.clone(),
+                });
+            }
+        }
+        for c in self.conns.values_mut() {
+            c.seen = 0;
+        }
+        self.presence.log.clear();
+        self.presence.due = None;
+        self.presence.last_flush_ms = Some(now_ms);
+    }
+
+    /// Tells one member the presence changes it has not been told yet, ahead of a payload
+    /// for it (which may come from a hub whose join is among them).
+    fn flush_presence_to(&mut self, conn: ConnId, outbox: &mut Outbox, out: &mut Vec<Action>) {
+        let len = self.presence.log.len();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.seen >= len {
+            return;
+        }
+        let (left, joined) = net_presence(&self.presence.log[c.seen..]);
+        c.seen = len;
+        for frame in presence_frames(left, joined) {
+            outbox.push(conn, &frame, out);
         }
     }
 
@@ -656,6 +863,7 @@ impl Room {
         out: &mut Vec<Action>,
     ) {
         let mut outbox = Outbox::default();
+        self.tick(now_ms);
         self.touch(conn, now_ms);
         for frame in frames(message) {
             let Some(state) = self.conns.get(&conn).map(|c| c.state) else {
@@ -694,6 +902,16 @@ impl Room {
         if !ty.is_hub_to_relay() {
             return Err(RoomError::RelayOnlyFrame(ty));
         }
+        let cost = wire_len(&frame);
+        if let ConnState::Member(m) = state {
+            let charged = match self.conns.get_mut(&conn).and_then(|c| c.rate.as_mut()) {
+                Some(rate) => rate.send(cost, now_ms),
+                None => Ok(()),
+            };
+            if let Err(wait) = charged {
+                return self.dropped(conn, m.hub, wait, true, now_ms, outbox, out);
+            }
+        }
         match (state, frame) {
             (ConnState::AwaitingHello, Frame::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
@@ -730,8 +948,18 @@ impl Room {
                 self.publish_revocations(conn, doc, outbox, out)
             }
             (ConnState::Member(MemberInfo { hub: src, .. }), Frame::Send { dst, payload }) => {
-                match self.members.get(&dst) {
-                    Some(&to) => outbox.push(to, &Frame::Recv { src, payload }, out),
+                match self.members.get(&dst).copied() {
+                    Some(to) => {
+                        let taken = match self.conns.get_mut(&to).and_then(|c| c.rate.as_mut()) {
+                            Some(rate) => rate.recv_bytes.try_take(cost, now_ms),
+                            None => Ok(()),
+                        };
+                        if let Err(wait) = taken {
+                            return self.dropped(conn, dst, wait, false, now_ms, outbox, out);
+                        }
+                        self.flush_presence_to(to, outbox, out);
+                        outbox.push(to, &Frame::Recv { src, payload }, out);
+                    }
                     None => match self.guests.get(&dst) {
                         // Only the guest's issuer reaches it.
                         Some(g) if g.info.guest_of == Some(src) => {
@@ -777,9 +1005,16 @@ impl Room {
             });
         }
         let idle = self.idle_deadline(now_ms);
-        self.insert(conn, ConnState::Member(member), idle);
+        self.insert(conn, ConnState::Member(member), idle, now_ms);
         self.members.insert(hub, conn);
         out.push(Action::Admitted { conn, member });
+        // The others learn of it (now or with this moment's other joins); it learns of them
+        // from its Welcome, so nothing gathered so far, its own join included, is for it.
+        let told = self.presence.log.len() + 1;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.seen = told;
+        }
+        self.announce(hub, Change::Joined, out);
 
         let online: Vec<HubId> = self
             .members
@@ -797,10 +1032,50 @@ impl Room {
             welcome.push(conn, &Frame::RevocationList(list.bytes()), out);
         }
         welcome.flush(out);
-        for (&other_hub, &other) in &self.members {
-            if other_hub != hub {
-                out.push(send(other, &Frame::PeerJoined(hub)));
-            }
+        Ok(())
+    }
+
+    /// A frame of `conn` was dropped because `limited`'s limit (its own if `own`, else its
+    /// receiver's) lets it through only in `wait` ms: counted, told (at most every
+    /// [`NOTICE_INTERVAL_MS`]), and past [`CLOSE_AFTER_MS`] of this, closed.
+    #[allow(clippy::too_many_arguments)]
+    fn dropped(
+        &mut self,
+        conn: ConnId,
+        limited: HubId,
+        wait: u64,
+        own: bool,
+        now_ms: u64,
+        outbox: &mut Outbox,
+        out: &mut Vec<Action>,
+    ) -> Result<(), RoomError> {
+        let Some(rate) = self.conns.get_mut(&conn).and_then(|c| c.rate.as_mut()) else {
+            return Ok(());
+        };
+        rate.dropped = rate.dropped.saturating_add(1);
+        let episode = match rate.episode_start {
+            Some(start) if now_ms.saturating_sub(rate.last_drop_ms) < EPISODE_GAP_MS => start,
+            _ => now_ms,
+        };
+        rate.episode_start = Some(episode);
+        rate.last_drop_ms = now_ms;
+        if now_ms.saturating_sub(episode) >= CLOSE_AFTER_MS {
+            return Err(RoomError::RateLimited);
+        }
+        // Never more than a minute: the limits refill far faster than that.
+        let wait = wait.min(60_000);
+        if own {
+            rate.throttled_until = rate.throttled_until.max(now_ms.saturating_add(wait));
+        }
+        if now_ms >= rate.next_notice_ms {
+            let frame = Frame::RateLimited {
+                limited,
+                retry_after_ms: wait as u32,
+                dropped: rate.dropped,
+            };
+            rate.dropped = 0;
+            rate.next_notice_ms = now_ms.saturating_add(wait.max(NOTICE_INTERVAL_MS));
+            outbox.push(conn, &frame, out);
         }
         Ok(())
     }
@@ -846,7 +1121,12 @@ impl Room {
         };
         self.guests.insert(hub, Guest { conn, info: member });
         let deadline = now_ms.saturating_add(GUEST_LIFETIME_MS);
-        self.insert(conn, ConnState::Guest { hub, issuer }, Some(deadline));
+        self.insert(
+            conn,
+            ConnState::Guest { hub, issuer },
+            Some(deadline),
+            now_ms,
+        );
         out.push(Action::Admitted { conn, member });
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
@@ -931,6 +1211,10 @@ impl Room {
         for c in revoked {
             self.close(c, CloseCode::Revoked, "certificate revoked".into(), out);
         }
+        // The members learn who left (the revoked hubs among them) before they get the list.
+        if !self.presence.log.is_empty() {
+            self.flush_presence(self.now_ms, out);
+        }
         let frame = Frame::RevocationList(list.bytes());
         for &member in self.members.values() {
             out.push(send(member, &frame));
@@ -948,8 +1232,73 @@ impl Room {
     fn close(&mut self, conn: ConnId, code: CloseCode, mut reason: String, out: &mut Vec<Action>) {
         truncate_reason(&mut reason);
         out.push(Action::Close { conn, code, reason });
-        self.handle_disconnect(conn, out);
+        self.disconnected(conn, out);
     }
+}
+
+/// What a member must be told of `log` (oldest first): the hubs that left (or left and came
+/// back) and the hubs that are online at its end after a change, each once, in log order.
+fn net_presence(log: &[(HubId, Change)]) -> (Vec<HubId>, Vec<HubId>) {
+    // Per hub: its first and last change.
+    let mut order: Vec<HubId> = Vec::new();
+    let mut ends: HashMap<HubId, (Change, Change)> = HashMap::new();
+    for &(hub, change) in log {
+        ends.entry(hub)
+            .and_modify(|e| e.1 = change)
+            .or_insert_with(|| {
+                order.push(hub);
+                (change, change)
+            });
+    }
+    let mut left = Vec::new();
+    let mut joined = Vec::new();
+    for hub in order {
+        let Some(&(first, last)) = ends.get(&hub) else {
+            continue;
+        };
+        // A hub that was online before (its first change is a leave) or is gone at the end.
+        if first == Change::Left || last == Change::Left {
+            left.push(hub);
+        }
+        if last == Change::Joined {
+            joined.push(hub);
+        }
+    }
+    (left, joined)
+}
+
+/// `PeerLeft` then `PeerJoined` frames for these hubs, at most [`MAX_ROOM_MEMBERS`] a frame.
+fn presence_frames(left: Vec<HubId>, joined: Vec<HubId>) -> Vec<Frame<'static>> {
+    let lists = |hubs: Vec<HubId>| {
+        hubs.chunks(MAX_ROOM_MEMBERS)
+            .map(<[HubId]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    let mut frames: Vec<Frame<'static>> = lists(left).into_iter().map(Frame::PeerLeft).collect();
+    frames.extend(lists(joined).into_iter().map(Frame::PeerJoined));
+    frames
+}
+
+/// The presence frames for `log` as one message (or more, joined, if past [`MAX_MESSAGE`]:
+/// at most 1,024 hubs of 16 bytes a frame keeps it far below).
+fn presence_message(log: &[(HubId, Change)]) -> Vec<u8> {
+    let (left, joined) = net_presence(log);
+    let mut message = Vec::new();
+    for frame in presence_frames(left, joined) {
+        // Non-empty and within the member limit by construction.
+        let _ = frame.encode(&mut message);
+    }
+    message
+}
+
+/// A member frame's size on the wire, as the rate limits count it.
+fn wire_len(frame: &Frame<'_>) -> u64 {
+    let body = match frame {
+        Frame::Send { payload, .. } => HUB_ID_LEN + payload.len(),
+        Frame::RevocationList(doc) => doc.len(),
+        _ => 0,
+    };
+    (FRAME_HEADER_LEN + body) as u64
 }
 
 /// One frame as a message for `conn`.
@@ -1079,8 +1428,12 @@ mod tests {
         out
     }
 
+    /// A room that announces each presence change at once (the window has its own test).
     fn room() -> Room {
-        Room::new(RoomConfig::new(ca().cluster_id(), 42))
+        Room::new(RoomConfig {
+            presence_window_ms: 0,
+            ..RoomConfig::new(ca().cluster_id(), 42)
+        })
     }
 
     fn guest_hello(guest: HubId, issuer: HubId) -> Vec<u8> {
@@ -1201,7 +1554,7 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(11), CloseCode::ProtocolError)]);
         let _ = guest_join(&mut r, 12, hub(0xa2), hub(1), NOW);
         let mut out = Vec::new();
-        r.handle_disconnect(ConnId(1), &mut out);
+        r.handle_disconnect(ConnId(1), NOW, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(12), CloseCode::IssuerOffline)]);
         assert_eq!(r.connections(), 0, "every socket was closed and forgotten");
     }
@@ -1239,7 +1592,7 @@ mod tests {
             let out = guest_join(&mut r, 100 + i, hub(0x80 + i as u8), hub(1), at);
             assert!(closes(&out).is_empty(), "guest {i}");
             let mut out = Vec::new();
-            r.handle_disconnect(ConnId(100 + i), &mut out);
+            r.handle_disconnect(ConnId(100 + i), NOW, &mut out);
         }
         let out = guest_join(&mut r, 200, hub(0xf0), hub(1), NOW + 100);
         assert_eq!(closes(&out), vec![(ConnId(200), CloseCode::TryAgainLater)]);
@@ -1401,9 +1754,246 @@ mod tests {
         );
         assert_eq!(
             sent_to(&out, ConnId(1)),
-            vec![vec![Frame::PeerJoined(hub(2))]]
+            vec![vec![Frame::PeerJoined(vec![hub(2)])]]
         );
         assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(1), hub(2)]);
+    }
+
+    fn join_at(room: &mut Room, conn: u64, h: HubId, at: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        room.handle_connect(ConnId(conn), at, &mut out);
+        room.handle_message(ConnId(conn), at, &hello(h), &mut out);
+        out
+    }
+
+    /// The `RateLimited` frames sent to `conn`: (whose limit, retry after, dropped).
+    fn notices(actions: &[Action], conn: ConnId) -> Vec<(HubId, u32, u32)> {
+        sent_to(actions, conn)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| match f {
+                Frame::RateLimited {
+                    limited,
+                    retry_after_ms,
+                    dropped,
+                } => Some((limited, retry_after_ms, dropped)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn recvs(actions: &[Action], conn: ConnId) -> usize {
+        sent_to(actions, conn)
+            .into_iter()
+            .flatten()
+            .filter(|f| matches!(f, Frame::Recv { .. }))
+            .count()
+    }
+
+    fn limited_room(limits: Limits) -> Room {
+        Room::new(RoomConfig {
+            limits,
+            presence_window_ms: 0,
+            ..RoomConfig::new(ca().cluster_id(), 42)
+        })
+    }
+
+    /// One member sending past its limit loses the frames past it and is told, once per
+    /// notice interval, with the count; the others' frames go through; a flooder that goes
+    /// on for 5 s is closed with 4009, and nobody else is.
+    #[test]
+    fn a_flooder_is_limited_and_told_and_nobody_else_is() {
+        use crate::relay::rate::Rate;
+        let big = Rate::new(1 << 30, 1 << 30);
+        let mut r = limited_room(Limits {
+            send_frames: Rate::new(100, 10),
+            send_bytes: big,
+            recv_bytes: big,
+        });
+        for i in 1..=4 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        // Hub 1 sends 50 frames to hub 2 in one message: 10 pass, 40 are dropped, one notice.
+        let flood: Vec<u8> = (0..50).flat_map(|_| send(hub(2), b"x")).collect();
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW, &flood, &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 10);
+        // 100 frames a second: the next one in 10 ms.
+        assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 1)]);
+        assert_eq!(r.throttled_until(ConnId(1), NOW), Some(NOW + 10));
+        // Hub 3 and hub 4 are not limited by it.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(3), NOW, &send(hub(4), b"ping"), &mut out);
+        r.handle_message(ConnId(4), NOW, &send(hub(3), b"pong"), &mut out);
+        r.handle_message(ConnId(3), NOW, &send(hub(2), b"hi"), &mut out);
+        assert_eq!(recvs(&out, ConnId(4)), 1);
+        assert_eq!(recvs(&out, ConnId(3)), 1);
+        assert_eq!(recvs(&out, ConnId(2)), 1);
+        assert!(notices(&out, ConnId(3)).is_empty() && notices(&out, ConnId(4)).is_empty());
+        // The next notice carries the drops since the last one.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW + 300, &flood, &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 10, "refilled: 10 pass");
+        assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 39 + 1)]);
+        // Still flooding 5 s after the first notice: closed as rate-limited.
+        let mut at = NOW + 300;
+        let mut closed = Vec::new();
+        while closed.is_empty() && at < NOW + 10_000 {
+            at += 200;
+            let mut out = Vec::new();
+            r.handle_message(ConnId(1), at, &flood, &mut out);
+            closed = closes(&out);
+        }
+        assert_eq!(closed, vec![(ConnId(1), CloseCode::RateLimited)]);
+        assert!(
+            (NOW + 5_000..NOW + 5_200).contains(&at),
+            "closed at {}",
+            at - NOW
+        );
+        assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(2), hub(3), hub(4)]);
+    }
+
+    /// A member that stops when told starts a new episode: it is never closed.
+    #[test]
+    fn a_member_that_backs_off_is_never_closed() {
+        use crate::relay::rate::Rate;
+        let big = Rate::new(1 << 30, 1 << 30);
+        let mut r = limited_room(Limits {
+            send_frames: Rate::new(100, 10),
+            send_bytes: big,
+            recv_bytes: big,
+        });
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let burst: Vec<u8> = (0..11).flat_map(|_| send(hub(2), b"x")).collect();
+        for second in 0..20 {
+            let mut out = Vec::new();
+            r.handle_message(ConnId(1), NOW + second * 1_100, &burst, &mut out);
+            assert_eq!(notices(&out, ConnId(1)).len(), 1, "second {second}");
+            assert!(closes(&out).is_empty(), "second {second}");
+        }
+    }
+
+    /// Many senders within their own limits cannot push one receiver past its limit: the
+    /// frames past it are dropped, and each sender is told whose limit it was.
+    #[test]
+    fn a_receiver_is_sent_no_more_than_its_limit() {
+        use crate::relay::rate::Rate;
+        let mut r = limited_room(Limits {
+            send_frames: Rate::new(1 << 20, 1 << 20),
+            send_bytes: Rate::new(1 << 30, 1 << 30),
+            recv_bytes: Rate::new(10_000, 1_000),
+        });
+        for i in 1..=3 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        let payload = [0u8; 79]; // 100 bytes on the wire
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            r.handle_message(ConnId(1), NOW, &send(hub(3), &payload), &mut out);
+            r.handle_message(ConnId(2), NOW, &send(hub(3), &payload), &mut out);
+        }
+        assert_eq!(recvs(&out, ConnId(3)), 10);
+        assert_eq!(notices(&out, ConnId(2)), vec![(hub(3), 10, 1)]);
+        assert_eq!(notices(&out, ConnId(1)), vec![(hub(3), 10, 1)]);
+        // A receiver's limit does not hold its senders' reading.
+        assert_eq!(r.throttled_until(ConnId(1), NOW), None);
+        // Hub 1 to hub 2 is not affected.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW, &send(hub(2), &payload), &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 1);
+    }
+
+    /// Joins and leaves within the window after an announcement are announced together at its
+    /// end: one message per member, leaves first, each hub once; a payload from a hub a member
+    /// has not been told of yet comes after its announcement.
+    #[test]
+    fn presence_changes_of_a_moment_are_announced_together() {
+        let mut r = Room::new(RoomConfig::new(ca().cluster_id(), 42));
+        let _ = join_at(&mut r, 1, hub(1), NOW);
+        let t = NOW + PRESENCE_WINDOW_MS;
+        // Nothing was announced within the window: hub 2's join goes out at once.
+        let out = join_at(&mut r, 2, hub(2), t);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![Frame::PeerJoined(vec![hub(2)])]]
+        );
+        assert_eq!(r.poll_timeout(), None);
+        // Within the window: gathered.
+        let mut out = join_at(&mut r, 3, hub(3), t + 10);
+        out.extend(join_at(&mut r, 4, hub(4), t + 20));
+        r.handle_disconnect(ConnId(2), NOW + 30, &mut out);
+        out.extend(join_at(&mut r, 5, hub(2), t + 40));
+        assert!(sent_to(&out, ConnId(1)).is_empty());
+        assert_eq!(r.poll_timeout(), Some(t + PRESENCE_WINDOW_MS));
+        // Hub 3 sends to hub 1 before the window ends: hub 1 hears of hub 3 first.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(3), NOW + 50, &send(hub(1), b"hi"), &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![
+                Frame::PeerLeft(vec![hub(2)]),
+                Frame::PeerJoined(vec![hub(3), hub(4), hub(2)]),
+                Frame::Recv {
+                    src: hub(3),
+                    payload: b"hi"
+                }
+            ]]
+        );
+        // The window ends: each member that has not been told hears what it missed.
+        let mut out = Vec::new();
+        r.handle_timeout(t + PRESENCE_WINDOW_MS, &mut out);
+        assert!(sent_to(&out, ConnId(1)).is_empty(), "told already");
+        assert_eq!(
+            sent_to(&out, ConnId(3)),
+            vec![vec![
+                Frame::PeerLeft(vec![hub(2)]),
+                Frame::PeerJoined(vec![hub(4), hub(2)])
+            ]]
+        );
+        assert_eq!(
+            sent_to(&out, ConnId(4)),
+            vec![vec![
+                Frame::PeerLeft(vec![hub(2)]),
+                Frame::PeerJoined(vec![hub(2)])
+            ]]
+        );
+        assert!(
+            sent_to(&out, ConnId(5)).is_empty(),
+            "the new hub 2 knows from its Welcome"
+        );
+        assert_eq!(r.poll_timeout(), None);
+        // 500 hubs coming back at once: each member gets one message per window, not 500.
+        let mut out = Vec::new();
+        for i in 0..500u64 {
+            let h = HubId([
+                (i >> 8) as u8 + 0x10,
+                i as u8,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+            ]);
+            out.extend(join_at(&mut r, 100 + i, h, t + 1_000));
+        }
+        r.handle_timeout(t + 2_000, &mut out);
+        let to_first: Vec<_> = sent_to(&out, ConnId(1));
+        assert_eq!(
+            to_first.len(),
+            2,
+            "the first join at once, then the other 499 together"
+        );
+        assert!(matches!(&to_first[1][..], [Frame::PeerJoined(hubs)] if hubs.len() == 499));
     }
 
     #[test]
@@ -1490,11 +2080,11 @@ mod tests {
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(3)));
         assert_eq!(
             sent_to(&out, ConnId(2)),
-            vec![vec![Frame::PeerJoined(hub(1))]]
+            vec![vec![Frame::PeerJoined(vec![hub(1)])]]
         );
         // The replaced socket's close arrives later: nobody sees hub 1 leave.
         let mut out = Vec::new();
-        r.handle_disconnect(ConnId(1), &mut out);
+        r.handle_disconnect(ConnId(1), NOW, &mut out);
         assert!(out.is_empty());
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(3)));
         // Traffic for hub 1 goes to the new socket.
@@ -1509,10 +2099,10 @@ mod tests {
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
         let mut out = Vec::new();
-        r.handle_disconnect(ConnId(2), &mut out);
+        r.handle_disconnect(ConnId(2), NOW, &mut out);
         assert_eq!(
             sent_to(&out, ConnId(1)),
-            vec![vec![Frame::PeerLeft(hub(2))]]
+            vec![vec![Frame::PeerLeft(vec![hub(2)])]]
         );
         let mut out = Vec::new();
         r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
@@ -1532,7 +2122,7 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
         assert_eq!(
             sent_to(&out, ConnId(2)),
-            vec![vec![Frame::PeerLeft(hub(1))]]
+            vec![vec![Frame::PeerLeft(vec![hub(1)])]]
         );
         assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(2)]);
         // Frames before the bad one in the same message were delivered; none after it.
@@ -1581,7 +2171,7 @@ mod tests {
         r.handle_message(
             ConnId(4),
             NOW,
-            &Frame::PeerLeft(hub(1)).to_message().unwrap(),
+            &Frame::PeerLeft(vec![hub(1)]).to_message().unwrap(),
             &mut out,
         );
         assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
@@ -1612,10 +2202,9 @@ mod tests {
     #[test]
     fn room_full() {
         let mut r = Room::new(RoomConfig {
-            cluster: ca().cluster_id(),
-            instance_started_ms: 0,
             max_members: 2,
-            idle_timeout_ms: None,
+            presence_window_ms: 0,
+            ..RoomConfig::new(ca().cluster_id(), 0)
         });
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));

@@ -150,6 +150,14 @@ pub(crate) async fn status(home: &Home) -> Result<()> {
             ),
         };
         println!("relay:        {} {state}", relay.url);
+        if let Some(limited) = relay.rate_limited {
+            println!(
+                "rate-limited: {} time(s) by the relay, {} frame(s) dropped, last {:.1} s ago",
+                limited.times,
+                limited.dropped,
+                limited.last_ms_ago as f64 / 1000.0
+            );
+        }
         println!("peers online: {}", s.peers_online.unwrap_or_default());
         let serial = |v: Option<u64>| v.map_or_else(|| "none".into(), |n| n.to_string());
         println!("manifest:     epoch {}", serial(s.manifest_epoch));
