@@ -1192,3 +1192,34 @@ async fn bystander_message(
         .await
         .expect("a ping answered within 15 s")
 }
+
+both!(a_login_captured_before_a_restart_is_refused_after_it);
+/// A login replayed after the relay restarted (within its 60 s) is refused with 4018: the
+/// relay keeps the nonces of accepted logins across restarts (`hub relay` in its state
+/// directory, the Worker in Durable Object storage). Before, `hub relay` welcomed the replay,
+/// which could then replace the real hub.
+async fn a_login_captured_before_a_restart_is_refused_after_it(kind: RelayKind) {
+    let mut relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let hello = login_hello(&cluster.hub(1), now_ms());
+    let mut ws = raw(&relay, &cluster).await;
+    ws.send(Message::Binary(hello.clone().into()))
+        .await
+        .unwrap();
+    let welcome = next_binary(&mut ws).await;
+    assert!(matches!(
+        &shared_proto::relay::frame::decode_message(&welcome).unwrap()[..],
+        [Frame::Welcome { .. }, ..]
+    ));
+    drop(ws);
+    relay.restart();
+    let mut replay = raw(&relay, &cluster).await;
+    replay.send(Message::Binary(hello.into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut replay).await,
+        CloseCode::ReplayedLogin.code()
+    );
+    // A fresh login of the same hub is welcome.
+    let (_a, online) = join(&relay, cluster.hub(1)).await;
+    assert!(online.is_empty());
+}

@@ -231,8 +231,8 @@ impl DurableObject for RelayRoom {
             .accept_websocket(server.as_ref())
             .map_err(worker::Error::from)?;
         self.sockets.borrow_mut().insert(conn, server);
-        let stored = self.with_room(|room, actions| room.handle_connect(conn, now, actions));
-        self.persist(stored).await?;
+        self.with_room(|room, actions| room.handle_connect(conn, now, actions))
+            .await?;
         Response::from_websocket(pair.client)
     }
 
@@ -246,7 +246,7 @@ impl DurableObject for RelayRoom {
             return Ok(());
         };
         let now = Date::now().as_millis();
-        let stored = self.with_room(|room, actions| match message {
+        self.with_room(|room, actions| match message {
             WebSocketIncomingMessage::Binary(bytes) => {
                 room.handle_message(conn, now, &bytes, actions)
             }
@@ -256,8 +256,8 @@ impl DurableObject for RelayRoom {
                 let _ = ws.send_with_str(KEEPALIVE_RESPONSE);
             }
             WebSocketIncomingMessage::String(_) => room.handle_text(conn, actions),
-        });
-        self.persist(stored).await
+        })
+        .await
     }
 
     async fn websocket_close(
@@ -286,8 +286,8 @@ impl DurableObject for RelayRoom {
         // room's next deadline, if any, sets a new one below.
         self.alarm_at.set(None);
         let now = Date::now().as_millis();
-        let stored = self.with_room(|room, actions| room.handle_timeout(now, actions));
-        self.persist(stored).await?;
+        self.with_room(|room, actions| room.handle_timeout(now, actions))
+            .await?;
         self.load_nonces(now, false).await?;
         Response::ok("")
     }
@@ -365,8 +365,7 @@ impl RelayRoom {
         }
         self.next_conn.set(next);
         *self.room.borrow_mut() = Some(room);
-        let stored = self.with_room(|_, out| out.append(&mut actions));
-        self.persist(stored).await?;
+        self.with_room(|_, out| out.append(&mut actions)).await?;
         // Logins accepted before the eviction must stay unreplayable.
         self.load_nonces(now, true).await
     }
@@ -399,11 +398,11 @@ impl RelayRoom {
             }
         });
         if restore {
-            let _ = self.with_room(|room, _| {
+            if let Some(room) = self.room.borrow_mut().as_mut() {
                 for login in live {
                     room.remember_login(login);
                 }
-            });
+            }
         }
         if !expired.is_empty() {
             storage.delete_multiple(expired).await?;
@@ -411,22 +410,43 @@ impl RelayRoom {
         Ok(())
     }
 
-    /// Runs `f` on the room and carries out the actions it produced; returns what must be
-    /// stored durably.
-    fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> ToStore {
-        let mut guard = self.room.borrow_mut();
-        let Some(room) = guard.as_mut() else {
-            return ToStore::default();
-        };
+    /// Runs `f` on the room and carries out the actions it produced, in two steps: what must
+    /// be stored durably (login nonces, a revocation list) is written first, and only then are
+    /// messages sent and sockets closed, so that no hub is welcomed on a login whose nonce a
+    /// restart could lose. Then the alarm follows the room's earliest deadline.
+    async fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> Result<()> {
         let mut actions = Vec::new();
-        f(room, &mut actions);
-        let mut sockets = SocketMap {
-            sockets: &self.sockets,
-            store: ToStore::default(),
+        {
+            let mut guard = self.room.borrow_mut();
+            let Some(room) = guard.as_mut() else {
+                return Ok(());
+            };
+            f(room, &mut actions);
+        }
+        let mut durable = ToStore::default();
+        let mut rest = Vec::with_capacity(actions.len());
+        for action in actions {
+            match action {
+                Action::RememberLogin(login) => durable.logins.push(login),
+                Action::StoreRevocations { bytes } => durable.revocations = Some(bytes),
+                other => rest.push(other),
+            }
+        }
+        self.persist(durable).await?;
+        let after = {
+            let mut guard = self.room.borrow_mut();
+            let Some(room) = guard.as_mut() else {
+                return Ok(());
+            };
+            let mut sockets = SocketMap {
+                sockets: &self.sockets,
+                store: ToStore::default(),
+            };
+            room.perform(rest, &mut sockets);
+            sockets.store.deadline = room.poll_timeout();
+            sockets.store
         };
-        room.perform(actions, &mut sockets);
-        sockets.store.deadline = room.poll_timeout();
-        sockets.store
+        self.persist(after).await
     }
 
     /// Stores an accepted revocation list and login nonces so that they survive hibernation
@@ -457,8 +477,8 @@ impl RelayRoom {
         };
         self.sockets.borrow_mut().remove(&conn);
         let now = Date::now().as_millis();
-        let stored = self.with_room(|room, actions| room.handle_disconnect(conn, now, actions));
-        self.persist(stored).await
+        self.with_room(|room, actions| room.handle_disconnect(conn, now, actions))
+            .await
     }
 }
 

@@ -42,6 +42,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::transport::relay::ws_config;
 use crate::unix_ms;
 
+mod nonces;
+use nonces::NonceLog;
+
 /// Bytes queued for one socket before it is closed as a slow consumer.
 pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
@@ -223,10 +226,22 @@ impl Relay {
         if let Some(bytes) = self.stored_revocations(cluster) {
             room.set_revocations(&bytes);
         }
+        let mut peers = Peers::default();
+        if let Some(dir) = &self.state_dir {
+            match NonceLog::open(dir.join(format!("{cluster}.nonces")), now) {
+                Ok((log, live)) => {
+                    for login in live {
+                        room.remember_login(login);
+                    }
+                    peers.nonces = Some(log);
+                }
+                Err(e) => tracing::error!(%cluster, "could not open the login nonce file: {e}"),
+            }
+        }
         let timer = Arc::new(tokio::sync::Notify::new());
         let entry = Arc::new(Mutex::new(RoomEntry {
             room,
-            peers: Peers::default(),
+            peers,
             timer: timer.clone(),
             armed: None,
         }));
@@ -263,11 +278,13 @@ impl Relay {
     }
 }
 
-/// The sockets of one room (each one's outgoing queue), and a revocation list to store.
+/// The sockets of one room (each one's outgoing queue), a revocation list to store, and the
+/// room's login nonce file (with a state directory).
 #[derive(Debug, Default)]
 struct Peers {
     map: HashMap<ConnId, Peer>,
     store: Option<Vec<u8>>,
+    nonces: Option<NonceLog>,
     /// Queues that went past [`PUSHBACK_BYTES`] during the current `perform`.
     congested: Vec<Arc<Queue>>,
 }
@@ -303,8 +320,16 @@ impl Sockets for Peers {
         self.store = Some(bytes);
     }
 
-    /// The room itself remembers nonces; it is kept in memory while any could be replayed.
-    fn remember_login(&mut self, _login: LoginNonce) {}
+    /// Written before the hub is welcomed (the room asks before it sends the `Welcome`), so a
+    /// login accepted once is refused after a restart too. Without a state directory, the
+    /// room's memory is all there is.
+    fn remember_login(&mut self, login: LoginNonce) {
+        if let Some(log) = &mut self.nonces {
+            if let Err(e) = log.append(&login, unix_ms()) {
+                tracing::error!("could not store a login nonce: {e}");
+            }
+        }
+    }
 }
 
 impl RoomEntry {

@@ -893,6 +893,80 @@ mod tests {
         assert_eq!(session.await.unwrap(), SessionEnd::Shutdown);
     }
 
+    /// Told it is rate-limited, the client says so to the application and sends nothing more
+    /// until the retry time has passed.
+    #[tokio::test]
+    async fn a_rate_limited_client_pauses_and_says_so() {
+        let (client_ws, mut relay_ws) = duplex_pair().await;
+        let config = config(1);
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let (_stop_tx, mut stop_rx) = watch::channel(false);
+        let mut held = None;
+        tokio::spawn(async move {
+            run_session(
+                client_ws,
+                &config,
+                &mut cmd_rx,
+                &ev_tx,
+                &mut stop_rx,
+                &mut held,
+            )
+            .await
+        });
+        let _hello = relay_ws.next().await.unwrap().unwrap();
+        let mut msg = Frame::Welcome {
+            version: 1,
+            online: vec![hub(2)],
+        }
+        .to_message()
+        .unwrap();
+        Frame::RateLimited {
+            limited: hub(1),
+            retry_after_ms: 400,
+            dropped: 12,
+        }
+        .encode(&mut msg)
+        .unwrap();
+        relay_ws.send(Message::Binary(msg.into())).await.unwrap();
+        assert!(matches!(
+            ev_rx.recv().await.unwrap(),
+            RelayEvent::Connected { .. }
+        ));
+        let told = std::time::Instant::now();
+        assert_eq!(
+            ev_rx.recv().await.unwrap(),
+            RelayEvent::RateLimited {
+                limited: hub(1),
+                retry_after: Duration::from_millis(400),
+                dropped: 12
+            }
+        );
+        cmd_tx
+            .send(Command::Send {
+                dst: hub(2),
+                payload: b"later".to_vec(),
+            })
+            .await
+            .unwrap();
+        let Message::Binary(sent) = relay_ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        // A lower bound only: the pause is the behaviour under test, not a speed.
+        assert!(
+            told.elapsed() >= Duration::from_millis(390),
+            "{:?}",
+            told.elapsed()
+        );
+        assert_eq!(
+            decode_message(&sent).unwrap(),
+            vec![Frame::Send {
+                dst: hub(2),
+                payload: b"later"
+            }]
+        );
+    }
+
     /// A relay that stops answering keepalives is declared dead; a relay close ends the
     /// session with its code; a malformed relay frame is a failure.
     #[tokio::test(start_paused = true)]

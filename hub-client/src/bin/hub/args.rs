@@ -49,7 +49,8 @@ pub(crate) enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
         listen: SocketAddr,
-        /// Where revocation lists are kept across restarts [default: HOME/relay-state].
+        /// Where revocation lists and recent login nonces are kept across restarts
+        /// [default: HOME/relay-state].
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         /// Serve only these cluster ids (comma-separated), like the Worker's ALLOWED_CLUSTERS.
