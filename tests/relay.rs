@@ -1223,3 +1223,58 @@ async fn a_login_captured_before_a_restart_is_refused_after_it(kind: RelayKind) 
     let (_a, online) = join(&relay, cluster.hub(1)).await;
     assert!(online.is_empty());
 }
+
+both!(many_joins_at_once_are_announced_in_few_messages);
+/// 150 hubs joining at once (as after a relay restart) reach a member in a few messages, each
+/// naming many hubs, not one message per join: the relay gathers presence per 100 ms. Before,
+/// each join was one message to every member, which made a room's admission slow down as it
+/// grew.
+async fn many_joins_at_once_are_announced_in_few_messages(kind: RelayKind) {
+    const JOINERS: u8 = 150;
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let mut observer = raw(&relay, &cluster).await;
+    observer
+        .send(Message::Binary(
+            login_hello(&cluster.hub(1), now_ms()).into(),
+        ))
+        .await
+        .unwrap();
+    let _welcome = next_binary(&mut observer).await;
+
+    // Logins made first, then every socket opened and logged in at once.
+    let hellos: Vec<Vec<u8>> = (0..JOINERS)
+        .map(|i| login_hello(&cluster.hub(10 + i), now_ms()))
+        .collect();
+    let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
+    let joiners: Vec<_> = hellos
+        .into_iter()
+        .map(|hello| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+                ws.send(Message::Binary(hello.into())).await.unwrap();
+                let _welcome = next_binary(&mut ws).await;
+                ws
+            })
+        })
+        .collect();
+
+    let mut joined = std::collections::BTreeSet::new();
+    let mut messages = 0;
+    while joined.len() < usize::from(JOINERS) {
+        let bytes = next_binary(&mut observer).await;
+        messages += 1;
+        for frame in shared_proto::relay::frame::decode_message(&bytes).unwrap() {
+            if let Frame::PeerJoined(hubs) = frame {
+                joined.extend(hubs);
+            }
+        }
+    }
+    let sockets: Vec<_> = futures_util::future::join_all(joiners).await;
+    assert_eq!(sockets.len(), usize::from(JOINERS));
+    assert!(
+        messages * 5 <= usize::from(JOINERS),
+        "{JOINERS} joins took {messages} messages"
+    );
+}
