@@ -1252,7 +1252,9 @@ async fn many_joins_at_once_are_announced_in_few_messages(kind: RelayKind) {
         .map(|hello| {
             let url = url.clone();
             tokio::spawn(async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .unwrap();
                 ws.send(Message::Binary(hello.into())).await.unwrap();
                 let _welcome = next_binary(&mut ws).await;
                 ws

@@ -37,7 +37,9 @@ pub enum CloseCode {
     /// (`hub relay`: 150 s); the connection is presumed dead. Reconnect.
     IdleTimeout,
     /// 4009: rate-limited: the hub went on sending past its rate limit for 5 s after the relay
-    /// told it so with `RateLimited` frames. Reconnect after a backoff, and send slower.
+    /// told it so with `RateLimited` frames, or flooded (a burst of its limit dropped at once);
+    /// also the refusal of its `Hello` while it is kept out for that (10 s, doubling). Reconnect
+    /// after a backoff, and send slower.
     RateLimited,
     /// 1013: the relay is overloaded for this request; try again later.
     TryAgainLater,

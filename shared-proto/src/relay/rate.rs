@@ -2,31 +2,44 @@
 //!
 //! The room ([`crate::relay::room`]) gives each member three buckets: the frames and the bytes
 //! it may send, and the bytes it may be sent. A frame past its sender's buckets, or past its
-//! receiver's, is dropped and the sender is told with a `RateLimited` frame; a sender that goes
-//! on past its limit for [`CLOSE_AFTER_MS`] after being told is closed with `4009`. The hub
-//! client paces itself below the same limits ([`Pacer`]), so a hub that follows the protocol is
-//! never limited by its own sending.
+//! receiver's, is dropped and the sender is told with a `RateLimited` frame. A sender that goes
+//! on past its limit for [`CLOSE_AFTER_MS`] after being told, or floods (more than a burst of its
+//! own limit dropped in one episode), is closed with `4009` and kept out of the room for
+//! [`PENALTY_MS`] (doubling for each time again, up to [`MAX_PENALTY_MS`]): on the Worker every
+//! message costs the room whether it is dropped or not, so a flood must end, and a reconnect must
+//! not bring a fresh burst. The hub client paces itself below the same limits ([`Pacer`]), so a
+//! hub that follows the protocol is never limited by its own sending.
 //!
 //! Buckets count in thousandths of a unit so that integer refills lose nothing between calls.
 
 /// Frames a member may send per second (sustained).
 pub const SEND_FRAMES_PER_S: u64 = 4096;
 /// Frames a member may send at once after a quiet period.
-pub const SEND_FRAMES_BURST: u64 = 8192;
+pub const SEND_FRAMES_BURST: u64 = 2048;
 /// Bytes (frames as on the wire) a member may send per second (sustained).
 pub const SEND_BYTES_PER_S: u64 = 8 * 1024 * 1024;
 /// Bytes a member may send at once after a quiet period.
-pub const SEND_BYTES_BURST: u64 = 16 * 1024 * 1024;
+pub const SEND_BYTES_BURST: u64 = 4 * 1024 * 1024;
 /// Bytes a member may be sent per second, from all senders together (sustained).
 pub const RECV_BYTES_PER_S: u64 = 16 * 1024 * 1024;
 /// Bytes a member may be sent at once after a quiet period.
-pub const RECV_BYTES_BURST: u64 = 32 * 1024 * 1024;
+pub const RECV_BYTES_BURST: u64 = 8 * 1024 * 1024;
 /// A member is told again that it is rate-limited at most this often.
 pub const NOTICE_INTERVAL_MS: u64 = 250;
 /// Drops less than this far apart belong to one episode of being over the limit.
 pub const EPISODE_GAP_MS: u64 = 1_000;
 /// A member still over its limit this long after it was first told is closed with `4009`.
 pub const CLOSE_AFTER_MS: u64 = 5_000;
+/// How long a hub closed with `4009` is refused (with `4009`) when it logs in again, the first
+/// time; each time again within [`PENALTY_MEMORY_MS`] doubles it.
+pub const PENALTY_MS: u64 = 10_000;
+/// The longest a hub is kept out.
+pub const MAX_PENALTY_MS: u64 = 300_000;
+/// How long a room remembers a hub it closed with `4009` after its penalty ends.
+pub const PENALTY_MEMORY_MS: u64 = 600_000;
+/// Most hubs a room remembers as penalized; past that, the one whose penalty ends first is
+/// forgotten.
+pub const MAX_PENALIZED: usize = 1024;
 
 const MILLI: u64 = 1000;
 

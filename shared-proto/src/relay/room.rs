@@ -35,7 +35,10 @@ use crate::relay::frame::{
     frames, Frame, FrameError, FrameType, HubId, RoomStatus, FRAME_HEADER_LEN, HUB_ID_LEN,
     MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
 };
-use crate::relay::rate::{Limits, TokenBucket, CLOSE_AFTER_MS, EPISODE_GAP_MS, NOTICE_INTERVAL_MS};
+use crate::relay::rate::{
+    Limits, TokenBucket, CLOSE_AFTER_MS, EPISODE_GAP_MS, MAX_PENALIZED, MAX_PENALTY_MS,
+    NOTICE_INTERVAL_MS, PENALTY_MEMORY_MS, PENALTY_MS,
+};
 use crate::trust::login::{
     verify_login, LoginError, LoginNonce, ReplayGuard, LOGIN_EXTENSION, PAIRING_EXTENSION,
 };
@@ -105,6 +108,12 @@ pub enum RoomError {
     /// A member went on sending past its rate limit after being told.
     #[error("rate-limited: still sending past the limit {} s after being told", CLOSE_AFTER_MS / 1000)]
     RateLimited,
+    /// A member sent more than a burst of its limit past it at once.
+    #[error("rate-limited: flooding (a burst of its limit dropped at once)")]
+    Flooding,
+    /// A hub closed for its rate is logging in again before its time is up.
+    #[error("rate-limited: closed for flooding; log in again in {} s", .0.div_ceil(1000))]
+    Penalized(u64),
 }
 
 impl RoomError {
@@ -120,7 +129,9 @@ impl RoomError {
             RoomError::TooManyGuests | RoomError::GuestRate => CloseCode::TryAgainLater,
             RoomError::GuestLimit(_) => CloseCode::GuestLimit,
             RoomError::GuestTooLarge => CloseCode::TooLarge,
-            RoomError::RateLimited => CloseCode::RateLimited,
+            RoomError::RateLimited | RoomError::Flooding | RoomError::Penalized(_) => {
+                CloseCode::RateLimited
+            }
             RoomError::RelayOnlyFrame(_)
             | RoomError::SecondHello
             | RoomError::Unexpected(_)
@@ -312,6 +323,9 @@ struct MemberRate {
     next_notice_ms: u64,
     /// When the current episode of drops began (the first notice of it).
     episode_start: Option<u64>,
+    /// Frames and bytes dropped for its own limit in the current episode.
+    episode_frames: u64,
+    episode_bytes: u64,
     last_drop_ms: u64,
     /// Its own limit lets a frame through again then.
     throttled_until: u64,
@@ -326,6 +340,8 @@ impl MemberRate {
             dropped: 0,
             next_notice_ms: 0,
             episode_start: None,
+            episode_frames: 0,
+            episode_bytes: 0,
             last_drop_ms: 0,
             throttled_until: 0,
         }
@@ -345,6 +361,13 @@ impl MemberRate {
             (Err(wait), _) | (_, Err(wait)) => Err(wait),
         }
     }
+}
+
+/// A hub closed for its rate: refused until `until_ms`; `strikes` times so far.
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    until_ms: u64,
+    strikes: u32,
 }
 
 /// A presence change, as the log keeps it until it is announced.
@@ -386,6 +409,8 @@ pub struct Room {
     replays: ReplayGuard,
     revocations: Option<VerifiedRevocations>,
     presence: Presence,
+    /// Hubs closed with `4009`: until when they are refused, and how many times.
+    penalized: HashMap<HubId, Penalty>,
     /// The latest time the caller gave (Unix ms), for what happens without one (a socket that
     /// refused a message).
     now_ms: u64,
@@ -446,6 +471,7 @@ impl Room {
             replays: ReplayGuard::default(),
             revocations: None,
             presence: Presence::default(),
+            penalized: HashMap::new(),
             now_ms: 0,
         }
     }
@@ -464,7 +490,9 @@ impl Room {
     /// forgetting it then loses nothing.
     pub fn is_idle(&mut self, now_ms: u64) -> bool {
         self.replays.prune(now_ms);
-        self.conns.is_empty() && self.replays.is_empty()
+        self.conns.is_empty()
+            && self.replays.is_empty()
+            && self.penalized.values().all(|p| p.until_ms <= now_ms)
     }
 
     /// Gives the room a stored revocation list (when it is rebuilt). Ignored unless it verifies
@@ -909,13 +937,23 @@ impl Room {
                 None => Ok(()),
             };
             if let Err(wait) = charged {
-                return self.dropped(conn, m.hub, wait, true, now_ms, outbox, out);
+                let dropped = self.dropped(conn, m.hub, wait, Some(cost), now_ms, outbox, out);
+                if dropped.is_err() {
+                    self.penalize(m.hub, now_ms);
+                }
+                return dropped;
             }
         }
         match (state, frame) {
             (ConnState::AwaitingHello, Frame::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
                     return Err(RoomError::UnsupportedVersion(hello.version));
+                }
+                // Before any signature check: only the penalized hub's own id is refused.
+                if let Some(p) = self.penalized.get(&hello.hub) {
+                    if now_ms < p.until_ms {
+                        return Err(RoomError::Penalized(p.until_ms - now_ms));
+                    }
                 }
                 if let Some(issuer) = pairing_issuer(&hello)? {
                     return self.admit_guest(conn, now_ms, hello.hub, issuer, out);
@@ -955,7 +993,7 @@ impl Room {
                             None => Ok(()),
                         };
                         if let Err(wait) = taken {
-                            return self.dropped(conn, dst, wait, false, now_ms, outbox, out);
+                            return self.dropped(conn, dst, wait, None, now_ms, outbox, out);
                         }
                         self.flush_presence_to(to, outbox, out);
                         outbox.push(to, &Frame::Recv { src, payload }, out);
@@ -1035,36 +1073,51 @@ impl Room {
         Ok(())
     }
 
-    /// A frame of `conn` was dropped because `limited`'s limit (its own if `own`, else its
-    /// receiver's) lets it through only in `wait` ms: counted, told (at most every
-    /// [`NOTICE_INTERVAL_MS`]), and past [`CLOSE_AFTER_MS`] of this, closed.
+    /// A frame of `conn` was dropped because `limited`'s limit (its own if `own` gives the
+    /// frame's size, else its receiver's) lets it through only in `wait` ms: counted, told (at
+    /// most every [`NOTICE_INTERVAL_MS`]), and past [`CLOSE_AFTER_MS`] of this, or past a
+    /// burst of its own limit dropped, closed.
     #[allow(clippy::too_many_arguments)]
     fn dropped(
         &mut self,
         conn: ConnId,
         limited: HubId,
         wait: u64,
-        own: bool,
+        own: Option<u64>,
         now_ms: u64,
         outbox: &mut Outbox,
         out: &mut Vec<Action>,
     ) -> Result<(), RoomError> {
+        let limits = self.config.limits;
         let Some(rate) = self.conns.get_mut(&conn).and_then(|c| c.rate.as_mut()) else {
             return Ok(());
         };
         rate.dropped = rate.dropped.saturating_add(1);
         let episode = match rate.episode_start {
             Some(start) if now_ms.saturating_sub(rate.last_drop_ms) < EPISODE_GAP_MS => start,
-            _ => now_ms,
+            _ => {
+                rate.episode_frames = 0;
+                rate.episode_bytes = 0;
+                now_ms
+            }
         };
         rate.episode_start = Some(episode);
         rate.last_drop_ms = now_ms;
         if now_ms.saturating_sub(episode) >= CLOSE_AFTER_MS {
             return Err(RoomError::RateLimited);
         }
+        if let Some(bytes) = own {
+            rate.episode_frames += 1;
+            rate.episode_bytes += bytes;
+            if rate.episode_frames > limits.send_frames.burst
+                || rate.episode_bytes > limits.send_bytes.burst
+            {
+                return Err(RoomError::Flooding);
+            }
+        }
         // Never more than a minute: the limits refill far faster than that.
         let wait = wait.min(60_000);
-        if own {
+        if own.is_some() {
             rate.throttled_until = rate.throttled_until.max(now_ms.saturating_add(wait));
         }
         if now_ms >= rate.next_notice_ms {
@@ -1078,6 +1131,34 @@ impl Room {
             outbox.push(conn, &frame, out);
         }
         Ok(())
+    }
+
+    /// `hub` was closed with `4009`: it is refused for [`PENALTY_MS`], doubled for each time
+    /// again within [`PENALTY_MEMORY_MS`] (at most [`MAX_PENALTY_MS`]).
+    fn penalize(&mut self, hub: HubId, now_ms: u64) {
+        self.penalized
+            .retain(|_, p| now_ms < p.until_ms.saturating_add(PENALTY_MEMORY_MS));
+        let strikes = self.penalized.get(&hub).map_or(1, |p| p.strikes + 1);
+        let penalty = PENALTY_MS
+            .saturating_mul(1 << (strikes - 1).min(16))
+            .min(MAX_PENALTY_MS);
+        if self.penalized.len() >= MAX_PENALIZED && !self.penalized.contains_key(&hub) {
+            let first = self
+                .penalized
+                .iter()
+                .min_by_key(|(_, p)| p.until_ms)
+                .map(|(h, _)| *h);
+            if let Some(first) = first {
+                self.penalized.remove(&first);
+            }
+        }
+        self.penalized.insert(
+            hub,
+            Penalty {
+                until_ms: now_ms.saturating_add(penalty),
+                strikes,
+            },
+        );
     }
 
     /// Admits a pairing guest: it sees only its issuer, and no member sees it.
@@ -1799,25 +1880,26 @@ mod tests {
     }
 
     /// One member sending past its limit loses the frames past it and is told, once per
-    /// notice interval, with the count; the others' frames go through; a flooder that goes
-    /// on for 5 s is closed with 4009, and nobody else is.
+    /// notice interval, with the count; the others' frames go through; a member that goes on
+    /// past its limit for 5 s is closed with 4009, and nobody else is; it is then kept out for
+    /// 10 s.
     #[test]
     fn a_flooder_is_limited_and_told_and_nobody_else_is() {
         use crate::relay::rate::Rate;
         let big = Rate::new(1 << 30, 1 << 30);
         let mut r = limited_room(Limits {
-            send_frames: Rate::new(100, 10),
+            send_frames: Rate::new(100, 50),
             send_bytes: big,
             recv_bytes: big,
         });
         for i in 1..=4 {
             let _ = join(&mut r, i, hub(i as u8));
         }
-        // Hub 1 sends 50 frames to hub 2 in one message: 10 pass, 40 are dropped, one notice.
-        let flood: Vec<u8> = (0..50).flat_map(|_| send(hub(2), b"x")).collect();
+        let frames = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| send(hub(2), b"x")).collect() };
+        // Hub 1 sends 60 frames to hub 2 in one message: 50 pass, 10 are dropped, one notice.
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), NOW, &flood, &mut out);
-        assert_eq!(recvs(&out, ConnId(2)), 10);
+        r.handle_message(ConnId(1), NOW, &frames(60), &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 50);
         // 100 frames a second: the next one in 10 ms.
         assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 1)]);
         assert_eq!(r.throttled_until(ConnId(1), NOW), Some(NOW + 10));
@@ -1832,16 +1914,16 @@ mod tests {
         assert!(notices(&out, ConnId(3)).is_empty() && notices(&out, ConnId(4)).is_empty());
         // The next notice carries the drops since the last one.
         let mut out = Vec::new();
-        r.handle_message(ConnId(1), NOW + 300, &flood, &mut out);
-        assert_eq!(recvs(&out, ConnId(2)), 10, "refilled: 10 pass");
-        assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 39 + 1)]);
-        // Still flooding 5 s after the first notice: closed as rate-limited.
+        r.handle_message(ConnId(1), NOW + 300, &frames(31), &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 30, "refilled: 30 pass");
+        assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 9 + 1)]);
+        // Still a little past its limit 5 s after the first notice: closed as rate-limited.
         let mut at = NOW + 300;
         let mut closed = Vec::new();
         while closed.is_empty() && at < NOW + 10_000 {
             at += 200;
             let mut out = Vec::new();
-            r.handle_message(ConnId(1), at, &flood, &mut out);
+            r.handle_message(ConnId(1), at, &frames(21), &mut out);
             closed = closes(&out);
         }
         assert_eq!(closed, vec![(ConnId(1), CloseCode::RateLimited)]);
@@ -1851,6 +1933,48 @@ mod tests {
             at - NOW
         );
         assert_eq!(r.online().collect::<Vec<_>>(), vec![hub(2), hub(3), hub(4)]);
+        // Kept out for 10 s, then welcome again.
+        let out = join_at(&mut r, 5, hub(1), at + 9_000);
+        assert_eq!(closes(&out), vec![(ConnId(5), CloseCode::RateLimited)]);
+        let out = join_at(&mut r, 6, hub(1), at + 10_000);
+        assert!(closes(&out).is_empty());
+        assert_eq!(r.hub_of(ConnId(6)), Some(hub(1)));
+    }
+
+    /// A flood (a burst of its limit dropped at once) is closed at once, and each time again
+    /// keeps the hub out twice as long.
+    #[test]
+    fn a_flood_is_closed_at_once_and_kept_out_longer_each_time() {
+        use crate::relay::rate::Rate;
+        let big = Rate::new(1 << 30, 1 << 30);
+        let mut r = limited_room(Limits {
+            send_frames: Rate::new(100, 50),
+            send_bytes: big,
+            recv_bytes: big,
+        });
+        let _ = join(&mut r, 2, hub(2));
+        let flood: Vec<u8> = (0..200).flat_map(|_| send(hub(2), b"x")).collect();
+        let mut at = NOW;
+        for (conn, kept_out) in [(10, 10_000), (20, 20_000), (30, 40_000)] {
+            let _ = join_at(&mut r, conn, hub(1), at);
+            let mut out = Vec::new();
+            r.handle_message(ConnId(conn), at, &flood, &mut out);
+            assert_eq!(closes(&out), vec![(ConnId(conn), CloseCode::RateLimited)]);
+            assert_eq!(
+                recvs(&out, ConnId(2)),
+                50,
+                "its burst, and not a frame more"
+            );
+            let refused = join_at(&mut r, conn + 1, hub(1), at + kept_out - 1);
+            assert_eq!(
+                closes(&refused),
+                vec![(ConnId(conn + 1), CloseCode::RateLimited)]
+            );
+            at += kept_out;
+        }
+        // Another hub is not kept out for it.
+        let out = join_at(&mut r, 40, hub(3), NOW + 1);
+        assert!(closes(&out).is_empty());
     }
 
     /// A member that stops when told starts a new episode: it is never closed.
