@@ -354,14 +354,31 @@ impl TestCluster {
 
     /// Credentials for hub `b` with the given validity (Unix ms).
     pub fn hub_valid(&self, b: u8, not_before_ms: u64, not_after_ms: u64) -> Arc<Credentials> {
+        self.hub_with(hub(b), noise_public(b), not_before_ms, not_after_ms)
+    }
+
+    /// Credentials for any hub id (benchmarks that need more than 255 hubs), valid from an
+    /// hour ago for a day.
+    pub fn hub_id(&self, id: HubId) -> Arc<Credentials> {
+        let now = now_ms();
+        self.hub_with(id, noise_public(id.0[0]), now - 3_600_000, now + 86_400_000)
+    }
+
+    fn hub_with(
+        &self,
+        id: HubId,
+        noise_key: [u8; 32],
+        not_before_ms: u64,
+        not_after_ms: u64,
+    ) -> Arc<Credentials> {
         let identity = SigningKey::generate(&mut rand::rngs::OsRng);
         let req = CertificateRequest {
-            hub_id: hub(b),
-            name: format!("hub {b}"),
+            hub_id: id,
+            name: format!("hub {id}"),
             trust: TrustLevel::AgentDispatch,
             roles: vec![],
             identity_key: identity.verifying_key(),
-            noise_key: noise_public(b),
+            noise_key,
             not_before_ms,
             not_after_ms,
         };
@@ -369,7 +386,7 @@ impl TestCluster {
         Arc::new(Credentials {
             ca_key: self.ca.public_key(),
             cert_der,
-            hub_id: hub(b),
+            hub_id: id,
             identity,
         })
     }
