@@ -15,15 +15,15 @@
 /// Frames a member may send per second (sustained).
 pub const SEND_FRAMES_PER_S: u64 = 4096;
 /// Frames a member may send at once after a quiet period.
-pub const SEND_FRAMES_BURST: u64 = 2048;
+pub const SEND_FRAMES_BURST: u64 = 8192;
 /// Bytes (frames as on the wire) a member may send per second (sustained).
 pub const SEND_BYTES_PER_S: u64 = 8 * 1024 * 1024;
 /// Bytes a member may send at once after a quiet period.
-pub const SEND_BYTES_BURST: u64 = 4 * 1024 * 1024;
+pub const SEND_BYTES_BURST: u64 = 16 * 1024 * 1024;
 /// Bytes a member may be sent per second, from all senders together (sustained).
 pub const RECV_BYTES_PER_S: u64 = 16 * 1024 * 1024;
 /// Bytes a member may be sent at once after a quiet period.
-pub const RECV_BYTES_BURST: u64 = 8 * 1024 * 1024;
+pub const RECV_BYTES_BURST: u64 = 32 * 1024 * 1024;
 /// A member is told again that it is rate-limited at most this often.
 pub const NOTICE_INTERVAL_MS: u64 = 250;
 /// Drops less than this far apart belong to one episode of being over the limit.
@@ -56,14 +56,6 @@ impl Rate {
     /// A rate of `per_s` units a second with a bucket of `burst`.
     pub const fn new(per_s: u64, burst: u64) -> Self {
         Rate { per_s, burst }
-    }
-
-    /// The same rate and burst scaled by `num / den`.
-    pub const fn scaled(self, num: u64, den: u64) -> Self {
-        Rate {
-            per_s: self.per_s * num / den,
-            burst: self.burst * num / den,
-        }
     }
 }
 
@@ -187,10 +179,20 @@ fn milli(units: u64) -> i64 {
 /// How much of the relay's limits a hub uses while it has not been told it is rate-limited:
 /// a margin for the relay seeing frames closer together than they were sent.
 pub const PACE: (u64, u64) = (7, 8);
+/// How much of the relay's burst a hub uses at once. The rest is slack for the relay: frames
+/// that waited in a busy relay (a Durable Object handles one event at a time) reach the room
+/// closer together than they were sent, and must still fit its bucket.
+pub const PACE_BURST: (u64, u64) = (1, 4);
 /// How much it uses for [`SLOW_FOR_MS`] after being told.
 pub const SLOW_PACE: (u64, u64) = (1, 2);
 /// How long a hub stays at [`SLOW_PACE`] after a `RateLimited` frame.
 pub const SLOW_FOR_MS: u64 = 10_000;
+
+/// The relay's `rate` at `pace`, with [`PACE_BURST`] of its burst.
+fn paced(rate: Rate, (n, d): (u64, u64)) -> Rate {
+    let (bn, bd) = PACE_BURST;
+    Rate::new(rate.per_s * n / d, rate.burst * bn / bd)
+}
 
 /// A hub's pacing of what it sends to the relay: below the relay's limits, slower for a while
 /// after the relay said it is rate-limited, and not at all until the `retry_after` it was given.
@@ -208,21 +210,20 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer for the relay's `limits`, at `now_ms`.
     pub fn new(limits: Limits, now_ms: u64) -> Self {
-        let (n, d) = PACE;
         Pacer {
             limits,
-            frames: TokenBucket::new(limits.send_frames.scaled(n, d), now_ms),
-            bytes: TokenBucket::new(limits.send_bytes.scaled(n, d), now_ms),
+            frames: TokenBucket::new(paced(limits.send_frames, PACE), now_ms),
+            bytes: TokenBucket::new(paced(limits.send_bytes, PACE), now_ms),
             paused_until: 0,
             slow_until: 0,
         }
     }
 
-    fn set_pace(&mut self, (n, d): (u64, u64), now_ms: u64) {
+    fn set_pace(&mut self, pace: (u64, u64), now_ms: u64) {
         self.frames
-            .set_rate(self.limits.send_frames.scaled(n, d), now_ms);
+            .set_rate(paced(self.limits.send_frames, pace), now_ms);
         self.bytes
-            .set_rate(self.limits.send_bytes.scaled(n, d), now_ms);
+            .set_rate(paced(self.limits.send_bytes, pace), now_ms);
     }
 
     /// When the next frame may go: `None` if now.
@@ -306,7 +307,8 @@ mod tests {
             recv_bytes: Rate::new(1_000_000, 1_000_000),
         };
         let mut pacer = Pacer::new(limits, 0);
-        // Sending whenever allowed for 10 s stays at 7/8 of the frame rate (plus the burst).
+        // Sending whenever allowed for 10 s stays at 7/8 of the frame rate (plus a quarter of
+        // the burst).
         let (mut now, mut sent) = (0, 0u64);
         while now < 10_000 {
             match pacer.ready_at(now) {
@@ -317,7 +319,7 @@ mod tests {
                 Some(at) => now = at,
             }
         }
-        assert!((8_750..=8_750 + 100).contains(&sent), "{sent}");
+        assert!((8_750..=8_750 + 25).contains(&sent), "{sent}");
         // Told: nothing for the retry time, then half the rate for ten seconds.
         pacer.rate_limited(500, now);
         assert_eq!(pacer.ready_at(now), Some(now + 500));
@@ -335,6 +337,6 @@ mod tests {
         assert!((2_400..=2_600).contains(&sent), "{sent}");
         // Then back to the usual pace.
         assert!(pacer.ready_at(start + 20_000).is_none());
-        assert_eq!(pacer.frames.rate(), limits.send_frames.scaled(7, 8));
+        assert_eq!(pacer.frames.rate(), Rate::new(875, 25));
     }
 }
