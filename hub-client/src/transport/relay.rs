@@ -755,6 +755,28 @@ mod tests {
     }
 
     /// A client and a relay WebSocket joined by an in-memory duplex.
+    /// `run_session` on `ws` in a task: its command sender, event receiver, stop switch and
+    /// the task.
+    #[allow(clippy::type_complexity)]
+    fn spawn_session(
+        ws: WebSocketStream<tokio::io::DuplexStream>,
+        config: RelayConfig,
+    ) -> (
+        mpsc::Sender<Command>,
+        mpsc::Receiver<RelayEvent>,
+        watch::Sender<bool>,
+        JoinHandle<SessionEnd>,
+    ) {
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
+        let (ev_tx, ev_rx) = mpsc::channel(16);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let session = tokio::spawn(async move {
+            let mut held = None;
+            run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held).await
+        });
+        (cmd_tx, ev_rx, stop_tx, session)
+    }
+
     async fn duplex_pair() -> (
         WebSocketStream<tokio::io::DuplexStream>,
         WebSocketStream<tokio::io::DuplexStream>,
@@ -805,26 +827,13 @@ mod tests {
         let (client_ws, mut relay_ws) = duplex_pair().await;
         let mut config = config(1);
         config.keepalive = Duration::from_secs(5);
-        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
-        let (ev_tx, mut ev_rx) = mpsc::channel(16);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let mut held = None;
-        // Two sends queued before the session starts go out in one message after the hello.
+        let (cmd_tx, mut ev_rx, stop_tx, session) = spawn_session(client_ws, config);
+        // Two sends queued before the session's first write go out in one message after the
+        // hello.
         for (dst, payload) in [(hub(2), b"one"), (hub(3), b"two")] {
             let payload = payload.to_vec();
             cmd_tx.send(Command::Send { dst, payload }).await.unwrap();
         }
-        let session = tokio::spawn(async move {
-            run_session(
-                client_ws,
-                &config,
-                &mut cmd_rx,
-                &ev_tx,
-                &mut stop_rx,
-                &mut held,
-            )
-            .await
-        });
 
         let Message::Binary(first) = relay_ws.next().await.unwrap().unwrap() else {
             panic!()
@@ -898,22 +907,7 @@ mod tests {
     #[tokio::test]
     async fn a_rate_limited_client_pauses_and_says_so() {
         let (client_ws, mut relay_ws) = duplex_pair().await;
-        let config = config(1);
-        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
-        let (ev_tx, mut ev_rx) = mpsc::channel(16);
-        let (_stop_tx, mut stop_rx) = watch::channel(false);
-        let mut held = None;
-        tokio::spawn(async move {
-            run_session(
-                client_ws,
-                &config,
-                &mut cmd_rx,
-                &ev_tx,
-                &mut stop_rx,
-                &mut held,
-            )
-            .await
-        });
+        let (cmd_tx, mut ev_rx, _stop_tx, _session) = spawn_session(client_ws, config(1));
         let _hello = relay_ws.next().await.unwrap().unwrap();
         let mut msg = Frame::Welcome {
             version: 1,

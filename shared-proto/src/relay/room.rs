@@ -1360,8 +1360,8 @@ fn presence_frames(left: Vec<HubId>, joined: Vec<HubId>) -> Vec<Frame<'static>> 
     frames
 }
 
-/// The presence frames for `log` as one message (or more, joined, if past [`MAX_MESSAGE`]:
-/// at most 1,024 hubs of 16 bytes a frame keeps it far below).
+/// The presence frames for `log` as one message: the log holds at most [`MAX_PRESENCE_LOG`]
+/// changes, 16 bytes each, far below [`MAX_MESSAGE`].
 fn presence_message(log: &[(HubId, Change)]) -> Vec<u8> {
     let (left, joined) = net_presence(log);
     let mut message = Vec::new();
