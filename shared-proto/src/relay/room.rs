@@ -1871,6 +1871,18 @@ mod tests {
             .count()
     }
 
+    /// A room whose members may send `per_s` frames a second in bursts of `burst`, with no
+    /// other limit that a test reaches.
+    fn frame_limited_room(per_s: u64, burst: u64) -> Room {
+        use crate::relay::rate::Rate;
+        let big = Rate::new(1 << 30, 1 << 30);
+        limited_room(Limits {
+            send_frames: Rate::new(per_s, burst),
+            send_bytes: big,
+            recv_bytes: big,
+        })
+    }
+
     fn limited_room(limits: Limits) -> Room {
         Room::new(RoomConfig {
             limits,
@@ -1885,13 +1897,7 @@ mod tests {
     /// 10 s.
     #[test]
     fn a_flooder_is_limited_and_told_and_nobody_else_is() {
-        use crate::relay::rate::Rate;
-        let big = Rate::new(1 << 30, 1 << 30);
-        let mut r = limited_room(Limits {
-            send_frames: Rate::new(100, 50),
-            send_bytes: big,
-            recv_bytes: big,
-        });
+        let mut r = frame_limited_room(100, 50);
         for i in 1..=4 {
             let _ = join(&mut r, i, hub(i as u8));
         }
@@ -1945,13 +1951,7 @@ mod tests {
     /// keeps the hub out twice as long.
     #[test]
     fn a_flood_is_closed_at_once_and_kept_out_longer_each_time() {
-        use crate::relay::rate::Rate;
-        let big = Rate::new(1 << 30, 1 << 30);
-        let mut r = limited_room(Limits {
-            send_frames: Rate::new(100, 50),
-            send_bytes: big,
-            recv_bytes: big,
-        });
+        let mut r = frame_limited_room(100, 50);
         let _ = join(&mut r, 2, hub(2));
         let flood: Vec<u8> = (0..200).flat_map(|_| send(hub(2), b"x")).collect();
         let mut at = NOW;
@@ -1980,13 +1980,7 @@ mod tests {
     /// A member that stops when told starts a new episode: it is never closed.
     #[test]
     fn a_member_that_backs_off_is_never_closed() {
-        use crate::relay::rate::Rate;
-        let big = Rate::new(1 << 30, 1 << 30);
-        let mut r = limited_room(Limits {
-            send_frames: Rate::new(100, 10),
-            send_bytes: big,
-            recv_bytes: big,
-        });
+        let mut r = frame_limited_room(100, 10);
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
         let burst: Vec<u8> = (0..11).flat_map(|_| send(hub(2), b"x")).collect();
