@@ -90,6 +90,9 @@ pub async fn run(
         relay: RwLock::new(RelayState::default()),
         joined: Notify::new(),
         joining: tokio::sync::Mutex::new(()),
+        apps: crate::apps::AppHost::new(),
+        peer_certs: RwLock::new(Default::default()),
+        calls: Mutex::new(Default::default()),
     });
     let addr = listener.local_addr()?;
     publish_cli_access(&state, addr)?;
@@ -116,6 +119,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let _ = server.await;
+    state.apps.shutdown().await;
     withdraw_cli_access(&state);
     result.map_err(|e| DaemonError::Task(e.to_string()))?
 }
@@ -270,6 +274,9 @@ async fn handle_event(
         }
         PeerEvent::Established { certificate } => {
             let to = certificate.hub_id();
+            if let Ok(mut certs) = state.peer_certs.write() {
+                certs.insert(to, (*certificate).clone());
+            }
             let manifest = state
                 .blocking(move |state| {
                     let store = state.store();
@@ -315,6 +322,12 @@ async fn handle_event(
         }
         PeerEvent::Message { from, message } => {
             tracing::debug!(%from, bytes = message.len(), "message");
+        }
+        PeerEvent::AppRequest { from, message } => {
+            // Off this loop: listing may start apps, and calls run for seconds.
+            let state = state.clone();
+            let member = peers.handle();
+            tokio::spawn(async move { state.serve_peer(member, from, message).await });
         }
         PeerEvent::SessionFailed { peer, reason } => {
             tracing::debug!(%peer, "session failed: {reason}");

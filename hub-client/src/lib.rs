@@ -4,17 +4,19 @@
 //! | module | what |
 //! |---|---|
 //! | [`transport`] | the relay connection, the end-to-end Noise sessions over it, joining with a pairing token, reconnect delays (only this module touches sockets toward the cluster) |
+//! | [`apps`] | the hub's apps: local MCP servers started on demand and driven with `rmcp` |
 //! | [`node`] | the data directory (keys, certificate, the founder's CA) and the SQLite store |
 //! | [`hub`] | the running hub's state and the one service API that every surface calls |
 //! | [`api`] | the local admin HTTP API (a surface), with the request and answer types the CLI shares |
 //! | [`daemon`] | `hub run`: the hub's relay connection and event loop, with its surfaces |
 //! | [`relay_server`] | `hub relay`: the relay over tokio, sharing the Worker's room logic |
 //!
-//! Dependencies go one way: `daemon` -> `api` -> `hub` -> `node`, `transport`.
+//! Dependencies go one way: `daemon` -> `api` -> `hub` -> `apps`, `node`, `transport`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod apps;
 pub mod daemon;
 pub mod hub;
 pub mod node;

@@ -5,6 +5,7 @@
 //! | [`relay`] | hub <-> relay: frames ([`relay::frame`]), close codes, URL paths, and the room ([`relay::room`]), a pure state machine with every deadline and bound of the protocol |
 //! | [`trust`] | the cluster CA, X.509 hub certificates, the signed manifest and revocation list, the relay login |
 //! | `session` (feature `noise`) | hub <-> hub: Noise IK sessions (`session::noise`), the session layer that sets them up on demand (`session::peer`), pairing with a one-time token (`session::pairing`) |
+//! | [`agent`] | the agent surface across hubs: the delegation envelope, sharing policy and trust levels, call error codes |
 //! | [`msg`] | the one registry and codec of the messages inside a session (data, ping, info, manifest, ...) |
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent;
 mod codec;
 pub mod msg;
 pub mod relay;

@@ -9,7 +9,7 @@
 //! a short body or trailing bytes are errors). Requests carry an 8-byte token that their answer
 //! echoes, so a hub can match answers to requests.
 
-use crate::codec::Reader;
+use crate::codec::{put_short_str, Reader};
 use crate::relay::frame::FrameError;
 
 /// The kind registry. Values not listed here are rejected.
@@ -31,11 +31,23 @@ pub enum MsgKind {
     Refused = 5,
     /// The signed cluster manifest the sender holds.
     Manifest = 6,
+    /// Asks which apps the peer shares with the sender.
+    AppsRequest = 7,
+    /// The answer to an apps request.
+    Apps = 8,
+    /// Calls a tool of an app on the peer, under a delegation envelope.
+    Call = 9,
+    /// A call's tool result.
+    CallResult = 10,
+    /// A call refused or failed, with a stable code.
+    CallError = 11,
+    /// The caller no longer waits for a call.
+    Cancel = 12,
 }
 
 impl MsgKind {
     /// Every registered kind, in registry order.
-    pub const ALL: [MsgKind; 7] = [
+    pub const ALL: [MsgKind; 13] = [
         Self::Data,
         Self::Ping,
         Self::Pong,
@@ -43,6 +55,12 @@ impl MsgKind {
         Self::Info,
         Self::Refused,
         Self::Manifest,
+        Self::AppsRequest,
+        Self::Apps,
+        Self::Call,
+        Self::CallResult,
+        Self::CallError,
+        Self::Cancel,
     ];
 
     /// The kind with this byte, if registered.
@@ -87,6 +105,57 @@ pub enum Msg<'a> {
     },
     /// `manifest: [u8]` (the rest: the signed manifest, as `trust::Manifest::sign` makes it)
     Manifest(&'a [u8]),
+    /// `token: u64 | principal: str8`
+    AppsRequest {
+        /// Echoed by the answer.
+        token: u64,
+        /// The operator the listing is for (apps shared with principals are listed for them).
+        principal: &'a str,
+    },
+    /// `token: u64 | apps: [u8]` (the rest: JSON, an array of apps and their tools)
+    Apps {
+        /// The request's token.
+        token: u64,
+        /// The JSON document.
+        apps: &'a [u8],
+    },
+    /// `token: u64 | timeout_ms: u32 | app: str8 | tool: str8 | envelope: u16 length, bytes |
+    /// arguments: [u8]` (the rest: a JSON object, the bytes the envelope's hash binds)
+    Call {
+        /// Echoed by the result or error.
+        token: u64,
+        /// How long the caller waits, from when it sent the call.
+        timeout_ms: u32,
+        /// The app.
+        app: &'a str,
+        /// The tool.
+        tool: &'a str,
+        /// The signed delegation envelope (`agent::envelope`).
+        envelope: &'a [u8],
+        /// The tool's arguments.
+        arguments: &'a [u8],
+    },
+    /// `token: u64 | result: [u8]` (the rest: JSON, the MCP `CallToolResult`)
+    CallResult {
+        /// The call's token.
+        token: u64,
+        /// The JSON document.
+        result: &'a [u8],
+    },
+    /// `token: u64 | code: u16 | message: [u8]` (the rest: UTF-8)
+    CallError {
+        /// The call's token.
+        token: u64,
+        /// An `agent::CallErrorCode` value (an unknown value is kept as it is).
+        code: u16,
+        /// Details, for people.
+        message: &'a str,
+    },
+    /// `token: u64`: the call with this token is no longer awaited.
+    Cancel {
+        /// The call's token.
+        token: u64,
+    },
 }
 
 /// Why bytes are not a session message.
@@ -121,6 +190,12 @@ impl<'a> Msg<'a> {
             Msg::Info { .. } => MsgKind::Info,
             Msg::Refused { .. } => MsgKind::Refused,
             Msg::Manifest(_) => MsgKind::Manifest,
+            Msg::AppsRequest { .. } => MsgKind::AppsRequest,
+            Msg::Apps { .. } => MsgKind::Apps,
+            Msg::Call { .. } => MsgKind::Call,
+            Msg::CallResult { .. } => MsgKind::CallResult,
+            Msg::CallError { .. } => MsgKind::CallError,
+            Msg::Cancel { .. } => MsgKind::Cancel,
         }
     }
 
@@ -131,23 +206,73 @@ impl<'a> Msg<'a> {
             | Msg::Pong { token }
             | Msg::InfoRequest { token }
             | Msg::Info { token, .. }
-            | Msg::Refused { token, .. } => Some(token),
+            | Msg::Refused { token, .. }
+            | Msg::AppsRequest { token, .. }
+            | Msg::Apps { token, .. }
+            | Msg::Call { token, .. }
+            | Msg::CallResult { token, .. }
+            | Msg::CallError { token, .. }
+            | Msg::Cancel { token } => Some(token),
             Msg::Data(_) | Msg::Manifest(_) => None,
         }
     }
 
-    /// The wire form.
+    /// The wire form. Fails only if a string or the envelope is longer than its length prefix
+    /// can say (app and tool names over 255 bytes, an envelope over 65,535).
+    pub fn encode(&self) -> Result<Vec<u8>, MsgError> {
+        let mut out = vec![self.kind() as u8];
+        if let Some(token) = self.token() {
+            out.extend_from_slice(&token.to_be_bytes());
+        }
+        let long = |_| MsgError::Invalid("string over 255 bytes");
+        match self {
+            Msg::AppsRequest { principal, .. } => {
+                put_short_str(&mut out, principal).map_err(long)?
+            }
+            Msg::Call {
+                timeout_ms,
+                app,
+                tool,
+                envelope,
+                arguments,
+                ..
+            } => {
+                out.extend_from_slice(&timeout_ms.to_be_bytes());
+                put_short_str(&mut out, app).map_err(long)?;
+                put_short_str(&mut out, tool).map_err(long)?;
+                let len = u16::try_from(envelope.len())
+                    .map_err(|_| MsgError::Invalid("envelope over 65,535 bytes"))?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(envelope);
+                out.extend_from_slice(arguments);
+            }
+            Msg::CallError { code, message, .. } => {
+                out.extend_from_slice(&code.to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+            _ => return Ok(self.to_vec()),
+        }
+        Ok(out)
+    }
+
+    /// The wire form of a message with no length-prefixed field (every kind but apps request,
+    /// call and call error, for which it is [`Msg::encode`]'s result or, if that fails, empty).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = vec![self.kind() as u8];
         if let Some(token) = self.token() {
             out.extend_from_slice(&token.to_be_bytes());
         }
         match self {
-            Msg::Data(body) | Msg::Manifest(body) | Msg::Info { info: body, .. } => {
-                out.extend_from_slice(body)
-            }
+            Msg::Data(body)
+            | Msg::Manifest(body)
+            | Msg::Info { info: body, .. }
+            | Msg::Apps { apps: body, .. }
+            | Msg::CallResult { result: body, .. } => out.extend_from_slice(body),
             Msg::Refused { reason, .. } => out.extend_from_slice(reason.as_bytes()),
-            Msg::Ping { .. } | Msg::Pong { .. } | Msg::InfoRequest { .. } => {}
+            Msg::Ping { .. } | Msg::Pong { .. } | Msg::InfoRequest { .. } | Msg::Cancel { .. } => {}
+            Msg::AppsRequest { .. } | Msg::Call { .. } | Msg::CallError { .. } => {
+                return self.encode().unwrap_or_default()
+            }
         }
         out
     }
@@ -158,6 +283,12 @@ impl<'a> Msg<'a> {
         let kind = MsgKind::from_u8(kind).ok_or(MsgError::UnknownKind(kind))?;
         let mut r = Reader::new(body);
         let token = |r: &mut Reader<'a>| r.u64().map_err(|_: FrameError| MsgError::Truncated);
+        let short_str = |r: &mut Reader<'a>| {
+            r.short_str().map_err(|e| match e {
+                FrameError::Invalid(_) => MsgError::Invalid("UTF-8 string"),
+                _ => MsgError::Truncated,
+            })
+        };
         let msg = match kind {
             MsgKind::Data => Msg::Data(r.rest()),
             MsgKind::Manifest => Msg::Manifest(r.rest()),
@@ -178,6 +309,43 @@ impl<'a> Msg<'a> {
                 token: token(&mut r)?,
                 reason: std::str::from_utf8(r.rest())
                     .map_err(|_| MsgError::Invalid("UTF-8 reason"))?,
+            },
+            MsgKind::AppsRequest => Msg::AppsRequest {
+                token: token(&mut r)?,
+                principal: short_str(&mut r)?,
+            },
+            MsgKind::Apps => Msg::Apps {
+                token: token(&mut r)?,
+                apps: r.rest(),
+            },
+            MsgKind::Call => {
+                let token = token(&mut r)?;
+                let timeout_ms = r.u32().map_err(|_| MsgError::Truncated)?;
+                let app = short_str(&mut r)?;
+                let tool = short_str(&mut r)?;
+                let len = r.u16().map_err(|_| MsgError::Truncated)?;
+                let envelope = r.take(usize::from(len)).map_err(|_| MsgError::Truncated)?;
+                Msg::Call {
+                    token,
+                    timeout_ms,
+                    app,
+                    tool,
+                    envelope,
+                    arguments: r.rest(),
+                }
+            }
+            MsgKind::CallResult => Msg::CallResult {
+                token: token(&mut r)?,
+                result: r.rest(),
+            },
+            MsgKind::CallError => Msg::CallError {
+                token: token(&mut r)?,
+                code: r.u16().map_err(|_| MsgError::Truncated)?,
+                message: std::str::from_utf8(r.rest())
+                    .map_err(|_| MsgError::Invalid("UTF-8 message"))?,
+            },
+            MsgKind::Cancel => Msg::Cancel {
+                token: token(&mut r)?,
             },
         };
         if r.is_empty() {
@@ -212,6 +380,32 @@ mod tests {
                 reason: "no",
             },
             MsgKind::Manifest => Msg::Manifest(b"HRMF"),
+            MsgKind::AppsRequest => Msg::AppsRequest {
+                token: 9,
+                principal: "ann",
+            },
+            MsgKind::Apps => Msg::Apps {
+                token: 9,
+                apps: b"[]",
+            },
+            MsgKind::Call => Msg::Call {
+                token: 9,
+                timeout_ms: 30_000,
+                app: "fs",
+                tool: "ls",
+                envelope: b"HRDE",
+                arguments: b"{}",
+            },
+            MsgKind::CallResult => Msg::CallResult {
+                token: 9,
+                result: b"{}",
+            },
+            MsgKind::CallError => Msg::CallError {
+                token: 9,
+                code: 9,
+                message: "no",
+            },
+            MsgKind::Cancel => Msg::Cancel { token: 9 },
         }
     }
 
@@ -226,6 +420,15 @@ mod tests {
             (MsgKind::Info, "04 0000000000000009 7b7d"),
             (MsgKind::Refused, "05 0000000000000009 6e6f"),
             (MsgKind::Manifest, "06 48524d46"),
+            (MsgKind::AppsRequest, "07 0000000000000009 03616e6e"),
+            (MsgKind::Apps, "08 0000000000000009 5b5d"),
+            (
+                MsgKind::Call,
+                "09 0000000000000009 00007530 026673 026c73 0004 48524445 7b7d",
+            ),
+            (MsgKind::CallResult, "0a 0000000000000009 7b7d"),
+            (MsgKind::CallError, "0b 0000000000000009 0009 6e6f"),
+            (MsgKind::Cancel, "0c 0000000000000009"),
         ];
         assert_eq!(expected.len(), MsgKind::ALL.len(), "a snapshot per kind");
         for (kind, want) in expected {
@@ -238,7 +441,22 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused() {
         assert_eq!(Msg::decode(&[]), Err(MsgError::Empty));
-        assert_eq!(Msg::decode(&[7]), Err(MsgError::UnknownKind(7)));
+        assert_eq!(Msg::decode(&[13]), Err(MsgError::UnknownKind(13)));
+        // A call whose envelope length runs past the end.
+        let call = sample(MsgKind::Call).to_vec();
+        assert_eq!(Msg::decode(&call[..20]), Err(MsgError::Truncated));
+        assert_eq!(
+            Msg::Call {
+                token: 1,
+                timeout_ms: 1,
+                app: &"a".repeat(256),
+                tool: "t",
+                envelope: b"",
+                arguments: b"",
+            }
+            .encode(),
+            Err(MsgError::Invalid("string over 255 bytes"))
+        );
         for kind in [
             MsgKind::Ping,
             MsgKind::Pong,
@@ -269,7 +487,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(kind in 0u8..7, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
+        fn round_trip(kind in 0u8..13, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
             let kind = MsgKind::from_u8(kind).unwrap();
             let msg = match kind {
                 MsgKind::Data => Msg::Data(body.as_bytes()),
@@ -279,6 +497,19 @@ mod tests {
                 MsgKind::Info => Msg::Info { token, info: body.as_bytes() },
                 MsgKind::Refused => Msg::Refused { token, reason: &body },
                 MsgKind::Manifest => Msg::Manifest(body.as_bytes()),
+                MsgKind::AppsRequest => Msg::AppsRequest { token, principal: &body },
+                MsgKind::Apps => Msg::Apps { token, apps: body.as_bytes() },
+                MsgKind::Call => Msg::Call {
+                    token,
+                    timeout_ms: token as u32,
+                    app: &body,
+                    tool: &body,
+                    envelope: body.as_bytes(),
+                    arguments: body.as_bytes(),
+                },
+                MsgKind::CallResult => Msg::CallResult { token, result: body.as_bytes() },
+                MsgKind::CallError => Msg::CallError { token, code: token as u16, message: &body },
+                MsgKind::Cancel => Msg::Cancel { token },
             };
             let bytes = msg.to_vec();
             prop_assert_eq!(Msg::decode(&bytes), Ok(msg));

@@ -18,10 +18,12 @@ use data_encoding::BASE64URL_NOPAD;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use shared_proto::agent::CallErrorCode;
 use shared_proto::session::pairing::PairingToken;
 use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
 
+use crate::hub::agent::{AppView, HubAppsView, Principal};
 pub use crate::hub::view::{
     IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RateLimitedView,
     RelayView, RevokedView, StatusView, SuspendedView,
@@ -57,6 +59,9 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}/suspend", post(suspend_peer))
         .route("/api/federation/peers/{id}/resume", post(resume_peer))
         .route("/api/federation/peers/{id}/ping", post(ping_peer))
+        .route("/api/federation/peers/{id}/agents", get(peer_agents))
+        .route("/api/apps", get(list_apps))
+        .route("/api/apps/call", post(call_app))
         .fallback(not_found)
         .with_state(state)
 }
@@ -118,6 +123,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::IssuerOffline(_) => (StatusCode::SERVICE_UNAVAILABLE, "issuer_offline"),
             ServiceError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ServiceError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+            ServiceError::Call { code, .. } => (call_status(code), code.name()),
             ServiceError::Home(_) | ServiceError::Store(_) | ServiceError::Task(_) => {
                 return Self::internal(e)
             }
@@ -132,6 +138,21 @@ impl From<crate::node::store::StoreError> for ApiError {
     }
 }
 
+/// The HTTP status of a refused or failed call.
+fn call_status(code: CallErrorCode) -> StatusCode {
+    use CallErrorCode as C;
+    match code {
+        C::NotShared | C::UnknownTool => StatusCode::NOT_FOUND,
+        C::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        C::Busy => StatusCode::TOO_MANY_REQUESTS,
+        C::AppUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::AppFailed => StatusCode::BAD_GATEWAY,
+        C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::BadEnvelope | C::ArgumentsMismatch => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
@@ -139,6 +160,8 @@ async fn not_found() -> ApiError {
 /// A request with a valid token.
 pub(crate) struct Authed {
     admin: bool,
+    /// Who calls: the token's name (`local` for the CLI's token) and its scopes.
+    principal: Principal,
 }
 
 /// A request with a valid admin token.
@@ -166,7 +189,17 @@ impl FromRequestParts<Shared> for Authed {
             .blocking(move |state| Ok(state.store().use_api_token(&token, unix_ms())?))
             .await?;
         found
-            .map(|t: ApiToken| Authed { admin: t.admin })
+            .map(|t: ApiToken| Authed {
+                admin: t.admin,
+                principal: Principal {
+                    name: if t.name == crate::daemon::CLI_TOKEN_NAME {
+                        Principal::local().name
+                    } else {
+                        t.name
+                    },
+                    scopes: Vec::new(),
+                },
+            })
             .ok_or_else(unauthorized)
     }
 }
@@ -175,7 +208,7 @@ impl FromRequestParts<Shared> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let Authed { admin } = Authed::from_request_parts(parts, state).await?;
+        let Authed { admin, .. } = Authed::from_request_parts(parts, state).await?;
         if !admin {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -312,4 +345,62 @@ async fn ping_peer(
     Path(id): Path<String>,
 ) -> Result<Json<PingView>, ApiError> {
     Ok(Json(state.ping(peer_id(&id)?).await?))
+}
+
+/// `POST /api/apps/call`: calls a tool of an app on a hub of the cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallAppRequest {
+    /// The hub: its id, or its name.
+    pub hub: String,
+    /// The app.
+    pub app: String,
+    /// The tool.
+    pub tool: String,
+    /// The tool's arguments (a JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Map<String, Value>>,
+    /// How long to wait, in ms (default 30,000, at most 55,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+async fn list_apps(
+    State(state): State<Shared>,
+    authed: Authed,
+) -> Result<Json<Vec<HubAppsView>>, ApiError> {
+    Ok(Json(state.list_apps(&authed.principal).await))
+}
+
+async fn call_app(
+    State(state): State<Shared>,
+    authed: Authed,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: CallAppRequest = body(&bytes)?;
+    let hub = state.resolve_hub(&req.hub).await?;
+    let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
+    let result = state
+        .call_app(
+            &authed.principal,
+            hub,
+            &req.app,
+            &req.tool,
+            req.arguments,
+            timeout,
+        )
+        .await?;
+    Ok(Json(
+        serde_json::to_value(result).map_err(ApiError::internal)?,
+    ))
+}
+
+/// What a peer shares with this hub (its answer to an apps request).
+async fn peer_agents(
+    State(state): State<Shared>,
+    authed: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AppView>>, ApiError> {
+    Ok(Json(
+        state.peer_apps(peer_id(&id)?, &authed.principal).await?,
+    ))
 }

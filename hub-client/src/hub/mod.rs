@@ -17,6 +17,7 @@ use crate::transport::join::JoinError;
 use crate::transport::peers::{LocalPolicy, PeerError, PeerHandle};
 use crate::unix_ms;
 
+pub mod agent;
 pub mod view;
 
 use view::{
@@ -74,6 +75,14 @@ pub enum ServiceError {
     /// A blocking task failed (a bug).
     #[error("a hub task failed: {0}")]
     Task(String),
+    /// A call of an app was refused or failed, with its stable code.
+    #[error("{message}")]
+    Call {
+        /// The code.
+        code: shared_proto::agent::CallErrorCode,
+        /// Details.
+        message: String,
+    },
 }
 
 impl From<HomeError> for ServiceError {
@@ -111,6 +120,14 @@ pub(crate) struct HubState {
     pub(crate) joined: Notify,
     /// Serializes joins through the API.
     pub(crate) joining: tokio::sync::Mutex<()>,
+    /// This hub's apps.
+    pub(crate) apps: crate::apps::AppHost,
+    /// The certificate each peer's current session was set up with (what calls are checked
+    /// against: its identity key, trust level and roles).
+    pub(crate) peer_certs:
+        RwLock<std::collections::HashMap<HubId, shared_proto::trust::VerifiedPeer>>,
+    /// Calls from peers running now, by peer and token (to cancel them).
+    pub(crate) calls: Mutex<std::collections::HashMap<(HubId, u64), tokio::task::AbortHandle>>,
 }
 
 impl HubState {

@@ -377,7 +377,10 @@ impl Home {
         Some(doc.body)
     }
 
-    fn held_revocations(&self, store: &Store) -> Result<Option<VerifiedRevocations>, HomeError> {
+    pub(crate) fn held_revocations(
+        &self,
+        store: &Store,
+    ) -> Result<Option<VerifiedRevocations>, HomeError> {
         let cluster = self.cluster_id()?;
         Ok(store
             .document(REVOCATIONS)?

@@ -32,7 +32,8 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 
-use shared_proto::msg::Msg;
+use shared_proto::agent::CallErrorCode;
+use shared_proto::msg::{Msg, MsgKind};
 use shared_proto::session::noise::LocalIdentity;
 use shared_proto::session::pairing::is_pairing_message;
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
@@ -45,19 +46,46 @@ use crate::transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 use crate::unix_ms;
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Request {
     Ping,
     Info,
+    Apps { principal: String },
+    Call(OutgoingCall),
 }
 
 impl Request {
-    fn message(self, token: u64) -> Msg<'static> {
+    fn message(&self, token: u64) -> Result<Vec<u8>, shared_proto::msg::MsgError> {
         match self {
-            Request::Ping => Msg::Ping { token },
-            Request::Info => Msg::InfoRequest { token },
+            Request::Ping => Ok(Msg::Ping { token }.to_vec()),
+            Request::Info => Ok(Msg::InfoRequest { token }.to_vec()),
+            Request::Apps { principal } => Msg::AppsRequest { token, principal }.encode(),
+            Request::Call(c) => Msg::Call {
+                token,
+                timeout_ms: c.timeout_ms,
+                app: &c.app,
+                tool: &c.tool,
+                envelope: &c.envelope,
+                arguments: &c.arguments,
+            }
+            .encode(),
         }
     }
+}
+
+/// A call of a tool of an app on another hub, as [`PeerHandle::call`] sends it.
+#[derive(Debug, Clone)]
+pub struct OutgoingCall {
+    /// How long the caller waits.
+    pub timeout_ms: u32,
+    /// The app.
+    pub app: String,
+    /// The tool.
+    pub tool: String,
+    /// The signed delegation envelope.
+    pub envelope: Vec<u8>,
+    /// The arguments (a JSON object), the bytes the envelope's hash binds.
+    pub arguments: Vec<u8>,
 }
 
 /// Bytes waiting for the relay connection above which the application's commands wait.
@@ -164,6 +192,19 @@ pub enum PeerError {
     /// Too many requests are waiting for answers.
     #[error("{MAX_PENDING_REQUESTS} requests are waiting for answers already")]
     TooManyRequests,
+    /// The peer refused or failed a call, with a stable code.
+    #[error("{peer}: {message} ({})", code.map_or("unknown code", |c| c.name()))]
+    Call {
+        /// The peer.
+        peer: HubId,
+        /// The code (`None`: a code this build does not know).
+        code: Option<shared_proto::agent::CallErrorCode>,
+        /// Its details.
+        message: String,
+    },
+    /// The request could not be encoded (a name over 255 bytes).
+    #[error("cannot send the request: {0}")]
+    Encode(#[from] shared_proto::msg::MsgError),
 }
 
 /// What the application receives.
@@ -196,6 +237,15 @@ pub enum PeerEvent {
         /// The sender.
         from: HubId,
         /// The whole message.
+        message: Vec<u8>,
+    },
+    /// A request for this hub's apps (apps request, call or cancel: a whole session message, to
+    /// decode with `Msg::decode`) from a peer this hub does not refuse. Answer it with
+    /// [`PeerHandle::answer`].
+    AppRequest {
+        /// The sender (as its certificate names it).
+        from: HubId,
+        /// The whole session message.
         message: Vec<u8>,
     },
     /// A session with a peer failed or was dropped.
@@ -336,6 +386,36 @@ impl PeerHandle {
             .map_err(PeerError::from)
     }
 
+    /// Sends a whole session message (an answer to a [`PeerEvent::AppRequest`]).
+    pub async fn answer(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
+        self.send_message(to, message).await
+    }
+
+    /// What `to` shares with this hub, for `principal`: the JSON document of its answer.
+    pub async fn apps(
+        &self,
+        to: HubId,
+        principal: &str,
+        limit: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        let principal = principal.to_owned();
+        Ok(self
+            .request(to, Request::Apps { principal }, limit)
+            .await?
+            .body)
+    }
+
+    /// Calls a tool on `to`: the tool result's JSON, or [`PeerError::Call`] with the code. The
+    /// peer is told to stop if no result comes within `limit`.
+    pub async fn call(
+        &self,
+        to: HubId,
+        call: OutgoingCall,
+        limit: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        Ok(self.request(to, Request::Call(call), limit).await?.body)
+    }
+
     /// Round trip to `to` through the session (set up first if needed; that time is included in
     /// the first ping).
     pub async fn ping(&self, to: HubId, limit: Duration) -> Result<Duration, PeerError> {
@@ -407,6 +487,8 @@ struct PendingRequest {
     peer: HubId,
     sent: Instant,
     deadline: Instant,
+    /// A call: the peer is sent `Cancel` if its caller stops waiting.
+    cancel_on_expiry: bool,
     done: oneshot::Sender<Result<Reply, PeerError>>,
 }
 
@@ -421,9 +503,18 @@ impl Pending {
         self.requests.values().map(|r| r.deadline).min()
     }
 
-    /// Forgets the requests whose callers stopped waiting (they were told `Timeout`).
-    fn expire(&mut self, now: Instant) {
-        self.requests.retain(|_, r| r.deadline > now);
+    /// Forgets the requests whose callers stopped waiting (they were told `Timeout`); returns
+    /// the calls among them, whose peers are to be told.
+    fn expire(&mut self, now: Instant) -> Vec<(HubId, u64)> {
+        let mut cancelled = Vec::new();
+        self.requests.retain(|token, r| {
+            let keep = r.deadline > now;
+            if !keep && r.cancel_on_expiry {
+                cancelled.push((r.peer, *token));
+            }
+            keep
+        });
+        cancelled
     }
 }
 
@@ -523,18 +614,27 @@ async fn run(
                     }
                     Command::Request { to, kind, limit, done } => {
                         if pending.requests.len() >= MAX_PENDING_REQUESTS {
-                            pending.expire(Instant::now());
+                            for (peer, token) in pending.expire(Instant::now()) {
+                                let _ = sessions.send(peer, Msg::Cancel { token }.to_vec(), unix_ms(), &mut rng);
+                            }
                         }
                         if pending.requests.len() >= MAX_PENDING_REQUESTS {
                             let _ = done.send(Err(PeerError::TooManyRequests));
                             continue;
                         }
                         let token = rng.next_u64();
-                        let msg = kind.message(token).to_vec();
+                        let msg = match kind.message(token) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                let _ = done.send(Err(e.into()));
+                                continue;
+                            }
+                        };
+                        let cancel_on_expiry = matches!(kind, Request::Call(_));
                         match sessions.send(to, msg, unix_ms(), &mut rng) {
                             Ok(()) => {
                                 let sent = Instant::now();
-                                let req = PendingRequest { peer: to, sent, deadline: sent + limit, done };
+                                let req = PendingRequest { peer: to, sent, deadline: sent + limit, cancel_on_expiry, done };
                                 pending.requests.insert(token, req);
                             }
                             Err(e) => {
@@ -587,7 +687,9 @@ async fn run(
             }
             () = sleep_until_opt(timer) => {
                 sessions.handle_timeout(unix_ms(), &mut rng);
-                pending.expire(Instant::now());
+                for (peer, token) in pending.expire(Instant::now()) {
+                    let _ = sessions.send(peer, Msg::Cancel { token }.to_vec(), unix_ms(), &mut rng);
+                }
             }
         }
         drain(&mut sessions, &mut q, &mut pending, &mut rng, from_network);
@@ -660,9 +762,36 @@ fn drain(
                     let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
                 }
                 Ok(
+                    Msg::AppsRequest { token, .. }
+                    | Msg::Call { token, .. }
+                    | Msg::Cancel { token },
+                ) if pending.policy.refuses(&from) => {
+                    let answer = if message.first() == Some(&(MsgKind::AppsRequest as u8)) {
+                        Msg::Refused {
+                            token,
+                            reason: "suspended by this hub",
+                        }
+                    } else if message.first() == Some(&(MsgKind::Call as u8)) {
+                        Msg::CallError {
+                            token,
+                            code: CallErrorCode::Suspended.to_u16(),
+                            message: "suspended by this hub",
+                        }
+                    } else {
+                        continue;
+                    };
+                    let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
+                }
+                Ok(Msg::AppsRequest { .. } | Msg::Call { .. } | Msg::Cancel { .. }) => {
+                    q.to_app.push_back(PeerEvent::AppRequest { from, message });
+                }
+                Ok(
                     answer @ (Msg::Pong { token }
                     | Msg::Info { token, .. }
-                    | Msg::Refused { token, .. }),
+                    | Msg::Refused { token, .. }
+                    | Msg::Apps { token, .. }
+                    | Msg::CallResult { token, .. }
+                    | Msg::CallError { token, .. }),
                 ) => {
                     let Some(req) = pending.requests.remove(&token) else {
                         continue;
@@ -676,9 +805,16 @@ fn drain(
                             peer: from,
                             reason: reason.to_owned(),
                         }),
-                        Msg::Info { info, .. } => Ok(Reply {
+                        Msg::CallError { code, message, .. } => Err(PeerError::Call {
+                            peer: from,
+                            code: CallErrorCode::from_u16(code),
+                            message: message.to_owned(),
+                        }),
+                        Msg::Info { info: body, .. }
+                        | Msg::Apps { apps: body, .. }
+                        | Msg::CallResult { result: body, .. } => Ok(Reply {
                             rtt: req.sent.elapsed(),
-                            body: info.to_vec(),
+                            body: body.to_vec(),
                         }),
                         _ => Ok(Reply {
                             rtt: req.sent.elapsed(),
@@ -737,12 +873,15 @@ mod tests {
                 peer: HubId([token as u8; 16]),
                 sent: now,
                 deadline: now + Duration::from_secs(limit),
+                // Request 1 is a call: its peer is to be told when its caller stops waiting.
+                cancel_on_expiry: token == 1,
                 done,
             };
             pending.requests.insert(token, req);
         }
         assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(1)));
-        pending.expire(now + Duration::from_secs(5));
+        let cancelled = pending.expire(now + Duration::from_secs(5));
+        assert_eq!(cancelled, vec![(HubId([1; 16]), 1)]);
         let mut left: Vec<u64> = pending.requests.keys().copied().collect();
         left.sort_unstable();
         assert_eq!(left, vec![3]);

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hub_client::api::{PeerDetail, PeerView, PingView, RevokedView, StatusView, SuspendedView};
+use hub_client::api::{
+    CallAppRequest, PeerDetail, PeerView, PingView, RevokedView, StatusView, SuspendedView,
+};
+use hub_client::hub::agent::HubAppsView;
 use hub_client::node::home::Home;
 use reqwest::Method;
 use shared_proto::HubId;
@@ -19,7 +22,7 @@ impl Api {
     /// How long a running hub has to answer its health check.
     const FIND_TIMEOUT: Duration = Duration::from_secs(3);
     /// How long one API call may take.
-    const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+    const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// The running hub's API, if one is running: `None` when there is no `api.url` or nothing
     /// listens there any more (a crash leaves the files behind); an error when something listens
@@ -34,6 +37,7 @@ impl Api {
         };
         let client = reqwest::Client::builder()
             .connect_timeout(Self::FIND_TIMEOUT)
+            // Long enough for the longest app call (55 s) and its way back.
             .timeout(Self::CALL_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
@@ -67,13 +71,24 @@ impl Api {
         method: reqwest::Method,
         path: &str,
     ) -> Result<T> {
-        let resp = self
+        self.call_with(method, path, None).await
+    }
+
+    /// One call with a JSON body.
+    async fn call_with<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .context("the running hub did not answer")?;
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.context("the running hub did not answer")?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the hub's answer")?;
         if !status.is_success() {
@@ -82,6 +97,18 @@ impl Api {
             bail!("{message}");
         }
         serde_json::from_slice(&bytes).context("the hub's answer does not parse")
+    }
+
+    /// `GET /api/apps`: the apps of every hub this hub may use.
+    pub(crate) async fn apps(&self) -> Result<Vec<HubAppsView>> {
+        self.call(Method::GET, "/api/apps").await
+    }
+
+    /// `POST /api/apps/call`: the tool's MCP result (JSON).
+    pub(crate) async fn call_app(&self, req: &CallAppRequest) -> Result<serde_json::Value> {
+        let body = serde_json::to_value(req).context("encoding the call")?;
+        self.call_with(Method::POST, "/api/apps/call", Some(body))
+            .await
     }
 
     /// `GET /api/status`.

@@ -107,6 +107,13 @@ pub(crate) enum Command {
     /// API tokens for the local admin API.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// This hub's apps (local MCP servers): add, list, show, share, remove, call.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Serve MCP on stdio for an agent client, connected to the running hub: the apps of every
+    /// hub of the cluster that this hub may use. Put `hub mcp` (with `--home` if needed) in the
+    /// client's MCP server configuration.
+    Mcp,
     /// Print this hub's id.
     Id,
     /// Measure round trips to another hub through the end-to-end encrypted session.
@@ -207,6 +214,83 @@ pub(crate) enum TokensCommand {
     Delete {
         /// The name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AppsCommand {
+    /// Add an app (or replace how it is reached); it is shared with nobody until `hub apps share`.
+    Add {
+        /// Its name on this hub (letters, digits, `-` and `_`).
+        name: String,
+        /// The command that runs it, speaking MCP on stdio ("npx -y @modelcontextprotocol/server-everything").
+        #[arg(
+            long,
+            value_name = "\"CMD ARGS...\"",
+            conflicts_with = "url",
+            required_unless_present = "url"
+        )]
+        command: Option<String>,
+        /// Where it serves MCP over streamable HTTP on this machine.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Environment variables for the command (repeatable).
+        #[arg(long = "env", value_name = "K=V", requires = "command")]
+        env: Vec<String>,
+        /// The command's working directory.
+        #[arg(long, value_name = "DIR", requires = "command")]
+        cwd: Option<PathBuf>,
+    },
+    /// List the apps and who they are shared with.
+    List,
+    /// One app: how it is reached, its sharing, and its tools with their input schemas (the app
+    /// is started to ask).
+    Show {
+        /// The app.
+        name: String,
+    },
+    /// Say who else may see and call an app (default: nobody). One of the modes.
+    Share {
+        /// The app.
+        name: String,
+        /// Nobody but this hub's own agents.
+        #[arg(long, group = "mode")]
+        local_only: bool,
+        /// Every hub of the cluster.
+        #[arg(long, group = "mode")]
+        cluster: bool,
+        /// Hubs whose certificate has one of these roles.
+        #[arg(long, value_delimiter = ',', group = "mode", value_name = "ROLES")]
+        roles: Vec<String>,
+        /// These hubs.
+        #[arg(long, value_delimiter = ',', group = "mode", value_name = "IDS")]
+        hubs: Vec<HubId>,
+        /// Calls made for these operators (API token names), from any hub.
+        #[arg(long, value_delimiter = ',', group = "mode", value_name = "NAMES")]
+        principals: Vec<String>,
+        /// The least trust level a calling hub needs for any tool of this app.
+        #[arg(long, value_name = "LEVEL")]
+        require_trust: Option<TrustLevel>,
+    },
+    /// Remove an app.
+    Remove {
+        /// The app.
+        name: String,
+    },
+    /// Call a tool of an app on any hub, through the running hub (prints the MCP result as JSON).
+    Call {
+        /// The hub: its id or name.
+        hub: String,
+        /// The app.
+        app: String,
+        /// The tool.
+        tool: String,
+        /// The arguments, a JSON object.
+        #[arg(long, default_value = "{}", value_name = "JSON")]
+        args: String,
+        /// Give up after this long (at most 55s).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 

@@ -2,9 +2,11 @@
 //! definitions, `api_client` the typed client of a running hub's admin API.
 
 mod api_client;
+mod apps;
 mod args;
 mod cluster;
 mod join;
+mod mcp;
 mod peers;
 mod relay;
 mod run;
@@ -43,7 +45,7 @@ use crate::tokens::tokens;
 
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     // A backtrace helps with a bug, not with a user's mistake: shown only when asked for debug
     // logs, whatever RUST_BACKTRACE says.
     let debug = filter
@@ -201,6 +203,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => status(&home).await,
         Command::Tokens(cmd) => tokens(&home, cmd),
+        Command::Apps(cmd) => crate::apps::apps_command(&home, cmd).await,
+        Command::Mcp => crate::mcp::serve_stdio(&home).await,
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());
             Ok(())

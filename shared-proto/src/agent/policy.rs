@@ -1,0 +1,280 @@
+//! Who may see and call an app: its sharing policy (default deny) and the calling hub's trust
+//! level, checked on the hub that runs the app for every list and every call.
+
+use super::CallErrorCode;
+use crate::trust::TrustLevel;
+use crate::HubId;
+
+/// Which other hubs' callers may see and call an app. A new app is [`Sharing::LocalOnly`].
+///
+/// Written (stored, and in the CLI) as `local`, `cluster`, `roles:a,b`, `hubs:ID,ID` or
+/// `principals:a,b`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// Only this hub's own agents.
+    #[default]
+    LocalOnly,
+    /// Every hub of the cluster.
+    Cluster,
+    /// Hubs whose certificate carries one of these roles.
+    Roles(Vec<String>),
+    /// These hubs.
+    Hubs(Vec<HubId>),
+    /// Calls made for these operator principals (the delegation envelope's principal), from
+    /// any hub.
+    Principals(Vec<String>),
+}
+
+/// What a tool says of itself (MCP tool annotations). An absent hint is `false`: a tool is
+/// read-only or destructive only if it says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ToolHints {
+    /// `readOnlyHint`: the tool does not change its environment.
+    pub read_only: bool,
+    /// `destructiveHint`: the tool may destroy or overwrite.
+    pub destructive: bool,
+}
+
+/// Who asks: the calling hub as its certificate says, and the principal its envelope names.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The calling hub.
+    pub hub: HubId,
+    /// Its certificate's trust level.
+    pub trust: TrustLevel,
+    /// Its certificate's roles.
+    pub roles: &'a [String],
+    /// The principal the call is made for (none when listing).
+    pub principal: Option<&'a str>,
+}
+
+impl Sharing {
+    /// Whether `caller` (another hub) may see the app. For [`Sharing::Principals`], a listing
+    /// with no principal sees nothing.
+    pub fn admits(&self, caller: &Caller<'_>) -> bool {
+        match self {
+            Sharing::LocalOnly => false,
+            Sharing::Cluster => true,
+            Sharing::Roles(roles) => caller.roles.iter().any(|r| roles.contains(r)),
+            Sharing::Hubs(hubs) => hubs.contains(&caller.hub),
+            Sharing::Principals(names) => caller
+                .principal
+                .is_some_and(|p| names.iter().any(|n| n == p)),
+        }
+    }
+}
+
+impl std::fmt::Display for Sharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list =
+            |f: &mut std::fmt::Formatter<'_>, kind, items: &mut dyn Iterator<Item = String>| {
+                write!(f, "{kind}:{}", items.collect::<Vec<_>>().join(","))
+            };
+        match self {
+            Sharing::LocalOnly => f.write_str("local"),
+            Sharing::Cluster => f.write_str("cluster"),
+            Sharing::Roles(r) => list(f, "roles", &mut r.iter().cloned()),
+            Sharing::Hubs(h) => list(f, "hubs", &mut h.iter().map(HubId::to_string)),
+            Sharing::Principals(p) => list(f, "principals", &mut p.iter().cloned()),
+        }
+    }
+}
+
+/// Text that is not a sharing policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a sharing policy is local, cluster, roles:A,B, hubs:ID,ID or principals:A,B (lists not empty)"
+)]
+pub struct ParseSharingError;
+
+impl std::str::FromStr for Sharing {
+    type Err = ParseSharingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items = |rest: &str| -> Result<Vec<String>, ParseSharingError> {
+            let v: Vec<String> = rest.split(',').map(|i| i.trim().to_owned()).collect();
+            if v.iter().any(String::is_empty) {
+                return Err(ParseSharingError);
+            }
+            Ok(v)
+        };
+        match s.split_once(':') {
+            None if s == "local" => Ok(Sharing::LocalOnly),
+            None if s == "cluster" => Ok(Sharing::Cluster),
+            Some(("roles", rest)) => Ok(Sharing::Roles(items(rest)?)),
+            Some(("principals", rest)) => Ok(Sharing::Principals(items(rest)?)),
+            Some(("hubs", rest)) => items(rest)?
+                .iter()
+                .map(|h| h.parse().map_err(|_| ParseSharingError))
+                .collect::<Result<_, _>>()
+                .map(Sharing::Hubs),
+            _ => Err(ParseSharingError),
+        }
+    }
+}
+
+/// The trust level a caller needs for a tool: `read_only` for a read-only tool,
+/// `agent_dispatch` for one that acts, `full` for a destructive one; never less than the app's
+/// `require_trust`.
+pub fn trust_needed(hints: ToolHints, require_trust: Option<TrustLevel>) -> TrustLevel {
+    let by_tool = if hints.read_only {
+        TrustLevel::ReadOnly
+    } else if hints.destructive {
+        TrustLevel::Full
+    } else {
+        TrustLevel::AgentDispatch
+    };
+    require_trust.map_or(by_tool, |r| r.max(by_tool))
+}
+
+/// Whether `caller` may call a tool with `hints` of an app shared by `sharing` with
+/// `require_trust`: [`CallErrorCode::NotShared`] or [`CallErrorCode::TrustTooLow`] if not.
+pub fn check_call(
+    sharing: &Sharing,
+    require_trust: Option<TrustLevel>,
+    hints: ToolHints,
+    caller: &Caller<'_>,
+) -> Result<(), CallErrorCode> {
+    if !sharing.admits(caller) {
+        return Err(CallErrorCode::NotShared);
+    }
+    if caller.trust < trust_needed(hints, require_trust) {
+        return Err(CallErrorCode::TrustTooLow);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CallErrorCode::{NotShared, TrustTooLow};
+    use TrustLevel::{AgentDispatch, Full, ReadOnly};
+
+    const ME: HubId = HubId([5; 16]);
+
+    /// Every sharing mode against callers that it should and should not admit, and every trust
+    /// level against every kind of tool.
+    #[test]
+    fn sharing_policies_read_back_as_written() {
+        for text in [
+            "local",
+            "cluster",
+            "roles:laptop,phone",
+            "principals:ann",
+            &format!("hubs:{ME}"),
+        ] {
+            let sharing: Sharing = text.parse().unwrap();
+            assert_eq!(sharing.to_string(), text);
+        }
+        for bad in [
+            "",
+            "roles:",
+            "roles:a,,b",
+            "hubs:xyz",
+            "everyone",
+            "cluster:x",
+        ] {
+            assert_eq!(bad.parse::<Sharing>(), Err(ParseSharingError), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_sharing_mode_and_trust_level_allows_exactly_what_it_should() {
+        let laptop = vec!["laptop".to_owned()];
+        let phone = vec!["phone".to_owned()];
+        let caller = |roles: &'static [String], principal, hub| Caller {
+            hub,
+            trust: Full,
+            roles,
+            principal,
+        };
+        let laptop: &'static [String] = Box::leak(laptop.into_boxed_slice());
+        let phone: &'static [String] = Box::leak(phone.into_boxed_slice());
+        let other = HubId([6; 16]);
+        let rows: [(Sharing, Caller<'_>, bool); 10] = [
+            (Sharing::LocalOnly, caller(laptop, Some("ann"), ME), false),
+            (Sharing::Cluster, caller(&[], None, other), true),
+            (
+                Sharing::Roles(vec!["laptop".into()]),
+                caller(laptop, None, other),
+                true,
+            ),
+            (
+                Sharing::Roles(vec!["laptop".into()]),
+                caller(phone, None, other),
+                false,
+            ),
+            (Sharing::Hubs(vec![ME]), caller(&[], None, ME), true),
+            (Sharing::Hubs(vec![ME]), caller(&[], None, other), false),
+            (
+                Sharing::Principals(vec!["ann".into()]),
+                caller(&[], Some("ann"), other),
+                true,
+            ),
+            (
+                Sharing::Principals(vec!["ann".into()]),
+                caller(&[], Some("bob"), other),
+                false,
+            ),
+            (
+                Sharing::Principals(vec!["ann".into()]),
+                caller(&[], None, other),
+                false,
+            ),
+            (Sharing::Roles(vec![]), caller(laptop, None, other), false),
+        ];
+        for (sharing, who, admitted) in rows {
+            let want = if admitted { Ok(()) } else { Err(NotShared) };
+            assert_eq!(
+                check_call(&sharing, None, ToolHints::default(), &who),
+                want,
+                "{sharing:?} {who:?}"
+            );
+        }
+
+        let read = ToolHints {
+            read_only: true,
+            destructive: false,
+        };
+        let act = ToolHints::default();
+        let destroy = ToolHints {
+            read_only: false,
+            destructive: true,
+        };
+        let table = [
+            (ReadOnly, [Ok(()), Err(TrustTooLow), Err(TrustTooLow)]),
+            (AgentDispatch, [Ok(()), Ok(()), Err(TrustTooLow)]),
+            (Full, [Ok(()), Ok(()), Ok(())]),
+        ];
+        for (trust, want) in table {
+            let who = Caller {
+                hub: other,
+                trust,
+                roles: &[],
+                principal: None,
+            };
+            for (hints, want) in [read, act, destroy].into_iter().zip(want) {
+                assert_eq!(
+                    check_call(&Sharing::Cluster, None, hints, &who),
+                    want,
+                    "{trust} {hints:?}"
+                );
+            }
+        }
+        // The app's own floor tightens it.
+        let who = Caller {
+            hub: other,
+            trust: AgentDispatch,
+            roles: &[],
+            principal: None,
+        };
+        assert_eq!(
+            check_call(&Sharing::Cluster, Some(Full), read, &who),
+            Err(TrustTooLow)
+        );
+        assert_eq!(
+            check_call(&Sharing::Cluster, Some(AgentDispatch), read, &who),
+            Ok(())
+        );
+    }
+}

@@ -1,0 +1,639 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The agent surface end to end: `hub` processes with their apps (a real third-party MCP server,
+//! `@modelcontextprotocol/server-everything` from package-lock.json, and the in-repo `test-app`),
+//! an MCP client started as a desktop agent client starts `hub mcp`, calls across hubs through
+//! the relay in workerd and `hub relay`, sharing, trust levels and every refusal of a call's
+//! delegation envelope.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use e2e::cli::{HubHome, RunningHub};
+use e2e::{hub_bin, repo_root, RelayKind, RelayProcess};
+use hub_client::node::home::Home;
+use hub_client::transport::peers::{OutgoingCall, PeerClient, PeerError};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use shared_proto::agent::{arguments_hash, CallErrorCode, Delegation};
+use shared_proto::HubId;
+
+/// The third-party MCP server, as scripts/setup installs it.
+fn everything() -> String {
+    let bin = repo_root().join("node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/setup",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+/// The in-repo test app (built with this test).
+fn test_app() -> String {
+    env!("CARGO_BIN_EXE_test-app").to_owned()
+}
+
+/// A relay, a founder hub `desk` (running) and a directory for more hubs.
+struct Cluster {
+    _relay: RelayProcess,
+    dir: tempfile::TempDir,
+    desk: HubHome,
+    desk_run: Option<RunningHub>,
+}
+
+impl Cluster {
+    fn start(kind: RelayKind) -> Self {
+        let relay = RelayProcess::start(kind);
+        let dir = tempfile::tempdir().unwrap();
+        let desk = HubHome::new(dir.path().join("desk"));
+        desk.ok(&[
+            "cluster",
+            "create",
+            "--name",
+            "desk",
+            "--relay",
+            &relay.url(),
+        ]);
+        let desk_run = Some(desk.run());
+        Cluster {
+            _relay: relay,
+            dir,
+            desk,
+            desk_run,
+        }
+    }
+
+    /// A hub joined with `trust` (and `roles`), not running.
+    fn join(&self, name: &str, trust: &str, roles: &str) -> HubHome {
+        let mut args = vec!["invite", "--trust-level", trust];
+        if !roles.is_empty() {
+            args.extend(["--roles", roles]);
+        }
+        let token = self.desk.ok(&args).trim().to_owned();
+        let home = HubHome::new(self.dir.path().join(name));
+        home.ok(&["join", &token, "--name", name]);
+        home
+    }
+
+    fn desk_run(&self) -> &RunningHub {
+        self.desk_run.as_ref().unwrap()
+    }
+}
+
+/// Waits until `hub` (running) has `n` peers online.
+fn wait_online(home: &HubHome, n: usize) {
+    home.ok_when(&["status"], &format!("{n} peer(s) online"), |out| {
+        out.lines()
+            .any(|l| l.contains("peers online") && l.contains(&n.to_string()))
+    });
+}
+
+/// An MCP client that starts `hub mcp` for `home` as a desktop agent client would.
+async fn mcp_client(home: &HubHome) -> RunningService<RoleClient, ()> {
+    let mut cmd = tokio::process::Command::new(hub_bin());
+    cmd.arg("--home").arg(&home.dir).arg("mcp");
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ().serve(transport).await.unwrap()
+}
+
+async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    params.arguments = args.as_object().cloned();
+    client.call_tool(params).await.unwrap()
+}
+
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn workerd() {
+                super::$name(super::RelayKind::Workerd)
+            }
+            #[test]
+            fn native() {
+                super::$name(super::RelayKind::Native)
+            }
+        }
+    };
+}
+
+/// A runtime for the async parts of a test (the CLI and API helpers block, and run outside it).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs blocking helpers (`hub run`, API requests) from inside a test's runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+both!(an_agent_on_the_desk_lists_and_calls_an_app_on_the_laptop);
+/// The laptop shares server-everything with the cluster and keeps another app to itself; an MCP
+/// client connected to the desk (`hub mcp`) lists the apps of both hubs and calls a tool on the
+/// laptop through the relay, by `app.call` and directly; the unshared app is invisible and
+/// uncallable.
+fn an_agent_on_the_desk_lists_and_calls_an_app_on_the_laptop(kind: RelayKind) {
+    let c = Cluster::start(kind);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "everything", "--command", &everything()]);
+    laptop.ok(&["apps", "add", "private", "--command", &everything()]);
+    laptop.ok(&["apps", "share", "everything", "--cluster"]);
+    let _laptop_run = laptop.run();
+    wait_online(&c.desk, 1);
+    let laptop_id = laptop.id();
+    runtime().block_on(agent_on_the_desk(&c, &laptop_id));
+}
+
+async fn agent_on_the_desk(c: &Cluster, laptop_id: &str) {
+    let short = &laptop_id[..8];
+    let client = mcp_client(&c.desk).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert!(
+        names.contains(&"apps.list") && names.contains(&"app.call"),
+        "{names:?}"
+    );
+    let echo = format!("everything_echo_{short}");
+    assert!(names.contains(&echo.as_str()), "{echo} not in {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("private_")),
+        "{names:?}"
+    );
+
+    let listing = call(&client, "apps.list", json!({})).await;
+    let hubs = listing.structured_content.as_ref().unwrap()["hubs"].clone();
+    let laptop_view = hubs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hub_id"] == laptop_id)
+        .unwrap_or_else(|| panic!("laptop not listed: {hubs}"));
+    assert_eq!(laptop_view["hub_name"], "laptop");
+    assert_eq!(laptop_view["path"], "relay");
+    let apps: Vec<&str> = laptop_view["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["everything"], "{laptop_view}");
+    let echo_schema = &laptop_view["apps"][0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "echo")
+        .unwrap()["inputSchema"];
+    assert_eq!(echo_schema["required"], json!(["message"]));
+
+    let result = call(
+        &client,
+        "app.call",
+        json!({ "hub": "laptop", "app": "everything", "tool": "echo",
+                "arguments": { "message": "hello from the desk" } }),
+    )
+    .await;
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert!(text(&result).contains("hello from the desk"), "{result:?}");
+
+    let direct = call(&client, &echo, json!({ "message": "called directly" })).await;
+    assert!(text(&direct).contains("called directly"), "{direct:?}");
+
+    for app in ["private", "nonexistent"] {
+        let refused = call(
+            &client,
+            "app.call",
+            json!({ "hub": laptop_id, "app": app, "tool": "echo",
+                    "arguments": { "message": "x" } }),
+        )
+        .await;
+        assert_eq!(refused.is_error, Some(true), "{refused:?}");
+        assert!(text(&refused).contains("no such app shared"), "{refused:?}");
+    }
+    client.cancel().await.unwrap();
+}
+
+/// Calls from the desk's API to `test-app` on the laptop: a 5 MiB result crosses intact; an app
+/// that crashes mid-call gives an error and is started again; a call to a hub that went offline
+/// fails within its deadline.
+#[test]
+fn large_results_crashes_and_offline_hubs() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
+    let mut laptop_run = Some(laptop.run());
+    wait_online(&c.desk, 1);
+    let desk = c.desk_run();
+    let token = desk.cli_token();
+    let call = |tool: &str, args: Value| {
+        let body = json!({ "hub": "laptop", "app": "tools", "tool": tool, "arguments": args,
+                           "timeout_ms": 10_000 });
+        desk.request(
+            "POST",
+            "/api/apps/call",
+            Some(&token),
+            Some(&body.to_string()),
+        )
+    };
+
+    let big = 5 * 1024 * 1024;
+    let answer = call("blob", json!({ "bytes": big }));
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    let blob = answer.json["content"][0]["text"].as_str().unwrap();
+    assert_eq!(blob.len(), big);
+    assert!(blob.bytes().all(|b| b == b'x'));
+
+    let crashed = call("crash", json!({}));
+    assert_eq!(crashed.status, 502, "{:?}", crashed.json);
+    assert_eq!(crashed.json["error"]["code"], "app_failed");
+    // Started again once its backoff (1 s) has passed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let again = call("note_read", json!({}));
+        if again.status == 200 {
+            break;
+        }
+        assert_eq!(
+            again.json["error"]["code"], "app_unavailable",
+            "{:?}",
+            again.json
+        );
+        assert!(Instant::now() < deadline, "not restarted: {:?}", again.json);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    drop(laptop_run.take());
+    let laptop_id = laptop.id();
+    c.desk.ok_when(&["status"], "the laptop offline", |out| {
+        out.lines()
+            .any(|l| l.contains("peers online") && l.contains('0'))
+    });
+    let started = Instant::now();
+    let offline = desk.request(
+        "POST",
+        "/api/apps/call",
+        Some(&token),
+        Some(
+            &json!({ "hub": laptop_id, "app": "tools", "tool": "note_read",
+                      "timeout_ms": 5_000 })
+            .to_string(),
+        ),
+    );
+    assert!(offline.status >= 400, "{:?}", offline.json);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Each trust level calls exactly the tools it should of an app the desk shares with the
+/// cluster: read-only tools for read_only, acting ones too for agent_dispatch, destructive ones
+/// too for full; and an app shared by role is seen by that role only.
+#[test]
+fn each_trust_level_calls_exactly_what_it_may() {
+    let mut c = Cluster::start(RelayKind::Native);
+    c.desk
+        .ok(&["apps", "add", "tools", "--command", &test_app()]);
+    c.desk.ok(&["apps", "share", "tools", "--cluster"]);
+    c.desk
+        .ok(&["apps", "add", "phones", "--command", &test_app()]);
+    c.desk.ok(&["apps", "share", "phones", "--roles", "phone"]);
+    // The desk reads its apps from its store at each call: no restart needed. Restart anyway to
+    // check the sharing survives one.
+    drop(c.desk_run.take());
+    c.desk_run = Some(c.desk.run());
+    let hubs = [
+        ("reader", "read_only", "phone"),
+        ("agent", "agent_dispatch", ""),
+        ("admin", "full", ""),
+    ];
+    let homes: Vec<HubHome> = hubs.iter().map(|(n, t, r)| c.join(n, t, r)).collect();
+    let runs: Vec<RunningHub> = homes.iter().map(HubHome::run).collect();
+    wait_online(&c.desk, 3);
+    let table = [
+        // (hub, tool, allowed)
+        (0, "note_read", true),
+        (0, "note_write", false),
+        (0, "wipe", false),
+        (1, "note_read", true),
+        (1, "note_write", true),
+        (1, "wipe", false),
+        (2, "note_read", true),
+        (2, "note_write", true),
+        (2, "wipe", true),
+    ];
+    for (i, tool, allowed) in table {
+        let run = &runs[i];
+        let body = json!({ "hub": "desk", "app": "tools", "tool": tool,
+                           "arguments": { "text": "hi" } });
+        let answer = run.request(
+            "POST",
+            "/api/apps/call",
+            Some(&run.cli_token()),
+            Some(&body.to_string()),
+        );
+        if allowed {
+            assert_eq!(
+                answer.status, 200,
+                "{} {tool}: {:?}",
+                hubs[i].0, answer.json
+            );
+        } else {
+            assert_eq!(
+                answer.status, 403,
+                "{} {tool}: {:?}",
+                hubs[i].0, answer.json
+            );
+            assert_eq!(
+                answer.json["error"]["code"], "trust_too_low",
+                "{} {tool}",
+                hubs[i].0
+            );
+        }
+    }
+    // What each sees: tools it may call only, and the phone app for the phone role only.
+    for (i, run) in runs.iter().enumerate() {
+        let answer = run.request("GET", "/api/apps", Some(&run.cli_token()), None);
+        let desk = answer
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["hub_name"] == "desk")
+            .unwrap()
+            .clone();
+        let apps: Vec<&str> = desk["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        let want: &[&str] = if i == 0 {
+            &["phones", "tools"]
+        } else {
+            &["tools"]
+        };
+        assert_eq!(apps, want, "{}", hubs[i].0);
+        let tools: Vec<&str> = desk["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "tools")
+            .unwrap()["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tools.contains(&"note_write"),
+            i >= 1,
+            "{}: {tools:?}",
+            hubs[i].0
+        );
+        assert_eq!(tools.contains(&"wipe"), i == 2, "{}: {tools:?}", hubs[i].0);
+    }
+}
+
+/// A refusal case: what, the envelope, its signing key, the arguments sent, raw envelope bytes
+/// instead of the signed envelope, and the code expected.
+type Case<'a> = (
+    &'a str,
+    Delegation,
+    &'a ed25519_dalek::SigningKey,
+    &'a [u8],
+    Option<Vec<u8>>,
+    CallErrorCode,
+);
+
+/// The test plays the laptop itself (its keys, through the relay, `hub run` not started) and
+/// sends the desk calls with envelopes it crafts: each refusal comes with its own code, and a
+/// call that replays an envelope is refused, also after the desk restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_envelope_refusal_has_its_own_code() {
+    let mut c = blocking(|| Cluster::start(RelayKind::Native));
+    c.desk
+        .ok(&["apps", "add", "tools", "--command", &test_app()]);
+    c.desk.ok(&["apps", "share", "tools", "--cluster"]);
+    c.desk
+        .ok(&["apps", "add", "secret", "--command", &test_app()]);
+    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let desk_id: HubId = c.desk.id().parse().unwrap();
+    let laptop_id: HubId = laptop.id().parse().unwrap();
+    let home = Home::new(PathBuf::from(&laptop.dir));
+    let creds = home.credentials().unwrap();
+    let peers = PeerClient::spawn(
+        home.relay_config(None).unwrap(),
+        home.noise_identity().unwrap(),
+    )
+    .unwrap();
+    let handle = peers.handle();
+    wait_online(&c.desk, 1);
+
+    let now = hub_client::unix_ms();
+    let envelope = |f: &dyn Fn(&mut Delegation), args: &[u8]| {
+        let mut d = Delegation {
+            origin: laptop_id,
+            target: desk_id,
+            issued_at_ms: now,
+            expires_at_ms: now + 50_000,
+            nonce: rand::random(),
+            arguments_sha256: arguments_hash(args),
+            principal: "ann".into(),
+            app: "tools".into(),
+            tool: "note_write".into(),
+            scopes: vec![],
+        };
+        f(&mut d);
+        d
+    };
+    let send =
+        |d: Delegation, key: &ed25519_dalek::SigningKey, args: &[u8], raw: Option<Vec<u8>>| {
+            let handle = handle.clone();
+            let call = OutgoingCall {
+                timeout_ms: 10_000,
+                app: d.app.clone(),
+                tool: d.tool.clone(),
+                envelope: raw.unwrap_or_else(|| d.sign(key).unwrap()),
+                arguments: args.to_vec(),
+            };
+            async move { handle.call(desk_id, call, Duration::from_secs(15)).await }
+        };
+    let code = |r: Result<Vec<u8>, PeerError>| match r {
+        Err(PeerError::Call { code, .. }) => code,
+        other => panic!("expected a call error, got {other:?}"),
+    };
+    let args = br#"{"text":"hi"}"#;
+    let key = &creds.identity;
+
+    // Accepted, then the same envelope again.
+    let good = envelope(&|_| {}, args);
+    let result = send(good.clone(), key, args, None).await.unwrap();
+    assert!(String::from_utf8_lossy(&result).contains("written"));
+    assert_eq!(
+        code(send(good.clone(), key, args, None).await),
+        Some(CallErrorCode::Replayed)
+    );
+
+    let stranger = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "garbage",
+            envelope(&|_| {}, args),
+            key,
+            args,
+            Some(b"HRDE\x01".to_vec()),
+            CallErrorCode::BadEnvelope,
+        ),
+        (
+            "signed by another key",
+            envelope(&|_| {}, args),
+            &stranger,
+            args,
+            None,
+            CallErrorCode::WrongSigner,
+        ),
+        (
+            "another origin",
+            envelope(&|d| d.origin = desk_id, args),
+            key,
+            args,
+            None,
+            CallErrorCode::WrongSigner,
+        ),
+        (
+            "for another hub",
+            envelope(&|d| d.target = HubId([9; 16]), args),
+            key,
+            args,
+            None,
+            CallErrorCode::WrongTarget,
+        ),
+        (
+            "expired",
+            envelope(
+                &|d| {
+                    d.issued_at_ms = now - 120_000;
+                    d.expires_at_ms = now - 60_000;
+                },
+                args,
+            ),
+            key,
+            args,
+            None,
+            CallErrorCode::Expired,
+        ),
+        (
+            "other arguments",
+            envelope(&|_| {}, br#"{"text":"other"}"#),
+            key,
+            args,
+            None,
+            CallErrorCode::ArgumentsMismatch,
+        ),
+        (
+            "an unshared app",
+            envelope(&|d| d.app = "secret".into(), args),
+            key,
+            args,
+            None,
+            CallErrorCode::NotShared,
+        ),
+        (
+            "outside its scopes",
+            envelope(&|d| d.scopes = vec!["app:other".into()], args),
+            key,
+            args,
+            None,
+            CallErrorCode::ScopeDenied,
+        ),
+        (
+            "a destructive tool",
+            envelope(&|d| d.tool = "wipe".into(), b"{}"),
+            key,
+            b"{}",
+            None,
+            CallErrorCode::TrustTooLow,
+        ),
+        (
+            "an unknown tool",
+            envelope(&|d| d.tool = "nope".into(), b"{}"),
+            key,
+            b"{}",
+            None,
+            CallErrorCode::UnknownTool,
+        ),
+    ];
+    for (what, d, k, a, raw, want) in cases {
+        assert_eq!(code(send(d, k, a, raw).await), Some(want), "{what}");
+    }
+
+    // Replay after the desk restarts: the nonce was kept in its store.
+    blocking(|| {
+        drop(c.desk_run.take());
+        c.desk_run = Some(c.desk.run());
+    });
+    wait_online(&c.desk, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let replayed = loop {
+        match send(good.clone(), key, args, None).await {
+            Err(PeerError::Call { code, .. }) => break code,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer after the restart: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(replayed, Some(CallErrorCode::Replayed));
+
+    // Suspended, then resumed.
+    let laptop_text = laptop_id.to_string();
+    c.desk.ok(&["peers", "suspend", &laptop_text]);
+    assert_eq!(
+        code(send(envelope(&|_| {}, args), key, args, None).await),
+        Some(CallErrorCode::Suspended)
+    );
+    c.desk.ok(&["peers", "resume", &laptop_text]);
+    send(envelope(&|_| {}, args), key, args, None)
+        .await
+        .unwrap();
+
+    // Revoked in the desk's list but not published: the session stays up, the call is refused.
+    let cert = laptop.ok(&["cert", "show"]);
+    let fingerprint = cert
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    c.desk.ok(&["revoke-cert", &fingerprint, "--offline"]);
+    assert_eq!(
+        code(send(envelope(&|_| {}, args), key, args, None).await),
+        Some(CallErrorCode::Revoked)
+    );
+    peers.shutdown().await;
+    blocking(|| drop(c));
+}
