@@ -637,3 +637,97 @@ async fn every_envelope_refusal_has_its_own_code() {
     peers.shutdown().await;
     blocking(|| drop(c));
 }
+
+/// An agent's token on the desk limits what it may call and how often: its scopes filter the
+/// listing and refuse other tools (`scope_denied`, also checked by the laptop, from the
+/// envelope), its uses run out; and an app shared with principals is seen by calls made for them
+/// only.
+#[test]
+fn scoped_tokens_and_apps_shared_with_principals() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
+    laptop.ok(&["apps", "add", "anns", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "anns", "--principals", "ann"]);
+    let _laptop_run = laptop.run();
+    wait_online(&c.desk, 1);
+    let desk = c.desk_run();
+    let ann = c
+        .desk
+        .ok(&[
+            "tokens",
+            "create",
+            "--name",
+            "ann",
+            "--scopes",
+            "app:tools/note_read,app:anns",
+            "--max-uses",
+            "4",
+            "--expires",
+            "5m",
+        ])
+        .trim()
+        .to_owned();
+    let laptop_apps = |token: &str| -> Vec<(String, Vec<String>)> {
+        let answer = desk.request("GET", "/api/apps", Some(token), None);
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        let hubs = answer.json.as_array().unwrap().clone();
+        let laptop = hubs
+            .iter()
+            .find(|h| h["hub_name"] == "laptop")
+            .unwrap()
+            .clone();
+        laptop["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let tools = a["tools"].as_array().unwrap().iter();
+                (
+                    a["name"].as_str().unwrap().to_owned(),
+                    tools
+                        .map(|t| t["name"].as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    // The local user (the CLI's token) sees every tool of `tools`, and not ann's app.
+    let local = laptop_apps(&desk.cli_token());
+    assert_eq!(
+        local.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["tools"]
+    );
+    assert!(local[0].1.len() >= 4, "{local:?}");
+    // Ann sees her app and, of `tools`, the one tool her token grants.
+    let anns = laptop_apps(&ann);
+    assert_eq!(
+        anns.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["anns", "tools"]
+    );
+    assert_eq!(anns[1].1, ["note_read"]);
+    let call = |token: &str, app: &str, tool: &str| {
+        let body = json!({ "hub": "laptop", "app": app, "tool": tool, "arguments": {} });
+        desk.request(
+            "POST",
+            "/api/apps/call",
+            Some(token),
+            Some(&body.to_string()),
+        )
+    };
+    assert_eq!(call(&ann, "tools", "note_read").status, 200);
+    let denied = call(&ann, "tools", "note_write");
+    assert_eq!(
+        (denied.status, denied.json["error"]["code"].as_str()),
+        (403, Some("scope_denied"))
+    );
+    // Her app, shared with her as a principal: the fourth use of her token.
+    assert_eq!(call(&ann, "anns", "note_read").status, 200);
+    // Four uses (a listing and three calls): the fifth request is refused.
+    let spent = call(&ann, "anns", "note_read");
+    assert_eq!(spent.status, 401, "{:?}", spent.json);
+    // The local user cannot call ann's app.
+    let not_ann = call(&desk.cli_token(), "anns", "note_read");
+    assert_eq!(not_ann.json["error"]["code"], "not_shared");
+}

@@ -132,7 +132,14 @@ fn publish_cli_access(state: &HubState, addr: SocketAddr) -> Result<(), DaemonEr
     {
         let store = state.store();
         store.delete_api_tokens(CLI_TOKEN_NAME)?;
-        store.add_api_token(token.as_bytes(), CLI_TOKEN_NAME, true, unix_ms(), None)?;
+        store.add_api_token(
+            token.as_bytes(),
+            CLI_TOKEN_NAME,
+            true,
+            unix_ms(),
+            None,
+            &Default::default(),
+        )?;
     }
     state.home.write_secret("cli.token", token.as_bytes())?;
     state

@@ -197,7 +197,7 @@ impl FromRequestParts<Shared> for Authed {
                     } else {
                         t.name
                     },
-                    scopes: Vec::new(),
+                    scopes: t.scopes,
                 },
             })
             .ok_or_else(unauthorized)

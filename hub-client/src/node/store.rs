@@ -108,6 +108,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX delegation_nonces_expiry ON delegation_nonces (expires_at);
     "#,
+    // 3: API tokens for agents: scopes (which apps and tools) and a use count.
+    r#"
+    ALTER TABLE api_tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_tokens ADD COLUMN max_uses INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Most delegation nonces remembered at once (each until its envelope expires, at most 60 s); a
@@ -256,7 +262,25 @@ pub struct ApiToken {
     pub expires_at: Option<u64>,
     /// Last used (Unix ms).
     pub last_used_at: Option<u64>,
+    /// Which apps and tools its holder may call (`app:NAME`, `app:NAME/TOOL`); empty: all.
+    pub scopes: Vec<String>,
+    /// How many requests it may make, if limited.
+    pub max_uses: Option<u64>,
+    /// How many it made.
+    pub uses: u64,
 }
+
+/// What limits an API token beyond its expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Which apps and tools its holder may call (`app:NAME`, `app:NAME/TOOL`); empty: all.
+    pub scopes: Vec<String>,
+    /// How many requests it may make; none: no limit.
+    pub max_uses: Option<u64>,
+}
+
+const API_TOKEN_COLUMNS: &str =
+    "name, admin, created_at, expires_at, last_used_at, scopes, max_uses, uses";
 
 fn row_to_api_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
     Ok(ApiToken {
@@ -265,6 +289,9 @@ fn row_to_api_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
         created_at: r.get::<_, i64>(2)? as u64,
         expires_at: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
         last_used_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        scopes: split_roles(&r.get::<_, String>(5)?),
+        max_uses: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        uses: r.get::<_, i64>(7)? as u64,
     })
 }
 
@@ -407,23 +434,28 @@ impl Store {
         admin: bool,
         now_ms: u64,
         expires_at_ms: Option<u64>,
+        limits: &TokenLimits,
     ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO api_tokens (secret_sha256, name, admin, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO api_tokens
+             (secret_sha256, name, admin, created_at, expires_at, scopes, max_uses)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 sha256(secret).as_slice(),
                 name,
                 admin,
                 now_ms as i64,
-                expires_at_ms.map(|t| t as i64)
+                expires_at_ms.map(|t| t as i64),
+                join_roles(&limits.scopes),
+                limits.max_uses.map(|n| n as i64)
             ],
         )?;
         Ok(())
     }
 
-    /// The API token whose secret is `secret`, if it exists and has not expired; records its use
-    /// (one statement: the update returns the row).
+    /// The API token whose secret is `secret`, if it exists, has not expired and has uses left;
+    /// records its use (one statement: the update returns the row, so two concurrent uses of a
+    /// token with one use left cannot both pass).
     pub fn use_api_token(
         &self,
         secret: &[u8],
@@ -432,9 +464,12 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "UPDATE api_tokens SET last_used_at = ?1
-                 WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)
-                 RETURNING name, admin, created_at, expires_at, last_used_at",
+                &format!(
+                    "UPDATE api_tokens SET last_used_at = ?1, uses = uses + 1
+                     WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)
+                       AND (max_uses IS NULL OR uses < max_uses)
+                     RETURNING {API_TOKEN_COLUMNS}"
+                ),
                 params![now_ms as i64, sha256(secret).as_slice()],
                 row_to_api_token,
             )
@@ -443,10 +478,9 @@ impl Store {
 
     /// Every API token (without secrets), newest first.
     pub fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, admin, created_at, expires_at, last_used_at FROM api_tokens
-             ORDER BY created_at DESC",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC"
+        ))?;
         let rows = stmt.query_map([], row_to_api_token)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1024,11 +1058,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("hub.db")).unwrap();
         store
-            .add_api_token(b"hubapi_admin-secret", "ops", true, NOW, None)
+            .add_api_token(
+                b"hubapi_admin-secret",
+                "ops",
+                true,
+                NOW,
+                None,
+                &TokenLimits::default(),
+            )
             .unwrap();
         store
-            .add_api_token(b"hubapi_short-secret", "temp", false, NOW, Some(NOW + 1000))
+            .add_api_token(
+                b"hubapi_short-secret",
+                "temp",
+                false,
+                NOW,
+                Some(NOW + 1000),
+                &TokenLimits::default(),
+            )
             .unwrap();
+        let limits = TokenLimits {
+            scopes: vec!["app:notes".into(), "app:fs/read_file".into()],
+            max_uses: Some(2),
+        };
+        store
+            .add_api_token(b"hubapi_twice", "agent", false, NOW, None, &limits)
+            .unwrap();
+        for n in 1..=2 {
+            let t = store
+                .use_api_token(b"hubapi_twice", NOW + n)
+                .unwrap()
+                .unwrap();
+            assert_eq!((t.uses, &t.scopes), (n, &limits.scopes));
+        }
+        assert!(
+            store
+                .use_api_token(b"hubapi_twice", NOW + 3)
+                .unwrap()
+                .is_none(),
+            "used up"
+        );
         let t = store
             .use_api_token(b"hubapi_admin-secret", NOW + 5)
             .unwrap()
@@ -1043,7 +1112,7 @@ mod tests {
             .use_api_token(b"hubapi_short-secret", NOW + 1000)
             .unwrap()
             .is_none());
-        assert_eq!(store.api_tokens().unwrap().len(), 2);
+        assert_eq!(store.api_tokens().unwrap().len(), 3);
         assert_eq!(store.delete_api_tokens("temp").unwrap(), 1);
         drop(store);
         for f in std::fs::read_dir(dir.path()).unwrap() {

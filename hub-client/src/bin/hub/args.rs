@@ -207,6 +207,13 @@ pub(crate) enum TokensCommand {
         /// Expire after this long (90s, 30m, 12h, 30d); never by default.
         #[arg(long, value_parser = parse_duration)]
         expires: Option<Duration>,
+        /// Only these apps and tools may be called with it: app:NAME or app:NAME/TOOL,
+        /// comma-separated (an agent's token); all by default.
+        #[arg(long, value_delimiter = ',', value_name = "SCOPES")]
+        scopes: Vec<String>,
+        /// Refuse it after this many requests.
+        #[arg(long, value_name = "N")]
+        max_uses: Option<u64>,
     },
     /// List API tokens (names and dates, never secrets).
     List,

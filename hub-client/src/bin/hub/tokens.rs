@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use hub_client::node::home::Home;
+use hub_client::node::store::TokenLimits;
 use hub_client::unix_ms;
 
 use crate::args::TokensCommand;
@@ -15,14 +16,23 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
             name,
             admin,
             expires,
+            scopes,
+            max_uses,
         } => {
+            if let Some(bad) = scopes.iter().find(|s| !valid_scope(s)) {
+                bail!("--scopes {bad:?}: a scope is app:NAME or app:NAME/TOOL");
+            }
+            if admin && !scopes.is_empty() {
+                bail!("an admin token cannot be scoped: leave out --admin or --scopes");
+            }
             use rand::RngCore;
             let mut secret = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut secret);
             let token = hub_client::api::format_api_token(&secret);
             let now = unix_ms();
             let expires_at = expires.map(|d| now + d.as_millis() as u64);
-            store.add_api_token(token.as_bytes(), &name, admin, now, expires_at)?;
+            let limits = TokenLimits { scopes, max_uses };
+            store.add_api_token(token.as_bytes(), &name, admin, now, expires_at, &limits)?;
             eprintln!(
                 "API token {name:?} ({}); shown once, store it now:",
                 if admin { "admin" } else { "read" }
@@ -35,8 +45,17 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
                 println!("no API tokens");
             }
             for t in tokens {
+                let uses = match t.max_uses {
+                    Some(max) => format!("  uses {}/{max}", t.uses),
+                    None => String::new(),
+                };
+                let scopes = if t.scopes.is_empty() {
+                    String::new()
+                } else {
+                    format!("  scopes {}", t.scopes.join(","))
+                };
                 println!(
-                    "{:<24}  {:<5}  created {}  expires {}  last used {}",
+                    "{:<24}  {:<5}  created {}  expires {}  last used {}{uses}{scopes}",
                     t.name,
                     if t.admin { "admin" } else { "read" },
                     ago(Some(t.created_at)),
@@ -55,4 +74,14 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `app:NAME` or `app:NAME/TOOL`, with non-empty parts.
+fn valid_scope(scope: &str) -> bool {
+    scope
+        .strip_prefix("app:")
+        .is_some_and(|rest| match rest.split_once('/') {
+            Some((app, tool)) => !app.is_empty() && !tool.is_empty() && !tool.contains('/'),
+            None => !rest.is_empty(),
+        })
 }
