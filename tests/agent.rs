@@ -731,3 +731,138 @@ fn scoped_tokens_and_apps_shared_with_principals() {
     let not_ann = call(&desk.cli_token(), "anns", "note_read");
     assert_eq!(not_ann.json["error"]["code"], "not_shared");
 }
+
+/// Counts `notifications/tools/list_changed`.
+#[derive(Clone, Default)]
+struct ListWatcher(std::sync::Arc<tokio::sync::Notify>);
+
+impl rmcp::ClientHandler for ListWatcher {
+    async fn on_tool_list_changed(&self, _: rmcp::service::NotificationContext<RoleClient>) {
+        self.0.notify_one();
+    }
+}
+
+/// An agent connected to `hub mcp` is told when the tools change: the laptop shares another app,
+/// and the client gets `list_changed` and then sees its tools; the laptop leaves, and they go.
+#[test]
+fn the_tool_list_follows_apps_and_hubs_coming_and_going() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    laptop.ok(&["apps", "add", "later", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
+    let mut laptop_run = Some(laptop.run());
+    wait_online(&c.desk, 1);
+    let short = laptop.id()[..8].to_owned();
+    let rt = runtime();
+    let watcher = ListWatcher::default();
+    let changed = watcher.0.clone();
+    let mut cmd = tokio::process::Command::new(hub_bin());
+    cmd.arg("--home").arg(&c.desk.dir).arg("mcp");
+    let client = rt.block_on(async {
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        watcher.serve(transport).await.unwrap()
+    });
+    let names = |client: &RunningService<RoleClient, ListWatcher>| -> Vec<String> {
+        rt.block_on(client.list_all_tools())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    };
+    let later = format!("later_note_read_{short}");
+    assert!(names(&client).contains(&format!("tools_note_read_{short}")));
+    assert!(!names(&client).contains(&later));
+
+    laptop.ok(&["apps", "share", "later", "--cluster"]);
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), changed.notified())
+            .await
+            .expect("list_changed within 20 s of the share");
+    });
+    assert!(names(&client).contains(&later));
+
+    drop(laptop_run.take());
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), changed.notified())
+            .await
+            .expect("list_changed within 30 s of the laptop leaving");
+    });
+    assert!(
+        !names(&client).iter().any(|n| n.ends_with(&short)),
+        "{:?}",
+        names(&client)
+    );
+    rt.block_on(client.cancel()).unwrap();
+}
+
+/// The running hub serves the same surface at `/mcp` (streamable HTTP): an MCP client with an
+/// API token lists and calls across hubs; no token gets 401; a foreign `Origin` or `Host` (DNS
+/// rebinding) gets 403.
+#[test]
+fn the_running_hub_serves_mcp_over_http_to_token_holders_only() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "everything", "--command", &everything()]);
+    laptop.ok(&["apps", "share", "everything", "--cluster"]);
+    let _laptop_run = laptop.run();
+    wait_online(&c.desk, 1);
+    let short = laptop.id()[..8].to_owned();
+    let token = c
+        .desk
+        .ok(&["tokens", "create", "--name", "bob"])
+        .trim()
+        .to_owned();
+    let url = format!("{}/mcp", c.desk_run().base);
+
+    runtime().block_on(async {
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        use rmcp::transport::StreamableHttpClientTransport;
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(token.clone());
+        let client = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+        let tools = client.list_all_tools().await.unwrap();
+        let echo = format!("everything_echo_{short}");
+        assert!(tools.iter().any(|t| t.name == echo.as_str()), "{tools:?}");
+        let result = call(
+            &client,
+            "app.call",
+            json!({ "hub": "laptop", "app": "everything", "tool": "echo",
+                    "arguments": { "message": "over http" } }),
+        )
+        .await;
+        assert!(text(&result).contains("over http"), "{result:?}");
+        client.cancel().await.unwrap();
+    });
+
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "probe", "version": "1" } } })
+    .to_string();
+    let post = |token: Option<&str>, extra: &[(&str, &str)]| {
+        let client = reqwest::blocking::Client::new();
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.clone());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post(Some(&token), &[]), 200);
+    assert_eq!(post(None, &[]), 401);
+    assert_eq!(post(Some("hubapi_not-a-token"), &[]), 401);
+    assert_eq!(
+        post(Some(&token), &[("origin", "http://evil.example")]),
+        403
+    );
+    assert_eq!(post(Some(&token), &[("host", "evil.example")]), 403);
+}

@@ -8,6 +8,7 @@
 //! | [`node`] | the data directory (keys, certificate, the founder's CA) and the SQLite store |
 //! | [`hub`] | the running hub's state and the one service API that every surface calls |
 //! | [`api`] | the local admin HTTP API (a surface), with the request and answer types the CLI shares |
+//! | [`mcp`] | the MCP surface for agents (`hub mcp` on stdio, `/mcp` on the running hub) |
 //! | [`daemon`] | `hub run`: the hub's relay connection and event loop, with its surfaces |
 //! | [`relay_server`] | `hub relay`: the relay over tokio, sharing the Worker's room logic |
 //!
@@ -19,6 +20,7 @@ pub mod api;
 pub mod apps;
 pub mod daemon;
 pub mod hub;
+pub mod mcp;
 pub mod node;
 pub mod relay_server;
 pub mod transport;

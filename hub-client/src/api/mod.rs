@@ -30,8 +30,14 @@ pub use crate::hub::view::{
 };
 pub use crate::hub::MAX_PAIRING_TTL_S;
 use crate::hub::{HubState, ServiceError};
+use crate::mcp::{AgentBackend, McpSurface};
 use crate::node::store::ApiToken;
 use crate::unix_ms;
+use rmcp::model::CallToolResult;
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::RoleServer;
 
 /// What every API token starts with.
 pub const API_TOKEN_PREFIX: &str = "hubapi_";
@@ -62,6 +68,15 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}/agents", get(peer_agents))
         .route("/api/apps", get(list_apps))
         .route("/api/apps/call", post(call_app))
+        .nest_service(
+            "/mcp",
+            Router::new()
+                .fallback_service(mcp_service(state.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    mcp_auth,
+                )),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -345,6 +360,86 @@ async fn ping_peer(
     Path(id): Path<String>,
 ) -> Result<Json<PingView>, ApiError> {
     Ok(Json(state.ping(peer_id(&id)?).await?))
+}
+
+/// The MCP surface for one request's agent, in process: the principal is the one the `/mcp`
+/// route's bearer token names.
+#[derive(Clone)]
+struct LocalBackend(Shared);
+
+impl LocalBackend {
+    /// The principal `mcp_auth` found for the HTTP request behind this MCP message.
+    async fn principal(&self, context: &RequestContext<RoleServer>) -> Result<Principal, String> {
+        context
+            .extensions
+            .get::<Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| "unauthenticated MCP request".to_owned())
+    }
+}
+
+impl AgentBackend for LocalBackend {
+    async fn apps(&self, context: &RequestContext<RoleServer>) -> Result<Vec<HubAppsView>, String> {
+        let principal = self.principal(context).await?;
+        Ok(self.0.list_apps(&principal).await)
+    }
+
+    async fn call(
+        &self,
+        context: &RequestContext<RoleServer>,
+        req: CallAppRequest,
+    ) -> Result<CallToolResult, String> {
+        let principal = self.principal(context).await?;
+        let hub = self
+            .0
+            .resolve_hub(&req.hub)
+            .await
+            .map_err(|e| e.to_string())?;
+        let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
+        self.0
+            .call_app(&principal, hub, &req.app, &req.tool, req.arguments, timeout)
+            .await
+            .map_err(|e| match e {
+                ServiceError::Call { code, message } => format!("{}: {message}", code.name()),
+                e => e.to_string(),
+            })
+    }
+
+    async fn apps_now(&self) -> Result<Vec<HubAppsView>, String> {
+        Err("no agent outside a request".into())
+    }
+}
+
+/// Every `/mcp` request needs a valid bearer token; its principal goes with the request.
+async fn mcp_auth(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match Authed::from_request_parts(&mut parts, &state).await {
+        Ok(authed) => {
+            parts.extensions.insert(authed.principal);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/mcp`: the MCP surface over streamable HTTP. Every request needs a bearer token (the
+/// principal of its calls); the `Host` must be loopback and a request with an `Origin` header
+/// (a browser page) is refused, against DNS rebinding.
+fn mcp_service(
+    state: Shared,
+) -> StreamableHttpService<McpSurface<LocalBackend>, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default().enforce_origin_validation();
+    StreamableHttpService::new(
+        move || Ok(McpSurface::new(LocalBackend(state.clone()))),
+        Arc::default(),
+        config,
+    )
 }
 
 /// `POST /api/apps/call`: calls a tool of an app on a hub of the cluster.
