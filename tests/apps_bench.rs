@@ -1,0 +1,139 @@
+//! `app.call` round trips: an MCP client calls a tool of an app on another hub through the desk's
+//! `/mcp` (desk -> relay -> laptop -> the app, and back), against the same client calling the same
+//! app directly over stdio, in one process; and the desk's own copy of the app through `/mcp`,
+//! which separates what the HTTP surface costs from what crossing the cluster costs. Through `hub relay` and workerd. Run with
+//! `scripts/bench-apps` (it builds the Worker and the release `hub` first).
+// A benchmark measures wall-clock time and panics on setup failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::cli::HubHome;
+use e2e::{RelayKind, RelayProcess};
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+
+const WARMUP: usize = 50;
+
+fn calls() -> usize {
+    std::env::var("APPS_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// `n` sequential calls of `tool`; their round trips, sorted.
+async fn measure(client: &RunningService<RoleClient, ()>, tool: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..WARMUP + n {
+        let started = Instant::now();
+        let result = client
+            .call_tool(CallToolRequestParams::new(tool.to_owned()))
+            .await
+            .unwrap();
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        if i >= WARMUP {
+            out.push(started.elapsed());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let n = calls();
+    let app = env!("CARGO_BIN_EXE_test-app");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("{n} sequential calls of a read-only tool (test-app note_read), after {WARMUP} warm-up calls");
+    let direct = rt.block_on(async {
+        let cmd = tokio::process::Command::new(app);
+        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        let rtts = measure(&client, "note_read", n).await;
+        client.cancel().await.unwrap();
+        rtts
+    });
+    let (d50, d99) = (pct(&direct, 0.5), pct(&direct, 0.99));
+    println!(
+        "direct (stdio)          p50 {:>7.3} ms  p99 {:>7.3} ms",
+        ms(d50),
+        ms(d99)
+    );
+    for kind in [RelayKind::Native, RelayKind::Workerd] {
+        let relay = RelayProcess::start(kind);
+        let dir = tempfile::tempdir().unwrap();
+        let desk = HubHome::new(dir.path().join("desk"));
+        desk.ok(&[
+            "cluster",
+            "create",
+            "--name",
+            "desk",
+            "--relay",
+            &relay.url(),
+        ]);
+        desk.ok(&["apps", "add", "tools", "--command", app]);
+        let desk_run = desk.run();
+        let token = desk.ok(&["invite"]).trim().to_owned();
+        let laptop = HubHome::new(dir.path().join("laptop"));
+        laptop.ok(&["join", &token, "--name", "laptop"]);
+        laptop.ok(&["apps", "add", "tools", "--command", app]);
+        laptop.ok(&["apps", "share", "tools", "--cluster"]);
+        let _laptop_run = laptop.run();
+        desk.ok_when(&["status"], "the laptop online", |s| {
+            s.contains("peers online: 1")
+        });
+        let tool = format!("tools_note_read_{}", &laptop.id()[..8]);
+        let local_tool = format!("tools_note_read_{}", &desk.id()[..8]);
+        let api_token = desk
+            .ok(&["tokens", "create", "--name", "bench"])
+            .trim()
+            .to_owned();
+        let url = format!("{}/mcp", desk_run.base);
+        let (local, through) = rt.block_on(async {
+            let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(api_token);
+            let client =
+                ().serve(StreamableHttpClientTransport::from_config(config))
+                    .await
+                    .unwrap();
+            client.list_all_tools().await.unwrap();
+            let local = measure(&client, &local_tool, n).await;
+            let through = measure(&client, &tool, n).await;
+            client.cancel().await.unwrap();
+            (local, through)
+        });
+        let (t50, t99) = (pct(&through, 0.5), pct(&through, 0.99));
+        let (l50, l99) = (pct(&local, 0.5), pct(&local, 0.99));
+        let name = match kind {
+            RelayKind::Native => "hub relay",
+            RelayKind::Workerd => "workerd",
+        };
+        println!(
+            "desk's own app via /mcp  p50 {:>7.3} ms  p99 {:>7.3} ms  ratio to direct: p50 {:.1}x  p99 {:.1}x",
+            ms(l50),
+            ms(l99),
+            l50.as_secs_f64() / d50.as_secs_f64(),
+            l99.as_secs_f64() / d99.as_secs_f64()
+        );
+        println!(
+            "across hubs ({name:<9})  p50 {:>7.3} ms  p99 {:>7.3} ms  ratio to direct: p50 {:.1}x  p99 {:.1}x",
+            ms(t50),
+            ms(t99),
+            t50.as_secs_f64() / d50.as_secs_f64(),
+            t99.as_secs_f64() / d99.as_secs_f64()
+        );
+    }
+}
