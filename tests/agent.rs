@@ -621,6 +621,20 @@ async fn every_envelope_refusal_has_its_own_code() {
         .await
         .unwrap();
 
+    // Sixteen calls at once run; the seventeenth, sent after them, is refused as busy, and the
+    // sixteen finish. (`join_all` polls in order: the calls leave in order, one session carries
+    // them in order, and the desk counts them as they arrive.)
+    let sleep_args: &[u8] = br#"{"ms":3000}"#;
+    let calls = (0..17).map(|_| {
+        let d = envelope(&|d| d.tool = "sleep".into(), sleep_args);
+        send(d, key, sleep_args, None)
+    });
+    let mut results = futures_util::future::join_all(calls).await;
+    assert_eq!(code(results.pop().unwrap()), Some(CallErrorCode::Busy));
+    for r in results {
+        assert!(String::from_utf8_lossy(&r.unwrap()).contains("slept"));
+    }
+
     // Revoked in the desk's list but not published: the session stays up, the call is refused.
     let cert = laptop.ok(&["cert", "show"]);
     let fingerprint = cert

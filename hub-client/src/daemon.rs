@@ -92,6 +92,7 @@ pub async fn run(
         joining: tokio::sync::Mutex::new(()),
         apps: crate::apps::AppHost::new(),
         peer_certs: RwLock::new(Default::default()),
+        listings: Arc::new(tokio::sync::Semaphore::new(crate::hub::agent::MAX_LISTINGS)),
         calls: Mutex::new(Default::default()),
     });
     let addr = listener.local_addr()?;
@@ -331,10 +332,8 @@ async fn handle_event(
             tracing::debug!(%from, bytes = message.len(), "message");
         }
         PeerEvent::AppRequest { from, message } => {
-            // Off this loop: listing may start apps, and calls run for seconds.
-            let state = state.clone();
-            let member = peers.handle();
-            tokio::spawn(async move { state.serve_peer(member, from, message).await });
+            // Bounds checked here, in order; listings and calls run on their own tasks.
+            state.serve_peer(peers.handle(), from, message);
         }
         PeerEvent::SessionFailed { peer, reason } => {
             tracing::debug!(%peer, "session failed: {reason}");

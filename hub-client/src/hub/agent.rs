@@ -35,6 +35,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(55);
 /// Calls from one peer running at once on this hub; more are refused as busy.
 pub const MAX_CALLS_PER_PEER: usize = 16;
+/// Apps requests from peers being answered at once (each may start apps); more are refused.
+pub const MAX_LISTINGS: usize = 16;
 /// Largest tool result sent to a peer (JSON bytes); fragments carry it, up to 16 MiB a message.
 pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024;
 
@@ -342,41 +344,50 @@ impl HubState {
 
     /// Answers a peer's apps request, call or cancel ([`crate::transport::peers::PeerEvent::AppRequest`]).
     /// Runs calls on their own tasks; never fails outward (a refusal is an answer).
-    pub(crate) async fn serve_peer(
-        self: &Arc<Self>,
-        member: PeerHandle,
-        from: HubId,
-        message: Vec<u8>,
-    ) {
+    pub(crate) fn serve_peer(self: &Arc<Self>, member: PeerHandle, from: HubId, message: Vec<u8>) {
+        // Runs on the hub's event loop, in the order peers' messages arrive: the bounds are
+        // checked and the work registered here; the work itself runs on its own task.
         let Ok(msg) = Msg::decode(&message) else {
             return;
         };
+        let answer_later = |answer: Vec<u8>| {
+            let member = member.clone();
+            tokio::spawn(async move {
+                if let Err(e) = member.answer(from, answer).await {
+                    tracing::debug!(peer = %from, "answer not sent: {e}");
+                }
+            });
+        };
         match msg {
             Msg::AppsRequest { token, principal } => {
-                let apps = self.apps_for_peer(from, principal).await;
-                let body = serde_json::to_vec(&apps).unwrap_or_else(|_| b"[]".to_vec());
-                let answer = Msg::Apps { token, apps: &body }.to_vec();
-                if let Err(e) = member.answer(from, answer).await {
-                    tracing::debug!(peer = %from, "apps answer not sent: {e}");
-                }
+                let Ok(permit) = self.listings.clone().try_acquire_owned() else {
+                    let reason = "busy: too many listings are being answered";
+                    answer_later(Msg::Refused { token, reason }.to_vec());
+                    return;
+                };
+                let state = self.clone();
+                let principal = principal.to_owned();
+                tokio::spawn(async move {
+                    let apps = state.apps_for_peer(from, &principal).await;
+                    drop(permit);
+                    let body = serde_json::to_vec(&apps).unwrap_or_else(|_| b"[]".to_vec());
+                    let answer = Msg::Apps { token, apps: &body }.to_vec();
+                    if let Err(e) = member.answer(from, answer).await {
+                        tracing::debug!(peer = %from, "apps answer not sent: {e}");
+                    }
+                });
             }
             Msg::Call { token, .. } => {
                 let key = (from, token);
-                let busy = {
-                    let running = self.calls();
-                    running.keys().filter(|(p, _)| *p == from).count() >= MAX_CALLS_PER_PEER
-                };
-                if busy {
-                    let answer = call_error(
-                        token,
-                        CallErrorCode::Busy,
-                        "too many calls from this hub are running",
-                    );
-                    let _ = member.answer(from, answer).await;
+                let mut running = self.calls();
+                if running.keys().filter(|(p, _)| *p == from).count() >= MAX_CALLS_PER_PEER {
+                    let why = "too many calls from this hub are running";
+                    answer_later(call_error(token, CallErrorCode::Busy, why));
                     return;
                 }
                 let state = self.clone();
-                let mut running = self.calls();
+                // The task removes itself from `running` when done; it waits for this lock, so
+                // it is inserted first.
                 let task = tokio::spawn(async move {
                     let answer = match state.run_peer_call(from, &message).await {
                         Ok(result) => Msg::CallResult {

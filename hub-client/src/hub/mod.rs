@@ -126,6 +126,8 @@ pub(crate) struct HubState {
     /// against: its identity key, trust level and roles).
     pub(crate) peer_certs:
         RwLock<std::collections::HashMap<HubId, shared_proto::trust::VerifiedPeer>>,
+    /// Apps requests from peers being answered now (at most `agent::MAX_LISTINGS`).
+    pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Calls from peers running now, by peer and token (to cancel them).
     pub(crate) calls: Mutex<std::collections::HashMap<(HubId, u64), tokio::task::AbortHandle>>,
 }
