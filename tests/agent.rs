@@ -36,6 +36,20 @@ fn test_app() -> String {
     env!("CARGO_BIN_EXE_test-app").to_owned()
 }
 
+/// The child processes of `pid` (its apps).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let list = std::fs::read_to_string(task.unwrap().path().join("children"));
+        out.extend(
+            list.unwrap_or_default()
+                .split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap()),
+        );
+    }
+    out
+}
+
 /// A relay, a founder hub `desk` (running) and a directory for more hubs.
 struct Cluster {
     _relay: RelayProcess,
@@ -238,7 +252,12 @@ async fn agent_on_the_desk(c: &Cluster, laptop_id: &str) {
 fn large_results_crashes_and_offline_hubs() {
     let c = Cluster::start(RelayKind::Native);
     let laptop = c.join("laptop", "agent_dispatch", "");
-    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    let linger = ["--env", "TEST_APP_LINGER=1"];
+    laptop.ok(&[
+        &["apps", "add", "tools", "--command", &test_app()][..],
+        &linger,
+    ]
+    .concat());
     laptop.ok(&["apps", "share", "tools", "--cluster"]);
     let mut laptop_run = Some(laptop.run());
     wait_online(&c.desk, 1);
@@ -281,7 +300,21 @@ fn large_results_crashes_and_offline_hubs() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    drop(laptop_run.take());
+    // A clean stop (SIGTERM) stops the app it started (one that would not exit by itself).
+    let mut run = laptop_run.take().unwrap();
+    let apps = children(run.pid());
+    assert_eq!(apps.len(), 1, "the laptop runs one app: {apps:?}");
+    run.signal("TERM");
+    assert!(
+        run.wait_exit(),
+        "hub run did not stop cleanly:\n{}",
+        run.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}", apps[0])).exists() {
+        assert!(Instant::now() < deadline, "the app outlived its hub");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let laptop_id = laptop.id();
     c.desk.ok_when(&["status"], "the laptop offline", |out| {
         out.lines()

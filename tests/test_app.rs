@@ -1,6 +1,7 @@
 //! `test-app`: a tiny MCP server on stdio that the tests install as a hub's app, for what a
 //! third-party server does not offer deterministically: one tool of each kind (read-only, acting,
-//! destructive), a result of any size, a crash in the middle of a call, and a slow call.
+//! destructive), a result of any size, a crash in the middle of a call, a slow call, and (with
+//! `TEST_APP_LINGER` set) a process that outlives its stdin.
 
 use std::sync::{Arc, Mutex};
 
@@ -104,4 +105,8 @@ async fn main() {
         std::process::exit(2);
     };
     let _ = service.waiting().await;
+    // An app that does not exit when its stdin closes: only its hub stopping it ends it.
+    if std::env::var_os("TEST_APP_LINGER").is_some() {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
 }

@@ -79,15 +79,6 @@ impl Slot {
     }
 }
 
-/// An app's state, for listings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AppStatus {
-    /// Whether it is running (or has not been needed yet and was never refused).
-    pub available: bool,
-    /// Why not, if it is not.
-    pub reason: Option<String>,
-}
-
 /// The apps of this hub, started on demand.
 #[derive(Default)]
 pub struct AppHost {
@@ -226,26 +217,6 @@ impl AppHost {
                 CallErrorCode::Timeout,
                 format!("app {} gave no result within {timeout:?}", app.name),
             )),
-        }
-    }
-
-    /// Whether an app is usable, as far as is known without starting it.
-    pub async fn status(&self, name: &str) -> AppStatus {
-        let slot = self.slot(name);
-        let slot = slot.lock().await;
-        match (&slot.service, &slot.last_error) {
-            (Some(s), _) if !s.is_closed() => AppStatus {
-                available: true,
-                reason: None,
-            },
-            (_, Some(e)) => AppStatus {
-                available: false,
-                reason: Some(e.clone()),
-            },
-            _ => AppStatus {
-                available: true,
-                reason: None,
-            },
         }
     }
 
