@@ -668,6 +668,39 @@ async fn every_envelope_refusal_has_its_own_code() {
         assert!(String::from_utf8_lossy(&r.unwrap()).contains("slept"));
     }
 
+    // A caller that stops waiting cancels its calls at the desk: sixteen calls of 30 s given up
+    // after 1 s free their places, and the next call runs (without `cancel` it would be busy).
+    let long_args: &[u8] = br#"{"ms":30000}"#;
+    let given_up = (0..16).map(|_| {
+        let d = envelope(&|d| d.tool = "sleep".into(), long_args);
+        let call = OutgoingCall {
+            timeout_ms: 30_000,
+            app: d.app.clone(),
+            tool: d.tool.clone(),
+            envelope: d.sign(key).unwrap(),
+            arguments: long_args.to_vec(),
+        };
+        let handle = handle.clone();
+        async move { handle.call(desk_id, call, Duration::from_secs(1)).await }
+    });
+    for r in futures_util::future::join_all(given_up).await {
+        assert!(matches!(r, Err(PeerError::Timeout(_))), "{r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(envelope(&|_| {}, args), key, args, None).await {
+            Ok(_) => break,
+            Err(PeerError::Call {
+                code: Some(CallErrorCode::Busy),
+                ..
+            }) => {
+                assert!(Instant::now() < deadline, "the given-up calls still run");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     // Revoked in the desk's list but not published: the session stays up, the call is refused.
     let cert = laptop.ok(&["cert", "show"]);
     let fingerprint = cert

@@ -503,17 +503,26 @@ impl Pending {
         self.requests.values().map(|r| r.deadline).min()
     }
 
-    /// Forgets the requests whose callers stopped waiting (they were told `Timeout`); returns
-    /// the calls among them, whose peers are to be told.
+    /// Forgets the requests whose deadline passed, telling their callers `Timeout`; returns the
+    /// calls among them, whose peers are to be told.
     fn expire(&mut self, now: Instant) -> Vec<(HubId, u64)> {
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(token, _)| *token)
+            .collect();
         let mut cancelled = Vec::new();
-        self.requests.retain(|token, r| {
-            let keep = r.deadline > now;
-            if !keep && r.cancel_on_expiry {
-                cancelled.push((r.peer, *token));
+        for token in expired {
+            if let Some(r) = self.requests.remove(&token) {
+                if r.cancel_on_expiry {
+                    cancelled.push((r.peer, token));
+                }
+                // The caller may still be waiting (its timer and this one race): it gets the
+                // same answer either way.
+                let _ = r.done.send(Err(PeerError::Timeout(r.peer)));
             }
-            keep
-        });
+        }
         cancelled
     }
 }
@@ -886,5 +895,9 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, vec![3]);
         assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(10)));
+        // Their callers were told it timed out (not that the peer client stopped).
+        for mut wait in waiting.drain(..2) {
+            assert!(matches!(wait.try_recv(), Ok(Err(PeerError::Timeout(_)))));
+        }
     }
 }
