@@ -946,3 +946,138 @@ fn the_running_hub_serves_mcp_over_http_to_token_holders_only() {
     );
     assert_eq!(post(Some(&token), &[("host", "evil.example")]), 403);
 }
+
+/// Both hubs record a call across them in their audit logs (who, for whom, what, the decision,
+/// the arguments' hash, never the arguments), refusals too; `hub audit verify` passes, and fails
+/// naming the entry once the database is changed behind the hub's back; a hub killed while
+/// appending leaves a chain that verifies.
+#[test]
+fn calls_are_audited_on_both_sides_and_tampering_is_found() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
+    let _laptop_run = laptop.run();
+    wait_online(&c.desk, 1);
+    let desk = c.desk_run();
+    let token = desk.cli_token();
+    let secret = "a secret argument";
+    for (app, tool) in [("tools", "note_write"), ("unshared", "note_write")] {
+        let body = json!({ "hub": "laptop", "app": app, "tool": tool,
+                           "arguments": { "text": secret } });
+        desk.request(
+            "POST",
+            "/api/apps/call",
+            Some(&token),
+            Some(&body.to_string()),
+        );
+    }
+    let laptop_id = laptop.id();
+    let desk_id = c.desk.id();
+    let desk_log = c
+        .desk
+        .ok(&["audit", "list", "--json", "--peer", &laptop_id]);
+    let laptop_log = laptop.ok(&["audit", "list", "--json", "--peer", &desk_id]);
+    let entries = |log: &str, kind: &str| -> Vec<Value> {
+        log.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    };
+    let out = entries(&desk_log, "call.out");
+    let inn = entries(&laptop_log, "call.in");
+    assert_eq!(out.len(), 2, "{desk_log}");
+    assert_eq!(inn.len(), 2, "{laptop_log}");
+    assert_eq!(
+        (out[0]["tool"].as_str(), out[0]["decision"].as_str()),
+        (Some("note_write"), Some("ok"))
+    );
+    assert_eq!(
+        (out[1]["decision"].as_str(), out[1]["reason"].as_str()),
+        (Some("refused"), Some("not_shared"))
+    );
+    assert_eq!(
+        (inn[0]["decision"].as_str(), inn[0]["principal"].as_str()),
+        (Some("allowed"), Some("local"))
+    );
+    assert_eq!(inn[1]["decision"], "refused");
+    assert!(inn[1]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("not_shared"));
+    let hash = hex_sha256(br#"{"text":"a secret argument"}"#);
+    assert_eq!(inn[0]["arguments_sha256"], hash.as_str());
+    assert_eq!(out[0]["arguments_sha256"], hash.as_str());
+    for home in [&c.desk, &laptop] {
+        assert!(!home.ok(&["audit", "export"]).contains(secret));
+        assert!(home.ok(&["audit", "verify"]).contains("verifies"));
+    }
+    let peer_entries: Vec<Value> = desk
+        .request(
+            "GET",
+            &format!("/api/federation/audit?peer={laptop_id}"),
+            Some(&token),
+            None,
+        )
+        .json
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        peer_entries.iter().any(|e| e["kind"] == "pairing"),
+        "{peer_entries:?}"
+    );
+
+    // Behind the hub's back: change an entry's reason, then delete one.
+    let db = rusqlite::Connection::open(laptop.dir.join("hub.db")).unwrap();
+    let seq: i64 = db
+        .query_row(
+            "SELECT seq FROM audit_log WHERE kind = 'call.in' ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE audit_log SET reason = 'nothing to see' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    let err = laptop.fails(&["audit", "verify"]);
+    assert!(
+        err.contains(&format!("entry {seq}: its MAC does not match")),
+        "{err}"
+    );
+    db.execute("UPDATE audit_log SET reason = 'ok' WHERE seq = ?1", [seq])
+        .unwrap();
+    assert!(laptop.ok(&["audit", "verify"]).contains("verifies"));
+    db.execute("DELETE FROM audit_log WHERE seq = ?1", [seq])
+        .unwrap();
+    let err = laptop.fails(&["audit", "verify"]);
+    assert!(
+        err.contains(&format!("expected sequence number {seq}")),
+        "{err}"
+    );
+
+    // Appends killed mid-way leave a whole chain: the desk records every `apps share`.
+    c.desk.ok(&["apps", "add", "x", "--command", &test_app()]);
+    for i in 0..40 {
+        let mut child = c
+            .desk
+            .command()
+            .args(["apps", "share", "x", "--cluster"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(500 * (i % 8)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(c.desk.ok(&["audit", "verify"]).contains("verifies"));
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

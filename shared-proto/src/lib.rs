@@ -6,6 +6,7 @@
 //! | [`trust`] | the cluster CA, X.509 hub certificates, the signed manifest and revocation list, the relay login |
 //! | `session` (feature `noise`) | hub <-> hub: Noise IK sessions (`session::noise`), the session layer that sets them up on demand (`session::peer`), pairing with a one-time token (`session::pairing`) |
 //! | [`agent`] | the agent surface across hubs: the delegation envelope, sharing policy and trust levels, call error codes |
+//! | [`audit`] | the federation audit log's canonical entry bytes and HMAC chain, and its verification |
 //! | [`msg`] | the one registry and codec of the messages inside a session (data, ping, info, manifest, ...) |
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
@@ -14,6 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
+pub mod audit;
 mod codec;
 pub mod msg;
 pub mod relay;

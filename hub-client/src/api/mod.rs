@@ -66,6 +66,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}/resume", post(resume_peer))
         .route("/api/federation/peers/{id}/ping", post(ping_peer))
         .route("/api/federation/peers/{id}/agents", get(peer_agents))
+        .route("/api/federation/audit", get(audit_log))
         .route("/api/apps", get(list_apps))
         .route("/api/apps/call", post(call_app))
         .nest_service(
@@ -486,6 +487,33 @@ async fn call_app(
         .await?;
     Ok(Json(
         serde_json::to_value(result).map_err(ApiError::internal)?,
+    ))
+}
+
+/// The audit log, oldest first: `?peer=ID&since_ms=T&limit=N` (default 100, at most 10,000, the
+/// newest ones).
+async fn audit_log(
+    State(state): State<Shared>,
+    _: Admin,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let peer = query.get("peer").map(|p| peer_id(p)).transpose()?;
+    let number = |key: &str, default: u64| -> Result<u64, ApiError> {
+        query.get(key).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("{key} must be a number")))
+        })
+    };
+    let since_ms = number("since_ms", 0)?;
+    let limit = number("limit", 100)?.min(10_000);
+    let entries = state
+        .blocking(move |state| Ok(state.store().audit_entries(peer, since_ms, Some(limit))?))
+        .await?;
+    Ok(Json(
+        entries
+            .iter()
+            .map(|(e, mac)| crate::node::audit::to_json(e, mac))
+            .collect(),
     ))
 }
 

@@ -23,7 +23,8 @@ use shared_proto::HubId;
 
 use super::{HubState, ServiceError};
 use crate::apps::{hints, AppError};
-use crate::node::store::{AppRecord, NonceUse};
+use crate::node::audit;
+use crate::node::store::{AppRecord, AuditEntry, NonceUse};
 use crate::transport::peers::{OutgoingCall, PeerError, PeerHandle};
 use crate::unix_ms;
 
@@ -316,6 +317,11 @@ impl HubState {
         }
         .sign(&credentials.identity)
         .map_err(|_| ServiceError::BadRequest("names or scopes over 255 bytes".into()))?;
+        let mut record = audit::entry("call.out", Some(hub), "", "");
+        record.principal = principal.name.clone();
+        record.app = app.to_owned();
+        record.tool = tool.to_owned();
+        record.arguments_sha256 = Some(arguments_hash(&arguments));
         let call = OutgoingCall {
             timeout_ms: timeout.as_millis() as u32,
             app: app.to_owned(),
@@ -323,21 +329,31 @@ impl HubState {
             envelope,
             arguments,
         };
-        let body = member
+        let started = std::time::Instant::now();
+        let answer = member
             .call(hub, call, timeout + Duration::from_secs(2))
-            .await
-            .map_err(|e| match e {
-                PeerError::Call { code, message, .. } => ServiceError::Call {
-                    code: code.unwrap_or(CallErrorCode::AppFailed),
-                    message,
-                },
-                PeerError::Timeout(_) => refused(
-                    CallErrorCode::Timeout,
-                    format!("no result from hub {hub} within {timeout:?}"),
-                ),
-                PeerError::Refused { .. } => refused(CallErrorCode::Suspended, e.to_string()),
-                e => ServiceError::Unreachable(e.to_string()),
-            })?;
+            .await;
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        (record.decision, record.reason) = match &answer {
+            Ok(_) => ("ok".into(), String::new()),
+            Err(PeerError::Call {
+                code: Some(code), ..
+            }) => ("refused".into(), code.name().into()),
+            Err(e) => ("failed".into(), e.to_string()),
+        };
+        self.record(record).await;
+        let body = answer.map_err(|e| match e {
+            PeerError::Call { code, message, .. } => ServiceError::Call {
+                code: code.unwrap_or(CallErrorCode::AppFailed),
+                message,
+            },
+            PeerError::Timeout(_) => refused(
+                CallErrorCode::Timeout,
+                format!("no result from hub {hub} within {timeout:?}"),
+            ),
+            PeerError::Refused { .. } => refused(CallErrorCode::Suspended, e.to_string()),
+            e => ServiceError::Unreachable(e.to_string()),
+        })?;
         serde_json::from_slice(&body)
             .map_err(|e| ServiceError::Unreachable(format!("malformed result from {hub}: {e}")))
     }
@@ -389,7 +405,19 @@ impl HubState {
                 // The task removes itself from `running` when done; it waits for this lock, so
                 // it is inserted first.
                 let task = tokio::spawn(async move {
-                    let answer = match state.run_peer_call(from, &message).await {
+                    let started = std::time::Instant::now();
+                    let outcome = state.run_peer_call(from, &message).await;
+                    let mut record = call_in_entry(from, &message);
+                    record.duration_ms = started.elapsed().as_millis() as u64;
+                    (record.decision, record.reason) = match &outcome {
+                        Ok(_) => ("allowed".into(), "ok".into()),
+                        Err((code, why)) if refusal(*code) => {
+                            ("refused".into(), format!("{}: {why}", code.name()))
+                        }
+                        Err((code, why)) => ("allowed".into(), format!("{}: {why}", code.name())),
+                    };
+                    state.record(record).await;
+                    let answer = match outcome {
                         Ok(result) => Msg::CallResult {
                             token,
                             result: &result,
@@ -585,6 +613,40 @@ impl HubState {
         }
         Ok(body)
     }
+}
+
+/// Whether a code is a refusal (a check failed) rather than a failure of the app or the call.
+fn refusal(code: CallErrorCode) -> bool {
+    !matches!(
+        code,
+        CallErrorCode::AppUnavailable
+            | CallErrorCode::AppFailed
+            | CallErrorCode::Timeout
+            | CallErrorCode::Cancelled
+            | CallErrorCode::TooLarge
+    )
+}
+
+/// The audit entry of a call from `from`: what the message and its envelope say (the principal
+/// as the envelope claims it, even when the envelope is refused).
+fn call_in_entry(from: HubId, message: &[u8]) -> AuditEntry {
+    let mut record = audit::entry("call.in", Some(from), "", "");
+    if let Ok(Msg::Call {
+        app,
+        tool,
+        envelope,
+        arguments,
+        ..
+    }) = Msg::decode(message)
+    {
+        record.app = app.to_owned();
+        record.tool = tool.to_owned();
+        record.arguments_sha256 = Some(arguments_hash(arguments));
+        if let Ok(d) = Delegation::decode(envelope) {
+            record.principal = d.principal;
+        }
+    }
+    record
 }
 
 fn call_error(token: u64, code: CallErrorCode, message: &str) -> Vec<u8> {

@@ -184,6 +184,16 @@ impl HubState {
             .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
+    /// Appends an entry to the audit log (off the async threads; failures are logged).
+    pub(crate) async fn record(self: &Arc<Self>, entry: crate::node::store::AuditEntry) {
+        let _ = self
+            .blocking(move |state| {
+                crate::node::audit::record(&state.home, &state.store(), entry);
+                Ok(())
+            })
+            .await;
+    }
+
     /// This hub, its cluster, its relay connection (with a round trip measured now) and the
     /// documents it holds.
     pub async fn status(self: &Arc<Self>) -> Result<StatusView, ServiceError> {
@@ -347,7 +357,10 @@ impl HubState {
                         "peer {id} is already revoked"
                     )));
                 }
-                Ok(state.home.revoke_peer(&record, reason)?)
+                let list = state.home.revoke_peer(&record, reason.clone())?;
+                let entry = crate::node::audit::entry("revoke", Some(id), "ok", &reason);
+                crate::node::audit::record(&state.home, &state.store(), entry);
+                Ok(list)
             })
             .await?;
         self.set_refused(id, true);
@@ -376,6 +389,9 @@ impl HubState {
             if !state.store().set_suspended(id, at)? {
                 return Err(ServiceError::NotFound(format!("no active peer {id}")));
             }
+            let kind = if suspend { "suspend" } else { "resume" };
+            let entry = crate::node::audit::entry(kind, Some(id), "ok", "");
+            crate::node::audit::record(&state.home, &state.store(), entry);
             state.set_refused(id, suspend);
             Ok(SuspendedView {
                 ok: true,

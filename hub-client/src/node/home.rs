@@ -191,6 +191,41 @@ impl Home {
         self.write(name, bytes, false)
     }
 
+    /// The key of this hub's audit chain (`audit.key`, mode 0600, never in the database),
+    /// created on first use. Two processes creating it at once end with the same key (the file
+    /// is published with a hard link, which never replaces one already there).
+    pub fn audit_key(&self) -> Result<Zeroizing<[u8; 32]>, HomeError> {
+        const NAME: &str = "audit.key";
+        let read = |home: &Home| -> Result<Zeroizing<[u8; 32]>, HomeError> {
+            let bytes = home.read_secret(NAME)?;
+            let key: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| HomeError::Corrupt {
+                    path: home.path(NAME),
+                    what: "not a 32-byte key".into(),
+                })?;
+            Ok(Zeroizing::new(key))
+        };
+        if self.path(NAME).exists() {
+            return read(self);
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, key.as_mut_slice());
+        let tmp = format!("audit.key.{}", std::process::id());
+        self.write_secret(&tmp, key.as_slice())?;
+        let linked = std::fs::hard_link(self.path(&tmp), self.path(NAME));
+        let _ = std::fs::remove_file(self.path(&tmp));
+        match linked {
+            Ok(()) => Ok(key),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(self),
+            Err(source) => Err(HomeError::Io {
+                path: self.path(NAME),
+                source,
+            }),
+        }
+    }
+
     /// Whether the directory holds a hub.
     pub fn is_initialized(&self) -> bool {
         self.path("hub.der").exists()

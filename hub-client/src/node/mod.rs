@@ -3,7 +3,9 @@
 //!
 //! - [`home`]: the data directory and the operations that change it (create, join, invite,
 //!   revoke, keep documents);
-//! - [`store`]: the SQLite store (peers, pairing and API token hashes, signed documents).
+//! - [`store`]: the SQLite store (peers, pairing and API token hashes, signed documents);
+//! - [`audit`]: the federation audit log kept in the store, HMAC-chained under `audit.key`.
 
+pub mod audit;
 pub mod home;
 pub mod store;

@@ -15,6 +15,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use shared_proto::agent::Sharing;
+pub use shared_proto::audit::Entry as AuditEntry;
 use shared_proto::trust::{TrustLevel, VerifiedManifest, VerifiedRevocations};
 use shared_proto::HubId;
 
@@ -113,6 +114,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
     ALTER TABLE api_tokens ADD COLUMN max_uses INTEGER;
     ALTER TABLE api_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 4: the federation audit log (append-only, HMAC-chained: shared_proto::audit).
+    r#"
+    CREATE TABLE audit_log (
+        seq              INTEGER PRIMARY KEY,
+        at_ms            INTEGER NOT NULL,
+        kind             TEXT NOT NULL,
+        peer             BLOB,
+        principal        TEXT NOT NULL,
+        app              TEXT NOT NULL,
+        tool             TEXT NOT NULL,
+        decision         TEXT NOT NULL,
+        reason           TEXT NOT NULL,
+        duration_ms      INTEGER NOT NULL,
+        arguments_sha256 BLOB,
+        mac              BLOB NOT NULL
+    );
+    CREATE INDEX audit_log_peer ON audit_log (peer, seq);
     "#,
 ];
 
@@ -593,6 +612,111 @@ impl Store {
         };
         tx.commit()?;
         Ok(use_)
+    }
+
+    /// Appends `entry` to the audit chain (its `seq` is set here), in one IMMEDIATE transaction:
+    /// concurrent appends from several processes each chain to the one before. Returns the new
+    /// head (sequence number and MAC).
+    pub fn append_audit(
+        &self,
+        key: &[u8; 32],
+        entry: AuditEntry,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let (seq, prev) = tx
+            .query_row(
+                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, vec![0; 32]));
+        let prev: [u8; 32] = prev
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("audit MAC"))?;
+        let entry = AuditEntry {
+            seq: seq + 1,
+            ..entry.bounded()
+        };
+        let mac = entry.mac(key, &prev);
+        tx.execute(
+            "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
+             reason, duration_ms, arguments_sha256, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                entry.seq as i64,
+                entry.at_ms as i64,
+                entry.kind,
+                entry.peer.map(|p| p.0.to_vec()),
+                entry.principal,
+                entry.app,
+                entry.tool,
+                entry.decision,
+                entry.reason,
+                entry.duration_ms as i64,
+                entry.arguments_sha256.map(|h| h.to_vec()),
+                mac.to_vec(),
+            ],
+        )?;
+        tx.commit()?;
+        Ok((entry.seq, mac))
+    }
+
+    /// Audit entries with their MACs, in chain order: all of them, or those about `peer`, from
+    /// `since_ms`, at most `limit` (the newest ones, still in order).
+    pub fn audit_entries(
+        &self,
+        peer: Option<HubId>,
+        since_ms: u64,
+        limit: Option<u64>,
+    ) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT * FROM (
+               SELECT seq, at_ms, kind, peer, principal, app, tool, decision, reason,
+                      duration_ms, arguments_sha256, mac
+               FROM audit_log
+               WHERE (?1 IS NULL OR peer = ?1) AND at_ms >= ?2
+               ORDER BY seq DESC LIMIT ?3
+             ) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                peer.map(|p| p.0.to_vec()),
+                since_ms as i64,
+                limit.map_or(-1, |l| l as i64)
+            ],
+            |r| {
+                Ok((
+                    AuditEntry {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        kind: r.get(2)?,
+                        peer: r
+                            .get::<_, Option<Vec<u8>>>(3)?
+                            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                            .map(HubId),
+                        principal: r.get(4)?,
+                        app: r.get(5)?,
+                        tool: r.get(6)?,
+                        decision: r.get(7)?,
+                        reason: r.get(8)?,
+                        duration_ms: r.get::<_, i64>(9)? as u64,
+                        arguments_sha256: r
+                            .get::<_, Option<Vec<u8>>>(10)?
+                            .and_then(|b| <[u8; 32]>::try_from(b).ok()),
+                    },
+                    r.get::<_, Vec<u8>>(11)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (entry, mac) = row?;
+            let mac = mac
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit MAC"))?;
+            Ok((entry, mac))
+        })
+        .collect()
     }
 
     /// Deletes the API tokens named `name`; returns how many.

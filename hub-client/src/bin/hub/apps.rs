@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hub_client::api::CallAppRequest;
 use hub_client::apps::{hints, AppHost};
+use hub_client::node::audit;
 use hub_client::node::home::Home;
 use hub_client::node::store::AppSource;
 use hub_client::unix_ms;
@@ -57,6 +58,9 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             };
             let existed = store.app(&name)?.is_some();
             store.put_app(&name, &source, unix_ms())?;
+            let mut entry = audit::entry("app.add", None, "ok", &describe(&source));
+            entry.app = name.clone();
+            audit::record(home, &store, entry);
             if existed {
                 println!("app {name} updated (its sharing is unchanged)");
             } else {
@@ -142,12 +146,19 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             if !store.set_app_sharing(&name, &sharing, require_trust)? {
                 bail!("no app {name}");
             }
+            let floor = require_trust.map_or(String::new(), |t| format!(", requires {t}"));
+            let mut entry = audit::entry("app.share", None, "ok", &format!("{sharing}{floor}"));
+            entry.app = name.clone();
+            audit::record(home, &store, entry);
             println!("app {name} is shared with: {sharing}");
         }
         AppsCommand::Remove { name } => {
             if !store.remove_app(&name)? {
                 bail!("no app {name}");
             }
+            let mut entry = audit::entry("app.remove", None, "ok", "");
+            entry.app = name.clone();
+            audit::record(home, &store, entry);
             println!("app {name} removed");
         }
         AppsCommand::Call {

@@ -110,6 +110,9 @@ pub(crate) enum Command {
     /// This hub's apps (local MCP servers): add, list, show, share, remove, call.
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// The federation audit log: list, verify the chain, export.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Serve MCP on stdio for an agent client, connected to the running hub: the apps of every
     /// hub of the cluster that this hub may use. Put `hub mcp` (with `--home` if needed) in the
     /// client's MCP server configuration.
@@ -222,6 +225,30 @@ pub(crate) enum TokensCommand {
         /// The name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// The newest entries, oldest first.
+    List {
+        /// Only entries about this peer.
+        #[arg(long, value_name = "ID")]
+        peer: Option<HubId>,
+        /// Only entries newer than this (90s, 30m, 1h, 7d).
+        #[arg(long, value_parser = parse_duration, value_name = "AGE")]
+        since: Option<Duration>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole chain with this hub's audit key: exit status 0 only if every entry
+    /// verifies; otherwise the first bad entry and why.
+    Verify,
+    /// Every entry as JSON lines, with its MAC (hex), for an auditor holding the key.
+    Export,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 mod api_client;
 mod apps;
 mod args;
+mod audit;
 mod cluster;
 mod join;
 mod mcp;
@@ -204,6 +205,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status => status(&home).await,
         Command::Tokens(cmd) => tokens(&home, cmd),
         Command::Apps(cmd) => crate::apps::apps_command(&home, cmd).await,
+        Command::Audit(cmd) => crate::audit::audit_command(&home, cmd),
         Command::Mcp => crate::mcp::serve_stdio(&home).await,
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());

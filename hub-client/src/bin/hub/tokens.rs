@@ -33,6 +33,21 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
             let expires_at = expires.map(|d| now + d.as_millis() as u64);
             let limits = TokenLimits { scopes, max_uses };
             store.add_api_token(token.as_bytes(), &name, admin, now, expires_at, &limits)?;
+            let terms = format!(
+                "{}{}{}",
+                if admin { "admin" } else { "read" },
+                if limits.scopes.is_empty() {
+                    String::new()
+                } else {
+                    format!(", scopes {}", limits.scopes.join(","))
+                },
+                limits
+                    .max_uses
+                    .map_or(String::new(), |n| format!(", {n} uses")),
+            );
+            let mut entry = hub_client::node::audit::entry("token.create", None, "ok", &terms);
+            entry.principal = name.clone();
+            hub_client::node::audit::record(home, &store, entry);
             eprintln!(
                 "API token {name:?} ({}); shown once, store it now:",
                 if admin { "admin" } else { "read" }

@@ -1,0 +1,81 @@
+//! `hub audit`: the federation audit log in this hub's store.
+
+use anyhow::{bail, Result};
+use hub_client::node::audit::{to_json, verify_log};
+use hub_client::node::home::Home;
+use hub_client::node::store::AuditEntry;
+use hub_client::unix_ms;
+
+use crate::args::AuditCommand;
+use crate::cluster::utc;
+
+pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
+    let store = home.store()?;
+    match cmd {
+        AuditCommand::List {
+            peer,
+            since,
+            limit,
+            json,
+        } => {
+            let since_ms = since.map_or(0, |d| unix_ms().saturating_sub(d.as_millis() as u64));
+            let entries = store.audit_entries(peer, since_ms, Some(limit))?;
+            if entries.is_empty() && !json {
+                println!("no audit entries");
+            }
+            for (entry, mac) in entries {
+                if json {
+                    println!("{}", to_json(&entry, &mac));
+                } else {
+                    println!(
+                        "{:>6}  {}  {:<12} {:<8} {:<8} {}{}{}",
+                        entry.seq,
+                        utc(entry.at_ms / 1000),
+                        entry.kind,
+                        entry
+                            .peer
+                            .map_or("-".to_owned(), |p| p.to_string()[..8].to_owned()),
+                        if entry.decision.is_empty() {
+                            "-"
+                        } else {
+                            &entry.decision
+                        },
+                        what(&entry),
+                        if entry.principal.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" for {}", entry.principal)
+                        },
+                        if entry.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", entry.reason)
+                        },
+                    );
+                }
+            }
+        }
+        AuditCommand::Verify => match verify_log(home, &store)? {
+            Ok((0, _)) => println!("the audit log is empty"),
+            Ok((seq, mac)) => println!(
+                "the audit chain verifies: {seq} entries, head {}",
+                hex::encode(mac)
+            ),
+            Err(e) => bail!("the audit chain does not verify: {e}"),
+        },
+        AuditCommand::Export => {
+            for (entry, mac) in store.audit_entries(None, 0, None)? {
+                println!("{}", to_json(&entry, &mac));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn what(e: &AuditEntry) -> String {
+    match (e.app.is_empty(), e.tool.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => e.app.clone(),
+        (false, false) => format!("{}/{}", e.app, e.tool),
+    }
+}
