@@ -1001,10 +1001,7 @@ fn calls_are_audited_on_both_sides_and_tampering_is_found() {
         (Some("allowed"), Some("local"))
     );
     assert_eq!(inn[1]["decision"], "refused");
-    assert!(inn[1]["reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("not_shared"));
+    assert!(inn[1]["reason"].as_str().unwrap().starts_with("not_shared"));
     let hash = hex_sha256(br#"{"text":"a secret argument"}"#);
     assert_eq!(inn[0]["arguments_sha256"], hash.as_str());
     assert_eq!(out[0]["arguments_sha256"], hash.as_str());
