@@ -1078,3 +1078,90 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Hubs send each other their signed audit heads: the desk notices when the laptop's log is cut
+/// back (rolled back to an older state) and when it is then rewritten (another MAC for an entry
+/// number it saw), and says so for that peer.
+#[test]
+fn a_peer_notices_an_audit_log_cut_back_or_rewritten() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    let fast = ["--audit-head-interval", "1"];
+    let mut laptop_run = Some(laptop.run_with(&fast));
+    wait_online(&c.desk, 1);
+    laptop.ok(&["apps", "add", "x", "--command", &test_app()]);
+    for _ in 0..5 {
+        laptop.ok(&["apps", "share", "x", "--cluster"]);
+    }
+    let laptop_id = laptop.id();
+    let head_seen = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        let desk = c.desk_run();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let detail = desk.request(
+                "GET",
+                &format!("/api/federation/peers/{laptop_id}"),
+                Some(&desk.cli_token()),
+                None,
+            );
+            if pred(&detail.json["audit_head"]) {
+                return detail.json["audit_head"].clone();
+            }
+            assert!(Instant::now() < deadline, "no {what}: {}", detail.json);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let db = laptop.dir.join("hub.db");
+    let count = || -> i64 {
+        let db = rusqlite::Connection::open(&db).unwrap();
+        db.query_row("SELECT max(seq) FROM audit_log", [], |r| r.get(0))
+            .unwrap()
+    };
+    let full = count();
+    assert!(full >= 6, "{full}");
+    let held = head_seen(&|h| h["seq"] == full, "head of the whole log");
+    assert_eq!(held["inconsistencies"], 0);
+
+    // Cut back: the laptop's newest entries are gone, as after restoring an older database.
+    drop(laptop_run.take());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM audit_log WHERE seq > 2", [])
+        .unwrap();
+    assert!(
+        laptop.ok(&["audit", "verify"]).contains("verifies"),
+        "a cut log verifies by itself"
+    );
+    laptop_run = Some(laptop.run_with(&fast));
+    let cut = head_seen(
+        &|h| h["inconsistencies"] == 1,
+        "inconsistency after the cut",
+    );
+    let problem = cut["last_problem"].as_str().unwrap();
+    assert!(
+        problem.contains(&format!("went back from {full} to 2")),
+        "{problem}"
+    );
+
+    // Rewritten: new entries bring it to the same number with other contents.
+    while count() < full {
+        laptop.ok(&["apps", "share", "x", "--local-only"]);
+    }
+    let forked = head_seen(
+        &|h| h["inconsistencies"] == 2,
+        "inconsistency after the rewrite",
+    );
+    let problem = forked["last_problem"].as_str().unwrap();
+    assert!(
+        problem.contains(&format!("two different MACs for its entry {full}")),
+        "{problem}"
+    );
+    // The desk recorded both in its own audit log.
+    let desk_log = c.desk.ok(&["audit", "list", "--peer", &laptop_id]);
+    assert_eq!(
+        desk_log.matches("audit.inconsistent").count(),
+        2,
+        "{desk_log}"
+    );
+    drop(laptop_run);
+}

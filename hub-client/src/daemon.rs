@@ -63,12 +63,38 @@ pub enum DaemonError {
     },
 }
 
+/// How the hub runs, beyond its home.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often this hub sends its signed audit head to the peers it has sessions with (also
+    /// when each session comes up).
+    pub audit_head_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            audit_head_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Runs the hub until `shutdown` resolves (or the relay refuses it for good), serving the admin
 /// API on `listener`.
 pub async fn run(
     home: Home,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_with(home, listener, shutdown, Options::default()).await
+}
+
+/// [`run`] with `options`.
+pub async fn run_with(
+    home: Home,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    options: Options,
 ) -> Result<(), DaemonError> {
     let store = home.store()?;
     let refused: HashSet<HubId> = store
@@ -109,7 +135,7 @@ pub async fn run(
             })
             .await
     });
-    let mut hub = tokio::spawn(hub_loop(state.clone(), stop_rx.clone()));
+    let mut hub = tokio::spawn(hub_loop(state.clone(), stop_rx.clone(), options));
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
@@ -159,6 +185,7 @@ fn withdraw_cli_access(state: &HubState) {
 async fn hub_loop(
     state: Arc<HubState>,
     mut stop: watch::Receiver<bool>,
+    options: Options,
 ) -> Result<(), DaemonError> {
     if !state.home.is_initialized() {
         tracing::info!(
@@ -183,10 +210,24 @@ async fn hub_loop(
     }
     tracing::info!(hub = %me, cluster = %home.cluster_id()?, "hub running");
     let founder = home.is_founder();
+    let mut heads = tokio::time::interval(options.audit_head_interval);
+    heads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break Ok(()),
             event = peers.next_event() => event,
+            _ = heads.tick() => {
+                let with_sessions: Vec<HubId> = state
+                    .peer_certs
+                    .read()
+                    .map(|c| c.keys().copied().collect())
+                    .unwrap_or_default();
+                let online = state.relay_state().online;
+                for peer in with_sessions.into_iter().filter(|p| online.contains(p)) {
+                    send_audit_head(&state, &peers, peer);
+                }
+                continue;
+            }
         };
         let Some(event) = event else {
             break Ok(());
@@ -302,6 +343,42 @@ async fn handle_event(
                     }
                 });
             }
+            send_audit_head(state, peers, to);
+        }
+        PeerEvent::AuditHead { from, head } => {
+            let key = state
+                .peer_certs
+                .read()
+                .ok()
+                .and_then(|c| c.get(&from).map(|cert| *cert.identity_key()));
+            let Some(key) = key else {
+                return Ok(());
+            };
+            let head = match shared_proto::audit::Head::verify(&head, from, &key) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(peer = %from, "audit head refused: {e}");
+                    return Ok(());
+                }
+            };
+            let check = state
+                .blocking(move |state| Ok(state.store().keep_peer_audit_head(&head)?))
+                .await?;
+            use crate::node::store::HeadCheck;
+            if let HeadCheck::Backwards { .. } | HeadCheck::Forked = check {
+                let why = match check {
+                    HeadCheck::Backwards { held } => {
+                        format!(
+                            "its audit head went back from {held} to {} entries",
+                            head.seq
+                        )
+                    }
+                    _ => format!("two different MACs for its entry {}", head.seq),
+                };
+                tracing::warn!(peer = %from, "audit log inconsistent: {why}");
+                let entry = crate::node::audit::entry("audit.inconsistent", Some(from), "", &why);
+                state.record(entry).await;
+            }
         }
         PeerEvent::Manifest { from, manifest } => {
             let kept = state
@@ -341,6 +418,35 @@ async fn handle_event(
         _ => {}
     }
     Ok(())
+}
+
+/// Signs this hub's audit head and sends it to `to` (from another task).
+fn send_audit_head(state: &Arc<HubState>, peers: &PeerClient, to: HubId) {
+    let state = state.clone();
+    let handle = peers.handle();
+    tokio::spawn(async move {
+        let signed = state
+            .blocking(move |state| {
+                let (seq, mac) = state.store().audit_head()?;
+                let credentials = state.home.credentials()?;
+                let head = shared_proto::audit::Head {
+                    hub: credentials.hub_id,
+                    seq,
+                    mac,
+                    at_ms: unix_ms(),
+                };
+                Ok(head.sign(&credentials.identity))
+            })
+            .await;
+        match signed {
+            Ok(head) => {
+                if let Err(e) = handle.send_audit_head(to, &head).await {
+                    tracing::debug!(peer = %to, "audit head not sent: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("audit head not signed: {e}"),
+        }
+    });
 }
 
 /// Records that `hub` was seen now.

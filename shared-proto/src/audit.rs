@@ -13,9 +13,11 @@
 //! `prev_mac` is 32 zero bytes; `seq` starts at 1 and has no gaps. `peer` is zeros when no peer is
 //! involved, `arguments_sha256` zeros when there are no arguments.
 
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::codec::Reader;
 use crate::HubId;
 
 const DOMAIN: &[u8] = b"hub-relay audit v1\0";
@@ -163,6 +165,92 @@ pub fn verify<'a>(
     Ok(head)
 }
 
+const HEAD_MAGIC: &[u8; 4] = b"HRAH";
+const HEAD_DOMAIN: &[u8] = b"hub-relay audit head v1\0";
+
+/// A hub's audit head as it signs it for its peers: the last entry's sequence number and MAC.
+///
+/// ```text
+/// "HRAH" | version: u8 = 1 | hub: [16] | seq: u64 | mac: [32] | at_ms: u64 | signature: [64]
+/// ```
+///
+/// The signature is Ed25519 by the hub's identity key over `"hub-relay audit head v1\0"`
+/// followed by every byte before it. Peers keep the newest head of each hub: a head whose `seq`
+/// is lower than one seen before (the log was cut or rolled back), or another MAC for a `seq`
+/// seen before (the log was rewritten), is an inconsistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The hub whose log it is.
+    pub hub: HubId,
+    /// Entries in its log (the last one's sequence number).
+    pub seq: u64,
+    /// The last entry's MAC (zeros for an empty log).
+    pub mac: [u8; 32],
+    /// When it was signed (Unix ms).
+    pub at_ms: u64,
+}
+
+/// Why bytes are not a valid signed head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    /// Not the layout.
+    #[error("malformed audit head")]
+    Malformed,
+    /// Another hub's, or not signed by the hub's key.
+    #[error("the audit head is not signed by the hub it names")]
+    BadSignature,
+}
+
+impl Head {
+    const LEN: usize = 4 + 1 + 16 + 8 + 32 + 8;
+
+    fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN + 64);
+        out.extend_from_slice(HEAD_MAGIC);
+        out.push(1);
+        out.extend_from_slice(&self.hub.0);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.mac);
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out
+    }
+
+    /// The signed bytes.
+    pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        let mut out = self.body();
+        let mut message = HEAD_DOMAIN.to_vec();
+        message.extend_from_slice(&out);
+        out.extend_from_slice(&key.sign(&message).to_bytes());
+        out
+    }
+
+    /// A head signed by `hub` with `key` (the identity key of that hub's certificate).
+    pub fn verify(bytes: &[u8], hub: HubId, key: &VerifyingKey) -> Result<Self, HeadError> {
+        if bytes.len() != Self::LEN + 64 {
+            return Err(HeadError::Malformed);
+        }
+        let mut r = Reader::new(bytes);
+        let bad = |_| HeadError::Malformed;
+        if r.take(4).map_err(bad)? != HEAD_MAGIC || r.u8().map_err(bad)? != 1 {
+            return Err(HeadError::Malformed);
+        }
+        let head = Head {
+            hub: r.hub().map_err(bad)?,
+            seq: r.u64().map_err(bad)?,
+            mac: r.array().map_err(bad)?,
+            at_ms: r.u64().map_err(bad)?,
+        };
+        let signature = Signature::from_slice(r.rest()).map_err(|_| HeadError::Malformed)?;
+        let mut message = HEAD_DOMAIN.to_vec();
+        message.extend_from_slice(&bytes[..Self::LEN]);
+        if head.hub != hub || key.verify(&message, &signature).is_err() {
+            return Err(HeadError::BadSignature);
+        }
+        Ok(head)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +348,39 @@ mod tests {
         assert_eq!(check(&key, &renumbered), Err(ChainError::Mac { seq: 3 }));
         // The tail dropped: still a valid chain by itself, with an older head.
         assert_eq!(check(&key, &log[..4]), Ok((4, log[3].1)));
+    }
+
+    #[test]
+    fn heads_are_signed_by_their_hub_only() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let head = Head {
+            hub: HubId([1; 16]),
+            seq: 42,
+            mac: [9; 32],
+            at_ms: 7,
+        };
+        let bytes = head.sign(&key);
+        let vk = key.verifying_key();
+        assert_eq!(Head::verify(&bytes, head.hub, &vk), Ok(head));
+        assert_eq!(
+            Head::verify(&bytes, HubId([2; 16]), &vk),
+            Err(HeadError::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        assert_eq!(
+            Head::verify(&bytes, head.hub, &other),
+            Err(HeadError::BadSignature)
+        );
+        let mut forged = bytes.clone();
+        forged[25] ^= 1; // the sequence number
+        assert_eq!(
+            Head::verify(&forged, head.hub, &vk),
+            Err(HeadError::BadSignature)
+        );
+        assert_eq!(
+            Head::verify(&bytes[1..], head.hub, &vk),
+            Err(HeadError::Malformed)
+        );
     }
 
     #[test]

@@ -43,11 +43,13 @@ pub enum MsgKind {
     CallError = 11,
     /// The caller no longer waits for a call.
     Cancel = 12,
+    /// The sender's signed audit head.
+    AuditHead = 13,
 }
 
 impl MsgKind {
     /// Every registered kind, in registry order.
-    pub const ALL: [MsgKind; 13] = [
+    pub const ALL: [MsgKind; 14] = [
         Self::Data,
         Self::Ping,
         Self::Pong,
@@ -61,6 +63,7 @@ impl MsgKind {
         Self::CallResult,
         Self::CallError,
         Self::Cancel,
+        Self::AuditHead,
     ];
 
     /// The kind with this byte, if registered.
@@ -156,6 +159,8 @@ pub enum Msg<'a> {
         /// The call's token.
         token: u64,
     },
+    /// `head: [u8]` (the rest: the sender's signed audit head, `audit::Head::sign`)
+    AuditHead(&'a [u8]),
 }
 
 /// Why bytes are not a session message.
@@ -196,6 +201,7 @@ impl<'a> Msg<'a> {
             Msg::CallResult { .. } => MsgKind::CallResult,
             Msg::CallError { .. } => MsgKind::CallError,
             Msg::Cancel { .. } => MsgKind::Cancel,
+            Msg::AuditHead(_) => MsgKind::AuditHead,
         }
     }
 
@@ -213,7 +219,7 @@ impl<'a> Msg<'a> {
             | Msg::CallResult { token, .. }
             | Msg::CallError { token, .. }
             | Msg::Cancel { token } => Some(token),
-            Msg::Data(_) | Msg::Manifest(_) => None,
+            Msg::Data(_) | Msg::Manifest(_) | Msg::AuditHead(_) => None,
         }
     }
 
@@ -265,6 +271,7 @@ impl<'a> Msg<'a> {
         match self {
             Msg::Data(body)
             | Msg::Manifest(body)
+            | Msg::AuditHead(body)
             | Msg::Info { info: body, .. }
             | Msg::Apps { apps: body, .. }
             | Msg::CallResult { result: body, .. } => out.extend_from_slice(body),
@@ -292,6 +299,7 @@ impl<'a> Msg<'a> {
         let msg = match kind {
             MsgKind::Data => Msg::Data(r.rest()),
             MsgKind::Manifest => Msg::Manifest(r.rest()),
+            MsgKind::AuditHead => Msg::AuditHead(r.rest()),
             MsgKind::Ping => Msg::Ping {
                 token: token(&mut r)?,
             },
@@ -406,6 +414,7 @@ mod tests {
                 message: "no",
             },
             MsgKind::Cancel => Msg::Cancel { token: 9 },
+            MsgKind::AuditHead => Msg::AuditHead(b"HRAH"),
         }
     }
 
@@ -429,6 +438,7 @@ mod tests {
             (MsgKind::CallResult, "0a 0000000000000009 7b7d"),
             (MsgKind::CallError, "0b 0000000000000009 0009 6e6f"),
             (MsgKind::Cancel, "0c 0000000000000009"),
+            (MsgKind::AuditHead, "0d 48524148"),
         ];
         assert_eq!(expected.len(), MsgKind::ALL.len(), "a snapshot per kind");
         for (kind, want) in expected {
@@ -441,7 +451,7 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused() {
         assert_eq!(Msg::decode(&[]), Err(MsgError::Empty));
-        assert_eq!(Msg::decode(&[13]), Err(MsgError::UnknownKind(13)));
+        assert_eq!(Msg::decode(&[14]), Err(MsgError::UnknownKind(14)));
         // A call whose envelope length runs past the end.
         let call = sample(MsgKind::Call).to_vec();
         assert_eq!(Msg::decode(&call[..20]), Err(MsgError::Truncated));
@@ -487,7 +497,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(kind in 0u8..13, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
+        fn round_trip(kind in 0u8..14, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
             let kind = MsgKind::from_u8(kind).unwrap();
             let msg = match kind {
                 MsgKind::Data => Msg::Data(body.as_bytes()),
@@ -510,6 +520,7 @@ mod tests {
                 MsgKind::CallResult => Msg::CallResult { token, result: body.as_bytes() },
                 MsgKind::CallError => Msg::CallError { token, code: token as u16, message: &body },
                 MsgKind::Cancel => Msg::Cancel { token },
+                MsgKind::AuditHead => Msg::AuditHead(body.as_bytes()),
             };
             let bytes = msg.to_vec();
             prop_assert_eq!(Msg::decode(&bytes), Ok(msg));

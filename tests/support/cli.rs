@@ -94,9 +94,15 @@ impl HubHome {
     /// Starts `hub run` on a free port and waits until its API answers (and, for a member,
     /// until it is connected to the relay).
     pub fn run(&self) -> RunningHub {
+        self.run_with(&[])
+    }
+
+    /// [`HubHome::run`] with more arguments for `hub run`.
+    pub fn run_with(&self, args: &[&str]) -> RunningHub {
         let mut child = self
             .command()
             .args(["run", "--api-listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(
                 std::fs::OpenOptions::new()

@@ -321,10 +321,14 @@ impl HubState {
             }
             _ => (None, Some("not online".to_owned())),
         };
+        let audit_head = self
+            .blocking(move |state| Ok(state.store().peer_audit_head(id)?))
+            .await?;
         Ok(PeerDetail {
             peer,
             reported,
             report_error,
+            audit_head,
         })
     }
 

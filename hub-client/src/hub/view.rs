@@ -153,6 +153,9 @@ pub struct PeerDetail {
     pub reported: Option<PeerInfo>,
     /// Why it could not be asked.
     pub report_error: Option<String>,
+    /// The newest audit head it signed for this hub, and the inconsistencies seen.
+    #[serde(default)]
+    pub audit_head: Option<crate::node::store::PeerAuditHead>,
 }
 
 /// A pairing token just made (`POST /api/federation/generate-pairing-token`).

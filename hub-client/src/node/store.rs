@@ -133,7 +133,47 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_peer ON audit_log (peer, seq);
     "#,
+    // 5: the newest audit head each peer signed, and what did not add up.
+    r#"
+    CREATE TABLE peer_audit_heads (
+        peer            BLOB PRIMARY KEY,
+        seq             INTEGER NOT NULL,
+        mac             BLOB NOT NULL,
+        at_ms           INTEGER NOT NULL,
+        inconsistencies INTEGER NOT NULL DEFAULT 0,
+        last_problem    TEXT
+    );
+    "#,
 ];
+
+/// What a peer's new audit head says against the one held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The first one, or further along the same chain (kept).
+    Forward,
+    /// The one held again.
+    Same,
+    /// Fewer entries than the one held: the peer's log was cut or rolled back (not kept).
+    Backwards {
+        /// The sequence number held.
+        held: u64,
+    },
+    /// Another MAC for the sequence number held: the peer's log was rewritten (not kept).
+    Forked,
+}
+
+/// A peer's audit head as held, with the inconsistencies seen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerAuditHead {
+    /// Entries in its log, as it last signed.
+    pub seq: u64,
+    /// When it signed that (Unix ms).
+    pub at_ms: u64,
+    /// Heads that went back or forked.
+    pub inconsistencies: u64,
+    /// The last of them, for people.
+    pub last_problem: Option<String>,
+}
 
 /// Most delegation nonces remembered at once (each until its envelope expires, at most 60 s); a
 /// call that would need more is refused as busy.
@@ -717,6 +757,101 @@ impl Store {
             Ok((entry, mac))
         })
         .collect()
+    }
+
+    /// This hub's audit head: the last entry's sequence number and MAC (0 and zeros if empty).
+    pub fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        let head = self
+            .conn
+            .query_row(
+                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        match head {
+            None => Ok((0, [0; 32])),
+            Some((seq, mac)) => Ok((
+                seq,
+                mac.try_into()
+                    .map_err(|_| StoreError::Corrupt("audit MAC"))?,
+            )),
+        }
+    }
+
+    /// Checks a peer's verified audit head against the one held and keeps it if it moves
+    /// forward; an inconsistency is counted. Only a later head of the same chain can be told
+    /// apart from a fork when the MACs of the entries in between are unknown: a head with a
+    /// higher `seq` is taken as forward.
+    pub fn keep_peer_audit_head(
+        &self,
+        head: &shared_proto::audit::Head,
+    ) -> Result<HeadCheck, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let peer = head.hub.0.to_vec();
+        let held = tx
+            .query_row(
+                "SELECT seq, mac FROM peer_audit_heads WHERE peer = ?1",
+                params![peer],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        let check = match held {
+            None => HeadCheck::Forward,
+            Some((seq, _)) if head.seq > seq => HeadCheck::Forward,
+            Some((seq, mac)) if head.seq == seq && mac == head.mac => HeadCheck::Same,
+            Some((seq, _)) if head.seq == seq => HeadCheck::Forked,
+            Some((seq, _)) => HeadCheck::Backwards { held: seq },
+        };
+        match &check {
+            HeadCheck::Forward => {
+                tx.execute(
+                    "INSERT INTO peer_audit_heads (peer, seq, mac, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (peer) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
+                     at_ms = excluded.at_ms",
+                    params![peer, head.seq as i64, head.mac.to_vec(), head.at_ms as i64],
+                )?;
+            }
+            HeadCheck::Same => {}
+            problem => {
+                let what = match problem {
+                    HeadCheck::Backwards { held } => {
+                        format!(
+                            "its audit head went back from {held} to {} entries",
+                            head.seq
+                        )
+                    }
+                    _ => format!("two different MACs for its entry {}", head.seq),
+                };
+                tx.execute(
+                    "UPDATE peer_audit_heads SET inconsistencies = inconsistencies + 1,
+                     last_problem = ?2 WHERE peer = ?1",
+                    params![peer, what],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(check)
+    }
+
+    /// A peer's audit head as held.
+    pub fn peer_audit_head(&self, peer: HubId) -> Result<Option<PeerAuditHead>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, at_ms, inconsistencies, last_problem FROM peer_audit_heads
+                 WHERE peer = ?1",
+                params![peer.0.to_vec()],
+                |r| {
+                    Ok(PeerAuditHead {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        inconsistencies: r.get::<_, i64>(2)? as u64,
+                        last_problem: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// Deletes the API tokens named `name`; returns how many.

@@ -232,6 +232,13 @@ pub enum PeerEvent {
         /// The signed manifest.
         manifest: Vec<u8>,
     },
+    /// A peer passed on its signed audit head (not verified yet).
+    AuditHead {
+        /// The sender.
+        from: HubId,
+        /// The signed head (`shared_proto::audit::Head::sign`).
+        head: Vec<u8>,
+    },
     /// A pairing message (from a pairing guest, or an issuer's answer).
     Pairing {
         /// The sender.
@@ -373,6 +380,11 @@ impl PeerHandle {
     pub async fn send_manifest(&self, to: HubId, manifest: &[u8]) -> Result<(), PeerError> {
         self.send_message(to, Msg::Manifest(manifest).to_vec())
             .await
+    }
+
+    /// Sends this hub's signed audit head to `to` over its session.
+    pub async fn send_audit_head(&self, to: HubId, head: &[u8]) -> Result<(), PeerError> {
+        self.send_message(to, Msg::AuditHead(head).to_vec()).await
     }
 
     async fn send_message(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
@@ -747,6 +759,12 @@ fn drain(
                     q.to_app.push_back(PeerEvent::Message {
                         from,
                         message: body.to_vec(),
+                    });
+                }
+                Ok(Msg::AuditHead(body)) => {
+                    q.to_app.push_back(PeerEvent::AuditHead {
+                        from,
+                        head: body.to_vec(),
                     });
                 }
                 Ok(Msg::Manifest(body)) => {

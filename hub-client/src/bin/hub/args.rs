@@ -73,6 +73,10 @@ pub(crate) enum Command {
             value_name = "ADDR"
         )]
         api_listen: SocketAddr,
+        /// Send this hub's signed audit head to its peers this often (also whenever a session
+        /// comes up), so that they notice if its log is cut or rolled back.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        audit_head_interval: u64,
     },
     /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
     Invite {

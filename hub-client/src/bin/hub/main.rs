@@ -171,7 +171,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             run_relay(listen, relay).await
         }
-        Command::Run { api_listen } => run_hub(home, api_listen).await,
+        Command::Run {
+            api_listen,
+            audit_head_interval,
+        } => {
+            let options = hub_client::daemon::Options {
+                audit_head_interval: Duration::from_secs(audit_head_interval.max(1)),
+            };
+            run_hub(home, api_listen, options).await
+        }
         Command::Invite {
             trust_level,
             roles,
