@@ -1025,6 +1025,41 @@ fn calls_are_audited_on_both_sides_and_tampering_is_found() {
         "{peer_entries:?}"
     );
 
+    // Statistics count them, in total and for the peer, from the CLI and the API.
+    let all = |json: &str| -> Value {
+        let windows: Value = serde_json::from_str(json).unwrap();
+        windows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["window"] == "all")
+            .unwrap()
+            .clone()
+    };
+    let desk_stats = all(&c.desk.ok(&["stats", "--json"]));
+    assert_eq!(desk_stats["total"]["calls_out"], 2, "{desk_stats}");
+    assert_eq!(
+        desk_stats["peers"][&laptop_id]["refused_out"]["not_shared"], 1,
+        "{desk_stats}"
+    );
+    let laptop_stats = all(&laptop.ok(&["stats", "--json"]));
+    assert_eq!(laptop_stats["total"]["calls_in"], 2, "{laptop_stats}");
+    assert_eq!(laptop_stats["total"]["accepted_in"], 1, "{laptop_stats}");
+    assert_eq!(
+        laptop_stats["peers"][&desk_id]["refused_in"]["not_shared"], 1,
+        "{laptop_stats}"
+    );
+    let api_stats = desk.request("GET", "/api/federation/stats", Some(&token), None);
+    let api_all = api_stats
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["window"] == "all")
+        .unwrap()
+        .clone();
+    assert_eq!(api_all, desk_stats);
+
     // Behind the hub's back: change an entry's reason, then delete one.
     let db = rusqlite::Connection::open(laptop.dir.join("hub.db")).unwrap();
     let seq: i64 = db

@@ -67,6 +67,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}/ping", post(ping_peer))
         .route("/api/federation/peers/{id}/agents", get(peer_agents))
         .route("/api/federation/audit", get(audit_log))
+        .route("/api/federation/stats", get(stats))
         .route("/api/apps", get(list_apps))
         .route("/api/apps/call", post(call_app))
         .nest_service(
@@ -488,6 +489,14 @@ async fn call_app(
     Ok(Json(
         serde_json::to_value(result).map_err(ApiError::internal)?,
     ))
+}
+
+/// Federation statistics: the last hour, day and all time.
+async fn stats(
+    State(state): State<Shared>,
+    _: Authed,
+) -> Result<Json<Vec<crate::hub::view::StatsWindow>>, ApiError> {
+    Ok(Json(state.stats().await?))
 }
 
 /// The audit log, oldest first: `?peer=ID&since_ms=T&limit=N` (default 100, at most 10,000, the

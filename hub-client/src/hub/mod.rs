@@ -184,6 +184,12 @@ impl HubState {
             .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
+    /// Federation statistics over the last hour, day and all time, from the audit log.
+    pub async fn stats(self: &Arc<Self>) -> Result<Vec<view::StatsWindow>, ServiceError> {
+        self.blocking(|state| Ok(view::stats(&state.store(), unix_ms())?))
+            .await
+    }
+
     /// Appends an entry to the audit log (off the async threads; failures are logged).
     pub(crate) async fn record(self: &Arc<Self>, entry: crate::node::store::AuditEntry) {
         let _ = self

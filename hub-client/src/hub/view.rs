@@ -233,3 +233,90 @@ pub struct PingView {
     /// The round trip through the end-to-end session, in milliseconds.
     pub rtt_ms: f64,
 }
+
+/// Federation statistics over one window (`GET /api/federation/stats`), from the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsWindow {
+    /// `hour`, `day` or `all`.
+    pub window: String,
+    /// Everything together.
+    pub total: StatsCounts,
+    /// Per peer (hub id).
+    pub peers: std::collections::BTreeMap<String, StatsCounts>,
+}
+
+/// Counts of one window, in total or for one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsCounts {
+    /// Calls this hub forwarded to peers (envelopes issued).
+    pub calls_out: u64,
+    /// Of those, refused by the peer, by code.
+    pub refused_out: std::collections::BTreeMap<String, u64>,
+    /// Calls peers made to this hub's apps.
+    pub calls_in: u64,
+    /// Of those, accepted (the envelope and the policy passed).
+    pub accepted_in: u64,
+    /// Refused, by code.
+    pub refused_in: std::collections::BTreeMap<String, u64>,
+    /// Time spent in calls both ways (ms).
+    pub call_ms: u64,
+    /// API tokens created.
+    pub tokens_created: u64,
+    /// Pairings answered (allowed and refused).
+    pub pairings: u64,
+}
+
+impl StatsCounts {
+    /// Adds a count of audit entries.
+    pub(crate) fn add(&mut self, c: &crate::node::store::AuditCount) {
+        match (c.kind.as_str(), c.decision.as_str()) {
+            ("call.out", decision) => {
+                self.calls_out += c.count;
+                self.call_ms += c.duration_ms;
+                if decision == "refused" {
+                    *self.refused_out.entry(c.code.clone()).or_default() += c.count;
+                }
+            }
+            ("call.in", decision) => {
+                self.calls_in += c.count;
+                self.call_ms += c.duration_ms;
+                if decision == "refused" {
+                    *self.refused_in.entry(c.code.clone()).or_default() += c.count;
+                } else {
+                    self.accepted_in += c.count;
+                }
+            }
+            ("token.create", _) => self.tokens_created += c.count,
+            ("pairing", _) => self.pairings += c.count,
+            _ => {}
+        }
+    }
+}
+
+/// Federation statistics over the last hour, day and all time, counted from the audit log.
+pub fn stats(
+    store: &crate::node::store::Store,
+    now_ms: u64,
+) -> Result<Vec<StatsWindow>, crate::node::store::StoreError> {
+    let windows = [
+        ("hour", now_ms.saturating_sub(3_600_000)),
+        ("day", now_ms.saturating_sub(86_400_000)),
+        ("all", 0),
+    ];
+    windows
+        .into_iter()
+        .map(|(window, since)| {
+            let mut out = StatsWindow {
+                window: window.into(),
+                ..Default::default()
+            };
+            for c in store.audit_counts(since)? {
+                out.total.add(&c);
+                if let Some(peer) = c.peer {
+                    out.peers.entry(peer.to_string()).or_default().add(&c);
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}

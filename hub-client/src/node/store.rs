@@ -146,6 +146,23 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How many audit entries of one kind, decision and reason code (and their total duration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCount {
+    /// The peer they are about, if any.
+    pub peer: Option<HubId>,
+    /// Their kind.
+    pub kind: String,
+    /// Their decision.
+    pub decision: String,
+    /// For refusals, the code (the reason up to its first `:`); else empty.
+    pub code: String,
+    /// How many.
+    pub count: u64,
+    /// Their durations added up (ms).
+    pub duration_ms: u64,
+}
+
 /// What a peer's new audit head says against the one held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadCheck {
@@ -757,6 +774,35 @@ impl Store {
             Ok((entry, mac))
         })
         .collect()
+    }
+
+    /// Counts of audit entries since `since_ms`, by peer (none for entries about no peer), kind,
+    /// decision and reason code (the reason up to its first `:`), for statistics.
+    pub fn audit_counts(&self, since_ms: u64) -> Result<Vec<AuditCount>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT peer, kind, decision,
+                    CASE WHEN decision = 'refused' THEN
+                      CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1)
+                           ELSE reason END
+                    ELSE '' END AS code,
+                    count(*), sum(duration_ms)
+             FROM audit_log WHERE at_ms >= ?1
+             GROUP BY peer, kind, decision, code",
+        )?;
+        let rows = stmt.query_map(params![since_ms as i64], |r| {
+            Ok(AuditCount {
+                peer: r
+                    .get::<_, Option<Vec<u8>>>(0)?
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(HubId),
+                kind: r.get(1)?,
+                decision: r.get(2)?,
+                code: r.get(3)?,
+                count: r.get::<_, i64>(4)? as u64,
+                duration_ms: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// This hub's audit head: the last entry's sequence number and MAC (0 and zeros if empty).

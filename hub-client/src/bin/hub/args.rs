@@ -114,6 +114,13 @@ pub(crate) enum Command {
     /// This hub's apps (local MCP servers): add, list, show, share, remove, call.
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// Federation statistics from the audit log: calls in and out, refusals by code, tokens,
+    /// pairings, over the last hour, day and all time, in total and per peer.
+    Stats {
+        /// As JSON (what `GET /api/federation/stats` answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// The federation audit log: list, verify the chain, export.
     #[command(subcommand)]
     Audit(AuditCommand),

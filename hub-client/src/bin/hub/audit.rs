@@ -79,3 +79,43 @@ fn what(e: &AuditEntry) -> String {
         (false, false) => format!("{}/{}", e.app, e.tool),
     }
 }
+
+/// `hub stats`: counted from the store's audit log (the running hub writes it; no API needed).
+pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
+    let windows = hub_client::hub::view::stats(&home.store()?, unix_ms())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&windows)?);
+        return Ok(());
+    }
+    let codes = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for w in &windows {
+        let t = &w.total;
+        println!(
+            "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms in calls, tokens created {}, pairings {}",
+            w.window,
+            t.calls_out,
+            if t.refused_out.is_empty() { "none".into() } else { codes(&t.refused_out) },
+            t.calls_in,
+            t.accepted_in,
+            if t.refused_in.is_empty() { "none".into() } else { codes(&t.refused_in) },
+            t.call_ms,
+            t.tokens_created,
+            t.pairings,
+        );
+        for (peer, p) in &w.peers {
+            println!(
+                "      {}  out {} in {} (refused {})",
+                &peer[..8],
+                p.calls_out,
+                p.calls_in,
+                p.refused_in.values().sum::<u64>()
+            );
+        }
+    }
+    Ok(())
+}

@@ -214,6 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tokens(cmd) => tokens(&home, cmd),
         Command::Apps(cmd) => crate::apps::apps_command(&home, cmd).await,
         Command::Audit(cmd) => crate::audit::audit_command(&home, cmd),
+        Command::Stats { json } => crate::audit::stats_command(&home, json),
         Command::Mcp => crate::mcp::serve_stdio(&home).await,
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());
