@@ -701,6 +701,31 @@ async fn every_envelope_refusal_has_its_own_code() {
         }
     }
 
+    // The desk's trust score for the laptop fell with the forged envelopes and the refusals,
+    // part by part.
+    let detail = blocking(|| {
+        let desk = c.desk_run();
+        desk.request(
+            "GET",
+            &format!("/api/federation/peers/{laptop_id}"),
+            Some(&desk.cli_token()),
+            None,
+        )
+    });
+    let score = &detail.json["trust_score"];
+    let part = |name: &str| {
+        score["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["penalty"]
+            .clone()
+    };
+    assert_eq!(part("signature"), 40, "{score}");
+    assert_eq!(part("refusals"), 8, "{score}");
+    assert_eq!(score["score"], 52, "{score}");
+
     // Revoked in the desk's list but not published: the session stays up, the call is refused.
     let cert = laptop.ok(&["cert", "show"]);
     let fingerprint = cert
@@ -1191,6 +1216,26 @@ fn a_peer_notices_an_audit_log_cut_back_or_rewritten() {
         problem.contains(&format!("two different MACs for its entry {full}")),
         "{problem}"
     );
+    let desk = c.desk_run();
+    let detail = desk.request(
+        "GET",
+        &format!("/api/federation/peers/{laptop_id}"),
+        Some(&desk.cli_token()),
+        None,
+    );
+    let audit_part = detail.json["trust_score"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "audit")
+        .unwrap()
+        .clone();
+    assert_eq!(audit_part["penalty"], 50, "{}", detail.json);
+    assert!(c
+        .desk
+        .ok(&["peers"])
+        .lines()
+        .any(|l| l.starts_with(&laptop_id) && l.ends_with(" 50")));
     // The desk recorded both in its own audit log.
     let desk_log = c.desk.ok(&["audit", "list", "--peer", &laptop_id]);
     assert_eq!(

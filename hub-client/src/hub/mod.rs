@@ -18,6 +18,7 @@ use crate::transport::peers::{LocalPolicy, PeerError, PeerHandle};
 use crate::unix_ms;
 
 pub mod agent;
+pub mod score;
 pub mod view;
 
 use view::{
@@ -184,6 +185,38 @@ impl HubState {
             .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
+    /// A peer's trust score (`score`), from what this hub observed.
+    pub async fn trust_score(
+        self: &Arc<Self>,
+        id: HubId,
+    ) -> Result<score::TrustScore, ServiceError> {
+        let cert_not_after_ms = self
+            .peer_certs
+            .read()
+            .ok()
+            .and_then(|c| c.get(&id).map(|cert| cert.not_after_ms()));
+        self.blocking(move |state| {
+            let store = state.store();
+            let now_ms = unix_ms();
+            let mine = |since| -> Result<Vec<_>, StoreError> {
+                Ok(store
+                    .audit_counts(since)?
+                    .into_iter()
+                    .filter(|c| c.peer == Some(id))
+                    .collect())
+            };
+            let inputs = score::ScoreInputs {
+                calls_all_time: mine(0)?,
+                calls_last_day: mine(now_ms.saturating_sub(86_400_000))?,
+                audit_head: store.peer_audit_head(id)?,
+                cert_not_after_ms,
+                now_ms,
+            };
+            Ok(score::trust_score(&inputs))
+        })
+        .await
+    }
+
     /// Federation statistics over the last hour, day and all time, from the audit log.
     pub async fn stats(self: &Arc<Self>) -> Result<Vec<view::StatsWindow>, ServiceError> {
         self.blocking(|state| Ok(view::stats(&state.store(), unix_ms())?))
@@ -303,15 +336,22 @@ impl HubState {
     /// The active peers, most recently seen first, with their presence at the relay.
     pub async fn peers(self: &Arc<Self>) -> Result<Vec<PeerView>, ServiceError> {
         let online = self.relay_state().online;
-        self.blocking(move |state| {
-            Ok(state
-                .store()
-                .active_peers()?
-                .into_iter()
-                .map(|p| PeerView::new(p, Some(&online)))
-                .collect())
-        })
-        .await
+        let mut peers: Vec<PeerView> = self
+            .blocking(move |state| {
+                Ok(state
+                    .store()
+                    .active_peers()?
+                    .into_iter()
+                    .map(|p| PeerView::new(p, Some(&online)))
+                    .collect())
+            })
+            .await?;
+        for peer in &mut peers {
+            if let Ok(id) = peer.id.parse() {
+                peer.trust_score = Some(self.trust_score(id).await?.score);
+            }
+        }
+        Ok(peers)
     }
 
     /// One peer (revoked ones too), with what it reports about itself if it is online.
@@ -330,11 +370,13 @@ impl HubState {
         let audit_head = self
             .blocking(move |state| Ok(state.store().peer_audit_head(id)?))
             .await?;
+        let trust_score = Some(self.trust_score(id).await?);
         Ok(PeerDetail {
             peer,
             reported,
             report_error,
             audit_head,
+            trust_score,
         })
     }
 

@@ -115,6 +115,9 @@ pub struct PeerView {
     /// Whether it is online now; absent when unknown (the hub is not running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+    /// Its trust score, 0 to 100 (`/peers/{id}` has its parts); absent when not computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_score: Option<u32>,
 }
 
 impl PeerView {
@@ -139,6 +142,7 @@ impl PeerView {
             suspended_at: p.suspended_at,
             last_seen_at,
             online,
+            trust_score: None,
         }
     }
 }
@@ -156,6 +160,9 @@ pub struct PeerDetail {
     /// The newest audit head it signed for this hub, and the inconsistencies seen.
     #[serde(default)]
     pub audit_head: Option<crate::node::store::PeerAuditHead>,
+    /// Its trust score, with its parts (`hub::score`).
+    #[serde(default)]
+    pub trust_score: Option<crate::hub::score::TrustScore>,
 }
 
 /// A pairing token just made (`POST /api/federation/generate-pairing-token`).

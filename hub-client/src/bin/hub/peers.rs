@@ -33,8 +33,8 @@ pub(crate) fn print_peers(peers: &[PeerView]) {
         return;
     }
     println!(
-        "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  state",
-        "ID", "NAME", "ONLINE", "TRUST", "LAST SEEN"
+        "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {:<9}  score",
+        "ID", "NAME", "ONLINE", "TRUST", "LAST SEEN", "state"
     );
     for p in peers {
         let online = match p.online {
@@ -47,8 +47,9 @@ pub(crate) fn print_peers(peers: &[PeerView]) {
         } else {
             "active"
         };
+        let score = p.trust_score.map_or("?".to_owned(), |s| s.to_string());
         println!(
-            "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {state}",
+            "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {state:<9}  {score}",
             p.id,
             p.name,
             online,
