@@ -805,6 +805,23 @@ fn scoped_tokens_and_apps_shared_with_principals() {
         ["tools"]
     );
     assert!(local[0].1.len() >= 4, "{local:?}");
+    // What the laptop shares with the desk, asked directly (the seed's `/agents` route).
+    let laptop_id = laptop.id();
+    let agents = desk.request(
+        "GET",
+        &format!("/api/federation/peers/{laptop_id}/agents"),
+        Some(&desk.cli_token()),
+        None,
+    );
+    assert_eq!(agents.status, 200, "{:?}", agents.json);
+    let names: Vec<&str> = agents
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tools"]);
     // Ann sees her app and, of `tools`, the one tool her token grants.
     let anns = laptop_apps(&ann);
     assert_eq!(
