@@ -198,13 +198,7 @@ impl HubState {
         self.blocking(move |state| {
             let store = state.store();
             let now_ms = unix_ms();
-            let mine = |since| -> Result<Vec<_>, StoreError> {
-                Ok(store
-                    .audit_counts(since)?
-                    .into_iter()
-                    .filter(|c| c.peer == Some(id))
-                    .collect())
-            };
+            let mine = |since| store.audit_counts(Some(id), since);
             let inputs = score::ScoreInputs {
                 calls_all_time: mine(0)?,
                 calls_last_day: mine(now_ms.saturating_sub(86_400_000))?,

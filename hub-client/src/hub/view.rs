@@ -317,7 +317,7 @@ pub fn stats(
                 window: window.into(),
                 ..Default::default()
             };
-            for c in store.audit_counts(since)? {
+            for c in store.audit_counts(None, since)? {
                 out.total.add(&c);
                 if let Some(peer) = c.peer {
                     out.peers.entry(peer.to_string()).or_default().add(&c);
