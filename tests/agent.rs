@@ -63,14 +63,7 @@ impl Cluster {
         let relay = RelayProcess::start(kind);
         let dir = tempfile::tempdir().unwrap();
         let desk = HubHome::new(dir.path().join("desk"));
-        desk.ok(&[
-            "cluster",
-            "create",
-            "--name",
-            "desk",
-            "--relay",
-            &relay.url(),
-        ]);
+        desk.create_cluster("desk", &relay.url());
         let desk_run = Some(desk.run());
         Cluster {
             _relay: relay,

@@ -47,6 +47,19 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// One line: `sorted`'s p50 and p99, and their ratios to `base`'s.
+fn report(label: &str, sorted: &[Duration], base: &[Duration]) {
+    let (p50, p99) = (pct(sorted, 0.5), pct(sorted, 0.99));
+    let (b50, b99) = (pct(base, 0.5), pct(base, 0.99));
+    println!(
+        "{label}  p50 {:>7.3} ms  p99 {:>7.3} ms  ratio to direct: p50 {:.1}x  p99 {:.1}x",
+        ms(p50),
+        ms(p99),
+        p50.as_secs_f64() / b50.as_secs_f64(),
+        p99.as_secs_f64() / b99.as_secs_f64()
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -77,14 +90,7 @@ fn main() {
         let relay = RelayProcess::start(kind);
         let dir = tempfile::tempdir().unwrap();
         let desk = HubHome::new(dir.path().join("desk"));
-        desk.ok(&[
-            "cluster",
-            "create",
-            "--name",
-            "desk",
-            "--relay",
-            &relay.url(),
-        ]);
+        desk.create_cluster("desk", &relay.url());
         desk.ok(&["apps", "add", "tools", "--command", app]);
         let desk_run = desk.run();
         let token = desk.ok(&["invite"]).trim().to_owned();
@@ -115,25 +121,11 @@ fn main() {
             client.cancel().await.unwrap();
             (local, through)
         });
-        let (t50, t99) = (pct(&through, 0.5), pct(&through, 0.99));
-        let (l50, l99) = (pct(&local, 0.5), pct(&local, 0.99));
         let name = match kind {
             RelayKind::Native => "hub relay",
             RelayKind::Workerd => "workerd",
         };
-        println!(
-            "desk's own app via /mcp  p50 {:>7.3} ms  p99 {:>7.3} ms  ratio to direct: p50 {:.1}x  p99 {:.1}x",
-            ms(l50),
-            ms(l99),
-            l50.as_secs_f64() / d50.as_secs_f64(),
-            l99.as_secs_f64() / d99.as_secs_f64()
-        );
-        println!(
-            "across hubs ({name:<9})  p50 {:>7.3} ms  p99 {:>7.3} ms  ratio to direct: p50 {:.1}x  p99 {:.1}x",
-            ms(t50),
-            ms(t99),
-            t50.as_secs_f64() / d50.as_secs_f64(),
-            t99.as_secs_f64() / d99.as_secs_f64()
-        );
+        report("desk's own app via /mcp ", &local, &direct);
+        report(&format!("across hubs ({name:<9})"), &through, &direct);
     }
 }

@@ -24,15 +24,7 @@ impl Cluster {
         let relay = RelayProcess::start(kind);
         let dir = tempfile::tempdir().unwrap();
         let founder = HubHome::new(dir.path().join("desk"));
-        let out = founder.ok(&[
-            "cluster",
-            "create",
-            "--name",
-            "desk",
-            "--relay",
-            &relay.url(),
-        ]);
-        assert!(out.contains("created cluster"), "{out}");
+        founder.create_cluster("desk", &relay.url());
         let founder_run = founder.run();
         Cluster {
             relay,

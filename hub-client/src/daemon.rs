@@ -364,17 +364,7 @@ async fn handle_event(
             let check = state
                 .blocking(move |state| Ok(state.store().keep_peer_audit_head(&head)?))
                 .await?;
-            use crate::node::store::HeadCheck;
-            if let HeadCheck::Backwards { .. } | HeadCheck::Forked = check {
-                let why = match check {
-                    HeadCheck::Backwards { held } => {
-                        format!(
-                            "its audit head went back from {held} to {} entries",
-                            head.seq
-                        )
-                    }
-                    _ => format!("two different MACs for its entry {}", head.seq),
-                };
+            if let Some(why) = check.problem(head.seq) {
                 tracing::warn!(peer = %from, "audit log inconsistent: {why}");
                 let entry = crate::node::audit::entry("audit.inconsistent", Some(from), "", &why);
                 state.record(entry).await;

@@ -86,6 +86,13 @@ impl HubHome {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// `hub cluster create --name NAME --relay URL`: this home founds a cluster.
+    pub fn create_cluster(&self, name: &str, relay_url: &str) -> String {
+        let out = self.ok(&["cluster", "create", "--name", name, "--relay", relay_url]);
+        assert!(out.contains("created cluster"), "{out}");
+        out
+    }
+
     /// This hub's id.
     pub fn id(&self) -> String {
         self.ok(&["id"]).trim().to_owned()

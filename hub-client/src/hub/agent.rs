@@ -65,11 +65,7 @@ impl Principal {
     }
 
     fn allows_app(&self, app: &str) -> bool {
-        self.scopes.is_empty()
-            || self.scopes.iter().any(|s| {
-                s.strip_prefix("app:")
-                    .is_some_and(|rest| rest.split('/').next() == Some(app))
-            })
+        Delegation::scopes_allow_app(&self.scopes, app)
     }
 }
 

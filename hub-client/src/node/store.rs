@@ -179,6 +179,20 @@ pub enum HeadCheck {
     Forked,
 }
 
+impl HeadCheck {
+    /// What is wrong with a head of `seq` entries that got this check, for people; `None` if
+    /// nothing is.
+    pub fn problem(&self, seq: u64) -> Option<String> {
+        match self {
+            HeadCheck::Forward | HeadCheck::Same => None,
+            HeadCheck::Backwards { held } => Some(format!(
+                "its audit head went back from {held} to {seq} entries"
+            )),
+            HeadCheck::Forked => Some(format!("two different MACs for its entry {seq}")),
+        }
+    }
+}
+
 /// A peer's audit head as held, with the inconsistencies seen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerAuditHead {
@@ -375,6 +389,13 @@ fn row_to_api_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+}
+
+/// A nullable 16-byte hub id column (a value of another length reads as none).
+fn hub_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<HubId>> {
+    Ok(r.get::<_, Option<Vec<u8>>>(i)?
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(HubId))
 }
 
 fn sha256(secret: &[u8]) -> [u8; 32] {
@@ -748,10 +769,7 @@ impl Store {
                         seq: r.get::<_, i64>(0)? as u64,
                         at_ms: r.get::<_, i64>(1)? as u64,
                         kind: r.get(2)?,
-                        peer: r
-                            .get::<_, Option<Vec<u8>>>(3)?
-                            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                            .map(HubId),
+                        peer: hub_column(r, 3)?,
                         principal: r.get(4)?,
                         app: r.get(5)?,
                         tool: r.get(6)?,
@@ -803,10 +821,7 @@ impl Store {
         ))?;
         let rows = stmt.query_map(params![since_ms as i64, peer.map(|p| p.0.to_vec())], |r| {
             Ok(AuditCount {
-                peer: r
-                    .get::<_, Option<Vec<u8>>>(0)?
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(HubId),
+                peer: hub_column(r, 0)?,
                 kind: r.get(1)?,
                 decision: r.get(2)?,
                 code: r.get(3)?,
@@ -872,15 +887,7 @@ impl Store {
             }
             HeadCheck::Same => {}
             problem => {
-                let what = match problem {
-                    HeadCheck::Backwards { held } => {
-                        format!(
-                            "its audit head went back from {held} to {} entries",
-                            head.seq
-                        )
-                    }
-                    _ => format!("two different MACs for its entry {}", head.seq),
-                };
+                let what = problem.problem(head.seq);
                 tx.execute(
                     "UPDATE peer_audit_heads SET inconsistencies = inconsistencies + 1,
                      last_problem = ?2 WHERE peer = ?1",

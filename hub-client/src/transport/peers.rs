@@ -33,7 +33,7 @@ use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 
 use shared_proto::agent::CallErrorCode;
-use shared_proto::msg::{Msg, MsgKind};
+use shared_proto::msg::Msg;
 use shared_proto::session::noise::LocalIdentity;
 use shared_proto::session::pairing::is_pairing_message;
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
@@ -789,23 +789,19 @@ fn drain(
                     let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
                 }
                 Ok(
-                    Msg::AppsRequest { token, .. }
+                    request @ (Msg::AppsRequest { token, .. }
                     | Msg::Call { token, .. }
-                    | Msg::Cancel { token },
+                    | Msg::Cancel { token }),
                 ) if pending.policy.refuses(&from) => {
-                    let answer = if message.first() == Some(&(MsgKind::AppsRequest as u8)) {
-                        Msg::Refused {
-                            token,
-                            reason: "suspended by this hub",
-                        }
-                    } else if message.first() == Some(&(MsgKind::Call as u8)) {
-                        Msg::CallError {
+                    let reason = "suspended by this hub";
+                    let answer = match request {
+                        Msg::AppsRequest { .. } => Msg::Refused { token, reason },
+                        Msg::Call { .. } => Msg::CallError {
                             token,
                             code: CallErrorCode::Suspended.to_u16(),
-                            message: "suspended by this hub",
-                        }
-                    } else {
-                        continue;
+                            message: reason,
+                        },
+                        _ => continue,
                     };
                     let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
                 }

@@ -191,13 +191,32 @@ impl Delegation {
     /// every tool of that app; `app:NAME/TOOL` that one tool.
     pub fn scopes_allow(scopes: &[String], app: &str, tool: &str) -> bool {
         scopes.is_empty()
-            || scopes.iter().any(|s| match s.strip_prefix("app:") {
-                Some(rest) => match rest.split_once('/') {
-                    Some((a, t)) => a == app && t == tool,
-                    None => rest == app,
-                },
-                None => false,
-            })
+            || scopes
+                .iter()
+                .filter_map(|s| parse_scope(s))
+                .any(|(a, t)| a == app && t.is_none_or(|t| t == tool))
+    }
+
+    /// Whether the scopes allow some tool of `app` (what a listing may show of it).
+    pub fn scopes_allow_app(scopes: &[String], app: &str) -> bool {
+        scopes.is_empty()
+            || scopes
+                .iter()
+                .filter_map(|s| parse_scope(s))
+                .any(|(a, _)| a == app)
+    }
+}
+
+/// A scope's app and, for `app:NAME/TOOL`, its tool; `None` if it is neither form (with
+/// non-empty parts).
+pub fn parse_scope(scope: &str) -> Option<(&str, Option<&str>)> {
+    let rest = scope.strip_prefix("app:")?;
+    match rest.split_once('/') {
+        Some((app, tool)) if !app.is_empty() && !tool.is_empty() && !tool.contains('/') => {
+            Some((app, Some(tool)))
+        }
+        None if !rest.is_empty() => Some((rest, None)),
+        _ => None,
     }
 }
 
@@ -359,5 +378,13 @@ mod tests {
             "read_file"
         ));
         assert!(!Delegation::scopes_allow(&s(&["fs"]), "fs", "read_file"));
+        assert!(Delegation::scopes_allow_app(
+            &s(&["app:fs/read_file"]),
+            "fs"
+        ));
+        assert!(!Delegation::scopes_allow_app(&s(&["app:notes"]), "fs"));
+        for bad in ["app:", "app:fs/", "app:/t", "app:fs/a/b", "fs"] {
+            assert_eq!(parse_scope(bad), None, "{bad}");
+        }
     }
 }

@@ -19,7 +19,10 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
             scopes,
             max_uses,
         } => {
-            if let Some(bad) = scopes.iter().find(|s| !valid_scope(s)) {
+            if let Some(bad) = scopes
+                .iter()
+                .find(|s| shared_proto::agent::envelope::parse_scope(s).is_none())
+            {
                 bail!("--scopes {bad:?}: a scope is app:NAME or app:NAME/TOOL");
             }
             if admin && !scopes.is_empty() {
@@ -89,14 +92,4 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `app:NAME` or `app:NAME/TOOL`, with non-empty parts.
-fn valid_scope(scope: &str) -> bool {
-    scope
-        .strip_prefix("app:")
-        .is_some_and(|rest| match rest.split_once('/') {
-            Some((app, tool)) => !app.is_empty() && !tool.is_empty() && !tool.contains('/'),
-            None => !rest.is_empty(),
-        })
 }
