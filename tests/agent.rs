@@ -1040,6 +1040,12 @@ fn calls_are_audited_on_both_sides_and_tampering_is_found() {
     let hash = hex_sha256(br#"{"text":"a secret argument"}"#);
     assert_eq!(inn[0]["arguments_sha256"], hash.as_str());
     assert_eq!(out[0]["arguments_sha256"], hash.as_str());
+    // Bytes carried: the arguments, and the result when there is one; both sides count the same.
+    let args_len = br#"{"text":"a secret argument"}"#.len() as u64;
+    let bytes = |e: &Value| e["bytes"].as_u64().unwrap();
+    assert!(bytes(&inn[0]) > args_len, "{}", inn[0]);
+    assert_eq!(bytes(&out[0]), bytes(&inn[0]));
+    assert_eq!((bytes(&out[1]), bytes(&inn[1])), (args_len, args_len));
     for home in [&c.desk, &laptop] {
         assert!(!home.ok(&["audit", "export"]).contains(secret));
         assert!(home.ok(&["audit", "verify"]).contains("verifies"));
@@ -1073,6 +1079,11 @@ fn calls_are_audited_on_both_sides_and_tampering_is_found() {
     };
     let desk_stats = all(&c.desk.ok(&["stats", "--json"]));
     assert_eq!(desk_stats["total"]["calls_out"], 2, "{desk_stats}");
+    assert_eq!(
+        desk_stats["total"]["call_bytes"].as_u64(),
+        Some(bytes(&out[0]) + bytes(&out[1])),
+        "{desk_stats}"
+    );
     assert_eq!(
         desk_stats["peers"][&laptop_id]["refused_out"]["not_shared"], 1,
         "{desk_stats}"
@@ -1254,4 +1265,163 @@ fn a_peer_notices_an_audit_log_cut_back_or_rewritten() {
         "{desk_log}"
     );
     drop(laptop_run);
+}
+
+/// Hubs compare notes: each reports what it sees of the others (certificate, manifest epoch,
+/// audit head). The desk counts the phone's agreeing report in the laptop's quorum part, and
+/// when the phone holds another audit head for the laptop at the same entry (the laptop showed it
+/// another chain), the laptop's score drops by the quorum part, which names the phone.
+#[test]
+fn hubs_compare_what_they_see_of_each_other() {
+    let c = Cluster::start(RelayKind::Native);
+    let laptop = c.join("laptop", "agent_dispatch", "");
+    let phone = c.join("phone", "read_only", "");
+    // Something in the laptop's log, before it runs (a MAC to compare).
+    laptop.ok(&["apps", "add", "x", "--command", &test_app()]);
+    let fast = ["--audit-head-interval", "1"];
+    let _laptop_run = laptop.run_with(&fast);
+    let _phone_run = phone.run_with(&fast);
+    wait_online(&c.desk, 2);
+    wait_online(&phone, 2);
+    let (laptop_id, phone_id) = (laptop.id(), phone.id());
+    // Sessions between every pair.
+    phone.ok(&["ping", &laptop_id, "--count", "1"]);
+    c.desk.ok(&["ping", &laptop_id, "--count", "1"]);
+    c.desk.ok(&["ping", &phone_id, "--count", "1"]);
+
+    let desk = c.desk_run();
+    let quorum_of_laptop = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let detail = desk.request(
+                "GET",
+                &format!("/api/federation/peers/{laptop_id}"),
+                Some(&desk.cli_token()),
+                None,
+            );
+            let part = detail.json["trust_score"]["parts"]
+                .as_array()
+                .and_then(|parts| parts.iter().find(|p| p["name"] == "quorum"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if pred(&part) {
+                return detail.json;
+            }
+            assert!(Instant::now() < deadline, "no {what}: {}", detail.json);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let agreed = quorum_of_laptop(
+        &|p| {
+            p["observed"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("1 of 1 "))
+        },
+        "agreeing report from the phone",
+    );
+    assert_eq!(agreed["trust_score"]["score"], 100, "{agreed}");
+
+    // The phone now holds another MAC for the laptop's newest entry, as if the laptop had shown
+    // it another chain. (The laptop's log does not grow meanwhile: nothing happens on it.)
+    let phone_db = rusqlite::Connection::open(phone.dir.join("hub.db")).unwrap();
+    let laptop_key: Vec<u8> = (0..laptop_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&laptop_id[i..i + 2], 16).unwrap())
+        .collect();
+    let changed = phone_db
+        .execute(
+            "UPDATE peer_audit_heads SET mac = zeroblob(32) WHERE peer = ?1",
+            [&laptop_key],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the phone held the laptop's head");
+    let split = quorum_of_laptop(&|p| p["penalty"] == 15, "disagreement");
+    let part = split["trust_score"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "quorum")
+        .unwrap();
+    let observed = part["observed"].as_str().unwrap();
+    assert!(observed.starts_with("0 of 1 "), "{observed}");
+    assert!(
+        observed.contains(&format!(
+            "{phone_id}: it holds another audit head for entry"
+        )),
+        "{observed}"
+    );
+    assert_eq!(split["trust_score"]["score"], 85, "{split}");
+}
+
+/// A peer's refused handshakes, audit heads, manifests and views messages lower the signature
+/// part of its score, each recorded as a `peer.fault` in the audit log at most once a minute per
+/// kind (a peer that keeps at it does not grow the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_handshakes_and_documents_lower_the_signature_part() {
+    let c = blocking(|| Cluster::start(RelayKind::Native));
+    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let desk_id: HubId = c.desk.id().parse().unwrap();
+    let laptop_id = laptop.id();
+    let home = Home::new(PathBuf::from(&laptop.dir));
+    let peers = PeerClient::spawn(
+        home.relay_config(None).unwrap(),
+        home.noise_identity().unwrap(),
+    )
+    .unwrap();
+    let handle = peers.handle();
+    blocking(|| wait_online(&c.desk, 1));
+    handle.ping(desk_id, Duration::from_secs(10)).await.unwrap();
+
+    // Someone else's certificate in the laptop's name: a handshake fault.
+    let desk_cert = Home::new(PathBuf::from(&c.desk.dir)).certificate().unwrap();
+    let mut wrong_cert = vec![0x05]; // the CERT handshake payload (PROTOCOL.md section 10)
+    wrong_cert.extend_from_slice(desk_cert.der());
+    for _ in 0..2 {
+        handle.send_views(desk_id, b"junk").await.unwrap();
+        handle.send_audit_head(desk_id, b"junk").await.unwrap();
+        handle.send_manifest(desk_id, b"junk").await.unwrap();
+        handle.send_raw(desk_id, wrong_cert.clone()).await.unwrap();
+    }
+    let faults = |log: &str| log.matches("peer.fault").count();
+    let log = blocking(|| {
+        c.desk.ok_when(
+            &["audit", "list", "--peer", &laptop_id],
+            "4 faults",
+            |out| faults(out) >= 4,
+        )
+    });
+    for what in ["handshake", "audit_head", "manifest", "views"] {
+        assert!(log.contains(&format!("{what}: ")), "{what} in {log}");
+    }
+    // The desk still answers the laptop, and has recorded each kind once.
+    handle.ping(desk_id, Duration::from_secs(10)).await.unwrap();
+    let log = blocking(|| c.desk.ok(&["audit", "list", "--peer", &laptop_id]));
+    assert_eq!(faults(&log), 4, "{log}");
+
+    let detail = blocking(|| {
+        let desk = c.desk_run();
+        desk.request(
+            "GET",
+            &format!("/api/federation/peers/{laptop_id}"),
+            Some(&desk.cli_token()),
+            None,
+        )
+    });
+    let signature = detail.json["trust_score"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "signature")
+        .unwrap()
+        .clone();
+    assert_eq!(signature["penalty"], 40, "{signature}");
+    assert!(
+        signature["observed"]
+            .as_str()
+            .unwrap()
+            .contains("4 refused handshake(s) or document(s)"),
+        "{signature}"
+    );
+    peers.shutdown().await;
+    blocking(|| drop(c));
 }

@@ -86,19 +86,25 @@ fn main() {
         ms(d50),
         ms(d99)
     );
-    for kind in [RelayKind::Native, RelayKind::Workerd] {
+    let mut with_audit: Option<Vec<Duration>> = None;
+    for (kind, audited) in [
+        (RelayKind::Native, true),
+        (RelayKind::Native, false),
+        (RelayKind::Workerd, true),
+    ] {
         let relay = RelayProcess::start(kind);
+        let run: &[&str] = if audited { &[] } else { &["--bench-unaudited"] };
         let dir = tempfile::tempdir().unwrap();
         let desk = HubHome::new(dir.path().join("desk"));
         desk.create_cluster("desk", &relay.url());
         desk.ok(&["apps", "add", "tools", "--command", app]);
-        let desk_run = desk.run();
+        let desk_run = desk.run_with(run);
         let token = desk.ok(&["invite"]).trim().to_owned();
         let laptop = HubHome::new(dir.path().join("laptop"));
         laptop.ok(&["join", &token, "--name", "laptop"]);
         laptop.ok(&["apps", "add", "tools", "--command", app]);
         laptop.ok(&["apps", "share", "tools", "--cluster"]);
-        let _laptop_run = laptop.run();
+        let _laptop_run = laptop.run_with(run);
         desk.ok_when(&["status"], "the laptop online", |s| {
             s.contains("peers online: 1")
         });
@@ -121,11 +127,30 @@ fn main() {
             client.cancel().await.unwrap();
             (local, through)
         });
-        let name = match kind {
-            RelayKind::Native => "hub relay",
-            RelayKind::Workerd => "workerd",
+        let name = match (kind, audited) {
+            (RelayKind::Native, true) => "hub relay",
+            (RelayKind::Native, false) => "hub relay, unaudited",
+            (RelayKind::Workerd, _) => "workerd",
         };
-        report("desk's own app via /mcp ", &local, &direct);
+        if audited {
+            report("desk's own app via /mcp ", &local, &direct);
+        }
         report(&format!("across hubs ({name:<9})"), &through, &direct);
+        if !audited {
+            // Counted from the audited run just before, on the same relay kind.
+            if let Some(with) = &with_audit {
+                println!(
+                    "auditing's cost per call across hubs: p50 {:+.3} ms ({:.2}x unaudited)",
+                    ms(pct(with, 0.5)) - ms(pct(&through, 0.5)),
+                    pct(with, 0.5).as_secs_f64() / pct(&through, 0.5).as_secs_f64()
+                );
+            }
+            assert!(
+                !desk.ok(&["audit", "list"]).contains("call.out"),
+                "the unaudited run recorded calls"
+            );
+        } else if kind == RelayKind::Native {
+            with_audit = Some(through.clone());
+        }
     }
 }

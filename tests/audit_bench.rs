@@ -22,6 +22,7 @@ fn entry(i: u64) -> AuditEntry {
         reason: "ok".into(),
         duration_ms: 3,
         arguments_sha256: Some([(i % 251) as u8; 32]),
+        bytes: Some(200),
         ..AuditEntry::default()
     }
 }

@@ -1,13 +1,14 @@
 //! What a peer hands the agent surface: a delegation envelope as a call carries it
 //! (`Delegation::verify`, for a fixed peer key, target and call) and a signed audit head
-//! (`audit::Head::verify`). Nothing verifies (the fuzzer does not hold the key); an envelope that
-//! decodes re-encodes to the same body.
+//! (`audit::Head::verify`), and a quorum views message (`audit::Views::decode`). Nothing verifies
+//! (the fuzzer does not hold the key); an envelope that decodes re-encodes to the same body, and
+//! so does a views message.
 #![no_main]
 
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 use shared_proto::agent::Delegation;
-use shared_proto::audit::Head;
+use shared_proto::audit::{Head, Views};
 use shared_proto::HubId;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,4 +27,7 @@ fuzz_target!(|data: &[u8]| {
         Head::verify(data, peer, &key).is_err(),
         "a forged head verified"
     );
+    if let Ok(views) = Views::decode(data) {
+        assert_eq!(views.encode(), data, "views re-encode to the same bytes");
+    }
 });

@@ -69,12 +69,16 @@ pub struct Options {
     /// How often this hub sends its signed audit head to the peers it has sessions with (also
     /// when each session comes up).
     pub audit_head_interval: Duration,
+    /// Whether the running hub appends to the audit log. Only a benchmark turns it off, to
+    /// measure what auditing costs a call (`hub run --bench-unaudited`, hidden, warned about).
+    pub audited: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             audit_head_interval: Duration::from_secs(30),
+            audited: true,
         }
     }
 }
@@ -96,6 +100,9 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()>,
     options: Options,
 ) -> Result<(), DaemonError> {
+    if !options.audited {
+        tracing::warn!("auditing is OFF (--bench-unaudited): nothing is recorded in the audit log");
+    }
     let store = home.store()?;
     let refused: HashSet<HubId> = store
         .active_peers()?
@@ -120,6 +127,9 @@ pub async fn run_with(
         peer_certs: RwLock::new(Default::default()),
         listings: Arc::new(tokio::sync::Semaphore::new(crate::hub::agent::MAX_LISTINGS)),
         calls: Mutex::new(Default::default()),
+        audited: options.audited,
+        quorum: Mutex::new(Default::default()),
+        faults: Mutex::new(Default::default()),
     });
     let addr = listener.local_addr()?;
     publish_cli_access(&state, addr)?;
@@ -224,7 +234,7 @@ async fn hub_loop(
                     .unwrap_or_default();
                 let online = state.relay_state().online;
                 for peer in with_sessions.into_iter().filter(|p| online.contains(p)) {
-                    send_audit_head(&state, &peers, peer);
+                    send_reports(&state, &peers, peer);
                 }
                 continue;
             }
@@ -314,6 +324,20 @@ async fn handle_event(
         }
         PeerEvent::Relay(RelayEvent::Revocations(list)) => {
             let version = list.version();
+            // Revoked hubs' certificates and reports count no more.
+            if let Ok(mut certs) = state.peer_certs.write() {
+                let mut quorum = state
+                    .quorum
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                certs.retain(|hub, cert| {
+                    let revoked = list.is_revoked(&cert.fingerprint(), &cert.key_hash());
+                    if revoked {
+                        quorum.forget(*hub);
+                    }
+                    !revoked
+                });
+            }
             let kept = state
                 .blocking(move |state| Ok(state.store().keep_revocations(&list)?))
                 .await?;
@@ -343,7 +367,7 @@ async fn handle_event(
                     }
                 });
             }
-            send_audit_head(state, peers, to);
+            send_reports(state, peers, to);
         }
         PeerEvent::AuditHead { from, head } => {
             let key = state
@@ -358,6 +382,7 @@ async fn handle_event(
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(peer = %from, "audit head refused: {e}");
+                    state.record_fault(from, "audit_head", &e.to_string()).await;
                     return Ok(());
                 }
             };
@@ -365,9 +390,17 @@ async fn handle_event(
                 .blocking(move |state| Ok(state.store().keep_peer_audit_head(&head)?))
                 .await?;
             if let Some(why) = check.problem(head.seq) {
-                tracing::warn!(peer = %from, "audit log inconsistent: {why}");
-                let entry = crate::node::audit::entry("audit.inconsistent", Some(from), "", &why);
-                state.record(entry).await;
+                // Counted each time; recorded at most once a minute for each kind of problem.
+                let kind = match check {
+                    crate::node::store::HeadCheck::Backwards { .. } => "audit.backwards",
+                    _ => "audit.forked",
+                };
+                if state.due(from, kind) {
+                    tracing::warn!(peer = %from, "audit log inconsistent: {why}");
+                    let entry =
+                        crate::node::audit::entry("audit.inconsistent", Some(from), "", &why);
+                    state.record(entry).await;
+                }
             }
         }
         PeerEvent::Manifest { from, manifest } => {
@@ -377,8 +410,30 @@ async fn handle_event(
             match kept {
                 Ok(true) => tracing::info!(%from, "newer cluster manifest"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(%from, "manifest refused: {e}"),
+                Err(e) => {
+                    tracing::warn!(%from, "manifest refused: {e}");
+                    state.record_fault(from, "manifest", &e.to_string()).await;
+                }
             }
+        }
+        PeerEvent::Views { from, views } => {
+            if !state.peer_certs.read().is_ok_and(|c| c.contains_key(&from)) {
+                return Ok(());
+            }
+            match shared_proto::audit::Views::decode(&views) {
+                Ok(report) => state
+                    .quorum
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .keep(from, report, unix_ms()),
+                Err(e) => {
+                    tracing::warn!(%from, "views refused: {e}");
+                    state.record_fault(from, "views", &e.to_string()).await;
+                }
+            }
+        }
+        PeerEvent::HandshakeRefused { peer, reason } => {
+            state.record_fault(peer, "handshake", &reason).await;
         }
         PeerEvent::Pairing { from, message } => {
             let answer = if founder {
@@ -410,14 +465,16 @@ async fn handle_event(
     Ok(())
 }
 
-/// Signs this hub's audit head and sends it to `to` (from another task).
-fn send_audit_head(state: &Arc<HubState>, peers: &PeerClient, to: HubId) {
+/// Sends `to` this hub's signed audit head, and what it sees of the other hubs it has sessions
+/// with (for `to`'s quorum checks), from another task.
+fn send_reports(state: &Arc<HubState>, peers: &PeerClient, to: HubId) {
     let state = state.clone();
     let handle = peers.handle();
     tokio::spawn(async move {
-        let signed = state
+        let made = state
             .blocking(move |state| {
-                let (seq, mac) = state.store().audit_head()?;
+                let store = state.store();
+                let (seq, mac) = store.audit_head()?;
                 let credentials = state.home.credentials()?;
                 let head = shared_proto::audit::Head {
                     hub: credentials.hub_id,
@@ -425,13 +482,29 @@ fn send_audit_head(state: &Arc<HubState>, peers: &PeerClient, to: HubId) {
                     mac,
                     at_ms: unix_ms(),
                 };
-                Ok(head.sign(&credentials.identity))
+                let heads = store.peer_audit_macs(None)?;
+                let others: Vec<HubId> = state
+                    .peer_certs
+                    .read()
+                    .map(|c| c.keys().copied().filter(|h| *h != to).collect())
+                    .unwrap_or_default();
+                let views = shared_proto::audit::Views {
+                    epoch: store.document(MANIFEST)?.map(|d| d.serial),
+                    views: others
+                        .into_iter()
+                        .filter_map(|h| state.view_of(h, &heads))
+                        .collect(),
+                };
+                Ok((head.sign(&credentials.identity), views.encode()))
             })
             .await;
-        match signed {
-            Ok(head) => {
+        match made {
+            Ok((head, views)) => {
                 if let Err(e) = handle.send_audit_head(to, &head).await {
                     tracing::debug!(peer = %to, "audit head not sent: {e}");
+                }
+                if let Err(e) = handle.send_views(to, &views).await {
+                    tracing::debug!(peer = %to, "views not sent: {e}");
                 }
             }
             Err(e) => tracing::warn!("audit head not signed: {e}"),

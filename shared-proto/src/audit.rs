@@ -3,10 +3,14 @@
 //! the hub stores entries and keeps the key; anyone with the key can check a log with [`verify`].
 //!
 //! ```text
-//! "hub-relay audit v1\0" | prev_mac: [32] | seq: u64 | at_ms: u64 | kind: str8 | peer: [16] |
+//! "hub-relay audit v2\0" | prev_mac: [32] | seq: u64 | at_ms: u64 | kind: str8 | peer: [16] |
 //! principal: str8 | app: str8 | tool: str8 | decision: str8 | reason: str16 |
-//! duration_ms: u64 | arguments_sha256: [32]
+//! duration_ms: u64 | arguments_sha256: [32] | bytes: u64
 //! ```
+//!
+//! Entries written before `bytes` existed (format 1) have none: their bytes start with
+//! `"hub-relay audit v1\0"` and end after `arguments_sha256`. The format is part of what is
+//! MACed, so an entry cannot be moved from one to the other without the key.
 //!
 //! Integers big-endian; `str8`/`str16` a `u8`/`u16` length and UTF-8 (longer text is cut at a
 //! character boundary before it is stored, so the stored text is what is MACed). The first entry's
@@ -20,7 +24,8 @@ use sha2::Sha256;
 use crate::codec::Reader;
 use crate::HubId;
 
-const DOMAIN: &[u8] = b"hub-relay audit v1\0";
+const DOMAIN_V1: &[u8] = b"hub-relay audit v1\0";
+const DOMAIN: &[u8] = b"hub-relay audit v2\0";
 
 /// Longest `reason`, in bytes; the other strings are at most 255.
 pub const MAX_REASON: usize = 1024;
@@ -51,6 +56,9 @@ pub struct Entry {
     pub duration_ms: u64,
     /// SHA-256 of a call's arguments (never the arguments themselves).
     pub arguments_sha256: Option<[u8; 32]>,
+    /// Bytes a call carried (its arguments and its result); `None` only in entries of format 1,
+    /// written before this field existed.
+    pub bytes: Option<u64>,
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -83,7 +91,11 @@ impl Entry {
     /// The canonical bytes the MAC covers, after `prev_mac`.
     pub fn canonical(&self, prev_mac: &[u8; 32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(DOMAIN);
+        out.extend_from_slice(if self.bytes.is_some() {
+            DOMAIN
+        } else {
+            DOMAIN_V1
+        });
         out.extend_from_slice(prev_mac);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.at_ms.to_be_bytes());
@@ -103,6 +115,9 @@ impl Entry {
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(&self.duration_ms.to_be_bytes());
         out.extend_from_slice(&self.arguments_sha256.unwrap_or([0; 32]));
+        if let Some(bytes) = self.bytes {
+            out.extend_from_slice(&bytes.to_be_bytes());
+        }
         out
     }
 
@@ -251,6 +266,130 @@ impl Head {
     }
 }
 
+const VIEWS_MAGIC: &[u8; 3] = b"HRV";
+
+/// Most hubs one [`Views`] message reports on; a hub with more peers reports on the first
+/// `MAX_VIEWS` by hub id.
+pub const MAX_VIEWS: usize = 256;
+
+/// What one hub sees of another: the certificate its session was set up with, the manifest epoch
+/// it claims, and the newest audit head it signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// The hub seen.
+    pub hub: HubId,
+    /// SHA-256 of the DER certificate of its current session.
+    pub cert_sha256: [u8; 32],
+    /// The manifest epoch it last claimed, if it claimed one.
+    pub manifest_epoch: Option<u64>,
+    /// Its newest audit head held (`seq`, `mac`), if it sent one.
+    pub head: Option<(u64, [u8; 32])>,
+}
+
+/// The quorum message (session message kind 14): the sender's own manifest epoch and what it sees
+/// of the other hubs it has sessions with. Not signed: the session authenticates the sender, and
+/// it speaks only for itself.
+///
+/// ```text
+/// "HRV" | version: u8 = 1 | has_epoch: u8 (0 or 1) | epoch: u64 | count: u16 (<= 256) |
+/// count x ( hub: [16] | cert_sha256: [32] | flags: u8 | manifest_epoch: u64 | head_seq: u64 |
+///           head_mac: [32] )
+/// ```
+///
+/// `flags` bit 0: `manifest_epoch` is known; bit 1: the head is known; other bits must be 0. Unknown
+/// values must be zeros. Hubs are distinct and in ascending order. Anything else is refused, so
+/// each message has one encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Views {
+    /// The sender's own manifest epoch, if it holds a manifest.
+    pub epoch: Option<u64>,
+    /// What it sees of others.
+    pub views: Vec<View>,
+}
+
+/// Why bytes are not a [`Views`] message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewsError {
+    /// Not the layout (short, trailing bytes, unknown flags, hubs not ascending).
+    #[error("malformed views message")]
+    Malformed,
+    /// More than [`MAX_VIEWS`] views.
+    #[error("a views message reports on at most {MAX_VIEWS} hubs")]
+    TooMany,
+}
+
+impl Views {
+    /// The wire form; views past [`MAX_VIEWS`] (in hub order) are left out.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut views = self.views.clone();
+        views.sort_by_key(|v| v.hub);
+        views.dedup_by_key(|v| v.hub);
+        views.truncate(MAX_VIEWS);
+        let mut out = Vec::with_capacity(16 + views.len() * 97);
+        out.extend_from_slice(VIEWS_MAGIC);
+        out.push(1);
+        out.push(u8::from(self.epoch.is_some()));
+        out.extend_from_slice(&self.epoch.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&(views.len() as u16).to_be_bytes());
+        for v in &views {
+            out.extend_from_slice(&v.hub.0);
+            out.extend_from_slice(&v.cert_sha256);
+            let flags = u8::from(v.manifest_epoch.is_some()) | u8::from(v.head.is_some()) << 1;
+            out.push(flags);
+            out.extend_from_slice(&v.manifest_epoch.unwrap_or(0).to_be_bytes());
+            let (seq, mac) = v.head.unwrap_or((0, [0; 32]));
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&mac);
+        }
+        out
+    }
+
+    /// Strict decoding.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ViewsError> {
+        let bad = |_| ViewsError::Malformed;
+        let mut r = Reader::new(bytes);
+        if r.take(3).map_err(bad)? != VIEWS_MAGIC || r.u8().map_err(bad)? != 1 {
+            return Err(ViewsError::Malformed);
+        }
+        let epoch = match (r.u8().map_err(bad)?, r.u64().map_err(bad)?) {
+            (0, 0) => None,
+            (1, e) => Some(e),
+            _ => return Err(ViewsError::Malformed),
+        };
+        let count = usize::from(r.u16().map_err(bad)?);
+        if count > MAX_VIEWS {
+            return Err(ViewsError::TooMany);
+        }
+        let mut views = Vec::with_capacity(count);
+        for _ in 0..count {
+            let hub = r.hub().map_err(bad)?;
+            let cert_sha256 = r.array().map_err(bad)?;
+            let flags = r.u8().map_err(bad)?;
+            let epoch = r.u64().map_err(bad)?;
+            let seq = r.u64().map_err(bad)?;
+            let mac = r.array().map_err(bad)?;
+            let canonical = flags & !0b11 == 0
+                && (flags & 1 != 0 || epoch == 0)
+                && (flags & 2 != 0 || (seq == 0 && mac == [0; 32]))
+                && views.last().is_none_or(|v: &View| v.hub < hub);
+            if !canonical {
+                return Err(ViewsError::Malformed);
+            }
+            views.push(View {
+                hub,
+                cert_sha256,
+                manifest_epoch: (flags & 1 != 0).then_some(epoch),
+                head: (flags & 2 != 0).then_some((seq, mac)),
+            });
+        }
+        if !r.is_empty() {
+            return Err(ViewsError::Malformed);
+        }
+        Ok(Views { epoch, views })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +410,8 @@ mod tests {
                     reason: "ok".into(),
                     duration_ms: seq * 3,
                     arguments_sha256: Some([seq as u8; 32]),
+                    // Format 1 entries first, as in a log from before `bytes`.
+                    bytes: (seq > 2).then_some(seq * 100),
                 };
                 let mac = e.mac(key, &prev);
                 prev = mac;
@@ -294,7 +435,7 @@ mod tests {
 
         // Any field of any entry changed.
         type Tamper = fn(&mut Entry);
-        let tampers: [(&str, Tamper); 10] = [
+        let tampers: [(&str, Tamper); 11] = [
             ("at_ms", |e| e.at_ms += 1),
             ("kind", |e| e.kind.push('x')),
             ("peer", |e| e.peer = None),
@@ -305,6 +446,7 @@ mod tests {
             ("reason", |e| e.reason.push('!')),
             ("duration", |e| e.duration_ms = 0),
             ("arguments", |e| e.arguments_sha256 = None),
+            ("bytes", |e| e.bytes = Some(e.bytes.map_or(0, |b| b + 1))),
         ];
         for at in 0..log.len() {
             for (what, tamper) in &tampers {
@@ -395,5 +537,65 @@ mod tests {
         assert_eq!(e.app.len(), 255);
         // What is stored (bounded) MACs the same as what was given.
         assert_eq!(raw.mac(&[1; 32], &[0; 32]), e.mac(&[1; 32], &[0; 32]));
+    }
+
+    #[test]
+    fn views_round_trip_and_refuse_what_is_not_the_layout() {
+        let view = |n: u8| View {
+            hub: HubId([n; 16]),
+            cert_sha256: [n; 32],
+            manifest_epoch: n.is_multiple_of(2).then_some(u64::from(n)),
+            head: n.is_multiple_of(3).then_some((u64::from(n) * 10, [n; 32])),
+        };
+        let views = Views {
+            epoch: Some(4),
+            views: (1..=6).map(view).collect(),
+        };
+        let bytes = views.encode();
+        assert_eq!(bytes.len(), 3 + 1 + 1 + 8 + 2 + 6 * 97);
+        assert_eq!(Views::decode(&bytes), Ok(views.clone()));
+        // Given out of order, sent in order.
+        let mut reversed = views.clone();
+        reversed.views.reverse();
+        assert_eq!(reversed.encode(), bytes);
+        assert_eq!(
+            Views::decode(&Views::default().encode()),
+            Ok(Views::default())
+        );
+
+        assert_eq!(
+            Views::decode(&bytes[..bytes.len() - 1]),
+            Err(ViewsError::Malformed)
+        );
+        assert_eq!(
+            Views::decode(&[&bytes[..], &[0]].concat()),
+            Err(ViewsError::Malformed)
+        );
+        let mut flags = bytes.clone();
+        flags[15 + 48] = 4; // first view's flags
+        assert_eq!(Views::decode(&flags), Err(ViewsError::Malformed));
+        let mut unknown_epoch = bytes.clone();
+        unknown_epoch[15 + 48 + 1 + 7] = 1; // first view (epoch unknown): its epoch's last byte
+        assert_eq!(Views::decode(&unknown_epoch), Err(ViewsError::Malformed));
+        let mut unknown_head = bytes.clone();
+        unknown_head[15 + 48 + 1 + 8 + 8] = 1; // first view (head unknown): its MAC
+        assert_eq!(Views::decode(&unknown_head), Err(ViewsError::Malformed));
+        let mut own_epoch = Views::default().encode();
+        own_epoch[12] = 1;
+        assert_eq!(Views::decode(&own_epoch), Err(ViewsError::Malformed));
+        let mut unordered = bytes.clone();
+        unordered[15..15 + 16].copy_from_slice(&[9; 16]); // first hub after the second
+        assert_eq!(Views::decode(&unordered), Err(ViewsError::Malformed));
+        let mut many = bytes[..13].to_vec();
+        many.extend_from_slice(&(MAX_VIEWS as u16 + 1).to_be_bytes());
+        assert_eq!(Views::decode(&many), Err(ViewsError::TooMany));
+        let big = Views {
+            epoch: None,
+            views: (0..=255u8).chain(0..=255).map(view).collect(),
+        };
+        assert_eq!(
+            Views::decode(&big.encode()).map(|v| v.views.len()),
+            Ok(MAX_VIEWS)
+        );
     }
 }

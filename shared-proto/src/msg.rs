@@ -45,11 +45,13 @@ pub enum MsgKind {
     Cancel = 12,
     /// The sender's signed audit head.
     AuditHead = 13,
+    /// What the sender sees of the other hubs (for the quorum part of trust scores).
+    Views = 14,
 }
 
 impl MsgKind {
     /// Every registered kind, in registry order.
-    pub const ALL: [MsgKind; 14] = [
+    pub const ALL: [MsgKind; 15] = [
         Self::Data,
         Self::Ping,
         Self::Pong,
@@ -64,6 +66,7 @@ impl MsgKind {
         Self::CallError,
         Self::Cancel,
         Self::AuditHead,
+        Self::Views,
     ];
 
     /// The kind with this byte, if registered.
@@ -161,6 +164,8 @@ pub enum Msg<'a> {
     },
     /// `head: [u8]` (the rest: the sender's signed audit head, `audit::Head::sign`)
     AuditHead(&'a [u8]),
+    /// `views: [u8]` (the rest: `audit::Views::encode`)
+    Views(&'a [u8]),
 }
 
 /// Why bytes are not a session message.
@@ -202,6 +207,7 @@ impl<'a> Msg<'a> {
             Msg::CallError { .. } => MsgKind::CallError,
             Msg::Cancel { .. } => MsgKind::Cancel,
             Msg::AuditHead(_) => MsgKind::AuditHead,
+            Msg::Views(_) => MsgKind::Views,
         }
     }
 
@@ -219,7 +225,7 @@ impl<'a> Msg<'a> {
             | Msg::CallResult { token, .. }
             | Msg::CallError { token, .. }
             | Msg::Cancel { token } => Some(token),
-            Msg::Data(_) | Msg::Manifest(_) | Msg::AuditHead(_) => None,
+            Msg::Data(_) | Msg::Manifest(_) | Msg::AuditHead(_) | Msg::Views(_) => None,
         }
     }
 
@@ -272,6 +278,7 @@ impl<'a> Msg<'a> {
             Msg::Data(body)
             | Msg::Manifest(body)
             | Msg::AuditHead(body)
+            | Msg::Views(body)
             | Msg::Info { info: body, .. }
             | Msg::Apps { apps: body, .. }
             | Msg::CallResult { result: body, .. } => out.extend_from_slice(body),
@@ -300,6 +307,7 @@ impl<'a> Msg<'a> {
             MsgKind::Data => Msg::Data(r.rest()),
             MsgKind::Manifest => Msg::Manifest(r.rest()),
             MsgKind::AuditHead => Msg::AuditHead(r.rest()),
+            MsgKind::Views => Msg::Views(r.rest()),
             MsgKind::Ping => Msg::Ping {
                 token: token(&mut r)?,
             },
@@ -415,6 +423,7 @@ mod tests {
             },
             MsgKind::Cancel => Msg::Cancel { token: 9 },
             MsgKind::AuditHead => Msg::AuditHead(b"HRAH"),
+            MsgKind::Views => Msg::Views(b"HRV"),
         }
     }
 
@@ -439,6 +448,7 @@ mod tests {
             (MsgKind::CallError, "0b 0000000000000009 0009 6e6f"),
             (MsgKind::Cancel, "0c 0000000000000009"),
             (MsgKind::AuditHead, "0d 48524148"),
+            (MsgKind::Views, "0e 485256"),
         ];
         assert_eq!(expected.len(), MsgKind::ALL.len(), "a snapshot per kind");
         for (kind, want) in expected {
@@ -451,7 +461,7 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused() {
         assert_eq!(Msg::decode(&[]), Err(MsgError::Empty));
-        assert_eq!(Msg::decode(&[14]), Err(MsgError::UnknownKind(14)));
+        assert_eq!(Msg::decode(&[15]), Err(MsgError::UnknownKind(15)));
         // A call whose envelope length runs past the end.
         let call = sample(MsgKind::Call).to_vec();
         assert_eq!(Msg::decode(&call[..20]), Err(MsgError::Truncated));
@@ -521,6 +531,7 @@ mod tests {
                 MsgKind::CallError => Msg::CallError { token, code: token as u16, message: &body },
                 MsgKind::Cancel => Msg::Cancel { token },
                 MsgKind::AuditHead => Msg::AuditHead(body.as_bytes()),
+                MsgKind::Views => Msg::Views(body.as_bytes()),
             };
             let bytes = msg.to_vec();
             prop_assert_eq!(Msg::decode(&bytes), Ok(msg));

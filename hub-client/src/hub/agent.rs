@@ -318,6 +318,7 @@ impl HubState {
         record.app = app.to_owned();
         record.tool = tool.to_owned();
         record.arguments_sha256 = Some(arguments_hash(&arguments));
+        let arguments_len = arguments.len();
         let call = OutgoingCall {
             timeout_ms: timeout.as_millis() as u32,
             app: app.to_owned(),
@@ -330,6 +331,7 @@ impl HubState {
             .call(hub, call, timeout + Duration::from_secs(2))
             .await;
         record.duration_ms = started.elapsed().as_millis() as u64;
+        record.bytes = Some((arguments_len + answer.as_ref().map_or(0, Vec::len)) as u64);
         (record.decision, record.reason) = match &answer {
             Ok(_) => ("ok".into(), String::new()),
             Err(PeerError::Call {
@@ -405,6 +407,8 @@ impl HubState {
                     let outcome = state.run_peer_call(from, &message).await;
                     let mut record = call_in_entry(from, &message);
                     record.duration_ms = started.elapsed().as_millis() as u64;
+                    let result_len = outcome.as_ref().map_or(0, Vec::len);
+                    record.bytes = Some(record.bytes.unwrap_or(0) + result_len as u64);
                     (record.decision, record.reason) = match &outcome {
                         Ok(_) => ("allowed".into(), "ok".into()),
                         Err((code, why)) if refusal(*code) => {
@@ -638,6 +642,7 @@ fn call_in_entry(from: HubId, message: &[u8]) -> AuditEntry {
         record.app = app.to_owned();
         record.tool = tool.to_owned();
         record.arguments_sha256 = Some(arguments_hash(arguments));
+        record.bytes = Some(arguments.len() as u64);
         if let Ok(d) = Delegation::decode(envelope) {
             record.principal = d.principal;
         }

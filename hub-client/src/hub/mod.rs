@@ -18,6 +18,7 @@ use crate::transport::peers::{LocalPolicy, PeerError, PeerHandle};
 use crate::unix_ms;
 
 pub mod agent;
+pub mod quorum;
 pub mod score;
 pub mod view;
 
@@ -131,6 +132,12 @@ pub(crate) struct HubState {
     pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Calls from peers running now, by peer and token (to cancel them).
     pub(crate) calls: Mutex<std::collections::HashMap<(HubId, u64), tokio::task::AbortHandle>>,
+    /// Whether this hub appends to its audit log (always, but in a benchmark).
+    pub(crate) audited: bool,
+    /// What other hubs report seeing of each peer.
+    pub(crate) quorum: Mutex<quorum::Quorum>,
+    /// When an entry of each kind was last recorded about each peer's faults (`due`).
+    pub(crate) faults: Mutex<std::collections::HashMap<(HubId, &'static str), u64>>,
 }
 
 impl HubState {
@@ -199,11 +206,21 @@ impl HubState {
             let store = state.store();
             let now_ms = unix_ms();
             let mine = |since| store.audit_counts(Some(id), since);
+            let quorum = state
+                .view_of(id, &store.peer_audit_macs(Some(id))?)
+                .map(|view| {
+                    state
+                        .quorum
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .check(&view, now_ms)
+                });
             let inputs = score::ScoreInputs {
                 calls_all_time: mine(0)?,
                 calls_last_day: mine(now_ms.saturating_sub(86_400_000))?,
                 audit_head: store.peer_audit_head(id)?,
                 cert_not_after_ms,
+                quorum,
                 now_ms,
             };
             Ok(score::trust_score(&inputs))
@@ -218,7 +235,67 @@ impl HubState {
     }
 
     /// Appends an entry to the audit log (off the async threads; failures are logged).
+    /// Whether an entry of `what` about `peer` may be recorded now: at most one per peer and
+    /// kind a minute, so a peer that keeps at it cannot grow the log fast.
+    pub(crate) fn due(&self, peer: HubId, what: &'static str) -> bool {
+        let now = unix_ms();
+        let mut last = self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get(&(peer, what)) {
+            Some(at) if now.saturating_sub(*at) < 60_000 => false,
+            _ => {
+                last.insert((peer, what), now);
+                true
+            }
+        }
+    }
+
+    /// Records a fault of `peer` (`what`: `handshake`, `audit_head`, `manifest`, `views`), at
+    /// most one per peer and kind a minute.
+    pub(crate) async fn record_fault(self: &Arc<Self>, peer: HubId, what: &'static str, why: &str) {
+        if self.due(peer, what) {
+            let reason = format!("{what}: {why}");
+            let entry = crate::node::audit::entry(
+                crate::node::audit::PEER_FAULT,
+                Some(peer),
+                "refused",
+                &reason,
+            );
+            self.record(entry).await;
+        }
+    }
+
+    /// What this hub sees of `hub` now, for quorum reports and checks; `None` without a session.
+    pub(crate) fn view_of(
+        &self,
+        hub: HubId,
+        heads: &std::collections::HashMap<HubId, (u64, [u8; 32])>,
+    ) -> Option<shared_proto::audit::View> {
+        let cert_sha256 = self
+            .peer_certs
+            .read()
+            .ok()?
+            .get(&hub)
+            .map(|c| c.fingerprint())?;
+        let manifest_epoch = self
+            .quorum
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .epoch(hub);
+        Some(shared_proto::audit::View {
+            hub,
+            cert_sha256,
+            manifest_epoch,
+            head: heads.get(&hub).copied(),
+        })
+    }
+
     pub(crate) async fn record(self: &Arc<Self>, entry: crate::node::store::AuditEntry) {
+        if !self.audited {
+            return;
+        }
         let _ = self
             .blocking(move |state| {
                 crate::node::audit::record(&state.home, &state.store(), entry);

@@ -1,18 +1,21 @@
 //! The per-peer trust score: 0 to 100, from what this hub observed of the peer, with its parts.
 //!
 //! ```text
-//! score = max(0, 100 - signature - audit - refusals - expiry)
-//! signature = min(40, 10 x faulty envelopes from the peer, all time)
-//!             (refused as bad_envelope, wrong_signer, expired, replayed, arguments_mismatch)
+//! score = max(0, 100 - signature - audit - refusals - expiry - quorum)
+//! signature = min(40, 10 x faults of the peer, all time): its calls refused as bad_envelope,
+//!             wrong_signer, expired, replayed or arguments_mismatch, and its refused handshakes
+//!             (certificate refused or not its key), audit heads (bad signature), manifests and
+//!             views messages (`peer.fault` audit entries, at most one per peer and kind a minute)
 //! audit     = min(50, 25 x inconsistencies of its signed audit heads)
 //! refusals  = min(20, 2 x its calls refused by policy in the last 24 h)
 //!             (not_shared, trust_too_low, scope_denied, unknown_tool)
 //! expiry    = 10 if its certificate expires within 7 days, 100 if it has expired
+//! quorum    = min(30, 15 x other hubs whose fresh report on it differs from this hub's view:
+//!             another certificate, another manifest epoch, or another MAC at the same audit
+//!             sequence number; `hub::quorum`)
 //! ```
-//!
-//! Quorum (whether other hubs see the same certificate, manifest epoch and audit head for it) is
-//! not measured yet: it is listed as a part with no penalty and says so.
 
+use crate::hub::quorum::QuorumCheck;
 use crate::node::store::{AuditCount, PeerAuditHead};
 
 /// Refusal codes that mean the peer sent a faulty or forged envelope.
@@ -62,6 +65,8 @@ pub struct ScoreInputs {
     pub audit_head: Option<PeerAuditHead>,
     /// When its certificate expires (Unix ms), if known.
     pub cert_not_after_ms: Option<u64>,
+    /// The other hubs' reports on it, if this hub has a session with it to compare.
+    pub quorum: Option<QuorumCheck>,
     /// Now (Unix ms).
     pub now_ms: u64,
 }
@@ -76,9 +81,19 @@ fn refused(counts: &[AuditCount], codes: &[&str]) -> u64 {
         .sum()
 }
 
+fn faults(counts: &[AuditCount]) -> u64 {
+    counts
+        .iter()
+        .filter(|c| c.kind == crate::node::audit::PEER_FAULT)
+        .map(|c| c.count)
+        .sum()
+}
+
 /// The score from its inputs.
 pub fn trust_score(inputs: &ScoreInputs) -> TrustScore {
-    let faulty = refused(&inputs.calls_all_time, &SIGNATURE_CODES);
+    let envelopes = refused(&inputs.calls_all_time, &SIGNATURE_CODES);
+    let other_faults = faults(&inputs.calls_all_time);
+    let faulty = envelopes + other_faults;
     let inconsistencies = inputs.audit_head.as_ref().map_or(0, |h| h.inconsistencies);
     let policy = refused(&inputs.calls_last_day, &POLICY_CODES);
     let cap = |n: u64, each: u64, max: u64| (n.saturating_mul(each)).min(max) as u32;
@@ -107,7 +122,10 @@ pub fn trust_score(inputs: &ScoreInputs) -> TrustScore {
     let parts = vec![
         ScorePart {
             name: "signature".into(),
-            observed: format!("{faulty} faulty or forged envelope(s)"),
+            observed: format!(
+                "{envelopes} faulty or forged envelope(s), {other_faults} refused handshake(s) \
+                 or document(s)"
+            ),
             penalty: cap(faulty, 10, 40),
         },
         ScorePart {
@@ -131,11 +149,7 @@ pub fn trust_score(inputs: &ScoreInputs) -> TrustScore {
             observed: expiry_note,
             penalty: expiry,
         },
-        ScorePart {
-            name: "quorum".into(),
-            observed: "not measured yet".into(),
-            penalty: 0,
-        },
+        quorum_part(inputs.quorum.as_ref()),
     ];
     let taken: u32 = parts.iter().map(|p| p.penalty).sum();
     TrustScore {
@@ -144,9 +158,34 @@ pub fn trust_score(inputs: &ScoreInputs) -> TrustScore {
     }
 }
 
+fn quorum_part(check: Option<&QuorumCheck>) -> ScorePart {
+    let (observed, penalty) = match check {
+        None => ("no session with it to compare".to_owned(), 0),
+        Some(c) if c.reporters == 0 => ("no other hub has reported on it yet".to_owned(), 0),
+        Some(c) => {
+            let differ = c.disagreements.len() as u64;
+            let mut observed = format!(
+                "{} of {} other hub(s) see it as this hub does",
+                u64::from(c.reporters) - differ,
+                c.reporters
+            );
+            for (hub, what) in &c.disagreements {
+                observed.push_str(&format!("; {hub}: {what}"));
+            }
+            (observed, (differ.saturating_mul(15)).min(30) as u32)
+        }
+    };
+    ScorePart {
+        name: "quorum".into(),
+        observed,
+        penalty,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared_proto::HubId;
 
     const NOW: u64 = 1_800_000_000_000;
 
@@ -158,6 +197,7 @@ mod tests {
             code: code.into(),
             count,
             duration_ms: 0,
+            bytes: 0,
         }
     }
 
@@ -176,6 +216,10 @@ mod tests {
                 last_problem: None,
             }),
             cert_not_after_ms: Some(NOW + 300 * 86_400_000),
+            quorum: Some(QuorumCheck {
+                reporters: 2,
+                disagreements: vec![],
+            }),
             now_ms: NOW,
         }
     }
@@ -196,6 +240,13 @@ mod tests {
         assert_eq!((s.score, penalty(&s, "signature")), (70, 30));
         forged.calls_all_time.push(refusals("expired", 10));
         assert_eq!(penalty(&trust_score(&forged), "signature"), 40, "capped");
+        let mut bad_handshakes = healthy();
+        bad_handshakes.calls_all_time.push(AuditCount {
+            kind: crate::node::audit::PEER_FAULT.into(),
+            ..refusals("handshake", 2)
+        });
+        let s = trust_score(&bad_handshakes);
+        assert_eq!((s.score, penalty(&s, "signature")), (80, 20));
 
         let mut rolled_back = healthy();
         if let Some(h) = rolled_back.audit_head.as_mut() {
@@ -217,5 +268,20 @@ mod tests {
         assert_eq!(trust_score(&expiring).score, 90);
         expiring.cert_not_after_ms = Some(NOW - 1);
         assert_eq!(trust_score(&expiring).score, 0);
+
+        let mut two_faced = healthy();
+        two_faced.quorum = Some(QuorumCheck {
+            reporters: 3,
+            disagreements: vec![(HubId([2; 16]), "it sees another certificate".into())],
+        });
+        let s = trust_score(&two_faced);
+        assert_eq!((s.score, penalty(&s, "quorum")), (85, 15));
+        let part = s.parts.iter().find(|p| p.name == "quorum").unwrap();
+        assert!(part.observed.starts_with("2 of 3 other hub(s)"), "{part:?}");
+        two_faced.quorum = Some(QuorumCheck {
+            reporters: 3,
+            disagreements: vec![(HubId([2; 16]), String::new()); 3],
+        });
+        assert_eq!(penalty(&trust_score(&two_faced), "quorum"), 30, "capped");
     }
 }

@@ -267,6 +267,8 @@ pub struct StatsCounts {
     pub refused_in: std::collections::BTreeMap<String, u64>,
     /// Time spent in calls both ways (ms).
     pub call_ms: u64,
+    /// Bytes calls carried both ways (arguments and results).
+    pub call_bytes: u64,
     /// API tokens created.
     pub tokens_created: u64,
     /// Pairings answered (allowed and refused).
@@ -280,6 +282,7 @@ impl StatsCounts {
             ("call.out", decision) => {
                 self.calls_out += c.count;
                 self.call_ms += c.duration_ms;
+                self.call_bytes += c.bytes;
                 if decision == "refused" {
                     *self.refused_out.entry(c.code.clone()).or_default() += c.count;
                 }
@@ -287,6 +290,7 @@ impl StatsCounts {
             ("call.in", decision) => {
                 self.calls_in += c.count;
                 self.call_ms += c.duration_ms;
+                self.call_bytes += c.bytes;
                 if decision == "refused" {
                     *self.refused_in.entry(c.code.clone()).or_default() += c.count;
                 } else {

@@ -13,6 +13,10 @@ use crate::node::home::{Home, HomeError};
 use crate::node::store::{AuditEntry, Store};
 use crate::unix_ms;
 
+/// The kind of entry that records a faulty handshake, audit head, manifest or views message from
+/// a peer (its `code` says which); these lower the peer's trust score.
+pub const PEER_FAULT: &str = "peer.fault";
+
 /// An entry of `kind` now, about `peer`, with `decision` and `reason`; the caller fills in the
 /// rest.
 pub fn entry(kind: &str, peer: Option<HubId>, decision: &str, reason: &str) -> AuditEntry {
@@ -22,6 +26,7 @@ pub fn entry(kind: &str, peer: Option<HubId>, decision: &str, reason: &str) -> A
         peer,
         decision: decision.to_owned(),
         reason: reason.to_owned(),
+        bytes: Some(0),
         ..AuditEntry::default()
     }
 }
@@ -62,6 +67,7 @@ pub fn to_json(e: &AuditEntry, mac: &[u8; 32]) -> serde_json::Value {
         "reason": e.reason,
         "duration_ms": e.duration_ms,
         "arguments_sha256": e.arguments_sha256.map(hex::encode),
+        "bytes": e.bytes,
         "mac": hex::encode(mac),
     })
 }

@@ -10,6 +10,7 @@
 //!
 //! Times are Unix milliseconds, passed in by the caller.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -144,6 +145,12 @@ const MIGRATIONS: &[&str] = &[
         last_problem    TEXT
     );
     "#,
+    // 6: bytes a call carried (audit entry format 2; NULL in format 1 entries), and the kind of
+    // a peer's audit-head inconsistency still going on (so it is counted once, not per head).
+    r#"
+    ALTER TABLE audit_log ADD COLUMN bytes INTEGER;
+    ALTER TABLE peer_audit_heads ADD COLUMN open_problem TEXT;
+    "#,
 ];
 
 /// How many audit entries of one kind, decision and reason code (and their total duration).
@@ -161,6 +168,8 @@ pub struct AuditCount {
     pub count: u64,
     /// Their durations added up (ms).
     pub duration_ms: u64,
+    /// The bytes their calls carried, added up.
+    pub bytes: u64,
 }
 
 /// What a peer's new audit head says against the one held.
@@ -177,6 +186,9 @@ pub enum HeadCheck {
     },
     /// Another MAC for the sequence number held: the peer's log was rewritten (not kept).
     Forked,
+    /// The same kind of inconsistency as the peer's last head had, still going on (a cut-back
+    /// log keeps sending older heads until it passes the one held): not counted again.
+    Again,
 }
 
 impl HeadCheck {
@@ -184,7 +196,7 @@ impl HeadCheck {
     /// nothing is.
     pub fn problem(&self, seq: u64) -> Option<String> {
         match self {
-            HeadCheck::Forward | HeadCheck::Same => None,
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
             HeadCheck::Backwards { held } => Some(format!(
                 "its audit head went back from {held} to {seq} entries"
             )),
@@ -719,8 +731,8 @@ impl Store {
         let mac = entry.mac(key, &prev);
         tx.execute(
             "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
-             reason, duration_ms, arguments_sha256, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             reason, duration_ms, arguments_sha256, mac, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 entry.seq as i64,
                 entry.at_ms as i64,
@@ -734,6 +746,7 @@ impl Store {
                 entry.duration_ms as i64,
                 entry.arguments_sha256.map(|h| h.to_vec()),
                 mac.to_vec(),
+                entry.bytes.map(|b| b as i64),
             ],
         )?;
         tx.commit()?;
@@ -751,7 +764,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT * FROM (
                SELECT seq, at_ms, kind, peer, principal, app, tool, decision, reason,
-                      duration_ms, arguments_sha256, mac
+                      duration_ms, arguments_sha256, mac, bytes
                FROM audit_log
                WHERE (?1 IS NULL OR peer = ?1) AND at_ms >= ?2
                ORDER BY seq DESC LIMIT ?3
@@ -779,6 +792,7 @@ impl Store {
                         arguments_sha256: r
                             .get::<_, Option<Vec<u8>>>(10)?
                             .and_then(|b| <[u8; 32]>::try_from(b).ok()),
+                        bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
                     },
                     r.get::<_, Vec<u8>>(11)?,
                 ))
@@ -815,7 +829,7 @@ impl Store {
                       CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1)
                            ELSE reason END
                     ELSE '' END AS code,
-                    count(*), sum(duration_ms)
+                    count(*), sum(duration_ms), sum(bytes)
              FROM audit_log WHERE {filter}
              GROUP BY peer, kind, decision, code"
         ))?;
@@ -827,6 +841,7 @@ impl Store {
                 code: r.get(3)?,
                 count: r.get::<_, i64>(4)? as u64,
                 duration_ms: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+                bytes: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -853,7 +868,8 @@ impl Store {
     }
 
     /// Checks a peer's verified audit head against the one held and keeps it if it moves
-    /// forward; an inconsistency is counted. Only a later head of the same chain can be told
+    /// forward; an inconsistency is counted once while it lasts (heads inconsistent the same way
+    /// are [`HeadCheck::Again`] until one is consistent). Only a later head of the same chain can be told
     /// apart from a fork when the MACs of the entries in between are unknown: a head with a
     /// higher `seq` is taken as forward.
     pub fn keep_peer_audit_head(
@@ -864,39 +880,89 @@ impl Store {
         let peer = head.hub.0.to_vec();
         let held = tx
             .query_row(
-                "SELECT seq, mac FROM peer_audit_heads WHERE peer = ?1",
+                "SELECT seq, mac, open_problem FROM peer_audit_heads WHERE peer = ?1",
                 params![peer],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
             )
             .optional()?;
-        let check = match held {
-            None => HeadCheck::Forward,
-            Some((seq, _)) if head.seq > seq => HeadCheck::Forward,
-            Some((seq, mac)) if head.seq == seq && mac == head.mac => HeadCheck::Same,
-            Some((seq, _)) if head.seq == seq => HeadCheck::Forked,
-            Some((seq, _)) => HeadCheck::Backwards { held: seq },
+        let (check, open) = match held {
+            None => (HeadCheck::Forward, None),
+            Some((seq, _, open)) if head.seq > seq => (HeadCheck::Forward, open),
+            Some((seq, mac, open)) if head.seq == seq && mac == head.mac => (HeadCheck::Same, open),
+            Some((seq, _, open)) if head.seq == seq => (HeadCheck::Forked, open),
+            Some((seq, _, open)) => (HeadCheck::Backwards { held: seq }, open),
+        };
+        let kind = match check {
+            HeadCheck::Backwards { .. } => Some("backwards"),
+            HeadCheck::Forked => Some("forked"),
+            _ => None,
+        };
+        let check = if kind.is_some() && kind == open.as_deref() {
+            HeadCheck::Again
+        } else {
+            check
         };
         match &check {
             HeadCheck::Forward => {
                 tx.execute(
                     "INSERT INTO peer_audit_heads (peer, seq, mac, at_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (peer) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
-                     at_ms = excluded.at_ms",
+                     at_ms = excluded.at_ms, open_problem = NULL",
                     params![peer, head.seq as i64, head.mac.to_vec(), head.at_ms as i64],
                 )?;
             }
-            HeadCheck::Same => {}
+            HeadCheck::Same => {
+                tx.execute(
+                    "UPDATE peer_audit_heads SET open_problem = NULL WHERE peer = ?1",
+                    params![peer],
+                )?;
+            }
+            HeadCheck::Again => {}
             problem => {
                 let what = problem.problem(head.seq);
                 tx.execute(
                     "UPDATE peer_audit_heads SET inconsistencies = inconsistencies + 1,
-                     last_problem = ?2 WHERE peer = ?1",
-                    params![peer, what],
+                     last_problem = ?2, open_problem = ?3 WHERE peer = ?1",
+                    params![peer, what, kind],
                 )?;
             }
         }
         tx.commit()?;
         Ok(check)
+    }
+
+    /// The audit heads held (sequence number and MAC, by peer): of `peer`, or of every peer.
+    pub fn peer_audit_macs(
+        &self,
+        peer: Option<HubId>,
+    ) -> Result<HashMap<HubId, (u64, [u8; 32])>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT peer, seq, mac FROM peer_audit_heads WHERE ?1 IS NULL OR peer = ?1")?;
+        let rows = stmt.query_map(params![peer.map(|p| p.0.to_vec())], |r| {
+            Ok((
+                hub_column(r, 0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut heads = HashMap::new();
+        for row in rows {
+            let (peer, seq, mac) = row?;
+            let mac = mac
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("peer audit MAC"))?;
+            if let Some(peer) = peer {
+                heads.insert(peer, (seq, mac));
+            }
+        }
+        Ok(heads)
     }
 
     /// A peer's audit head as held.
@@ -1459,5 +1525,37 @@ mod tests {
         assert_eq!(store.document(MANIFEST).unwrap(), Some(doc(2, b"two")));
         assert!(store.put_document(MANIFEST, &doc(3, b"three")).unwrap());
         assert_eq!(store.document(REVOCATIONS).unwrap(), None);
+    }
+
+    /// Each inconsistency of a peer's heads is counted once while it goes on: a cut-back log
+    /// sends older heads until it passes the one held; a consistent head ends it.
+    #[test]
+    fn audit_head_inconsistencies_are_counted_once_while_they_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let peer = HubId([5; 16]);
+        let head = |seq, mac: u8| shared_proto::audit::Head {
+            hub: peer,
+            seq,
+            mac: [mac; 32],
+            at_ms: seq,
+        };
+        let mut keep = |seq, mac| store.keep_peer_audit_head(&head(seq, mac)).unwrap();
+        assert_eq!(keep(6, 1), HeadCheck::Forward);
+        assert_eq!(keep(6, 1), HeadCheck::Same);
+        assert_eq!(keep(2, 2), HeadCheck::Backwards { held: 6 });
+        assert_eq!(keep(3, 2), HeadCheck::Again);
+        assert_eq!(keep(6, 2), HeadCheck::Forked);
+        assert_eq!(keep(6, 2), HeadCheck::Again);
+        assert_eq!(keep(6, 1), HeadCheck::Same);
+        assert_eq!(keep(6, 3), HeadCheck::Forked);
+        assert_eq!(keep(7, 3), HeadCheck::Forward);
+        assert_eq!(keep(1, 3), HeadCheck::Backwards { held: 7 });
+        let held = store.peer_audit_head(peer).unwrap().unwrap();
+        assert_eq!((held.seq, held.inconsistencies), (7, 4));
+        assert_eq!(
+            held.last_problem.as_deref(),
+            Some("its audit head went back from 7 to 1 entries")
+        );
     }
 }

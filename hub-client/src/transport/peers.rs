@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use shared_proto::agent::CallErrorCode;
 use shared_proto::msg::Msg;
-use shared_proto::session::noise::LocalIdentity;
+use shared_proto::session::noise::{LocalIdentity, NoiseError};
 use shared_proto::session::pairing::is_pairing_message;
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
 use shared_proto::trust::PeerCertificate;
@@ -239,6 +239,21 @@ pub enum PeerEvent {
         /// The signed head (`shared_proto::audit::Head::sign`).
         head: Vec<u8>,
     },
+    /// A peer passed on what it sees of the other hubs (not decoded yet).
+    Views {
+        /// The sender.
+        from: HubId,
+        /// The message body (`shared_proto::audit::Views::encode`).
+        views: Vec<u8>,
+    },
+    /// A peer's handshake was refused for a reason that is its own fault (its certificate refused,
+    /// or a static key its certificate does not name).
+    HandshakeRefused {
+        /// The peer, as the relay named it.
+        peer: HubId,
+        /// Why.
+        reason: String,
+    },
     /// A pairing message (from a pairing guest, or an issuer's answer).
     Pairing {
         /// The sender.
@@ -385,6 +400,11 @@ impl PeerHandle {
     /// Sends this hub's signed audit head to `to` over its session.
     pub async fn send_audit_head(&self, to: HubId, head: &[u8]) -> Result<(), PeerError> {
         self.send_message(to, Msg::AuditHead(head).to_vec()).await
+    }
+
+    /// Sends what this hub sees of the other hubs to `to` over its session.
+    pub async fn send_views(&self, to: HubId, views: &[u8]) -> Result<(), PeerError> {
+        self.send_message(to, Msg::Views(views).to_vec()).await
     }
 
     async fn send_message(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
@@ -680,8 +700,16 @@ async fn run(
                         q.to_app.push_back(ev);
                     }
                     RelayEvent::Message { from, payload } => {
-                        if let Err(e) = sessions.handle_incoming(*from, payload, unix_ms(), &mut rng) {
-                            tracing::debug!(%from, "peer message refused: {e}");
+                        match sessions.handle_incoming(*from, payload, unix_ms(), &mut rng) {
+                            Ok(()) => {}
+                            Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
+                                tracing::warn!(%from, "handshake refused: {e}");
+                                q.to_app.push_back(PeerEvent::HandshakeRefused {
+                                    peer: *from,
+                                    reason: e.to_string(),
+                                });
+                            }
+                            Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
                         }
                     }
                     RelayEvent::PeerLeft(hub) => sessions.drop_peer(*hub, "left the relay"),
@@ -765,6 +793,12 @@ fn drain(
                     q.to_app.push_back(PeerEvent::AuditHead {
                         from,
                         head: body.to_vec(),
+                    });
+                }
+                Ok(Msg::Views(body)) => {
+                    q.to_app.push_back(PeerEvent::Views {
+                        from,
+                        views: body.to_vec(),
                     });
                 }
                 Ok(Msg::Manifest(body)) => {

@@ -77,6 +77,10 @@ pub(crate) enum Command {
         /// comes up), so that they notice if its log is cut or rolled back.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         audit_head_interval: u64,
+        /// For benchmarks only: record nothing in the audit log (scripts/bench-apps measures
+        /// what auditing costs a call with it). Hidden from --help; logged as a warning.
+        #[arg(long, hide = true)]
+        bench_unaudited: bool,
     },
     /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
     Invite {

@@ -96,7 +96,7 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
     for w in &windows {
         let t = &w.total;
         println!(
-            "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms in calls, tokens created {}, pairings {}",
+            "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms and {} bytes in calls, tokens created {}, pairings {}",
             w.window,
             t.calls_out,
             if t.refused_out.is_empty() { "none".into() } else { codes(&t.refused_out) },
@@ -104,16 +104,18 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
             t.accepted_in,
             if t.refused_in.is_empty() { "none".into() } else { codes(&t.refused_in) },
             t.call_ms,
+            t.call_bytes,
             t.tokens_created,
             t.pairings,
         );
         for (peer, p) in &w.peers {
             println!(
-                "      {}  out {} in {} (refused {})",
+                "      {}  out {} in {} (refused {}), {} bytes",
                 &peer[..8],
                 p.calls_out,
                 p.calls_in,
-                p.refused_in.values().sum::<u64>()
+                p.refused_in.values().sum::<u64>(),
+                p.call_bytes
             );
         }
     }

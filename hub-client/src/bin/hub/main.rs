@@ -174,9 +174,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run {
             api_listen,
             audit_head_interval,
+            bench_unaudited,
         } => {
             let options = hub_client::daemon::Options {
                 audit_head_interval: Duration::from_secs(audit_head_interval.max(1)),
+                audited: !bench_unaudited,
             };
             run_hub(home, api_listen, options).await
         }

@@ -1,0 +1,181 @@
+//! The quorum part of the trust score: what the other hubs report seeing of a peer (its
+//! certificate, its manifest epoch, its audit head), held against what this hub sees of it. A hub
+//! that shows one face to some peers and another to the rest (two certificates, two manifests,
+//! two audit chains) is caught by the peers comparing notes.
+//!
+//! Reports arrive in session message kind 14 (`shared_proto::audit::Views`) from hubs this hub
+//! has a session with; each replaces its sender's previous one and counts for
+//! [`REPORT_TTL_MS`]. Held: one report per cluster member, each of at most
+//! `audit::MAX_VIEWS` views, and one claimed epoch per member.
+
+use std::collections::HashMap;
+
+use shared_proto::audit::{View, Views};
+use shared_proto::HubId;
+
+/// How long a report counts after it arrived (hubs send theirs every `--audit-head-interval`,
+/// 30 s by default).
+pub const REPORT_TTL_MS: u64 = 10 * 60_000;
+
+/// The reports held.
+#[derive(Debug, Default)]
+pub struct Quorum {
+    /// The manifest epoch each peer last claimed for itself.
+    epochs: HashMap<HubId, u64>,
+    /// The newest report of each peer: when it arrived, and its views (ascending by hub).
+    reports: HashMap<HubId, (u64, Vec<View>)>,
+}
+
+/// How the other hubs' reports on one peer compare with this hub's view of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumCheck {
+    /// Hubs whose fresh report covers the peer.
+    pub reporters: u32,
+    /// Those that see it otherwise, with what differs, for people.
+    pub disagreements: Vec<(HubId, String)>,
+}
+
+impl Quorum {
+    /// Keeps `from`'s report, replacing its previous one.
+    pub fn keep(&mut self, from: HubId, report: Views, now_ms: u64) {
+        if let Some(epoch) = report.epoch {
+            self.epochs.insert(from, epoch);
+        }
+        self.reports.insert(from, (now_ms, report.views));
+    }
+
+    /// Forgets what `hub` reported (it was revoked).
+    pub fn forget(&mut self, hub: HubId) {
+        self.epochs.remove(&hub);
+        self.reports.remove(&hub);
+    }
+
+    /// The manifest epoch `hub` last claimed.
+    pub fn epoch(&self, hub: HubId) -> Option<u64> {
+        self.epochs.get(&hub).copied()
+    }
+
+    /// The fresh reports on `mine.hub` from hubs other than itself, against `mine`.
+    pub fn check(&self, mine: &View, now_ms: u64) -> QuorumCheck {
+        let mut check = QuorumCheck::default();
+        let mut reporters: Vec<_> = self
+            .reports
+            .iter()
+            .filter(|(from, (at, _))| {
+                **from != mine.hub && now_ms.saturating_sub(*at) <= REPORT_TTL_MS
+            })
+            .collect();
+        reporters.sort_by_key(|(from, _)| **from);
+        for (from, (_, views)) in reporters {
+            let Ok(at) = views.binary_search_by_key(&mine.hub, |v| v.hub) else {
+                continue;
+            };
+            check.reporters += 1;
+            if let Some(what) = difference(mine, &views[at]) {
+                check.disagreements.push((*from, what));
+            }
+        }
+        check
+    }
+}
+
+/// What differs between this hub's view and another's, if anything that cannot be timing: the
+/// certificate, the epoch, or another MAC at the same audit sequence number (a head further on
+/// is only newer).
+fn difference(mine: &View, theirs: &View) -> Option<String> {
+    if mine.cert_sha256 != theirs.cert_sha256 {
+        return Some("it sees another certificate".into());
+    }
+    if let (Some(a), Some(b)) = (mine.manifest_epoch, theirs.manifest_epoch) {
+        if a != b {
+            return Some(format!("it was told manifest epoch {b}, this hub {a}"));
+        }
+    }
+    if let (Some((seq, a)), Some((their_seq, b))) = (mine.head, theirs.head) {
+        if seq == their_seq && a != b {
+            return Some(format!("it holds another audit head for entry {seq}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn hub(n: u8) -> HubId {
+        HubId([n; 16])
+    }
+
+    fn view(n: u8) -> View {
+        View {
+            hub: hub(n),
+            cert_sha256: [n; 32],
+            manifest_epoch: Some(3),
+            head: Some((10, [n; 32])),
+        }
+    }
+
+    fn report(views: Vec<View>) -> Views {
+        Views {
+            epoch: Some(3),
+            views,
+        }
+    }
+
+    /// Agreeing reports count; each kind of two-faced behaviour is named; a head further on, a
+    /// stale report and a hub's report on itself do not count against it.
+    #[test]
+    fn reports_are_held_against_this_hubs_view() {
+        let subject = view(1);
+        let mut q = Quorum::default();
+        assert_eq!(q.check(&subject, NOW), QuorumCheck::default());
+
+        q.keep(hub(2), report(vec![view(1), view(3)]), NOW);
+        let mut ahead = view(1);
+        ahead.head = Some((12, [9; 32]));
+        q.keep(hub(3), report(vec![ahead]), NOW);
+        // Its own report on itself says nothing.
+        q.keep(hub(1), report(vec![view(1)]), NOW);
+        assert_eq!(
+            q.check(&subject, NOW),
+            QuorumCheck {
+                reporters: 2,
+                disagreements: vec![]
+            }
+        );
+        assert_eq!(q.epoch(hub(2)), Some(3));
+
+        let mut forked = view(1);
+        forked.head = Some((10, [7; 32]));
+        q.keep(hub(4), report(vec![forked]), NOW);
+        let mut other_cert = view(1);
+        other_cert.cert_sha256 = [0; 32];
+        q.keep(hub(5), report(vec![other_cert]), NOW);
+        let mut other_epoch = view(1);
+        other_epoch.manifest_epoch = Some(2);
+        q.keep(hub(6), report(vec![other_epoch]), NOW);
+        let check = q.check(&subject, NOW);
+        assert_eq!(check.reporters, 5);
+        let named: Vec<_> = check
+            .disagreements
+            .iter()
+            .map(|(h, w)| (h.0[0], w.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (4, "it holds another audit head for entry 10"),
+                (5, "it sees another certificate"),
+                (6, "it was told manifest epoch 2, this hub 3"),
+            ]
+        );
+
+        // Reports expire; a revoked reporter is forgotten.
+        assert_eq!(q.check(&subject, NOW + REPORT_TTL_MS + 1).reporters, 0);
+        q.forget(hub(4));
+        assert_eq!(q.check(&subject, NOW).disagreements.len(), 2);
+    }
+}
