@@ -1540,7 +1540,7 @@ mod tests {
             mac: [mac; 32],
             at_ms: seq,
         };
-        let mut keep = |seq, mac| store.keep_peer_audit_head(&head(seq, mac)).unwrap();
+        let keep = |seq, mac| store.keep_peer_audit_head(&head(seq, mac)).unwrap();
         assert_eq!(keep(6, 1), HeadCheck::Forward);
         assert_eq!(keep(6, 1), HeadCheck::Same);
         assert_eq!(keep(2, 2), HeadCheck::Backwards { held: 6 });
