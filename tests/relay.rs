@@ -1311,3 +1311,51 @@ async fn many_joins_at_once_are_announced_in_few_messages(kind: RelayKind) {
         "{JOINERS} joins took {messages} messages"
     );
 }
+
+both!(a_close_frame_is_answered_with_a_close_frame);
+/// RFC 6455 section 5.5.1: a close frame gets a close frame back (the same code), before
+/// `Hello`, from a pairing guest and from a member. `hub relay` once ended the TCP connection
+/// without one (clients saw 1006); workerd answers.
+async fn a_close_frame_is_answered_with_a_close_frame(kind: RelayKind) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let (_issuer, _) = join(&relay, cluster.hub(1)).await;
+    for who in ["before hello", "guest", "member"] {
+        let mut ws = raw(&relay, &cluster).await;
+        let hello = match who {
+            "guest" => Some(guest_hello(hub(0xa1), hub(1))),
+            "member" => Some(login_hello(&cluster.hub(2), now_ms())),
+            _ => None,
+        };
+        if let Some(hello) = hello {
+            ws.send(Message::Binary(hello.into())).await.unwrap();
+            next_binary(&mut ws).await; // welcomed
+        }
+        ws.close(Some(CloseFrame {
+            code: WsCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return Ok(frame),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("ended without a close frame".into()),
+                }
+            }
+        })
+        .await
+        .expect("an answer within 10 s");
+        let frame = answer.unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(
+            frame.map(|f| u16::from(f.code)),
+            Some(1000),
+            "{who}: answered with another code"
+        );
+    }
+}

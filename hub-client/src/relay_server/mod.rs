@@ -702,12 +702,15 @@ where
                 true,
             ),
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
         if last {
+            // When the peer closed first, tungstenite refuses to send our close frame and has
+            // queued its answer to the peer's instead (RFC 6455 section 5.5.1: the same code):
+            // closing the sink flushes it either way.
             let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+            return;
+        }
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
     }

@@ -7,7 +7,8 @@
 //!    initiator's certificate.
 //! 2. [`Responder::accept`] reads it: the initiator's certificate must chain to the cluster CA,
 //!    be valid and unrevoked, and carry the static key the handshake proved; the timestamp must be
-//!    newer than the last one accepted from that hub ([`HandshakeReplay`]). It returns the
+//!    within [`HANDSHAKE_MAX_AGE_MS`] of now and newer than the last one accepted from that hub
+//!    ([`HandshakeReplay`]). It returns the
 //!    [`Transport`] and the second message (payload: the responder's timestamp and certificate).
 //! 3. [`Initiator::finish`] reads the second message and returns its [`Transport`].
 //!
@@ -58,6 +59,12 @@ pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// A session refuses to send or receive after this long: it must have been replaced.
 pub const REJECT_AFTER_MS: u64 = 180_000;
 
+/// A first message whose timestamp is further than this from the responder's clock, either way,
+/// is refused ([`NoiseError::StaleHandshake`]): a captured one cannot be replayed later, even to
+/// a responder that restarted and forgot the last timestamp it accepted. The same bound as the
+/// relay login's.
+pub const HANDSHAKE_MAX_AGE_MS: u64 = 60_000;
+
 /// ... or after this many messages sent.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
@@ -80,8 +87,11 @@ pub enum NoiseError {
     #[error("the peer's static key does not match its certificate")]
     KeyMismatch,
     /// A first message whose timestamp is not newer than the last accepted from that hub.
-    #[error("replayed or stale handshake")]
+    #[error("replayed handshake")]
     ReplayedHandshake,
+    /// A first message whose timestamp is more than [`HANDSHAKE_MAX_AGE_MS`] from now.
+    #[error("stale handshake: its timestamp is more than 60 s from this hub's clock")]
+    StaleHandshake,
     /// A transport counter already received or older than the window.
     #[error("replayed or too old transport message")]
     Replayed,
@@ -336,6 +346,9 @@ impl Responder {
         let remote = hs.get_remote_static().map(<[u8]>::to_vec);
         let (timestamp, peer) =
             read_payload(local, &payload[..n], remote.as_deref(), now_ms, revocations)?;
+        if timestamp.abs_diff(now_ms) > HANDSHAKE_MAX_AGE_MS {
+            return Err(NoiseError::StaleHandshake);
+        }
         let last = replay.last.entry(peer.hub_id()).or_insert(0);
         if timestamp <= *last {
             return Err(NoiseError::ReplayedHandshake);
@@ -785,6 +798,14 @@ pub(crate) mod tests {
         // A newer first message from the same hub is fine.
         let (_, m1b) = Initiator::start(&a.local, &b.cert, NOW + 1, &mut rng).unwrap();
         assert!(Responder::accept(&b.local, &m1b, NOW + 5, None, &mut replay, &mut rng).is_ok());
+        // Stale either way: refused even by a responder that remembers nothing.
+        for at in [NOW + 1 + HANDSHAKE_MAX_AGE_MS + 1, NOW + 1 - HANDSHAKE_MAX_AGE_MS - 1] {
+            let mut fresh = HandshakeReplay::default();
+            assert_eq!(
+                Responder::accept(&b.local, &m1b, at, None, &mut fresh, &mut rng).unwrap_err(),
+                NoiseError::StaleHandshake
+            );
+        }
     }
 
     #[test]

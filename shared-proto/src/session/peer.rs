@@ -79,6 +79,16 @@ pub const HANDSHAKE_RETRY_MS: u64 = 2_000;
 /// ... this many times, then the queued messages are dropped and the failure reported.
 pub const HANDSHAKE_ATTEMPTS: u32 = 5;
 
+/// A responder sends nothing on a new session until the initiator's first transport message
+/// arrives on it (key confirmation); one not confirmed this long after it was set up is dropped,
+/// and the responder starts a handshake of its own.
+pub const CONFIRM_TIMEOUT_MS: u64 = 5_000;
+
+/// Data for a session this hub does not know (it restarted, or dropped it) makes it start a
+/// handshake with the sender, at most this often per peer, so that a relay injecting such data
+/// cannot make it hand-shake at will.
+pub const UNKNOWN_SESSION_REHANDSHAKE_MS: u64 = 10_000;
+
 /// Why a message could not be queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -142,6 +152,11 @@ struct Session {
     local_index: u32,
     /// The peer's index: we put it in the data messages we send.
     remote_index: u32,
+    /// Whether the peer proved it holds the session: always for the initiator (message 2 did);
+    /// for the responder, once the first transport message arrived on it.
+    confirmed: bool,
+    /// When it was set up.
+    installed_ms: u64,
 }
 
 #[derive(Default)]
@@ -156,6 +171,11 @@ struct PeerState {
     /// Bytes held in `partial`.
     partial_bytes: usize,
     next_message_id: u32,
+    /// A session is wanted though nothing is queued (data came for a session this hub does not
+    /// know): the handshake starts once the certificate is known.
+    wanted: bool,
+    /// When data for an unknown session last made this hub hand-shake with the peer.
+    last_unknown_ms: Option<u64>,
 }
 
 struct Partial {
@@ -210,7 +230,9 @@ impl PeerSessions {
 
     /// Whether a session with `peer` is up.
     pub fn is_established(&self, peer: &HubId) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.current.is_some())
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.current.as_ref().is_some_and(|s| s.confirmed))
     }
 
     /// Gives the layer a peer's certificate (from a directory); it is used to start handshakes.
@@ -325,7 +347,7 @@ impl PeerSessions {
                 self.by_index.remove(&s.local_index);
             }
         }
-        if state.current.is_some() {
+        if state.current.as_ref().is_some_and(|s| s.confirmed) {
             self.transmit_message(to, &message, now_ms);
             self.maybe_rekey(to, now_ms, rng);
             return Ok(());
@@ -334,7 +356,10 @@ impl PeerSessions {
             return Err(SendError::QueueFull);
         }
         state.queue.push_back(message);
-        self.connect(to, now_ms, rng);
+        // A session set up by the peer and not confirmed yet: the queue goes when it is.
+        if state.current.is_none() {
+            self.connect(to, now_ms, rng);
+        }
         Ok(())
     }
 
@@ -416,7 +441,12 @@ impl PeerSessions {
                     .values()
                     .map(|m| m.started_ms + REASSEMBLY_TIMEOUT_MS)
                     .min();
-                handshake.into_iter().chain(partial)
+                let unconfirmed = p
+                    .current
+                    .as_ref()
+                    .filter(|s| !s.confirmed)
+                    .map(|s| s.installed_ms + CONFIRM_TIMEOUT_MS);
+                handshake.into_iter().chain(partial).chain(unconfirmed)
             })
             .min()
     }
@@ -424,6 +454,24 @@ impl PeerSessions {
     /// Retries unanswered handshakes, gives up after [`HANDSHAKE_ATTEMPTS`], starts rekeys and
     /// drops expired sessions.
     pub fn handle_timeout(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let unconfirmed: Vec<HubId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.current
+                    .as_ref()
+                    .is_some_and(|s| !s.confirmed && now_ms >= s.installed_ms + CONFIRM_TIMEOUT_MS)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for peer in unconfirmed {
+            // Nobody proved they hold it (a replayed first message, or the initiator is gone):
+            // set up a session of our own.
+            if let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.current.take()) {
+                self.by_index.remove(&s.local_index);
+            }
+            self.connect(peer, now_ms, rng);
+        }
         let due: Vec<(HubId, u32)> = self
             .peers
             .iter()
@@ -498,7 +546,7 @@ impl PeerSessions {
             CERT => self.handle_cert(from, body, now_ms, rng),
             INIT => self.handle_init(from, body, now_ms, rng),
             RESPONSE => self.handle_response(from, body, now_ms),
-            DATA => self.handle_data(from, body, now_ms),
+            DATA => self.handle_data(from, body, now_ms, rng),
             _ => Err(NoiseError::Malformed),
         }
     }
@@ -521,7 +569,8 @@ impl PeerSessions {
         let state = self.peers.entry(from).or_default();
         state.cert = Some(cert);
         state.awaiting_cert = false;
-        if !state.queue.is_empty() {
+        if !state.queue.is_empty() || state.wanted {
+            state.wanted = false;
             self.connect(from, now_ms, rng);
         }
         Ok(())
@@ -565,7 +614,7 @@ impl PeerSessions {
             self.by_index.remove(&h.index);
         }
         state.cert = Some(cert);
-        self.install(from, transport, local_index, remote_index, now_ms);
+        self.install(from, transport, local_index, remote_index, now_ms, false);
         Ok(())
     }
 
@@ -587,11 +636,13 @@ impl PeerSessions {
         let transport = h
             .initiator
             .finish(&self.local, msg, now_ms, self.revocations.as_ref())?;
-        self.install(from, transport, local_index, remote_index, now_ms);
+        self.install(from, transport, local_index, remote_index, now_ms, true);
         Ok(())
     }
 
-    /// Makes a new session current (the old one stays for receiving), then flushes the queue.
+    /// Makes a new session current (the old one stays for receiving). The initiator's
+    /// (`confirmed`) flushes the queue at once, or confirms the session with an empty transport
+    /// message if nothing waits; the responder's waits for that confirmation.
     fn install(
         &mut self,
         peer: HubId,
@@ -599,12 +650,15 @@ impl PeerSessions {
         local_index: u32,
         remote_index: u32,
         now_ms: u64,
+        confirmed: bool,
     ) {
         let certificate = Box::new(transport.peer().clone());
         let session = Session {
             transport,
             local_index,
             remote_index,
+            confirmed,
+            installed_ms: now_ms,
         };
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
@@ -614,12 +668,60 @@ impl PeerSessions {
         }
         self.by_index.insert(session.local_index, peer);
         state.previous = state.current.replace(session);
-        let queued: Vec<Vec<u8>> = state.queue.drain(..).collect();
         self.events
             .push_back(Event::Established { peer, certificate });
+        if confirmed {
+            if !self.flush(peer, now_ms) {
+                self.transmit_keepalive(peer, now_ms);
+            }
+        }
+    }
+
+    /// Sends what waits for `peer` on its current session; whether anything did.
+    fn flush(&mut self, peer: HubId, now_ms: u64) -> bool {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let queued: Vec<Vec<u8>> = state.queue.drain(..).collect();
+        let any = !queued.is_empty();
         for message in queued {
             self.transmit_message(peer, &message, now_ms);
         }
+        any
+    }
+
+    /// An empty transport message: confirms a new session to its responder.
+    fn transmit_keepalive(&mut self, peer: HubId, now_ms: u64) {
+        let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.current.as_mut()) else {
+            return;
+        };
+        let mut payload = vec![DATA];
+        payload.extend_from_slice(&session.remote_index.to_be_bytes());
+        if let Err(e) = session.transport.encrypt(&[], now_ms, &mut payload) {
+            self.drop_peer(peer, &format!("session: {e}"));
+            return;
+        }
+        self.events.push_back(Event::Transmit { to: peer, payload });
+    }
+
+    /// Data came from `from` for a session this hub does not know: it restarted or dropped the
+    /// session, and the sender goes on using it. Hand-shake with the sender (at most every
+    /// [`UNKNOWN_SESSION_REHANDSHAKE_MS`]).
+    fn unknown_session(&mut self, from: HubId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let state = self.peers.entry(from).or_default();
+        if state.handshake.is_some()
+            || state
+                .last_unknown_ms
+                .is_some_and(|at| now_ms < at + UNKNOWN_SESSION_REHANDSHAKE_MS)
+        {
+            return;
+        }
+        state.last_unknown_ms = Some(now_ms);
+        state.wanted = true;
+        if state.cert.is_some() {
+            state.wanted = false;
+        }
+        self.connect(from, now_ms, rng);
     }
 
     /// Fragments, encrypts and hands out `message` on the current session.
@@ -659,23 +761,42 @@ impl PeerSessions {
         }
     }
 
-    fn handle_data(&mut self, from: HubId, body: &[u8], now_ms: u64) -> Result<(), NoiseError> {
+    fn handle_data(
+        &mut self,
+        from: HubId,
+        body: &[u8],
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), NoiseError> {
         let mut r = Reader::new(body);
         let index = r.u32().map_err(|_| NoiseError::Malformed)?;
         let msg = r.rest();
-        if self.by_index.get(&index) != Some(&from) {
-            return Err(NoiseError::Noise("unknown session".into()));
-        }
-        let Some(state) = self.peers.get_mut(&from) else {
+        let session = match self.by_index.get(&index) {
+            Some(hub) if *hub == from => self.peers.get_mut(&from).and_then(|state| {
+                [state.current.as_mut(), state.previous.as_mut()]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.local_index == index)
+            }),
+            _ => None,
+        };
+        let Some(session) = session else {
+            self.unknown_session(from, now_ms, rng);
             return Err(NoiseError::Noise("unknown session".into()));
         };
-        let session = [state.current.as_mut(), state.previous.as_mut()]
-            .into_iter()
-            .flatten()
-            .find(|s| s.local_index == index)
-            .ok_or_else(|| NoiseError::Noise("unknown session".into()))?;
         let mut plain = Vec::new();
         session.transport.decrypt(msg, now_ms, &mut plain)?;
+        if !session.confirmed {
+            // The initiator holds the session: what waited for it goes now.
+            session.confirmed = true;
+            self.flush(from, now_ms);
+        }
+        if plain.is_empty() {
+            return Ok(()); // a keepalive: it only confirms
+        }
+        let Some(state) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
         let mut f = Reader::new(&plain);
         let m = |_| NoiseError::Malformed;
         let id = f.u32().map_err(m)?;
@@ -847,6 +968,102 @@ mod tests {
         p.b.send(A, b"back".to_vec(), p.now, &mut p.rng).unwrap();
         p.drive();
         assert_eq!(p.got_a, vec![b"back".to_vec()]);
+    }
+
+    /// The responder sends nothing on a new session until the initiator's first transport
+    /// message proves the initiator holds it (key confirmation): what it has to send waits.
+    #[test]
+    fn the_responder_waits_for_key_confirmation_before_sending() {
+        let mut p = Pair::new();
+        let (_, cert_b) = sessions(2);
+        p.a.add_certificate(cert_b);
+        p.a.send(B, b"a1".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let (_, init) = p.wire.pop_front().unwrap();
+        assert_eq!(init[0], INIT);
+        p.b.handle_incoming(A, &init, p.now, &mut p.rng).unwrap();
+        p.b.send(A, b"b1".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let kinds: Vec<u8> = p.wire.iter().map(|(_, w)| w[0]).collect();
+        assert_eq!(kinds, vec![RESPONSE], "the responder sent data before confirmation");
+        assert!(!p.b.is_established(&A));
+        p.drive();
+        assert_eq!(p.got_b, vec![b"a1".to_vec()]);
+        assert_eq!(p.got_a, vec![b"b1".to_vec()]);
+        assert!(p.b.is_established(&A));
+
+        // An initiator with nothing to send confirms with an empty transport message.
+        let mut q = Pair::new();
+        let (_, cert_b) = sessions(2);
+        q.a.add_certificate(cert_b.clone());
+        q.b.add_certificate(sessions(1).1);
+        q.b.send(A, b"b first".to_vec(), q.now, &mut q.rng).unwrap();
+        q.drive();
+        assert_eq!(q.got_a, vec![b"b first".to_vec()]);
+        assert!(q.a.is_established(&B) && q.b.is_established(&A));
+        assert!(q.got_b.is_empty(), "a keepalive is not a message");
+    }
+
+    /// A first message captured and replayed to a hub that restarted: refused once stale; when
+    /// fresh, answered, but the hub sends nothing on that session, and sets up one of its own
+    /// when no confirmation comes. Data for a session it no longer knows makes it hand-shake
+    /// with the sender at once (at most every `UNKNOWN_SESSION_REHANDSHAKE_MS`).
+    #[test]
+    fn a_replayed_first_message_after_a_restart_cannot_cut_peers_off() {
+        let mut p = Pair::new();
+        let (_, cert_b) = sessions(2);
+        p.a.add_certificate(cert_b);
+        p.a.send(B, b"hi".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let init = p.wire.front().unwrap().1.clone();
+        p.drive();
+        assert_eq!(p.got_b, vec![b"hi".to_vec()]);
+
+        // B restarts: same identity, nothing remembered.
+        p.b = sessions(2).0;
+        p.now += 1_000;
+        let stale = p.now + crate::session::noise::HANDSHAKE_MAX_AGE_MS;
+        assert_eq!(
+            p.b.handle_incoming(A, &init, stale, &mut p.rng),
+            Err(NoiseError::StaleHandshake)
+        );
+        p.b.handle_incoming(A, &init, p.now, &mut p.rng).unwrap();
+        p.b.send(A, b"after the restart".to_vec(), p.now, &mut p.rng)
+            .unwrap();
+        p.drive(); // A ignores the answer to a handshake it did not start
+        assert!(p.got_a.is_empty(), "sent on a session nobody can read");
+        p.now += CONFIRM_TIMEOUT_MS;
+        assert!(p.b.poll_timeout().is_some_and(|t| t <= p.now));
+        p.b.handle_timeout(p.now, &mut p.rng);
+        p.drive();
+        assert_eq!(p.got_a, vec![b"after the restart".to_vec()]);
+
+        // B restarts again; A's data on its old session makes B start a handshake.
+        p.b = sessions(2).0;
+        p.now += 1_000;
+        p.a.send(B, b"lost".to_vec(), p.now, &mut p.rng).unwrap();
+        p.collect();
+        let (_, data) = p.wire.pop_front().unwrap();
+        assert_eq!(data[0], DATA);
+        assert!(p.b.handle_incoming(A, &data, p.now, &mut p.rng).is_err());
+        p.collect();
+        let kinds: Vec<u8> = p.wire.iter().map(|(_, w)| w[0]).collect();
+        // It knows A's certificate from nothing yet: it asks for it first.
+        assert_eq!(kinds, vec![CERT_REQUEST]);
+        p.drive();
+        assert!(p.b.is_established(&A) && p.a.is_established(&B));
+        // Not again right away: a relay cannot make it hand-shake at will.
+        p.wire.clear();
+        p.b = sessions(2).0;
+        p.now += 1_000;
+        assert!(p.b.handle_incoming(A, &data, p.now, &mut p.rng).is_err());
+        assert!(p.b.handle_incoming(A, &data, p.now + 1, &mut p.rng).is_err());
+        p.collect();
+        assert_eq!(p.wire.len(), 1, "one handshake per peer per interval");
+        p.drive();
+        p.a.send(B, b"again".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b.last(), Some(&b"again".to_vec()));
     }
 
     #[test]
