@@ -1359,3 +1359,43 @@ async fn a_close_frame_is_answered_with_a_close_frame(kind: RelayKind) {
         );
     }
 }
+
+both!(a_pairing_guest_may_batch_frames);
+/// A guest, like a member, may put several frames in one WebSocket message after its `Hello`
+/// (docs/PROTOCOL.md section 11); each counts toward its 4.
+async fn a_pairing_guest_may_batch_frames(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let cluster = TestCluster::new();
+    let (mut issuer, _) = join(&relay, cluster.hub(1)).await;
+    let mut guest = raw(&relay, &cluster).await;
+    guest
+        .send(Message::Binary(guest_hello(hub(0xa1), hub(1)).into()))
+        .await
+        .unwrap();
+    next_binary(&mut guest).await; // welcomed
+    let mut batch = Vec::new();
+    for payload in [&b"one"[..], b"two", b"three"] {
+        Frame::Send {
+            dst: hub(1),
+            payload,
+        }
+        .encode(&mut batch)
+        .unwrap();
+    }
+    guest.send(Message::Binary(batch.into())).await.unwrap();
+    for want in [&b"one"[..], b"two", b"three"] {
+        assert_eq!(expect_message(&mut issuer, hub(0xa1)).await, want);
+    }
+    // Two more in one message: the fifth frame is one too many.
+    let mut batch = Vec::new();
+    for payload in [&b"four"[..], b"five"] {
+        Frame::Send {
+            dst: hub(1),
+            payload,
+        }
+        .encode(&mut batch)
+        .unwrap();
+    }
+    guest.send(Message::Binary(batch.into())).await.unwrap();
+    assert_eq!(close_code(&mut guest).await, 4021);
+}

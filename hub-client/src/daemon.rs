@@ -540,16 +540,16 @@ fn answer_pairing(state: &HubState, me: HubId, message: &[u8]) -> Vec<u8> {
     let name = request.name.clone();
     let store = state.store();
     match home.answer_pairing(&store, &local, request) {
-        Ok((answer, Some(peer))) => {
+        Ok((answer, Ok(peer))) => {
             tracing::info!(hub = %peer.id, %name, trust = %peer.trust, "paired a new hub");
             let why = format!("{name} joined as {}", peer.trust);
             let entry = crate::node::audit::entry("pairing", Some(peer.id), "allowed", &why);
             crate::node::audit::record(home, &store, entry);
             answer
         }
-        Ok((answer, None)) => {
-            tracing::warn!(%name, "pairing refused: invalid, used or expired token");
-            let why = format!("{name}: invalid, used or expired token");
+        Ok((answer, Err(refusal))) => {
+            tracing::warn!(%name, "pairing refused: {refusal}");
+            let why = format!("{name}: {refusal}");
             let entry = crate::node::audit::entry("pairing", None, "refused", &why);
             crate::node::audit::record(home, &store, entry);
             answer

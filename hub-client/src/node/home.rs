@@ -542,13 +542,16 @@ impl Home {
 
     /// Founder: answers a pairing request. The token is redeemed, the certificate signed, the
     /// peer recorded and the manifest re-signed in one transaction. Returns the answer to send
-    /// back (acceptance, or an authenticated refusal) and, if it was accepted, the new peer.
+    /// back (acceptance, or an authenticated refusal) and the new peer, or why it was refused.
     pub fn answer_pairing(
         &self,
         store: &Store,
         local: &LocalIdentity,
         request: PairingRequest,
-    ) -> Result<(Vec<u8>, Option<PeerRecord>), HomeError> {
+    ) -> Result<(Vec<u8>, Result<PeerRecord, String>), HomeError> {
+        if let Some(why) = request.unfit() {
+            return Ok((request.refuse(why)?, Err(why.to_owned())));
+        }
         let ca = self.ca()?;
         let relay_url = self.config()?.relay_url;
         let mut id = [0u8; 16];
@@ -596,10 +599,11 @@ impl Home {
         match outcome {
             Ok((der, manifest, peer)) => {
                 let answer = request.accept(local, &der, &manifest, revocations.as_deref())?;
-                Ok((answer, Some(peer)))
+                Ok((answer, Ok(peer)))
             }
             Err(RedeemError::Invalid) => {
-                Ok((request.refuse(&RedeemError::Invalid.to_string())?, None))
+                let why = RedeemError::Invalid.to_string();
+                Ok((request.refuse(&why)?, Err(why)))
             }
         }
     }
@@ -1021,7 +1025,7 @@ mod tests {
             refused,
             Err(shared_proto::session::pairing::PairingError::Refused(_))
         ));
-        assert!(none.is_none());
+        assert_eq!(none.unwrap_err(), "invalid, used or expired pairing token");
         assert_eq!(founder.store().unwrap().active_peers().unwrap().len(), 1);
         assert_eq!(founder.manifest().unwrap().unwrap().manifest().epoch, 2);
         #[cfg(unix)]

@@ -2463,6 +2463,8 @@ mod tests {
         );
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::Revoked)]);
         assert!(out.contains(&Action::StoreRevocations { bytes: v2.clone() }));
+        // The revoked hub is closed without the list (docs/PROTOCOL.md section 8).
+        assert!(sent_to(&out, ConnId(3)).is_empty());
         for c in [1, 2] {
             assert!(sent_to(&out, ConnId(c)).contains(&vec![Frame::RevocationList(&v2)]));
         }

@@ -799,7 +799,10 @@ pub(crate) mod tests {
         let (_, m1b) = Initiator::start(&a.local, &b.cert, NOW + 1, &mut rng).unwrap();
         assert!(Responder::accept(&b.local, &m1b, NOW + 5, None, &mut replay, &mut rng).is_ok());
         // Stale either way: refused even by a responder that remembers nothing.
-        for at in [NOW + 1 + HANDSHAKE_MAX_AGE_MS + 1, NOW + 1 - HANDSHAKE_MAX_AGE_MS - 1] {
+        for at in [
+            NOW + 1 + HANDSHAKE_MAX_AGE_MS + 1,
+            NOW + 1 - HANDSHAKE_MAX_AGE_MS - 1,
+        ] {
             let mut fresh = HandshakeReplay::default();
             assert_eq!(
                 Responder::accept(&b.local, &m1b, at, None, &mut fresh, &mut rng).unwrap_err(),

@@ -231,6 +231,13 @@ fn signed_request(
     m
 }
 
+/// The refusal of a request whose hub name is empty or longer than 64 bytes.
+pub const NAME_REFUSAL: &str = "the hub name must be 1 to 64 bytes";
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+}
+
 /// What the new hub asks for.
 #[derive(Debug)]
 pub struct JoinRequest<'a> {
@@ -280,9 +287,18 @@ impl Joiner {
         request: &JoinRequest<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Self, Vec<u8>), PairingError> {
-        if request.name.is_empty() || request.name.len() > 64 {
+        if !valid_name(request.name) {
             return Err(TrustError::Malformed("hub name (1 to 64 bytes)").into());
         }
+        Self::begin(token, request, rng)
+    }
+
+    /// [`Joiner::start`] without checking the name (tests make the requests a faulty hub would).
+    fn begin(
+        token: &PairingToken,
+        request: &JoinRequest<'_>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Self, Vec<u8>), PairingError> {
         let noise_key = crate::session::noise::public_key(request.noise_secret)?;
         let identity_key = request.identity.verifying_key();
         let prologue = prologue(&token.cluster);
@@ -510,6 +526,13 @@ impl PairingRequest {
         })
     }
 
+    /// Why the issuer must refuse it whatever its token, if it must: a name that does not fit a
+    /// certificate (1 to 64 bytes). Check before redeeming the token, and answer with
+    /// [`PairingRequest::refuse`].
+    pub fn unfit(&self) -> Option<&'static str> {
+        (!valid_name(&self.name)).then_some(NAME_REFUSAL)
+    }
+
     /// The token secret it presents (compare only its hash).
     pub fn secret(&self) -> &[u8; SECRET_LEN] {
         &self.secret
@@ -733,6 +756,41 @@ mod tests {
             joiner.finish(&answer, NOW).unwrap_err(),
             PairingError::Refused("invalid, used or expired pairing token".into())
         );
+    }
+
+    /// A request whose name does not fit a certificate (a hub that skipped the check) is read,
+    /// found unfit, and refused with the reason, authenticated.
+    #[test]
+    fn a_name_out_of_bounds_is_refused_with_its_reason() {
+        let issuer = hub(&ca(), 1);
+        let (identity, noise) = keys();
+        let mut rng = StdRng::seed_from_u64(2);
+        let long = "n".repeat(65);
+        for name in ["", long.as_str()] {
+            let request = JoinRequest {
+                name,
+                identity: &identity,
+                noise_secret: &noise,
+            };
+            assert!(Joiner::start(&token(&issuer), &request, &mut rng).is_err());
+            let (joiner, m1) = Joiner::begin(&token(&issuer), &request, &mut rng).unwrap();
+            let req =
+                PairingRequest::read(&issuer.local, issuer.cert.hub_id(), &m1, &mut rng).unwrap();
+            let why = req.unfit().unwrap();
+            let answer = req.refuse(why).unwrap();
+            assert_eq!(
+                joiner.finish(&answer, NOW).unwrap_err(),
+                PairingError::Refused(NAME_REFUSAL.into())
+            );
+        }
+        let ok = JoinRequest {
+            name: &long[..64],
+            identity: &identity,
+            noise_secret: &noise,
+        };
+        let (_, m1) = Joiner::start(&token(&issuer), &ok, &mut rng).unwrap();
+        let req = PairingRequest::read(&issuer.local, issuer.cert.hub_id(), &m1, &mut rng).unwrap();
+        assert_eq!(req.unfit(), None);
     }
 
     #[test]

@@ -985,7 +985,11 @@ mod tests {
         p.b.send(A, b"b1".to_vec(), p.now, &mut p.rng).unwrap();
         p.collect();
         let kinds: Vec<u8> = p.wire.iter().map(|(_, w)| w[0]).collect();
-        assert_eq!(kinds, vec![RESPONSE], "the responder sent data before confirmation");
+        assert_eq!(
+            kinds,
+            vec![RESPONSE],
+            "the responder sent data before confirmation"
+        );
         assert!(!p.b.is_established(&A));
         p.drive();
         assert_eq!(p.got_b, vec![b"a1".to_vec()]);
@@ -1057,7 +1061,10 @@ mod tests {
         p.b = sessions(2).0;
         p.now += 1_000;
         assert!(p.b.handle_incoming(A, &data, p.now, &mut p.rng).is_err());
-        assert!(p.b.handle_incoming(A, &data, p.now + 1, &mut p.rng).is_err());
+        assert!(p
+            .b
+            .handle_incoming(A, &data, p.now + 1, &mut p.rng)
+            .is_err());
         p.collect();
         assert_eq!(p.wire.len(), 1, "one handshake per peer per interval");
         p.drive();
