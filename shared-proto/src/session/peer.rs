@@ -670,10 +670,8 @@ impl PeerSessions {
         state.previous = state.current.replace(session);
         self.events
             .push_back(Event::Established { peer, certificate });
-        if confirmed {
-            if !self.flush(peer, now_ms) {
-                self.transmit_keepalive(peer, now_ms);
-            }
+        if confirmed && !self.flush(peer, now_ms) {
+            self.transmit_keepalive(peer, now_ms);
         }
     }
 
@@ -717,10 +715,8 @@ impl PeerSessions {
             return;
         }
         state.last_unknown_ms = Some(now_ms);
-        state.wanted = true;
-        if state.cert.is_some() {
-            state.wanted = false;
-        }
+        // Without its certificate, `connect` asks for it; the handshake starts when it comes.
+        state.wanted = state.cert.is_none();
         self.connect(from, now_ms, rng);
     }
 
