@@ -36,6 +36,10 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(55);
 /// Calls from one peer running at once on this hub; more are refused as busy.
 pub const MAX_CALLS_PER_PEER: usize = 16;
+
+/// A call from a peer running on this hub: its task, and its audit entry as far as known (what
+/// is recorded if the caller cancels it).
+pub(crate) type RunningCall = (tokio::task::AbortHandle, AuditEntry);
 /// Apps requests from peers being answered at once (each may start apps); more are refused.
 pub const MAX_LISTINGS: usize = 16;
 /// Largest tool result sent to a peer (JSON bytes); fragments carry it, up to 16 MiB a message.
@@ -397,9 +401,15 @@ impl HubState {
                 if running.keys().filter(|(p, _)| *p == from).count() >= MAX_CALLS_PER_PEER {
                     let why = "too many calls from this hub are running";
                     answer_later(call_error(token, CallErrorCode::Busy, why));
+                    let mut record = call_in_entry(from, &message);
+                    record.decision = "refused".into();
+                    record.reason = format!("{}: {why}", CallErrorCode::Busy.name());
+                    let state = self.clone();
+                    tokio::spawn(async move { state.record(record).await });
                     return;
                 }
                 let state = self.clone();
+                let pending = call_in_entry(from, &message);
                 // The task removes itself from `running` when done; it waits for this lock, so
                 // it is inserted first.
                 let task = tokio::spawn(async move {
@@ -416,7 +426,6 @@ impl HubState {
                         }
                         Err((code, why)) => ("allowed".into(), format!("{}: {why}", code.name())),
                     };
-                    state.record(record).await;
                     let answer = match outcome {
                         Ok(result) => Msg::CallResult {
                             token,
@@ -426,23 +435,31 @@ impl HubState {
                         Err((code, why)) => call_error(token, code, &why),
                     };
                     state.calls().remove(&key);
-                    if let Err(e) = member.answer(from, answer).await {
+                    // The answer does not wait for the disk: both are done when the task ends.
+                    let (_, sent) = tokio::join!(state.record(record), member.answer(from, answer));
+                    if let Err(e) = sent {
                         tracing::debug!(peer = %from, "call result not sent: {e}");
                     }
                 });
-                running.insert(key, task.abort_handle());
+                running.insert(key, (task.abort_handle(), pending));
             }
             Msg::Cancel { token } => {
-                if let Some(task) = self.calls().remove(&(from, token)) {
+                let cancelled = self.calls().remove(&(from, token));
+                if let Some((task, mut record)) = cancelled {
                     task.abort();
                     tracing::debug!(peer = %from, "call cancelled by its caller");
+                    record.duration_ms = unix_ms().saturating_sub(record.at_ms);
+                    record.decision = "allowed".into();
+                    record.reason = "cancelled: the caller stopped waiting".into();
+                    let state = self.clone();
+                    tokio::spawn(async move { state.record(record).await });
                 }
             }
             _ => {}
         }
     }
 
-    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<(HubId, u64), tokio::task::AbortHandle>> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<(HubId, u64), RunningCall>> {
         self.calls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

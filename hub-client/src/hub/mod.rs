@@ -130,8 +130,8 @@ pub(crate) struct HubState {
         RwLock<std::collections::HashMap<HubId, shared_proto::trust::VerifiedPeer>>,
     /// Apps requests from peers being answered now (at most `agent::MAX_LISTINGS`).
     pub(crate) listings: Arc<tokio::sync::Semaphore>,
-    /// Calls from peers running now, by peer and token (to cancel them).
-    pub(crate) calls: Mutex<std::collections::HashMap<(HubId, u64), tokio::task::AbortHandle>>,
+    /// Calls from peers running now, by peer and token (to cancel them, and audit that).
+    pub(crate) calls: Mutex<std::collections::HashMap<(HubId, u64), agent::RunningCall>>,
     /// Whether this hub appends to its audit log (always, but in a benchmark).
     pub(crate) audited: bool,
     /// What other hubs report seeing of each peer.
