@@ -1,7 +1,9 @@
 //! `app.call` round trips: an MCP client calls a tool of an app on another hub through the desk's
 //! `/mcp` (desk -> relay -> laptop -> the app, and back), against the same client calling the same
 //! app directly over stdio, in one process; and the desk's own copy of the app through `/mcp`,
-//! which separates what the HTTP surface costs from what crossing the cluster costs. Through `hub relay` and workerd. Run with
+//! which separates what the HTTP surface costs from what crossing the cluster costs; and the same
+//! call in a second cluster whose hubs record nothing (`hub run --bench-unaudited`), measured in
+//! alternating blocks with the first, for what auditing costs. Through `hub relay` and workerd. Run with
 //! `scripts/bench-apps` (it builds the Worker and the release `hub` first).
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -86,21 +88,72 @@ fn main() {
         ms(d50),
         ms(d99)
     );
-    let mut with_audit: Option<Vec<Duration>> = None;
-    for (kind, audited) in [
-        (RelayKind::Native, true),
-        (RelayKind::Native, false),
-        (RelayKind::Workerd, true),
-    ] {
+    for kind in [RelayKind::Native, RelayKind::Workerd] {
         let relay = RelayProcess::start(kind);
-        let run: &[&str] = if audited { &[] } else { &["--bench-unaudited"] };
         let dir = tempfile::tempdir().unwrap();
-        let desk = HubHome::new(dir.path().join("desk"));
+        let name = match kind {
+            RelayKind::Native => "hub relay",
+            RelayKind::Workerd => "workerd",
+        };
+        // Two clusters on the same relay, one with auditing off, measured in alternating blocks
+        // so that both see the same machine.
+        let audited = Pair::start(&relay, &dir.path().join("audited"), app, true);
+        let unaudited = Pair::start(&relay, &dir.path().join("unaudited"), app, false);
+        let (local, through, through_unaudited) = rt.block_on(async {
+            let a = audited.client().await;
+            let u = unaudited.client().await;
+            let local = measure(&a, &audited.local_tool, n).await;
+            let (mut through, mut bare) = (Vec::new(), Vec::new());
+            for _ in 0..BLOCKS {
+                through.extend(measure(&a, &audited.tool, n / BLOCKS).await);
+                bare.extend(measure(&u, &unaudited.tool, n / BLOCKS).await);
+            }
+            through.sort();
+            bare.sort();
+            a.cancel().await.unwrap();
+            u.cancel().await.unwrap();
+            (local, through, bare)
+        });
+        report("desk's own app via /mcp ", &local, &direct);
+        report(&format!("across hubs ({name:<9})"), &through, &direct);
+        report("  the same, unaudited   ", &through_unaudited, &direct);
+        println!(
+            "auditing's cost per call across hubs ({name}): p50 {:+.3} ms ({:.2}x), p99 {:+.3} ms",
+            ms(pct(&through, 0.5)) - ms(pct(&through_unaudited, 0.5)),
+            pct(&through, 0.5).as_secs_f64() / pct(&through_unaudited, 0.5).as_secs_f64(),
+            ms(pct(&through, 0.99)) - ms(pct(&through_unaudited, 0.99)),
+        );
+        assert!(
+            !unaudited.desk.ok(&["audit", "list"]).contains("call.out"),
+            "the unaudited run recorded calls"
+        );
+        assert!(audited.desk.ok(&["audit", "list"]).contains("call.out"));
+    }
+}
+
+/// Blocks the calls across hubs are measured in, alternating audited and unaudited.
+const BLOCKS: usize = 10;
+
+/// A desk and a laptop in their own cluster on `relay`, each with the test app (the laptop's
+/// shared), running; with auditing off if not `audited`.
+struct Pair {
+    desk: HubHome,
+    desk_run: e2e::cli::RunningHub,
+    _laptop_run: e2e::cli::RunningHub,
+    api_token: String,
+    tool: String,
+    local_tool: String,
+}
+
+impl Pair {
+    fn start(relay: &RelayProcess, dir: &std::path::Path, app: &str, audited: bool) -> Self {
+        let run: &[&str] = if audited { &[] } else { &["--bench-unaudited"] };
+        let desk = HubHome::new(dir.join("desk"));
         desk.create_cluster("desk", &relay.url());
         desk.ok(&["apps", "add", "tools", "--command", app]);
         let desk_run = desk.run_with(run);
         let token = desk.ok(&["invite"]).trim().to_owned();
-        let laptop = HubHome::new(dir.path().join("laptop"));
+        let laptop = HubHome::new(dir.join("laptop"));
         laptop.ok(&["join", &token, "--name", "laptop"]);
         laptop.ok(&["apps", "add", "tools", "--command", app]);
         laptop.ok(&["apps", "share", "tools", "--cluster"]);
@@ -114,43 +167,22 @@ fn main() {
             .ok(&["tokens", "create", "--name", "bench"])
             .trim()
             .to_owned();
-        let url = format!("{}/mcp", desk_run.base);
-        let (local, through) = rt.block_on(async {
-            let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(api_token);
-            let client =
-                ().serve(StreamableHttpClientTransport::from_config(config))
-                    .await
-                    .unwrap();
-            client.list_all_tools().await.unwrap();
-            let local = measure(&client, &local_tool, n).await;
-            let through = measure(&client, &tool, n).await;
-            client.cancel().await.unwrap();
-            (local, through)
-        });
-        let name = match (kind, audited) {
-            (RelayKind::Native, true) => "hub relay",
-            (RelayKind::Native, false) => "hub relay, unaudited",
-            (RelayKind::Workerd, _) => "workerd",
-        };
-        if audited {
-            report("desk's own app via /mcp ", &local, &direct);
+        Pair {
+            desk,
+            desk_run,
+            _laptop_run,
+            api_token,
+            tool,
+            local_tool,
         }
-        report(&format!("across hubs ({name:<9})"), &through, &direct);
-        if !audited {
-            // Counted from the audited run just before, on the same relay kind.
-            if let Some(with) = &with_audit {
-                println!(
-                    "auditing's cost per call across hubs: p50 {:+.3} ms ({:.2}x unaudited)",
-                    ms(pct(with, 0.5)) - ms(pct(&through, 0.5)),
-                    pct(with, 0.5).as_secs_f64() / pct(&through, 0.5).as_secs_f64()
-                );
-            }
-            assert!(
-                !desk.ok(&["audit", "list"]).contains("call.out"),
-                "the unaudited run recorded calls"
-            );
-        } else if kind == RelayKind::Native {
-            with_audit = Some(through.clone());
-        }
+    }
+
+    async fn client(&self) -> RunningService<RoleClient, ()> {
+        let url = format!("{}/mcp", self.desk_run.base);
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(url).auth_header(self.api_token.clone());
+        let client = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+        client.list_all_tools().await.unwrap();
+        client
     }
 }
