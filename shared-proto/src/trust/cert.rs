@@ -507,6 +507,27 @@ pub(crate) mod tests {
             .starts_with("-----BEGIN CERTIFICATE-----\n"));
     }
 
+    /// docs/PROTOCOL.md section 9: the hub extension's `extnValue` holds the layout directly
+    /// (format byte, then the hub id), not a second OCTET STRING (which would start `0x04`).
+    #[test]
+    fn the_hub_extension_value_is_not_wrapped_twice() {
+        let ca = ClusterCa::from_secret(&[1; 32]);
+        let req = request(3, &SigningKey::from_bytes(&[2; 32]));
+        let der = ca.issue(&req, &mut StdRng::seed_from_u64(9)).unwrap();
+        let cert = Certificate::from_der(&der).unwrap();
+        let ext = cert
+            .tbs_certificate
+            .extensions
+            .unwrap()
+            .into_iter()
+            .find(|e| e.extn_id == HUB_EXTENSION_OID)
+            .unwrap();
+        assert!(!ext.critical);
+        let value = ext.extn_value.as_bytes();
+        assert_eq!(value[0], 1, "format");
+        assert_eq!(value[1..17], req.hub_id.0);
+    }
+
     /// Known answer: the same CA, key, request and RNG give the same DER, byte for byte.
     #[test]
     fn known_answer_encoding() {
