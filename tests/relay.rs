@@ -974,23 +974,34 @@ async fn hub_relay_closes_a_silent_member_after_its_idle_timeout() {
 async fn hub_relay_caps_its_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let relay = RelayProcess::start_native_with(&["--max-connections", "3"]);
-    let addr = ("127.0.0.1", relay.port());
+    let (pid, port) = (relay.pid().expect("running"), relay.port());
+    let addr = ("127.0.0.1", port);
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    // Each accepted connection is counted once the relay has accepted it: the fourth sees EOF.
-    let mut refused = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !refused && tokio::time::Instant::now() < deadline {
-        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        refused = matches!(
-            tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await,
-            Ok(Ok(0))
+    // Wait until the relay has accepted all three (a loaded machine can take a while), so that
+    // the fourth is surely past the cap, and checked well within the held ones' 10 s head
+    // deadline (once it was checked in 2 s rounds that could outlast it, and the test failed).
+    let clients: Vec<u16> = held
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while relay_sockets_from(pid, port, &clients) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not accept three connections"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refused, "a fourth connection was served");
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(8), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a fourth connection was served: {read:?}"
+    );
     drop(held.pop());
     // Served again: a health request is answered.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -1019,35 +1030,8 @@ async fn hub_relay_forgets_half_open_http_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let relay = RelayProcess::start_native_with(&[]);
     let pid = relay.pid().expect("running");
-    // The relay's sockets whose peer is one of this test's clients: /proc/net/tcp names each
-    // connection's inode and ends, /proc/PID/fd which inodes the relay holds. (Counting all its
-    // descriptors against a baseline was flaky: the start-up health check's connection and the
-    // SQLite journals come and go on their own.)
     let relay_port = relay.port();
-    let held_from = |clients: &[u16]| {
-        let inodes: std::collections::HashSet<String> =
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .unwrap()
-                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|t| {
-                    let t = t.to_string_lossy().into_owned();
-                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-                })
-                .collect();
-        let port_of =
-            |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
-        std::fs::read_to_string("/proc/net/tcp")
-            .unwrap()
-            .lines()
-            .skip(1)
-            .filter(|line| {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                port_of(cols[1]) == relay_port
-                    && clients.contains(&port_of(cols[2]))
-                    && inodes.contains(cols[9])
-            })
-            .count()
-    };
+    let held_from = |clients: &[u16]| relay_sockets_from(pid, relay_port, clients);
     let addr = ("127.0.0.1", relay_port);
     let mut partial = Vec::new();
     for _ in 0..50 {
@@ -1398,4 +1382,32 @@ async fn a_pairing_guest_may_batch_frames(kind: RelayKind) {
     }
     guest.send(Message::Binary(batch.into())).await.unwrap();
     assert_eq!(close_code(&mut guest).await, 4021);
+}
+
+/// How many of `hub relay`'s (process `pid`, listening on `relay_port`) sockets have one of
+/// `clients` (local ports of this test's connections) as their peer: /proc/net/tcp names each
+/// connection's inode and ends, /proc/PID/fd which inodes the relay holds. (Counting all its
+/// descriptors against a baseline was flaky: the start-up health check's connection and the
+/// SQLite journals come and go on their own.)
+fn relay_sockets_from(pid: u32, relay_port: u16, clients: &[u16]) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            port_of(cols[1]) == relay_port
+                && clients.contains(&port_of(cols[2]))
+                && inodes.contains(cols[9])
+        })
+        .count()
 }
