@@ -233,6 +233,7 @@ fn read_payload(
     remote_static: Option<&[u8]>,
     now_ms: u64,
     revocations: Option<&VerifiedRevocations>,
+    known: Option<&VerifiedPeer>,
 ) -> Result<(u64, VerifiedPeer), NoiseError> {
     let mut r = Reader::new(payload);
     let m = |_| NoiseError::Malformed;
@@ -242,7 +243,12 @@ fn read_payload(
     if !r.is_empty() {
         return Err(NoiseError::Malformed);
     }
-    let peer = PeerCertificate::from_der(der)?.verify(&local.ca_key, now_ms, revocations)?;
+    // A certificate met before (the same bytes) is not parsed and signature-checked again; its
+    // dates and the revocation list are.
+    let peer = match known {
+        Some(known) if known.der() == der => known.recheck(now_ms, revocations)?,
+        _ => PeerCertificate::from_der(der)?.verify(&local.ca_key, now_ms, revocations)?,
+    };
     if remote_static != Some(peer.noise_key().as_slice()) {
         return Err(NoiseError::KeyMismatch);
     }
@@ -307,7 +313,14 @@ impl Initiator {
         let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
         let n = self.hs.read_message(msg, &mut payload).map_err(noise_err)?;
         let remote = self.hs.get_remote_static().map(<[u8]>::to_vec);
-        let (_, peer) = read_payload(local, &payload[..n], remote.as_deref(), now_ms, revocations)?;
+        let (_, peer) = read_payload(
+            local,
+            &payload[..n],
+            remote.as_deref(),
+            now_ms,
+            revocations,
+            Some(&self.responder),
+        )?;
         if peer.hub_id() != self.responder.hub_id() {
             return Err(NoiseError::KeyMismatch);
         }
@@ -327,14 +340,16 @@ pub struct HandshakeReplay {
 pub struct Responder;
 
 impl Responder {
-    /// Reads a first message; if the initiator is acceptable, returns the session, the answer to
-    /// send and who the initiator is.
+    /// Reads a first message; if the initiator is acceptable, returns the session and the answer
+    /// to send. `known`: the certificate this hub already verified for the hub the message claims
+    /// to come from, if any (used only if the message carries the same bytes).
     pub fn accept(
         local: &LocalIdentity,
         msg: &[u8],
         now_ms: u64,
         revocations: Option<&VerifiedRevocations>,
         replay: &mut HandshakeReplay,
+        known: Option<&VerifiedPeer>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Transport, Vec<u8>), NoiseError> {
         let prologue = local.prologue();
@@ -344,8 +359,14 @@ impl Responder {
         let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
         let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
         let remote = hs.get_remote_static().map(<[u8]>::to_vec);
-        let (timestamp, peer) =
-            read_payload(local, &payload[..n], remote.as_deref(), now_ms, revocations)?;
+        let (timestamp, peer) = read_payload(
+            local,
+            &payload[..n],
+            remote.as_deref(),
+            now_ms,
+            revocations,
+            known,
+        )?;
         if timestamp.abs_diff(now_ms) > HANDSHAKE_MAX_AGE_MS {
             return Err(NoiseError::StaleHandshake);
         }
@@ -574,7 +595,8 @@ pub(crate) mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let (init, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
         let mut replay = HandshakeReplay::default();
-        let (tb, m2) = Responder::accept(&b.local, &m1, NOW, None, &mut replay, &mut rng).unwrap();
+        let (tb, m2) =
+            Responder::accept(&b.local, &m1, NOW, None, &mut replay, None, &mut rng).unwrap();
         let ta = init.finish(&a.local, &m2, NOW, None).unwrap();
         (a, b, ta, tb)
     }
@@ -790,14 +812,17 @@ pub(crate) mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let (_, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
         let mut replay = HandshakeReplay::default();
-        Responder::accept(&b.local, &m1, NOW, None, &mut replay, &mut rng).unwrap();
+        Responder::accept(&b.local, &m1, NOW, None, &mut replay, None, &mut rng).unwrap();
         assert_eq!(
-            Responder::accept(&b.local, &m1, NOW + 5, None, &mut replay, &mut rng).unwrap_err(),
+            Responder::accept(&b.local, &m1, NOW + 5, None, &mut replay, None, &mut rng)
+                .unwrap_err(),
             NoiseError::ReplayedHandshake
         );
         // A newer first message from the same hub is fine.
         let (_, m1b) = Initiator::start(&a.local, &b.cert, NOW + 1, &mut rng).unwrap();
-        assert!(Responder::accept(&b.local, &m1b, NOW + 5, None, &mut replay, &mut rng).is_ok());
+        assert!(
+            Responder::accept(&b.local, &m1b, NOW + 5, None, &mut replay, None, &mut rng).is_ok()
+        );
         // Stale either way: refused even by a responder that remembers nothing.
         for at in [
             NOW + 1 + HANDSHAKE_MAX_AGE_MS + 1,
@@ -805,7 +830,8 @@ pub(crate) mod tests {
         ] {
             let mut fresh = HandshakeReplay::default();
             assert_eq!(
-                Responder::accept(&b.local, &m1b, at, None, &mut fresh, &mut rng).unwrap_err(),
+                Responder::accept(&b.local, &m1b, at, None, &mut fresh, None, &mut rng)
+                    .unwrap_err(),
                 NoiseError::StaleHandshake
             );
         }
@@ -831,7 +857,8 @@ pub(crate) mod tests {
         let (_, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
         let mut replay = HandshakeReplay::default();
         assert_eq!(
-            Responder::accept(&b.local, &m1, NOW, Some(&list), &mut replay, &mut rng).unwrap_err(),
+            Responder::accept(&b.local, &m1, NOW, Some(&list), &mut replay, None, &mut rng)
+                .unwrap_err(),
             NoiseError::Certificate(TrustError::Revoked)
         );
         // A hub of another cluster (another CA), even knowing b's static key.
@@ -840,7 +867,7 @@ pub(crate) mod tests {
         stranger.local.cluster = ca.cluster_id(); // same prologue, foreign certificate
         let (_, m1) = Initiator::start(&stranger.local, &b.cert, NOW, &mut rng).unwrap();
         assert_eq!(
-            Responder::accept(&b.local, &m1, NOW, None, &mut replay, &mut rng).unwrap_err(),
+            Responder::accept(&b.local, &m1, NOW, None, &mut replay, None, &mut rng).unwrap_err(),
             NoiseError::Certificate(TrustError::BadSignature("certificate"))
         );
         // A hub presenting a's certificate without a's static key.
@@ -848,7 +875,62 @@ pub(crate) mod tests {
         thief.local.cert_der = a.local.cert_der.clone();
         let (_, m1) = Initiator::start(&thief.local, &b.cert, NOW, &mut rng).unwrap();
         assert_eq!(
-            Responder::accept(&b.local, &m1, NOW, None, &mut replay, &mut rng).unwrap_err(),
+            Responder::accept(&b.local, &m1, NOW, None, &mut replay, None, &mut rng).unwrap_err(),
+            NoiseError::KeyMismatch
+        );
+    }
+
+    /// A certificate met before is not verified again, but its dates and the revocation list are
+    /// checked each time, and the handshake must still prove its key.
+    #[test]
+    fn a_known_certificate_is_rechecked_not_trusted_blindly() {
+        let ca = ClusterCa::from_secret(&[5; 32]);
+        let (a, b) = (hub(&ca, 1), hub(&ca, 2));
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut replay = HandshakeReplay::default();
+        let known = Some(&a.cert);
+        let (_, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
+        assert!(Responder::accept(&b.local, &m1, NOW, None, &mut replay, known, &mut rng).is_ok());
+        // Revoked since.
+        let list = RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: [0; 32],
+                key_hash: a.cert.key_hash(),
+                revoked_at_ms: NOW,
+                reason: "lost".into(),
+            }],
+        };
+        let list = RevocationList::verify(&list.sign(&ca).unwrap(), &ca.cluster_id()).unwrap();
+        let (_, m1) = Initiator::start(&a.local, &b.cert, NOW + 1, &mut rng).unwrap();
+        assert_eq!(
+            Responder::accept(
+                &b.local,
+                &m1,
+                NOW + 1,
+                Some(&list),
+                &mut replay,
+                known,
+                &mut rng
+            )
+            .unwrap_err(),
+            NoiseError::Certificate(TrustError::Revoked)
+        );
+        // Expired since.
+        let late = a.cert.not_after_ms() + 1;
+        let (_, m1) = Initiator::start(&a.local, &b.cert, late, &mut rng).unwrap();
+        assert_eq!(
+            Responder::accept(&b.local, &m1, late, None, &mut replay, known, &mut rng).unwrap_err(),
+            NoiseError::Certificate(TrustError::Expired)
+        );
+        // Its certificate without its static key.
+        let mut thief = hub(&ca, 4);
+        thief.local.cert_der = a.local.cert_der.clone();
+        let (_, m1) = Initiator::start(&thief.local, &b.cert, NOW + 2, &mut rng).unwrap();
+        assert_eq!(
+            Responder::accept(&b.local, &m1, NOW + 2, None, &mut replay, known, &mut rng)
+                .unwrap_err(),
             NoiseError::KeyMismatch
         );
     }

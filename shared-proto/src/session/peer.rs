@@ -591,12 +591,14 @@ impl PeerSessions {
         if initiating && self.me < from {
             return Ok(());
         }
+        let known = self.peers.get(&from).and_then(|p| p.cert.clone());
         let (transport, answer) = Responder::accept(
             &self.local,
             msg,
             now_ms,
             self.revocations.as_ref(),
             &mut self.replay,
+            known.as_ref(),
             rng,
         )?;
         if transport.peer().hub_id() != from {

@@ -362,6 +362,15 @@ impl PeerCertificate {
         let sig = Signature::from_bytes(&self.signature);
         ca.verify_strict(&self.tbs_der, &sig)
             .map_err(|_| TrustError::BadSignature("certificate"))?;
+        self.check_validity(now_ms, revocations)
+    }
+
+    /// The validity at `now_ms` and, if given, the revocation list (not the signature).
+    fn check_validity(
+        self,
+        now_ms: u64,
+        revocations: Option<&VerifiedRevocations>,
+    ) -> Result<VerifiedPeer, TrustError> {
         if now_ms < self.not_before_ms {
             return Err(TrustError::NotYetValid);
         }
@@ -451,6 +460,17 @@ impl VerifiedPeer {
     /// The DER bytes.
     pub fn der(&self) -> &[u8] {
         &self.cert.der
+    }
+    /// This certificate checked again at `now_ms` (its validity, and the revocation list if
+    /// given). Its CA signature was checked when it was verified and is not checked again: what
+    /// a hub that meets the same certificate again (the same DER bytes) does instead of parsing
+    /// and verifying it anew.
+    pub fn recheck(
+        &self,
+        now_ms: u64,
+        revocations: Option<&VerifiedRevocations>,
+    ) -> Result<VerifiedPeer, TrustError> {
+        self.cert.clone().check_validity(now_ms, revocations)
     }
     /// The certificate in PEM.
     pub fn to_pem(&self) -> Result<String, TrustError> {
