@@ -90,6 +90,26 @@ impl Cluster {
     }
 }
 
+/// `GET /api/federation/peers/{id}` on `hub`, with its CLI's admin token.
+fn peer_detail(hub: &RunningHub, id: &str) -> Value {
+    hub.request(
+        "GET",
+        &format!("/api/federation/peers/{id}"),
+        Some(&hub.cli_token()),
+        None,
+    )
+    .json
+}
+
+/// The part `name` of a peer detail's trust score (null if absent).
+fn score_part(detail: &Value, name: &str) -> Value {
+    detail["trust_score"]["parts"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Waits until `hub` (running) has `n` peers online.
 fn wait_online(home: &HubHome, n: usize) {
     home.ok_when(&["status"], &format!("{n} peer(s) online"), |out| {
@@ -706,25 +726,9 @@ async fn every_envelope_refusal_has_its_own_code() {
 
     // The desk's trust score for the laptop fell with the forged envelopes and the refusals,
     // part by part.
-    let detail = blocking(|| {
-        let desk = c.desk_run();
-        desk.request(
-            "GET",
-            &format!("/api/federation/peers/{laptop_id}"),
-            Some(&desk.cli_token()),
-            None,
-        )
-    });
-    let score = &detail.json["trust_score"];
-    let part = |name: &str| {
-        score["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["penalty"]
-            .clone()
-    };
+    let detail = blocking(|| peer_detail(c.desk_run(), &laptop_id.to_string()));
+    let score = &detail["trust_score"];
+    let part = |name: &str| score_part(&detail, name)["penalty"].clone();
     assert_eq!(part("signature"), 40, "{score}");
     assert_eq!(part("refusals"), 8, "{score}");
     assert_eq!(score["score"], 52, "{score}");
@@ -1194,16 +1198,11 @@ fn a_peer_notices_an_audit_log_cut_back_or_rewritten() {
         let desk = c.desk_run();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let detail = desk.request(
-                "GET",
-                &format!("/api/federation/peers/{laptop_id}"),
-                Some(&desk.cli_token()),
-                None,
-            );
-            if pred(&detail.json["audit_head"]) {
-                return detail.json["audit_head"].clone();
+            let detail = peer_detail(desk, &laptop_id);
+            if pred(&detail["audit_head"]) {
+                return detail["audit_head"].clone();
             }
-            assert!(Instant::now() < deadline, "no {what}: {}", detail.json);
+            assert!(Instant::now() < deadline, "no {what}: {detail}");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -1252,21 +1251,8 @@ fn a_peer_notices_an_audit_log_cut_back_or_rewritten() {
         problem.contains(&format!("two different MACs for its entry {full}")),
         "{problem}"
     );
-    let desk = c.desk_run();
-    let detail = desk.request(
-        "GET",
-        &format!("/api/federation/peers/{laptop_id}"),
-        Some(&desk.cli_token()),
-        None,
-    );
-    let audit_part = detail.json["trust_score"]["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "audit")
-        .unwrap()
-        .clone();
-    assert_eq!(audit_part["penalty"], 50, "{}", detail.json);
+    let detail = peer_detail(c.desk_run(), &laptop_id);
+    assert_eq!(score_part(&detail, "audit")["penalty"], 50, "{detail}");
     assert!(c
         .desk
         .ok(&["peers"])
@@ -1308,21 +1294,11 @@ fn hubs_compare_what_they_see_of_each_other() {
     let quorum_of_laptop = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let detail = desk.request(
-                "GET",
-                &format!("/api/federation/peers/{laptop_id}"),
-                Some(&desk.cli_token()),
-                None,
-            );
-            let part = detail.json["trust_score"]["parts"]
-                .as_array()
-                .and_then(|parts| parts.iter().find(|p| p["name"] == "quorum"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            if pred(&part) {
-                return detail.json;
+            let detail = peer_detail(desk, &laptop_id);
+            if pred(&score_part(&detail, "quorum")) {
+                return detail;
             }
-            assert!(Instant::now() < deadline, "no {what}: {}", detail.json);
+            assert!(Instant::now() < deadline, "no {what}: {detail}");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -1351,12 +1327,7 @@ fn hubs_compare_what_they_see_of_each_other() {
         .unwrap();
     assert_eq!(changed, 1, "the phone held the laptop's head");
     let split = quorum_of_laptop(&|p| p["penalty"] == 15, "disagreement");
-    let part = split["trust_score"]["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "quorum")
-        .unwrap();
+    let part = score_part(&split, "quorum");
     let observed = part["observed"].as_str().unwrap();
     assert!(observed.starts_with("0 of 1 "), "{observed}");
     assert!(
@@ -1413,22 +1384,8 @@ async fn faulty_handshakes_and_documents_lower_the_signature_part() {
     let log = blocking(|| c.desk.ok(&["audit", "list", "--peer", &laptop_id]));
     assert_eq!(faults(&log), 4, "{log}");
 
-    let detail = blocking(|| {
-        let desk = c.desk_run();
-        desk.request(
-            "GET",
-            &format!("/api/federation/peers/{laptop_id}"),
-            Some(&desk.cli_token()),
-            None,
-        )
-    });
-    let signature = detail.json["trust_score"]["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "signature")
-        .unwrap()
-        .clone();
+    let detail = blocking(|| peer_detail(c.desk_run(), &laptop_id));
+    let signature = score_part(&detail, "signature");
     assert_eq!(signature["penalty"], 40, "{signature}");
     assert!(
         signature["observed"]

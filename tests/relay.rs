@@ -330,12 +330,7 @@ async fn workerd_room_hibernates_and_still_routes() {
     expect_event(&mut a, "hub 3 left", |e| *e == RelayEvent::PeerLeft(hub(3))).await;
 
     // A pairing guest of hub 1, waiting across the eviction (its attachment says it is a guest).
-    let mut guest = raw(&relay, &cluster).await;
-    guest
-        .send(Message::Binary(guest_hello(hub(0xa5), hub(1)).into()))
-        .await
-        .unwrap();
-    let _welcome = next_binary(&mut guest).await;
+    let (mut guest, _welcome) = admitted_guest(&relay, &cluster, hub(0xa5), hub(1)).await;
 
     // Idle long enough for workerd to evict the object. Keepalives go on (every 2 s; a hub gives
     // up after 6 s without an answer): no disconnect may happen.
@@ -828,6 +823,21 @@ fn guest_hello(guest: shared_proto::HubId, issuer: shared_proto::HubId) -> Vec<u
     Frame::Hello(hello).to_message().unwrap()
 }
 
+/// A pairing guest `guest` of `issuer`, admitted: its socket and the welcome it got.
+async fn admitted_guest(
+    relay: &RelayProcess,
+    cluster: &TestCluster,
+    guest: shared_proto::HubId,
+    issuer: shared_proto::HubId,
+) -> (RawWs, Vec<u8>) {
+    let mut ws = raw(relay, cluster).await;
+    ws.send(Message::Binary(guest_hello(guest, issuer).into()))
+        .await
+        .unwrap();
+    let welcome = next_binary(&mut ws).await;
+    (ws, welcome)
+}
+
 both!(a_pairing_guest_reaches_its_issuer_only);
 async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
@@ -838,13 +848,8 @@ async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
 
     let (mut issuer, _) = join(&relay, cluster.hub(1)).await;
     let (mut other, _) = join(&relay, cluster.hub(2)).await;
-    let mut guest = raw(&relay, &cluster).await;
-    guest
-        .send(Message::Binary(guest_hello(hub(0xa1), hub(1)).into()))
-        .await
-        .unwrap();
+    let (mut guest, welcome) = admitted_guest(&relay, &cluster, hub(0xa1), hub(1)).await;
     // Welcomed with the issuer only; members hear nothing of it.
-    let welcome = next_binary(&mut guest).await;
     let frames: Vec<Frame<'_>> = shared_proto::relay::frame::frames(&welcome)
         .collect::<Result<_, _>>()
         .unwrap();
@@ -874,12 +879,7 @@ async fn a_pairing_guest_reaches_its_issuer_only(kind: RelayKind) {
         .unwrap();
     assert_eq!(close_code(&mut guest).await, CloseCode::GuestLimit.code());
     // A guest is closed with 4020 when its issuer leaves.
-    let mut guest = raw(&relay, &cluster).await;
-    guest
-        .send(Message::Binary(guest_hello(hub(0xa2), hub(1)).into()))
-        .await
-        .unwrap();
-    let _welcome = guest.next().await;
+    let (mut guest, _welcome) = admitted_guest(&relay, &cluster, hub(0xa2), hub(1)).await;
     issuer.shutdown().await;
     assert_eq!(
         close_code(&mut guest).await,
@@ -912,12 +912,7 @@ async fn a_pairing_guest_is_held_past_the_hello_timeout(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
     let (mut issuer, _) = join(&relay, cluster.hub(1)).await;
-    let mut guest = raw(&relay, &cluster).await;
-    guest
-        .send(Message::Binary(guest_hello(hub(0xa3), hub(1)).into()))
-        .await
-        .unwrap();
-    let _welcome = next_binary(&mut guest).await;
+    let (mut guest, _welcome) = admitted_guest(&relay, &cluster, hub(0xa3), hub(1)).await;
     // For 15 s nothing arrives on the guest's socket: no close.
     let quiet = tokio::time::timeout(Duration::from_secs(15), guest.next()).await;
     assert!(quiet.is_err(), "the guest heard {quiet:?}\n{}", relay.log());
@@ -1351,37 +1346,28 @@ async fn a_pairing_guest_may_batch_frames(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
     let (mut issuer, _) = join(&relay, cluster.hub(1)).await;
-    let mut guest = raw(&relay, &cluster).await;
-    guest
-        .send(Message::Binary(guest_hello(hub(0xa1), hub(1)).into()))
-        .await
-        .unwrap();
-    next_binary(&mut guest).await; // welcomed
-    let mut batch = Vec::new();
-    for payload in [&b"one"[..], b"two", b"three"] {
-        Frame::Send {
-            dst: hub(1),
-            payload,
+    let (mut guest, _) = admitted_guest(&relay, &cluster, hub(0xa1), hub(1)).await;
+    // `Send` frames to the issuer, in one message.
+    let batch = |payloads: &[&[u8]]| {
+        let mut batch = Vec::new();
+        for payload in payloads {
+            Frame::Send {
+                dst: hub(1),
+                payload,
+            }
+            .encode(&mut batch)
+            .unwrap();
         }
-        .encode(&mut batch)
-        .unwrap();
-    }
-    guest.send(Message::Binary(batch.into())).await.unwrap();
-    for want in [&b"one"[..], b"two", b"three"] {
+        Message::Binary(batch.into())
+    };
+    let first: [&[u8]; 3] = [b"one", b"two", b"three"];
+    guest.send(batch(&first)).await.unwrap();
+    for want in first {
         assert_eq!(expect_message(&mut issuer, hub(0xa1)).await, want);
     }
     // Two more in one message: the fifth frame is one too many.
-    let mut batch = Vec::new();
-    for payload in [&b"four"[..], b"five"] {
-        Frame::Send {
-            dst: hub(1),
-            payload,
-        }
-        .encode(&mut batch)
-        .unwrap();
-    }
-    guest.send(Message::Binary(batch.into())).await.unwrap();
-    assert_eq!(close_code(&mut guest).await, 4021);
+    guest.send(batch(&[b"four", b"five"])).await.unwrap();
+    assert_eq!(close_code(&mut guest).await, CloseCode::GuestLimit.code());
 }
 
 /// How many of `hub relay`'s (process `pid`, listening on `relay_port`) sockets have one of

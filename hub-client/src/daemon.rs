@@ -389,12 +389,8 @@ async fn handle_event(
             let check = state
                 .blocking(move |state| Ok(state.store().keep_peer_audit_head(&head)?))
                 .await?;
-            if let Some(why) = check.problem(head.seq) {
-                // Counted each time; recorded at most once a minute for each kind of problem.
-                let kind = match check {
-                    crate::node::store::HeadCheck::Backwards { .. } => "audit.backwards",
-                    _ => "audit.forked",
-                };
+            if let (Some(why), Some(kind)) = (check.problem(head.seq), check.kind()) {
+                // Recorded at most once a minute for each kind of problem.
                 if state.due(from, kind) {
                     tracing::warn!(peer = %from, "audit log inconsistent: {why}");
                     let entry =

@@ -464,7 +464,7 @@ mod tests {
             t[at].1[0] ^= 1;
             assert_eq!(check(&key, &t), Err(ChainError::Mac { seq: at as u64 + 1 }));
         }
-        // An entry deleted, two swapped, one inserted twice.
+        // An entry deleted, two swapped, the rest renumbered after a deletion.
         let mut deleted = log.clone();
         deleted.remove(2);
         assert_eq!(

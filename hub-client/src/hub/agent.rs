@@ -303,13 +303,14 @@ impl HubState {
         let now = unix_ms();
         let mut nonce = [0u8; 16];
         OsRng.fill_bytes(&mut nonce);
+        let arguments_sha256 = arguments_hash(&arguments);
         let envelope = Delegation {
             origin: me,
             target: hub,
             issued_at_ms: now,
             expires_at_ms: now + timeout.as_millis() as u64 + 5_000,
             nonce,
-            arguments_sha256: arguments_hash(&arguments),
+            arguments_sha256,
             principal: principal.name.clone(),
             app: app.to_owned(),
             tool: tool.to_owned(),
@@ -321,7 +322,7 @@ impl HubState {
         record.principal = principal.name.clone();
         record.app = app.to_owned();
         record.tool = tool.to_owned();
-        record.arguments_sha256 = Some(arguments_hash(&arguments));
+        record.arguments_sha256 = Some(arguments_sha256);
         let arguments_len = arguments.len();
         let call = OutgoingCall {
             timeout_ms: timeout.as_millis() as u32,
@@ -397,11 +398,12 @@ impl HubState {
             }
             Msg::Call { token, .. } => {
                 let key = (from, token);
+                // What is known of the call before it runs (what a cancel records, too).
+                let mut record = call_in_entry(from, &msg);
                 let mut running = self.calls();
                 if running.keys().filter(|(p, _)| *p == from).count() >= MAX_CALLS_PER_PEER {
                     let why = "too many calls from this hub are running";
                     answer_later(call_error(token, CallErrorCode::Busy, why));
-                    let mut record = call_in_entry(from, &message);
                     record.decision = "refused".into();
                     record.reason = format!("{}: {why}", CallErrorCode::Busy.name());
                     let state = self.clone();
@@ -409,13 +411,12 @@ impl HubState {
                     return;
                 }
                 let state = self.clone();
-                let pending = call_in_entry(from, &message);
+                let pending = record.clone();
                 // The task removes itself from `running` when done; it waits for this lock, so
                 // it is inserted first.
                 let task = tokio::spawn(async move {
                     let started = std::time::Instant::now();
                     let outcome = state.run_peer_call(from, &message).await;
-                    let mut record = call_in_entry(from, &message);
                     record.duration_ms = started.elapsed().as_millis() as u64;
                     let result_len = outcome.as_ref().map_or(0, Vec::len);
                     record.bytes = Some(record.bytes.unwrap_or(0) + result_len as u64);
@@ -646,15 +647,15 @@ fn refusal(code: CallErrorCode) -> bool {
 
 /// The audit entry of a call from `from`: what the message and its envelope say (the principal
 /// as the envelope claims it, even when the envelope is refused).
-fn call_in_entry(from: HubId, message: &[u8]) -> AuditEntry {
+fn call_in_entry(from: HubId, call: &Msg<'_>) -> AuditEntry {
     let mut record = audit::entry("call.in", Some(from), "", "");
-    if let Ok(Msg::Call {
+    if let Msg::Call {
         app,
         tool,
         envelope,
         arguments,
         ..
-    }) = Msg::decode(message)
+    } = *call
     {
         record.app = app.to_owned();
         record.tool = tool.to_owned();

@@ -192,40 +192,36 @@ impl HubState {
             .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
-    /// A peer's trust score (`score`), from what this hub observed.
-    pub async fn trust_score(
-        self: &Arc<Self>,
+    /// A peer's trust score (`score`), from what this hub observed, and its audit head as held
+    /// (an input of the score, which `/peers/{id}` also shows). Call it on the blocking pool.
+    fn score_of(
+        &self,
+        store: &Store,
         id: HubId,
-    ) -> Result<score::TrustScore, ServiceError> {
+        now_ms: u64,
+    ) -> Result<(score::TrustScore, Option<crate::node::store::PeerAuditHead>), StoreError> {
         let cert_not_after_ms = self
             .peer_certs
             .read()
             .ok()
             .and_then(|c| c.get(&id).map(|cert| cert.not_after_ms()));
-        self.blocking(move |state| {
-            let store = state.store();
-            let now_ms = unix_ms();
-            let mine = |since| store.audit_counts(Some(id), since);
-            let quorum = state
-                .view_of(id, &store.peer_audit_macs(Some(id))?)
-                .map(|view| {
-                    state
-                        .quorum
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .check(&view, now_ms)
-                });
-            let inputs = score::ScoreInputs {
-                calls_all_time: mine(0)?,
-                calls_last_day: mine(now_ms.saturating_sub(86_400_000))?,
-                audit_head: store.peer_audit_head(id)?,
-                cert_not_after_ms,
-                quorum,
-                now_ms,
-            };
-            Ok(score::trust_score(&inputs))
-        })
-        .await
+        let quorum = self
+            .view_of(id, &store.peer_audit_macs(Some(id))?)
+            .map(|view| {
+                self.quorum
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .check(&view, now_ms)
+            });
+        let inputs = score::ScoreInputs {
+            calls_all_time: store.audit_counts(Some(id), 0)?,
+            calls_last_day: store.audit_counts(Some(id), now_ms.saturating_sub(86_400_000))?,
+            audit_head: store.peer_audit_head(id)?,
+            cert_not_after_ms,
+            quorum,
+            now_ms,
+        };
+        Ok((score::trust_score(&inputs), inputs.audit_head))
     }
 
     /// Federation statistics over the last hour, day and all time, from the audit log.
@@ -234,7 +230,6 @@ impl HubState {
             .await
     }
 
-    /// Appends an entry to the audit log (off the async threads; failures are logged).
     /// Whether an entry of `what` about `peer` may be recorded now: at most one per peer and
     /// kind a minute, so a peer that keeps at it cannot grow the log fast.
     pub(crate) fn due(&self, peer: HubId, what: &'static str) -> bool {
@@ -292,6 +287,7 @@ impl HubState {
         })
     }
 
+    /// Appends an entry to the audit log (off the async threads; failures are logged).
     pub(crate) async fn record(self: &Arc<Self>, entry: crate::node::store::AuditEntry) {
         if !self.audited {
             return;
@@ -407,22 +403,21 @@ impl HubState {
     /// The active peers, most recently seen first, with their presence at the relay.
     pub async fn peers(self: &Arc<Self>) -> Result<Vec<PeerView>, ServiceError> {
         let online = self.relay_state().online;
-        let mut peers: Vec<PeerView> = self
-            .blocking(move |state| {
-                Ok(state
-                    .store()
-                    .active_peers()?
-                    .into_iter()
-                    .map(|p| PeerView::new(p, Some(&online)))
-                    .collect())
-            })
-            .await?;
-        for peer in &mut peers {
-            if let Ok(id) = peer.id.parse() {
-                peer.trust_score = Some(self.trust_score(id).await?.score);
-            }
-        }
-        Ok(peers)
+        self.blocking(move |state| {
+            let store = state.store();
+            let now_ms = unix_ms();
+            store
+                .active_peers()?
+                .into_iter()
+                .map(|p| {
+                    let (score, _) = state.score_of(&store, p.id, now_ms)?;
+                    let mut view = PeerView::new(p, Some(&online));
+                    view.trust_score = Some(score.score);
+                    Ok(view)
+                })
+                .collect()
+        })
+        .await
     }
 
     /// One peer (revoked ones too), with what it reports about itself if it is online.
@@ -438,16 +433,15 @@ impl HubState {
             }
             _ => (None, Some("not online".to_owned())),
         };
-        let audit_head = self
-            .blocking(move |state| Ok(state.store().peer_audit_head(id)?))
+        let (score, audit_head) = self
+            .blocking(move |state| Ok(state.score_of(&state.store(), id, unix_ms())?))
             .await?;
-        let trust_score = Some(self.trust_score(id).await?);
         Ok(PeerDetail {
             peer,
             reported,
             report_error,
             audit_head,
-            trust_score,
+            trust_score: Some(score),
         })
     }
 

@@ -57,9 +57,9 @@ pub struct TrustScore {
 /// What the score is made from.
 #[derive(Debug, Clone, Default)]
 pub struct ScoreInputs {
-    /// The peer's `call.in` audit counts, all time.
+    /// The counts of the audit entries about the peer (calls in, faults), all time.
     pub calls_all_time: Vec<AuditCount>,
-    /// The peer's `call.in` audit counts, last 24 h.
+    /// The same, last 24 h.
     pub calls_last_day: Vec<AuditCount>,
     /// Its audit head as held.
     pub audit_head: Option<PeerAuditHead>,
@@ -81,6 +81,11 @@ fn refused(counts: &[AuditCount], codes: &[&str]) -> u64 {
         .sum()
 }
 
+/// `each` points per event, at most `max`.
+fn cap(n: u64, each: u64, max: u64) -> u32 {
+    n.saturating_mul(each).min(max) as u32
+}
+
 fn faults(counts: &[AuditCount]) -> u64 {
     counts
         .iter()
@@ -96,7 +101,6 @@ pub fn trust_score(inputs: &ScoreInputs) -> TrustScore {
     let faulty = envelopes + other_faults;
     let inconsistencies = inputs.audit_head.as_ref().map_or(0, |h| h.inconsistencies);
     let policy = refused(&inputs.calls_last_day, &POLICY_CODES);
-    let cap = |n: u64, each: u64, max: u64| (n.saturating_mul(each)).min(max) as u32;
     const WEEK_MS: u64 = 7 * 86_400_000;
     let (expiry, expiry_note) = match inputs.cert_not_after_ms {
         Some(at) if at <= inputs.now_ms => (100, "its certificate has expired".to_owned()),
@@ -172,7 +176,7 @@ fn quorum_part(check: Option<&QuorumCheck>) -> ScorePart {
             for (hub, what) in &c.disagreements {
                 observed.push_str(&format!("; {hub}: {what}"));
             }
-            (observed, (differ.saturating_mul(15)).min(30) as u32)
+            (observed, cap(differ, 15, 30))
         }
     };
     ScorePart {

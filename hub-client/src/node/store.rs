@@ -192,6 +192,15 @@ pub enum HeadCheck {
 }
 
 impl HeadCheck {
+    /// The kind of inconsistency, if it is one that counts: `backwards` or `forked`.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            HeadCheck::Backwards { .. } => Some("backwards"),
+            HeadCheck::Forked => Some("forked"),
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
+        }
+    }
+
     /// What is wrong with a head of `seq` entries that got this check, for people; `None` if
     /// nothing is.
     pub fn problem(&self, seq: u64) -> Option<String> {
@@ -401,6 +410,25 @@ fn row_to_api_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+}
+
+/// The last audit entry's sequence number and MAC (0 and zeros if the log is empty).
+fn audit_head(conn: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
+    let head = conn
+        .query_row(
+            "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    match head {
+        None => Ok((0, [0; 32])),
+        Some((seq, mac)) => Ok((
+            seq,
+            mac.try_into()
+                .map_err(|_| StoreError::Corrupt("audit MAC"))?,
+        )),
+    }
 }
 
 /// A nullable 16-byte hub id column (a value of another length reads as none).
@@ -713,17 +741,7 @@ impl Store {
         entry: AuditEntry,
     ) -> Result<(u64, [u8; 32]), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let (seq, prev) = tx
-            .query_row(
-                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?
-            .unwrap_or((0, vec![0; 32]));
-        let prev: [u8; 32] = prev
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("audit MAC"))?;
+        let (seq, prev) = audit_head(&tx)?;
         let entry = AuditEntry {
             seq: seq + 1,
             ..entry.bounded()
@@ -849,22 +867,7 @@ impl Store {
 
     /// This hub's audit head: the last entry's sequence number and MAC (0 and zeros if empty).
     pub fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
-        let head = self
-            .conn
-            .query_row(
-                "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?;
-        match head {
-            None => Ok((0, [0; 32])),
-            Some((seq, mac)) => Ok((
-                seq,
-                mac.try_into()
-                    .map_err(|_| StoreError::Corrupt("audit MAC"))?,
-            )),
-        }
+        audit_head(&self.conn)
     }
 
     /// Checks a peer's verified audit head against the one held and keeps it if it moves
@@ -898,11 +901,7 @@ impl Store {
             Some((seq, _, open)) if head.seq == seq => (HeadCheck::Forked, open),
             Some((seq, _, open)) => (HeadCheck::Backwards { held: seq }, open),
         };
-        let kind = match check {
-            HeadCheck::Backwards { .. } => Some("backwards"),
-            HeadCheck::Forked => Some("forked"),
-            _ => None,
-        };
+        let kind = check.kind();
         let check = if kind.is_some() && kind == open.as_deref() {
             HeadCheck::Again
         } else {
@@ -919,7 +918,8 @@ impl Store {
             }
             HeadCheck::Same => {
                 tx.execute(
-                    "UPDATE peer_audit_heads SET open_problem = NULL WHERE peer = ?1",
+                    "UPDATE peer_audit_heads SET open_problem = NULL
+                     WHERE peer = ?1 AND open_problem IS NOT NULL",
                     params![peer],
                 )?;
             }

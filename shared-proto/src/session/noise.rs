@@ -837,23 +837,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// A signed list (version 1) revoking one certificate, by fingerprint or key hash.
+    fn revoking(ca: &ClusterCa, fingerprint: [u8; 32], key_hash: [u8; 32]) -> VerifiedRevocations {
+        let list = RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint,
+                key_hash,
+                revoked_at_ms: NOW,
+                reason: "gone".into(),
+            }],
+        };
+        RevocationList::verify(&list.sign(ca).unwrap(), &ca.cluster_id()).unwrap()
+    }
+
     #[test]
     fn revoked_or_foreign_initiators_cannot_complete_a_handshake() {
         let ca = ClusterCa::from_secret(&[5; 32]);
         let (a, b) = (hub(&ca, 1), hub(&ca, 2));
         let mut rng = StdRng::seed_from_u64(4);
         // Revoked initiator.
-        let list = RevocationList {
-            version: 1,
-            issued_at_ms: NOW,
-            entries: vec![Revocation {
-                fingerprint: a.cert.fingerprint(),
-                key_hash: [0; 32],
-                revoked_at_ms: NOW,
-                reason: "gone".into(),
-            }],
-        };
-        let list = RevocationList::verify(&list.sign(&ca).unwrap(), &ca.cluster_id()).unwrap();
+        let list = revoking(&ca, a.cert.fingerprint(), [0; 32]);
         let (_, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
         let mut replay = HandshakeReplay::default();
         assert_eq!(
@@ -892,17 +897,7 @@ pub(crate) mod tests {
         let (_, m1) = Initiator::start(&a.local, &b.cert, NOW, &mut rng).unwrap();
         assert!(Responder::accept(&b.local, &m1, NOW, None, &mut replay, known, &mut rng).is_ok());
         // Revoked since.
-        let list = RevocationList {
-            version: 1,
-            issued_at_ms: NOW,
-            entries: vec![Revocation {
-                fingerprint: [0; 32],
-                key_hash: a.cert.key_hash(),
-                revoked_at_ms: NOW,
-                reason: "lost".into(),
-            }],
-        };
-        let list = RevocationList::verify(&list.sign(&ca).unwrap(), &ca.cluster_id()).unwrap();
+        let list = revoking(&ca, [0; 32], a.cert.key_hash());
         let (_, m1) = Initiator::start(&a.local, &b.cert, NOW + 1, &mut rng).unwrap();
         assert_eq!(
             Responder::accept(

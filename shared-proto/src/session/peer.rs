@@ -935,6 +935,11 @@ mod tests {
             }
         }
 
+        /// The kind bytes of the payloads in flight, in order.
+        fn kinds_in_flight(&self) -> Vec<u8> {
+            self.wire.iter().map(|(_, w)| w[0]).collect()
+        }
+
         /// Delivers everything in flight, in order, until quiet.
         fn drive(&mut self) {
             self.collect();
@@ -982,7 +987,7 @@ mod tests {
         p.b.handle_incoming(A, &init, p.now, &mut p.rng).unwrap();
         p.b.send(A, b"b1".to_vec(), p.now, &mut p.rng).unwrap();
         p.collect();
-        let kinds: Vec<u8> = p.wire.iter().map(|(_, w)| w[0]).collect();
+        let kinds = p.kinds_in_flight();
         assert_eq!(
             kinds,
             vec![RESPONSE],
@@ -1049,7 +1054,7 @@ mod tests {
         assert_eq!(data[0], DATA);
         assert!(p.b.handle_incoming(A, &data, p.now, &mut p.rng).is_err());
         p.collect();
-        let kinds: Vec<u8> = p.wire.iter().map(|(_, w)| w[0]).collect();
+        let kinds = p.kinds_in_flight();
         // It knows A's certificate from nothing yet: it asks for it first.
         assert_eq!(kinds, vec![CERT_REQUEST]);
         p.drive();

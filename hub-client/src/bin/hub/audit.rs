@@ -88,6 +88,9 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
         return Ok(());
     }
     let codes = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            return "none".to_owned();
+        }
         m.iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
@@ -99,10 +102,10 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
             "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms and {} bytes in calls, tokens created {}, pairings {}",
             w.window,
             t.calls_out,
-            if t.refused_out.is_empty() { "none".into() } else { codes(&t.refused_out) },
+            codes(&t.refused_out),
             t.calls_in,
             t.accepted_in,
-            if t.refused_in.is_empty() { "none".into() } else { codes(&t.refused_in) },
+            codes(&t.refused_in),
             t.call_ms,
             t.call_bytes,
             t.tokens_created,
