@@ -999,16 +999,23 @@ mod tests {
         assert_eq!(p.got_a, vec![b"b1".to_vec()]);
         assert!(p.b.is_established(&A));
 
-        // An initiator with nothing to send confirms with an empty transport message.
-        let mut q = Pair::new();
-        let (_, cert_b) = sessions(2);
-        q.a.add_certificate(cert_b.clone());
-        q.b.add_certificate(sessions(1).1);
-        q.b.send(A, b"b first".to_vec(), q.now, &mut q.rng).unwrap();
-        q.drive();
-        assert_eq!(q.got_a, vec![b"b first".to_vec()]);
-        assert!(q.a.is_established(&B) && q.b.is_established(&A));
-        assert!(q.got_b.is_empty(), "a keepalive is not a message");
+        // An initiator with nothing to send (a rekey started by the timer) confirms with an
+        // empty transport message; the responder's new session is confirmed by it alone.
+        let old = p.b.peers[&A].current.as_ref().unwrap().local_index;
+        p.now += crate::session::noise::REKEY_AFTER_MS;
+        p.a.handle_timeout(p.now, &mut p.rng);
+        p.drive();
+        let new = p.b.peers[&A].current.as_ref().unwrap();
+        assert_ne!(new.local_index, old, "no rekey");
+        assert!(
+            new.confirmed,
+            "the responder's new session was not confirmed"
+        );
+        assert_eq!(
+            p.got_b,
+            vec![b"a1".to_vec()],
+            "a keepalive is not a message"
+        );
     }
 
     /// A first message captured and replayed to a hub that restarted: refused once stale; when
