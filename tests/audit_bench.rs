@@ -62,8 +62,8 @@ fn main() {
         let mut insert = tx
             .prepare(
                 "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
-                 reason, duration_ms, arguments_sha256, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 reason, duration_ms, arguments_sha256, mac, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .unwrap();
         while seq < total {
@@ -84,6 +84,7 @@ fn main() {
                     e.duration_ms as i64,
                     e.arguments_sha256.map(|h| h.to_vec()),
                     mac.to_vec(),
+                    e.bytes.map(|b| b as i64),
                 ])
                 .unwrap();
             prev = mac;
