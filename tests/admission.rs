@@ -50,8 +50,8 @@ async fn next_binary(
 async fn admit(kind: RelayKind, n: usize) -> (f64, f64) {
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
-    let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
-    let (mut watcher, _) = tokio_tungstenite::connect_async(url.as_str())
+    let url = |hub: HubId| connect_url(&relay.url(), cluster.id().as_str(), &hub).unwrap();
+    let (mut watcher, _) = tokio_tungstenite::connect_async(url(HubId([1; 16])).as_str())
         .await
         .unwrap();
     watcher
@@ -60,7 +60,9 @@ async fn admit(kind: RelayKind, n: usize) -> (f64, f64) {
         .unwrap();
     let _welcome = next_binary(&mut watcher).await;
     // Logins signed before the clock starts (a hub signs its own).
-    let hellos: Vec<Vec<u8>> = (0..n).map(|i| hello(&cluster, id(i))).collect();
+    let hellos: Vec<_> = (0..n)
+        .map(|i| (url(id(i)), hello(&cluster, id(i))))
+        .collect();
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
     let started = Instant::now();
     let watching = tokio::spawn(async move {
@@ -76,8 +78,8 @@ async fn admit(kind: RelayKind, n: usize) -> (f64, f64) {
     });
     let joiners: Vec<_> = hellos
         .into_iter()
-        .map(|hello| {
-            let (url, permits) = (url.clone(), permits.clone());
+        .map(|(url, hello)| {
+            let permits = permits.clone();
             tokio::spawn(async move {
                 let permit = permits.acquire_owned().await.unwrap();
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())

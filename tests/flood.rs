@@ -142,15 +142,17 @@ async fn member(
 }
 
 /// The flooder: logs in as `creds` and sends 64 frames of 1 KiB to `target` per message as
-/// fast as the socket takes them; when the relay closes it, logs in again after `pause`. Runs
-/// on its own thread, at the lowest priority, until `stop`.
+/// fast as the socket takes them; when the relay closes it, or refuses its connect (a kept-out
+/// hub gets `429`), tries again after `pause`. Runs on its own thread, at the lowest priority,
+/// until `stop`. Returns the frames written, the `RateLimited` notices, the logins (`Hello`s
+/// sent) and the refused connects.
 fn flood(
     url: String,
     creds: Arc<Credentials>,
     target: shared_proto::HubId,
     pause: Duration,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(u64, u64, u64)> {
+) -> std::thread::JoinHandle<(u64, u64, u64, u64)> {
     std::thread::spawn(move || {
         if let Ok(me) = std::fs::read_link("/proc/thread-self") {
             if let Some(tid) = me.file_name().and_then(|t| t.to_str()) {
@@ -175,10 +177,11 @@ fn flood(
                     .unwrap()
                 })
                 .collect();
-            let (mut sent, mut notices, mut logins) = (0u64, 0u64, 0u64);
+            let (mut sent, mut notices, mut logins, mut refused) = (0u64, 0u64, 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let Ok((ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    refused += 1;
+                    tokio::time::sleep(pause).await;
                     continue;
                 };
                 let (mut sink, mut stream) = ws.split();
@@ -214,7 +217,7 @@ fn flood(
                 notices += n;
                 tokio::time::sleep(pause).await;
             }
-            (sent, notices, logins)
+            (sent, notices, logins, refused)
         })
     })
 }
@@ -240,7 +243,7 @@ struct Run {
     lost: u64,
     rss_start: u64,
     rss_peak: u64,
-    flood: Option<(u64, u64, u64)>,
+    flood: Option<(u64, u64, u64, u64)>,
 }
 
 async fn run(kind: RelayKind, flooder: Option<Duration>) -> Run {
@@ -271,7 +274,7 @@ async fn run(kind: RelayKind, flooder: Option<Duration>) -> Run {
     let rss_start = rss_kib(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let flooder = flooder.map(|pause| {
-        let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
+        let url = connect_url(&relay.url(), cluster.id().as_str(), &hub(1)).unwrap();
         flood(url.to_string(), cluster.hub(1), hub(2), pause, stop.clone())
     });
     tokio::time::sleep(WARMUP).await;
@@ -316,11 +319,15 @@ async fn main() {
         seconds(),
         WARMUP.as_secs()
     );
+    let only = std::env::var("FLOOD_RELAYS").unwrap_or_default();
     for kind in [RelayKind::Native, RelayKind::Workerd] {
-        let name = match kind {
-            RelayKind::Native => "hub relay",
-            RelayKind::Workerd => "workerd",
+        let (name, key) = match kind {
+            RelayKind::Native => ("hub relay", "native"),
+            RelayKind::Workerd => ("workerd", "workerd"),
         };
+        if !only.is_empty() && !only.split(',').any(|k| k.trim() == key) {
+            continue;
+        }
         let base = run(kind, None).await;
         let runs = [
             ("flood, at once", run(kind, Some(Duration::ZERO)).await),
@@ -338,10 +345,10 @@ async fn main() {
             base.rss_peak / 1024
         );
         for (what, r) in &runs {
-            let (sent, notices, logins) = r.flood.unwrap_or_default();
+            let (sent, notices, logins, refused) = r.flood.unwrap_or_default();
             println!(
                 "{name:<10} {what:<15} frames/s {:>6.0}  ping p50 {:>7.3} ms  p99 {:>7.3} ms  ({} pings, {} lost)  relay RSS {} -> peak {} MiB; \
-                 flooder: {sent} frames written, {notices} RateLimited, {logins} logins",
+                 flooder: {sent} frames written, {notices} RateLimited, {logins} logins, {refused} connects refused",
                 r.frames_per_s,
                 ms(r.p50),
                 ms(r.p99),

@@ -14,7 +14,7 @@ use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
 use shared_proto::relay::frame::{Frame, FrameType, Hello, RoomStatus};
 use shared_proto::trust::login::Credentials;
-use shared_proto::CloseCode;
+use shared_proto::{CloseCode, HubId};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Generates one test per relay implementation from an `async fn(RelayKind)`.
@@ -119,8 +119,8 @@ async fn rooms_are_isolated(kind: RelayKind) {
 type RawWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn raw(relay: &RelayProcess, cluster: &TestCluster) -> RawWs {
-    let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
+async fn raw(relay: &RelayProcess, cluster: &TestCluster, named: HubId) -> RawWs {
+    let url = connect_url(&relay.url(), cluster.id().as_str(), &named).unwrap();
     tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap()
@@ -159,7 +159,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     let (mut b, _) = join(&relay, cluster.hub(2)).await;
 
     // A member that sends a malformed frame is closed with 4000; the others see it leave.
-    let mut evil = raw(&relay, &cluster).await;
+    let mut evil = raw(&relay, &cluster, hub(7)).await;
     let hello = login_hello(&cluster.hub(7), now_ms());
     evil.send(Message::Binary(hello.into())).await.unwrap();
     expect_event(&mut a, "evil joined", |e| {
@@ -173,7 +173,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     expect_event(&mut a, "evil left", |e| *e == RelayEvent::PeerLeft(hub(7))).await;
 
     // Each kind of bad input gets its documented code.
-    let mut s = raw(&relay, &cluster).await;
+    let mut s = raw(&relay, &cluster, hub(8)).await;
     let send = Frame::Send {
         dst: hub(1),
         payload: b"x",
@@ -183,7 +183,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     s.send(Message::Binary(send.into())).await.unwrap();
     assert_eq!(close_code(&mut s).await, CloseCode::HelloRequired.code());
 
-    let mut s = raw(&relay, &cluster).await;
+    let mut s = raw(&relay, &cluster, hub(8)).await;
     let c8 = cluster.hub(8);
     let ext = c8.login(now_ms(), &mut rand::rngs::OsRng);
     let mut h = c8.hello(&ext);
@@ -198,11 +198,17 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
         CloseCode::UnsupportedVersion.code()
     );
 
-    let mut s = raw(&relay, &cluster).await;
+    let mut s = raw(&relay, &cluster, hub(8)).await;
     s.send(Message::text("hello?")).await.unwrap();
     assert_eq!(close_code(&mut s).await, CloseCode::ProtocolError.code());
 
-    let mut s = raw(&relay, &cluster).await;
+    // A Hello must name the hub the connect URL named.
+    let mut s = raw(&relay, &cluster, hub(8)).await;
+    let hello = login_hello(&cluster.hub(9), now_ms());
+    s.send(Message::Binary(hello.into())).await.unwrap();
+    assert_eq!(close_code(&mut s).await, CloseCode::ProtocolError.code());
+
+    let mut s = raw(&relay, &cluster, hub(9)).await;
     let hello = login_hello(&cluster.hub(9), now_ms());
     s.send(Message::Binary(hello.into())).await.unwrap();
     // A `Send` one byte past the payload limit, written by hand (the encoder refuses it).
@@ -215,7 +221,7 @@ async fn bad_input_closes_only_the_offender(kind: RelayKind) {
     assert_eq!(close_code(&mut s).await, CloseCode::TooLarge.code());
 
     // A keepalive is answered without a hello.
-    let mut s = raw(&relay, &cluster).await;
+    let mut s = raw(&relay, &cluster, hub(8)).await;
     s.send(Message::text("ping")).await.unwrap();
     let pong = tokio::time::timeout(Duration::from_secs(10), s.next())
         .await
@@ -318,7 +324,7 @@ async fn workerd_room_hibernates_and_still_routes() {
 
     // A login that will be replayed after the eviction (still inside its 60 s window).
     let captured = login_hello(&cluster.hub(3), now_ms());
-    let mut s3 = raw(&relay, &cluster).await;
+    let mut s3 = raw(&relay, &cluster, hub(3)).await;
     s3.send(Message::Binary(captured.clone().into()))
         .await
         .unwrap();
@@ -405,11 +411,23 @@ async fn http_surface_matches_the_protocol(kind: RelayKind) {
     assert!(body.contains("WebSocket upgrade"), "{body}");
     let post = http(&relay, "POST", &ok, "content-length: 0\r\n");
     assert_eq!(post.0, 426);
+    // An upgrade that does not name its hub.
+    let upgrade = "upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                   sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for query in ["", "?hub=", "?hub=12", "?other=1"] {
+        let (status, body) = http(&relay, "GET", &format!("{ok}{query}"), upgrade);
+        assert_eq!(status, 400, "{query}");
+        assert!(body.contains("?hub={hub_id}"), "{body}");
+    }
 }
 
 /// Sends one `Hello` message on a fresh socket and returns the close code it gets.
 async fn refused_with(relay: &RelayProcess, cluster: &TestCluster, hello: Vec<u8>) -> u16 {
-    let mut s = raw(relay, cluster).await;
+    let named = match shared_proto::relay::frame::frames(&hello).next() {
+        Some(Ok(Frame::Hello(h))) => h.hub,
+        _ => hub(0),
+    };
+    let mut s = raw(relay, cluster, named).await;
     s.send(Message::Binary(hello.into())).await.unwrap();
     close_code(&mut s).await
 }
@@ -463,7 +481,7 @@ async fn strangers_are_refused_each_with_its_own_code(kind: RelayKind) {
         CloseCode::StaleLogin.code()
     );
     let fresh = login_hello(&c3, now_ms());
-    let mut first = raw(&relay, &cluster).await;
+    let mut first = raw(&relay, &cluster, hub(3)).await;
     first
         .send(Message::Binary(fresh.clone().into()))
         .await
@@ -543,7 +561,7 @@ async fn revocation_reaches_the_relay_and_every_hub(kind: RelayKind) {
     assert!(matches!(got, RelayEvent::Revocations(l) if l.version() == 2));
 
     // An older list is ignored; its publisher is sent the newer one.
-    let mut s = raw(&relay, &cluster).await;
+    let mut s = raw(&relay, &cluster, hub(6)).await;
     let mut msg = login_hello(&cluster.hub(6), now_ms());
     Frame::RevocationList(&cluster.revocations(1, &[]))
         .encode(&mut msg)
@@ -745,7 +763,7 @@ async fn a_socket_that_never_says_hello_is_closed(kind: RelayKind) {
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
     let (mut a, _) = join(&relay, cluster.hub(1)).await;
-    let mut silent = raw(&relay, &cluster).await;
+    let mut silent = raw(&relay, &cluster, hub(5)).await;
     // The relay's hello timeout is 10 s; `close_code` waits up to 15 s.
     assert_eq!(
         close_code(&mut silent).await,
@@ -830,7 +848,7 @@ async fn admitted_guest(
     guest: shared_proto::HubId,
     issuer: shared_proto::HubId,
 ) -> (RawWs, Vec<u8>) {
-    let mut ws = raw(relay, cluster).await;
+    let mut ws = raw(relay, cluster, guest).await;
     ws.send(Message::Binary(guest_hello(guest, issuer).into()))
         .await
         .unwrap();
@@ -925,14 +943,14 @@ async fn a_pairing_guest_is_held_past_the_hello_timeout(kind: RelayKind) {
 async fn hub_relay_closes_a_silent_member_after_its_idle_timeout() {
     let relay = RelayProcess::start_native_with(&["--idle-timeout", "2"]);
     let cluster = TestCluster::new();
-    let mut silent = raw(&relay, &cluster).await;
+    let mut silent = raw(&relay, &cluster, hub(1)).await;
     silent
         .send(Message::Binary(
             login_hello(&cluster.hub(1), now_ms()).into(),
         ))
         .await
         .unwrap();
-    let mut alive = raw(&relay, &cluster).await;
+    let mut alive = raw(&relay, &cluster, hub(2)).await;
     alive
         .send(Message::Binary(
             login_hello(&cluster.hub(2), now_ms()).into(),
@@ -1106,7 +1124,7 @@ async fn a_flooder_is_rate_limited_and_told_and_nobody_else_is(kind: RelayKind) 
     };
     let founder = watch(founder);
 
-    let mut flood = raw(&relay, &cluster).await;
+    let mut flood = raw(&relay, &cluster, hub(2)).await;
     let hello = login_hello(&cluster.hub(2), now_ms());
     flood.send(Message::Binary(hello.into())).await.unwrap();
     let (mut sink, mut stream) = flood.split();
@@ -1176,6 +1194,44 @@ async fn a_flooder_is_rate_limited_and_told_and_nobody_else_is(kind: RelayKind) 
     let sent = flooding.await.unwrap();
     assert!(sent > 0);
 
+    // While it is kept out, its connect is answered 429 with Retry-After: no socket to flood.
+    let url = connect_url(&relay.url(), cluster.id().as_str(), &hub(2)).unwrap();
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let after: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=10).contains(&after), "Retry-After: {after}");
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.starts_with("rate-limited"), "{body}");
+        }
+        Ok(_) => panic!("a kept-out hub got a WebSocket"),
+        Err(e) => panic!("connect failed otherwise: {e}"),
+    }
+    // The hub's own client waits as long as it was told, not its short backoff.
+    let mut kept_out = hub_client::RelayClient::spawn(test_config(&relay, cluster.hub(2))).unwrap();
+    let ended = expect_event(&mut kept_out, "the kept-out hub refused", |e| {
+        matches!(e, RelayEvent::Disconnected { .. })
+    })
+    .await;
+    let RelayEvent::Disconnected {
+        code,
+        retry_in,
+        reason,
+    } = ended
+    else {
+        unreachable!()
+    };
+    assert_eq!(code, Some(CloseCode::RateLimited), "{reason}");
+    assert!(
+        retry_in.is_some_and(|d| d >= Duration::from_secs(2)),
+        "retry in {retry_in:?} ({reason})"
+    );
+    kept_out.shutdown().await;
+
     // The pair pinged through the flood; the flooded hub read along and stayed.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = pinging.await.expect("the pair pinged through the flood");
@@ -1219,7 +1275,7 @@ async fn a_login_captured_before_a_restart_is_refused_after_it(kind: RelayKind) 
     let mut relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
     let hello = login_hello(&cluster.hub(1), now_ms());
-    let mut ws = raw(&relay, &cluster).await;
+    let mut ws = raw(&relay, &cluster, hub(1)).await;
     ws.send(Message::Binary(hello.clone().into()))
         .await
         .unwrap();
@@ -1230,7 +1286,7 @@ async fn a_login_captured_before_a_restart_is_refused_after_it(kind: RelayKind) 
     ));
     drop(ws);
     relay.restart();
-    let mut replay = raw(&relay, &cluster).await;
+    let mut replay = raw(&relay, &cluster, hub(1)).await;
     replay.send(Message::Binary(hello.into())).await.unwrap();
     assert_eq!(
         close_code(&mut replay).await,
@@ -1250,7 +1306,7 @@ async fn many_joins_at_once_are_announced_in_few_messages(kind: RelayKind) {
     const JOINERS: u8 = 150;
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
-    let mut observer = raw(&relay, &cluster).await;
+    let mut observer = raw(&relay, &cluster, hub(1)).await;
     observer
         .send(Message::Binary(
             login_hello(&cluster.hub(1), now_ms()).into(),
@@ -1260,14 +1316,15 @@ async fn many_joins_at_once_are_announced_in_few_messages(kind: RelayKind) {
     let _welcome = next_binary(&mut observer).await;
 
     // Logins made first, then every socket opened and logged in at once.
-    let hellos: Vec<Vec<u8>> = (0..JOINERS)
-        .map(|i| login_hello(&cluster.hub(10 + i), now_ms()))
+    let hellos: Vec<_> = (0..JOINERS)
+        .map(|i| {
+            let url = connect_url(&relay.url(), cluster.id().as_str(), &hub(10 + i)).unwrap();
+            (url, login_hello(&cluster.hub(10 + i), now_ms()))
+        })
         .collect();
-    let url = connect_url(&relay.url(), cluster.id().as_str()).unwrap();
     let joiners: Vec<_> = hellos
         .into_iter()
-        .map(|hello| {
-            let url = url.clone();
+        .map(|(url, hello)| {
             tokio::spawn(async move {
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                     .await
@@ -1309,12 +1366,12 @@ async fn a_close_frame_is_answered_with_a_close_frame(kind: RelayKind) {
     let cluster = TestCluster::new();
     let (_issuer, _) = join(&relay, cluster.hub(1)).await;
     for who in ["before hello", "guest", "member"] {
-        let mut ws = raw(&relay, &cluster).await;
-        let hello = match who {
-            "guest" => Some(guest_hello(hub(0xa1), hub(1))),
-            "member" => Some(login_hello(&cluster.hub(2), now_ms())),
-            _ => None,
+        let (named, hello) = match who {
+            "guest" => (hub(0xa1), Some(guest_hello(hub(0xa1), hub(1)))),
+            "member" => (hub(2), Some(login_hello(&cluster.hub(2), now_ms()))),
+            _ => (hub(3), None),
         };
+        let mut ws = raw(&relay, &cluster, named).await;
         if let Some(hello) = hello {
             ws.send(Message::Binary(hello.into())).await.unwrap();
             next_binary(&mut ws).await; // welcomed

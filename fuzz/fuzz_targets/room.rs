@@ -20,16 +20,31 @@ fuzz_target!(|data: &[u8]| {
         admitted_ms: NOW,
         sends: 0,
     };
-    room.restore(ConnId(1), NOW, Some(member(1, None)), NOW, &mut out);
-    room.restore(ConnId(2), NOW, Some(member(2, None)), NOW, &mut out);
+    room.restore(
+        ConnId(1),
+        NOW,
+        HubId([1; 16]),
+        Some(member(1, None)),
+        NOW,
+        &mut out,
+    );
+    room.restore(
+        ConnId(2),
+        NOW,
+        HubId([2; 16]),
+        Some(member(2, None)),
+        NOW,
+        &mut out,
+    );
     room.restore(
         ConnId(3),
         NOW,
+        HubId([3; 16]),
         Some(member(3, Some(HubId([1; 16])))),
         NOW,
         &mut out,
     );
-    room.handle_connect(ConnId(4), NOW, &mut out);
+    room.handle_connect(ConnId(4), NOW, HubId([4; 16]), &mut out);
     for conn in [4, 1, 3] {
         room.handle_message(ConnId(conn), NOW + 1, data, &mut out);
     }

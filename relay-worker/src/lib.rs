@@ -1,14 +1,18 @@
 //! The hub relay as a Cloudflare Worker.
 //!
-//! Flow: [`fetch`] routes `GET /v1/clusters/{cluster_id}/connect` to the Durable Object named by
-//! the cluster id ([`RelayRoom`]); the object accepts the WebSocket with the Hibernation API and
-//! hands every event to `shared_proto::relay::room::Room`, which checks logins, routes frames and
+//! Flow: [`fetch`] routes `GET /v1/clusters/{cluster_id}/connect?hub={hub_id}` to the Durable
+//! Object named by the cluster id ([`RelayRoom`]); the object answers `429` to a hub the room
+//! keeps out for its rate (no socket, so a flooder that reconnects at once costs one answer;
+//! the front Worker remembers that answer until its `Retry-After` and gives it itself), else
+//! accepts the WebSocket with the Hibernation API and hands every event to
+//! `shared_proto::relay::room::Room`, which checks logins, routes frames and
 //! enforces revocations, then carries out the actions it returns. The Worker has no logic of its
 //! own beyond that adapter, and no per-cluster configuration: the room trusts the cluster CA key
 //! that the cluster id names.
 //!
 //! What survives hibernation: the sockets (the runtime keeps them); per socket, an attachment
-//! with its connection id, when it was accepted, and its member info once admitted (for a
+//! with its connection id, when it was accepted, the hub its URL named, and its member info once
+//! admitted (for a
 //! pairing guest, its admission time and message count); and in the object's storage, the
 //! cluster id, the newest revocation list and the login nonces. The room is rebuilt from those
 //! on the first event after a wake-up.
@@ -27,11 +31,14 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use shared_proto::relay::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::relay::path::{route, Route, BAD_CLUSTER_ID};
+use shared_proto::relay::path::{
+    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, HUB_REQUIRED,
+    KEPT_OUT_STATUS,
+};
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::trust::login::LoginNonce;
 use shared_proto::trust::ClusterId;
-use shared_proto::CloseCode;
+use shared_proto::{CloseCode, HubId};
 use worker::{
     console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
     DurableObject, Env, ListOptions, Request, Response, ResponseBuilder, Result, ScheduledTime,
@@ -70,16 +77,78 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                         .into(),
                 );
             }
+            let Some(hub) = claimed_hub(url.query()) else {
+                return text(400, HUB_REQUIRED.into());
+            };
             if !serves(&env, cluster_id) {
                 return refuse_socket(CloseCode::ClusterNotServed, "this relay does not serve this cluster");
+            }
+            let now = Date::now().as_millis();
+            if let Some(wait) = KEPT_OUT.with(|k| k.borrow_mut().wait(cluster_id, &hub, now)) {
+                return kept_out(wait);
             }
             let stub = env
                 .durable_object(ROOMS_BINDING)?
                 .id_from_name(cluster_id)?
                 .get_stub()?;
-            stub.fetch_with_request(req).await
+            let resp = stub.fetch_with_request(req).await?;
+            if resp.status_code() == KEPT_OUT_STATUS {
+                if let Ok(Some(secs)) = resp.headers().get("retry-after") {
+                    if let Ok(secs) = secs.parse::<u64>() {
+                        let until = now.saturating_add(secs.saturating_mul(1000));
+                        KEPT_OUT.with(|k| k.borrow_mut().insert(cluster_id, hub, until, now));
+                    }
+                }
+            }
+            Ok(resp)
         }
     }
+}
+
+/// Most hubs the front Worker remembers as kept out (per isolate).
+const MAX_KEPT_OUT: usize = 1024;
+
+thread_local! {
+    /// Hubs a room answered `429` for, until their `Retry-After`: this isolate answers their
+    /// next connects itself, so a kept-out hub that reconnects at once costs the room nothing.
+    static KEPT_OUT: RefCell<KeptOut> = RefCell::new(KeptOut::default());
+}
+
+/// The front Worker's memory of `429` answers: (cluster id, hub) -> until (Unix ms), at most
+/// [`MAX_KEPT_OUT`] entries. Losing it (another isolate, an eviction) only sends the next
+/// connect on to the room, which refuses it again.
+#[derive(Debug, Default)]
+struct KeptOut(HashMap<(String, HubId), u64>);
+
+impl KeptOut {
+    fn wait(&mut self, cluster: &str, hub: &HubId, now: u64) -> Option<u64> {
+        let key = (cluster.to_owned(), *hub);
+        match self.0.get(&key) {
+            Some(&until) if now < until => Some(until - now),
+            Some(_) => {
+                self.0.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, cluster: &str, hub: HubId, until: u64, now: u64) {
+        if self.0.len() >= MAX_KEPT_OUT {
+            self.0.retain(|_, &mut t| now < t);
+        }
+        if self.0.len() < MAX_KEPT_OUT {
+            self.0.insert((cluster.to_owned(), hub), until);
+        }
+    }
+}
+
+/// The answer to a hub kept out for its rate: `429`, `Retry-After`, why.
+fn kept_out(wait_ms: u64) -> Result<Response> {
+    let mut resp = text(KEPT_OUT_STATUS, kept_out_text(wait_ms))?;
+    resp.headers_mut()
+        .set("retry-after", &retry_after_secs(wait_ms).to_string())?;
+    Ok(resp)
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {
@@ -120,6 +189,9 @@ struct Attachment {
     c: f64,
     /// When the socket was accepted (Unix ms), for the hello timeout.
     t: f64,
+    /// The hub its connect URL named (hex); its `Hello` must name the same.
+    #[serde(default)]
+    h: String,
     /// Once admitted: hub id, certificate fingerprint, key hash (hex).
     m: Option<(String, String, String)>,
     /// For a pairing guest: the issuer's hub id (hex).
@@ -140,6 +212,11 @@ fn is_zero(n: &u32) -> bool {
 impl Attachment {
     fn conn(&self) -> ConnId {
         ConnId(self.c as u64)
+    }
+
+    /// The hub the connect URL named: stored, or for a member, its own.
+    fn named(&self, member: Option<&MemberInfo>) -> Option<HubId> {
+        self.h.parse().ok().or(member.map(|m| m.hub))
     }
 
     fn member(&self) -> Option<MemberInfo> {
@@ -212,15 +289,27 @@ impl DurableObject for RelayRoom {
         let Ok(cluster) = cluster_id.parse::<ClusterId>() else {
             return text(400, BAD_CLUSTER_ID.into());
         };
+        let Some(hub) = claimed_hub(url.query()) else {
+            return text(400, HUB_REQUIRED.into());
+        };
         self.ensure_room(Some(&cluster)).await?;
+        let now = Date::now().as_millis();
+        let wait = self
+            .room
+            .borrow()
+            .as_ref()
+            .and_then(|room| room.kept_out(&hub, now));
+        if let Some(wait) = wait {
+            return kept_out(wait);
+        }
         let pair = WebSocketPair::new()?;
         let conn = ConnId(self.next_conn.get());
         self.next_conn.set(conn.0 + 1);
-        let now = Date::now().as_millis();
         let server = pair.server;
         server.serialize_attachment(Attachment {
             c: conn.0 as f64,
             t: now as f64,
+            h: hub.to_string(),
             m: None,
             g: None,
             a: 0.0,
@@ -231,7 +320,7 @@ impl DurableObject for RelayRoom {
             .accept_websocket(server.as_ref())
             .map_err(worker::Error::from)?;
         self.sockets.borrow_mut().insert(conn, server);
-        self.with_room(|room, actions| room.handle_connect(conn, now, actions))
+        self.with_room(|room, actions| room.handle_connect(conn, now, hub, actions))
             .await?;
         Response::from_websocket(pair.client)
     }
@@ -348,11 +437,14 @@ impl RelayRoom {
         });
         for raw in raw {
             let ws = WebSocket::from(raw);
-            match ws.deserialize_attachment::<Attachment>() {
-                Ok(Some(att)) => {
-                    let conn = att.conn();
+            let stored = ws.deserialize_attachment::<Attachment>().ok().flatten();
+            match stored.and_then(|att| {
+                let member = att.member();
+                Some((att.conn(), att.t, att.named(member.as_ref())?, member))
+            }) {
+                Some((conn, accepted, named, member)) => {
                     next = next.max(conn.0 + 1);
-                    room.restore(conn, att.t as u64, att.member(), now, &mut actions);
+                    room.restore(conn, accepted as u64, named, member, now, &mut actions);
                     self.sockets.borrow_mut().insert(conn, ws);
                 }
                 _ => {
@@ -528,9 +620,11 @@ impl Sockets for SocketMap<'_> {
             .ok()
             .flatten()
             .map_or(0.0, |a| a.t);
+        // A member's own hub is the one its URL named (the room checked).
         let att = Attachment {
             c: conn.0 as f64,
             t: accepted,
+            h: String::new(),
             m: Some((
                 member.hub.to_string(),
                 hex::encode(member.fingerprint),

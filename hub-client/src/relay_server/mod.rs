@@ -4,7 +4,8 @@
 //!
 //! Each TCP connection is served by [`serve_connection`] with hyper (the request head must arrive
 //! within [`HEAD_TIMEOUT`]) and routed exactly like the Worker's `fetch` (health text, 400, 404,
-//! 426); a WebSocket upgrade to `/v1/clusters/{id}/connect` joins that cluster's room. A room is
+//! 426); a WebSocket upgrade to `/v1/clusters/{id}/connect?hub={hub_id}` joins that cluster's
+//! room, unless the room keeps that hub out for its rate (`429`, no socket). A room is
 //! a `Room` behind a mutex plus one outgoing queue per socket; the reader of each socket feeds the
 //! room, and a writer task per socket drains its queue. When a message leaves a receiver's queue above
 //! [`PUSHBACK_BYTES`], the reader of the socket that sent it waits (reads nothing more) until that
@@ -27,12 +28,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shared_proto::relay::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
-use shared_proto::relay::path::BAD_CLUSTER_ID;
-use shared_proto::relay::path::{route, Route};
+use shared_proto::relay::path::{
+    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, HUB_REQUIRED,
+    KEPT_OUT_STATUS,
+};
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::trust::login::LoginNonce;
 use shared_proto::trust::ClusterId;
-use shared_proto::CloseCode;
+use shared_proto::{CloseCode, HubId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -175,6 +178,13 @@ impl Relay {
     pub fn serve_only(mut self, clusters: Vec<ClusterId>) -> Self {
         self.allowed = Some(clusters);
         self
+    }
+
+    /// How much longer `hub` is kept out of `cluster`'s room for its rate (ms), if it is.
+    fn kept_out(&self, cluster: &ClusterId, hub: &HubId) -> Option<u64> {
+        let entry = lock(&self.rooms).get(cluster).cloned()?;
+        let e = lock(&entry);
+        e.room.kept_out(hub, unix_ms())
     }
 
     fn serves(&self, cluster: &ClusterId) -> bool {
@@ -504,6 +514,17 @@ fn handle_request(
         );
         return resp;
     };
+    let Some(hub) = claimed_hub(req.uri().query()) else {
+        return text(400, HUB_REQUIRED);
+    };
+    if let Some(wait) = relay.kept_out(&cluster_id, &hub) {
+        let mut resp = text(KEPT_OUT_STATUS, kept_out_text(wait));
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(retry_after_secs(wait)),
+        );
+        return resp;
+    }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
@@ -521,7 +542,7 @@ fn handle_request(
         )
         .await;
         if relay.serves(&cluster_id) {
-            run_socket(ws, addr, &relay, &cluster_id).await;
+            run_socket(ws, addr, &relay, &cluster_id, hub).await;
         } else {
             let frame = CloseFrame {
                 code: WsCloseCode::from(CloseCode::ClusterNotServed.code()),
@@ -553,6 +574,7 @@ async fn run_socket<S>(
     addr: SocketAddr,
     relay: &Relay,
     cluster_id: &ClusterId,
+    hub: HubId,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -570,7 +592,7 @@ async fn run_socket<S>(
             },
         );
         let mut actions = Vec::new();
-        e.room.handle_connect(conn, unix_ms(), &mut actions);
+        e.room.handle_connect(conn, unix_ms(), hub, &mut actions);
         let _ = e.perform(actions);
     }
     let (sink, mut stream) = ws.split();

@@ -84,11 +84,11 @@ async fn exchange(
     joiner: Joiner,
     request: Vec<u8>,
 ) -> Result<Joined, JoinError> {
-    let url = connect_url(&token.relay_url, token.cluster.as_str())?;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true).await?;
     let mut guest = [0u8; 16];
     OsRng.fill_bytes(&mut guest);
+    let url = connect_url(&token.relay_url, token.cluster.as_str(), &HubId(guest))?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true).await?;
     let protocol = |e: &dyn std::fmt::Display| JoinError::Protocol(e.to_string());
     let (mut session, hello) =
         ClientSession::guest(token.cluster.clone(), HubId(guest), token.issuer)

@@ -21,7 +21,10 @@ use shared_proto::relay::client::{ClientEvent, ClientSession};
 use shared_proto::relay::frame::{
     Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE, MAX_PAYLOAD,
 };
-use shared_proto::relay::path::{connect_path, is_valid_cluster_id};
+use shared_proto::relay::path::{
+    connect_path, connect_query, is_valid_cluster_id, KEPT_OUT_STATUS,
+};
+use shared_proto::relay::rate::MAX_PENALTY_MS;
 use shared_proto::relay::rate::{Limits, Pacer};
 use shared_proto::trust::login::Credentials;
 use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
@@ -152,14 +155,18 @@ impl RelayConfig {
         ClusterId::from_ca_key(&self.credentials.ca_key)
     }
 
-    /// The WebSocket URL of this cluster's room.
+    /// The WebSocket URL of this cluster's room, for this hub.
     pub fn connect_url(&self) -> Result<Url, RelayError> {
-        connect_url(&self.relay_url, self.cluster_id().as_str())
+        connect_url(
+            &self.relay_url,
+            self.cluster_id().as_str(),
+            &self.credentials.hub_id,
+        )
     }
 }
 
-/// The WebSocket URL of a cluster's room on a relay.
-pub fn connect_url(relay_url: &str, cluster_id: &str) -> Result<Url, RelayError> {
+/// The WebSocket URL of a cluster's room on a relay, for `hub` (the `Hello` must name it).
+pub fn connect_url(relay_url: &str, cluster_id: &str, hub: &HubId) -> Result<Url, RelayError> {
     if !is_valid_cluster_id(cluster_id) {
         return Err(RelayError::InvalidClusterId(cluster_id.to_owned()));
     }
@@ -177,7 +184,7 @@ pub fn connect_url(relay_url: &str, cluster_id: &str) -> Result<Url, RelayError>
         .map_err(|()| RelayError::InvalidUrl("cannot set the scheme".into()))?;
     let prefix = url.path().trim_end_matches('/').to_owned();
     url.set_path(&format!("{prefix}{}", connect_path(cluster_id)));
-    url.set_query(None);
+    url.set_query(Some(&connect_query(hub)));
     Ok(url)
 }
 
@@ -359,7 +366,8 @@ pub enum SessionEnd {
         reason: String,
         /// Whether the relay had welcomed this hub in this session.
         welcomed: bool,
-        /// A delay the relay asked for with `Restarting`.
+        /// A delay the relay asked for: with `Restarting`, or the `Retry-After` of a refused
+        /// connect.
         restart_after: Option<Duration>,
     },
     /// The socket failed or went silent.
@@ -416,10 +424,10 @@ async fn connection_loop(
                 )
                 .await
             }
-            Ok(Err(e)) => SessionEnd::Failed {
+            Ok(Err(e)) => kept_out(&e).unwrap_or_else(|| SessionEnd::Failed {
                 reason: format!("connect to {url}: {e}"),
                 welcomed: false,
-            },
+            }),
         };
         let (code, reason, welcomed, restart_after) = match end {
             SessionEnd::Shutdown => return,
@@ -460,6 +468,35 @@ async fn connection_loop(
             () = sleep(delay) => {}
         }
     }
+}
+
+/// A connect the relay refused because it keeps this hub out for its rate (`429`): the same
+/// as a close with `4009`, and the hub waits as long as `Retry-After` says.
+fn kept_out(e: &WsError) -> Option<SessionEnd> {
+    let WsError::Http(resp) = e else {
+        return None;
+    };
+    if resp.status().as_u16() != KEPT_OUT_STATUS {
+        return None;
+    }
+    let wait = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(10);
+    let reason = resp
+        .body()
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "rate-limited: kept out".into());
+    Some(SessionEnd::Closed {
+        code: Some(CloseCode::RateLimited.code()),
+        reason,
+        welcomed: false,
+        restart_after: Some(Duration::from_secs(wait.min(MAX_PENALTY_MS / 1000))),
+    })
 }
 
 /// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
@@ -800,22 +837,24 @@ mod tests {
     #[test]
     fn connect_urls() {
         let c1 = "gr2q7gf5lh6pzfdnurnkvputhpqvjjfv";
-        let u = connect_url("http://127.0.0.1:8787", c1).unwrap();
+        let h = HubId([0xab; 16]);
+        let hex = "ab".repeat(16);
+        let u = connect_url("http://127.0.0.1:8787", c1, &h).unwrap();
         assert_eq!(
             u.as_str(),
-            format!("ws://127.0.0.1:8787/v1/clusters/{c1}/connect")
+            format!("ws://127.0.0.1:8787/v1/clusters/{c1}/connect?hub={hex}")
         );
-        let u = connect_url("https://relay.example.com/base/", c1).unwrap();
+        let u = connect_url("https://relay.example.com/base/?x=1", c1, &h).unwrap();
         assert_eq!(
             u.as_str(),
-            format!("wss://relay.example.com/base/v1/clusters/{c1}/connect")
+            format!("wss://relay.example.com/base/v1/clusters/{c1}/connect?hub={hex}")
         );
         assert!(matches!(
-            connect_url("ftp://x", c1),
+            connect_url("ftp://x", c1, &h),
             Err(RelayError::InvalidUrl(_))
         ));
         assert!(matches!(
-            connect_url("ws://x", "a b"),
+            connect_url("ws://x", "a b", &h),
             Err(RelayError::InvalidClusterId(_))
         ));
     }

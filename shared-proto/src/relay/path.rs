@@ -1,5 +1,12 @@
-//! The relay's URL layout: `GET /v1/clusters/{cluster_id}/connect` (WebSocket upgrade).
+//! The relay's URL layout: `GET /v1/clusters/{cluster_id}/connect?hub={hub_id}` (WebSocket
+//! upgrade).
+//!
+//! The hub names itself in the query so that the relay can refuse a hub it keeps out (closed
+//! with `4009` for flooding) before it opens a WebSocket for it: a refused hub that reconnects
+//! at once costs the relay one HTTP answer, not a socket, a login and whatever it wrote before
+//! the close reached it. The `Hello` must then name the same hub.
 
+use crate::relay::frame::HubId;
 use crate::trust::ClusterId;
 
 /// Whether `id` may name a cluster: 32 characters of lowercase base32 (`a-z 2-7`), the form of a
@@ -11,6 +18,27 @@ pub fn is_valid_cluster_id(id: &str) -> bool {
 /// The text both relays answer for a connect URL whose cluster id is malformed.
 pub const BAD_CLUSTER_ID: &str =
     "a cluster id is 32 characters of a-z and 2-7 (base32 of the CA key hash)\n";
+
+/// The text both relays answer (with `400`) for a connect URL that does not name a hub.
+pub const HUB_REQUIRED: &str =
+    "name the connecting hub in the query: /v1/clusters/{cluster_id}/connect?hub={hub_id} (32 hex digits)\n";
+
+/// The status both relays answer while the connecting hub is kept out for its rate.
+pub const KEPT_OUT_STATUS: u16 = 429;
+
+/// The body of the [`KEPT_OUT_STATUS`] answer, for a hub refused for `wait_ms` more; the answer
+/// also carries `Retry-After` ([`retry_after_secs`]).
+pub fn kept_out_text(wait_ms: u64) -> String {
+    format!(
+        "rate-limited: this hub was closed with 4009 for flooding and is kept out for {} s more\n",
+        retry_after_secs(wait_ms)
+    )
+}
+
+/// `Retry-After` for a wait, in whole seconds, rounded up (at least 1).
+pub fn retry_after_secs(wait_ms: u64) -> u64 {
+    wait_ms.div_ceil(1000).max(1)
+}
 
 /// What a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +71,27 @@ pub fn route(path: &str) -> Route<'_> {
     }
 }
 
-/// The connect path for a cluster.
+/// The connect path for a cluster (without the query, [`connect_query`]).
 pub fn connect_path(cluster_id: &str) -> String {
     format!("/v1/clusters/{cluster_id}/connect")
+}
+
+/// The connect query for a hub.
+pub fn connect_query(hub: &HubId) -> String {
+    format!("hub={hub}")
+}
+
+/// The hub a connect URL's query names (`hub=` followed by 32 hex digits, among `&`-separated
+/// pairs); `None` if it names none, or not exactly one.
+pub fn claimed_hub(query: Option<&str>) -> Option<HubId> {
+    let mut named = query?
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("hub="));
+    let hub = named.next()?;
+    if named.next().is_some() || hub.len() != 32 {
+        return None;
+    }
+    hub.parse().ok()
 }
 
 #[cfg(test)]
@@ -65,5 +111,30 @@ mod tests {
         assert_eq!(route(&connect_path(&format!("{id}a"))), Route::BadClusterId);
         assert_eq!(route("/v2/clusters/a/connect"), Route::NotFound);
         assert_eq!(route("/v1/clusters/a"), Route::NotFound);
+    }
+
+    #[test]
+    fn the_query_names_exactly_one_hub() {
+        let hub = HubId([0xab; 16]);
+        assert_eq!(claimed_hub(Some(&connect_query(&hub))), Some(hub));
+        let other = format!("x=1&{}&y", connect_query(&hub));
+        assert_eq!(claimed_hub(Some(&other)), Some(hub));
+        assert_eq!(claimed_hub(None), None);
+        assert_eq!(claimed_hub(Some("")), None);
+        assert_eq!(claimed_hub(Some("hub=")), None);
+        assert_eq!(claimed_hub(Some("hub=abab")), None);
+        assert_eq!(claimed_hub(Some(&format!("hub={}", "z".repeat(32)))), None);
+        let twice = format!("{0}&{0}", connect_query(&hub));
+        assert_eq!(claimed_hub(Some(&twice)), None);
+    }
+
+    #[test]
+    fn a_kept_out_hub_is_told_when_to_come_back() {
+        assert_eq!(retry_after_secs(0), 1);
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(10_000), 10);
+        assert_eq!(retry_after_secs(10_001), 11);
+        assert!(kept_out_text(9_500).contains("kept out for 10 s"));
+        assert!(kept_out_text(9_500).starts_with("rate-limited"));
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! A relay (the Durable Object, or `hub relay`) owns the sockets and calls, for each socket:
 //!
+//! 0. before it opens a WebSocket, [`Room::kept_out`] for the hub the connect URL names
+//!    (`relay::path::claimed_hub`): a hub kept out for its rate is answered `429` without one;
 //! 1. [`Room::handle_connect`] when the WebSocket opens (or [`Room::restore`] when it rebuilds the
 //!    room after a hibernation, from what it stored per socket on [`Action::Admitted`]);
 //! 2. [`Room::handle_message`] for every binary message (and [`Room::handle_keepalive`] for a
@@ -114,6 +116,9 @@ pub enum RoomError {
     /// A hub closed for its rate is logging in again before its time is up.
     #[error("rate-limited: closed for flooding; log in again in {} s", .0.div_ceil(1000))]
     Penalized(u64),
+    /// The `Hello` names another hub than the connect URL did.
+    #[error("the Hello names another hub than the connect URL (?hub=)")]
+    NotTheNamedHub,
 }
 
 impl RoomError {
@@ -134,6 +139,7 @@ impl RoomError {
             }
             RoomError::RelayOnlyFrame(_)
             | RoomError::SecondHello
+            | RoomError::NotTheNamedHub
             | RoomError::Unexpected(_)
             | RoomError::GuestFrame(_)
             | RoomError::LoginAndPairing
@@ -295,9 +301,13 @@ impl RoomConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
-    AwaitingHello,
+    /// Open, no `Hello` yet; the connect URL named this hub.
+    AwaitingHello(HubId),
     Member(MemberInfo),
-    Guest { hub: HubId, issuer: HubId },
+    Guest {
+        hub: HubId,
+        issuer: HubId,
+    },
 }
 
 /// An open socket: its state and its deadline (also a key of `Room::timers`).
@@ -532,9 +542,22 @@ impl Room {
         self.conns.len()
     }
 
-    /// A socket opened at `now_ms`. Its first frame must be a `Hello`, within
-    /// [`HELLO_TIMEOUT_MS`]; past [`MAX_PENDING`] such sockets it is closed at once.
-    pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<Action>) {
+    /// How much longer `hub` is kept out (ms), if it was closed with `4009` and its time is not
+    /// up: the relay answers its connect with [`path::KEPT_OUT_STATUS`] and opens no socket.
+    ///
+    /// [`path::KEPT_OUT_STATUS`]: crate::relay::path::KEPT_OUT_STATUS
+    #[must_use]
+    pub fn kept_out(&self, hub: &HubId, now_ms: u64) -> Option<u64> {
+        self.penalized
+            .get(hub)
+            .filter(|p| now_ms < p.until_ms)
+            .map(|p| p.until_ms - now_ms)
+    }
+
+    /// A socket opened at `now_ms` by a connect URL that named `hub`. Its first frame must be a
+    /// `Hello` of that hub, within [`HELLO_TIMEOUT_MS`]; past [`MAX_PENDING`] such sockets it
+    /// is closed at once.
+    pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64, hub: HubId, out: &mut Vec<Action>) {
         self.handle_timeout(now_ms, out);
         if self.pending >= MAX_PENDING {
             out.push(Action::Close {
@@ -546,15 +569,15 @@ impl Room {
         }
         self.insert(
             conn,
-            ConnState::AwaitingHello,
+            ConnState::AwaitingHello(hub),
             Some(now_ms.saturating_add(HELLO_TIMEOUT_MS)),
             now_ms,
         );
     }
 
     /// Puts back a socket that was open before the room was rebuilt (after a hibernation): when
-    /// it was accepted, and the hub it was admitted as, if any (as last stored through
-    /// [`Action::Admitted`]). The hubs saw no change, so nothing is announced; deadlines count
+    /// it was accepted, the hub its connect URL named, and the hub it was admitted as, if any (as
+    /// last stored through [`Action::Admitted`]). The hubs saw no change, so nothing is announced; deadlines count
     /// from the stored times, so a restored socket gets no more time than it had.
     ///
     /// If two sockets claim one hub (a replacement whose close was not seen yet), the higher
@@ -563,6 +586,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         accepted_ms: u64,
+        named: HubId,
         member: Option<MemberInfo>,
         now_ms: u64,
         out: &mut Vec<Action>,
@@ -570,7 +594,12 @@ impl Room {
         self.tick(now_ms);
         let Some(member) = member else {
             let deadline = accepted_ms.saturating_add(HELLO_TIMEOUT_MS);
-            self.insert(conn, ConnState::AwaitingHello, Some(deadline), now_ms);
+            self.insert(
+                conn,
+                ConnState::AwaitingHello(named),
+                Some(deadline),
+                now_ms,
+            );
             return;
         };
         let hub = member.hub;
@@ -640,7 +669,7 @@ impl Room {
                 continue;
             };
             let (code, reason) = match state {
-                ConnState::AwaitingHello => (
+                ConnState::AwaitingHello(_) => (
                     CloseCode::HelloTimeout,
                     format!("no Hello within {} s", HELLO_TIMEOUT_MS / 1000),
                 ),
@@ -704,7 +733,7 @@ impl Room {
     /// Adds (or replaces) a socket with its state and deadline.
     fn insert(&mut self, conn: ConnId, state: ConnState, deadline: Option<u64>, now_ms: u64) {
         self.forget(conn);
-        if state == ConnState::AwaitingHello {
+        if matches!(state, ConnState::AwaitingHello(_)) {
             self.pending += 1;
         }
         let rate = matches!(state, ConnState::Member(_))
@@ -730,7 +759,7 @@ impl Room {
         if let Some(at) = c.deadline {
             self.timers.remove(&(at, conn));
         }
-        if c.state == ConnState::AwaitingHello {
+        if matches!(c.state, ConnState::AwaitingHello(_)) {
             self.pending -= 1;
         }
         Some(c.state)
@@ -945,9 +974,12 @@ impl Room {
             }
         }
         match (state, frame) {
-            (ConnState::AwaitingHello, Frame::Hello(hello)) => {
+            (ConnState::AwaitingHello(named), Frame::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
                     return Err(RoomError::UnsupportedVersion(hello.version));
+                }
+                if hello.hub != named {
+                    return Err(RoomError::NotTheNamedHub);
                 }
                 // Before any signature check: only the penalized hub's own id is refused.
                 if let Some(p) = self.penalized.get(&hello.hub) {
@@ -976,7 +1008,7 @@ impl Room {
                 out.push(Action::RememberLogin(login));
                 self.admit(conn, now_ms, member, out)
             }
-            (ConnState::AwaitingHello, _) => Err(RoomError::HelloRequired),
+            (ConnState::AwaitingHello(_), _) => Err(RoomError::HelloRequired),
             (ConnState::Guest { hub, issuer }, Frame::Send { dst, payload }) => {
                 self.guest_send(conn, now_ms, hub, issuer, dst, payload, outbox, out)
             }
@@ -1504,7 +1536,7 @@ mod tests {
 
     fn join(room: &mut Room, conn: u64, h: HubId) -> Vec<Action> {
         let mut out = Vec::new();
-        room.handle_connect(ConnId(conn), NOW, &mut out);
+        room.handle_connect(ConnId(conn), NOW, h, &mut out);
         room.handle_message(ConnId(conn), NOW, &hello(h), &mut out);
         out
     }
@@ -1528,7 +1560,7 @@ mod tests {
 
     fn guest_join(room: &mut Room, conn: u64, guest: HubId, issuer: HubId, at: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        room.handle_connect(ConnId(conn), at, &mut out);
+        room.handle_connect(ConnId(conn), at, guest, &mut out);
         room.handle_message(ConnId(conn), at, &guest_hello(guest, issuer), &mut out);
         out
     }
@@ -1702,8 +1734,8 @@ mod tests {
         // Hibernation: a new room from what was stored.
         let mut woken = room();
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, Some(member(1)), NOW + 2, &mut out);
-        woken.restore(ConnId(10), NOW, Some(stored), NOW + 2, &mut out);
+        woken.restore(ConnId(1), NOW, hub(1), Some(member(1)), NOW + 2, &mut out);
+        woken.restore(ConnId(10), NOW, stored.hub, Some(stored), NOW + 2, &mut out);
         let mut out = Vec::new();
         woken.handle_message(ConnId(10), NOW + 3, &send(hub(1), b"after"), &mut out);
         assert_eq!(
@@ -1721,9 +1753,9 @@ mod tests {
         // Another restored guest is closed when its time, counted from its admission, is up.
         let mut woken = room();
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, Some(member(1)), NOW + 2, &mut out);
+        woken.restore(ConnId(1), NOW, hub(1), Some(member(1)), NOW + 2, &mut out);
         let guest = MemberInfo { sends: 0, ..stored };
-        woken.restore(ConnId(10), NOW, Some(guest), NOW + 2, &mut out);
+        woken.restore(ConnId(10), NOW, guest.hub, Some(guest), NOW + 2, &mut out);
         assert_eq!(woken.poll_timeout(), Some(NOW + GUEST_LIFETIME_MS));
         let mut out = Vec::new();
         woken.handle_timeout(NOW + GUEST_LIFETIME_MS - 1, &mut out);
@@ -1757,7 +1789,7 @@ mod tests {
         assert_eq!(r.poll_timeout(), Some(NOW + IDLE_TIMEOUT_MS));
         let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
         let mut out = Vec::new();
-        r.handle_connect(ConnId(20), NOW, &mut out);
+        r.handle_connect(ConnId(20), NOW, hub(20), &mut out);
         assert_eq!(r.poll_timeout(), Some(NOW + HELLO_TIMEOUT_MS));
 
         // At 10 s the silent socket goes, and only it.
@@ -1792,16 +1824,16 @@ mod tests {
         let mut r = room();
         let mut out = Vec::new();
         for i in 0..MAX_PENDING as u64 {
-            r.handle_connect(ConnId(i), NOW, &mut out);
+            r.handle_connect(ConnId(i), NOW, hub(1), &mut out);
         }
         assert!(out.is_empty());
-        r.handle_connect(ConnId(9999), NOW, &mut out);
+        r.handle_connect(ConnId(9999), NOW, hub(2), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(9999), CloseCode::TryAgainLater)]);
         assert_eq!(r.connections(), MAX_PENDING);
         // One says Hello: a place is free again.
         let mut out = Vec::new();
         r.handle_message(ConnId(0), NOW, &hello(hub(1)), &mut out);
-        r.handle_connect(ConnId(10_000), NOW, &mut out);
+        r.handle_connect(ConnId(10_000), NOW, hub(2), &mut out);
         assert!(closes(&out).is_empty());
         // Past their deadline they all go.
         let mut out = Vec::new();
@@ -1842,7 +1874,7 @@ mod tests {
 
     fn join_at(room: &mut Room, conn: u64, h: HubId, at: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        room.handle_connect(ConnId(conn), at, &mut out);
+        room.handle_connect(ConnId(conn), at, h, &mut out);
         room.handle_message(ConnId(conn), at, &hello(h), &mut out);
         out
     }
@@ -1965,6 +1997,11 @@ mod tests {
                 50,
                 "its burst, and not a frame more"
             );
+            // Its connect is refused before a socket opens, until its time is up.
+            assert_eq!(r.kept_out(&hub(1), at), Some(kept_out));
+            assert_eq!(r.kept_out(&hub(1), at + kept_out - 1), Some(1));
+            assert_eq!(r.kept_out(&hub(1), at + kept_out), None);
+            // And a socket that opened anyway has its Hello refused.
             let refused = join_at(&mut r, conn + 1, hub(1), at + kept_out - 1);
             assert_eq!(
                 closes(&refused),
@@ -1973,8 +2010,30 @@ mod tests {
             at += kept_out;
         }
         // Another hub is not kept out for it.
+        assert_eq!(r.kept_out(&hub(3), NOW + 1), None);
         let out = join_at(&mut r, 40, hub(3), NOW + 1);
         assert!(closes(&out).is_empty());
+    }
+
+    /// A socket's `Hello` must name the hub its connect URL named: the keep-out check made on
+    /// the URL cannot be passed by naming an innocent hub there.
+    #[test]
+    fn the_hello_names_the_hub_of_the_connect_url() {
+        let mut r = room();
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(1), NOW, hub(2), &mut out);
+        r.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
+        assert_eq!(r.conn_of(&hub(1)), None);
+        // Restored before its Hello, it keeps the name it connected with.
+        let mut r = room();
+        let mut out = Vec::new();
+        r.restore(ConnId(1), NOW, hub(2), None, NOW, &mut out);
+        r.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
+        let out = join(&mut r, 2, hub(1));
+        assert!(closes(&out).is_empty());
+        assert_eq!(r.conn_of(&hub(1)), Some(ConnId(2)));
     }
 
     /// A member that stops when told starts a new episode: it is never closed.
@@ -2257,12 +2316,12 @@ mod tests {
     fn hello_rules() {
         let mut r = room();
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::HelloRequired)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(2), NOW, hub(2), &mut Vec::new());
         let c = creds(hub(2));
         let ext = c.login(NOW, &mut StdRng::seed_from_u64(99));
         let mut h = c.hello(&ext);
@@ -2295,7 +2354,7 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(5), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(5), NOW, hub(5), &mut Vec::new());
         r.handle_text(ConnId(5), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(5), CloseCode::ProtocolError)]);
         assert_eq!(r.connections(), 0);
@@ -2415,7 +2474,7 @@ mod tests {
         let mut r = room();
         // No login.
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
         r.handle_message(
             ConnId(1),
             NOW,
@@ -2429,11 +2488,11 @@ mod tests {
         // A replayed login.
         let msg = hello(hub(2));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(2), NOW, hub(2), &mut Vec::new());
         r.handle_message(ConnId(2), NOW, &msg, &mut out);
         assert!(closes(&out).is_empty());
         let mut out = Vec::new();
-        r.handle_connect(ConnId(3), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(3), NOW, hub(2), &mut Vec::new());
         r.handle_message(ConnId(3), NOW, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ReplayedLogin)]);
         // Another cluster's room refuses this cluster's hubs.
@@ -2442,7 +2501,7 @@ mod tests {
             0,
         ));
         let mut out = Vec::new();
-        other.handle_connect(ConnId(1), NOW, &mut Vec::new());
+        other.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
         other.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ForeignCluster)]);
     }
@@ -2515,7 +2574,7 @@ mod tests {
         let mut r = room();
         let msg = hello(hub(1));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &msg, &mut out);
         let remembered: Vec<LoginNonce> = out
             .iter()
@@ -2532,7 +2591,7 @@ mod tests {
             woken.remember_login(l);
         }
         let mut out = Vec::new();
-        woken.handle_connect(ConnId(2), NOW, &mut Vec::new());
+        woken.handle_connect(ConnId(2), NOW, hub(1), &mut Vec::new());
         woken.handle_message(ConnId(2), NOW + 1_000, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ReplayedLogin)]);
         // Once the login can no longer pass the skew check, nothing needs remembering.
@@ -2557,9 +2616,9 @@ mod tests {
         // Rebuild from what the relay stored per socket: same routing, no presence noise.
         let mut woken = Room::new(RoomConfig::new(ca().cluster_id(), 99));
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, Some(member(1)), NOW, &mut out);
-        woken.restore(ConnId(2), NOW, Some(member(2)), NOW, &mut out);
-        woken.restore(ConnId(3), NOW, None, NOW, &mut out);
+        woken.restore(ConnId(1), NOW, hub(1), Some(member(1)), NOW, &mut out);
+        woken.restore(ConnId(2), NOW, hub(2), Some(member(2)), NOW, &mut out);
+        woken.restore(ConnId(3), NOW, hub(3), None, NOW, &mut out);
         assert!(out.is_empty());
         woken.handle_message(ConnId(1), NOW, &send(hub(2), b"p"), &mut out);
         assert_eq!(sent_to(&out, ConnId(2)).len(), 1);
@@ -2580,10 +2639,10 @@ mod tests {
         // Two sockets claiming one hub: the newer one wins, whatever the order.
         let mut r = room();
         let mut out = Vec::new();
-        r.restore(ConnId(7), NOW, Some(member(1)), NOW, &mut out);
-        r.restore(ConnId(5), NOW, Some(member(1)), NOW, &mut out);
-        r.restore(ConnId(8), NOW, Some(member(2)), NOW, &mut out);
-        r.restore(ConnId(9), NOW, Some(member(2)), NOW, &mut out);
+        r.restore(ConnId(7), NOW, hub(1), Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(5), NOW, hub(1), Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(8), NOW, hub(2), Some(member(2)), NOW, &mut out);
+        r.restore(ConnId(9), NOW, hub(2), Some(member(2)), NOW, &mut out);
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(7)));
         assert_eq!(r.conn_of(&hub(2)), Some(ConnId(9)));
         assert_eq!(

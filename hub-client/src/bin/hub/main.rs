@@ -96,8 +96,12 @@ async fn run(cli: Cli) -> Result<()> {
             relay,
             validity_days,
         }) => {
-            hub_client::transport::relay::connect_url(&relay, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-                .context("--relay")?;
+            hub_client::transport::relay::connect_url(
+                &relay,
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                &shared_proto::HubId([0; 16]),
+            )
+            .context("--relay")?;
             let max = shared_proto::session::pairing::MAX_URL;
             if relay.len() > max {
                 bail!("--relay: a relay URL is at most {max} bytes (pairing tokens carry it)");
