@@ -993,7 +993,8 @@ fn the_running_hub_serves_mcp_over_http_to_token_holders_only() {
         post(Some(&token), &[("origin", "http://evil.example")]),
         403
     );
-    assert_eq!(post(Some(&token), &[("host", "evil.example")]), 403);
+    // Refused before MCP sees it: the API answers no foreign Host (421, `host_refused`).
+    assert_eq!(post(Some(&token), &[("host", "evil.example")]), 421);
 }
 
 /// Both hubs record a call across them in their audit logs (who, for whom, what, the decision,

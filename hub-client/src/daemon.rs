@@ -130,6 +130,9 @@ pub async fn run_with(
         audited: options.audited,
         quorum: Mutex::new(Default::default()),
         faults: Mutex::new(Default::default()),
+        watchers: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::console::MAX_WATCHERS,
+        )),
     });
     let addr = listener.local_addr()?;
     publish_cli_access(&state, addr)?;

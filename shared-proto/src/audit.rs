@@ -156,6 +156,17 @@ pub enum ChainError {
     },
 }
 
+impl ChainError {
+    /// The sequence number of the entry at fault, as the log holds it: from there on, the log
+    /// cannot be vouched for.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ChainError::Sequence { found, .. } => *found,
+            ChainError::Mac { seq } => *seq,
+        }
+    }
+}
+
 /// Checks a log from its first entry: sequence numbers 1, 2, ... and each MAC. Returns the last
 /// entry's sequence number and MAC (the head), or the first fault.
 pub fn verify<'a>(

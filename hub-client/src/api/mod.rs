@@ -1,4 +1,5 @@
-//! The local admin HTTP API of `hub run` (axum), documented in `docs/API.md`.
+//! The local admin HTTP API of `hub run` (axum), documented in `docs/API.md`, and the operator
+//! console it serves at `/` ([`console`]).
 //!
 //! Every route but `/api/health` needs `Authorization: Bearer <token>`, a token made with
 //! `hub tokens create` (or the one `hub run` mints for the local CLI). Tokens are stored as
@@ -12,7 +13,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use data_encoding::BASE64URL_NOPAD;
 use serde::de::DeserializeOwned;
@@ -25,8 +26,8 @@ use shared_proto::HubId;
 
 use crate::hub::agent::{AppView, HubAppsView, Principal};
 pub use crate::hub::view::{
-    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RateLimitedView,
-    RelayView, RevokedView, StatusView, SuspendedView,
+    CertificateView, IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView,
+    RateLimitedView, RelayView, RevokedView, StatusView, SuspendedView,
 };
 pub use crate::hub::MAX_PAIRING_TTL_S;
 use crate::hub::{HubState, ServiceError};
@@ -46,6 +47,8 @@ pub const API_TOKEN_PREFIX: &str = "hubapi_";
 pub fn format_api_token(secret: &[u8; 32]) -> String {
     format!("{API_TOKEN_PREFIX}{}", BASE64URL_NOPAD.encode(secret))
 }
+
+pub(crate) mod console;
 
 type Shared = Arc<HubState>;
 
@@ -67,9 +70,15 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}/ping", post(ping_peer))
         .route("/api/federation/peers/{id}/agents", get(peer_agents))
         .route("/api/federation/audit", get(audit_log))
+        .route("/api/federation/audit/verify", get(audit_verify))
         .route("/api/federation/stats", get(stats))
+        .route("/api/federation/stats/series", get(stats_series))
         .route("/api/apps", get(list_apps))
         .route("/api/apps/call", post(call_app))
+        .route("/api/apps/{name}/sharing", put(set_sharing))
+        .route("/api/events", get(console::events))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::file))
         .nest_service(
             "/mcp",
             Router::new()
@@ -80,6 +89,7 @@ pub(crate) fn router(state: Shared) -> Router {
                 )),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(console::guard))
         .with_state(state)
 }
 
@@ -270,6 +280,9 @@ pub struct TokenRequest {
     /// The token's lifetime (default 3600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// Also answer the token as a QR code (`qr_svg`), for a phone to scan.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qr: bool,
 }
 
 async fn generate_pairing_token(
@@ -287,7 +300,21 @@ async fn generate_pairing_token(
     let token = state
         .invite(trust, req.roles, req.ttl_seconds.unwrap_or(3600))
         .await?;
-    Ok((StatusCode::CREATED, Json(token)).into_response())
+    let mut answer = serde_json::to_value(&token).map_err(ApiError::internal)?;
+    if req.qr {
+        answer["qr_svg"] = Value::String(qr_svg(&token.token)?);
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A QR code of `text` as an SVG document (black on white, with its quiet zone).
+fn qr_svg(text: &str) -> Result<String, ApiError> {
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
+        .map_err(ApiError::internal)?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(256, 256)
+        .build())
 }
 
 /// `POST /api/federation/pair`.
@@ -489,6 +516,102 @@ async fn call_app(
     Ok(Json(
         serde_json::to_value(result).map_err(ApiError::internal)?,
     ))
+}
+
+/// `GET /api/federation/stats/series?hours=N` (default 24, at most 720): calls in and out per
+/// hour, and how many were refused, from the audit log.
+async fn stats_series(
+    State(state): State<Shared>,
+    _: Authed,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let hours: u64 = match query.get("hours") {
+        None => 24,
+        Some(h) => h
+            .parse()
+            .ok()
+            .filter(|h| (1..=720).contains(h))
+            .ok_or_else(|| ApiError::bad_request("hours is 1 to 720"))?,
+    };
+    const HOUR_MS: u64 = 3_600_000;
+    let now = unix_ms();
+    let since = (now / HOUR_MS).saturating_sub(hours - 1) * HOUR_MS;
+    let rows = state
+        .blocking(move |state| Ok(state.store().call_series(since, HOUR_MS)?))
+        .await?;
+    let buckets: Vec<Value> = rows
+        .into_iter()
+        .map(|(start, calls, refused)| json!({ "start_ms": start, "calls": calls, "refused": refused }))
+        .collect();
+    Ok(Json(
+        json!({ "bucket_ms": HOUR_MS, "since_ms": since, "buckets": buckets }),
+    ))
+}
+
+/// `GET /api/federation/audit/verify`: the whole chain checked with the hub's key.
+async fn audit_verify(State(state): State<Shared>, _: Admin) -> Result<Json<Value>, ApiError> {
+    let checked = state
+        .blocking(|state| Ok(crate::node::audit::verify_log(&state.home, &state.store())?))
+        .await?;
+    Ok(Json(match checked {
+        Ok((entries, mac)) => {
+            json!({ "ok": true, "entries": entries, "head_mac": hex::encode(mac) })
+        }
+        Err(e) => json!({ "ok": false, "seq": e.seq(), "error": e.to_string() }),
+    }))
+}
+
+/// `PUT /api/apps/{name}/sharing`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharingRequest {
+    /// `local`, `cluster`, `roles:A,B`, `hubs:ID,ID` or `principals:A,B`.
+    pub sharing: String,
+    /// The least trust level a calling hub needs, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_trust: Option<String>,
+}
+
+async fn set_sharing(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: SharingRequest = body(&bytes)?;
+    let sharing: shared_proto::agent::Sharing = req
+        .sharing
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("sharing: {e}")))?;
+    let trust = req
+        .require_trust
+        .as_deref()
+        .map(str::parse::<TrustLevel>)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("require_trust is read_only, agent_dispatch or full"))?;
+    let shown = sharing.to_string();
+    let found = {
+        let name = name.clone();
+        state
+            .blocking(move |state| {
+                Ok(crate::node::audit::share_app(
+                    &state.home,
+                    &state.store(),
+                    &name,
+                    &sharing,
+                    trust,
+                )?)
+            })
+            .await?
+    };
+    if !found {
+        return Err(ApiError::not_found(format!("no app {name}")));
+    }
+    Ok(Json(json!({
+        "name": name,
+        "sharing": shown,
+        "require_trust": trust.map(TrustLevel::as_str),
+    })))
 }
 
 /// Federation statistics: the last hour, day and all time.

@@ -23,8 +23,8 @@ pub mod score;
 pub mod view;
 
 use view::{
-    IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView, RateLimitedView,
-    RelayView, RevokedView, StatusView, SuspendedView,
+    CertificateView, IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView,
+    RateLimitedView, RelayView, RevokedView, StatusView, SuspendedView,
 };
 
 /// Longest pairing-token lifetime the hub grants.
@@ -138,6 +138,8 @@ pub(crate) struct HubState {
     pub(crate) quorum: Mutex<quorum::Quorum>,
     /// When an entry of each kind was last recorded about each peer's faults (`due`).
     pub(crate) faults: Mutex<std::collections::HashMap<(HubId, &'static str), u64>>,
+    /// Places for the console's event streams (`api::console::MAX_WATCHERS`).
+    pub(crate) watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl HubState {
@@ -333,6 +335,11 @@ impl HubState {
                 peers_online: Some(relay.online.len()),
                 manifest_epoch: store.document(MANIFEST)?.map(|d| d.serial),
                 revocation_version: store.document(REVOCATIONS)?.map(|d| d.serial),
+                certificate: Some(CertificateView {
+                    sha256: hex::encode(cert.fingerprint()),
+                    not_before_ms: cert.not_before_ms(),
+                    not_after_ms: cert.not_after_ms(),
+                }),
             })
         })
         .await

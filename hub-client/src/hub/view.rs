@@ -42,6 +42,20 @@ pub struct StatusView {
     /// The revocation list's version, if one is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_version: Option<u64>,
+    /// This hub's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateView>,
+}
+
+/// A certificate in [`StatusView`]: its SHA-256 and validity (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// SHA-256 of its DER, hex.
+    pub sha256: String,
+    /// Valid from.
+    pub not_before_ms: u64,
+    /// Valid until.
+    pub not_after_ms: u64,
 }
 
 impl StatusView {
@@ -58,6 +72,7 @@ impl StatusView {
             peers_online: None,
             manifest_epoch: None,
             revocation_version: None,
+            certificate: None,
         }
     }
 }

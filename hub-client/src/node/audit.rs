@@ -42,6 +42,25 @@ pub fn record(home: &Home, store: &Store, entry: AuditEntry) {
     }
 }
 
+/// Sets who may see and call app `name`, and records it (`app.share`); `false` if there is no
+/// such app. The CLI (`hub apps share`) and the API (`PUT /api/apps/{name}/sharing`) both use it.
+pub fn share_app(
+    home: &Home,
+    store: &Store,
+    name: &str,
+    sharing: &shared_proto::agent::Sharing,
+    require_trust: Option<shared_proto::trust::TrustLevel>,
+) -> Result<bool, crate::node::store::StoreError> {
+    if !store.set_app_sharing(name, sharing, require_trust)? {
+        return Ok(false);
+    }
+    let floor = require_trust.map_or(String::new(), |t| format!(", requires {t}"));
+    let mut e = entry("app.share", None, "ok", &format!("{sharing}{floor}"));
+    e.app = name.to_owned();
+    record(home, store, e);
+    Ok(true)
+}
+
 /// The whole log checked with the home's key: the head (entries, last MAC) or the first fault.
 pub fn verify_log(
     home: &Home,

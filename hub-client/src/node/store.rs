@@ -865,6 +865,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Calls over time: from `since_ms`, per `bucket_ms`, the number of `call.out` and `call.in`
+    /// entries and how many of them were refused. Only buckets with a call are returned, oldest
+    /// first, each as (its start, calls, refused).
+    pub fn call_series(
+        &self,
+        since_ms: u64,
+        bucket_ms: u64,
+    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let bucket = bucket_ms.max(1) as i64;
+        let mut stmt = self.conn.prepare(
+            "SELECT (at_ms / ?2) * ?2 AS start, count(*), sum(decision = 'refused')
+             FROM audit_log WHERE at_ms >= ?1 AND kind IN ('call.out', 'call.in')
+             GROUP BY start ORDER BY start",
+        )?;
+        let rows = stmt.query_map(params![since_ms as i64, bucket], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// This hub's audit head: the last entry's sequence number and MAC (0 and zeros if empty).
     pub fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
         audit_head(&self.conn)

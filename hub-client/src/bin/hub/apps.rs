@@ -143,13 +143,9 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             } else {
                 bail!("say with whom: --local-only, --cluster, --roles, --hubs or --principals");
             };
-            if !store.set_app_sharing(&name, &sharing, require_trust)? {
+            if !audit::share_app(home, &store, &name, &sharing, require_trust)? {
                 bail!("no app {name}");
             }
-            let floor = require_trust.map_or(String::new(), |t| format!(", requires {t}"));
-            let mut entry = audit::entry("app.share", None, "ok", &format!("{sharing}{floor}"));
-            entry.app = name.clone();
-            audit::record(home, &store, entry);
             println!("app {name} is shared with: {sharing}");
         }
         AppsCommand::Remove { name } => {

@@ -1,0 +1,443 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The operator console in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! installed by scripts/setup), driven through WebDriver: a desk hub with `hub relay`, a laptop
+//! that comes online, is revoked and goes, an app whose sharing changes, a pairing token with its
+//! QR code, and an audit log tampered with behind the hub's back. With `CONSOLE_SCREENSHOTS=DIR`
+//! each page is saved as a PNG there (scripts/console-screenshots writes them into docs/).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::cli::{HubHome, RunningHub};
+use e2e::{RelayKind, RelayProcess};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long a condition in the page may take.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// ChromeDriver on a free loopback port, stopped on drop.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Self {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing: run scripts/setup (it installs Debian's chromium and chromium-driver)"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "chromedriver did not listen within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver {
+            child,
+            url,
+            _profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                    format!("--user-data-dir={}", self._profile.path().display()),
+                ],
+            }),
+        );
+        // Plain HTTP to chromedriver on loopback: no TLS stack needed.
+        let http = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(http)
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session through chromedriver")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` gives `Some`, polling the page, or fails naming `what`.
+async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of the element `css`, if there is one.
+async fn text(b: &Client, css: &str) -> Option<String> {
+    b.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Waits until the element `css` has a text for which `pred` holds; returns it.
+async fn text_when(b: &Client, css: &str, pred: impl Fn(&str) -> bool) -> String {
+    until(&format!("{css} to read as expected"), || async {
+        text(b, css).await.filter(|t| pred(t))
+    })
+    .await
+}
+
+async fn attr(b: &Client, css: &str, name: &str) -> Option<String> {
+    b.find(Locator::Css(css))
+        .await
+        .ok()?
+        .attr(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn click(b: &Client, css: &str) {
+    let e = until(&format!("{css} to click"), || async {
+        b.find(Locator::Css(css)).await.ok()
+    })
+    .await;
+    e.click().await.unwrap();
+}
+
+async fn visit(b: &Client, base: &str, page: &str) {
+    b.goto(&format!("{base}/#{page}")).await.unwrap();
+    until(&format!("page {page} shown"), || async {
+        let shown = b
+            .find(Locator::Css(&format!("#page-{page}")))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?;
+        shown.then_some(())
+    })
+    .await;
+}
+
+/// Saves the window as `DIR/console-{name}.png` when `CONSOLE_SCREENSHOTS=DIR` is set.
+async fn screenshot(b: &Client, name: &str) {
+    let Ok(dir) = std::env::var("CONSOLE_SCREENSHOTS") else {
+        return;
+    };
+    // Let a chart or a late refresh settle before the picture.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let png = b.screenshot().await.unwrap();
+    let path = PathBuf::from(dir).join(format!("console-{name}.png"));
+    std::fs::write(&path, png).unwrap();
+}
+
+fn admin_token(home: &HubHome) -> String {
+    home.ok(&["tokens", "create", "--name", "console", "--admin"])
+        .trim()
+        .to_owned()
+}
+
+/// A blocking call (the harness's HTTP client, a CLI run) inside the async test.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn test_app() -> String {
+    env!("CARGO_BIN_EXE_test-app").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_and_drives_the_cluster_live() {
+    let relay = RelayProcess::start(RelayKind::Native);
+    let dir = tempfile::tempdir().unwrap();
+    let desk = HubHome::new(dir.path().join("desk"));
+    desk.create_cluster("desk", &relay.url());
+    desk.ok(&["apps", "add", "notes", "--command", &test_app()]);
+    let desk_run = blocking(|| desk.run());
+    let token = admin_token(&desk);
+    let base = desk_run.base.clone();
+    let driver = Driver::start();
+    let b = driver.browser().await;
+
+    // Sign in: a wrong token is refused, the right one opens the cluster page.
+    b.goto(&base).await.unwrap();
+    let input = until("the sign-in form", || async {
+        b.find(Locator::Id("token")).await.ok()
+    })
+    .await;
+    input.send_keys("hubapi_not-a-token").await.unwrap();
+    click(&b, "#signin-button").await;
+    text_when(&b, "#signin-error", |t| t.contains("not valid")).await;
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    click(&b, "#signin-button").await;
+    let status = blocking(|| {
+        desk_run
+            .request("GET", "/api/status", Some(&token), None)
+            .json
+    });
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_owned();
+    text_when(&b, "#fact-cluster", |t| t == cluster_id).await;
+    text_when(&b, "#fact-relay-state", |t| t.starts_with("connected")).await;
+    text_when(&b, "#fact-expiry", |t| t.contains("days")).await;
+    screenshot(&b, "cluster").await;
+
+    // A laptop joins and comes online: the peers page shows it without a reload.
+    visit(&b, &base, "peers").await;
+    let invite = desk.ok(&["invite", "--trust-level", "agent_dispatch"]);
+    let laptop = HubHome::new(dir.path().join("laptop"));
+    laptop.ok(&["join", invite.trim(), "--name", "laptop"]);
+    laptop.ok(&["apps", "add", "files", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "files", "--cluster"]);
+    let laptop_id = laptop.id();
+    let _laptop_run: RunningHub = blocking(|| laptop.run());
+    let row = format!("tr[data-peer='{laptop_id}']");
+    until("the laptop online in the peers table", || async {
+        let state = attr(&b, &row, "data-state").await?;
+        (state == "online").then_some(())
+    })
+    .await;
+    click(&b, &format!("{row} button")).await; // Details
+    text_when(&b, "#peer-detail", |t| t.contains("Trust score")).await;
+    screenshot(&b, "peers").await;
+
+    // Apps: this hub's app is shared with nobody; share it with the cluster.
+    visit(&b, &base, "apps").await;
+    let app_row = "tr[data-app='notes']";
+    text_when(&b, &format!("{app_row} td.shared"), |t| t == "local").await;
+    let input = b
+        .find(Locator::Css(&format!("{app_row} input.sharing")))
+        .await
+        .unwrap();
+    input.clear().await.unwrap();
+    input.send_keys("cluster").await.unwrap();
+    click(&b, &format!("{app_row} button")).await;
+    text_when(&b, &format!("{app_row} td.shared"), |t| t == "cluster").await;
+    let apps = desk.ok(&["apps", "list"]);
+    assert!(
+        apps.lines()
+            .any(|l| l.starts_with("notes") && l.contains("cluster")),
+        "{apps}"
+    );
+    // The laptop's shared app is listed among other hubs' apps.
+    text_when(&b, &format!("div[data-hub='{laptop_id}']"), |t| {
+        t.contains("files")
+    })
+    .await;
+    screenshot(&b, "apps").await;
+
+    // Statistics: calls made now show without a reload, and the chart is drawn.
+    visit(&b, &base, "stats").await;
+    text_when(&b, "tr[data-window='all']", |t| t.starts_with("all 0")).await;
+    for (app, text) in [("files", "one"), ("files", "two"), ("nope", "refused")] {
+        let body = json!({ "hub": "laptop", "app": app, "tool": "note_write",
+                           "arguments": { "text": text } });
+        blocking(|| {
+            desk_run.request(
+                "POST",
+                "/api/apps/call",
+                Some(&token),
+                Some(&body.to_string()),
+            )
+        });
+    }
+    let all = text_when(&b, "tr[data-window='all']", |t| t.starts_with("all 3")).await;
+    assert!(all.starts_with("all 3 1 "), "3 calls out, 1 refused: {all}");
+    until("the chart drawn", || async {
+        b.find(Locator::Css("#stats-chart canvas")).await.ok()
+    })
+    .await;
+    screenshot(&b, "stats").await;
+
+    // Pairing: a token shown once, with its QR code.
+    visit(&b, &base, "pairing").await;
+    click(&b, "#pairing-make").await;
+    let pairing = until("a pairing token", || async {
+        let v = b
+            .find(Locator::Id("pairing-token"))
+            .await
+            .ok()?
+            .prop("value")
+            .await
+            .ok()??;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert!(
+        pairing.starts_with("hubpair"),
+        "a pairing token: {pairing:?}"
+    );
+    let qr_width = until("the QR code drawn", || async {
+        let img = "const i = document.getElementById('pairing-qr'); \
+                   return i.complete ? i.naturalWidth : 0;";
+        let w = b.execute(img, vec![]).await.ok()?.as_u64()?;
+        (w > 0).then_some(w)
+    })
+    .await;
+    assert!(qr_width >= 256, "{qr_width}");
+    screenshot(&b, "pairing").await;
+    // Leaving the page forgets it.
+    visit(&b, &base, "cluster").await;
+    visit(&b, &base, "pairing").await;
+    let shown = b
+        .find(Locator::Id("pairing-token"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(shown.is_empty(), "the token is shown once");
+
+    // Revoke the laptop, with a confirmation: it goes.
+    visit(&b, &base, "peers").await;
+    click(&b, &format!("{row} button[data-action='revoke']")).await;
+    let dialog_text = text_when(&b, "#confirm-text", |t| t.contains("Revoke")).await;
+    assert!(dialog_text.contains("laptop"), "{dialog_text}");
+    click(&b, "#confirm-yes").await;
+    until("the laptop gone from the peers table", || async {
+        let rows = b.find_all(Locator::Css(&row)).await.ok()?;
+        rows.is_empty().then_some(())
+    })
+    .await;
+    let detail = blocking(|| {
+        desk_run
+            .request(
+                "GET",
+                &format!("/api/federation/peers/{laptop_id}"),
+                Some(&token),
+                None,
+            )
+            .json
+    });
+    assert!(detail["revoked_at"].is_u64(), "{detail}");
+
+    // The audit log verifies; tampered with behind the hub's back, the console flags it.
+    visit(&b, &base, "audit").await;
+    text_when(&b, "#audit-verify", |t| t.contains("verifies")).await;
+    let db = rusqlite::Connection::open(desk.dir.join("hub.db")).unwrap();
+    let seq: i64 = db
+        .query_row(
+            "SELECT seq FROM audit_log WHERE kind = 'app.share' ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE audit_log SET reason = 'local' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    visit(&b, &base, "cluster").await;
+    visit(&b, &base, "audit").await;
+    let banner = text_when(&b, "#audit-verify", |t| t.contains("NOT verify")).await;
+    assert!(banner.contains(&format!("entry {seq}")), "{banner}");
+    let flagged = attr(&b, &format!("tr[data-seq='{seq}']"), "class")
+        .await
+        .unwrap_or_default();
+    assert_eq!(flagged, "flagged");
+    screenshot(&b, "audit").await;
+
+    b.close().await.unwrap();
+}
+
+/// The API refuses a foreign `Host` (DNS rebinding) and a foreign `Origin`, and every answer
+/// carries the Content-Security-Policy; the page's assets are served by the hub itself.
+#[test]
+fn the_api_refuses_foreign_hosts_and_origins() {
+    let relay = RelayProcess::start(RelayKind::Native);
+    let dir = tempfile::tempdir().unwrap();
+    let desk = HubHome::new(dir.path().join("desk"));
+    desk.create_cluster("desk", &relay.url());
+    let run = desk.run();
+    let token = admin_token(&desk);
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = client
+            .get(format!("{}{path}", run.base))
+            .bearer_auth(&token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().unwrap()
+    };
+    let page = get("/", &[]);
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().unwrap();
+    assert!(html.contains("/console/console.js") && !html.contains("https://"));
+    for asset in [
+        "console.js",
+        "console.css",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+    ] {
+        assert_eq!(
+            get(&format!("/console/{asset}"), &[]).status(),
+            200,
+            "{asset}"
+        );
+    }
+    assert_eq!(get("/console/nope.js", &[]).status(), 404);
+
+    let rebound = get("/api/status", &[("host", "evil.example:80")]);
+    assert_eq!(rebound.status(), 421);
+    let body: Value = rebound.json().unwrap();
+    assert_eq!(body["error"]["code"], "host_refused");
+    let host = run.base.trim_start_matches("http://").to_owned();
+    let cross = get("/api/status", &[("origin", "http://evil.example")]);
+    assert_eq!(cross.status(), 403);
+    let body: Value = cross.json().unwrap();
+    assert_eq!(body["error"]["code"], "origin_refused");
+    let same = get("/api/status", &[("origin", &format!("http://{host}"))]);
+    assert_eq!(same.status(), 200);
+    assert_eq!(get("/api/status", &[("host", "localhost:1")]).status(), 200);
+}
