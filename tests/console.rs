@@ -329,8 +329,30 @@ async fn the_console_shows_and_drives_the_cluster_live() {
         .unwrap_or_default();
     assert!(shown.is_empty(), "the token is shown once");
 
-    // Revoke the laptop, with a confirmation: it goes.
+    // Suspend and resume the laptop, each after a confirmation; a cancelled one changes nothing.
     visit(&b, &base, "peers").await;
+    click(&b, &format!("{row} button[data-action='suspend']")).await;
+    text_when(&b, "#confirm-text", |t| t.starts_with("Suspend laptop")).await;
+    click(&b, "#confirm-no").await;
+    click(&b, &format!("{row} button[data-action='suspend']")).await;
+    click(&b, "#confirm-yes").await;
+    text_when(&b, &format!("{row} td.state"), |t| t.contains("suspended")).await;
+    let suspended = blocking(|| {
+        desk_run
+            .request(
+                "GET",
+                &format!("/api/federation/peers/{laptop_id}"),
+                Some(&token),
+                None,
+            )
+            .json
+    });
+    assert!(suspended["suspended_at"].is_u64(), "{suspended}");
+    click(&b, &format!("{row} button[data-action='resume']")).await;
+    click(&b, "#confirm-yes").await;
+    text_when(&b, &format!("{row} td.state"), |t| t == "online").await;
+
+    // Revoke the laptop, with a confirmation: it goes.
     click(&b, &format!("{row} button[data-action='revoke']")).await;
     let dialog_text = text_when(&b, "#confirm-text", |t| t.contains("Revoke")).await;
     assert!(dialog_text.contains("laptop"), "{dialog_text}");
