@@ -8,7 +8,11 @@
 //! - transport throughput (encrypt + decrypt) for 1 KiB and 64 KiB messages, against raw
 //!   ChaCha20-Poly1305 (encrypt + decrypt) on the same buffers, as a ratio.
 //!
-//! Run: `cargo bench -p shared-proto --features noise --bench noise`. Each figure is the median
+//! - the floor of a handshake: its X25519 operations, with the sessions' X25519 and with
+//!   curve25519-dalek, as ratios.
+//!
+//! Run: `cargo bench -p shared-proto --features aws-lc --bench noise` (the hub's X25519), or
+//! `--features noise` (curve25519-dalek). Each figure is the median
 //! of 7 rounds after a warm-up.
 
 // A benchmark measures wall-clock time and panics on setup failure; the sans-IO rule is for the
@@ -24,7 +28,8 @@ use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use shared_proto::session::noise::{
-    HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, MAX_TRANSPORT_PLAINTEXT,
+    public_key, HandshakeReplay, Initiator, LocalIdentity, Responder, Transport, X25519Key,
+    MAX_TRANSPORT_PLAINTEXT, X25519_BACKEND,
 };
 use shared_proto::session::pairing::{JoinRequest, Joiner, PairingRequest, PairingToken};
 use shared_proto::trust::{
@@ -119,6 +124,38 @@ fn main() {
         per_handshake.as_secs_f64() * 1e6,
         1.0 / per_handshake.as_secs_f64(),
         first.as_secs_f64() / per_handshake.as_secs_f64()
+    );
+
+    // The floor: the X25519 work of one handshake (each side generates an ephemeral key and
+    // does four DH: es, ss, ee, se), with the sessions' X25519 and, for comparison, with
+    // curve25519-dalek directly.
+    let peer_public = public_key(&[6; 32]).expect("public key");
+    let mine = X25519Key::from_secret(&[5; 32]).expect("key");
+    let floor = median_per_call(500, || {
+        for _ in 0..2 {
+            black_box(X25519Key::from_secret(black_box(&[5; 32])).expect("key"));
+        }
+        for _ in 0..8 {
+            black_box(mine.agree(black_box(&peer_public)).expect("dh"));
+        }
+    });
+    let dalek_secret = x25519_dalek::StaticSecret::from([5; 32]);
+    let dalek_peer = x25519_dalek::PublicKey::from(peer_public);
+    let dalek_floor = median_per_call(500, || {
+        for _ in 0..2 {
+            black_box(x25519_dalek::PublicKey::from(black_box(&dalek_secret)));
+        }
+        for _ in 0..8 {
+            black_box(black_box(&dalek_secret).diffie_hellman(&dalek_peer));
+        }
+    });
+    println!(
+        "  X25519 ({X25519_BACKEND}): one handshake's 2 key generations + 8 DH: {:.1} us ({:.0}% of a first meeting; the handshake is {:.2}x its floor); curve25519-dalek: {:.1} us ({:.2}x)",
+        floor.as_secs_f64() * 1e6,
+        100.0 * floor.as_secs_f64() / first.as_secs_f64(),
+        first.as_secs_f64() / floor.as_secs_f64(),
+        dalek_floor.as_secs_f64() * 1e6,
+        dalek_floor.as_secs_f64() / floor.as_secs_f64()
     );
 
     // What a first meeting spends on the certificate it parses and verifies.

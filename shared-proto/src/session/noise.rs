@@ -16,6 +16,10 @@
 //! transport), so messages may arrive out of order: a sliding window of [`REPLAY_WINDOW`]
 //! counters accepts reordering inside it and refuses duplicates and anything older.
 //!
+//! X25519 is snow's (curve25519-dalek, portable), or with the feature `aws-lc` (the hub's),
+//! aws-lc-rs's assembly ([`X25519_BACKEND`]): the ten X25519 operations of a handshake are most
+//! of its cost, and aws-lc-rs does each in about 0.55x the time here (docs/BENCHMARKS.md).
+//!
 //! The prologue binds every session to the cluster: `"hub-relay noise v1\0" | cluster id`.
 //! Time (`now_ms`) and randomness (an RNG) are arguments: nothing here reads a clock or the OS
 //! RNG, so the whole handshake is deterministic under a seeded RNG in tests.
@@ -107,15 +111,135 @@ pub(crate) fn noise_err(e: snow::Error) -> NoiseError {
     NoiseError::Noise(e.to_string())
 }
 
+/// Which X25519 the sessions use: `aws-lc-rs` with the feature `aws-lc`, else
+/// `curve25519-dalek` (snow's).
+pub const X25519_BACKEND: &str = if cfg!(feature = "aws-lc") {
+    "aws-lc-rs"
+} else {
+    "curve25519-dalek"
+};
+
+/// The sessions' X25519 ([`X25519_BACKEND`]).
+fn x25519() -> Result<Box<dyn Dh>, NoiseError> {
+    Resolver(Vec::new())
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .ok_or_else(|| NoiseError::Noise("X25519 unavailable".into()))
+}
+
 /// The X25519 public key of a static secret.
 pub fn public_key(secret: &[u8; 32]) -> Result<[u8; 32], NoiseError> {
-    let mut dh = DefaultResolver
-        .resolve_dh(&snow::params::DHChoice::Curve25519)
-        .ok_or_else(|| NoiseError::Noise("X25519 unavailable".into()))?;
-    dh.set(secret);
-    dh.pubkey()
-        .try_into()
-        .map_err(|_| NoiseError::Noise("X25519 public key of an unexpected length".into()))
+    Ok(X25519Key::from_secret(secret)?.public())
+}
+
+/// An X25519 key pair with the sessions' X25519 ([`X25519_BACKEND`]), as a handshake uses its
+/// keys: the public key computed once, then any number of agreements (benchmarks measure a
+/// handshake's floor with it).
+pub struct X25519Key(Box<dyn Dh>);
+
+impl std::fmt::Debug for X25519Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X25519Key").finish_non_exhaustive()
+    }
+}
+
+impl X25519Key {
+    /// The key pair of `secret`.
+    pub fn from_secret(secret: &[u8; 32]) -> Result<Self, NoiseError> {
+        let mut dh = x25519()?;
+        dh.set(secret);
+        Ok(X25519Key(dh))
+    }
+
+    /// Its public key.
+    pub fn public(&self) -> [u8; 32] {
+        let mut public = [0u8; 32];
+        if let Some(p) = self.0.pubkey().get(..32) {
+            public.copy_from_slice(p);
+        }
+        public
+    }
+
+    /// The shared secret with `public`.
+    pub fn agree(&self, public: &[u8; 32]) -> Result<[u8; 32], NoiseError> {
+        let mut out = [0u8; 32];
+        self.0.dh(public, &mut out).map_err(noise_err)?;
+        Ok(out)
+    }
+}
+
+/// X25519 by aws-lc-rs (its field arithmetic in assembly).
+#[cfg(feature = "aws-lc")]
+#[derive(Default)]
+struct AwsLcX25519 {
+    secret: zeroize::Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+    /// The secret as aws-lc holds it (made once: making it also computes the public key).
+    key: Option<aws_lc_rs::agreement::PrivateKey>,
+}
+
+#[cfg(feature = "aws-lc")]
+impl Dh for AwsLcX25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+
+    fn pub_len(&self) -> usize {
+        32
+    }
+
+    fn priv_len(&self) -> usize {
+        32
+    }
+
+    fn set(&mut self, privkey: &[u8]) {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        self.public = [0; 32];
+        self.key = None;
+        let Ok(secret) = <[u8; 32]>::try_from(privkey) else {
+            return;
+        };
+        *self.secret = secret;
+        // Cannot fail for 32 bytes; without a key every DH fails, none succeeds.
+        self.key = PrivateKey::from_private_key(&X25519, privkey).ok();
+        let public = self.key.as_ref().and_then(|k| k.compute_public_key().ok());
+        if let Some(public) = public.and_then(|p| <[u8; 32]>::try_from(p.as_ref()).ok()) {
+            self.public = public;
+        }
+    }
+
+    fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rng.try_fill_bytes(&mut secret[..])?;
+        self.set(&secret[..]);
+        Ok(())
+    }
+
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn privkey(&self) -> &[u8] {
+        &self.secret[..]
+    }
+
+    /// Refuses a public key whose shared secret is all zeros (a low-order point), as RFC 7748
+    /// allows and Noise recommends: such a key contributes nothing.
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        use aws_lc_rs::agreement::{agree, UnparsedPublicKey, X25519};
+        let key = self.key.as_ref().ok_or(snow::Error::Dh)?;
+        // snow hands over its key buffers whole (longer than a key): the key is their start.
+        let out = out.get_mut(..32).ok_or(snow::Error::Dh)?;
+        let pubkey = pubkey.get(..32).ok_or(snow::Error::Dh)?;
+        agree(
+            key,
+            UnparsedPublicKey::new(&X25519, pubkey),
+            snow::Error::Dh,
+            |shared| {
+                out.copy_from_slice(shared);
+                Ok(())
+            },
+        )
+    }
 }
 
 /// An X25519 static secret: never printed, zeroed when dropped.
@@ -192,6 +316,10 @@ impl CryptoResolver for Resolver {
         Some(Box::new(CallerRandom(self.0.clone())))
     }
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn Dh>> {
+        #[cfg(feature = "aws-lc")]
+        if matches!(choice, snow::params::DHChoice::Curve25519) {
+            return Some(Box::new(AwsLcX25519::default()));
+        }
         DefaultResolver.resolve_dh(choice)
     }
     fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
@@ -558,6 +686,22 @@ pub(crate) mod tests {
     pub(crate) struct Hub {
         pub(crate) local: LocalIdentity,
         pub(crate) cert: VerifiedPeer,
+    }
+
+    /// A low-order public key (here: zero) gives an all-zero shared secret; aws-lc-rs refuses
+    /// it, so such a key cannot take part in a session.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn a_low_order_public_key_is_refused() {
+        let key = X25519Key::from_secret(&[5; 32]).unwrap();
+        assert!(key.agree(&[0; 32]).is_err());
+        let public = public_key(&[6; 32]).unwrap();
+        assert_eq!(
+            key.agree(&public).unwrap(),
+            x25519_dalek::StaticSecret::from([5; 32])
+                .diffie_hellman(&x25519_dalek::PublicKey::from(public))
+                .to_bytes()
+        );
     }
 
     /// The X25519 public key of `secret`, through snow's own DH.
