@@ -2,7 +2,9 @@
 //! WebSocket echo (hub -> echo server -> hub), then hub A -> relay -> hub B -> relay -> hub A
 //! through the Worker in workerd and through `hub relay`, with B echoing at the relay level and
 //! through an end-to-end Noise session (`PeerClient::ping`). Prints p50 and p99 and the ratio to
-//! the direct echo. Run with `scripts/bench-rtt` (it builds the Worker and `hub` first).
+//! the direct echo, and the hub's `RelayClient` against a lean client through the same relay
+//! (two bare WebSockets speaking the relay protocol, no tasks or channels: the floor of a
+//! relayed round trip). Run with `scripts/bench-rtt` (it builds the Worker and `hub` first).
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use e2e::{hub, join, RelayKind, RelayProcess, TestCluster};
 use futures_util::{SinkExt, StreamExt};
+use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
+use shared_proto::relay::frame::{frames, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
 const ROUNDS: usize = 2000;
@@ -84,6 +88,72 @@ async fn through_relay(relay: &RelayProcess) -> Vec<Duration> {
     out
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A bare WebSocket to the relay, logged in as hub `b` of `cluster` and welcomed.
+async fn lean_client(relay: &RelayProcess, cluster: &TestCluster, b: u8) -> Socket {
+    let creds = cluster.hub(b);
+    let url = connect_url(&relay.url(), cluster.id().as_str(), &creds.hub_id).unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+        .await
+        .unwrap();
+    let login = creds.login(e2e::now_ms(), &mut rand::rngs::OsRng);
+    let hello = Frame::Hello(creds.hello(&login)).to_message().unwrap();
+    ws.send(Message::Binary(hello.into())).await.unwrap();
+    loop {
+        if let Some(Ok(Message::Binary(m))) = ws.next().await {
+            if frames(&m).any(|f| matches!(f, Ok(Frame::Welcome { .. }))) {
+                return ws;
+            }
+        }
+    }
+}
+
+/// The floor: hub A's bare socket sends a `Send` frame, B's bare socket echoes it back as soon
+/// as it reads it, and A waits for the `Recv`, all on one task each.
+async fn through_lean_clients(relay: &RelayProcess) -> Vec<Duration> {
+    let cluster = TestCluster::new();
+    let mut a = lean_client(relay, &cluster, 1).await;
+    let mut b = lean_client(relay, &cluster, 2).await;
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = b.next().await {
+            let Message::Binary(m) = m else { continue };
+            let mut back = Vec::new();
+            for f in frames(&m).flatten() {
+                if let Frame::Recv { src, payload } = f {
+                    Frame::Send { dst: src, payload }.encode(&mut back).unwrap();
+                }
+            }
+            if !back.is_empty() && b.send(Message::Binary(back.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let send = Frame::Send {
+        dst: hub(2),
+        payload: &[7u8; PAYLOAD],
+    }
+    .to_message()
+    .unwrap();
+    let mut out = Vec::with_capacity(ROUNDS);
+    for i in 0..ROUNDS + 100 {
+        let start = Instant::now();
+        a.send(Message::Binary(send.clone().into())).await.unwrap();
+        loop {
+            if let Some(Ok(Message::Binary(m))) = a.next().await {
+                if frames(&m).any(|f| matches!(f, Ok(Frame::Recv { .. }))) {
+                    break;
+                }
+            }
+        }
+        if i >= 100 {
+            out.push(start.elapsed());
+        }
+    }
+    out
+}
+
 async fn through_session(relay: &RelayProcess) -> Vec<Duration> {
     let cluster = TestCluster::new();
     let mut clients = Vec::new();
@@ -131,11 +201,16 @@ async fn main() {
             RelayKind::Native => "hub relay",
             RelayKind::Workerd => "workerd",
         };
-        for (what, samples) in [
-            ("relay frames", through_relay(&relay).await),
-            ("Noise session ping", through_session(&relay).await),
+        let lean = percentiles(through_lean_clients(&relay).await);
+        let client = percentiles(through_relay(&relay).await);
+        for (what, (p50, p99)) in [
+            ("lean clients (bare sockets)", lean),
+            ("relay frames", client),
+            (
+                "Noise session ping",
+                percentiles(through_session(&relay).await),
+            ),
         ] {
-            let (p50, p99) = percentiles(samples);
             println!(
                 "{:<44} p50 {:>6.3} ms  p99 {:>6.3} ms  ratio p50 {:.2}  p99 {:.2}",
                 format!("hub -> {name} -> hub -> {name} -> hub, {what}"),
@@ -145,5 +220,11 @@ async fn main() {
                 p99.as_secs_f64() / d99.as_secs_f64()
             );
         }
+        println!(
+            "{:<44} ratio p50 {:.2}  p99 {:.2}",
+            format!("{name}: RelayClient / lean clients"),
+            client.0.as_secs_f64() / lean.0.as_secs_f64(),
+            client.1.as_secs_f64() / lean.1.as_secs_f64()
+        );
     }
 }
