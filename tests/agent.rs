@@ -725,8 +725,15 @@ async fn every_envelope_refusal_has_its_own_code() {
     assert!(log.contains("busy: too many calls"), "{log}");
 
     // The desk's trust score for the laptop fell with the forged envelopes and the refusals,
-    // part by part.
-    let detail = blocking(|| peer_detail(c.desk_run(), &laptop_id.to_string()));
+    // part by part. The desk answers a refusal while it writes its entry: wait for the entries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let detail = loop {
+        let detail = blocking(|| peer_detail(c.desk_run(), &laptop_id.to_string()));
+        if score_part(&detail, "refusals")["penalty"] == 8 || Instant::now() > deadline {
+            break detail;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let score = &detail["trust_score"];
     let part = |name: &str| score_part(&detail, name)["penalty"].clone();
     assert_eq!(part("signature"), 40, "{score}");
@@ -1127,19 +1134,8 @@ fn calls_are_audited_on_both_sides_and_tampering_is_found() {
     assert_eq!(api_all, desk_stats);
 
     // Behind the hub's back: change an entry's reason, then delete one.
-    let db = rusqlite::Connection::open(laptop.dir.join("hub.db")).unwrap();
-    let seq: i64 = db
-        .query_row(
-            "SELECT seq FROM audit_log WHERE kind = 'call.in' ORDER BY seq LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    db.execute(
-        "UPDATE audit_log SET reason = 'nothing to see' WHERE seq = ?1",
-        [seq],
-    )
-    .unwrap();
+    let seq = laptop.rewrite_audit_reason("call.in", "nothing to see");
+    let db = laptop.db();
     let err = laptop.fails(&["audit", "verify"]);
     assert!(
         err.contains(&format!("entry {seq}: its MAC does not match")),

@@ -337,16 +337,19 @@ async fn the_console_shows_and_drives_the_cluster_live() {
     click(&b, &format!("{row} button[data-action='suspend']")).await;
     click(&b, "#confirm-yes").await;
     text_when(&b, &format!("{row} td.state"), |t| t.contains("suspended")).await;
-    let suspended = blocking(|| {
-        desk_run
-            .request(
-                "GET",
-                &format!("/api/federation/peers/{laptop_id}"),
-                Some(&token),
-                None,
-            )
-            .json
-    });
+    let laptop_detail = || {
+        blocking(|| {
+            desk_run
+                .request(
+                    "GET",
+                    &format!("/api/federation/peers/{laptop_id}"),
+                    Some(&token),
+                    None,
+                )
+                .json
+        })
+    };
+    let suspended = laptop_detail();
     assert!(suspended["suspended_at"].is_u64(), "{suspended}");
     click(&b, &format!("{row} button[data-action='resume']")).await;
     click(&b, "#confirm-yes").await;
@@ -362,34 +365,13 @@ async fn the_console_shows_and_drives_the_cluster_live() {
         rows.is_empty().then_some(())
     })
     .await;
-    let detail = blocking(|| {
-        desk_run
-            .request(
-                "GET",
-                &format!("/api/federation/peers/{laptop_id}"),
-                Some(&token),
-                None,
-            )
-            .json
-    });
+    let detail = laptop_detail();
     assert!(detail["revoked_at"].is_u64(), "{detail}");
 
     // The audit log verifies; tampered with behind the hub's back, the console flags it.
     visit(&b, &base, "audit").await;
     text_when(&b, "#audit-verify", |t| t.contains("verifies")).await;
-    let db = rusqlite::Connection::open(desk.dir.join("hub.db")).unwrap();
-    let seq: i64 = db
-        .query_row(
-            "SELECT seq FROM audit_log WHERE kind = 'app.share' ORDER BY seq LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    db.execute(
-        "UPDATE audit_log SET reason = 'local' WHERE seq = ?1",
-        [seq],
-    )
-    .unwrap();
+    let seq = desk.rewrite_audit_reason("app.share", "local");
     visit(&b, &base, "cluster").await;
     visit(&b, &base, "audit").await;
     let banner = text_when(&b, "#audit-verify", |t| t.contains("NOT verify")).await;

@@ -98,6 +98,30 @@ impl HubHome {
         self.ok(&["id"]).trim().to_owned()
     }
 
+    /// Its store, opened behind the hub's back (to tamper with it).
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.join("hub.db")).expect("the hub's store opens")
+    }
+
+    /// Rewrites the reason of the first audit entry of `kind` behind the hub's back, without
+    /// its MAC; returns the entry's sequence number.
+    pub fn rewrite_audit_reason(&self, kind: &str, reason: &str) -> i64 {
+        let db = self.db();
+        let seq: i64 = db
+            .query_row(
+                "SELECT seq FROM audit_log WHERE kind = ?1 ORDER BY seq LIMIT 1",
+                [kind],
+                |r| r.get(0),
+            )
+            .expect("an audit entry of that kind");
+        db.execute(
+            "UPDATE audit_log SET reason = ?2 WHERE seq = ?1",
+            rusqlite::params![seq, reason],
+        )
+        .expect("the entry rewritten");
+        seq
+    }
+
     /// Starts `hub run` on a free port and waits until its API answers (and, for a member,
     /// until it is connected to the relay).
     pub fn run(&self) -> RunningHub {

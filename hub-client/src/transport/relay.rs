@@ -24,8 +24,7 @@ use shared_proto::relay::frame::{
 use shared_proto::relay::path::{
     connect_path, connect_query, is_valid_cluster_id, KEPT_OUT_STATUS,
 };
-use shared_proto::relay::rate::MAX_PENALTY_MS;
-use shared_proto::relay::rate::{Limits, Pacer};
+use shared_proto::relay::rate::{Limits, Pacer, MAX_PENALTY_MS, PENALTY_MS};
 use shared_proto::trust::login::Credentials;
 use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::CloseCode;
@@ -484,7 +483,7 @@ fn kept_out(e: &WsError) -> Option<SessionEnd> {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(10);
+        .unwrap_or(PENALTY_MS / 1000);
     let reason = resp
         .body()
         .as_deref()

@@ -17,8 +17,9 @@
 //! counters accepts reordering inside it and refuses duplicates and anything older.
 //!
 //! X25519 is snow's (curve25519-dalek, portable), or with the feature `aws-lc` (the hub's),
-//! aws-lc-rs's assembly ([`X25519_BACKEND`]): the ten X25519 operations of a handshake are most
-//! of its cost, and aws-lc-rs does each in about 0.55x the time here (docs/BENCHMARKS.md).
+//! aws-lc-rs's assembly ([`X25519_BACKEND`]): the X25519 operations of a handshake are most of
+//! its cost, and aws-lc-rs does them in 0.44x curve25519-dalek's time here (275.0 vs 631.1 us
+//! in one run of the noise bench, docs/BENCHMARKS.md).
 //!
 //! The prologue binds every session to the cluster: `"hub-relay noise v1\0" | cluster id`.
 //! Time (`now_ms`) and randomness (an RNG) are arguments: nothing here reads a clock or the OS
@@ -354,6 +355,29 @@ pub(crate) fn static_builder<'a>(
         .map_err(noise_err)
 }
 
+/// Reads a handshake message into `hs` and its payload: the sender's timestamp and its
+/// certificate, verified against the static key the message proved ([`read_payload`]).
+fn read_handshake(
+    hs: &mut snow::HandshakeState,
+    local: &LocalIdentity,
+    msg: &[u8],
+    now_ms: u64,
+    revocations: Option<&VerifiedRevocations>,
+    known: Option<&VerifiedPeer>,
+) -> Result<(u64, VerifiedPeer), NoiseError> {
+    let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+    let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
+    let remote = hs.get_remote_static().map(<[u8]>::to_vec);
+    read_payload(
+        local,
+        &payload[..n],
+        remote.as_deref(),
+        now_ms,
+        revocations,
+        known,
+    )
+}
+
 /// Reads a handshake payload: the sender's timestamp and certificate, verified.
 fn read_payload(
     local: &LocalIdentity,
@@ -438,13 +462,10 @@ impl Initiator {
         now_ms: u64,
         revocations: Option<&VerifiedRevocations>,
     ) -> Result<Transport, NoiseError> {
-        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
-        let n = self.hs.read_message(msg, &mut payload).map_err(noise_err)?;
-        let remote = self.hs.get_remote_static().map(<[u8]>::to_vec);
-        let (_, peer) = read_payload(
+        let (_, peer) = read_handshake(
+            &mut self.hs,
             local,
-            &payload[..n],
-            remote.as_deref(),
+            msg,
             now_ms,
             revocations,
             Some(&self.responder),
@@ -484,17 +505,7 @@ impl Responder {
         let mut hs = builder(local, &prologue, rng)?
             .build_responder()
             .map_err(noise_err)?;
-        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
-        let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
-        let remote = hs.get_remote_static().map(<[u8]>::to_vec);
-        let (timestamp, peer) = read_payload(
-            local,
-            &payload[..n],
-            remote.as_deref(),
-            now_ms,
-            revocations,
-            known,
-        )?;
+        let (timestamp, peer) = read_handshake(&mut hs, local, msg, now_ms, revocations, known)?;
         if timestamp.abs_diff(now_ms) > HANDSHAKE_MAX_AGE_MS {
             return Err(NoiseError::StaleHandshake);
         }
