@@ -132,12 +132,30 @@ async fn attr(b: &Client, css: &str, name: &str) -> Option<String> {
         .flatten()
 }
 
+/// Clicks the element `css` once it is there. A live update may redraw the element between
+/// finding and clicking it (a stale element): then it is found again and clicked.
 async fn click(b: &Client, css: &str) {
-    let e = until(&format!("{css} to click"), || async {
-        b.find(Locator::Css(css)).await.ok()
+    until(&format!("{css} to click"), || async {
+        match b.find(Locator::Css(css)).await.ok()?.click().await {
+            Ok(()) => Some(()),
+            Err(e) if e.is_stale_element_reference() => None,
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
     })
     .await;
-    e.click().await.unwrap();
+}
+
+/// Types `value` into the input `css` in place of what it held, again if a live update redrew
+/// the input meanwhile, until the input holds it.
+async fn fill(b: &Client, css: &str, value: &str) {
+    until(&format!("{css} to hold {value:?}"), || async {
+        let input = b.find(Locator::Css(css)).await.ok()?;
+        input.clear().await.ok()?;
+        input.send_keys(value).await.ok()?;
+        let held = input.prop("value").await.ok()??;
+        (held == value).then_some(())
+    })
+    .await;
 }
 
 async fn visit(b: &Client, base: &str, page: &str) {
@@ -197,19 +215,10 @@ async fn the_console_shows_and_drives_the_cluster_live() {
 
     // Sign in: a wrong token is refused, the right one opens the cluster page.
     b.goto(&base).await.unwrap();
-    let input = until("the sign-in form", || async {
-        b.find(Locator::Id("token")).await.ok()
-    })
-    .await;
-    input.send_keys("hubapi_not-a-token").await.unwrap();
+    fill(&b, "#token", "hubapi_not-a-token").await;
     click(&b, "#signin-button").await;
     text_when(&b, "#signin-error", |t| t.contains("not valid")).await;
-    b.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
+    fill(&b, "#token", &token).await;
     click(&b, "#signin-button").await;
     let status = blocking(|| {
         desk_run
@@ -245,12 +254,7 @@ async fn the_console_shows_and_drives_the_cluster_live() {
     visit(&b, &base, "apps").await;
     let app_row = "tr[data-app='notes']";
     text_when(&b, &format!("{app_row} td.shared"), |t| t == "local").await;
-    let input = b
-        .find(Locator::Css(&format!("{app_row} input.sharing")))
-        .await
-        .unwrap();
-    input.clear().await.unwrap();
-    input.send_keys("cluster").await.unwrap();
+    fill(&b, &format!("{app_row} input.sharing"), "cluster").await;
     click(&b, &format!("{app_row} button")).await;
     text_when(&b, &format!("{app_row} td.shared"), |t| t == "cluster").await;
     let apps = desk.ok(&["apps", "list"]);

@@ -355,13 +355,22 @@ async function renderApps() {
   const hubs = await api('GET', '/api/apps');
   const mine = hubs.find((h) => h.local);
   const body = $('apps-table').tBodies[0];
+  // A live refresh keeps a sharing policy being edited, and the focus in it.
+  const edits = new Map();
+  let focused = null;
+  for (const input of body.querySelectorAll('input.sharing')) {
+    if (input.value !== input.defaultValue) edits.set(input.dataset.app, input.value);
+    if (input === document.activeElement) focused = input.dataset.app;
+  }
   body.replaceChildren(...(mine ? mine.apps : []).map((a) => {
-    const input = el('input', { value: a.sharing || 'local', 'aria-label': `sharing of ${a.name}`, class: 'sharing' });
+    const input = el('input', { value: a.sharing || 'local', 'aria-label': `sharing of ${a.name}`, class: 'sharing', 'data-app': a.name });
+    if (edits.has(a.name)) input.value = edits.get(a.name);
     const save = el('button', {
       type: 'button',
       onclick: async () => {
         try {
           await api('PUT', `/api/apps/${encodeURIComponent(a.name)}/sharing`, { sharing: input.value.trim() });
+          input.defaultValue = input.value;
           await renderApps();
         } catch (e) {
           showError(e);
@@ -375,6 +384,10 @@ async function renderApps() {
       el('td', { class: 'shared' }, a.sharing || 'local'),
       el('td', { class: 'actions' }, input, save));
   }));
+  if (focused !== null) {
+    const input = [...body.querySelectorAll('input.sharing')].find((i) => i.dataset.app === focused);
+    input?.focus();
+  }
   if (!mine || mine.apps.length === 0) {
     body.append(el('tr', {}, el('td', { colspan: 5, class: 'hint' }, 'No apps: hub apps add NAME --command "CMD ARGS..."')));
   }
