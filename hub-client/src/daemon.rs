@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use crate::hub::{HubState, RelayState};
 use crate::node::home::{Home, HomeError};
 use crate::node::store::{StoreError, MANIFEST};
+use crate::transport::lan::{Lan, LanConfig, LanEvent};
 use crate::transport::peers::{LocalPolicy, PeerClient, PeerError, PeerEvent};
 use crate::transport::relay::RelayEvent;
 use crate::unix_ms;
@@ -72,6 +73,11 @@ pub struct Options {
     /// Whether the running hub appends to the audit log. Only a benchmark turns it off, to
     /// measure what auditing costs a call (`hub run --bench-unaudited`, hidden, warned about).
     pub audited: bool,
+    /// Where the LAN path accepts direct links (`0.0.0.0:0` by default); `None`: no LAN path
+    /// (`hub run --no-lan`).
+    pub lan: Option<std::net::SocketAddr>,
+    /// Whether the LAN path advertises and browses by mDNS.
+    pub mdns: bool,
 }
 
 impl Default for Options {
@@ -79,6 +85,8 @@ impl Default for Options {
         Options {
             audit_head_interval: Duration::from_secs(30),
             audited: true,
+            lan: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            mdns: true,
         }
     }
 }
@@ -133,6 +141,7 @@ pub async fn run_with(
         watchers: Arc::new(tokio::sync::Semaphore::new(
             crate::api::console::MAX_WATCHERS,
         )),
+        lan: RwLock::new(None),
     });
     let addr = listener.local_addr()?;
     publish_cli_access(&state, addr)?;
@@ -217,7 +226,17 @@ async fn hub_loop(
     let config = home.relay_config(None)?;
     let me = config.credentials.hub_id;
     let identity = home.noise_identity()?;
-    let mut peers = PeerClient::spawn_with(config, identity, state.policy.clone())?;
+    let lan = match options.lan {
+        Some(listen) => start_lan(&state, &config, listen, options.mdns).await,
+        None => {
+            tracing::info!("LAN path off (--no-lan): every message goes by the relay");
+            None
+        }
+    };
+    if let Ok(mut view) = state.lan.write() {
+        *view = lan.as_ref().map(|(lan, _)| lan.view());
+    }
+    let mut peers = PeerClient::spawn_with(config, identity, state.policy.clone(), lan)?;
     if let Ok(mut m) = state.member.write() {
         *m = Some(peers.handle());
     }
@@ -235,7 +254,7 @@ async fn hub_loop(
                     .read()
                     .map(|c| c.keys().copied().collect())
                     .unwrap_or_default();
-                let online = state.relay_state().online;
+                let online = state.online();
                 for peer in with_sessions.into_iter().filter(|p| online.contains(p)) {
                     send_reports(&state, &peers, peer);
                 }
@@ -250,7 +269,33 @@ async fn hub_loop(
         }
     };
     peers.shutdown().await;
+    if let Ok(mut view) = state.lan.write() {
+        *view = None;
+    }
     result
+}
+
+/// Starts the LAN path; a hub that cannot (no multicast, the port taken) goes on by the relay.
+async fn start_lan(
+    state: &HubState,
+    config: &crate::transport::relay::RelayConfig,
+    listen: std::net::SocketAddr,
+    mdns: bool,
+) -> Option<(Lan, tokio::sync::mpsc::Receiver<LanEvent>)> {
+    let revocations = state.home.held_revocations(&state.store()).ok().flatten();
+    let lan = LanConfig {
+        credentials: config.credentials.clone(),
+        listen,
+        mdns,
+        revocations,
+    };
+    match Lan::start(lan).await {
+        Ok(lan) => Some(lan),
+        Err(e) => {
+            tracing::warn!("LAN path not started ({e}): every message goes by the relay");
+            None
+        }
+    }
 }
 
 async fn handle_event(
@@ -459,6 +504,8 @@ async fn handle_event(
         PeerEvent::SessionFailed { peer, reason } => {
             tracing::debug!(%peer, "session failed: {reason}");
         }
+        // The LAN path logs its links; a peer linked is a peer seen.
+        PeerEvent::LinkUp { peer, .. } => touch_peer(state, peer).await?,
         _ => {}
     }
     Ok(())

@@ -25,11 +25,14 @@ impl HubHome {
         }
     }
 
-    /// A `hub` command with this home.
+    /// A `hub` command with this home. `hub run` runs without its LAN path (`HUB_NO_LAN`):
+    /// these hubs share one host, and what they test is the relay path (tests/lan.rs runs hubs
+    /// with it, each in its own network namespace).
     pub fn command(&self) -> Command {
         let mut c = Command::new(hub_bin());
         c.arg("--home")
             .arg(&self.dir)
+            .env("HUB_NO_LAN", "1")
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .env_remove("HUB_RELAY_URL")

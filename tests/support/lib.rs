@@ -311,6 +311,7 @@ impl Drop for RelayProcess {
 }
 
 pub mod cli;
+pub mod netns;
 
 /// A hub id made of one repeated byte, for readable tests.
 pub fn hub(b: u8) -> HubId {

@@ -181,7 +181,7 @@ pub(crate) async fn events(
     })?;
     let head = audit_seq(&state).await?;
     let watch = Watch {
-        online: state.relay_state().online,
+        online: state.online(),
         head,
         _permit: permit,
     };
@@ -194,7 +194,7 @@ pub(crate) async fn events(
             }
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                let online = state.relay_state().online;
+                let online = state.online();
                 let head = audit_seq(&state).await.unwrap_or(watch.head);
                 if online != watch.online || head != watch.head {
                     watch.online = online;

@@ -162,7 +162,7 @@ impl HubState {
         let Some(member) = self.member() else {
             return out;
         };
-        let online = self.relay_state().online;
+        let online = self.online();
         let peers = self
             .blocking(|state| Ok(state.store().active_peers()?))
             .await
@@ -195,7 +195,7 @@ impl HubState {
                 hub_name: names.get(&hub).cloned().unwrap_or_default(),
                 local: false,
                 online: true,
-                path: "relay".into(),
+                path: self.path_to(&hub).into(),
                 error,
                 apps,
             });

@@ -23,8 +23,9 @@ pub mod score;
 pub mod view;
 
 use view::{
-    CertificateView, IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView,
-    RateLimitedView, RelayView, RevokedView, StatusView, SuspendedView,
+    CertificateView, IssuerView, JoinedView, LanPeerView, LanStatusView, PairingTokenView,
+    PeerDetail, PeerView, PingView, RateLimitedView, RelayView, RevokedView, StatusView,
+    SuspendedView,
 };
 
 /// Longest pairing-token lifetime the hub grants.
@@ -140,6 +141,8 @@ pub(crate) struct HubState {
     pub(crate) faults: Mutex<std::collections::HashMap<(HubId, &'static str), u64>>,
     /// Places for the console's event streams (`api::console::MAX_WATCHERS`).
     pub(crate) watchers: Arc<tokio::sync::Semaphore>,
+    /// The LAN path, while it runs.
+    pub(crate) lan: RwLock<Option<crate::transport::lan::LanView>>,
 }
 
 impl HubState {
@@ -158,6 +161,32 @@ impl HubState {
 
     pub(crate) fn relay_state(&self) -> RelayState {
         self.relay.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The peers reachable now: online at the relay or linked on the LAN.
+    pub(crate) fn online(&self) -> BTreeSet<HubId> {
+        let mut online = self.relay_state().online;
+        if let Some(lan) = self.lan_view() {
+            online.extend(
+                lan.peers()
+                    .into_iter()
+                    .filter(|p| p.linked)
+                    .map(|p| p.hub_id),
+            );
+        }
+        online
+    }
+
+    pub(crate) fn lan_view(&self) -> Option<crate::transport::lan::LanView> {
+        self.lan.read().ok().and_then(|l| l.clone())
+    }
+
+    /// The path messages to `hub` take now: `lan` (a verified direct link) or `relay`.
+    pub(crate) fn path_to(&self, hub: &HubId) -> &'static str {
+        match self.lan_view() {
+            Some(lan) if lan.is_linked(hub) => "lan",
+            _ => "relay",
+        }
     }
 
     pub(crate) fn update_relay(&self, f: impl FnOnce(&mut RelayState)) {
@@ -310,6 +339,22 @@ impl HubState {
         }
         let rtt = self.relay_rtt().await;
         let relay = self.relay_state();
+        let lan = match self.lan_view() {
+            Some(lan) => LanStatusView {
+                enabled: true,
+                listen: Some(lan.local_addr().to_string()),
+                peers: lan
+                    .peers()
+                    .into_iter()
+                    .map(|p| LanPeerView {
+                        hub_id: p.hub_id.to_string(),
+                        addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                        linked: p.linked,
+                    })
+                    .collect(),
+            },
+            None => LanStatusView::default(),
+        };
         self.blocking(move |state| {
             let home = &state.home;
             let cert = home.certificate()?;
@@ -333,6 +378,7 @@ impl HubState {
                     }),
                 }),
                 peers_online: Some(relay.online.len()),
+                lan: Some(lan),
                 manifest_epoch: store.document(MANIFEST)?.map(|d| d.serial),
                 revocation_version: store.document(REVOCATIONS)?.map(|d| d.serial),
                 certificate: Some(CertificateView {
@@ -409,7 +455,7 @@ impl HubState {
 
     /// The active peers, most recently seen first, with their presence at the relay.
     pub async fn peers(self: &Arc<Self>) -> Result<Vec<PeerView>, ServiceError> {
-        let online = self.relay_state().online;
+        let online = self.online();
         self.blocking(move |state| {
             let store = state.store();
             let now_ms = unix_ms();
@@ -417,9 +463,13 @@ impl HubState {
                 .active_peers()?
                 .into_iter()
                 .map(|p| {
+                    let p_id = p.id;
                     let (score, _) = state.score_of(&store, p.id, now_ms)?;
                     let mut view = PeerView::new(p, Some(&online));
                     view.trust_score = Some(score.score);
+                    if view.online == Some(true) {
+                        view.path = Some(state.path_to(&p_id).to_owned());
+                    }
                     Ok(view)
                 })
                 .collect()
@@ -430,7 +480,10 @@ impl HubState {
     /// One peer (revoked ones too), with what it reports about itself if it is online.
     pub async fn peer(self: &Arc<Self>, id: HubId) -> Result<PeerDetail, ServiceError> {
         let record = self.known_peer(id).await?;
-        let peer = PeerView::new(record, Some(&self.relay_state().online));
+        let mut peer = PeerView::new(record, Some(&self.online()));
+        if peer.online == Some(true) {
+            peer.path = Some(self.path_to(&id).to_owned());
+        }
         let (reported, report_error) = match self.member() {
             Some(member) if peer.online == Some(true) => {
                 match member.info(id, Duration::from_secs(5)).await {

@@ -45,6 +45,33 @@ pub struct StatusView {
     /// This hub's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateView>,
+    /// The LAN path: where it listens and the hubs of this cluster it found and linked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanStatusView>,
+}
+
+/// The LAN path in [`StatusView`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanStatusView {
+    /// Whether it runs (off with `hub run --no-lan`).
+    pub enabled: bool,
+    /// Where it accepts links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The hubs of this cluster found on the LAN (by mDNS) or linked.
+    #[serde(default)]
+    pub peers: Vec<LanPeerView>,
+}
+
+/// A hub found on the LAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanPeerView {
+    /// Its hub id.
+    pub hub_id: String,
+    /// Where it is reached (the link's address when linked).
+    pub addrs: Vec<String>,
+    /// Whether a verified direct link is up (messages to it go by the LAN).
+    pub linked: bool,
 }
 
 /// A certificate in [`StatusView`]: its SHA-256 and validity (Unix ms).
@@ -73,6 +100,7 @@ impl StatusView {
             manifest_epoch: None,
             revocation_version: None,
             certificate: None,
+            lan: None,
         }
     }
 }
@@ -133,6 +161,10 @@ pub struct PeerView {
     /// Its trust score, 0 to 100 (`/peers/{id}` has its parts); absent when not computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_score: Option<u32>,
+    /// The path messages to it take now, while it is online: `lan` (a verified direct link)
+    /// or `relay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl PeerView {
@@ -158,6 +190,7 @@ impl PeerView {
             last_seen_at,
             online,
             trust_score: None,
+            path: None,
         }
     }
 }

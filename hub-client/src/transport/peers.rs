@@ -42,6 +42,7 @@ use shared_proto::HubId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::transport::lan::{Lan, LanEvent};
 use crate::transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 use crate::unix_ms;
 
@@ -277,6 +278,28 @@ pub enum PeerEvent {
         /// Why.
         reason: String,
     },
+    /// A verified LAN link to a peer is up: messages to it go direct.
+    LinkUp {
+        /// The peer (as its certificate names it).
+        peer: HubId,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+    /// A LAN link went down: messages to the peer go by the relay again (what the link had not
+    /// delivered was handed to the relay).
+    LinkDown {
+        /// The peer.
+        peer: HubId,
+        /// Why.
+        reason: String,
+    },
+    /// A LAN connection was refused in its TLS handshake.
+    LinkRefused {
+        /// The remote address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 enum Command {
@@ -330,14 +353,18 @@ impl PeerClient {
         let name = PeerCertificate::from_der(&identity.cert_der)
             .map(|c| c.name().to_owned())
             .unwrap_or_default();
-        Self::spawn_with(relay, identity, Arc::new(LocalPolicy::new(name)))
+        Self::spawn_with(relay, identity, Arc::new(LocalPolicy::new(name)), None)
     }
 
-    /// As [`PeerClient::spawn`], answering and refusing by `policy`.
+    /// As [`PeerClient::spawn`], answering and refusing by `policy`, and with `lan` (the LAN
+    /// path and its events, from [`Lan::start`]) as the direct path to the peers it links to:
+    /// the task routes each message to a peer by its LAN link when one is up, by the relay
+    /// otherwise.
     pub fn spawn_with(
         relay: RelayConfig,
         identity: LocalIdentity,
         policy: Arc<LocalPolicy>,
+        lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
     ) -> Result<Self, PeerError> {
         let me = relay.credentials.hub_id;
         let client = RelayClient::spawn(relay)?;
@@ -345,7 +372,7 @@ impl PeerClient {
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
         let sessions = PeerSessions::new(identity, me);
-        let task = tokio::spawn(run(client, sessions, cmd_rx, ev_tx, stop_rx, policy));
+        let task = tokio::spawn(run(client, lan, sessions, cmd_rx, ev_tx, stop_rx, policy));
         Ok(PeerClient {
             handle: PeerHandle { commands: cmd_tx },
             events: ev_rx,
@@ -597,6 +624,7 @@ impl Queues {
 
 async fn run(
     mut relay: RelayClient,
+    lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
     mut sessions: PeerSessions,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<PeerEvent>,
@@ -612,6 +640,11 @@ async fn run(
     let sender = relay.sender();
     let mut connected_before = false;
     let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
+    let (lan, mut lan_events) = match lan {
+        Some((lan, events)) => (Some(lan), Some(events)),
+        None => (None, None),
+    };
+    let linked = |hub: &HubId| lan.as_ref().is_some_and(|l| l.is_linked(hub));
     loop {
         let session_timer = sessions
             .poll_timeout()
@@ -700,22 +733,19 @@ async fn run(
                         q.to_app.push_back(ev);
                     }
                     RelayEvent::Message { from, payload } => {
-                        match sessions.handle_incoming(*from, payload, unix_ms(), &mut rng) {
-                            Ok(()) => {}
-                            Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
-                                tracing::warn!(%from, "handshake refused: {e}");
-                                q.to_app.push_back(PeerEvent::HandshakeRefused {
-                                    peer: *from,
-                                    reason: e.to_string(),
-                                });
-                            }
-                            Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
-                        }
+                        incoming(&mut sessions, &mut q, *from, payload, &mut rng);
                     }
-                    RelayEvent::PeerLeft(hub) => sessions.drop_peer(*hub, "left the relay"),
-                    RelayEvent::Undeliverable(hub) => sessions.drop_peer(*hub, "not online"),
-                    RelayEvent::PeerJoined(hub) => sessions.reset_peer(*hub, unix_ms(), &mut rng),
-                    RelayEvent::Revocations(list) => sessions.set_revocations(list.clone()),
+                    // A peer linked on the LAN keeps its session while the relay loses it (and
+                    // did not restart: its link would have dropped).
+                    RelayEvent::PeerLeft(hub) if !linked(hub) => sessions.drop_peer(*hub, "left the relay"),
+                    RelayEvent::Undeliverable(hub) if !linked(hub) => sessions.drop_peer(*hub, "not online"),
+                    RelayEvent::PeerJoined(hub) if !linked(hub) => sessions.reset_peer(*hub, unix_ms(), &mut rng),
+                    RelayEvent::Revocations(list) => {
+                        if let Some(lan) = &lan {
+                            lan.set_revocations(list.clone());
+                        }
+                        sessions.set_revocations(list.clone());
+                    }
                     RelayEvent::Status(_) => {
                         if let Some((sent, done)) = status_waiters.pop_front() {
                             let _ = done.send(sent.elapsed());
@@ -734,6 +764,31 @@ async fn run(
                     q.to_app.push_back(PeerEvent::Relay(event));
                 }
             }
+            event = recv_opt(&mut lan_events), if q.to_app.len() < TO_APP_HIGH => {
+                from_network = true;
+                match event {
+                    // Pairing guests hold no certificate: they never link.
+                    Some(LanEvent::Message { from, payload }) if !is_pairing_message(&payload) => {
+                        incoming(&mut sessions, &mut q, from, &payload, &mut rng);
+                    }
+                    Some(LanEvent::Up { peer, addr }) => {
+                        q.to_app.push_back(PeerEvent::LinkUp { peer, addr });
+                    }
+                    Some(LanEvent::Down { peer, reason, unsent }) => {
+                        // What the link may not have delivered goes by the relay; the session's
+                        // replay window drops whatever of it did arrive.
+                        for payload in unsent {
+                            q.push_outbound(Outbound::Send(peer, payload));
+                        }
+                        q.to_app.push_back(PeerEvent::LinkDown { peer, reason });
+                    }
+                    Some(LanEvent::Refused { addr, reason }) => {
+                        q.to_app.push_back(PeerEvent::LinkRefused { addr, reason });
+                    }
+                    Some(_) => {}
+                    None => lan_events = None,
+                }
+            }
             () = sleep_until_opt(timer) => {
                 sessions.handle_timeout(unix_ms(), &mut rng);
                 for (peer, token) in pending.expire(Instant::now()) {
@@ -741,7 +796,14 @@ async fn run(
                 }
             }
         }
-        drain(&mut sessions, &mut q, &mut pending, &mut rng, from_network);
+        drain(
+            &mut sessions,
+            &mut q,
+            &mut pending,
+            lan.as_ref(),
+            &mut rng,
+            from_network,
+        );
     }
     // What the application has not been handed yet still reaches it (above all the relay's last
     // `Disconnected`, which says why it stopped), unless it stopped listening.
@@ -753,6 +815,34 @@ async fn run(
     relay.shutdown().await;
 }
 
+/// A peer payload from either path into the sessions.
+fn incoming(
+    sessions: &mut PeerSessions,
+    q: &mut Queues,
+    from: HubId,
+    payload: &[u8],
+    rng: &mut StdRng,
+) {
+    match sessions.handle_incoming(from, payload, unix_ms(), rng) {
+        Ok(()) => {}
+        Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
+            tracing::warn!(%from, "handshake refused: {e}");
+            q.to_app.push_back(PeerEvent::HandshakeRefused {
+                peer: from,
+                reason: e.to_string(),
+            });
+        }
+        Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -760,18 +850,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Moves what the sessions produced into the task's queues. Transmissions caused by what peers
-/// sent (`from_network`) are dropped while the relay queue is past [`OUTBOUND_MAX`].
+/// Moves what the sessions produced into the task's queues. This is the router: a transmission
+/// goes by the peer's LAN link when a verified one is up and has room, by the relay otherwise.
+/// Transmissions caused by what peers sent (`from_network`) are dropped while the relay queue is
+/// past [`OUTBOUND_MAX`].
 fn drain(
     sessions: &mut PeerSessions,
     q: &mut Queues,
     pending: &mut Pending,
+    lan: Option<&Lan>,
     rng: &mut StdRng,
     from_network: bool,
 ) {
     while let Some(event) = sessions.poll_event() {
         match event {
             Event::Transmit { to, payload } => {
+                let payload = match lan {
+                    Some(lan) => match lan.try_send(to, payload) {
+                        Ok(()) => continue,
+                        Err(payload) => payload,
+                    },
+                    None => payload,
+                };
                 if from_network && q.outbound_bytes > OUTBOUND_MAX {
                     tracing::debug!(peer = %to, "relay queue full: an answer was dropped");
                     continue;

@@ -388,6 +388,11 @@ impl PeerCertificate {
         self.hub_id
     }
 
+    /// The subject's Ed25519 key the certificate claims (not verified yet).
+    pub fn identity_key(&self) -> &VerifyingKey {
+        &self.identity_key
+    }
+
     /// The name the certificate claims.
     pub fn name(&self) -> &str {
         &self.name

@@ -77,6 +77,19 @@ pub(crate) enum Command {
         /// comes up), so that they notice if its log is cut or rolled back.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         audit_head_interval: u64,
+        /// No LAN path: do not advertise or browse by mDNS (`_aiappuse._tcp`), accept no direct
+        /// links; every message goes by the relay.
+        #[arg(long, env = "HUB_NO_LAN")]
+        no_lan: bool,
+        /// Where the LAN path accepts direct links from the cluster's other hubs (mutually
+        /// authenticated TLS 1.3); port 0 picks one, which mDNS advertises.
+        #[arg(
+            long,
+            default_value = "0.0.0.0:0",
+            env = "HUB_LAN_LISTEN",
+            value_name = "ADDR"
+        )]
+        lan_listen: SocketAddr,
         /// For benchmarks only: record nothing in the audit log (scripts/bench-apps measures
         /// what auditing costs a call with it). Hidden from --help; logged as a warning.
         #[arg(long, hide = true)]

@@ -178,11 +178,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run {
             api_listen,
             audit_head_interval,
+            no_lan,
+            lan_listen,
             bench_unaudited,
         } => {
             let options = hub_client::daemon::Options {
                 audit_head_interval: Duration::from_secs(audit_head_interval.max(1)),
                 audited: !bench_unaudited,
+                lan: (!no_lan).then_some(lan_listen),
+                mdns: true,
             };
             run_hub(home, api_listen, options).await
         }

@@ -33,8 +33,8 @@ pub(crate) fn print_peers(peers: &[PeerView]) {
         return;
     }
     println!(
-        "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {:<9}  score",
-        "ID", "NAME", "ONLINE", "TRUST", "LAST SEEN", "state"
+        "{:<32}  {:<16}  {:<8}  {:<6}  {:<14}  {:<10}  {:<9}  score",
+        "ID", "NAME", "ONLINE", "PATH", "TRUST", "LAST SEEN", "state"
     );
     for p in peers {
         let online = match p.online {
@@ -42,6 +42,7 @@ pub(crate) fn print_peers(peers: &[PeerView]) {
             Some(false) => "no",
             None => "?",
         };
+        let path = p.path.as_deref().unwrap_or("-");
         let state = if p.suspended_at.is_some() {
             "suspended"
         } else {
@@ -49,7 +50,7 @@ pub(crate) fn print_peers(peers: &[PeerView]) {
         };
         let score = p.trust_score.map_or("?".to_owned(), |s| s.to_string());
         println!(
-            "{:<32}  {:<16}  {:<8}  {:<14}  {:<10}  {state:<9}  {score}",
+            "{:<32}  {:<16}  {:<8}  {path:<6}  {:<14}  {:<10}  {state:<9}  {score}",
             p.id,
             p.name,
             online,
@@ -160,6 +161,21 @@ pub(crate) async fn status(home: &Home) -> Result<()> {
             );
         }
         println!("peers online: {}", s.peers_online.unwrap_or_default());
+        match s.lan {
+            Some(lan) if lan.enabled => {
+                let linked = lan.peers.iter().filter(|p| p.linked).count();
+                println!(
+                    "lan:          listening on {}, {} hub(s) found, {linked} linked",
+                    lan.listen.as_deref().unwrap_or("?"),
+                    lan.peers.len()
+                );
+                for p in &lan.peers {
+                    let state = if p.linked { "linked" } else { "found" };
+                    println!("  {}  {state:<6}  {}", p.hub_id, p.addrs.join(" "));
+                }
+            }
+            _ => println!("lan:          off"),
+        }
         let serial = |v: Option<u64>| v.map_or_else(|| "none".into(), |n| n.to_string());
         println!("manifest:     epoch {}", serial(s.manifest_epoch));
         println!("revocations:  version {}", serial(s.revocation_version));
