@@ -144,7 +144,7 @@ async fn dial_as(
         .ok()
 }
 
-/// A TLS server presenting `cert` that accepts one connection; its address.
+/// A TLS server presenting `cert` that accepts any number of connections; its address.
 async fn serve_as(cert: Arc<Credentials>) -> SocketAddr {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -160,8 +160,11 @@ async fn serve_as(cert: Arc<Credentials>) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     tokio::spawn(async move {
-        if let Ok((tcp, _)) = listener.accept().await {
-            let _ = acceptor.accept(tcp).await;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
         }
     });
     addr
@@ -296,6 +299,36 @@ async fn the_dialer_refuses_a_foreign_certificate_and_another_hubs() {
     let reason = refusal(&mut events).await;
     assert!(reason.contains("NotValidForName"), "{reason}");
     assert!(!a.is_linked(&hub(3)) && !a.is_linked(&hub(4)));
+}
+
+/// A stranger advertising as many false hubs of the cluster as the table holds cannot keep a
+/// real one out: records whose handshake was refused make room.
+#[tokio::test]
+async fn false_records_cannot_keep_a_real_hub_out() {
+    let cluster = TestCluster::new();
+    let (a, mut events) = start(cluster.hub(1)).await;
+    let (b, _b_events) = start(cluster.hub(2)).await;
+    let stranger = serve_as(TestCluster::new().hub(3)).await;
+    let table = hub_client::transport::lan::MAX_DISCOVERED;
+    for i in 0..table {
+        let mut id = [0u8; 16];
+        id[0] = 0xf0;
+        id[14..].copy_from_slice(&(i as u16).to_be_bytes());
+        a.add_peer(shared_proto::HubId(id), vec![stranger]);
+    }
+    for _ in 0..table {
+        let reason = refusal(&mut events).await;
+        assert!(reason.contains("BadSignature"), "{reason}");
+    }
+    assert_eq!(a.view().peers().len(), table);
+    a.add_peer(hub(2), vec![b.local_addr()]);
+    let up = next(&mut events, "a link up", |e| match e {
+        LanEvent::Up { peer, .. } => Some(peer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(up, hub(2));
+    assert_eq!(a.view().peers().len(), table);
 }
 
 /// A verified peer that sends a frame over the bound loses its link, and the hub goes on.

@@ -233,6 +233,9 @@ struct LinkHandle {
 #[derive(Debug)]
 struct Discovered {
     addrs: Vec<SocketAddr>,
+    /// Its last dial was refused in the TLS handshake (not a hub of this cluster, or revoked):
+    /// the first to go when the table is full.
+    refused: bool,
     since: Instant,
     dialing: bool,
     next_dial: Instant,
@@ -445,20 +448,27 @@ impl Shared {
             }
             d.addrs = addrs;
             d.next_dial = now;
-        } else if seen.len() < MAX_DISCOVERED {
+        } else {
+            if seen.len() >= MAX_DISCOVERED {
+                // Full: a record that failed its handshake makes room (a stranger advertising
+                // many false hubs cannot keep the real ones out); otherwise the new one waits.
+                let Some(refused) = seen.iter().find(|(_, d)| d.refused).map(|(h, _)| *h) else {
+                    tracing::debug!(peer = %hub, "LAN: {MAX_DISCOVERED} hubs known already; ignored");
+                    return;
+                };
+                seen.remove(&refused);
+            }
             tracing::info!(peer = %hub, ?addrs, "LAN: found a hub of this cluster");
             seen.insert(
                 hub,
                 Discovered {
                     addrs,
+                    refused: false,
                     since: now,
                     dialing: false,
                     next_dial: now,
                 },
             );
-        } else {
-            tracing::debug!(peer = %hub, "LAN: {MAX_DISCOVERED} hubs known already; ignored");
-            return;
         }
         drop(seen);
         self.dial.notify_one();
@@ -837,6 +847,7 @@ async fn dial(shared: Arc<Shared>, hub: HubId, addrs: Vec<SocketAddr>) {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = seen.get_mut(&hub) {
             d.dialing = false;
+            d.refused = redial == REFUSED_REDIAL;
             if linked.is_none() {
                 d.next_dial = Instant::now() + redial;
             }
