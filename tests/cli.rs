@@ -96,6 +96,11 @@ fn create_invite_join_list_ping_suspend_resume_and_revoke_through_workerd() {
     assert!(status.contains("connected, round trip"), "{status}");
     assert!(status.contains("peers online: 1"), "{status}");
     assert!(status.contains("epoch 2"), "{status}");
+    // These hubs run with `HUB_NO_LAN=1` (tests/support/cli.rs): no LAN path, and it says so;
+    // on a LAN path every online peer's path would be `lan` here (one host).
+    assert!(status.contains("lan:          off"), "{status}");
+    let peers = c.founder.ok(&["peers"]);
+    assert!(row(&peers, &laptop_id).contains("relay"), "{peers}");
     let status = laptop.ok(&["status"]);
     assert!(status.contains("epoch 2"), "{status}");
 

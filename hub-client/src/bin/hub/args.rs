@@ -79,7 +79,7 @@ pub(crate) enum Command {
         audit_head_interval: u64,
         /// No LAN path: do not advertise or browse by mDNS (`_aiappuse._tcp`), accept no direct
         /// links; every message goes by the relay.
-        #[arg(long, env = "HUB_NO_LAN")]
+        #[arg(long, env = "HUB_NO_LAN", value_parser = clap::builder::BoolishValueParser::new())]
         no_lan: bool,
         /// Where the LAN path accepts direct links from the cluster's other hubs (mutually
         /// authenticated TLS 1.3); port 0 picks one, which mDNS advertises.
