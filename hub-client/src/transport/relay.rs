@@ -11,6 +11,7 @@
 //! command channel (backpressure) and go out after the next `Hello`; sends queued together are
 //! batched into one WebSocket message.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,50 @@ pub struct RelayConfig {
     pub backoff: Backoff,
     /// Capacity of the command and event channels.
     pub queue: usize,
+    /// What this connection has written, counted as it goes ([`RelayClient::sent`]).
+    pub counters: Arc<SentCounters>,
+}
+
+/// What a relay connection has written to its sockets, over all its sessions. On Cloudflare each
+/// binary message is one incoming WebSocket message of the room's Durable Object (billed, and it
+/// wakes a hibernated object); keepalives are answered by the runtime's auto-response and reach
+/// neither the bill's request count nor the object.
+#[derive(Debug, Default)]
+pub struct SentCounters {
+    messages: AtomicU64,
+    frames: AtomicU64,
+    keepalives: AtomicU64,
+}
+
+/// A reading of [`SentCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Binary WebSocket messages (each a batch of frames).
+    pub messages: u64,
+    /// Frames in them.
+    pub frames: u64,
+    /// Keepalive text messages.
+    pub keepalives: u64,
+}
+
+impl SentCounters {
+    /// The counts so far.
+    pub fn read(&self) -> Sent {
+        Sent {
+            messages: self.messages.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
+            keepalives: self.keepalives.load(Ordering::Relaxed),
+        }
+    }
+
+    fn message(&self, frames: u64) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    fn keepalive(&self) {
+        self.keepalives.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl RelayConfig {
@@ -146,6 +191,7 @@ impl RelayConfig {
             keepalive_misses: 2,
             backoff: Backoff::default(),
             queue: 1024,
+            counters: Arc::default(),
         }
     }
 
@@ -234,6 +280,7 @@ pub struct RelayClient {
     events: mpsc::Receiver<RelayEvent>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    counters: Arc<SentCounters>,
 }
 
 impl RelayClient {
@@ -244,9 +291,11 @@ impl RelayClient {
         let (ev_tx, ev_rx) = mpsc::channel(config.queue.max(1));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let hub_id = config.credentials.hub_id;
+        let counters = config.counters.clone();
         let task = tokio::spawn(connection_loop(config, url, cmd_rx, ev_tx, shutdown_rx));
         Ok(RelayClient {
             hub_id,
+            counters,
             commands: cmd_tx,
             events: ev_rx,
             shutdown: shutdown_tx,
@@ -257,6 +306,11 @@ impl RelayClient {
     /// This hub's id.
     pub fn hub_id(&self) -> HubId {
         self.hub_id
+    }
+
+    /// What this connection has written so far, over all its sessions.
+    pub fn sent(&self) -> Sent {
+        self.counters.read()
     }
 
     /// Queues a payload for another hub of the room. Waits while the queue is full.
@@ -501,10 +555,12 @@ fn kept_out(e: &WsError) -> Option<SessionEnd> {
 /// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
 ///
 /// Reading never waits for writing: a writer task owns the socket's sending half, and the
-/// session hands it whole messages through a short queue. While that queue is full the session
-/// stops taking commands (the application's sends wait) but goes on reading what the relay
-/// sends, so two hubs sending to each other as fast as they can never wait on each other. A
-/// write that takes longer than [`WRITE_TIMEOUT`] ends the session as stalled.
+/// session hands it whole messages through a short queue. While a message waits there (the
+/// writer is busy with the one before) the session takes no command: they gather in the command
+/// queue and go out together as the next message, one batch per write, and the application's
+/// sends wait once that queue is full. It goes on reading what the relay sends meanwhile, so two
+/// hubs sending to each other as fast as they can never wait on each other. A write that takes
+/// longer than [`WRITE_TIMEOUT`] ends the session as stalled.
 pub async fn run_session<S>(
     ws: S,
     config: &RelayConfig,
@@ -540,6 +596,7 @@ where
     let mut writer = Writer(tokio::spawn(write_loop(sink, out_rx)));
     // The queue is empty: this cannot fail.
     let _ = out.try_send(Message::Binary(hello.into()));
+    config.counters.message(1);
     let mut last_heard = Instant::now();
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
@@ -549,7 +606,9 @@ where
     let mut pacer = Pacer::new(Limits::default(), unix_ms());
 
     loop {
-        let paced = pacer.ready_at(unix_ms());
+        let paced = pacer
+            .ready_at(unix_ms())
+            .map(|at| at.saturating_add(PACED_GATHER_MS));
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -615,16 +674,19 @@ where
                     _ => {}
                 }
             }
-            // The writer's queue is full: wake when it has room again.
-            _ = out.reserve(), if out.capacity() == 0 => {}
+            // A message waits for the writer: wake when it took them all. Meanwhile commands
+            // gather into the next batch, so that under load a message carries many frames
+            // (each message is billed on Cloudflare) and an idle writer still sends at once.
+            _ = out.reserve_many(WRITE_QUEUE), if out.capacity() < WRITE_QUEUE => {}
             // Over the pace: wake when a frame may go again.
             () = sleep_until_ms(paced), if paced.is_some() => {}
-            cmd = commands.recv(), if out.capacity() > 0 && paced.is_none() => {
+            cmd = commands.recv(), if out.capacity() == WRITE_QUEUE && paced.is_none() => {
                 let Some(cmd) = cmd else {
                     writer.close(&out, close_message(CloseCode::Normal, "hub shutting down")).await;
                     return SessionEnd::Shutdown;
                 };
                 let mut batch = Vec::new();
+                let mut frames = 0;
                 let mut next = Some(cmd);
                 let now = unix_ms();
                 while let Some(cmd) = next.take() {
@@ -636,7 +698,10 @@ where
                         Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
                     };
                     match encoded {
-                        Ok(()) => pacer.sent(batch.len() - before, now),
+                        Ok(()) => {
+                            pacer.sent(batch.len() - before, now);
+                            frames += 1;
+                        }
                         Err(e) => tracing::warn!("dropped a frame past the protocol's limits: {e}"),
                     }
                     if batch.len() < BATCH_TARGET && pacer.ready_at(now).is_none() {
@@ -644,14 +709,18 @@ where
                     }
                 }
                 // This task is the queue's only sender and saw room in it.
-                let _ = out.try_send(Message::Binary(batch.into()));
+                if frames > 0 && out.try_send(Message::Binary(batch.into())).is_ok() {
+                    config.counters.message(frames);
+                }
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= dead_after {
                     return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed: session.welcomed() };
                 }
                 // With the queue full, writes are flowing (or the write timeout ends them).
-                let _ = out.try_send(Message::text(KEEPALIVE_REQUEST));
+                if out.try_send(Message::text(KEEPALIVE_REQUEST)).is_ok() {
+                    config.counters.keepalive();
+                }
             }
         }
     }
@@ -664,6 +733,11 @@ async fn sleep_until_ms(at: Option<u64>) {
         None => std::future::pending().await,
     }
 }
+
+/// A hub over its pace waits this much longer than the pacer asks, so that what goes next is a
+/// batch of frames rather than one at a time as the budget trickles back (each message is one
+/// billed request on Cloudflare). It delays only frames the pace already held back.
+const PACED_GATHER_MS: u64 = 10;
 
 /// Messages waiting for the socket's writer task.
 const WRITE_QUEUE: usize = 4;
@@ -865,6 +939,7 @@ mod tests {
         let (client_ws, mut relay_ws) = duplex_pair().await;
         let mut config = config(1);
         config.keepalive = Duration::from_secs(5);
+        let counters = config.counters.clone();
         let (cmd_tx, mut ev_rx, stop_tx, session) = spawn_session(client_ws, config);
         // Two sends queued before the session's first write go out in one message after the
         // hello.
@@ -928,6 +1003,15 @@ mod tests {
             panic!()
         };
         assert_eq!(ping.as_str(), KEEPALIVE_REQUEST);
+        // Counted as written: the hello, then two frames in one message, then the keepalive.
+        assert_eq!(
+            counters.read(),
+            Sent {
+                messages: 2,
+                frames: 3,
+                keepalives: 1
+            }
+        );
         relay_ws
             .send(Message::text(KEEPALIVE_RESPONSE))
             .await
