@@ -1434,6 +1434,36 @@ async fn a_pairing_guest_may_batch_frames(kind: RelayKind) {
     assert_eq!(close_code(&mut guest).await, CloseCode::GuestLimit.code());
 }
 
+/// The open-file limits of a process: (soft, hard).
+fn open_files(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut n = line
+        .split_whitespace()
+        .skip(3)
+        .map(|v| v.parse().unwrap_or(u64::MAX));
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+/// `hub relay` started under a low open-file soft limit raises it to what `--max-connections`
+/// needs (one descriptor a connection, and 64 more), as far as the hard limit allows.
+#[test]
+fn hub_relay_raises_its_open_file_limit_to_what_its_connections_need() {
+    let (_, hard) = open_files("self");
+    let wanted = 1000 + 64;
+    let expected = wanted.min(hard);
+    if expected <= 256 {
+        eprintln!("skipped: the hard open-file limit here ({hard}) leaves nothing to raise");
+        return;
+    }
+    let relay = RelayProcess::start_native_limited(256, &["--max-connections", "1000"]);
+    let pid = relay.pid().expect("running").to_string();
+    assert_eq!(open_files(&pid).0, expected);
+}
+
 /// How many of `hub relay`'s (process `pid`, listening on `relay_port`) sockets have one of
 /// `clients` (local ports of this test's connections) as their peer: /proc/net/tcp names each
 /// connection's inode and ends, /proc/PID/fd which inodes the relay holds. (Counting all its

@@ -92,6 +92,8 @@ pub struct RelayProcess {
     allowed_clusters: Option<String>,
     /// More arguments for `hub relay`.
     extra_args: Vec<String>,
+    /// The open-file soft limit `hub relay` is started with (`ulimit -Sn`), if set.
+    soft_open_files: Option<u64>,
 }
 
 impl RelayProcess {
@@ -104,6 +106,16 @@ impl RelayProcess {
     pub fn start_native_with(args: &[&str]) -> Self {
         let mut relay = Self::new(RelayKind::Native, None);
         relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        relay.spawn();
+        relay
+    }
+
+    /// `hub relay` with extra arguments, started under an open-file soft limit of `soft` (as a
+    /// service manager or a login shell might start it).
+    pub fn start_native_limited(soft: u64, args: &[&str]) -> Self {
+        let mut relay = Self::new(RelayKind::Native, None);
+        relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        relay.soft_open_files = Some(soft);
         relay.spawn();
         relay
     }
@@ -125,6 +137,7 @@ impl RelayProcess {
             child: None,
             allowed_clusters,
             extra_args: Vec::new(),
+            soft_open_files: None,
         };
         if kind == RelayKind::Workerd {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -246,7 +259,17 @@ const relay :Workerd.Worker = (
                 c
             }
             RelayKind::Native => {
-                let mut c = Command::new(hub_bin());
+                let mut c = match self.soft_open_files {
+                    // The shell sets the limit, then becomes the relay (same process id).
+                    Some(soft) => {
+                        let mut c = Command::new("sh");
+                        c.arg("-c")
+                            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+                            .arg(hub_bin());
+                        c
+                    }
+                    None => Command::new(hub_bin()),
+                };
                 // Port 0 the first time; the same port again on a restart.
                 c.args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
                     .arg("--state-dir")

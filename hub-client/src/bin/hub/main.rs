@@ -163,6 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_connections,
             idle_timeout,
         } => {
+            crate::relay::raise_open_files(max_connections);
             let state_dir = state_dir.unwrap_or_else(|| home.dir().join("relay-state"));
             let relay = Relay::new(Some(state_dir.clone()))
                 .with_context(|| format!("state directory {}", state_dir.display()))?
