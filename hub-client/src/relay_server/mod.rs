@@ -60,6 +60,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TCP connections served at once, by default.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// The read buffer a connection starts with. tungstenite's default (128 KiB) is zeroed at the
+/// first read and so stays resident for every idle hub; a frame longer than this is read into
+/// room reserved for its whole length, so the buffer grows only for traffic and comes back.
+const READ_BUFFER: usize = 4096;
+
 pub use shared_proto::relay::room::IDLE_TIMEOUT_MS;
 
 /// How long one write to a socket may take before the socket is dropped.
@@ -538,7 +543,7 @@ fn handle_request(
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             io,
             tokio_tungstenite::tungstenite::protocol::Role::Server,
-            Some(ws_config()),
+            Some(ws_config().read_buffer_size(READ_BUFFER)),
         )
         .await;
         if relay.serves(&cluster_id) {
