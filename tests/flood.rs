@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{hub, join, RelayKind, RelayProcess, TestCluster};
+use e2e::{hub, join, rss_kib, RelayKind, RelayProcess, TestCluster};
 use futures_util::{SinkExt, StreamExt};
 use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
@@ -220,19 +220,6 @@ fn flood(
             (sent, notices, logins, refused)
         })
     })
-}
-
-/// Resident memory of a process (KiB).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Run {

@@ -9,29 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{RelayKind, RelayProcess, TestCluster};
+use e2e::{nth_hub, rss_kib, RelayKind, RelayProcess, TestCluster};
 use hub_client::transport::relay::{RelayClient, RelayConfig, RelayEvent};
-use shared_proto::HubId;
 use tokio::sync::mpsc;
-
-fn id(i: usize) -> HubId {
-    let mut b = [0x49u8; 16];
-    b[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-    HubId(b)
-}
-
-/// Resident memory of a process (KiB).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -59,7 +39,7 @@ async fn idle(n: usize, per_room: usize) {
         if i > 0 && i % per_room == 0 {
             cluster = TestCluster::new();
         }
-        let config = RelayConfig::new(relay.url(), cluster.hub_id(id(i)));
+        let config = RelayConfig::new(relay.url(), cluster.hub_id(nth_hub(i)));
         let mut client = RelayClient::spawn(config).expect("config");
         let tx = tx.clone();
         // Every event is read (presence announcements too), as a hub does.

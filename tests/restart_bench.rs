@@ -10,16 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::{RelayKind, RelayProcess, TestCluster};
+use e2e::{nth_hub, RelayKind, RelayProcess, TestCluster};
 use hub_client::transport::relay::{RelayClient, RelayConfig, RelayEvent};
-use shared_proto::HubId;
 use tokio::sync::mpsc;
-
-fn id(i: usize) -> HubId {
-    let mut b = [0x52u8; 16];
-    b[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-    HubId(b)
-}
 
 enum Seen {
     Welcomed(usize, Instant),
@@ -32,7 +25,7 @@ async fn storm(kind: RelayKind, n: usize) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut clients = Vec::new();
     for i in 0..n {
-        let config = RelayConfig::new(relay.url(), cluster.hub_id(id(i)));
+        let config = RelayConfig::new(relay.url(), cluster.hub_id(nth_hub(i)));
         let mut client = RelayClient::spawn(config).expect("config");
         let tx = tx.clone();
         clients.push(tokio::spawn(async move {

@@ -59,6 +59,19 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// Resident memory of a process (KiB), 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The `hub` binary under test: `HUB_BIN`, or the debug build in the target directory
 /// (benchmarks pick the release one through `HUB_BIN`).
 pub fn hub_bin() -> PathBuf {
@@ -339,6 +352,13 @@ pub mod netns;
 /// A hub id made of one repeated byte, for readable tests.
 pub fn hub(b: u8) -> HubId {
     HubId([b; 16])
+}
+
+/// The `i`th of many hub ids (benchmarks with thousands of hubs).
+pub fn nth_hub(i: usize) -> HubId {
+    let mut b = [0x4e; 16];
+    b[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    HubId(b)
 }
 
 /// The current time, Unix ms.
