@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::cli::HubHome;
-use e2e::{RelayKind, RelayProcess};
+use e2e::{env_number, RelayKind, RelayProcess};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -21,10 +21,7 @@ use rmcp::{RoleClient, ServiceExt};
 const WARMUP: usize = 50;
 
 fn calls() -> usize {
-    std::env::var("APPS_CALLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
+    env_number("APPS_CALLS", 1000)
 }
 
 /// `n` sequential calls of `tool`; their round trips, sorted.

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use e2e::env_number;
 use hub_client::node::home::Home;
 use hub_client::node::store::{AuditEntry, Store};
 use shared_proto::HubId;
@@ -28,14 +29,8 @@ fn entry(i: u64) -> AuditEntry {
 }
 
 fn main() {
-    let appends: u64 = std::env::var("AUDIT_APPENDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
-    let total: u64 = std::env::var("AUDIT_ENTRIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let appends: u64 = env_number("AUDIT_APPENDS", 2_000);
+    let total: u64 = env_number("AUDIT_ENTRIES", 1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let home = Home::new(dir.path());
     let key = home.audit_key().unwrap();

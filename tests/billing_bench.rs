@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{hub, join_with, RelayKind, RelayProcess, TestCluster};
+use e2e::{env_number, hub, join_with, RelayKind, RelayProcess, TestCluster};
 use hub_client::transport::relay::{RelayConfig, RelaySender, Sent, SentCounters};
 use hub_client::{RelayClient, RelayEvent};
 use shared_proto::HubId;
@@ -125,10 +125,7 @@ fn report(what: &str, before: (Sent, u64), after: (Sent, u64), secs: f64) {
 
 #[tokio::main]
 async fn main() {
-    let idle: u64 = std::env::var("BILLING_IDLE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let idle: u64 = env_number("BILLING_IDLE_SECONDS", 60);
     let relay = RelayProcess::start(RelayKind::Workerd);
     let cluster = TestCluster::new();
     let mut members = Vec::new();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{hub, join, rss_kib, RelayKind, RelayProcess, TestCluster};
+use e2e::{env_number, hub, join, rss_kib, RelayKind, RelayProcess, TestCluster};
 use futures_util::{SinkExt, StreamExt};
 use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
@@ -31,10 +31,7 @@ const STEADY_PER_S: u64 = 400;
 const WARMUP: Duration = Duration::from_secs(2);
 
 fn seconds() -> u64 {
-    std::env::var("FLOOD_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10)
+    env_number("FLOOD_SECONDS", 10)
 }
 
 /// What the ten hubs measured.

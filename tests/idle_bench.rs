@@ -9,16 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{nth_hub, rss_kib, RelayKind, RelayProcess, TestCluster};
+use e2e::{env_number, nth_hub, rss_kib, RelayKind, RelayProcess, TestCluster};
 use hub_client::transport::relay::{RelayClient, RelayConfig, RelayEvent};
 use tokio::sync::mpsc;
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("IDLE_HUBS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = env_number("IDLE_HUBS", 10_000);
     for per_room in [1000, 10] {
         idle(n, per_room).await;
     }

@@ -59,6 +59,15 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// A number a benchmark takes from the environment (`name`), or `default` when unset or not a
+/// number.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Resident memory of a process (KiB), 0 once it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -117,8 +126,7 @@ impl RelayProcess {
 
     /// `hub relay` with extra command-line arguments.
     pub fn start_native_with(args: &[&str]) -> Self {
-        let mut relay = Self::new(RelayKind::Native, None);
-        relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut relay = Self::native(args);
         relay.spawn();
         relay
     }
@@ -126,10 +134,16 @@ impl RelayProcess {
     /// `hub relay` with extra arguments, started under an open-file soft limit of `soft` (as a
     /// service manager or a login shell might start it).
     pub fn start_native_limited(soft: u64, args: &[&str]) -> Self {
-        let mut relay = Self::new(RelayKind::Native, None);
-        relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut relay = Self::native(args);
         relay.soft_open_files = Some(soft);
         relay.spawn();
+        relay
+    }
+
+    /// `hub relay` with extra arguments, not started yet.
+    fn native(args: &[&str]) -> Self {
+        let mut relay = Self::new(RelayKind::Native, None);
+        relay.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
         relay
     }
 
