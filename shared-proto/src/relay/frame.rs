@@ -627,6 +627,36 @@ impl<'a> Iterator for Frames<'a> {
     }
 }
 
+/// Bytes before the payload of a `Send` or `Recv` frame: the frame header and the hub id. The two
+/// types have the same layout, so a relay can turn a `Send` into its `Recv` by rewriting these
+/// bytes alone.
+pub const ROUTING_HEADER_LEN: usize = FRAME_HEADER_LEN + HUB_ID_LEN;
+
+/// The destination of a message of `len` bytes whose first bytes are `head`, if the message is
+/// exactly one `Send` frame that [`frames`] would accept: the check needs the routing header
+/// only, not the payload (which is opaque).
+pub fn single_send(head: &[u8], len: usize) -> Option<HubId> {
+    let head: &[u8; ROUTING_HEADER_LEN] = head.get(..ROUTING_HEADER_LEN)?.try_into().ok()?;
+    let [ty, l0, l1, l2, l3, hub @ ..] = *head;
+    let body = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+    let whole = ty == FrameType::Send as u8
+        && len.checked_sub(FRAME_HEADER_LEN) == Some(body)
+        && body >= HUB_ID_LEN
+        && body - HUB_ID_LEN <= MAX_PAYLOAD;
+    whole.then_some(HubId(hub))
+}
+
+/// The routing header of a `Recv` frame from `src` whose payload is `payload_len` bytes (at most
+/// [`MAX_PAYLOAD`]): what replaces a single `Send`'s header, payload untouched.
+pub fn recv_header(src: HubId, payload_len: usize) -> [u8; ROUTING_HEADER_LEN] {
+    let mut head = [0u8; ROUTING_HEADER_LEN];
+    head[0] = FrameType::Recv as u8;
+    let body = (HUB_ID_LEN + payload_len.min(MAX_PAYLOAD)) as u32;
+    head[1..FRAME_HEADER_LEN].copy_from_slice(&body.to_be_bytes());
+    head[FRAME_HEADER_LEN..].copy_from_slice(&src.0);
+    head
+}
+
 /// Decodes a whole message into owned-by-borrow frames, or the first error.
 pub fn decode_message(message: &[u8]) -> Result<Vec<Frame<'_>>, FrameError> {
     frames(message).collect()
@@ -1019,6 +1049,39 @@ mod tests {
         #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_message(&bytes);
+        }
+    }
+
+    proptest! {
+        /// `single_send` reads from the routing header alone what decoding the whole message
+        /// says, and `recv_header` is the header `Frame::Recv` encodes.
+        #[test]
+        fn single_send_agrees_with_decoding(
+            frames_in in prop::collection::vec((any::<[u8; HUB_ID_LEN]>(), prop::collection::vec(any::<u8>(), 0..64), 3u8..5), 1..3),
+            cut in 0usize..3,
+        ) {
+            let mut message = Vec::new();
+            for (hub, payload, ty) in &frames_in {
+                let f = if *ty == FrameType::Send as u8 {
+                    Frame::Send { dst: HubId(*hub), payload }
+                } else {
+                    Frame::Recv { src: HubId(*hub), payload }
+                };
+                f.encode(&mut message).unwrap();
+            }
+            message.truncate(message.len().saturating_sub(cut));
+            let decoded = decode_message(&message);
+            let expected = match decoded.as_deref() {
+                Ok([Frame::Send { dst, .. }]) => Some(*dst),
+                _ => None,
+            };
+            prop_assert_eq!(single_send(&message, message.len()), expected);
+            if let Some(dst) = expected {
+                let payload = &message[ROUTING_HEADER_LEN..];
+                let mut recv = Frame::Recv { src: dst, payload }.to_message().unwrap();
+                recv.truncate(ROUTING_HEADER_LEN);
+                prop_assert_eq!(recv_header(dst, payload.len()).to_vec(), recv);
+            }
         }
     }
 }

@@ -34,8 +34,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::relay::close::CloseCode;
 use crate::relay::frame::{
-    frames, Frame, FrameError, FrameType, HubId, RoomStatus, FRAME_HEADER_LEN, HUB_ID_LEN,
-    MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
+    frames, recv_header, single_send, Frame, FrameError, FrameType, HubId, RoomStatus,
+    FRAME_HEADER_LEN, HUB_ID_LEN, MAX_MESSAGE, MAX_ROOM_MEMBERS, PROTOCOL_VERSION,
+    ROUTING_HEADER_LEN,
 };
 use crate::relay::rate::{
     Limits, TokenBucket, CLOSE_AFTER_MS, EPISODE_GAP_MS, MAX_PENALIZED, MAX_PENALTY_MS,
@@ -424,6 +425,15 @@ pub struct Room {
     /// The latest time the caller gave (Unix ms), for what happens without one (a socket that
     /// refused a message).
     now_ms: u64,
+}
+
+/// Where [`Room::forward`] sends a message, and the routing header it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The receiver's socket.
+    pub conn: ConnId,
+    /// The `Recv` header that replaces the message's first [`ROUTING_HEADER_LEN`] bytes.
+    pub header: [u8; ROUTING_HEADER_LEN],
 }
 
 /// Outgoing messages of one `handle_message` call, batched per destination.
@@ -944,6 +954,62 @@ impl Room {
             }
         }
         outbox.flush(out);
+    }
+
+    /// The fast path of [`Room::handle_message`], for the message a busy room sees most: exactly
+    /// one `Send` frame from a member to another member online, within every limit, with no
+    /// presence change to tell the receiver first. `head` is the message's first bytes (at least
+    /// [`ROUTING_HEADER_LEN`]) and `len` its length: the payload is not needed. The relay then
+    /// passes the message's own bytes on to [`Forward::conn`] with [`Forward::header`] in place
+    /// of their first [`ROUTING_HEADER_LEN`], rather than copying the payload into a new message.
+    ///
+    /// `None`, with nothing changed, for any other message: the caller hands the whole message
+    /// to [`Room::handle_message`], which decides (and refuses, limits or reports) as always.
+    pub fn forward(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        head: &[u8],
+        len: usize,
+    ) -> Option<Forward> {
+        let dst = single_send(head, len)?;
+        let Some(Conn {
+            state: ConnState::Member(member),
+            rate: Some(rate),
+            ..
+        }) = self.conns.get(&conn)
+        else {
+            return None;
+        };
+        let (src, mut rate) = (member.hub, *rate);
+        let to = *self.members.get(&dst)?;
+        let receiver = self.conns.get(&to)?;
+        if receiver.seen < self.presence.log.len() {
+            return None;
+        }
+        let mut recv_bytes = receiver.rate?.recv_bytes;
+        let cost = len as u64;
+        if rate.send_frames.check(1, now_ms).is_err()
+            || rate.send_bytes.check(cost, now_ms).is_err()
+            || recv_bytes.check(cost, now_ms).is_err()
+        {
+            return None;
+        }
+        rate.send(cost, now_ms).ok()?;
+        recv_bytes.try_take(cost, now_ms).ok()?;
+        // Every check passed: charge both sides, as `handle_message` would have.
+        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.rate.as_mut()) {
+            *r = rate;
+        }
+        if let Some(r) = self.conns.get_mut(&to).and_then(|c| c.rate.as_mut()) {
+            r.recv_bytes = recv_bytes;
+        }
+        self.tick(now_ms);
+        self.touch(conn, now_ms);
+        Some(Forward {
+            conn: to,
+            header: recv_header(src, len - ROUTING_HEADER_LEN),
+        })
     }
 
     fn handle_frame(
@@ -2653,5 +2719,139 @@ mod tests {
             ]
         );
         assert_eq!(r.connections(), 2);
+    }
+
+    /// The message `forward` would send: the routing header it gives, then the payload as is.
+    fn forwarded(room: &mut Room, conn: u64, at: u64, message: &[u8]) -> Option<(ConnId, Vec<u8>)> {
+        let fwd = room.forward(ConnId(conn), at, message, message.len())?;
+        let mut out = fwd.header.to_vec();
+        out.extend_from_slice(&message[ROUTING_HEADER_LEN..]);
+        Some((fwd.conn, out))
+    }
+
+    #[test]
+    fn a_single_send_is_forwarded_as_the_recv_the_room_would_build() {
+        let (mut fast, mut slow) = (room(), room());
+        for r in [&mut fast, &mut slow] {
+            let _ = join(r, 1, hub(1));
+            let _ = join(r, 2, hub(2));
+        }
+        for len in [0, 1, 1000, crate::relay::frame::MAX_PAYLOAD] {
+            let message = send(hub(2), &vec![0x5a; len]);
+            let (to, bytes) = forwarded(&mut fast, 1, NOW + 1, &message).expect("forwarded");
+            let mut out = Vec::new();
+            slow.handle_message(ConnId(1), NOW + 1, &message, &mut out);
+            assert_eq!(to, ConnId(2));
+            assert_eq!(
+                out,
+                vec![Action::Send {
+                    conn: ConnId(2),
+                    message: bytes
+                }],
+                "payload of {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_leaves_to_handle_message_what_it_must_decide() {
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(11), NOW, hub(0xb0), &mut out);
+        let two = [send(hub(2), b"a"), send(hub(2), b"b")].concat();
+        let mut truncated = send(hub(2), b"abc");
+        truncated.pop();
+        let declined: [(&str, u64, Vec<u8>); 8] = [
+            ("two frames in one message", 1, two),
+            ("a hub not in the room", 1, send(hub(9), b"x")),
+            ("a guest, even from its issuer", 1, send(hub(0xa0), b"x")),
+            ("from a guest", 10, send(hub(1), b"x")),
+            ("from a socket without Hello", 11, send(hub(1), b"x")),
+            (
+                "a status request",
+                1,
+                Frame::StatusRequest.to_message().unwrap(),
+            ),
+            ("a length that is not the message's", 1, truncated),
+            (
+                "a frame type other than Send",
+                1,
+                Frame::Recv {
+                    src: hub(2),
+                    payload: b"x",
+                }
+                .to_message()
+                .unwrap(),
+            ),
+        ];
+        for (what, conn, message) in declined {
+            assert_eq!(
+                r.forward(ConnId(conn), NOW, &message, message.len()),
+                None,
+                "{what}"
+            );
+        }
+        // A payload over the limit: the header says so, whatever follows.
+        let mut head = send(hub(2), b"")[..ROUTING_HEADER_LEN].to_vec();
+        let body = (HUB_ID_LEN + crate::relay::frame::MAX_PAYLOAD + 1) as u32;
+        head[1..FRAME_HEADER_LEN].copy_from_slice(&body.to_be_bytes());
+        assert_eq!(
+            r.forward(ConnId(1), NOW, &head, FRAME_HEADER_LEN + body as usize),
+            None
+        );
+        assert!(forwarded(&mut r, 1, NOW, &send(hub(2), b"x")).is_some());
+    }
+
+    #[test]
+    fn forward_waits_for_the_receiver_to_hear_of_new_members() {
+        let mut r = Room::new(RoomConfig::new(ca().cluster_id(), 42));
+        let _ = join_at(&mut r, 1, hub(1), NOW);
+        let _ = join_at(&mut r, 2, hub(2), NOW + PRESENCE_WINDOW_MS);
+        let _ = join_at(&mut r, 3, hub(3), NOW + PRESENCE_WINDOW_MS + 10);
+        // Hub 1 has not been told of hub 3 yet: the room's own path tells it first.
+        let message = send(hub(1), b"hi");
+        assert_eq!(
+            forwarded(&mut r, 3, NOW + PRESENCE_WINDOW_MS + 20, &message),
+            None
+        );
+        let mut out = Vec::new();
+        r.handle_message(ConnId(3), NOW + PRESENCE_WINDOW_MS + 20, &message, &mut out);
+        assert_eq!(
+            sent_to(&out, ConnId(1)),
+            vec![vec![
+                Frame::PeerJoined(vec![hub(3)]),
+                Frame::Recv {
+                    src: hub(3),
+                    payload: b"hi"
+                }
+            ]]
+        );
+        // Told: now the fast path takes it.
+        assert!(forwarded(&mut r, 3, NOW + PRESENCE_WINDOW_MS + 30, &message).is_some());
+    }
+
+    #[test]
+    fn forward_charges_the_limits_and_declines_past_them() {
+        let mut r = frame_limited_room(100, 50);
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        let message = send(hub(2), b"x");
+        for i in 0..50 {
+            assert!(forwarded(&mut r, 1, NOW, &message).is_some(), "frame {i}");
+            // Declining leaves the buckets as they were.
+            assert_eq!(
+                r.forward(ConnId(1), NOW, &send(hub(9), b"x"), message.len()),
+                None
+            );
+        }
+        // The 51st is over the burst: declined, and the room's own path limits and tells.
+        assert_eq!(forwarded(&mut r, 1, NOW, &message), None);
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW, &message, &mut out);
+        assert_eq!(recvs(&out, ConnId(2)), 0);
+        assert_eq!(notices(&out, ConnId(1)), vec![(hub(1), 10, 1)]);
     }
 }
