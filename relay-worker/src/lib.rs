@@ -17,6 +17,13 @@
 //! cluster id, the newest revocation list and the login nonces. The room is rebuilt from those
 //! on the first event after a wake-up.
 //!
+//! The hot path is a message that is one `Send` frame to a member: `webSocketMessage` runs
+//! synchronously (no `Promise` unless something must be stored), finds the socket's connection
+//! id in a `WeakMap`, reads only the frame's routing header into wasm, asks `Room::forward`, and
+//! sends the runtime's own buffer on with that header rewritten to a `Recv`: the payload never
+//! enters wasm memory. Everything else takes the room's general path (`Room::handle_message`).
+//! docs/BENCHMARKS.md ("The Worker against a JS Durable Object") has what this saves.
+//!
 //! Deadlines are the room's (`Room::poll_timeout`): the object keeps one alarm, set to the
 //! earliest of them after every event, and hands the alarm to `Room::handle_timeout`. A room of
 //! members only has no deadline, so an idle cluster sets no alarm and is never woken.
@@ -28,9 +35,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use shared_proto::relay::frame::{KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
+use shared_proto::relay::frame::{
+    KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION, ROUTING_HEADER_LEN,
+};
 use shared_proto::relay::path::{
     claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, HUB_REQUIRED,
     KEPT_OUT_STATUS,
@@ -39,10 +49,10 @@ use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, So
 use shared_proto::trust::login::LoginNonce;
 use shared_proto::trust::ClusterId;
 use shared_proto::{CloseCode, HubId};
+use worker::wasm_bindgen::{self, prelude::wasm_bindgen, JsCast, JsValue};
 use worker::{
-    console_error, durable_object, event, wasm_bindgen::JsValue, worker_sys, Context, Date,
-    DurableObject, Env, ListOptions, Request, Response, ResponseBuilder, Result, ScheduledTime,
-    State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    console_error, event, worker_sys, Context, Env, ListOptions, Request, Response,
+    ResponseBuilder, Result, ScheduledTime, State, WebSocket, WebSocketPair,
 };
 
 /// The Durable Object binding name in `wrangler.toml`.
@@ -83,7 +93,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             if !serves(&env, cluster_id) {
                 return refuse_socket(CloseCode::ClusterNotServed, "this relay does not serve this cluster");
             }
-            let now = Date::now().as_millis();
+            let now = now_ms();
             if let Some(wait) = KEPT_OUT.with(|k| k.borrow_mut().wait(cluster_id, &hub, now)) {
                 return kept_out(wait);
             }
@@ -240,13 +250,28 @@ impl Attachment {
     }
 }
 
-/// One cluster's room: the Durable Object adapter over [`Room`].
-#[durable_object]
+/// One cluster's room: the Durable Object adapter over [`Room`], exported to JavaScript as the
+/// class `RelayRoom` (wrangler.toml's `class_name`).
+///
+/// Written against wasm-bindgen rather than workers-rs's `#[durable_object]`: that macro makes
+/// every handler `async`, so each message would cost a `Promise`, a closure given to JavaScript
+/// and a microtask. Here `webSocketMessage` runs the room at once and returns nothing, and
+/// returns a `Promise` only when something must be stored first (a login's nonce, a revocation
+/// list, the alarm) or the room must be rebuilt from storage after a wake-up.
+#[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
 pub struct RelayRoom {
+    inner: Rc<Inner>,
+}
+
+/// The object's state, shared with the futures of its asynchronous handlers.
+struct Inner {
     state: State,
     /// Built on the first event (it needs the cluster id and list from storage).
     room: RefCell<Option<Room>>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
+    /// Each socket's connection id, by the socket object: what a message names its connection
+    /// by, one lookup rather than reading the socket's attachment back on every message.
+    conn_ids: js_sys::WeakMap,
     next_conn: Cell<u64>,
     /// When the alarm is set for (Unix ms), as far as this instance knows.
     alarm_at: Cell<Option<u64>>,
@@ -255,14 +280,114 @@ pub struct RelayRoom {
 impl std::fmt::Debug for RelayRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayRoom")
-            .field("room", &self.room)
-            .field("sockets", &self.sockets.borrow().len())
+            .field("room", &self.inner.room)
+            .field("sockets", &self.inner.sockets.borrow().len())
             .finish_non_exhaustive()
     }
 }
 
-impl DurableObject for RelayRoom {
-    fn new(state: State, _env: Env) -> Self {
+/// A handler's result as JavaScript sees it.
+type JsResult = std::result::Result<JsValue, JsValue>;
+
+#[wasm_bindgen(
+    wasm_bindgen = ::worker::wasm_bindgen,
+    wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
+    js_sys = ::worker::js_sys
+)]
+impl RelayRoom {
+    #[wasm_bindgen(constructor)]
+    pub fn new(state: worker_sys::DurableObjectState, _env: Env) -> Self {
+        RelayRoom {
+            inner: Rc::new(Inner::new(State::from(state))),
+        }
+    }
+
+    pub async fn fetch(&self, req: worker_sys::web_sys::Request) -> JsResult {
+        let resp = self.inner.fetch(req.into()).await?;
+        Ok(worker_sys::web_sys::Response::from(resp).into())
+    }
+
+    /// A message from a socket: carried out at once; a `Promise` only for what must wait for
+    /// storage.
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn websocket_message(
+        &self,
+        ws: worker_sys::web_sys::WebSocket,
+        message: JsValue,
+    ) -> JsValue {
+        let ws = WebSocket::from(ws);
+        let inner = self.inner.clone();
+        if inner.room.borrow().is_some() {
+            return match inner.message(&ws, &message) {
+                None => JsValue::UNDEFINED,
+                Some(pending) => promise(async move { inner.complete(pending).await }),
+            };
+        }
+        promise(async move {
+            inner.ensure_room(None).await?;
+            match inner.message(&ws, &message) {
+                None => Ok(()),
+                Some(pending) => inner.complete(pending).await,
+            }
+        })
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub async fn websocket_close(
+        &self,
+        ws: worker_sys::web_sys::WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> JsResult {
+        let ws = WebSocket::from(ws);
+        // Complete the closing handshake; 1005/1006 cannot be sent back.
+        let echo = match code {
+            1005 | 1006 => CloseCode::Normal.code(),
+            c => u16::try_from(c).unwrap_or(CloseCode::Normal.code()),
+        };
+        let _ = ws.close(Some(echo), Some("closed"));
+        self.inner.disconnect(&ws).await?;
+        Ok(JsValue::UNDEFINED)
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub async fn websocket_error(
+        &self,
+        ws: worker_sys::web_sys::WebSocket,
+        _error: JsValue,
+    ) -> JsResult {
+        self.inner.disconnect(&WebSocket::from(ws)).await?;
+        Ok(JsValue::UNDEFINED)
+    }
+
+    pub async fn alarm(&self) -> JsResult {
+        self.inner.alarm().await?;
+        Ok(JsValue::UNDEFINED)
+    }
+}
+
+/// `work` as a JavaScript `Promise`.
+fn promise(work: impl std::future::Future<Output = Result<()>> + 'static) -> JsValue {
+    worker::wasm_bindgen_futures::future_to_promise(async move {
+        work.await.map_err(JsValue::from)?;
+        Ok(JsValue::UNDEFINED)
+    })
+    .into()
+}
+
+/// What is left of an event once the room has handled it, to be done after storage.
+#[derive(Debug)]
+enum Pending {
+    /// Store these first, then carry out the rest: no hub is welcomed on a login whose nonce a
+    /// restart could lose.
+    StoreFirst { durable: ToStore, rest: Vec<Action> },
+    /// All carried out; only this is left to store (the alarm moved).
+    Store(ToStore),
+}
+
+impl Inner {
+    fn new(state: State) -> Self {
         // Keepalives are answered by the runtime without waking the object.
         match worker_sys::WebSocketRequestResponsePair::new(KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE) {
             Ok(pair) => {
@@ -272,10 +397,11 @@ impl DurableObject for RelayRoom {
             }
             Err(e) => log_js("WebSocketRequestResponsePair", &e),
         }
-        RelayRoom {
+        Inner {
             state,
             room: RefCell::new(None),
             sockets: RefCell::new(HashMap::new()),
+            conn_ids: js_sys::WeakMap::new(),
             next_conn: Cell::new(1),
             alarm_at: Cell::new(None),
         }
@@ -293,7 +419,7 @@ impl DurableObject for RelayRoom {
             return text(400, HUB_REQUIRED.into());
         };
         self.ensure_room(Some(&cluster)).await?;
-        let now = Date::now().as_millis();
+        let now = now_ms();
         let wait = self
             .room
             .borrow()
@@ -319,71 +445,46 @@ impl DurableObject for RelayRoom {
             .as_raw()
             .accept_websocket(server.as_ref())
             .map_err(worker::Error::from)?;
-        self.sockets.borrow_mut().insert(conn, server);
+        self.add_socket(conn, server);
         self.with_room(|room, actions| room.handle_connect(conn, now, hub, actions))
             .await?;
         Response::from_websocket(pair.client)
     }
 
-    async fn websocket_message(
-        &self,
-        ws: WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<()> {
-        self.ensure_room(None).await?;
-        let Some(conn) = conn_of(&ws) else {
-            return Ok(());
-        };
-        let now = Date::now().as_millis();
-        self.with_room(|room, actions| match message {
-            WebSocketIncomingMessage::Binary(bytes) => {
-                room.handle_message(conn, now, &bytes, actions)
-            }
-            WebSocketIncomingMessage::String(text) if text == KEEPALIVE_REQUEST => {
+    /// A message from `ws`, handled at once; what is left to store, if anything.
+    fn message(&self, ws: &WebSocket, message: &JsValue) -> Option<Pending> {
+        let conn = self.conn_of(ws)?;
+        let now = now_ms();
+        self.run(|room, actions| match message.as_string() {
+            None => self.binary(room, conn, now, message, actions),
+            Some(text) if text == KEEPALIVE_REQUEST => {
                 // Normally answered by the runtime; answer here when it was not.
                 room.handle_keepalive(conn, now);
                 let _ = ws.send_with_str(KEEPALIVE_RESPONSE);
             }
-            WebSocketIncomingMessage::String(_) => room.handle_text(conn, actions),
+            Some(_) => room.handle_text(conn, actions),
         })
-        .await
     }
 
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        _reason: String,
-        _was_clean: bool,
-    ) -> Result<()> {
-        // Complete the closing handshake; 1005/1006 cannot be sent back.
-        let echo = match code {
-            1005 | 1006 => CloseCode::Normal.code(),
-            c => u16::try_from(c).unwrap_or(CloseCode::Normal.code()),
-        };
-        let _ = ws.close(Some(echo), Some("closed"));
-        self.disconnect(&ws).await
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        self.disconnect(&ws).await
-    }
-
-    async fn alarm(&self) -> Result<Response> {
+    async fn alarm(&self) -> Result<()> {
         self.ensure_room(None).await?;
         // The alarm that fired is spent (whatever a rebuild read from storage meanwhile): the
         // room's next deadline, if any, sets a new one below.
         self.alarm_at.set(None);
-        let now = Date::now().as_millis();
+        let now = now_ms();
         self.with_room(|room, actions| room.handle_timeout(now, actions))
             .await?;
-        self.load_nonces(now, false).await?;
-        Response::ok("")
+        self.load_nonces(now, false).await
     }
 }
 
+/// Now, in Unix ms (one call into JavaScript, no `Date` object).
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
 /// The connection id stored with a socket.
-fn conn_of(ws: &WebSocket) -> Option<ConnId> {
+fn stored_conn(ws: &WebSocket) -> Option<ConnId> {
     match ws.deserialize_attachment::<Attachment>() {
         Ok(Some(att)) => Some(att.conn()),
         Ok(None) => None,
@@ -394,7 +495,7 @@ fn conn_of(ws: &WebSocket) -> Option<ConnId> {
     }
 }
 
-impl RelayRoom {
+impl Inner {
     /// Builds the room if this instance has none yet: the cluster id and revocation list come
     /// from storage (the cluster id from `hint` on the very first connection), the members from
     /// the sockets' attachments.
@@ -418,7 +519,7 @@ impl RelayRoom {
                 ))
             }
         };
-        let mut room = Room::new(RoomConfig::new(cluster, Date::now().as_millis()));
+        let mut room = Room::new(RoomConfig::new(cluster, now_ms()));
         if let Some(hex_list) = storage.get::<String>(REVOCATIONS_KEY).await? {
             if let Ok(bytes) = hex::decode(hex_list) {
                 room.set_revocations(&bytes);
@@ -428,7 +529,7 @@ impl RelayRoom {
         if self.room.borrow().is_some() {
             return Ok(());
         }
-        let now = Date::now().as_millis();
+        let now = now_ms();
         let mut actions = Vec::new();
         let mut next = self.next_conn.get();
         let raw = self.state.as_raw().get_websockets().unwrap_or_else(|e| {
@@ -445,7 +546,7 @@ impl RelayRoom {
                 Some((conn, accepted, named, member)) => {
                     next = next.max(conn.0 + 1);
                     room.restore(conn, accepted as u64, named, member, now, &mut actions);
-                    self.sockets.borrow_mut().insert(conn, ws);
+                    self.add_socket(conn, ws);
                 }
                 _ => {
                     let _ = ws.close(
@@ -502,18 +603,68 @@ impl RelayRoom {
         Ok(())
     }
 
-    /// Runs `f` on the room and carries out the actions it produced, in two steps: what must
-    /// be stored durably (login nonces, a revocation list) is written first, and only then are
-    /// messages sent and sockets closed, so that no hub is welcomed on a login whose nonce a
-    /// restart could lose. Then the alarm follows the room's earliest deadline.
+    /// A binary message. One `Send` frame to a member goes on as the same JavaScript buffer with
+    /// its routing header rewritten (`Room::forward`): the payload is never copied into wasm
+    /// memory or out again. Anything else is copied in whole and handled by the room.
+    fn binary(
+        &self,
+        room: &mut Room,
+        conn: ConnId,
+        now: u64,
+        message: &JsValue,
+        actions: &mut Vec<Action>,
+    ) {
+        let view = js_sys::Uint8Array::new(message);
+        let len = view.length() as usize;
+        if len >= ROUTING_HEADER_LEN {
+            let head_view = view.subarray(0, ROUTING_HEADER_LEN as u32);
+            let mut head = [0u8; ROUTING_HEADER_LEN];
+            head_view.copy_to(&mut head);
+            if let Some(fwd) = room.forward(conn, now, &head, len) {
+                head_view.copy_from(&fwd.header);
+                let sent = match self.sockets.borrow().get(&fwd.conn) {
+                    Some(to) => raw(to).send_with_array_buffer_view(&view).is_ok(),
+                    None => true,
+                };
+                if !sent {
+                    SocketMap::new(&self.sockets).close(
+                        fwd.conn,
+                        CloseCode::InternalError,
+                        "the socket did not take a message".into(),
+                    );
+                    room.handle_disconnect(fwd.conn, now, actions);
+                }
+                return;
+            }
+        }
+        room.handle_message(conn, now, &view.to_vec(), actions);
+    }
+
+    /// Runs `f` on the room and carries out the actions it produced, then lets the alarm
+    /// follow the room's earliest deadline (see [`Inner::run`]).
     async fn with_room(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> Result<()> {
+        match self.run(f) {
+            Some(pending) => self.complete(pending).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the room and carries out at once what needs no storage. What must be stored
+    /// durably (login nonces, a revocation list) comes back with the actions it must precede;
+    /// when there is none, the actions are carried out here and only a moved alarm may be left.
+    fn run(&self, f: impl FnOnce(&mut Room, &mut Vec<Action>)) -> Option<Pending> {
         let mut actions = Vec::new();
         {
             let mut guard = self.room.borrow_mut();
-            let Some(room) = guard.as_mut() else {
-                return Ok(());
-            };
-            f(room, &mut actions);
+            f(guard.as_mut()?, &mut actions);
+        }
+        if !actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::RememberLogin(_) | Action::StoreRevocations { .. }
+            )
+        }) {
+            return self.perform(actions).map(Pending::Store);
         }
         let mut durable = ToStore::default();
         let mut rest = Vec::with_capacity(actions.len());
@@ -524,33 +675,50 @@ impl RelayRoom {
                 other => rest.push(other),
             }
         }
-        self.persist(durable).await?;
-        let after = {
-            let mut guard = self.room.borrow_mut();
-            let Some(room) = guard.as_mut() else {
-                return Ok(());
-            };
-            let mut sockets = SocketMap {
-                sockets: &self.sockets,
-                store: ToStore::default(),
-            };
-            room.perform(rest, &mut sockets);
-            sockets.store.deadline = room.poll_timeout();
-            sockets.store
-        };
-        self.persist(after).await
+        Some(Pending::StoreFirst { durable, rest })
+    }
+
+    /// Stores what an event left, in order.
+    async fn complete(&self, pending: Pending) -> Result<()> {
+        match pending {
+            Pending::StoreFirst { durable, rest } => {
+                self.persist(durable).await?;
+                match self.perform(rest) {
+                    Some(after) => self.persist(after).await,
+                    None => Ok(()),
+                }
+            }
+            Pending::Store(store) => self.persist(store).await,
+        }
+    }
+
+    /// Carries out `actions` on the sockets; what is then left to store (the alarm, if the
+    /// room's earliest deadline is sooner than the one set), if anything.
+    fn perform(&self, actions: Vec<Action>) -> Option<ToStore> {
+        let mut guard = self.room.borrow_mut();
+        let room = guard.as_mut()?;
+        let mut sockets = SocketMap::new(&self.sockets);
+        room.perform(actions, &mut sockets);
+        let mut store = sockets.store;
+        store.deadline = room
+            .poll_timeout()
+            .filter(|&at| self.alarm_at.get().is_none_or(|set| at < set));
+        let idle =
+            store.deadline.is_none() && store.revocations.is_none() && store.logins.is_empty();
+        (!idle).then_some(store)
     }
 
     /// Stores an accepted revocation list and login nonces so that they survive hibernation
     /// and restarts, and moves the alarm to the room's earliest deadline if that is sooner.
     async fn persist(&self, store: ToStore) -> Result<()> {
         let storage = self.state.storage();
-        if let Some(at) = store.deadline {
-            if self.alarm_at.get().is_none_or(|set| at < set) {
-                let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
-                storage.set_alarm(ScheduledTime::new(date)).await?;
-                self.alarm_at.set(Some(at));
-            }
+        let alarm = store
+            .deadline
+            .filter(|&at| self.alarm_at.get().is_none_or(|set| at < set));
+        if let Some(at) = alarm {
+            let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
+            storage.set_alarm(ScheduledTime::new(date)).await?;
+            self.alarm_at.set(Some(at));
         }
         if let Some(bytes) = store.revocations {
             storage.put(REVOCATIONS_KEY, hex::encode(bytes)).await?;
@@ -562,13 +730,29 @@ impl RelayRoom {
         Ok(())
     }
 
+    /// A socket of the room, under its connection id.
+    fn add_socket(&self, conn: ConnId, ws: WebSocket) {
+        self.conn_ids
+            .set(js_object(&ws), &JsValue::from_f64(conn.0 as f64));
+        self.sockets.borrow_mut().insert(conn, ws);
+    }
+
+    /// The connection id of a socket of the room: from the map this instance keeps, else (a
+    /// socket it has not seen, which `ensure_room` makes impossible) from its attachment.
+    fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
+        match self.conn_ids.get(js_object(ws)).as_f64() {
+            Some(c) => Some(ConnId(c as u64)),
+            None => stored_conn(ws),
+        }
+    }
+
     async fn disconnect(&self, ws: &WebSocket) -> Result<()> {
         self.ensure_room(None).await?;
-        let Some(conn) = conn_of(ws) else {
+        let Some(conn) = self.conn_of(ws) else {
             return Ok(());
         };
         self.sockets.borrow_mut().remove(&conn);
-        let now = Date::now().as_millis();
+        let now = now_ms();
         self.with_room(|room, actions| room.handle_disconnect(conn, now, actions))
             .await
     }
@@ -589,7 +773,14 @@ struct SocketMap<'a> {
     store: ToStore,
 }
 
-impl SocketMap<'_> {
+impl<'a> SocketMap<'a> {
+    fn new(sockets: &'a RefCell<HashMap<ConnId, WebSocket>>) -> Self {
+        SocketMap {
+            sockets,
+            store: ToStore::default(),
+        }
+    }
+
     fn get(&self, conn: ConnId) -> Option<WebSocket> {
         self.sockets.borrow().get(&conn).cloned()
     }
@@ -598,8 +789,9 @@ impl SocketMap<'_> {
 impl Sockets for SocketMap<'_> {
     fn send(&mut self, conn: ConnId, message: Vec<u8>) -> std::result::Result<(), CloseCode> {
         match self.get(conn) {
-            Some(ws) => ws
-                .send_with_bytes(&message)
+            // A copy out of wasm memory: workerd sends from the buffer it is given, later.
+            Some(ws) => raw(&ws)
+                .send_with_array_buffer_view(&js_sys::Uint8Array::from(message.as_slice()))
                 .map_err(|_| CloseCode::InternalError),
             None => Ok(()),
         }
@@ -646,6 +838,16 @@ impl Sockets for SocketMap<'_> {
     fn remember_login(&mut self, login: LoginNonce) {
         self.store.logins.push(login);
     }
+}
+
+/// The runtime's socket under workers-rs's wrapper.
+fn raw(ws: &WebSocket) -> &worker_sys::web_sys::WebSocket {
+    ws.as_ref()
+}
+
+/// A socket as the object a `WeakMap` keys by.
+fn js_object(ws: &WebSocket) -> &js_sys::Object {
+    raw(ws).unchecked_ref()
 }
 
 fn log_js(what: &str, e: &JsValue) {
