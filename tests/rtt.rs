@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{hub, join, RelayKind, RelayProcess, TestCluster};
+use e2e::{hub, join, lean_client, RelayKind, RelayProcess, TestCluster};
 use futures_util::{SinkExt, StreamExt};
-use hub_client::transport::relay::connect_url;
 use hub_client::RelayEvent;
 use shared_proto::relay::frame::{frames, Frame};
 use tokio_tungstenite::tungstenite::Message;
@@ -88,34 +87,12 @@ async fn through_relay(relay: &RelayProcess) -> Vec<Duration> {
     out
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A bare WebSocket to the relay, logged in as hub `b` of `cluster` and welcomed.
-async fn lean_client(relay: &RelayProcess, cluster: &TestCluster, b: u8) -> Socket {
-    let creds = cluster.hub(b);
-    let url = connect_url(&relay.url(), cluster.id().as_str(), &creds.hub_id).unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-        .await
-        .unwrap();
-    let login = creds.login(e2e::now_ms(), &mut rand::rngs::OsRng);
-    let hello = Frame::Hello(creds.hello(&login)).to_message().unwrap();
-    ws.send(Message::Binary(hello.into())).await.unwrap();
-    loop {
-        if let Some(Ok(Message::Binary(m))) = ws.next().await {
-            if frames(&m).any(|f| matches!(f, Ok(Frame::Welcome { .. }))) {
-                return ws;
-            }
-        }
-    }
-}
-
 /// The floor: hub A's bare socket sends a `Send` frame, B's bare socket echoes it back as soon
 /// as it reads it, and A waits for the `Recv`, all on one task each.
 async fn through_lean_clients(relay: &RelayProcess) -> Vec<Duration> {
     let cluster = TestCluster::new();
-    let mut a = lean_client(relay, &cluster, 1).await;
-    let mut b = lean_client(relay, &cluster, 2).await;
+    let mut a = lean_client(&relay.url(), &cluster, 1).await;
+    let mut b = lean_client(&relay.url(), &cluster, 2).await;
     tokio::spawn(async move {
         while let Some(Ok(m)) = b.next().await {
             let Message::Binary(m) = m else { continue };

@@ -81,6 +81,27 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time a process has used so far (user and system, all its threads), in seconds, from
+/// `/proc/PID/stat` (in clock ticks of 1/100 s, Linux's fixed `USER_HZ`); 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th, stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// The `hub` binary under test: `HUB_BIN`, or the debug build in the target directory
 /// (benchmarks pick the release one through `HUB_BIN`).
 pub fn hub_bin() -> PathBuf {
@@ -116,6 +137,9 @@ pub struct RelayProcess {
     extra_args: Vec<String>,
     /// The open-file soft limit `hub relay` is started with (`ulimit -Sn`), if set.
     soft_open_files: Option<u64>,
+    /// workerd only: the socket of the JavaScript forwarder served beside the relay
+    /// ([`RelayProcess::start_workerd_with_js_forwarder`]).
+    js_forwarder: Option<TcpListener>,
 }
 
 impl RelayProcess {
@@ -147,6 +171,17 @@ impl RelayProcess {
         relay
     }
 
+    /// The Worker in workerd and, in the same workerd process on a port of its own, the minimal
+    /// JavaScript Durable Object forwarder of `relay-worker/bench/js-forwarder.mjs` (the anchor
+    /// the Worker's CPU cost is measured against).
+    pub fn start_workerd_with_js_forwarder() -> Self {
+        let mut relay = Self::new(RelayKind::Workerd, None);
+        relay.js_forwarder = Some(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+        relay.write_workerd_config();
+        relay.spawn();
+        relay
+    }
+
     /// [`RelayProcess::start`], serving only `allowed_clusters` (comma-separated) if given.
     pub fn start_serving(kind: RelayKind, allowed_clusters: Option<String>) -> Self {
         let mut relay = Self::new(kind, allowed_clusters);
@@ -165,6 +200,7 @@ impl RelayProcess {
             allowed_clusters,
             extra_args: Vec::new(),
             soft_open_files: None,
+            js_forwarder: None,
         };
         if kind == RelayKind::Workerd {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -188,6 +224,12 @@ impl RelayProcess {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT` of the JavaScript forwarder, if this workerd serves one.
+    pub fn js_forwarder_url(&self) -> Option<String> {
+        let port = self.js_forwarder.as_ref()?.local_addr().ok()?.port();
+        Some(format!("http://127.0.0.1:{port}"))
     }
 
     /// Kills the process at once (no goodbye to the hubs).
@@ -221,14 +263,35 @@ impl RelayProcess {
             std::fs::copy(&src, self.dir.path().join(file)).expect("copy worker module");
         }
         std::fs::create_dir_all(self.dir.path().join("do-storage")).expect("storage dir");
+        let forwarder = if self.js_forwarder.is_some() {
+            let js = repo_root().join("relay-worker/bench/js-forwarder.mjs");
+            std::fs::copy(&js, self.dir.path().join("js-forwarder.mjs")).expect("copy forwarder");
+            r#"
+    (name = "js", worker = (
+      modules = [ (name = "js-forwarder.mjs", esModule = embed "js-forwarder.mjs") ],
+      compatibilityDate = "2026-11-01",
+      durableObjectNamespaces = [
+        (className = "JsForwarder", uniqueKey = "js-forwarder", enableSql = true),
+      ],
+      durableObjectStorage = (localDisk = "do-disk"),
+      bindings = [ (name = "FORWARDERS", durableObjectNamespace = "JsForwarder") ],
+    )),"#
+        } else {
+            ""
+        };
+        let forwarder_socket = if self.js_forwarder.is_some() {
+            r#", (name = "js", http = (), service = "js")"#
+        } else {
+            ""
+        };
         let config = format!(
             r#"using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
     (name = "main", worker = .relay),
-    (name = "do-disk", disk = (path = "{storage}", writable = true)),
+    (name = "do-disk", disk = (path = "{storage}", writable = true)),{forwarder}
   ],
-  sockets = [ (name = "http", http = (), service = "main") ],
+  sockets = [ (name = "http", http = (), service = "main"){forwarder_socket} ],
 );
 const relay :Workerd.Worker = (
   modules = [
@@ -268,21 +331,23 @@ const relay :Workerd.Worker = (
                     workerd.display()
                 );
                 let listener = self.listener.as_ref().expect("workerd's socket");
-                let fd = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup socket"));
                 let mut c = Command::new(workerd);
                 c.arg("serve")
                     .arg("relay.capnp")
-                    .arg("--socket-fd")
-                    .arg("http=3")
                     .current_dir(self.dir.path());
-                command_fds::CommandFdExt::fd_mappings(
-                    &mut c,
-                    vec![command_fds::FdMapping {
-                        parent_fd: fd,
-                        child_fd: 3,
-                    }],
-                )
-                .expect("fd mapping");
+                let mut fds = Vec::new();
+                let sockets = [("http", Some(listener)), ("js", self.js_forwarder.as_ref())];
+                for (name, listener) in sockets {
+                    let Some(listener) = listener else { continue };
+                    let child_fd = 3 + fds.len() as i32;
+                    c.arg("--socket-fd").arg(format!("{name}={child_fd}"));
+                    let dup = listener.try_clone().expect("dup socket");
+                    fds.push(command_fds::FdMapping {
+                        parent_fd: std::os::fd::OwnedFd::from(dup),
+                        child_fd,
+                    });
+                }
+                command_fds::CommandFdExt::fd_mappings(&mut c, fds).expect("fd mapping");
                 c
             }
             RelayKind::Native => {
@@ -492,6 +557,41 @@ pub async fn join_with(config: RelayConfig) -> (RelayClient, Vec<HubId>) {
         unreachable!()
     };
     (client, online)
+}
+
+/// A bare WebSocket to a relay, as [`lean_client`] gives.
+pub type LeanSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A bare WebSocket to the relay at `relay_url`, logged in as hub `b` of `cluster` and welcomed:
+/// the relay protocol with nothing of the hub's client (no tasks, no channels), the floor the
+/// benchmarks measure `RelayClient` against.
+pub async fn lean_client(relay_url: &str, cluster: &TestCluster, b: u8) -> LeanSocket {
+    use futures_util::{SinkExt, StreamExt};
+    use shared_proto::relay::frame::{frames, Frame};
+    use tokio_tungstenite::tungstenite::Message;
+    let creds = cluster.hub(b);
+    let url =
+        hub_client::transport::relay::connect_url(relay_url, cluster.id().as_str(), &creds.hub_id)
+            .expect("connect url");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+        .await
+        .expect("connect to the relay");
+    let login = creds.login(now_ms(), &mut rand::rngs::OsRng);
+    let hello = Frame::Hello(creds.hello(&login))
+        .to_message()
+        .expect("hello");
+    ws.send(Message::Binary(hello.into()))
+        .await
+        .expect("send hello");
+    while let Some(m) = ws.next().await {
+        if let Message::Binary(m) = m.expect("read welcome") {
+            if frames(&m).any(|f| matches!(f, Ok(Frame::Welcome { .. }))) {
+                return ws;
+            }
+        }
+    }
+    panic!("the relay closed before welcoming hub {b}");
 }
 
 /// Waits up to 15 s for an event matching `pred`, skipping others; panics otherwise.
