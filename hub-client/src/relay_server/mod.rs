@@ -38,9 +38,12 @@ use shared_proto::trust::ClusterId;
 use shared_proto::{CloseCode, HubId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data, OpCode,
+};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 
 use crate::transport::relay::ws_config;
 use crate::unix_ms;
@@ -64,6 +67,13 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 /// first read and so stays resident for every idle hub; a frame longer than this is read into
 /// room reserved for its whole length, so the buffer grows only for traffic and comes back.
 const READ_BUFFER: usize = 4096;
+
+/// A message longer than this goes out as WebSocket fragments of this size (RFC 6455 section
+/// 5.4; the hub's WebSocket joins them). tungstenite's write buffer keeps the capacity of the
+/// largest frame it has written for the life of the connection: sent whole, every hub of a big
+/// room would keep its `Welcome` (16 bytes per hub online) and the largest presence batch it
+/// was sent, idle or not. Each fragment is flushed before the next is written.
+const WRITE_FRAGMENT: usize = 4096;
 
 pub use shared_proto::relay::room::IDLE_TIMEOUT_MS;
 
@@ -687,6 +697,31 @@ async fn run_socket<S>(
     relay.forget_if_empty(cluster_id, &entry);
 }
 
+/// Sends one binary message as fragments of [`WRITE_FRAGMENT`] bytes, each flushed.
+async fn send_fragments<S>(sink: &mut S, message: Vec<u8>) -> Result<(), WsError>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let message = Bytes::from(message);
+    let mut start = 0;
+    while start < message.len() {
+        let end = (start + WRITE_FRAGMENT).min(message.len());
+        let opcode = if start == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        };
+        let fragment = WsFrame::message(
+            message.slice(start..end),
+            OpCode::Data(opcode),
+            end == message.len(),
+        );
+        sink.send(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Closes a socket for a reason the room did not see (transport limits, timeouts).
 fn close_now(entry: &Mutex<RoomEntry>, conn: ConnId, code: CloseCode, reason: String) {
     let mut e = lock(entry);
@@ -718,6 +753,14 @@ where
                 if before > PUSHBACK_BYTES && before - bytes.len() <= PUSHBACK_BYTES {
                     queue.drained.notify_waiters();
                 }
+                if bytes.len() > WRITE_FRAGMENT {
+                    let sent =
+                        tokio::time::timeout(WRITE_TIMEOUT, send_fragments(&mut sink, bytes));
+                    if !matches!(sent.await, Ok(Ok(()))) {
+                        return;
+                    }
+                    continue;
+                }
                 (Message::Binary(bytes.into()), false)
             }
             Outgoing::Text(t) => (Message::text(t), false),
@@ -740,5 +783,42 @@ where
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_message_goes_as_fragments_that_join_into_it() {
+        let message: Vec<u8> = (0..3 * WRITE_FRAGMENT + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut sent: Vec<Message> = Vec::new();
+        let mut sink = (&mut sent).sink_map_err(|never: std::convert::Infallible| match never {});
+        send_fragments(&mut sink, message.clone()).await.unwrap();
+        let frames: Vec<WsFrame> = sent
+            .into_iter()
+            .map(|m| match m {
+                Message::Frame(f) => f,
+                other => panic!("not a raw frame: {other:?}"),
+            })
+            .collect();
+        let shape: Vec<(OpCode, bool, usize)> = frames
+            .iter()
+            .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (OpCode::Data(Data::Binary), false, WRITE_FRAGMENT),
+                (OpCode::Data(Data::Continue), false, WRITE_FRAGMENT),
+                (OpCode::Data(Data::Continue), false, WRITE_FRAGMENT),
+                (OpCode::Data(Data::Continue), true, 5),
+            ]
+        );
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, message);
     }
 }
