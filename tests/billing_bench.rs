@@ -62,13 +62,8 @@ async fn member(relay: &RelayProcess, cluster: &TestCluster, n: u8) -> Member {
 
 fn total(members: &[Member]) -> (Sent, u64) {
     members.iter().fold((Sent::default(), 0), |(s, r), m| {
-        let c = m.counters.read();
         (
-            Sent {
-                messages: s.messages + c.messages,
-                frames: s.frames + c.frames,
-                keepalives: s.keepalives + c.keepalives,
-            },
+            s + m.counters.read(),
             r + m.received.load(Ordering::Relaxed),
         )
     })

@@ -10,57 +10,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::{nth_hub, RelayKind, RelayProcess, TestCluster};
-use hub_client::transport::relay::{RelayClient, RelayConfig, RelayEvent};
-use tokio::sync::mpsc;
-
-enum Seen {
-    Welcomed(usize, Instant),
-    Refused(Option<u16>),
-}
+use e2e::crowd::{Crowd, Seen};
+use e2e::{RelayKind, RelayProcess};
 
 async fn storm(kind: RelayKind, n: usize) {
     let mut relay = RelayProcess::start(kind);
-    let cluster = TestCluster::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut clients = Vec::new();
-    for i in 0..n {
-        let config = RelayConfig::new(relay.url(), cluster.hub_id(nth_hub(i)));
-        let mut client = RelayClient::spawn(config).expect("config");
-        let tx = tx.clone();
-        clients.push(tokio::spawn(async move {
-            while let Some(event) = client.next_event().await {
-                let seen = match event {
-                    RelayEvent::Connected { .. } => Seen::Welcomed(i, Instant::now()),
-                    RelayEvent::Disconnected { code, .. } => Seen::Refused(code.map(|c| c.code())),
-                    _ => continue,
-                };
-                if tx.send(seen).is_err() {
-                    break;
-                }
-            }
-        }));
-        // Logins spread a little, as hubs that started at different times.
-        if i % 100 == 99 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let mut welcomed = vec![false; n];
-    let mut count = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count < n {
-        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some(Seen::Welcomed(i, _))) if !welcomed[i] => {
-                welcomed[i] = true;
-                count += 1;
-            }
-            Ok(Some(_)) => {}
-            _ => panic!("only {count} of {n} hubs logged in within 120 s"),
-        }
-    }
+    let mut crowd = Crowd::start(&relay.url(), n, n).await;
+    crowd.all_welcomed(Duration::from_secs(120)).await;
     // Idle for a moment, then the restart.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    while rx.try_recv().is_ok() {}
+    crowd.drain();
     let killed = Instant::now();
     relay.restart();
     let mut back: Vec<f64> = Vec::with_capacity(n);
@@ -68,12 +27,12 @@ async fn storm(kind: RelayKind, n: usize) {
     let mut closes: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while back.len() < n {
-        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        match tokio::time::timeout_at(deadline.into(), crowd.seen.recv()).await {
             Ok(Some(Seen::Welcomed(i, at))) if !again[i] => {
                 again[i] = true;
                 back.push(at.duration_since(killed).as_secs_f64());
             }
-            Ok(Some(Seen::Refused(code))) => {
+            Ok(Some(Seen::Disconnected(code))) => {
                 let key = code.map_or_else(
                     || "none (connect failed or cut)".to_owned(),
                     |c| c.to_string(),
@@ -96,9 +55,6 @@ async fn storm(kind: RelayKind, n: usize) {
         if back.len() == n { show(at(1.0)) } else { "not reached".into() },
         back.len(),
     );
-    for c in clients {
-        c.abort();
-    }
 }
 
 #[tokio::main]

@@ -17,14 +17,12 @@
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{cpu_seconds, env_number, hub, lean_client, LeanSocket, RelayProcess, TestCluster};
+use e2e::load::{close, forwarder_pair, is_payload, room_pair, run_pairs, Pair, Throughput};
+use e2e::{env_number, RelayProcess};
 use futures_util::{SinkExt, StreamExt};
 use shared_proto::relay::frame::{frames, Frame};
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Pairs sending at once. Each A stays within the room's per-member burst (8,192 frames), so
@@ -54,143 +52,32 @@ impl Relay {
 /// What one run of one relay measured.
 #[derive(Default, Clone, Copy)]
 struct Figures {
-    frames: u64,
-    seconds: f64,
-    cpu: f64,
+    load: Throughput,
     p50: Duration,
     p99: Duration,
 }
 
-impl Figures {
-    fn per_second(&self) -> f64 {
-        self.frames as f64 / self.seconds
-    }
-
-    fn cpu_us_per_frame(&self) -> f64 {
-        self.cpu * 1e6 / self.frames as f64
-    }
-
-    fn add(&mut self, other: &Figures) {
-        self.frames += other.frames;
-        self.seconds += other.seconds;
-        self.cpu += other.cpu;
-    }
-}
-
-/// Two sockets in a fresh room of `relay`, and the message A sends (a `Send` to B; the JS
-/// forwarder passes it on unchanged, the Rust room as a `Recv`).
-async fn pair(
-    server: &RelayProcess,
-    relay: Relay,
-    payload: usize,
-) -> (LeanSocket, LeanSocket, Vec<u8>) {
-    let message = Frame::Send {
-        dst: hub(2),
-        payload: &vec![7u8; payload],
-    }
-    .to_message()
-    .unwrap();
+/// Two sockets in a fresh room of `relay`: a cluster of the Rust room, or an object of the JS
+/// forwarder (which passes A's `Send` on unchanged; the Rust room as a `Recv`).
+async fn pair(server: &RelayProcess, relay: Relay, payload: usize) -> Pair {
     match relay {
-        Relay::Rust => {
-            let cluster = TestCluster::new();
-            let a = lean_client(&server.url(), &cluster, 1).await;
-            let b = lean_client(&server.url(), &cluster, 2).await;
-            (a, b, message)
-        }
+        Relay::Rust => room_pair(&server.url(), payload).await,
         Relay::Js => {
             let url = server
                 .js_forwarder_url()
                 .expect("workerd serves the JS forwarder");
-            let room = format!(
-                "{}/room/{}",
-                url.replace("http", "ws"),
-                TestCluster::new().id()
-            );
-            let connect = || async {
-                tokio_tungstenite::connect_async_with_config(room.as_str(), None, true)
-                    .await
-                    .expect("connect to the JS forwarder")
-                    .0
-            };
-            let a = connect().await;
-            let b = connect().await;
-            (a, b, message)
+            forwarder_pair(&url, payload).await
         }
     }
 }
 
-/// Whether `m` is the relayed frame (not presence or another small frame of the room's).
-fn is_payload(m: &Message, payload: usize) -> bool {
-    matches!(m, Message::Binary(b) if b.len() >= payload)
-}
-
-async fn throughput(server: &RelayProcess, relay: Relay, total: u64) -> Figures {
-    let per_pair = total / PAIRS as u64;
+async fn throughput(server: &RelayProcess, relay: Relay, total: u64) -> Throughput {
     let mut pairs = Vec::new();
     for _ in 0..PAIRS {
         pairs.push(pair(server, relay, PAYLOAD).await);
     }
     let pid = server.pid().expect("workerd runs");
-    let cpu_before = cpu_seconds(pid);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (mut a, mut b, message) in pairs {
-        let received = Arc::new(AtomicU64::new(0));
-        let progress = Arc::new(Notify::new());
-        let (r, p) = (received.clone(), progress.clone());
-        let reader = tokio::spawn(async move {
-            while let Some(m) = b.next().await {
-                if is_payload(&m.expect("read"), PAYLOAD) {
-                    let n = r.fetch_add(1, Ordering::Relaxed) + 1;
-                    p.notify_one();
-                    if n == per_pair {
-                        return b;
-                    }
-                }
-            }
-            panic!("the receiver's socket closed");
-        });
-        tasks.push(tokio::spawn(async move {
-            for sent in 0..per_pair {
-                while sent - received.load(Ordering::Relaxed) >= WINDOW {
-                    progress.notified().await;
-                }
-                a.send(Message::Binary(message.clone().into()))
-                    .await
-                    .unwrap();
-            }
-            let b = tokio::time::timeout(Duration::from_secs(120), reader)
-                .await
-                .expect("every frame arrives within 120 s")
-                .unwrap();
-            (a, b)
-        }));
-    }
-    let mut sockets = Vec::new();
-    for task in tasks {
-        sockets.push(task.await.unwrap());
-    }
-    let figures = Figures {
-        frames: per_pair * PAIRS as u64,
-        seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds(pid) - cpu_before,
-        ..Figures::default()
-    };
-    for (a, b) in sockets {
-        close(a).await;
-        close(b).await;
-    }
-    figures
-}
-
-/// Closes a socket and waits for the relay's answer, so that the next measurement does not
-/// pay for this one's goodbyes.
-async fn close(mut ws: LeanSocket) {
-    let _ = ws.close(None).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
+    run_pairs(pairs, total / PAIRS as u64, WINDOW, pid).await
 }
 
 /// Round trips of one frame: B sends back what it reads (for the Rust room, as a `Send` to the
@@ -249,8 +136,8 @@ fn print(relay: Relay, f: &Figures) {
     println!(
         "  {:<18} {:>7.0} frames/s  {:>6.1} us CPU/frame  RTT p50 {:>6.3} ms  p99 {:>6.3} ms",
         relay.name(),
-        f.per_second(),
-        f.cpu_us_per_frame(),
+        f.load.per_second(),
+        f.load.cpu_us_per_frame(),
         f.p50.as_secs_f64() * 1e3,
         f.p99.as_secs_f64() * 1e3
     );
@@ -259,8 +146,8 @@ fn print(relay: Relay, f: &Figures) {
 fn ratios(what: &str, rust: &Figures, js: &Figures) {
     println!(
         "  {what:<18} Rust / JS: frames/s {:.2}x  CPU/frame {:.2}x  RTT p50 {:.2}x  p99 {:.2}x",
-        rust.per_second() / js.per_second(),
-        rust.cpu_us_per_frame() / js.cpu_us_per_frame(),
+        rust.load.per_second() / js.load.per_second(),
+        rust.load.cpu_us_per_frame() / js.load.cpu_us_per_frame(),
         rust.p50.as_secs_f64() / js.p50.as_secs_f64(),
         rust.p99.as_secs_f64() / js.p99.as_secs_f64()
     );
@@ -278,7 +165,14 @@ async fn main() {
             other => panic!("WORKER_CPU_PROFILE is rust or js, not {other:?}"),
         };
         println!("workerd pid {}", server.pid().expect("workerd runs"));
-        print(relay, &throughput(&server, relay, total).await);
+        let load = throughput(&server, relay, total).await;
+        print(
+            relay,
+            &Figures {
+                load,
+                ..Figures::default()
+            },
+        );
         return;
     }
     println!(
@@ -299,10 +193,11 @@ async fn main() {
         let order = if run % 2 == 1 { [0, 1] } else { [1, 0] };
         for i in order {
             let relay = [Relay::Js, Relay::Rust][i];
-            let mut f = throughput(&server, relay, total).await;
-            (f.p50, f.p99) = round_trips(&server, relay).await;
+            let load = throughput(&server, relay, total).await;
+            let (p50, p99) = round_trips(&server, relay).await;
+            let f = Figures { load, p50, p99 };
             print(relay, &f);
-            sums[i].add(&f);
+            sums[i].load.add(&load);
             p50s[i].push(f.p50);
             p99s[i].push(f.p99);
             figures[i] = f;

@@ -426,6 +426,8 @@ impl Drop for RelayProcess {
 }
 
 pub mod cli;
+pub mod crowd;
+pub mod load;
 pub mod netns;
 
 /// A hub id made of one repeated byte, for readable tests.

@@ -160,6 +160,18 @@ pub struct Sent {
     pub keepalives: u64,
 }
 
+impl std::ops::Add for Sent {
+    type Output = Sent;
+
+    fn add(self, other: Sent) -> Sent {
+        Sent {
+            messages: self.messages + other.messages,
+            frames: self.frames + other.frames,
+            keepalives: self.keepalives + other.keepalives,
+        }
+    }
+}
+
 impl SentCounters {
     /// The counts so far.
     pub fn read(&self) -> Sent {
