@@ -10,10 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{hub, join, lean_client, RelayKind, RelayProcess, TestCluster};
+use e2e::load::{room_pair, round_trips};
+use e2e::{hub, join, RelayKind, RelayProcess, TestCluster};
 use futures_util::{SinkExt, StreamExt};
 use hub_client::RelayEvent;
-use shared_proto::relay::frame::{frames, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
 const ROUNDS: usize = 2000;
@@ -90,45 +90,7 @@ async fn through_relay(relay: &RelayProcess) -> Vec<Duration> {
 /// The floor: hub A's bare socket sends a `Send` frame, B's bare socket echoes it back as soon
 /// as it reads it, and A waits for the `Recv`, all on one task each.
 async fn through_lean_clients(relay: &RelayProcess) -> Vec<Duration> {
-    let cluster = TestCluster::new();
-    let mut a = lean_client(&relay.url(), &cluster, 1).await;
-    let mut b = lean_client(&relay.url(), &cluster, 2).await;
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = b.next().await {
-            let Message::Binary(m) = m else { continue };
-            let mut back = Vec::new();
-            for f in frames(&m).flatten() {
-                if let Frame::Recv { src, payload } = f {
-                    Frame::Send { dst: src, payload }.encode(&mut back).unwrap();
-                }
-            }
-            if !back.is_empty() && b.send(Message::Binary(back.into())).await.is_err() {
-                break;
-            }
-        }
-    });
-    let send = Frame::Send {
-        dst: hub(2),
-        payload: &[7u8; PAYLOAD],
-    }
-    .to_message()
-    .unwrap();
-    let mut out = Vec::with_capacity(ROUNDS);
-    for i in 0..ROUNDS + 100 {
-        let start = Instant::now();
-        a.send(Message::Binary(send.clone().into())).await.unwrap();
-        loop {
-            if let Some(Ok(Message::Binary(m))) = a.next().await {
-                if frames(&m).any(|f| matches!(f, Ok(Frame::Recv { .. }))) {
-                    break;
-                }
-            }
-        }
-        if i >= 100 {
-            out.push(start.elapsed());
-        }
-    }
-    out
+    round_trips(room_pair(&relay.url(), PAYLOAD).await, ROUNDS, 100).await
 }
 
 async fn through_session(relay: &RelayProcess) -> Vec<Duration> {

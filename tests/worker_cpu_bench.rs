@@ -17,13 +17,10 @@
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::load::{close, forwarder_pair, is_payload, room_pair, run_pairs, Pair, Throughput};
+use e2e::load::{self, forwarder_pair, room_pair, run_pairs, Pair, Throughput};
 use e2e::{env_number, RelayProcess};
-use futures_util::{SinkExt, StreamExt};
-use shared_proto::relay::frame::{frames, Frame};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Pairs sending at once. Each A stays within the room's per-member burst (8,192 frames), so
 /// that no rate limit slows the Rust room: the comparison is of forwarding alone.
@@ -80,54 +77,10 @@ async fn throughput(server: &RelayProcess, relay: Relay, total: u64) -> Throughp
     run_pairs(pairs, total / PAIRS as u64, WINDOW, pid).await
 }
 
-/// Round trips of one frame: B sends back what it reads (for the Rust room, as a `Send` to the
-/// hub it came from; for the JS forwarder, unchanged).
+/// Round trips of one 32-byte frame (the JS forwarder passes it on unchanged, the Rust room as
+/// a `Recv`); p50 and p99.
 async fn round_trips(server: &RelayProcess, relay: Relay) -> (Duration, Duration) {
-    let (mut a, mut b, message) = pair(server, relay, 32).await;
-    let echo = tokio::spawn(async move {
-        let mut echoed = 0;
-        while echoed < ROUNDS + WARMUP_ROUNDS {
-            let Some(Ok(Message::Binary(m))) = b.next().await else {
-                continue;
-            };
-            let mut back = Vec::new();
-            for f in frames(&m).flatten() {
-                if let Frame::Recv { src, payload } = f {
-                    Frame::Send { dst: src, payload }.encode(&mut back).unwrap();
-                }
-            }
-            if relay == Relay::Js && m.len() >= 32 {
-                back = m.to_vec();
-            }
-            if !back.is_empty() {
-                b.send(Message::Binary(back.into())).await.unwrap();
-                echoed += 1;
-            }
-        }
-        b
-    });
-    let mut rtts = Vec::with_capacity(ROUNDS);
-    for i in 0..ROUNDS + WARMUP_ROUNDS {
-        let start = Instant::now();
-        a.send(Message::Binary(message.clone().into()))
-            .await
-            .unwrap();
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), a.next())
-                .await
-                .expect("the frame comes back within 10 s")
-                .expect("socket open")
-                .expect("read");
-            if is_payload(&m, 32) {
-                break;
-            }
-        }
-        if i >= WARMUP_ROUNDS {
-            rtts.push(start.elapsed());
-        }
-    }
-    close(a).await;
-    close(echo.await.unwrap()).await;
+    let mut rtts = load::round_trips(pair(server, relay, 32).await, ROUNDS, WARMUP_ROUNDS).await;
     rtts.sort();
     (rtts[rtts.len() / 2], rtts[rtts.len() * 99 / 100])
 }

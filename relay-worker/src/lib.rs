@@ -483,18 +483,6 @@ fn now_ms() -> u64 {
     js_sys::Date::now() as u64
 }
 
-/// The connection id stored with a socket.
-fn stored_conn(ws: &WebSocket) -> Option<ConnId> {
-    match ws.deserialize_attachment::<Attachment>() {
-        Ok(Some(att)) => Some(att.conn()),
-        Ok(None) => None,
-        Err(e) => {
-            console_error!("unreadable socket attachment: {e}");
-            None
-        }
-    }
-}
-
 impl Inner {
     /// Builds the room if this instance has none yet: the cluster id and revocation list come
     /// from storage (the cluster id from `hint` on the very first connection), the members from
@@ -627,12 +615,8 @@ impl Inner {
                     None => true,
                 };
                 if !sent {
-                    SocketMap::new(&self.sockets).close(
-                        fwd.conn,
-                        CloseCode::InternalError,
-                        "the socket did not take a message".into(),
-                    );
-                    room.handle_disconnect(fwd.conn, now, actions);
+                    let mut sockets = SocketMap::new(&self.sockets);
+                    room.refused_message(fwd.conn, CloseCode::InternalError, &mut sockets, actions);
                 }
                 return;
             }
@@ -700,22 +684,21 @@ impl Inner {
         let mut sockets = SocketMap::new(&self.sockets);
         room.perform(actions, &mut sockets);
         let mut store = sockets.store;
-        store.deadline = room
-            .poll_timeout()
-            .filter(|&at| self.alarm_at.get().is_none_or(|set| at < set));
-        let idle =
-            store.deadline.is_none() && store.revocations.is_none() && store.logins.is_empty();
-        (!idle).then_some(store)
+        store.deadline = room.poll_timeout().filter(|&at| self.sooner_than_alarm(at));
+        (!store.is_empty()).then_some(store)
+    }
+
+    /// Whether the alarm must move to `at`: none is set, or it is set later.
+    fn sooner_than_alarm(&self, at: u64) -> bool {
+        self.alarm_at.get().is_none_or(|set| at < set)
     }
 
     /// Stores an accepted revocation list and login nonces so that they survive hibernation
     /// and restarts, and moves the alarm to the room's earliest deadline if that is sooner.
     async fn persist(&self, store: ToStore) -> Result<()> {
         let storage = self.state.storage();
-        let alarm = store
-            .deadline
-            .filter(|&at| self.alarm_at.get().is_none_or(|set| at < set));
-        if let Some(at) = alarm {
+        // Checked again: another event may have set a sooner alarm since this one's was chosen.
+        if let Some(at) = store.deadline.filter(|&at| self.sooner_than_alarm(at)) {
             let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
             storage.set_alarm(ScheduledTime::new(date)).await?;
             self.alarm_at.set(Some(at));
@@ -737,13 +720,13 @@ impl Inner {
         self.sockets.borrow_mut().insert(conn, ws);
     }
 
-    /// The connection id of a socket of the room: from the map this instance keeps, else (a
-    /// socket it has not seen, which `ensure_room` makes impossible) from its attachment.
+    /// The connection id of a socket of the room (`None` for one the room never took: a socket
+    /// `ensure_room` closed for an unreadable attachment).
     fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
-        match self.conn_ids.get(js_object(ws)).as_f64() {
-            Some(c) => Some(ConnId(c as u64)),
-            None => stored_conn(ws),
-        }
+        self.conn_ids
+            .get(js_object(ws))
+            .as_f64()
+            .map(|c| ConnId(c as u64))
     }
 
     async fn disconnect(&self, ws: &WebSocket) -> Result<()> {
@@ -765,6 +748,12 @@ struct ToStore {
     logins: Vec<LoginNonce>,
     /// The room's earliest deadline: the alarm must fire by then.
     deadline: Option<u64>,
+}
+
+impl ToStore {
+    fn is_empty(&self) -> bool {
+        self.deadline.is_none() && self.revocations.is_none() && self.logins.is_empty()
+    }
 }
 
 /// The object's sockets, as the room drives them.

@@ -263,10 +263,11 @@ impl RelayProcess {
             std::fs::copy(&src, self.dir.path().join(file)).expect("copy worker module");
         }
         std::fs::create_dir_all(self.dir.path().join("do-storage")).expect("storage dir");
-        let forwarder = if self.js_forwarder.is_some() {
+        let (forwarder, forwarder_socket) = if self.js_forwarder.is_some() {
             let js = repo_root().join("relay-worker/bench/js-forwarder.mjs");
             std::fs::copy(&js, self.dir.path().join("js-forwarder.mjs")).expect("copy forwarder");
-            r#"
+            (
+                r#"
     (name = "js", worker = (
       modules = [ (name = "js-forwarder.mjs", esModule = embed "js-forwarder.mjs") ],
       compatibilityDate = "2026-11-01",
@@ -275,14 +276,11 @@ impl RelayProcess {
       ],
       durableObjectStorage = (localDisk = "do-disk"),
       bindings = [ (name = "FORWARDERS", durableObjectNamespace = "JsForwarder") ],
-    )),"#
+    )),"#,
+                r#", (name = "js", http = (), service = "js")"#,
+            )
         } else {
-            ""
-        };
-        let forwarder_socket = if self.js_forwarder.is_some() {
-            r#", (name = "js", http = (), service = "js")"#
-        } else {
-            ""
+            ("", "")
         };
         let config = format!(
             r#"using Workerd = import "/workerd/workerd.capnp";

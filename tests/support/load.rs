@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use shared_proto::relay::frame::Frame;
+use shared_proto::relay::frame::{frames, Frame};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -144,6 +144,60 @@ pub async fn run_pairs(pairs: Vec<Pair>, per_pair: u64, window: u64, pid: u32) -
         close(b).await;
     }
     run
+}
+
+/// `rounds` round trips of A's message after `warmup` more: B sends back each one as soon as it
+/// reads it (a `Recv` from a relay as a `Send` to its source, a `Send` a forwarder passed on
+/// unchanged as it came), and A waits for it. Closes both sockets; the round trips, in order.
+pub async fn round_trips(pair: Pair, rounds: usize, warmup: usize) -> Vec<Duration> {
+    let (mut a, mut b, message) = pair;
+    let echo = tokio::spawn(async move {
+        let mut echoed = 0;
+        while echoed < rounds + warmup {
+            let Some(Ok(Message::Binary(m))) = b.next().await else {
+                continue;
+            };
+            let mut back = Vec::new();
+            for f in frames(&m).flatten() {
+                match f {
+                    Frame::Recv { src, payload } => Frame::Send { dst: src, payload },
+                    sent @ Frame::Send { .. } => sent,
+                    _ => continue,
+                }
+                .encode(&mut back)
+                .expect("a frame that was decoded encodes");
+            }
+            if !back.is_empty() {
+                b.send(Message::Binary(back.into())).await.expect("echo");
+                echoed += 1;
+            }
+        }
+        b
+    });
+    let mut rtts = Vec::with_capacity(rounds);
+    for i in 0..rounds + warmup {
+        let start = Instant::now();
+        a.send(Message::Binary(message.clone().into()))
+            .await
+            .expect("send");
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), a.next())
+                .await
+                .expect("the frame comes back within 10 s")
+                .expect("socket open")
+                .expect("read");
+            let Message::Binary(m) = m else { continue };
+            if frames(&m).any(|f| matches!(f, Ok(Frame::Recv { .. } | Frame::Send { .. }))) {
+                break;
+            }
+        }
+        if i >= warmup {
+            rtts.push(start.elapsed());
+        }
+    }
+    close(a).await;
+    close(echo.await.expect("echo task")).await;
+    rtts
 }
 
 /// Closes a socket and waits (up to 10 s) for the other side's answer.

@@ -697,11 +697,15 @@ async fn run_socket<S>(
     relay.forget_if_empty(cluster_id, &entry);
 }
 
-/// Sends one binary message as fragments of [`WRITE_FRAGMENT`] bytes, each flushed.
-async fn send_fragments<S>(sink: &mut S, message: Vec<u8>) -> Result<(), WsError>
+/// Sends one binary message: whole, or past [`WRITE_FRAGMENT`] bytes as fragments of that
+/// size, each flushed.
+async fn send_binary<S>(sink: &mut S, message: Vec<u8>) -> Result<(), WsError>
 where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
+    if message.len() <= WRITE_FRAGMENT {
+        return sink.send(Message::Binary(message.into())).await;
+    }
     let message = Bytes::from(message);
     let mut start = 0;
     while start < message.len() {
@@ -747,39 +751,30 @@ where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     while let Some(out) = rx.recv().await {
-        let (msg, last) = match out {
+        let sent = match out {
             Outgoing::Binary(bytes) => {
                 let before = queue.bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
                 if before > PUSHBACK_BYTES && before - bytes.len() <= PUSHBACK_BYTES {
                     queue.drained.notify_waiters();
                 }
-                if bytes.len() > WRITE_FRAGMENT {
-                    let sent =
-                        tokio::time::timeout(WRITE_TIMEOUT, send_fragments(&mut sink, bytes));
-                    if !matches!(sent.await, Ok(Ok(()))) {
-                        return;
-                    }
-                    continue;
-                }
-                (Message::Binary(bytes.into()), false)
+                tokio::time::timeout(WRITE_TIMEOUT, send_binary(&mut sink, bytes)).await
             }
-            Outgoing::Text(t) => (Message::text(t), false),
-            Outgoing::Close(code, reason) => (
-                Message::Close(Some(CloseFrame {
+            Outgoing::Text(t) => {
+                tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(t))).await
+            }
+            Outgoing::Close(code, reason) => {
+                let close = Message::Close(Some(CloseFrame {
                     code: WsCloseCode::from(code.code()),
                     reason: reason.into(),
-                })),
-                true,
-            ),
+                }));
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close)).await;
+                // When the peer closed first, tungstenite refuses to send our close frame and has
+                // queued its answer to the peer's instead (RFC 6455 section 5.5.1: the same code):
+                // closing the sink flushes it either way.
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+                return;
+            }
         };
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
-        if last {
-            // When the peer closed first, tungstenite refuses to send our close frame and has
-            // queued its answer to the peer's instead (RFC 6455 section 5.5.1: the same code):
-            // closing the sink flushes it either way.
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
-            return;
-        }
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
@@ -797,7 +792,7 @@ mod tests {
             .collect();
         let mut sent: Vec<Message> = Vec::new();
         let mut sink = (&mut sent).sink_map_err(|never: std::convert::Infallible| match never {});
-        send_fragments(&mut sink, message.clone()).await.unwrap();
+        send_binary(&mut sink, message.clone()).await.unwrap();
         let frames: Vec<WsFrame> = sent
             .into_iter()
             .map(|m| match m {

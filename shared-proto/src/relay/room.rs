@@ -798,8 +798,7 @@ impl Room {
                 match action {
                     Action::Send { conn, message } => {
                         if let Err(code) = sockets.send(conn, message) {
-                            sockets.close(conn, code, "the socket did not take a message".into());
-                            self.disconnected(conn, &mut follow_up);
+                            self.refused_message(conn, code, sockets, &mut follow_up);
                         }
                     }
                     Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
@@ -810,6 +809,19 @@ impl Room {
             }
             queue = follow_up;
         }
+    }
+
+    /// A socket refused a message the relay sent it (outside [`Room::perform`], which calls this
+    /// itself): it is closed with `code` and leaves the room; what that causes goes to `out`.
+    pub fn refused_message(
+        &mut self,
+        conn: ConnId,
+        code: CloseCode,
+        sockets: &mut impl Sockets,
+        out: &mut Vec<Action>,
+    ) {
+        sockets.close(conn, code, "the socket did not take a message".into());
+        self.disconnected(conn, out);
     }
 
     /// A socket closed (by either side) or failed, at `now_ms`.
@@ -988,13 +1000,8 @@ impl Room {
             return None;
         }
         let mut recv_bytes = receiver.rate?.recv_bytes;
+        // Charged on copies: a refusal leaves both sides as they were.
         let cost = len as u64;
-        if rate.send_frames.check(1, now_ms).is_err()
-            || rate.send_bytes.check(cost, now_ms).is_err()
-            || recv_bytes.check(cost, now_ms).is_err()
-        {
-            return None;
-        }
         rate.send(cost, now_ms).ok()?;
         recv_bytes.try_take(cost, now_ms).ok()?;
         // Every check passed: charge both sides, as `handle_message` would have.
