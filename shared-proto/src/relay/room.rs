@@ -2842,17 +2842,24 @@ mod tests {
 
     #[test]
     fn forward_charges_the_limits_and_declines_past_them() {
-        let mut r = frame_limited_room(100, 50);
+        use crate::relay::rate::Rate;
+        // 50 frames in a burst per sender; 2,000 bytes in a burst per receiver.
+        let mut r = limited_room(Limits {
+            send_frames: Rate::new(100, 50),
+            send_bytes: Rate::new(1 << 30, 1 << 30),
+            recv_bytes: Rate::new(1, 2000),
+        });
         let _ = join(&mut r, 1, hub(1));
         let _ = join(&mut r, 2, hub(2));
+        // More than hub 2 may ever be sent at once: declined, after hub 1's own check passed,
+        // and hub 1 is not charged for it.
+        let big = send(hub(2), &[0; 3000]);
+        for _ in 0..60 {
+            assert_eq!(forwarded(&mut r, 1, NOW, &big), None);
+        }
         let message = send(hub(2), b"x");
         for i in 0..50 {
             assert!(forwarded(&mut r, 1, NOW, &message).is_some(), "frame {i}");
-            // Declining leaves the buckets as they were.
-            assert_eq!(
-                r.forward(ConnId(1), NOW, &send(hub(9), b"x"), message.len()),
-                None
-            );
         }
         // The 51st is over the burst: declined, and the room's own path limits and tells.
         assert_eq!(forwarded(&mut r, 1, NOW, &message), None);
