@@ -104,6 +104,61 @@ impl Delegation {
 
     /// Parses an envelope without checking its signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, CallErrorCode> {
+        SignedDelegation::decode(bytes).map(|s| s.delegation)
+    }
+
+    /// Parses and checks an envelope received from `peer` (the session's authenticated peer,
+    /// whose identity key is `peer_key`) by hub `me` at `now_ms`, for a call of `tool` of `app`
+    /// with `arguments`. Replay (the nonce) is the caller's to check.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        bytes: &[u8],
+        peer: HubId,
+        peer_key: &VerifyingKey,
+        me: HubId,
+        now_ms: u64,
+        app: &str,
+        tool: &str,
+        arguments: &[u8],
+    ) -> Result<Self, CallErrorCode> {
+        let signed = SignedDelegation::decode(bytes)?;
+        signed.check(peer, peer_key, me, now_ms, app, tool, arguments)?;
+        Ok(signed.delegation)
+    }
+
+    /// Whether the scopes allow `tool` of `app`: no scopes allow everything; `app:NAME` allows
+    /// every tool of that app; `app:NAME/TOOL` that one tool.
+    pub fn scopes_allow(scopes: &[String], app: &str, tool: &str) -> bool {
+        scopes.is_empty()
+            || scopes
+                .iter()
+                .filter_map(|s| parse_scope(s))
+                .any(|(a, t)| a == app && t.is_none_or(|t| t == tool))
+    }
+
+    /// Whether the scopes allow some tool of `app` (what a listing may show of it).
+    pub fn scopes_allow_app(scopes: &[String], app: &str) -> bool {
+        scopes.is_empty()
+            || scopes
+                .iter()
+                .filter_map(|s| parse_scope(s))
+                .any(|(a, _)| a == app)
+    }
+}
+
+/// An envelope as received, decoded once: what it says, and its signature, checked by
+/// [`SignedDelegation::check`]. The encoding is canonical (decoding and encoding again gives the
+/// same bytes), so the signature is checked over the decoded envelope's encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDelegation {
+    /// What the envelope says (not to be trusted before [`SignedDelegation::check`]).
+    pub delegation: Delegation,
+    signature: [u8; SIGNATURE_LEN],
+}
+
+impl SignedDelegation {
+    /// Parses an envelope ([`CallErrorCode::BadEnvelope`] if it does not).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CallErrorCode> {
         let bad = |_| CallErrorCode::BadEnvelope;
         let mut r = Reader::new(bytes);
         if r.take(4).map_err(bad)? != MAGIC || r.u8().map_err(bad)? != VERSION {
@@ -125,30 +180,34 @@ impl Delegation {
         let scopes = (0..count)
             .map(|_| r.short_str().map(str::to_owned).map_err(bad))
             .collect::<Result<_, _>>()?;
-        let _signature: [u8; SIGNATURE_LEN] = r.array().map_err(bad)?;
+        let signature: [u8; SIGNATURE_LEN] = r.array().map_err(bad)?;
         if !r.is_empty() {
             return Err(CallErrorCode::BadEnvelope);
         }
-        Ok(Delegation {
-            origin,
-            target,
-            issued_at_ms,
-            expires_at_ms,
-            nonce,
-            arguments_sha256,
-            principal,
-            app,
-            tool,
-            scopes,
+        Ok(SignedDelegation {
+            delegation: Delegation {
+                origin,
+                target,
+                issued_at_ms,
+                expires_at_ms,
+                nonce,
+                arguments_sha256,
+                principal,
+                app,
+                tool,
+                scopes,
+            },
+            signature,
         })
     }
 
-    /// Parses and checks an envelope received from `peer` (the session's authenticated peer,
-    /// whose identity key is `peer_key`) by hub `me` at `now_ms`, for a call of `tool` of `app`
-    /// with `arguments`. Replay (the nonce) is the caller's to check.
+    /// Checks the envelope, received from `peer` (the session's authenticated peer, whose
+    /// identity key is `peer_key`) by hub `me` at `now_ms`, for a call of `tool` of `app` with
+    /// `arguments`, in the order the module docs give. Replay (the nonce) is the caller's to
+    /// check.
     #[allow(clippy::too_many_arguments)]
-    pub fn verify(
-        bytes: &[u8],
+    pub fn check(
+        &self,
         peer: HubId,
         peer_key: &VerifyingKey,
         me: HubId,
@@ -156,16 +215,11 @@ impl Delegation {
         app: &str,
         tool: &str,
         arguments: &[u8],
-    ) -> Result<Self, CallErrorCode> {
-        let envelope = Self::decode(bytes)?;
-        let split = bytes.len() - SIGNATURE_LEN;
-        let signature =
-            Signature::from_slice(&bytes[split..]).map_err(|_| CallErrorCode::BadEnvelope)?;
-        if envelope.origin != peer
-            || peer_key
-                .verify(&signed_message(&bytes[..split]), &signature)
-                .is_err()
-        {
+    ) -> Result<(), CallErrorCode> {
+        let envelope = &self.delegation;
+        let body = envelope.body()?;
+        let signature = Signature::from_bytes(&self.signature);
+        if envelope.origin != peer || peer_key.verify(&signed_message(&body), &signature).is_err() {
             return Err(CallErrorCode::WrongSigner);
         }
         if envelope.target != me {
@@ -184,26 +238,7 @@ impl Delegation {
         {
             return Err(CallErrorCode::ArgumentsMismatch);
         }
-        Ok(envelope)
-    }
-
-    /// Whether the scopes allow `tool` of `app`: no scopes allow everything; `app:NAME` allows
-    /// every tool of that app; `app:NAME/TOOL` that one tool.
-    pub fn scopes_allow(scopes: &[String], app: &str, tool: &str) -> bool {
-        scopes.is_empty()
-            || scopes
-                .iter()
-                .filter_map(|s| parse_scope(s))
-                .any(|(a, t)| a == app && t.is_none_or(|t| t == tool))
-    }
-
-    /// Whether the scopes allow some tool of `app` (what a listing may show of it).
-    pub fn scopes_allow_app(scopes: &[String], app: &str) -> bool {
-        scopes.is_empty()
-            || scopes
-                .iter()
-                .filter_map(|s| parse_scope(s))
-                .any(|(a, _)| a == app)
+        Ok(())
     }
 }
 
@@ -261,6 +296,13 @@ mod tests {
         let key = SigningKey::generate(&mut OsRng);
         let bytes = envelope().sign(&key).unwrap();
         assert_eq!(check(&bytes, &key.verifying_key(), NOW + 1), Ok(envelope()));
+        // Canonical: what is decoded encodes to the bytes that were signed, which is what
+        // `SignedDelegation::check` verifies the signature over.
+        let decoded = SignedDelegation::decode(&bytes).unwrap();
+        assert_eq!(
+            decoded.delegation.body().unwrap(),
+            &bytes[..bytes.len() - 64]
+        );
     }
 
     /// Byte layout, as PROTOCOL.md documents it.

@@ -6,7 +6,7 @@
 pub mod envelope;
 pub mod policy;
 
-pub use envelope::{arguments_hash, Delegation};
+pub use envelope::{arguments_hash, Delegation, SignedDelegation};
 pub use policy::{check_call, trust_needed, Caller, Sharing, ToolHints};
 
 /// Why a call across hubs did not give a tool result. The numbers are on the wire (the
@@ -70,11 +70,15 @@ pub enum CallErrorCode {
     /// The request or result is over the size limit.
     #[error("too large")]
     TooLarge = 18,
+    /// The call's token is the token of a request from the same hub that is still running:
+    /// refused, and the running one goes on.
+    #[error("a request with this token from this hub is still running")]
+    DuplicateToken = 19,
 }
 
 impl CallErrorCode {
     /// Every code, in number order.
-    pub const ALL: [CallErrorCode; 18] = [
+    pub const ALL: [CallErrorCode; 19] = [
         Self::BadEnvelope,
         Self::WrongSigner,
         Self::Revoked,
@@ -93,6 +97,7 @@ impl CallErrorCode {
         Self::Cancelled,
         Self::Busy,
         Self::TooLarge,
+        Self::DuplicateToken,
     ];
 
     /// Its wire value.
@@ -103,6 +108,11 @@ impl CallErrorCode {
     /// From its wire value.
     pub fn from_u16(v: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.to_u16() == v)
+    }
+
+    /// The code with this name ([`CallErrorCode::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// Its name in snake case, as the API and `hub` print it (`not_shared`, ...).
@@ -126,6 +136,7 @@ impl CallErrorCode {
             Self::Cancelled => "cancelled",
             Self::Busy => "busy",
             Self::TooLarge => "too_large",
+            Self::DuplicateToken => "duplicate_token",
         }
     }
 }
@@ -139,8 +150,9 @@ mod tests {
         for (i, code) in CallErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(usize::from(code.to_u16()), i + 1);
             assert_eq!(CallErrorCode::from_u16(code.to_u16()), Some(code));
+            assert_eq!(CallErrorCode::from_name(code.name()), Some(code));
         }
         assert_eq!(CallErrorCode::from_u16(0), None);
-        assert_eq!(CallErrorCode::from_u16(19), None);
+        assert_eq!(CallErrorCode::from_u16(20), None);
     }
 }

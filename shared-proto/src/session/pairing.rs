@@ -43,6 +43,7 @@ use crate::relay::frame::HubId;
 use crate::session::noise::{
     noise_err, static_builder, LocalIdentity, NoiseError, MAX_NOISE_MESSAGE,
 };
+use crate::session::payload::PayloadKind;
 use crate::trust::{
     ClusterId, Manifest, PeerCertificate, RevocationList, TrustError, VerifiedManifest,
     VerifiedPeer, VerifiedRevocations,
@@ -55,11 +56,11 @@ pub const TOKEN_PREFIX: &str = "hubpair1_";
 pub const SECRET_LEN: usize = 32;
 
 /// Peer message type of a pairing request (guest to issuer).
-pub const PAIR_REQUEST: u8 = 0x10;
+pub const PAIR_REQUEST: u8 = PayloadKind::PairRequest as u8;
 /// Peer message type of the issuer's answer.
-pub const PAIR_ANSWER: u8 = 0x11;
+pub const PAIR_ANSWER: u8 = PayloadKind::PairAnswer as u8;
 /// Peer message type of an unauthenticated refusal.
-pub const PAIR_REFUSED: u8 = 0x12;
+pub const PAIR_REFUSED: u8 = PayloadKind::PairRefused as u8;
 
 const TOKEN_FORMAT: u8 = 1;
 const CHECK_LEN: usize = 4;
@@ -592,10 +593,7 @@ pub fn refused_unreadable(reason: &str) -> Vec<u8> {
 
 /// Whether a peer message belongs to pairing (and not to the session layer).
 pub fn is_pairing_message(message: &[u8]) -> bool {
-    matches!(
-        message.first(),
-        Some(&(PAIR_REQUEST | PAIR_ANSWER | PAIR_REFUSED))
-    )
+    PayloadKind::of(message).is_some_and(PayloadKind::is_pairing)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! everything to do comes out of [`PeerSessions::poll_event`]: payloads to send, messages
 //! received, sessions up and down.
 //!
-//! Peer messages (the payload of a relay `Send`/`Recv`), first byte the type:
+//! Peer messages (the payload of a relay `Send`/`Recv`), first byte the type (from the one
+//! registry, [`crate::session::payload`]):
 //!
 //! ```text
 //! 0x01 init      sender_index: u32 | Noise IK message 1
@@ -35,13 +36,14 @@ use crate::session::noise::{
     HandshakeReplay, Initiator, LocalIdentity, NoiseError, Responder, Transport,
     MAX_TRANSPORT_PLAINTEXT,
 };
+use crate::session::payload::PayloadKind;
 use crate::trust::{PeerCertificate, VerifiedPeer, VerifiedRevocations};
 
-const INIT: u8 = 0x01;
-const RESPONSE: u8 = 0x02;
-const DATA: u8 = 0x03;
-const CERT_REQUEST: u8 = 0x04;
-const CERT: u8 = 0x05;
+const INIT: u8 = PayloadKind::Init as u8;
+const RESPONSE: u8 = PayloadKind::Response as u8;
+const DATA: u8 = PayloadKind::Data as u8;
+const CERT_REQUEST: u8 = PayloadKind::CertRequest as u8;
+const CERT: u8 = PayloadKind::Cert as u8;
 
 /// Bytes of one fragment's header.
 const FRAGMENT_HEADER: usize = 8;
@@ -856,37 +858,10 @@ impl PeerSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::noise::tests::x25519_public;
-    use crate::trust::cert::tests::{request, NOW};
-    use crate::trust::{ClusterCa, Revocation, RevocationList};
-    use ed25519_dalek::SigningKey;
+    use crate::session::testing::{ca, sessions, A, B, NOW};
+    use crate::trust::{Revocation, RevocationList};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-
-    fn ca() -> ClusterCa {
-        ClusterCa::from_secret(&[5; 32])
-    }
-
-    fn sessions(id: u8) -> (PeerSessions, VerifiedPeer) {
-        let static_secret = [id; 32];
-        let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
-        let mut req = request(id, &identity);
-        req.noise_key = x25519_public(&static_secret);
-        let cert_der = ca()
-            .issue(&req, &mut StdRng::seed_from_u64(u64::from(id)))
-            .unwrap();
-        let cert = PeerCertificate::from_der(&cert_der)
-            .unwrap()
-            .verify(&ca().public_key(), NOW, None)
-            .unwrap();
-        let local = LocalIdentity {
-            cluster: ca().cluster_id(),
-            ca_key: ca().public_key(),
-            static_secret: static_secret.into(),
-            cert_der,
-        };
-        (PeerSessions::new(local, HubId([id; 16])), cert)
-    }
 
     /// Two hubs and a virtual network between them, with a virtual clock.
     struct Pair {
@@ -956,9 +931,6 @@ mod tests {
             }
         }
     }
-
-    const A: HubId = HubId([1; 16]);
-    const B: HubId = HubId([2; 16]);
 
     #[test]
     fn on_demand_session_fetches_the_certificate_and_delivers_queued_messages() {

@@ -1,0 +1,1405 @@
+//! Requests and answers between hubs, over the session layer, as a sans-IO state machine: what
+//! a hub asks its peers (ping, info, apps, call) and what its peers ask it, each message decoded
+//! once into an owned, typed value (docs/PROTOCOL.md section 10, "Requests and answers").
+//!
+//! [`Rpc`] sits on top of [`crate::session::peer::PeerSessions`]: what it returns to send goes to
+//! `PeerSessions::send`, and every whole message a session delivers goes to
+//! [`Rpc::handle_received`]. Calling pattern, with `now_ms` the caller's clock (Unix ms):
+//!
+//! 1. [`Rpc::request`] registers a request with its deadline and returns its token and the
+//!    message to send; a request whose message could not be sent is taken back with
+//!    [`Rpc::abandon`].
+//! 2. [`Rpc::handle_received`] decodes a message once and returns what it is: a request from the
+//!    peer ([`Inbound::Call`], [`Inbound::Apps`], [`Inbound::Info`], [`Inbound::Ping`]), a
+//!    cancel of one of its running calls, a one-way notice, or the answer to one of this hub's
+//!    requests ([`Inbound::Answer`], matched to its request by token, peer and kind).
+//! 3. The application answers each request it was given with [`Rpc::answer`] (at most once).
+//! 4. At [`Rpc::poll_timeout`], [`Rpc::handle_timeout`]: requests past their deadline are
+//!    answered [`Failure::Timeout`], and the peer of a call is told to stop (`cancel`).
+//! 5. After each of the above, [`Rpc::poll_transmit`] until `None` (cancels, and refusals the
+//!    layer makes itself), and [`Rpc::poll_answered`] until `None` (requests that ended without
+//!    an answer: timeouts, failed sessions).
+//!
+//! Bounds (PROTOCOL.md section 6): a hub keeps at most [`MAX_OUTSTANDING`] requests of its own
+//! waiting; a peer may have at most [`MAX_CALLS_PER_PEER`] calls and [`MAX_REQUESTS_PER_PEER`]
+//! other requests waiting for this hub's answer, and a request of a peer whose token is that of
+//! one of its requests still waiting is refused ([`CallErrorCode::DuplicateToken`]): it never
+//! replaces the running one. The layer refuses both itself and says so with
+//! [`Inbound::Refused`], so the application can record it.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::agent::CallErrorCode;
+use crate::msg::{Msg, MsgError, MsgKind};
+use crate::HubId;
+
+/// Requests of this hub waiting for their answers at once; more are refused at once.
+pub const MAX_OUTSTANDING: usize = 1024;
+
+/// Calls from one peer waiting for this hub's answer at once; more are refused `busy`.
+pub const MAX_CALLS_PER_PEER: usize = 16;
+
+/// Other requests (ping, info, apps) from one peer waiting for this hub's answer at once; more
+/// are refused `busy`.
+pub const MAX_REQUESTS_PER_PEER: usize = 64;
+
+/// Longest a call may run on its target, whatever its `timeout_ms` says.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 55_000;
+
+/// A caller waits this long past a call's timeout for its answer (the answer's way back), then
+/// tells the target to stop.
+pub const ANSWER_GRACE_MS: u64 = 2_000;
+
+/// A request other than a call that this hub has not answered this long after it came is
+/// forgotten (its asker gave up long before).
+pub const REQUEST_TTL_MS: u64 = 60_000;
+
+/// The token of a request: unique among one hub's requests waiting for their answers.
+pub type Token = u64;
+
+/// When a caller stops waiting for a call of `timeout_ms` sent at `now_ms`.
+pub fn call_deadline(now_ms: u64, timeout_ms: u32) -> u64 {
+    now_ms + u64::from(timeout_ms).min(MAX_CALL_TIMEOUT_MS) + ANSWER_GRACE_MS
+}
+
+/// What a hub asks a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A round trip.
+    Ping,
+    /// What the peer reports about itself.
+    Info,
+    /// Which apps the peer shares with this hub, for `principal`.
+    Apps {
+        /// The operator the listing is for.
+        principal: String,
+    },
+    /// A call of a tool of an app on the peer.
+    Call(OutgoingCall),
+}
+
+/// A call as the caller sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingCall {
+    /// How long the target may run it.
+    pub timeout_ms: u32,
+    /// The app.
+    pub app: String,
+    /// The tool.
+    pub tool: String,
+    /// The signed delegation envelope (`agent::envelope`).
+    pub envelope: Vec<u8>,
+    /// The tool's arguments (a JSON object), the bytes the envelope's hash binds.
+    pub arguments: Vec<u8>,
+}
+
+/// The kind of a request, which says which answers fit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// A ping: answered by a pong.
+    Ping,
+    /// An info request: answered by info or refused.
+    Info,
+    /// An apps request: answered by apps or refused.
+    Apps,
+    /// A call: answered by a call result, a call error, or refused.
+    Call,
+}
+
+impl Request {
+    /// Its kind.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Ping => RequestKind::Ping,
+            Request::Info => RequestKind::Info,
+            Request::Apps { .. } => RequestKind::Apps,
+            Request::Call(_) => RequestKind::Call,
+        }
+    }
+
+    fn encode(&self, token: Token) -> Result<Vec<u8>, MsgError> {
+        match self {
+            Request::Ping => Ok(Msg::Ping { token }.to_vec()),
+            Request::Info => Ok(Msg::InfoRequest { token }.to_vec()),
+            Request::Apps { principal } => Msg::AppsRequest { token, principal }.encode(),
+            Request::Call(c) => Msg::Call {
+                token,
+                timeout_ms: c.timeout_ms,
+                app: &c.app,
+                tool: &c.tool,
+                envelope: &c.envelope,
+                arguments: &c.arguments,
+            }
+            .encode(),
+        }
+    }
+}
+
+/// A call from a peer, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRequest {
+    /// The calling hub, as its session's certificate names it.
+    pub from: HubId,
+    /// Its token (what the answer echoes).
+    pub token: Token,
+    /// The timeout the caller asked for.
+    pub timeout_ms: u32,
+    /// When the call must be done, on this hub's clock: when it came plus its timeout (at most
+    /// [`MAX_CALL_TIMEOUT_MS`]).
+    pub deadline_ms: u64,
+    /// The app.
+    pub app: String,
+    /// The tool.
+    pub tool: String,
+    /// The signed delegation envelope, as sent.
+    pub envelope: Vec<u8>,
+    /// The arguments, as sent (the bytes the envelope's hash binds).
+    pub arguments: Vec<u8>,
+}
+
+/// A request from a peer other than a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRequest {
+    /// The asking hub.
+    pub from: HubId,
+    /// Its token.
+    pub token: Token,
+}
+
+/// What a peer sent, decoded once and owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// Application data (no answer).
+    Data {
+        /// The sender.
+        from: HubId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A ping: answer [`Answer::Pong`] (or [`Answer::Refused`]).
+    Ping(PeerRequest),
+    /// An info request: answer [`Answer::Info`] (or [`Answer::Refused`]).
+    Info(PeerRequest),
+    /// An apps request: answer [`Answer::Apps`] (or [`Answer::Refused`]).
+    Apps {
+        /// Who asks.
+        request: PeerRequest,
+        /// The operator the listing is for, as the asking hub names it.
+        principal: String,
+    },
+    /// A call: answer [`Answer::CallResult`] or [`Answer::CallError`].
+    Call(CallRequest),
+    /// The caller of a running call stopped waiting for it: it is no longer to be answered.
+    Cancel(PeerRequest),
+    /// The signed cluster manifest the peer holds (not verified yet).
+    Manifest {
+        /// The sender.
+        from: HubId,
+        /// The signed bytes.
+        manifest: Vec<u8>,
+    },
+    /// The peer's signed audit head (not verified yet).
+    AuditHead {
+        /// The sender.
+        from: HubId,
+        /// The signed head.
+        head: Vec<u8>,
+    },
+    /// What the peer sees of the other hubs (not decoded yet).
+    Views {
+        /// The sender.
+        from: HubId,
+        /// The body.
+        views: Vec<u8>,
+    },
+    /// A request the layer refused itself and answered with `code` (a bound, or a token still
+    /// in use), for the application to record.
+    Refused {
+        /// Who asked.
+        request: PeerRequest,
+        /// What it asked, if it was a call.
+        call: Option<Box<CallRequest>>,
+        /// The code it was answered with (for a request other than a call: `refused` with the
+        /// code's text).
+        code: CallErrorCode,
+    },
+    /// The answer to one of this hub's requests.
+    Answer(Answered),
+}
+
+/// A request of this hub that ended: its answer, or why it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The request's token.
+    pub token: Token,
+    /// The peer asked.
+    pub peer: HubId,
+    /// The answer, or why there is none.
+    pub result: Result<Reply, Failure>,
+}
+
+/// A successful answer's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The pong of a ping.
+    Pong,
+    /// An info document (JSON).
+    Info(Vec<u8>),
+    /// An apps document (JSON).
+    Apps(Vec<u8>),
+    /// A call's tool result (JSON).
+    CallResult(Vec<u8>),
+}
+
+/// Why a request of this hub has no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The peer refused the request (it suspended this hub, or it is busy).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The peer refused or failed a call, with a stable code.
+    #[error("{message} ({})", code.map_or("unknown code", CallErrorCode::name))]
+    Call {
+        /// The code (`None`: a code this build does not know, `raw`).
+        code: Option<CallErrorCode>,
+        /// The wire value.
+        raw: u16,
+        /// Its details.
+        message: String,
+    },
+    /// No answer before the deadline.
+    #[error("no answer in time")]
+    Timeout,
+    /// The session with the peer failed or was dropped.
+    #[error("the session failed: {0}")]
+    Session(String),
+}
+
+/// How this hub answers a request of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// To a ping.
+    Pong,
+    /// To an info request: the JSON document.
+    Info(Vec<u8>),
+    /// To an apps request: the JSON document.
+    Apps(Vec<u8>),
+    /// To a call: the tool result's JSON.
+    CallResult(Vec<u8>),
+    /// To a call: refused or failed.
+    CallError {
+        /// Why.
+        code: CallErrorCode,
+        /// Details, for people.
+        message: String,
+    },
+    /// To any request but a call: refused, and why.
+    Refused(String),
+}
+
+impl Answer {
+    fn fits(&self, kind: RequestKind) -> bool {
+        matches!(
+            (self, kind),
+            (Answer::Pong, RequestKind::Ping)
+                | (Answer::Info(_), RequestKind::Info)
+                | (Answer::Apps(_), RequestKind::Apps)
+                | (
+                    Answer::CallResult(_) | Answer::CallError { .. },
+                    RequestKind::Call
+                )
+                | (
+                    Answer::Refused(_),
+                    RequestKind::Ping | RequestKind::Info | RequestKind::Apps
+                )
+        )
+    }
+}
+
+/// Why the layer refused an input or a use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// A received message does not decode.
+    #[error(transparent)]
+    Malformed(#[from] MsgError),
+    /// [`MAX_OUTSTANDING`] requests of this hub wait for answers already.
+    #[error("{MAX_OUTSTANDING} requests are waiting for answers already")]
+    TooManyRequests,
+    /// A request could not be encoded (a name over 255 bytes, an envelope over 65,535).
+    #[error("cannot encode the request: {0}")]
+    Encode(MsgError),
+    /// An answer from a peer to no request of this hub to that peer.
+    #[error("an answer from {from} to no request of this hub")]
+    Unsolicited {
+        /// Who sent it.
+        from: HubId,
+    },
+    /// An answer of the wrong kind for its request (a pong to a call, ...): refused, the
+    /// request still waits.
+    #[error("a {kind:?} message from {from} does not answer a {expected:?} request")]
+    WrongAnswer {
+        /// Who sent it.
+        from: HubId,
+        /// What it was.
+        kind: MsgKind,
+        /// What was asked.
+        expected: RequestKind,
+    },
+    /// The application answered a request that is not waiting (answered or cancelled
+    /// already, forgotten at its deadline, or never asked).
+    #[error("no request {token} from {peer} waits for an answer")]
+    NotWaiting {
+        /// The peer.
+        peer: HubId,
+        /// The token.
+        token: Token,
+    },
+    /// The application's answer does not fit the request's kind.
+    #[error("this answer does not fit a {0:?} request")]
+    AnswerMismatch(RequestKind),
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    peer: HubId,
+    kind: RequestKind,
+    deadline_ms: u64,
+}
+
+#[derive(Debug)]
+struct Incoming {
+    kind: RequestKind,
+    deadline_ms: u64,
+}
+
+/// How many requests of a peer wait for this hub's answer.
+#[derive(Debug, Default, Clone, Copy)]
+struct PeerLoad {
+    calls: usize,
+    others: usize,
+}
+
+impl PeerLoad {
+    fn count(&mut self, kind: RequestKind) -> &mut usize {
+        match kind {
+            RequestKind::Call => &mut self.calls,
+            _ => &mut self.others,
+        }
+    }
+
+    fn bound(kind: RequestKind) -> usize {
+        match kind {
+            RequestKind::Call => MAX_CALLS_PER_PEER,
+            _ => MAX_REQUESTS_PER_PEER,
+        }
+    }
+}
+
+/// A deadline the layer keeps: of one of its requests, or of a peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Out(Token),
+    In(HubId, Token),
+}
+
+/// The request layer of one hub. See the module docs for the calling pattern.
+#[derive(Debug)]
+pub struct Rpc {
+    next_token: Token,
+    outgoing: HashMap<Token, Outgoing>,
+    incoming: HashMap<(HubId, Token), Incoming>,
+    load: HashMap<HubId, PeerLoad>,
+    /// Every deadline, earliest first.
+    timers: BTreeSet<(u64, Timer)>,
+    transmits: VecDeque<(HubId, Vec<u8>)>,
+    answered: VecDeque<Answered>,
+}
+
+impl Rpc {
+    /// A layer whose first token is `first_token` (draw it at random: tokens then follow it).
+    pub fn new(first_token: Token) -> Self {
+        Rpc {
+            next_token: first_token,
+            outgoing: HashMap::new(),
+            incoming: HashMap::new(),
+            load: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            answered: VecDeque::new(),
+        }
+    }
+
+    /// Registers `request` to `to`, waited for until `deadline_ms` (for a call, use
+    /// [`call_deadline`]); its token and the message to send.
+    pub fn request(
+        &mut self,
+        to: HubId,
+        request: &Request,
+        deadline_ms: u64,
+    ) -> Result<(Token, Vec<u8>), RpcError> {
+        if self.outgoing.len() >= MAX_OUTSTANDING {
+            return Err(RpcError::TooManyRequests);
+        }
+        let mut token = self.next_token;
+        while self.outgoing.contains_key(&token) {
+            token = token.wrapping_add(1);
+        }
+        self.next_token = token.wrapping_add(1);
+        let message = request.encode(token).map_err(RpcError::Encode)?;
+        self.outgoing.insert(
+            token,
+            Outgoing {
+                peer: to,
+                kind: request.kind(),
+                deadline_ms,
+            },
+        );
+        self.timers.insert((deadline_ms, Timer::Out(token)));
+        Ok((token, message))
+    }
+
+    /// Forgets a request whose message could not be sent (nothing is reported for it).
+    pub fn abandon(&mut self, token: Token) {
+        self.forget_outgoing(token);
+    }
+
+    /// Nobody waits for request `token` any more (its asker went away before its deadline): it is
+    /// forgotten, and if it is a call its peer is told to stop (`cancel`, from
+    /// [`Rpc::poll_transmit`]). Whether it was waiting.
+    pub fn cancel(&mut self, token: Token) -> bool {
+        let Some(out) = self.forget_outgoing(token) else {
+            return false;
+        };
+        if out.kind == RequestKind::Call {
+            self.transmits
+                .push_back((out.peer, Msg::Cancel { token }.to_vec()));
+        }
+        true
+    }
+
+    fn forget_outgoing(&mut self, token: Token) -> Option<Outgoing> {
+        let out = self.outgoing.remove(&token)?;
+        self.timers.remove(&(out.deadline_ms, Timer::Out(token)));
+        Some(out)
+    }
+
+    /// Requests of this hub waiting for their answers.
+    pub fn outstanding(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// A whole message from `from`, as its session delivered it: what it is, decoded once.
+    /// `Ok(None)`: nothing for the application (a cancel of no running call). A refusal the
+    /// layer makes itself is queued for [`Rpc::poll_transmit`] and reported as
+    /// [`Inbound::Refused`].
+    pub fn handle_received(
+        &mut self,
+        from: HubId,
+        message: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Inbound>, RpcError> {
+        let msg = Msg::decode(message)?;
+        let request = |token| PeerRequest { from, token };
+        let inbound = match msg {
+            Msg::Data(data) => Inbound::Data {
+                from,
+                data: data.to_vec(),
+            },
+            Msg::Manifest(m) => Inbound::Manifest {
+                from,
+                manifest: m.to_vec(),
+            },
+            Msg::AuditHead(h) => Inbound::AuditHead {
+                from,
+                head: h.to_vec(),
+            },
+            Msg::Views(v) => Inbound::Views {
+                from,
+                views: v.to_vec(),
+            },
+            Msg::Ping { token } => {
+                let deadline = now_ms + REQUEST_TTL_MS;
+                match self.admit(from, token, RequestKind::Ping, deadline) {
+                    Ok(()) => Inbound::Ping(request(token)),
+                    Err(code) => self.refuse(request(token), RequestKind::Ping, None, code),
+                }
+            }
+            Msg::InfoRequest { token } => {
+                let deadline = now_ms + REQUEST_TTL_MS;
+                match self.admit(from, token, RequestKind::Info, deadline) {
+                    Ok(()) => Inbound::Info(request(token)),
+                    Err(code) => self.refuse(request(token), RequestKind::Info, None, code),
+                }
+            }
+            Msg::AppsRequest { token, principal } => {
+                let deadline = now_ms + REQUEST_TTL_MS;
+                match self.admit(from, token, RequestKind::Apps, deadline) {
+                    Ok(()) => Inbound::Apps {
+                        request: request(token),
+                        principal: principal.to_owned(),
+                    },
+                    Err(code) => self.refuse(request(token), RequestKind::Apps, None, code),
+                }
+            }
+            Msg::Call {
+                token,
+                timeout_ms,
+                app,
+                tool,
+                envelope,
+                arguments,
+            } => {
+                let deadline_ms = now_ms + u64::from(timeout_ms).min(MAX_CALL_TIMEOUT_MS);
+                let call = CallRequest {
+                    from,
+                    token,
+                    timeout_ms,
+                    deadline_ms,
+                    app: app.to_owned(),
+                    tool: tool.to_owned(),
+                    envelope: envelope.to_vec(),
+                    arguments: arguments.to_vec(),
+                };
+                // The entry outlives the call's own deadline by the grace its caller waits, so
+                // an answer at the deadline still goes out.
+                let kept_until = deadline_ms + ANSWER_GRACE_MS;
+                match self.admit(from, token, RequestKind::Call, kept_until) {
+                    Ok(()) => Inbound::Call(call),
+                    Err(code) => self.refuse(
+                        request(token),
+                        RequestKind::Call,
+                        Some(Box::new(call)),
+                        code,
+                    ),
+                }
+            }
+            Msg::Cancel { token } => match self.incoming.get(&(from, token)) {
+                Some(call) if call.kind == RequestKind::Call => {
+                    self.forget_incoming(from, token);
+                    Inbound::Cancel(request(token))
+                }
+                _ => return Ok(None),
+            },
+            answer @ (Msg::Pong { .. }
+            | Msg::Info { .. }
+            | Msg::Refused { .. }
+            | Msg::Apps { .. }
+            | Msg::CallResult { .. }
+            | Msg::CallError { .. }) => Inbound::Answer(self.match_answer(from, answer)?),
+        };
+        Ok(Some(inbound))
+    }
+
+    /// Takes a peer's request in, within its bounds.
+    fn admit(
+        &mut self,
+        from: HubId,
+        token: Token,
+        kind: RequestKind,
+        deadline_ms: u64,
+    ) -> Result<(), CallErrorCode> {
+        if self.incoming.contains_key(&(from, token)) {
+            return Err(CallErrorCode::DuplicateToken);
+        }
+        let load = self.load.entry(from).or_default();
+        let count = load.count(kind);
+        if *count >= PeerLoad::bound(kind) {
+            return Err(CallErrorCode::Busy);
+        }
+        *count += 1;
+        self.incoming
+            .insert((from, token), Incoming { kind, deadline_ms });
+        self.timers.insert((deadline_ms, Timer::In(from, token)));
+        Ok(())
+    }
+
+    /// Answers a request the layer refuses itself, and says so.
+    fn refuse(
+        &mut self,
+        request: PeerRequest,
+        kind: RequestKind,
+        call: Option<Box<CallRequest>>,
+        code: CallErrorCode,
+    ) -> Inbound {
+        let message = code.to_string();
+        let answer = match kind {
+            RequestKind::Call => Msg::CallError {
+                token: request.token,
+                code: code.to_u16(),
+                message: &message,
+            },
+            _ => Msg::Refused {
+                token: request.token,
+                reason: &message,
+            },
+        };
+        self.transmits.push_back((request.from, answer.to_vec()));
+        Inbound::Refused {
+            request,
+            call,
+            code,
+        }
+    }
+
+    fn forget_incoming(&mut self, from: HubId, token: Token) -> Option<Incoming> {
+        let entry = self.incoming.remove(&(from, token))?;
+        self.timers
+            .remove(&(entry.deadline_ms, Timer::In(from, token)));
+        if let Some(load) = self.load.get_mut(&from) {
+            let count = load.count(entry.kind);
+            *count = count.saturating_sub(1);
+            if load.calls == 0 && load.others == 0 {
+                self.load.remove(&from);
+            }
+        }
+        Some(entry)
+    }
+
+    fn match_answer(&mut self, from: HubId, answer: Msg<'_>) -> Result<Answered, RpcError> {
+        let token = answer.token().unwrap_or_default();
+        let Some(out) = self.outgoing.get(&token).filter(|o| o.peer == from) else {
+            return Err(RpcError::Unsolicited { from });
+        };
+        let result = match (out.kind, answer) {
+            (RequestKind::Ping, Msg::Pong { .. }) => Ok(Reply::Pong),
+            (RequestKind::Info, Msg::Info { info, .. }) => Ok(Reply::Info(info.to_vec())),
+            (RequestKind::Apps, Msg::Apps { apps, .. }) => Ok(Reply::Apps(apps.to_vec())),
+            (RequestKind::Call, Msg::CallResult { result, .. }) => {
+                Ok(Reply::CallResult(result.to_vec()))
+            }
+            (RequestKind::Call, Msg::CallError { code, message, .. }) => Err(Failure::Call {
+                code: CallErrorCode::from_u16(code),
+                raw: code,
+                message: message.to_owned(),
+            }),
+            (_, Msg::Refused { reason, .. }) => Err(Failure::Refused(reason.to_owned())),
+            (expected, other) => {
+                return Err(RpcError::WrongAnswer {
+                    from,
+                    kind: other.kind(),
+                    expected,
+                })
+            }
+        };
+        self.abandon(token);
+        Ok(Answered {
+            token,
+            peer: from,
+            result,
+        })
+    }
+
+    /// The message that answers request `token` of `to`; the request is answered from then on
+    /// (a second answer, or one to a cancelled or forgotten request, is refused).
+    pub fn answer(
+        &mut self,
+        to: HubId,
+        token: Token,
+        answer: &Answer,
+    ) -> Result<Vec<u8>, RpcError> {
+        let kind = self
+            .incoming
+            .get(&(to, token))
+            .map(|i| i.kind)
+            .ok_or(RpcError::NotWaiting { peer: to, token })?;
+        if !answer.fits(kind) {
+            return Err(RpcError::AnswerMismatch(kind));
+        }
+        self.forget_incoming(to, token);
+        let msg = match answer {
+            Answer::Pong => Msg::Pong { token },
+            Answer::Info(info) => Msg::Info { token, info },
+            Answer::Apps(apps) => Msg::Apps { token, apps },
+            Answer::CallResult(result) => Msg::CallResult { token, result },
+            Answer::CallError { code, message } => Msg::CallError {
+                token,
+                code: code.to_u16(),
+                message,
+            },
+            Answer::Refused(reason) => Msg::Refused { token, reason },
+        };
+        Ok(msg.to_vec())
+    }
+
+    /// Whether request `token` of `peer` waits for this hub's answer.
+    pub fn is_waiting(&self, peer: HubId, token: Token) -> bool {
+        self.incoming.contains_key(&(peer, token))
+    }
+
+    /// The session with `peer` failed: its requests of this hub end with
+    /// [`Failure::Session`] (the peer's own requests stay until answered or forgotten).
+    pub fn handle_session_failed(&mut self, peer: HubId, reason: &str) {
+        let failed: Vec<Token> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.peer == peer)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in failed {
+            self.abandon(token);
+            self.answered.push_back(Answered {
+                token,
+                peer,
+                result: Err(Failure::Session(reason.to_owned())),
+            });
+        }
+    }
+
+    /// The earliest deadline (Unix ms), if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Ends what is due at `now_ms`: this hub's requests past their deadline (answered
+    /// [`Failure::Timeout`]; a call's peer is sent `cancel`), and peers' requests this hub did
+    /// not answer in time (forgotten).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now_ms {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Out(token) => {
+                    let Some(out) = self.outgoing.remove(&token) else {
+                        continue;
+                    };
+                    if out.kind == RequestKind::Call {
+                        self.transmits
+                            .push_back((out.peer, Msg::Cancel { token }.to_vec()));
+                    }
+                    self.answered.push_back(Answered {
+                        token,
+                        peer: out.peer,
+                        result: Err(Failure::Timeout),
+                    });
+                }
+                Timer::In(peer, token) => {
+                    self.forget_incoming(peer, token);
+                }
+            }
+        }
+    }
+
+    /// The next message the layer wants sent (cancels, its own refusals): `(to, message)`.
+    pub fn poll_transmit(&mut self) -> Option<(HubId, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next request of this hub that ended without an answer (timeouts, failed sessions).
+    pub fn poll_answered(&mut self) -> Option<Answered> {
+        self.answered.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::peer::{Event, PeerSessions};
+    use crate::session::testing::{sessions, A, B, NOW};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// One hub of the pair: its sessions, its request layer, and what reached its application.
+    struct Hub {
+        sessions: PeerSessions,
+        rpc: Rpc,
+        inbound: Vec<Inbound>,
+        errors: Vec<RpcError>,
+    }
+
+    impl Hub {
+        fn new(id: u8) -> Self {
+            Hub {
+                sessions: sessions(id).0,
+                rpc: Rpc::new(u64::from(id) << 32),
+                inbound: Vec::new(),
+                errors: Vec::new(),
+            }
+        }
+
+        fn answered(&self) -> Vec<&Answered> {
+            self.inbound
+                .iter()
+                .filter_map(|i| match i {
+                    Inbound::Answer(a) => Some(a),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn calls(&self) -> Vec<&CallRequest> {
+            self.inbound
+                .iter()
+                .filter_map(|i| match i {
+                    Inbound::Call(c) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// What the relay between the two hubs does to what it carries.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Faults {
+        /// Of 100 payloads, how many are lost.
+        drop: u32,
+        /// ... sent twice.
+        duplicate: u32,
+        /// Whether what is in flight is delivered in a random order.
+        reorder: bool,
+    }
+
+    /// Two hubs, each with sessions and a request layer, a relay between them that may drop,
+    /// duplicate and reorder, and a virtual clock.
+    struct Pair {
+        a: Hub,
+        b: Hub,
+        now: u64,
+        rng: StdRng,
+        /// Payloads in flight: (to_b, payload).
+        wire: Vec<(bool, Vec<u8>)>,
+        faults: Faults,
+    }
+
+    impl Pair {
+        fn new(faults: Faults) -> Self {
+            Pair {
+                a: Hub::new(1),
+                b: Hub::new(2),
+                now: NOW,
+                rng: StdRng::seed_from_u64(7),
+                wire: Vec::new(),
+                faults,
+            }
+        }
+
+        fn hub(&mut self, a: bool) -> &mut Hub {
+            if a {
+                &mut self.a
+            } else {
+                &mut self.b
+            }
+        }
+
+        /// A sends `request` to B (or B to A), as a hub's peer task does.
+        fn request(&mut self, from_a: bool, request: &Request, deadline_ms: u64) -> Token {
+            let now = self.now;
+            let to = if from_a { B } else { A };
+            let hub = self.hub(from_a);
+            let (token, message) = hub.rpc.request(to, request, deadline_ms).unwrap();
+            let mut rng = StdRng::seed_from_u64(token);
+            hub.sessions.send(to, message, now, &mut rng).unwrap();
+            self.collect();
+            token
+        }
+
+        /// The application of a hub answers request `token` of its peer.
+        fn answer(&mut self, by_a: bool, token: Token, answer: Answer) {
+            let now = self.now;
+            let to = if by_a { B } else { A };
+            let hub = self.hub(by_a);
+            let message = hub.rpc.answer(to, token, &answer).unwrap();
+            let mut rng = StdRng::seed_from_u64(token);
+            hub.sessions.send(to, message, now, &mut rng).unwrap();
+            self.collect();
+        }
+
+        /// Moves what both hubs produced onto the wire (with the relay's faults) and into their
+        /// request layers.
+        fn collect(&mut self) {
+            for from_a in [true, false] {
+                let now = self.now;
+                let mut out = Vec::new();
+                let hub = if from_a { &mut self.a } else { &mut self.b };
+                let mut rng = StdRng::seed_from_u64(now);
+                while let Some((to, message)) = hub.rpc.poll_transmit() {
+                    let _ = hub.sessions.send(to, message, now, &mut rng);
+                }
+                while let Some(answered) = hub.rpc.poll_answered() {
+                    hub.inbound.push(Inbound::Answer(answered));
+                }
+                while let Some(e) = hub.sessions.poll_event() {
+                    match e {
+                        Event::Transmit { payload, .. } => out.push(payload),
+                        Event::Received { from, message } => {
+                            match hub.rpc.handle_received(from, &message, now) {
+                                Ok(Some(i)) => hub.inbound.push(i),
+                                Ok(None) => {}
+                                Err(e) => hub.errors.push(e),
+                            }
+                            while let Some((to, message)) = hub.rpc.poll_transmit() {
+                                let _ = hub.sessions.send(to, message, now, &mut rng);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                for payload in out {
+                    let roll = self.rng.gen_range(0..100);
+                    if roll < self.faults.drop {
+                        continue;
+                    }
+                    if roll < self.faults.drop + self.faults.duplicate {
+                        self.wire.push((from_a, payload.clone()));
+                    }
+                    self.wire.push((from_a, payload));
+                }
+            }
+        }
+
+        /// Delivers what is in flight until quiet (in a random order if the relay reorders).
+        fn drive(&mut self) {
+            self.collect();
+            while !self.wire.is_empty() {
+                let i = if self.faults.reorder {
+                    self.rng.gen_range(0..self.wire.len())
+                } else {
+                    0
+                };
+                let (to_b, payload) = self.wire.remove(i);
+                let now = self.now;
+                let (hub, from) = if to_b {
+                    (&mut self.b, A)
+                } else {
+                    (&mut self.a, B)
+                };
+                let mut rng = StdRng::seed_from_u64(now ^ payload.len() as u64);
+                // The session layer refuses duplicates and garbage on its own.
+                let _ = hub.sessions.handle_incoming(from, &payload, now, &mut rng);
+                self.collect();
+            }
+        }
+
+        /// Moves the clock to `at` and runs both hubs' timers.
+        fn advance(&mut self, at: u64) {
+            self.now = at;
+            for a in [true, false] {
+                let hub = self.hub(a);
+                let mut rng = StdRng::seed_from_u64(at);
+                hub.sessions.handle_timeout(at, &mut rng);
+                hub.rpc.handle_timeout(at);
+            }
+            self.drive();
+        }
+    }
+
+    fn call(app: &str) -> Request {
+        Request::Call(OutgoingCall {
+            timeout_ms: 10_000,
+            app: app.into(),
+            tool: "echo".into(),
+            envelope: b"HRDE".to_vec(),
+            arguments: br#"{"text":"hi"}"#.to_vec(),
+        })
+    }
+
+    /// A call goes out, arrives decoded with its deadline on the target's clock, and its answer
+    /// is matched to it.
+    #[test]
+    fn a_call_arrives_decoded_and_its_answer_is_matched() {
+        let mut p = Pair::new(Faults::default());
+        let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
+        p.drive();
+        let got = p.b.calls();
+        assert_eq!(got.len(), 1);
+        let c = got[0].clone();
+        assert_eq!(
+            (c.from, c.token, c.app.as_str(), c.tool.as_str()),
+            (A, token, "notes", "echo")
+        );
+        assert_eq!(c.deadline_ms, p.now + 10_000);
+        assert_eq!(c.arguments, br#"{"text":"hi"}"#);
+        p.answer(false, token, Answer::CallResult(b"{}".to_vec()));
+        p.drive();
+        assert_eq!(
+            p.a.answered(),
+            vec![&Answered {
+                token,
+                peer: B,
+                result: Ok(Reply::CallResult(b"{}".to_vec()))
+            }]
+        );
+        assert_eq!(p.a.rpc.outstanding(), 0);
+        // Answered once: a second answer is refused.
+        assert_eq!(
+            p.b.rpc
+                .answer(A, token, &Answer::CallResult(b"{}".to_vec())),
+            Err(RpcError::NotWaiting { peer: A, token })
+        );
+    }
+
+    /// A peer that reuses the token of its running call gets that one refused with its own code;
+    /// the running call is not replaced and still gets its answer. (Once a member could run any
+    /// number of calls at once, past the bound, by reusing one token.)
+    #[test]
+    fn a_repeated_token_is_refused_and_never_replaces_a_running_call() {
+        let mut b = Rpc::new(0);
+        let message = |app: &str| {
+            Msg::Call {
+                token: 42,
+                timeout_ms: 10_000,
+                app,
+                tool: "t",
+                envelope: b"",
+                arguments: b"",
+            }
+            .to_vec()
+        };
+        let first = b.handle_received(A, &message("first"), NOW).unwrap();
+        assert!(matches!(first, Some(Inbound::Call(ref c)) if c.app == "first"));
+        for _ in 0..(2 * MAX_CALLS_PER_PEER) {
+            let again = b.handle_received(A, &message("again"), NOW).unwrap();
+            match again {
+                Some(Inbound::Refused {
+                    request,
+                    call: Some(call),
+                    code: CallErrorCode::DuplicateToken,
+                }) => assert_eq!((request.token, call.app.as_str()), (42, "again")),
+                other => panic!("expected a duplicate-token refusal, got {other:?}"),
+            }
+            let (to, refusal) = b.poll_transmit().unwrap();
+            assert_eq!(to, A);
+            assert_eq!(
+                Msg::decode(&refusal).unwrap(),
+                Msg::CallError {
+                    token: 42,
+                    code: CallErrorCode::DuplicateToken.to_u16(),
+                    message: &CallErrorCode::DuplicateToken.to_string(),
+                }
+            );
+        }
+        // One call runs, not 33: the answer goes to it.
+        assert_eq!(b.load[&A].calls, 1);
+        let answer = b
+            .answer(A, 42, &Answer::CallResult(b"{}".to_vec()))
+            .unwrap();
+        assert_eq!(
+            Msg::decode(&answer).unwrap(),
+            Msg::CallResult {
+                token: 42,
+                result: b"{}"
+            }
+        );
+        // Another hub may use the same token.
+        let other = b.handle_received(B, &message("b's"), NOW).unwrap();
+        assert!(matches!(other, Some(Inbound::Call(_))));
+        // Once answered, the token may be used again.
+        let reused = b.handle_received(A, &message("later"), NOW).unwrap();
+        assert!(matches!(reused, Some(Inbound::Call(ref c)) if c.app == "later"));
+    }
+
+    /// A peer has at most `MAX_CALLS_PER_PEER` calls and `MAX_REQUESTS_PER_PEER` other requests
+    /// waiting; past that it is refused busy, and another peer is not.
+    #[test]
+    fn requests_of_one_peer_are_bounded_and_others_are_not_hurt() {
+        let mut b = Rpc::new(0);
+        let call = |token| {
+            Msg::Call {
+                token,
+                timeout_ms: 1_000,
+                app: "a",
+                tool: "t",
+                envelope: b"",
+                arguments: b"",
+            }
+            .to_vec()
+        };
+        for token in 0..MAX_CALLS_PER_PEER as u64 {
+            let r = b.handle_received(A, &call(token), NOW).unwrap();
+            assert!(matches!(r, Some(Inbound::Call(_))));
+        }
+        let r = b.handle_received(A, &call(99), NOW).unwrap();
+        assert!(matches!(
+            r,
+            Some(Inbound::Refused {
+                code: CallErrorCode::Busy,
+                ..
+            })
+        ));
+        // Pings still pass (their own bound), and so does the other hub.
+        let ping = |token| Msg::Ping { token }.to_vec();
+        assert!(matches!(
+            b.handle_received(A, &ping(1_000), NOW).unwrap(),
+            Some(Inbound::Ping(_))
+        ));
+        assert!(matches!(
+            b.handle_received(B, &call(0), NOW).unwrap(),
+            Some(Inbound::Call(_))
+        ));
+        for token in 1_001..1_000 + MAX_REQUESTS_PER_PEER as u64 {
+            assert!(matches!(
+                b.handle_received(A, &ping(token), NOW).unwrap(),
+                Some(Inbound::Ping(_))
+            ));
+        }
+        assert!(matches!(
+            b.handle_received(A, &ping(5_000), NOW).unwrap(),
+            Some(Inbound::Refused {
+                code: CallErrorCode::Busy,
+                call: None,
+                ..
+            })
+        ));
+        // A call answered frees its place.
+        b.answer(A, 0, &Answer::CallResult(b"{}".to_vec())).unwrap();
+        assert!(matches!(
+            b.handle_received(A, &call(100), NOW).unwrap(),
+            Some(Inbound::Call(_))
+        ));
+        // Unanswered requests are forgotten at their deadline, freeing their places too.
+        b.handle_timeout(NOW + REQUEST_TTL_MS);
+        assert_eq!(b.load.get(&A).map_or(0, |l| l.others), 0);
+        b.handle_timeout(NOW + MAX_CALL_TIMEOUT_MS + ANSWER_GRACE_MS);
+        assert!(b.load.is_empty(), "{:?}", b.load);
+        assert!(b.incoming.is_empty() && b.timers.is_empty());
+    }
+
+    /// A call whose answer does not come by its deadline is answered `Timeout` on the caller,
+    /// which tells the target to stop; the target's application hears of the cancel once, and
+    /// its late answer is refused.
+    #[test]
+    fn a_call_past_its_deadline_times_out_and_is_cancelled_on_the_target() {
+        let mut p = Pair::new(Faults::default());
+        let deadline = call_deadline(p.now, 1_000);
+        let token = p.request(true, &call("slow"), deadline);
+        p.drive();
+        assert_eq!(p.a.rpc.poll_timeout(), Some(deadline));
+        p.advance(deadline - 1);
+        assert!(p.a.answered().is_empty());
+        p.advance(deadline);
+        assert_eq!(
+            p.a.answered(),
+            vec![&Answered {
+                token,
+                peer: B,
+                result: Err(Failure::Timeout)
+            }]
+        );
+        let cancels: Vec<_> =
+            p.b.inbound
+                .iter()
+                .filter(|i| matches!(i, Inbound::Cancel(r) if r.token == token && r.from == A))
+                .collect();
+        assert_eq!(cancels.len(), 1);
+        assert!(!p.b.rpc.is_waiting(A, token));
+        assert!(p
+            .b
+            .rpc
+            .answer(A, token, &Answer::CallResult(b"{}".to_vec()))
+            .is_err());
+    }
+
+    /// An asker that goes away before the deadline cancels its call on the target at once; a
+    /// request that is not a call is only forgotten.
+    #[test]
+    fn a_call_whose_asker_went_away_is_cancelled_at_once() {
+        let mut p = Pair::new(Faults::default());
+        let ping = p.request(true, &Request::Ping, p.now + 60_000);
+        let token = p.request(true, &call("slow"), call_deadline(p.now, 30_000));
+        p.drive();
+        assert!(p.b.rpc.is_waiting(A, token));
+        assert!(p.a.rpc.cancel(token));
+        assert!(!p.a.rpc.cancel(token), "cancelled once");
+        p.drive();
+        assert!(!p.b.rpc.is_waiting(A, token), "the target still runs it");
+        assert!(p
+            .b
+            .inbound
+            .iter()
+            .any(|i| matches!(i, Inbound::Cancel(r) if r.token == token)));
+        // Nothing is reported to the asker that went away, and the ping goes on.
+        assert!(!p.a.answered().iter().any(|a| a.token == token));
+        assert_eq!(p.a.rpc.outstanding(), 1);
+        assert!(p.a.rpc.cancel(ping));
+        assert_eq!(p.a.rpc.poll_transmit(), None, "no cancel for a ping");
+    }
+
+    /// Answers go to the request they answer: a pong to a call, an answer from another hub, or
+    /// to no request, is refused and the request goes on waiting.
+    #[test]
+    fn only_the_right_answer_from_the_right_peer_ends_a_request() {
+        let mut a = Rpc::new(10);
+        let (token, _) = a.request(B, &call("x"), NOW + 5_000).unwrap();
+        let pong = Msg::Pong { token }.to_vec();
+        assert!(matches!(
+            a.handle_received(B, &pong, NOW),
+            Err(RpcError::WrongAnswer {
+                expected: RequestKind::Call,
+                ..
+            })
+        ));
+        let result = Msg::CallResult {
+            token,
+            result: b"{}",
+        }
+        .to_vec();
+        assert_eq!(
+            a.handle_received(HubId([9; 16]), &result, NOW),
+            Err(RpcError::Unsolicited {
+                from: HubId([9; 16])
+            })
+        );
+        let other = Msg::CallResult {
+            token: token + 1,
+            result: b"{}",
+        }
+        .to_vec();
+        assert!(a.handle_received(B, &other, NOW).is_err());
+        assert_eq!(a.outstanding(), 1);
+        let refused = Msg::CallError {
+            token,
+            code: 400,
+            message: "new",
+        }
+        .to_vec();
+        match a.handle_received(B, &refused, NOW).unwrap() {
+            Some(Inbound::Answer(Answered {
+                result:
+                    Err(Failure::Call {
+                        code: None,
+                        raw: 400,
+                        ..
+                    }),
+                ..
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.outstanding(), 0);
+        // The application's answers must fit what was asked.
+        let mut b = Rpc::new(0);
+        b.handle_received(A, &Msg::Ping { token: 3 }.to_vec(), NOW)
+            .unwrap();
+        assert_eq!(
+            b.answer(A, 3, &Answer::Apps(b"[]".to_vec())),
+            Err(RpcError::AnswerMismatch(RequestKind::Ping))
+        );
+        assert!(b.answer(A, 3, &Answer::Refused("suspended".into())).is_ok());
+    }
+
+    /// Tokens are unique among a hub's requests waiting, and the bound on them holds.
+    #[test]
+    fn tokens_are_unique_while_outstanding_and_bounded() {
+        let mut a = Rpc::new(u64::MAX - 2);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_OUTSTANDING {
+            let (token, _) = a.request(B, &Request::Ping, NOW + 1_000).unwrap();
+            assert!(seen.insert(token), "token {token} twice");
+        }
+        assert_eq!(
+            a.request(B, &Request::Ping, NOW + 1_000),
+            Err(RpcError::TooManyRequests)
+        );
+        a.handle_timeout(NOW + 1_000);
+        let mut ended = 0;
+        while a.poll_answered().is_some() {
+            ended += 1;
+        }
+        assert_eq!(ended, MAX_OUTSTANDING);
+        assert!(a.request(B, &Request::Ping, NOW + 2_000).is_ok());
+    }
+
+    /// A failed session ends the requests waiting on it.
+    #[test]
+    fn a_failed_session_ends_its_requests() {
+        let mut a = Rpc::new(0);
+        let (t1, _) = a.request(B, &Request::Info, NOW + 1_000).unwrap();
+        let (_, _) = a
+            .request(HubId([3; 16]), &Request::Ping, NOW + 1_000)
+            .unwrap();
+        a.handle_session_failed(B, "left the relay");
+        assert_eq!(
+            a.poll_answered(),
+            Some(Answered {
+                token: t1,
+                peer: B,
+                result: Err(Failure::Session("left the relay".into()))
+            })
+        );
+        assert_eq!(a.poll_answered(), None);
+        assert_eq!(a.outstanding(), 1);
+    }
+
+    /// Through a relay that drops, duplicates and reorders: every call is answered at most once
+    /// (duplicates never run a call twice), and every call ends by its deadline, with its result
+    /// or `Timeout`.
+    #[test]
+    fn through_a_lossy_relay_each_call_ends_once_and_none_runs_twice() {
+        for (seed, faults) in [
+            (
+                1,
+                Faults {
+                    drop: 0,
+                    duplicate: 30,
+                    reorder: true,
+                },
+            ),
+            (
+                2,
+                Faults {
+                    drop: 10,
+                    duplicate: 10,
+                    reorder: true,
+                },
+            ),
+            (
+                3,
+                Faults {
+                    drop: 25,
+                    duplicate: 0,
+                    reorder: false,
+                },
+            ),
+        ] {
+            let mut p = Pair::new(Faults::default());
+            // The session comes up over a clean relay; the faults start with the calls.
+            p.request(true, &Request::Ping, p.now + 1_000);
+            p.drive();
+            p.faults = faults;
+            p.rng = StdRng::seed_from_u64(seed);
+            let deadline = call_deadline(p.now, 5_000);
+            let tokens: Vec<Token> = (0..12)
+                .map(|i| p.request(true, &call(&format!("app{i}")), deadline))
+                .collect();
+            p.drive();
+            // B answers what reached it, once each.
+            let reached: Vec<Token> = p.b.calls().iter().map(|c| c.token).collect();
+            let unique: std::collections::HashSet<_> = reached.iter().collect();
+            assert_eq!(unique.len(), reached.len(), "a call reached B twice");
+            for token in &reached {
+                p.answer(false, *token, Answer::CallResult(b"{}".to_vec()));
+            }
+            p.drive();
+            p.advance(deadline);
+            let mut ended: Vec<Token> =
+                p.a.answered()
+                    .iter()
+                    .filter(|a| a.token != 0 && tokens.contains(&a.token))
+                    .map(|a| a.token)
+                    .collect();
+            ended.sort_unstable();
+            let mut want = tokens.clone();
+            want.sort_unstable();
+            assert_eq!(ended, want, "each call ends exactly once ({faults:?})");
+            let results =
+                p.a.answered()
+                    .iter()
+                    .filter(|a| a.result.is_ok() && tokens.contains(&a.token))
+                    .count();
+            assert!(results <= reached.len());
+            if faults.drop == 0 {
+                assert_eq!(results, tokens.len(), "nothing lost, all answered");
+            } else {
+                // The seeds are fixed: the relay does lose some, and those calls time out.
+                assert!(
+                    results < tokens.len(),
+                    "the relay lost nothing ({faults:?})"
+                );
+            }
+            assert_eq!(p.a.rpc.outstanding(), 0);
+        }
+    }
+}
