@@ -523,7 +523,7 @@ async fn every_envelope_refusal_has_its_own_code() {
                 envelope: raw.unwrap_or_else(|| d.sign(key).unwrap()),
                 arguments: args.to_vec(),
             };
-            async move { handle.call(desk_id, call, Duration::from_secs(15)).await }
+            async move { handle.call(desk_id, call).await }
         };
     let code = |r: Result<Vec<u8>, PeerError>| match r {
         Err(PeerError::Call { code, .. }) => code,
@@ -694,10 +694,11 @@ async fn every_envelope_refusal_has_its_own_code() {
             arguments: long_args.to_vec(),
         };
         let handle = handle.clone();
-        async move { handle.call(desk_id, call, Duration::from_secs(1)).await }
+        // The caller stops waiting after 1 s: dropping the call cancels it at the desk.
+        async move { tokio::time::timeout(Duration::from_secs(1), handle.call(desk_id, call)).await }
     });
     for r in futures_util::future::join_all(given_up).await {
-        assert!(matches!(r, Err(PeerError::Timeout(_))), "{r:?}");
+        assert!(r.is_err(), "{r:?}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -22,11 +22,53 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 
-use crate::api::CallAppRequest;
-use crate::hub::agent::HubAppsView;
+use shared_proto::agent::CallErrorCode;
+
+use crate::hub::agent::{CallAppRequest, HubAppsView};
+use crate::hub::ServiceError;
 
 /// How often `watch` lists the apps of the cluster again to notice changes.
 pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// Why the agent surface could not list the apps or give a call's result: the call's stable
+/// code when there is one (what an agent can act on), and details for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentError {
+    /// The code of a refused or failed call.
+    pub code: Option<CallErrorCode>,
+    /// Details.
+    pub message: String,
+}
+
+impl AgentError {
+    /// An error without a call code.
+    pub fn other(message: impl Into<String>) -> Self {
+        AgentError {
+            code: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "{}: {}", code.name(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<ServiceError> for AgentError {
+    fn from(e: ServiceError) -> Self {
+        AgentError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
 
 /// What the MCP surface stands on: the apps of the cluster and calls to them, for one agent.
 pub trait AgentBackend: Clone + Send + Sync + 'static {
@@ -34,17 +76,17 @@ pub trait AgentBackend: Clone + Send + Sync + 'static {
     fn apps(
         &self,
         context: &RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<Vec<HubAppsView>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<HubAppsView>, AgentError>> + Send;
 
     /// A call; the tool's result, or why not (for the agent to read).
     fn call(
         &self,
         context: &RequestContext<RoleServer>,
         req: CallAppRequest,
-    ) -> impl Future<Output = Result<CallToolResult, String>> + Send;
+    ) -> impl Future<Output = Result<CallToolResult, AgentError>> + Send;
 
     /// The apps, outside any request (for `watch`).
-    fn apps_now(&self) -> impl Future<Output = Result<Vec<HubAppsView>, String>> + Send;
+    fn apps_now(&self) -> impl Future<Output = Result<Vec<HubAppsView>, AgentError>> + Send;
 }
 
 /// Where a directly exposed tool lives.
@@ -246,7 +288,7 @@ impl<B: AgentBackend> ServerHandler for McpSurface<B> {
                     r.structured_content = Some(json!({ "hubs": hubs }));
                     r
                 }
-                Err(e) => CallToolResult::error(vec![ContentBlock::text(e)]),
+                Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
             },
             "app.call" => {
                 let field = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);

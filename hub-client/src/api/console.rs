@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::Stream;
 use serde_json::json;
 
@@ -36,6 +37,18 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Most event streams open at once (each polls the audit head); past that, `429`.
 pub(crate) const MAX_WATCHERS: usize = 16;
+
+/// The places for event streams ([`MAX_WATCHERS`]), shared by the router's handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct Watchers(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Watchers(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            MAX_WATCHERS,
+        )))
+    }
+}
 
 /// `GET /`: the page.
 pub(crate) async fn index() -> Response {
@@ -170,9 +183,10 @@ struct Watch {
 /// comment every 15 s to keep the stream open.
 pub(crate) async fn events(
     State(state): State<Shared>,
+    Extension(watchers): Extension<Watchers>,
     _: Authed,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = state.watchers.clone().try_acquire_owned().map_err(|_| {
+    let permit = watchers.0.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "busy",
@@ -181,7 +195,7 @@ pub(crate) async fn events(
     })?;
     let head = audit_seq(&state).await?;
     let watch = Watch {
-        online: state.online(),
+        online: state.book.online(),
         head,
         _permit: permit,
     };
@@ -194,7 +208,7 @@ pub(crate) async fn events(
             }
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                let online = state.online();
+                let online = state.book.online();
                 let head = audit_seq(&state).await.unwrap_or(watch.head);
                 if online != watch.online || head != watch.head {
                     watch.online = online;
@@ -216,9 +230,7 @@ fn change(watch: &Watch) -> Event {
 }
 
 async fn audit_seq(state: &Shared) -> Result<u64, ApiError> {
-    Ok(state
-        .blocking(|state| Ok(state.store().audit_head()?.0))
-        .await?)
+    Ok(state.audit_seq().await?)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use data_encoding::BASE64URL_NOPAD;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,29 +23,24 @@ use shared_proto::session::pairing::PairingToken;
 use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
 
+pub use crate::hub::agent::CallAppRequest;
 use crate::hub::agent::{AppView, HubAppsView, Principal};
 pub use crate::hub::view::{
     CertificateView, IssuerView, JoinedView, PairingTokenView, PeerDetail, PeerView, PingView,
     RateLimitedView, RelayView, RevokedView, StatusView, SuspendedView,
 };
+use crate::hub::AuditQuery;
+pub use crate::hub::CallSeries;
 pub use crate::hub::MAX_PAIRING_TTL_S;
 use crate::hub::{HubState, ServiceError};
-use crate::mcp::{AgentBackend, McpSurface};
+use crate::mcp::{AgentBackend, AgentError, McpSurface};
+pub use crate::node::access::{format_api_token, API_TOKEN_PREFIX};
 use crate::node::store::ApiToken;
-use crate::unix_ms;
 use rmcp::model::CallToolResult;
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::RoleServer;
-
-/// What every API token starts with.
-pub const API_TOKEN_PREFIX: &str = "hubapi_";
-
-/// An API token's text for a secret.
-pub fn format_api_token(secret: &[u8; 32]) -> String {
-    format!("{API_TOKEN_PREFIX}{}", BASE64URL_NOPAD.encode(secret))
-}
 
 pub(crate) mod console;
 
@@ -89,6 +83,7 @@ pub(crate) fn router(state: Shared) -> Router {
                 )),
         )
         .fallback(not_found)
+        .layer(axum::Extension(console::Watchers::default()))
         .layer(axum::middleware::from_fn(console::guard))
         .with_state(state)
 }
@@ -212,18 +207,12 @@ impl FromRequestParts<Shared> for Authed {
             )
         };
         let token = bearer(parts).ok_or_else(unauthorized)?.as_bytes().to_vec();
-        let found = state
-            .blocking(move |state| Ok(state.store().use_api_token(&token, unix_ms())?))
-            .await?;
+        let found = state.authenticate(token).await?;
         found
             .map(|t: ApiToken| Authed {
                 admin: t.admin,
                 principal: Principal {
-                    name: if t.name == crate::daemon::CLI_TOKEN_NAME {
-                        Principal::local().name
-                    } else {
-                        t.name
-                    },
+                    name: crate::node::access::principal_of_token(&t.name).to_owned(),
                     scopes: t.scopes,
                 },
             })
@@ -398,19 +387,22 @@ struct LocalBackend(Shared);
 
 impl LocalBackend {
     /// The principal `mcp_auth` found for the HTTP request behind this MCP message.
-    async fn principal(&self, context: &RequestContext<RoleServer>) -> Result<Principal, String> {
+    fn principal(&self, context: &RequestContext<RoleServer>) -> Result<Principal, AgentError> {
         context
             .extensions
             .get::<Parts>()
             .and_then(|parts| parts.extensions.get::<Principal>())
             .cloned()
-            .ok_or_else(|| "unauthenticated MCP request".to_owned())
+            .ok_or_else(|| AgentError::other("unauthenticated MCP request"))
     }
 }
 
 impl AgentBackend for LocalBackend {
-    async fn apps(&self, context: &RequestContext<RoleServer>) -> Result<Vec<HubAppsView>, String> {
-        let principal = self.principal(context).await?;
+    async fn apps(
+        &self,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Vec<HubAppsView>, AgentError> {
+        let principal = self.principal(context)?;
         Ok(self.0.list_apps(&principal).await)
     }
 
@@ -418,25 +410,13 @@ impl AgentBackend for LocalBackend {
         &self,
         context: &RequestContext<RoleServer>,
         req: CallAppRequest,
-    ) -> Result<CallToolResult, String> {
-        let principal = self.principal(context).await?;
-        let hub = self
-            .0
-            .resolve_hub(&req.hub)
-            .await
-            .map_err(|e| e.to_string())?;
-        let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
-        self.0
-            .call_app(&principal, hub, &req.app, &req.tool, req.arguments, timeout)
-            .await
-            .map_err(|e| match e {
-                ServiceError::Call { code, message } => format!("{}: {message}", code.name()),
-                e => e.to_string(),
-            })
+    ) -> Result<CallToolResult, AgentError> {
+        let principal = self.principal(context)?;
+        Ok(self.0.call(&principal, req).await?)
     }
 
-    async fn apps_now(&self) -> Result<Vec<HubAppsView>, String> {
-        Err("no agent outside a request".into())
+    async fn apps_now(&self) -> Result<Vec<HubAppsView>, AgentError> {
+        Err(AgentError::other("no agent outside a request"))
     }
 }
 
@@ -471,23 +451,6 @@ fn mcp_service(
     )
 }
 
-/// `POST /api/apps/call`: calls a tool of an app on a hub of the cluster.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CallAppRequest {
-    /// The hub: its id, or its name.
-    pub hub: String,
-    /// The app.
-    pub app: String,
-    /// The tool.
-    pub tool: String,
-    /// The tool's arguments (a JSON object).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<serde_json::Map<String, Value>>,
-    /// How long to wait, in ms (default 30,000, at most 55,000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-}
-
 async fn list_apps(
     State(state): State<Shared>,
     authed: Authed,
@@ -501,18 +464,7 @@ async fn call_app(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: CallAppRequest = body(&bytes)?;
-    let hub = state.resolve_hub(&req.hub).await?;
-    let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
-    let result = state
-        .call_app(
-            &authed.principal,
-            hub,
-            &req.app,
-            &req.tool,
-            req.arguments,
-            timeout,
-        )
-        .await?;
+    let result = state.call(&authed.principal, req).await?;
     Ok(Json(
         serde_json::to_value(result).map_err(ApiError::internal)?,
     ))
@@ -524,36 +476,19 @@ async fn stats_series(
     State(state): State<Shared>,
     _: Authed,
     Query(query): Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallSeries>, ApiError> {
     let hours: u64 = match query.get("hours") {
         None => 24,
         Some(h) => h
             .parse()
-            .ok()
-            .filter(|h| (1..=720).contains(h))
-            .ok_or_else(|| ApiError::bad_request("hours is 1 to 720"))?,
+            .map_err(|_| ApiError::bad_request("hours is 1 to 720"))?,
     };
-    const HOUR_MS: u64 = 3_600_000;
-    let now = unix_ms();
-    let since = (now / HOUR_MS).saturating_sub(hours - 1) * HOUR_MS;
-    let rows = state
-        .blocking(move |state| Ok(state.store().call_series(since, HOUR_MS)?))
-        .await?;
-    let buckets: Vec<Value> = rows
-        .into_iter()
-        .map(|(start, calls, refused)| json!({ "start_ms": start, "calls": calls, "refused": refused }))
-        .collect();
-    Ok(Json(
-        json!({ "bucket_ms": HOUR_MS, "since_ms": since, "buckets": buckets }),
-    ))
+    Ok(Json(state.stats_series(hours).await?))
 }
 
 /// `GET /api/federation/audit/verify`: the whole chain checked with the hub's key.
 async fn audit_verify(State(state): State<Shared>, _: Admin) -> Result<Json<Value>, ApiError> {
-    let checked = state
-        .blocking(|state| Ok(crate::node::audit::verify_log(&state.home, &state.store())?))
-        .await?;
-    Ok(Json(match checked {
+    Ok(Json(match state.audit_verify().await? {
         Ok((entries, mac)) => {
             json!({ "ok": true, "entries": entries, "head_mac": hex::encode(mac) })
         }
@@ -590,23 +525,7 @@ async fn set_sharing(
         .transpose()
         .map_err(|_| ApiError::bad_request("require_trust is read_only, agent_dispatch or full"))?;
     let shown = sharing.to_string();
-    let found = {
-        let name = name.clone();
-        state
-            .blocking(move |state| {
-                Ok(crate::node::audit::share_app(
-                    &state.home,
-                    &state.store(),
-                    &name,
-                    &sharing,
-                    trust,
-                )?)
-            })
-            .await?
-    };
-    if !found {
-        return Err(ApiError::not_found(format!("no app {name}")));
-    }
+    state.set_sharing(name.clone(), sharing, trust).await?;
     Ok(Json(json!({
         "name": name,
         "sharing": shown,
@@ -636,11 +555,12 @@ async fn audit_log(
                 .map_err(|_| ApiError::bad_request(format!("{key} must be a number")))
         })
     };
-    let since_ms = number("since_ms", 0)?;
-    let limit = number("limit", 100)?.min(10_000);
-    let entries = state
-        .blocking(move |state| Ok(state.store().audit_entries(peer, since_ms, Some(limit))?))
-        .await?;
+    let query = AuditQuery {
+        peer,
+        since_ms: number("since_ms", 0)?,
+        limit: number("limit", 100)?,
+    };
+    let entries = state.audit_entries(query).await?;
     Ok(Json(
         entries
             .iter()

@@ -15,23 +15,26 @@
 //!             sequence number; `hub::quorum`)
 //! ```
 
+use shared_proto::agent::CallErrorCode;
+
 use crate::hub::quorum::QuorumCheck;
+use crate::node::audit::{AuditKind, Decision};
 use crate::node::store::{AuditCount, PeerAuditHead};
 
 /// Refusal codes that mean the peer sent a faulty or forged envelope.
-const SIGNATURE_CODES: [&str; 5] = [
-    "bad_envelope",
-    "wrong_signer",
-    "expired",
-    "replayed",
-    "arguments_mismatch",
+const SIGNATURE_CODES: [CallErrorCode; 5] = [
+    CallErrorCode::BadEnvelope,
+    CallErrorCode::WrongSigner,
+    CallErrorCode::Expired,
+    CallErrorCode::Replayed,
+    CallErrorCode::ArgumentsMismatch,
 ];
 /// Refusal codes that mean the peer asked for what policy does not allow it.
-const POLICY_CODES: [&str; 4] = [
-    "not_shared",
-    "trust_too_low",
-    "scope_denied",
-    "unknown_tool",
+const POLICY_CODES: [CallErrorCode; 4] = [
+    CallErrorCode::NotShared,
+    CallErrorCode::TrustTooLow,
+    CallErrorCode::ScopeDenied,
+    CallErrorCode::UnknownTool,
 ];
 
 /// One part of a score.
@@ -71,11 +74,16 @@ pub struct ScoreInputs {
     pub now_ms: u64,
 }
 
-fn refused(counts: &[AuditCount], codes: &[&str]) -> u64 {
+fn refused(counts: &[AuditCount], codes: &[CallErrorCode]) -> u64 {
     counts
         .iter()
         .filter(|c| {
-            c.kind == "call.in" && c.decision == "refused" && codes.contains(&c.code.as_str())
+            c.kind == AuditKind::CallIn
+                && c.decision == Decision::Refused
+                && c.code
+                    .as_deref()
+                    .and_then(CallErrorCode::from_name)
+                    .is_some_and(|code| codes.contains(&code))
         })
         .map(|c| c.count)
         .sum()
@@ -89,7 +97,7 @@ fn cap(n: u64, each: u64, max: u64) -> u32 {
 fn faults(counts: &[AuditCount]) -> u64 {
     counts
         .iter()
-        .filter(|c| c.kind == crate::node::audit::PEER_FAULT)
+        .filter(|c| c.kind == AuditKind::PeerFault)
         .map(|c| c.count)
         .sum()
 }
@@ -196,9 +204,9 @@ mod tests {
     fn refusals(code: &str, count: u64) -> AuditCount {
         AuditCount {
             peer: None,
-            kind: "call.in".into(),
-            decision: "refused".into(),
-            code: code.into(),
+            kind: AuditKind::CallIn,
+            decision: Decision::Refused,
+            code: Some(code.into()),
             count,
             duration_ms: 0,
             bytes: 0,
@@ -208,8 +216,8 @@ mod tests {
     fn healthy() -> ScoreInputs {
         ScoreInputs {
             calls_all_time: vec![AuditCount {
-                decision: "allowed".into(),
-                code: String::new(),
+                decision: Decision::Allowed,
+                code: None,
                 ..refusals("", 50)
             }],
             calls_last_day: vec![],
@@ -246,7 +254,7 @@ mod tests {
         assert_eq!(penalty(&trust_score(&forged), "signature"), 40, "capped");
         let mut bad_handshakes = healthy();
         bad_handshakes.calls_all_time.push(AuditCount {
-            kind: crate::node::audit::PEER_FAULT.into(),
+            kind: AuditKind::PeerFault,
             ..refusals("handshake", 2)
         });
         let s = trust_score(&bad_handshakes);

@@ -326,27 +326,29 @@ pub struct StatsCounts {
 impl StatsCounts {
     /// Adds a count of audit entries.
     pub(crate) fn add(&mut self, c: &crate::node::store::AuditCount) {
-        match (c.kind.as_str(), c.decision.as_str()) {
-            ("call.out", decision) => {
+        use crate::node::audit::{AuditKind, Decision};
+        let code = || c.code.clone().unwrap_or_default();
+        match c.kind {
+            AuditKind::CallOut => {
                 self.calls_out += c.count;
                 self.call_ms += c.duration_ms;
                 self.call_bytes += c.bytes;
-                if decision == "refused" {
-                    *self.refused_out.entry(c.code.clone()).or_default() += c.count;
+                if c.decision == Decision::Refused {
+                    *self.refused_out.entry(code()).or_default() += c.count;
                 }
             }
-            ("call.in", decision) => {
+            AuditKind::CallIn => {
                 self.calls_in += c.count;
                 self.call_ms += c.duration_ms;
                 self.call_bytes += c.bytes;
-                if decision == "refused" {
-                    *self.refused_in.entry(c.code.clone()).or_default() += c.count;
+                if c.decision == Decision::Refused {
+                    *self.refused_in.entry(code()).or_default() += c.count;
                 } else {
                     self.accepted_in += c.count;
                 }
             }
-            ("token.create", _) => self.tokens_created += c.count,
-            ("pairing", _) => self.pairings += c.count,
+            AuditKind::TokenCreate => self.tokens_created += c.count,
+            AuditKind::Pairing => self.pairings += c.count,
             _ => {}
         }
     }

@@ -10,25 +10,42 @@ use shared_proto::audit::{verify, ChainError};
 use shared_proto::HubId;
 
 use crate::node::home::{Home, HomeError};
+pub use crate::node::store::audit::{code_of, AuditKind, Decision, FaultKind};
 use crate::node::store::{AuditEntry, Store};
 use crate::unix_ms;
 
-/// The kind of entry that records a faulty handshake, audit head, manifest or views message from
-/// a peer (its `code` says which); these lower the peer's trust score.
-pub const PEER_FAULT: &str = "peer.fault";
-
 /// An entry of `kind` now, about `peer`, with `decision` and `reason`; the caller fills in the
 /// rest.
-pub fn entry(kind: &str, peer: Option<HubId>, decision: &str, reason: &str) -> AuditEntry {
+pub fn entry(kind: AuditKind, peer: Option<HubId>, decision: Decision, reason: &str) -> AuditEntry {
     AuditEntry {
         at_ms: unix_ms(),
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         peer,
-        decision: decision.to_owned(),
+        decision: decision.as_str().to_owned(),
         reason: reason.to_owned(),
         bytes: Some(0),
         ..AuditEntry::default()
     }
+}
+
+/// Marks `entry` refused with `code` and why: its reason is `code: why` (the code is what
+/// statistics and trust scores count, [`code_of`]).
+pub fn refuse(entry: &mut AuditEntry, code: &str, why: &str) {
+    entry.decision = Decision::Refused.as_str().to_owned();
+    entry.reason = format!("{code}: {why}");
+}
+
+/// Sets the decision and reason of `entry`.
+pub fn decide(entry: &mut AuditEntry, decision: Decision, reason: impl Into<String>) {
+    entry.decision = decision.as_str().to_owned();
+    entry.reason = reason.into();
+}
+
+/// The entry of a fault of `peer` (`kind`), and why.
+pub fn fault(peer: HubId, kind: FaultKind, why: &str) -> AuditEntry {
+    let mut e = entry(AuditKind::PeerFault, Some(peer), Decision::None, "");
+    refuse(&mut e, kind.as_str(), why);
+    e
 }
 
 /// Appends `entry` to the home's audit log; failures are logged, not returned.
@@ -55,20 +72,58 @@ pub fn share_app(
         return Ok(false);
     }
     let floor = require_trust.map_or(String::new(), |t| format!(", requires {t}"));
-    let mut e = entry("app.share", None, "ok", &format!("{sharing}{floor}"));
+    let mut e = entry(
+        AuditKind::AppShare,
+        None,
+        Decision::Ok,
+        &format!("{sharing}{floor}"),
+    );
     e.app = name.to_owned();
     record(home, store, e);
     Ok(true)
 }
 
+/// Why a hub's log does not verify: the first entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogFault {
+    /// The chain itself: an entry changed, removed, moved or added.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The refusal code stored beside an entry is not the one its (MACed) reason gives.
+    #[error("entry {seq}: its stored refusal code is not the one its reason gives (the store was changed)")]
+    Code {
+        /// The entry.
+        seq: u64,
+    },
+}
+
+impl LogFault {
+    /// The sequence number of the entry at fault.
+    pub fn seq(&self) -> u64 {
+        match self {
+            LogFault::Chain(e) => e.seq(),
+            LogFault::Code { seq } => *seq,
+        }
+    }
+}
+
 /// The whole log checked with the home's key: the head (entries, last MAC) or the first fault.
+/// The refusal codes the store keeps beside the entries are checked against their reasons too.
 pub fn verify_log(
     home: &Home,
     store: &Store,
-) -> Result<Result<(u64, [u8; 32]), ChainError>, HomeError> {
+) -> Result<Result<(u64, [u8; 32]), LogFault>, HomeError> {
     let key = home.audit_key()?;
     let entries = store.audit_entries(None, 0, None)?;
-    Ok(verify(&key, entries.iter().map(|(e, m)| (e, m))))
+    let head = match verify(&key, entries.iter().map(|(e, m)| (e, m))) {
+        Ok(head) => head,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    Ok(match store.first_code_mismatch()? {
+        Some(seq) => Err(LogFault::Code { seq }),
+        None => Ok(head),
+    })
 }
 
 /// An entry as `hub audit export` and the API give it: every field of the canonical encoding

@@ -4,8 +4,10 @@
 //! - [`home`]: the data directory and the operations that change it (create, join, invite,
 //!   revoke, keep documents);
 //! - [`store`]: the SQLite store (peers, pairing and API token hashes, signed documents);
-//! - [`audit`]: the federation audit log kept in the store, HMAC-chained under `audit.key`.
+//! - [`audit`]: the federation audit log kept in the store, HMAC-chained under `audit.key`;
+//! - [`access`]: the files through which the CLI finds the running hub's API.
 
+pub mod access;
 pub mod audit;
 pub mod home;
 pub mod store;

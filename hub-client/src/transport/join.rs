@@ -3,8 +3,8 @@
 //!
 //! The hub connects to the token's relay as a pairing guest (a random guest id, `Hello`
 //! extension 2 naming the issuer), sends its request once welcomed, and waits for the issuer's
-//! answer. On success the home records everything (`Home::complete_join`); the caller then
-//! connects again as a member.
+//! answer. On success the caller records everything (`Home::complete_join`) and connects again as
+//! a member; this module touches no file.
 
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use shared_proto::{CloseCode, Frame, HubId};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::node::home::{Home, HomeError};
 use crate::transport::relay::{connect_url, ws_config, RelayError};
 use crate::unix_ms;
 
@@ -25,9 +24,6 @@ use crate::unix_ms;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
-    /// The data directory.
-    #[error(transparent)]
-    Home(#[from] HomeError),
     /// The relay URL in the token.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -56,26 +52,17 @@ pub enum JoinError {
     Timeout(Duration),
 }
 
-/// Joins the cluster of `token` as `name`: new keys, the pairing exchange, then the home records
-/// the result. The home must not hold a hub yet.
+/// Joins the cluster of `token` with `request` (the new hub's name and keys): the pairing
+/// exchange, within `limit`.
 pub async fn join(
-    home: &Home,
     token: &PairingToken,
-    name: &str,
+    request: &JoinRequest<'_>,
     limit: Duration,
 ) -> Result<Joined, JoinError> {
-    let (identity, noise_secret) = home.new_identity()?;
-    let request = JoinRequest {
-        name,
-        identity: &identity,
-        noise_secret: &noise_secret,
-    };
-    let (joiner, message) = Joiner::start(token, &request, &mut OsRng)?;
-    let joined = tokio::time::timeout(limit, exchange(token, joiner, message))
+    let (joiner, message) = Joiner::start(token, request, &mut OsRng)?;
+    tokio::time::timeout(limit, exchange(token, joiner, message))
         .await
-        .map_err(|_| JoinError::Timeout(limit))??;
-    home.complete_join(&joined, &token.relay_url)?;
-    Ok(joined)
+        .map_err(|_| JoinError::Timeout(limit))?
 }
 
 /// The guest connection: hello, request, answer.

@@ -1,9 +1,17 @@
-//! The hub's encrypted channel to every other hub: `shared_proto::session::peer::PeerSessions` driven by a
-//! tokio task over the relay connection.
+//! The hub's encrypted channel to every other hub: the sans-IO session layer
+//! (`shared_proto::session::peer::PeerSessions`) and request layer
+//! (`shared_proto::session::rpc::Rpc`) driven by a tokio task over the relay connection and the
+//! LAN links. This module moves bytes and routes them; it decides nothing about peers.
 //!
-//! [`PeerClient::spawn`] owns a [`RelayClient`] and the sessions. The application sends with
-//! [`PeerClient::send`] (a session is set up on demand; messages wait in a bounded queue, and the
-//! call waits when the task is busy) and receives with [`PeerClient::next_event`].
+//! [`PeerClient::spawn`] owns a [`RelayClient`], the sessions and the request layer. The
+//! application sends with [`PeerHandle::send`], asks with [`PeerHandle::ping`],
+//! [`PeerHandle::info`], [`PeerHandle::apps`] and [`PeerHandle::call`] (a session is set up on
+//! demand; messages wait in a bounded queue, and the call waits when the task is busy), and
+//! receives with [`PeerClient::next_event`]: what peers send arrives decoded once, as
+//! [`PeerEvent::Inbound`] (their requests, which the application answers with
+//! [`PeerHandle::answer`], and their notices) or [`PeerEvent::Message`] (data). A client started
+//! with [`Serving::Itself`] (a tool, a test) answers peers' requests on its own: pong, its info,
+//! no apps.
 //!
 //! The task never waits on one direction while the other is blocked: what it sends to the relay
 //! connection and what it hands to the application wait in its own queues, and it waits for room
@@ -15,28 +23,25 @@
 //! reconnects (it may have restarted) gets a new session, queued messages kept; a revocation list
 //! that revokes a peer drops its session at once.
 //!
-//! Messages are `shared_proto::msg::Msg`: application data; ping and pong, so
-//! [`PeerClient::ping`] measures a round trip through the session itself; info request and info
-//! (name, version, uptime), so a hub can ask what a peer reports about itself; refused, the
-//! answer to any request from a peer this hub refuses (suspended); and the manifest (the signed
-//! cluster manifest the sender holds: hubs pass it on when a session comes up, so a manifest the
-//! founder signs reaches every hub that talks to one that has it).
-//!
 //! Pairing messages (`shared_proto::session::pairing`) are not session traffic: they go to the
-//! application as [`PeerEvent::Pairing`], and answers go out with [`PeerClient::send_raw`].
+//! application as [`PeerEvent::Pairing`], and answers go out with [`PeerHandle::send_raw`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use std::sync::Arc;
 
 use shared_proto::agent::CallErrorCode;
 use shared_proto::msg::Msg;
 use shared_proto::session::noise::{LocalIdentity, NoiseError};
 use shared_proto::session::pairing::is_pairing_message;
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
+use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, Rpc, RpcError};
+pub use shared_proto::session::rpc::{
+    Answer, CallRequest, Inbound, OutgoingCall, PeerRequest, Reply, Token,
+};
 use shared_proto::trust::PeerCertificate;
 use shared_proto::HubId;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,49 +50,6 @@ use tokio::task::JoinHandle;
 use crate::transport::lan::{Lan, LanEvent};
 use crate::transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 use crate::unix_ms;
-
-/// What a request asks for.
-#[derive(Debug, Clone)]
-enum Request {
-    Ping,
-    Info,
-    Apps { principal: String },
-    Call(OutgoingCall),
-}
-
-impl Request {
-    fn message(&self, token: u64) -> Result<Vec<u8>, shared_proto::msg::MsgError> {
-        match self {
-            Request::Ping => Ok(Msg::Ping { token }.to_vec()),
-            Request::Info => Ok(Msg::InfoRequest { token }.to_vec()),
-            Request::Apps { principal } => Msg::AppsRequest { token, principal }.encode(),
-            Request::Call(c) => Msg::Call {
-                token,
-                timeout_ms: c.timeout_ms,
-                app: &c.app,
-                tool: &c.tool,
-                envelope: &c.envelope,
-                arguments: &c.arguments,
-            }
-            .encode(),
-        }
-    }
-}
-
-/// A call of a tool of an app on another hub, as [`PeerHandle::call`] sends it.
-#[derive(Debug, Clone)]
-pub struct OutgoingCall {
-    /// How long the caller waits.
-    pub timeout_ms: u32,
-    /// The app.
-    pub app: String,
-    /// The tool.
-    pub tool: String,
-    /// The signed delegation envelope.
-    pub envelope: Vec<u8>,
-    /// The arguments (a JSON object), the bytes the envelope's hash binds.
-    pub arguments: Vec<u8>,
-}
 
 /// Bytes waiting for the relay connection above which the application's commands wait.
 pub const OUTBOUND_HIGH: usize = 4 * 1024 * 1024;
@@ -99,10 +61,7 @@ pub const OUTBOUND_MAX: usize = 16 * 1024 * 1024;
 /// Events waiting for the application above which the relay connection is not read.
 pub const TO_APP_HIGH: usize = 1024;
 
-/// Requests (pings, info) waiting for their answer at once; more are refused at once.
-pub const MAX_PENDING_REQUESTS: usize = 1024;
-
-/// What a hub reports about itself to its peers.
+/// What a hub reports about itself to its peers (the `info` answer's JSON).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     /// Its name.
@@ -113,46 +72,28 @@ pub struct PeerInfo {
     pub uptime_s: u64,
 }
 
-/// What this hub answers about itself, and whom it refuses. Shared with the application, which
-/// may change the refused set at any time (suspending a peer).
-#[derive(Debug)]
-pub struct LocalPolicy {
-    /// This hub's name.
-    name: std::sync::RwLock<String>,
-    /// When this hub started.
-    pub started: Instant,
-    /// Peers whose requests are refused.
-    pub refused: std::sync::RwLock<std::collections::HashSet<HubId>>,
+impl PeerInfo {
+    /// What this build reports for hub `name`, running since `started`.
+    pub fn of_this_build(name: &str, started: Instant) -> Self {
+        PeerInfo {
+            name: name.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: started.elapsed().as_secs(),
+        }
+    }
 }
 
-impl LocalPolicy {
-    /// A policy that refuses nobody.
-    pub fn new(name: impl Into<String>) -> Self {
-        LocalPolicy {
-            name: std::sync::RwLock::new(name.into()),
-            started: Instant::now(),
-            refused: Default::default(),
-        }
-    }
-
-    /// Changes the name this hub reports (after it joins).
-    pub fn set_name(&self, name: &str) {
-        if let Ok(mut n) = self.name.write() {
-            *n = name.to_owned();
-        }
-    }
-
-    fn refuses(&self, peer: &HubId) -> bool {
-        self.refused.read().map_or(true, |r| r.contains(peer))
-    }
-
-    fn info(&self) -> PeerInfo {
-        PeerInfo {
-            name: self.name.read().map(|n| n.clone()).unwrap_or_default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            uptime_s: self.started.elapsed().as_secs(),
-        }
-    }
+/// Who answers the requests of peers.
+#[derive(Debug, Clone)]
+pub enum Serving {
+    /// The application: requests arrive as [`PeerEvent::Inbound`] and it answers each.
+    Application,
+    /// The client itself, for a hub that serves nothing (a tool, a test): it answers pings,
+    /// info (with this name), apps with none, and refuses calls `not_shared`.
+    Itself {
+        /// The name its info gives.
+        name: String,
+    },
 }
 
 /// Errors of the peer layer.
@@ -190,62 +131,63 @@ pub enum PeerError {
     /// The peer client has stopped.
     #[error("the peer client has stopped")]
     Stopped,
-    /// Too many requests are waiting for answers.
-    #[error("{MAX_PENDING_REQUESTS} requests are waiting for answers already")]
-    TooManyRequests,
     /// The peer refused or failed a call, with a stable code.
     #[error("{peer}: {message} ({})", code.map_or("unknown code", |c| c.name()))]
     Call {
         /// The peer.
         peer: HubId,
         /// The code (`None`: a code this build does not know).
-        code: Option<shared_proto::agent::CallErrorCode>,
+        code: Option<CallErrorCode>,
         /// Its details.
         message: String,
     },
-    /// The request could not be encoded (a name over 255 bytes).
+    /// The request could not be made (too many waiting, a name over 255 bytes).
     #[error("cannot send the request: {0}")]
-    Encode(#[from] shared_proto::msg::MsgError),
+    Request(#[from] RpcError),
+}
+
+impl PeerError {
+    /// The error of a request to `peer` that ended with `failure`.
+    fn from_failure(peer: HubId, failure: Failure) -> Self {
+        match failure {
+            Failure::Refused(reason) => PeerError::Refused { peer, reason },
+            Failure::Call { code, message, .. } => PeerError::Call {
+                peer,
+                code,
+                message,
+            },
+            Failure::Timeout => PeerError::Timeout(peer),
+            Failure::Session(reason) => PeerError::Session { peer, reason },
+            // `Failure` may grow: what this build does not know is a failed session.
+            other => PeerError::Session {
+                peer,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// What the application receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PeerEvent {
-    /// A message from a hub, decrypted and authenticated.
+    /// Application data from a hub, decrypted and authenticated.
     Message {
         /// The sender (as its certificate names it).
         from: HubId,
         /// The message.
         message: Vec<u8>,
     },
+    /// A request or notice from a hub, decrypted, authenticated and decoded (never
+    /// [`Inbound::Data`], which is [`PeerEvent::Message`], nor [`Inbound::Answer`], which goes
+    /// to whoever asked).
+    Inbound(Inbound),
     /// A relay event worth knowing (presence, revocations, disconnects).
     Relay(RelayEvent),
     /// A session with a peer is up; its certificate was verified in the handshake.
     Established {
         /// The peer's certificate.
         certificate: Box<shared_proto::trust::VerifiedPeer>,
-    },
-    /// A peer passed on the manifest it holds (signed bytes, not verified yet).
-    Manifest {
-        /// The sender.
-        from: HubId,
-        /// The signed manifest.
-        manifest: Vec<u8>,
-    },
-    /// A peer passed on its signed audit head (not verified yet).
-    AuditHead {
-        /// The sender.
-        from: HubId,
-        /// The signed head (`shared_proto::audit::Head::sign`).
-        head: Vec<u8>,
-    },
-    /// A peer passed on what it sees of the other hubs (not decoded yet).
-    Views {
-        /// The sender.
-        from: HubId,
-        /// The message body (`shared_proto::audit::Views::encode`).
-        views: Vec<u8>,
     },
     /// A peer's handshake was refused for a reason that is its own fault (its certificate refused,
     /// or a static key its certificate does not name).
@@ -260,15 +202,6 @@ pub enum PeerEvent {
         /// The sender.
         from: HubId,
         /// The whole message.
-        message: Vec<u8>,
-    },
-    /// A request for this hub's apps (apps request, call or cancel: a whole session message, to
-    /// decode with `Msg::decode`) from a peer this hub does not refuse. Answer it with
-    /// [`PeerHandle::answer`].
-    AppRequest {
-        /// The sender (as its certificate names it).
-        from: HubId,
-        /// The whole session message.
         message: Vec<u8>,
     },
     /// A session with a peer failed or was dropped.
@@ -302,17 +235,37 @@ pub enum PeerEvent {
     },
 }
 
+/// An answer to one of this hub's requests, with its round trip.
+#[derive(Debug)]
+struct Replied {
+    rtt: Duration,
+    reply: Reply,
+}
+
 enum Command {
+    /// A whole session message.
     Send {
         to: HubId,
         message: Vec<u8>,
         done: oneshot::Sender<Result<(), SendError>>,
     },
     Request {
+        /// The handle's id of the request (what `Abandon` names).
+        id: u64,
         to: HubId,
-        kind: Request,
-        limit: Duration,
-        done: oneshot::Sender<Result<Reply, PeerError>>,
+        request: Request,
+        deadline_ms: u64,
+        done: oneshot::Sender<Result<Replied, PeerError>>,
+    },
+    /// The asker of request `id` went away: the request ends, and a call's peer is told.
+    Abandon {
+        id: u64,
+    },
+    Answer {
+        to: HubId,
+        token: Token,
+        answer: Answer,
+        done: oneshot::Sender<Result<(), PeerError>>,
     },
     Raw {
         to: HubId,
@@ -326,12 +279,6 @@ enum Command {
     },
 }
 
-/// An answer to a request: its round trip and body.
-struct Reply {
-    rtt: Duration,
-    body: Vec<u8>,
-}
-
 /// A running peer layer. Dropping it stops the task and the relay connection.
 #[derive(Debug)]
 pub struct PeerClient {
@@ -341,29 +288,30 @@ pub struct PeerClient {
     task: JoinHandle<()>,
 }
 
-/// Sends, pings and asks through a [`PeerClient`]; cheap to clone, usable from many tasks.
+/// Sends, asks and answers through a [`PeerClient`]; cheap to clone, usable from many tasks.
 #[derive(Debug, Clone)]
 pub struct PeerHandle {
     commands: mpsc::Sender<Command>,
 }
 
 impl PeerClient {
-    /// Connects to the relay with `relay` and runs sessions with `identity`'s static key.
+    /// Connects to the relay with `relay` and runs sessions with `identity`'s static key,
+    /// answering peers' requests itself ([`Serving::Itself`], with its certificate's name).
     pub fn spawn(relay: RelayConfig, identity: LocalIdentity) -> Result<Self, PeerError> {
         let name = PeerCertificate::from_der(&identity.cert_der)
             .map(|c| c.name().to_owned())
             .unwrap_or_default();
-        Self::spawn_with(relay, identity, Arc::new(LocalPolicy::new(name)), None)
+        Self::spawn_with(relay, identity, Serving::Itself { name }, None)
     }
 
-    /// As [`PeerClient::spawn`], answering and refusing by `policy`, and with `lan` (the LAN
-    /// path and its events, from [`Lan::start`]) as the direct path to the peers it links to:
-    /// the task routes each message to a peer by its LAN link when one is up, by the relay
+    /// As [`PeerClient::spawn`], with `serving` answering peers' requests, and with `lan` (the
+    /// LAN path and its events, from [`Lan::start`]) as the direct path to the peers it links
+    /// to: the task routes each message to a peer by its LAN link when one is up, by the relay
     /// otherwise.
     pub fn spawn_with(
         relay: RelayConfig,
         identity: LocalIdentity,
-        policy: Arc<LocalPolicy>,
+        serving: Serving,
         lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
     ) -> Result<Self, PeerError> {
         let me = relay.credentials.hub_id;
@@ -371,8 +319,24 @@ impl PeerClient {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
-        let sessions = PeerSessions::new(identity, me);
-        let task = tokio::spawn(run(client, lan, sessions, cmd_rx, ev_tx, stop_rx, policy));
+        let mut rng = StdRng::from_entropy();
+        let (lan, lan_events) = match lan {
+            Some((lan, events)) => (Some(lan), Some(events)),
+            None => (None, None),
+        };
+        let task = Task {
+            sessions: PeerSessions::new(identity, me),
+            rpc: Rpc::new(rng.next_u64()),
+            waiters: HashMap::new(),
+            tokens: HashMap::new(),
+            q: Queues::default(),
+            lan,
+            serving,
+            started: Instant::now(),
+            rng,
+            from_network: false,
+        };
+        let task = tokio::spawn(task.run(client, lan_events, cmd_rx, ev_tx, stop_rx));
         Ok(PeerClient {
             handle: PeerHandle { commands: cmd_tx },
             events: ev_rx,
@@ -445,9 +409,20 @@ impl PeerHandle {
             .map_err(PeerError::from)
     }
 
-    /// Sends a whole session message (an answer to a [`PeerEvent::AppRequest`]).
-    pub async fn answer(&self, to: HubId, message: Vec<u8>) -> Result<(), PeerError> {
-        self.send_message(to, message).await
+    /// Answers request `token` of `to` (a request that reached the application as
+    /// [`PeerEvent::Inbound`]); refused if it is answered, cancelled or forgotten already.
+    pub async fn answer(&self, to: HubId, token: Token, answer: Answer) -> Result<(), PeerError> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::Answer {
+                to,
+                token,
+                answer,
+                done,
+            })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        wait.await.map_err(|_| PeerError::Stopped)?
     }
 
     /// What `to` shares with this hub, for `principal`: the JSON document of its answer.
@@ -457,51 +432,82 @@ impl PeerHandle {
         principal: &str,
         limit: Duration,
     ) -> Result<Vec<u8>, PeerError> {
-        let principal = principal.to_owned();
-        Ok(self
-            .request(to, Request::Apps { principal }, limit)
-            .await?
-            .body)
+        let request = Request::Apps {
+            principal: principal.to_owned(),
+        };
+        match self.request(to, request, deadline_in(limit)).await?.reply {
+            Reply::Apps(body) => Ok(body),
+            _ => Err(PeerError::Malformed(to)),
+        }
     }
 
     /// Calls a tool on `to`: the tool result's JSON, or [`PeerError::Call`] with the code. The
-    /// peer is told to stop if no result comes within `limit`.
-    pub async fn call(
-        &self,
-        to: HubId,
-        call: OutgoingCall,
-        limit: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
-        Ok(self.request(to, Request::Call(call), limit).await?.body)
+    /// call's timeout is its deadline (`shared_proto::session::rpc::call_deadline`): the peer is
+    /// told to stop if no result comes by then.
+    pub async fn call(&self, to: HubId, call: OutgoingCall) -> Result<Vec<u8>, PeerError> {
+        let deadline_ms = call_deadline(unix_ms(), call.timeout_ms);
+        match self
+            .request(to, Request::Call(call), deadline_ms)
+            .await?
+            .reply
+        {
+            Reply::CallResult(body) => Ok(body),
+            _ => Err(PeerError::Malformed(to)),
+        }
     }
 
     /// Round trip to `to` through the session (set up first if needed; that time is included in
     /// the first ping).
     pub async fn ping(&self, to: HubId, limit: Duration) -> Result<Duration, PeerError> {
-        Ok(self.request(to, Request::Ping, limit).await?.rtt)
+        Ok(self
+            .request(to, Request::Ping, deadline_in(limit))
+            .await?
+            .rtt)
     }
 
     /// What `to` reports about itself, asked over the session.
     pub async fn info(&self, to: HubId, limit: Duration) -> Result<PeerInfo, PeerError> {
-        let reply = self.request(to, Request::Info, limit).await?;
-        serde_json::from_slice(&reply.body).map_err(|_| PeerError::Malformed(to))
+        match self
+            .request(to, Request::Info, deadline_in(limit))
+            .await?
+            .reply
+        {
+            Reply::Info(body) => {
+                serde_json::from_slice(&body).map_err(|_| PeerError::Malformed(to))
+            }
+            _ => Err(PeerError::Malformed(to)),
+        }
     }
 
-    async fn request(&self, to: HubId, kind: Request, limit: Duration) -> Result<Reply, PeerError> {
+    /// Sends `request` and waits for its answer; the task ends it by `deadline_ms` at the latest
+    /// (with [`PeerError::Timeout`]). If this future is dropped first (its asker went away), the
+    /// request is abandoned: a call's peer is told to stop at once.
+    async fn request(
+        &self,
+        to: HubId,
+        request: Request,
+        deadline_ms: u64,
+    ) -> Result<Replied, PeerError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
         self.commands
             .send(Command::Request {
+                id,
                 to,
-                kind,
-                limit,
+                request,
+                deadline_ms,
                 done,
             })
             .await
             .map_err(|_| PeerError::Stopped)?;
-        match tokio::time::timeout(limit, wait).await {
-            Ok(r) => r.map_err(|_| PeerError::Stopped)?,
-            Err(_) => Err(PeerError::Timeout(to)),
-        }
+        let mut abandon = AbandonOnDrop {
+            commands: Some(self.commands.clone()),
+            id,
+        };
+        let answer = wait.await.map_err(|_| PeerError::Stopped)?;
+        abandon.commands = None;
+        answer
     }
 
     /// Sends a payload to `to` through the relay as it is, outside any session (pairing).
@@ -529,9 +535,29 @@ impl PeerHandle {
             .map_err(|_| PeerError::Stopped)?;
         match tokio::time::timeout(limit, wait).await {
             Ok(r) => r.map_err(|_| PeerError::Stopped),
-            Err(_) => Err(PeerError::Stopped),
+            Err(_) => Err(PeerError::Timeout(HubId([0; 16]))),
         }
     }
+}
+
+/// Abandons a request whose asker went away before its answer (dropped while armed).
+struct AbandonOnDrop {
+    commands: Option<mpsc::Sender<Command>>,
+    id: u64,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(commands) = self.commands.take() {
+            // Best effort: with the queue full, the request ends at its deadline instead.
+            let _ = commands.try_send(Command::Abandon { id: self.id });
+        }
+    }
+}
+
+/// The deadline of a request waited for `limit` from now.
+fn deadline_in(limit: Duration) -> u64 {
+    unix_ms() + limit.as_millis() as u64
 }
 
 impl Drop for PeerClient {
@@ -540,50 +566,12 @@ impl Drop for PeerClient {
     }
 }
 
-/// A request waiting for its answer: the peer, when it was sent, until when the caller waits,
-/// and who waits for the answer.
-struct PendingRequest {
-    peer: HubId,
+/// Who waits for the answer to one of this hub's requests, and since when.
+struct Waiter {
+    /// The handle's id of the request.
+    id: u64,
     sent: Instant,
-    deadline: Instant,
-    /// A call: the peer is sent `Cancel` if its caller stops waiting.
-    cancel_on_expiry: bool,
-    done: oneshot::Sender<Result<Reply, PeerError>>,
-}
-
-struct Pending {
-    requests: HashMap<u64, PendingRequest>,
-    policy: Arc<LocalPolicy>,
-}
-
-impl Pending {
-    /// The earliest time a request's caller stops waiting.
-    fn next_deadline(&self) -> Option<Instant> {
-        self.requests.values().map(|r| r.deadline).min()
-    }
-
-    /// Forgets the requests whose deadline passed, telling their callers `Timeout`; returns the
-    /// calls among them, whose peers are to be told.
-    fn expire(&mut self, now: Instant) -> Vec<(HubId, u64)> {
-        let expired: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(token, _)| *token)
-            .collect();
-        let mut cancelled = Vec::new();
-        for token in expired {
-            if let Some(r) = self.requests.remove(&token) {
-                if r.cancel_on_expiry {
-                    cancelled.push((r.peer, token));
-                }
-                // The caller may still be waiting (its timer and this one race): it gets the
-                // same answer either way.
-                let _ = r.done.send(Err(PeerError::Timeout(r.peer)));
-            }
-        }
-        cancelled
-    }
+    done: oneshot::Sender<Result<Replied, PeerError>>,
 }
 
 /// What waits for the relay connection.
@@ -622,217 +610,389 @@ impl Queues {
     }
 }
 
-async fn run(
-    mut relay: RelayClient,
-    lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
-    mut sessions: PeerSessions,
-    mut commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<PeerEvent>,
-    mut stop: watch::Receiver<bool>,
-    policy: Arc<LocalPolicy>,
-) {
-    let mut rng = StdRng::from_entropy();
-    let mut pending = Pending {
-        requests: HashMap::new(),
-        policy,
-    };
-    let mut q = Queues::default();
-    let sender = relay.sender();
-    let mut connected_before = false;
-    let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
-    let (lan, mut lan_events) = match lan {
-        Some((lan, events)) => (Some(lan), Some(events)),
-        None => (None, None),
-    };
-    let linked = |hub: &HubId| lan.as_ref().is_some_and(|l| l.is_linked(hub));
-    loop {
-        let session_timer = sessions
-            .poll_timeout()
-            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms())));
-        let timer = [session_timer, pending.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min();
-        // Transmissions caused by what peers sent may be dropped past `OUTBOUND_MAX`.
-        let mut from_network = false;
-        // Not biased: every ready branch gets its turn, so heavy sending does not starve
-        // reading, nor the other way round.
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            permit = sender.reserve(), if !q.outbound.is_empty() => {
-                let Ok(permit) = permit else { break };
-                let sent = match q.pop_outbound() {
-                    Some(Outbound::Send(to, payload)) => permit.send(to, payload),
-                    Some(Outbound::Publish(list)) => permit.publish_revocations(list),
-                    Some(Outbound::Status) => {
-                        permit.request_status();
-                        Ok(())
+/// The peer task's state: the two sans-IO layers, who waits for what, the queues, the router.
+struct Task {
+    sessions: PeerSessions,
+    rpc: Rpc,
+    waiters: HashMap<Token, Waiter>,
+    /// The token of each request waited for, by the handle's id.
+    tokens: HashMap<u64, Token>,
+    q: Queues,
+    lan: Option<Lan>,
+    serving: Serving,
+    started: Instant,
+    rng: StdRng,
+    /// Whether what is being handled came from the network: transmissions it causes may be
+    /// dropped past [`OUTBOUND_MAX`].
+    from_network: bool,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut relay: RelayClient,
+        mut lan_events: Option<mpsc::Receiver<LanEvent>>,
+        mut commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<PeerEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let sender = relay.sender();
+        let mut connected_before = false;
+        let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
+        loop {
+            let timer = [self.sessions.poll_timeout(), self.rpc.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms())));
+            self.from_network = false;
+            // Not biased: every ready branch gets its turn, so heavy sending does not starve
+            // reading, nor the other way round.
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                permit = sender.reserve(), if !self.q.outbound.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    let sent = match self.q.pop_outbound() {
+                        Some(Outbound::Send(to, payload)) => permit.send(to, payload),
+                        Some(Outbound::Publish(list)) => permit.publish_revocations(list),
+                        Some(Outbound::Status) => {
+                            permit.request_status();
+                            Ok(())
+                        }
+                        None => Ok(()),
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!("not sent to the relay: {e}");
                     }
-                    None => Ok(()),
-                };
-                if let Err(e) = sent {
-                    tracing::warn!("not sent to the relay: {e}");
                 }
-            }
-            permit = events.reserve(), if !q.to_app.is_empty() => {
-                let Ok(permit) = permit else { break };
-                if let Some(event) = q.to_app.pop_front() {
-                    permit.send(event);
+                permit = events.reserve(), if !self.q.to_app.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(event) = self.q.to_app.pop_front() {
+                        permit.send(event);
+                    }
                 }
-            }
-            cmd = commands.recv(), if q.outbound_bytes < OUTBOUND_HIGH => {
-                let Some(cmd) = cmd else { break };
-                match cmd {
-                    Command::Send { to, message, done } => {
-                        let _ = done.send(sessions.send(to, message, unix_ms(), &mut rng));
-                    }
-                    Command::Request { to, kind, limit, done } => {
-                        if pending.requests.len() >= MAX_PENDING_REQUESTS {
-                            for (peer, token) in pending.expire(Instant::now()) {
-                                let _ = sessions.send(peer, Msg::Cancel { token }.to_vec(), unix_ms(), &mut rng);
-                            }
-                        }
-                        if pending.requests.len() >= MAX_PENDING_REQUESTS {
-                            let _ = done.send(Err(PeerError::TooManyRequests));
-                            continue;
-                        }
-                        let token = rng.next_u64();
-                        let msg = match kind.message(token) {
-                            Ok(m) => m,
-                            Err(e) => {
-                                let _ = done.send(Err(e.into()));
-                                continue;
-                            }
-                        };
-                        let cancel_on_expiry = matches!(kind, Request::Call(_));
-                        match sessions.send(to, msg, unix_ms(), &mut rng) {
-                            Ok(()) => {
-                                let sent = Instant::now();
-                                let req = PendingRequest { peer: to, sent, deadline: sent + limit, cancel_on_expiry, done };
-                                pending.requests.insert(token, req);
-                            }
-                            Err(e) => {
-                                let _ = done.send(Err(e.into()));
-                            }
-                        }
-                    }
-                    Command::Raw { to, payload } => q.push_outbound(Outbound::Send(to, payload)),
-                    Command::Publish { list } => q.push_outbound(Outbound::Publish(list)),
-                    Command::RelayRtt { done } => {
-                        q.push_outbound(Outbound::Status);
+                cmd = commands.recv(), if self.q.outbound_bytes < OUTBOUND_HIGH => {
+                    let Some(cmd) = cmd else { break };
+                    if let Command::RelayRtt { done } = cmd {
+                        self.q.push_outbound(Outbound::Status);
                         status_waiters.push_back((Instant::now(), done));
+                    } else {
+                        self.command(cmd);
                     }
                 }
-            }
-            event = relay.next_event(), if q.to_app.len() < TO_APP_HIGH => {
-                let Some(event) = event else { break };
-                from_network = true;
-                match &event {
-                    RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
-                        let ev = PeerEvent::Pairing { from: *from, message: payload.clone() };
-                        q.to_app.push_back(ev);
-                    }
-                    RelayEvent::Message { from, payload } => {
-                        incoming(&mut sessions, &mut q, *from, payload, &mut rng);
-                    }
-                    // A peer linked on the LAN keeps its session while the relay loses it (and
-                    // did not restart: its link would have dropped).
-                    RelayEvent::PeerLeft(hub) if !linked(hub) => sessions.drop_peer(*hub, "left the relay"),
-                    RelayEvent::Undeliverable(hub) if !linked(hub) => sessions.drop_peer(*hub, "not online"),
-                    RelayEvent::PeerJoined(hub) if !linked(hub) => sessions.reset_peer(*hub, unix_ms(), &mut rng),
-                    RelayEvent::Revocations(list) => {
-                        if let Some(lan) = &lan {
-                            lan.set_revocations(list.clone());
-                        }
-                        sessions.set_revocations(list.clone());
-                    }
-                    RelayEvent::Status(_) => {
+                event = relay.next_event(), if self.q.to_app.len() < TO_APP_HIGH => {
+                    let Some(event) = event else { break };
+                    self.from_network = true;
+                    if let RelayEvent::Status(_) = event {
                         if let Some((sent, done)) = status_waiters.pop_front() {
                             let _ = done.send(sent.elapsed());
                         }
                     }
-                    RelayEvent::Connected { .. } => {
+                    if let RelayEvent::Connected { .. } = event {
                         // After a reconnect, peers may have dropped their side of our sessions.
                         if connected_before {
-                            sessions.reset_all(unix_ms(), &mut rng);
+                            self.sessions.reset_all(unix_ms(), &mut self.rng);
                         }
                         connected_before = true;
                     }
-                    _ => {}
+                    self.relay_event(event);
                 }
-                if !matches!(event, RelayEvent::Message { .. }) {
-                    q.to_app.push_back(PeerEvent::Relay(event));
+                event = recv_opt(&mut lan_events), if self.q.to_app.len() < TO_APP_HIGH => {
+                    self.from_network = true;
+                    match event {
+                        Some(event) => self.lan_event(event),
+                        None => lan_events = None,
+                    }
                 }
-            }
-            event = recv_opt(&mut lan_events), if q.to_app.len() < TO_APP_HIGH => {
-                from_network = true;
-                match event {
-                    // Pairing guests hold no certificate: they never link.
-                    Some(LanEvent::Message { from, payload }) if !is_pairing_message(&payload) => {
-                        incoming(&mut sessions, &mut q, from, &payload, &mut rng);
-                    }
-                    Some(LanEvent::Up { peer, addr }) => {
-                        q.to_app.push_back(PeerEvent::LinkUp { peer, addr });
-                    }
-                    Some(LanEvent::Down { peer, reason, unsent }) => {
-                        // What the link may not have delivered goes by the relay; the session's
-                        // replay window drops whatever of it did arrive.
-                        for payload in unsent {
-                            q.push_outbound(Outbound::Send(peer, payload));
-                        }
-                        q.to_app.push_back(PeerEvent::LinkDown { peer, reason });
-                    }
-                    Some(LanEvent::Refused { addr, reason }) => {
-                        q.to_app.push_back(PeerEvent::LinkRefused { addr, reason });
-                    }
-                    Some(_) => {}
-                    None => lan_events = None,
+                () = sleep_until_opt(timer) => {
+                    let now = unix_ms();
+                    self.sessions.handle_timeout(now, &mut self.rng);
+                    self.rpc.handle_timeout(now);
                 }
             }
-            () = sleep_until_opt(timer) => {
-                sessions.handle_timeout(unix_ms(), &mut rng);
-                for (peer, token) in pending.expire(Instant::now()) {
-                    let _ = sessions.send(peer, Msg::Cancel { token }.to_vec(), unix_ms(), &mut rng);
-                }
+            self.drain();
+        }
+        // What the application has not been handed yet still reaches it (above all the relay's
+        // last `Disconnected`, which says why it stopped), unless it stopped listening.
+        for event in self.q.to_app.drain(..) {
+            if events.send(event).await.is_err() {
+                break;
             }
         }
-        drain(
-            &mut sessions,
-            &mut q,
-            &mut pending,
-            lan.as_ref(),
-            &mut rng,
-            from_network,
-        );
+        relay.shutdown().await;
     }
-    // What the application has not been handed yet still reaches it (above all the relay's last
-    // `Disconnected`, which says why it stopped), unless it stopped listening.
-    for event in q.to_app.drain(..) {
-        if events.send(event).await.is_err() {
-            break;
-        }
-    }
-    relay.shutdown().await;
-}
 
-/// A peer payload from either path into the sessions.
-fn incoming(
-    sessions: &mut PeerSessions,
-    q: &mut Queues,
-    from: HubId,
-    payload: &[u8],
-    rng: &mut StdRng,
-) {
-    match sessions.handle_incoming(from, payload, unix_ms(), rng) {
-        Ok(()) => {}
-        Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
-            tracing::warn!(%from, "handshake refused: {e}");
-            q.to_app.push_back(PeerEvent::HandshakeRefused {
-                peer: from,
-                reason: e.to_string(),
-            });
+    /// One command of the application.
+    fn command(&mut self, cmd: Command) {
+        let now = unix_ms();
+        match cmd {
+            Command::Send { to, message, done } => {
+                let _ = done.send(self.sessions.send(to, message, now, &mut self.rng));
+            }
+            Command::Request {
+                id,
+                to,
+                request,
+                deadline_ms,
+                done,
+            } => {
+                let (token, message) = match self.rpc.request(to, &request, deadline_ms) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        let _ = done.send(Err(e.into()));
+                        return;
+                    }
+                };
+                match self.sessions.send(to, message, now, &mut self.rng) {
+                    Ok(()) => {
+                        let sent = Instant::now();
+                        self.waiters.insert(token, Waiter { id, sent, done });
+                        self.tokens.insert(id, token);
+                    }
+                    Err(e) => {
+                        self.rpc.abandon(token);
+                        let _ = done.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Answer {
+                to,
+                token,
+                answer,
+                done,
+            } => {
+                let sent = self
+                    .rpc
+                    .answer(to, token, &answer)
+                    .map_err(PeerError::from)
+                    .and_then(|message| Ok(self.sessions.send(to, message, now, &mut self.rng)?));
+                let _ = done.send(sent);
+            }
+            Command::Abandon { id } => {
+                if let Some(token) = self.tokens.remove(&id) {
+                    self.waiters.remove(&token);
+                    self.rpc.cancel(token);
+                }
+            }
+            Command::Raw { to, payload } => self.q.push_outbound(Outbound::Send(to, payload)),
+            Command::Publish { list } => self.q.push_outbound(Outbound::Publish(list)),
+            Command::RelayRtt { .. } => {}
         }
-        Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
+    }
+
+    /// A relay event: pairing and peer payloads go in, presence and revocations steer the
+    /// sessions, and the application hears of everything but payloads.
+    fn relay_event(&mut self, event: RelayEvent) {
+        // A peer linked on the LAN keeps its session while the relay loses it (and did not
+        // restart: its link would have dropped).
+        let linked = |hub: &HubId| self.lan.as_ref().is_some_and(|l| l.is_linked(hub));
+        match &event {
+            RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
+                self.q.to_app.push_back(PeerEvent::Pairing {
+                    from: *from,
+                    message: payload.clone(),
+                });
+                return;
+            }
+            RelayEvent::Message { from, payload } => {
+                self.incoming(*from, payload);
+                return;
+            }
+            RelayEvent::PeerLeft(hub) if !linked(hub) => {
+                self.sessions.drop_peer(*hub, "left the relay");
+            }
+            RelayEvent::Undeliverable(hub) if !linked(hub) => {
+                self.sessions.drop_peer(*hub, "not online");
+            }
+            RelayEvent::PeerJoined(hub) if !linked(hub) => {
+                self.sessions.reset_peer(*hub, unix_ms(), &mut self.rng);
+            }
+            RelayEvent::Revocations(list) => {
+                if let Some(lan) = &self.lan {
+                    lan.set_revocations(list.clone());
+                }
+                self.sessions.set_revocations(list.clone());
+            }
+            _ => {}
+        }
+        self.q.to_app.push_back(PeerEvent::Relay(event));
+    }
+
+    /// An event of the LAN path.
+    fn lan_event(&mut self, event: LanEvent) {
+        match event {
+            // Pairing guests hold no certificate: they never link.
+            LanEvent::Message { from, payload } if !is_pairing_message(&payload) => {
+                self.incoming(from, &payload);
+            }
+            LanEvent::Up { peer, addr } => {
+                self.q.to_app.push_back(PeerEvent::LinkUp { peer, addr });
+            }
+            LanEvent::Down {
+                peer,
+                reason,
+                unsent,
+            } => {
+                // What the link may not have delivered goes by the relay; the session's replay
+                // window drops whatever of it did arrive.
+                for payload in unsent {
+                    self.q.push_outbound(Outbound::Send(peer, payload));
+                }
+                self.q
+                    .to_app
+                    .push_back(PeerEvent::LinkDown { peer, reason });
+            }
+            LanEvent::Refused { addr, reason } => {
+                self.q
+                    .to_app
+                    .push_back(PeerEvent::LinkRefused { addr, reason });
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer payload from either path into the sessions.
+    fn incoming(&mut self, from: HubId, payload: &[u8]) {
+        match self
+            .sessions
+            .handle_incoming(from, payload, unix_ms(), &mut self.rng)
+        {
+            Ok(()) => {}
+            Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
+                tracing::warn!(%from, "handshake refused: {e}");
+                self.q.to_app.push_back(PeerEvent::HandshakeRefused {
+                    peer: from,
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
+        }
+    }
+
+    /// Moves what the layers produced on: transmissions to the router, messages received into
+    /// the request layer, requests that ended to who waits for them, the rest to the
+    /// application.
+    fn drain(&mut self) {
+        loop {
+            while let Some((to, message)) = self.rpc.poll_transmit() {
+                let _ = self.sessions.send(to, message, unix_ms(), &mut self.rng);
+            }
+            while let Some(answered) = self.rpc.poll_answered() {
+                self.finish(answered);
+            }
+            let Some(event) = self.sessions.poll_event() else {
+                break;
+            };
+            match event {
+                Event::Transmit { to, payload } => self.route(to, payload),
+                Event::Received { from, message } => self.received(from, &message),
+                Event::Established { peer, certificate } => {
+                    tracing::debug!(%peer, "session established");
+                    self.q
+                        .to_app
+                        .push_back(PeerEvent::Established { certificate });
+                }
+                Event::Failed { peer, reason } => {
+                    self.rpc.handle_session_failed(peer, &reason);
+                    self.q
+                        .to_app
+                        .push_back(PeerEvent::SessionFailed { peer, reason });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The router: a transmission goes by the peer's LAN link when a verified one is up and has
+    /// room, by the relay otherwise. Transmissions caused by what peers sent are dropped while
+    /// the relay queue is past [`OUTBOUND_MAX`].
+    fn route(&mut self, to: HubId, payload: Vec<u8>) {
+        let payload = match &self.lan {
+            Some(lan) => match lan.try_send(to, payload) {
+                Ok(()) => return,
+                Err(payload) => payload,
+            },
+            None => payload,
+        };
+        if self.from_network && self.q.outbound_bytes > OUTBOUND_MAX {
+            tracing::debug!(peer = %to, "relay queue full: an answer was dropped");
+            return;
+        }
+        self.q.push_outbound(Outbound::Send(to, payload));
+    }
+
+    /// A whole message from a peer's session, decoded once by the request layer.
+    fn received(&mut self, from: HubId, message: &[u8]) {
+        let inbound = match self.rpc.handle_received(from, message, unix_ms()) {
+            Ok(Some(inbound)) => inbound,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%from, "session message refused: {e}");
+                return;
+            }
+        };
+        match inbound {
+            Inbound::Answer(answered) => self.finish(answered),
+            Inbound::Data { from, data } => self.q.to_app.push_back(PeerEvent::Message {
+                from,
+                message: data,
+            }),
+            inbound => match &self.serving {
+                Serving::Application => self.q.to_app.push_back(PeerEvent::Inbound(inbound)),
+                Serving::Itself { .. } => self.serve_itself(inbound),
+            },
+        }
+    }
+
+    /// [`Serving::Itself`]: the answers of a hub that serves nothing.
+    fn serve_itself(&mut self, inbound: Inbound) {
+        let Serving::Itself { name } = &self.serving else {
+            return;
+        };
+        let (request, answer) = match inbound {
+            Inbound::Ping(r) => (r, Answer::Pong),
+            Inbound::Info(r) => {
+                let info = PeerInfo::of_this_build(name, self.started);
+                (
+                    r,
+                    Answer::Info(serde_json::to_vec(&info).unwrap_or_default()),
+                )
+            }
+            Inbound::Apps { request, .. } => (request, Answer::Apps(b"[]".to_vec())),
+            Inbound::Call(c) => (
+                PeerRequest {
+                    from: c.from,
+                    token: c.token,
+                },
+                Answer::CallError {
+                    code: CallErrorCode::NotShared,
+                    message: "this hub shares no apps".into(),
+                },
+            ),
+            _ => return,
+        };
+        if let Ok(message) = self.rpc.answer(request.from, request.token, &answer) {
+            let _ = self
+                .sessions
+                .send(request.from, message, unix_ms(), &mut self.rng);
+        }
+    }
+
+    /// A request of this hub ended: its waiter gets the reply or the error.
+    fn finish(&mut self, answered: Answered) {
+        let Some(waiter) = self.waiters.remove(&answered.token) else {
+            return;
+        };
+        self.tokens.remove(&waiter.id);
+        let peer = answered.peer;
+        let result = answered
+            .result
+            .map(|reply| Replied {
+                rtt: waiter.sent.elapsed(),
+                reply,
+            })
+            .map_err(|f| PeerError::from_failure(peer, f));
+        let _ = waiter.done.send(result);
     }
 }
 
@@ -847,205 +1007,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Moves what the sessions produced into the task's queues. This is the router: a transmission
-/// goes by the peer's LAN link when a verified one is up and has room, by the relay otherwise.
-/// Transmissions caused by what peers sent (`from_network`) are dropped while the relay queue is
-/// past [`OUTBOUND_MAX`].
-fn drain(
-    sessions: &mut PeerSessions,
-    q: &mut Queues,
-    pending: &mut Pending,
-    lan: Option<&Lan>,
-    rng: &mut StdRng,
-    from_network: bool,
-) {
-    while let Some(event) = sessions.poll_event() {
-        match event {
-            Event::Transmit { to, payload } => {
-                let payload = match lan {
-                    Some(lan) => match lan.try_send(to, payload) {
-                        Ok(()) => continue,
-                        Err(payload) => payload,
-                    },
-                    None => payload,
-                };
-                if from_network && q.outbound_bytes > OUTBOUND_MAX {
-                    tracing::debug!(peer = %to, "relay queue full: an answer was dropped");
-                    continue;
-                }
-                q.push_outbound(Outbound::Send(to, payload));
-            }
-            Event::Received { from, message } => match Msg::decode(&message) {
-                Ok(Msg::Data(body)) => {
-                    if pending.policy.refuses(&from) {
-                        tracing::debug!(%from, "message from a refused peer dropped");
-                        continue;
-                    }
-                    q.to_app.push_back(PeerEvent::Message {
-                        from,
-                        message: body.to_vec(),
-                    });
-                }
-                Ok(Msg::AuditHead(body)) => {
-                    q.to_app.push_back(PeerEvent::AuditHead {
-                        from,
-                        head: body.to_vec(),
-                    });
-                }
-                Ok(Msg::Views(body)) => {
-                    q.to_app.push_back(PeerEvent::Views {
-                        from,
-                        views: body.to_vec(),
-                    });
-                }
-                Ok(Msg::Manifest(body)) => {
-                    q.to_app.push_back(PeerEvent::Manifest {
-                        from,
-                        manifest: body.to_vec(),
-                    });
-                }
-                Ok(request @ (Msg::Ping { token } | Msg::InfoRequest { token })) => {
-                    let info;
-                    let answer = if pending.policy.refuses(&from) {
-                        Msg::Refused {
-                            token,
-                            reason: "suspended by this hub",
-                        }
-                    } else if matches!(request, Msg::Ping { .. }) {
-                        Msg::Pong { token }
-                    } else {
-                        info = serde_json::to_vec(&pending.policy.info()).unwrap_or_default();
-                        Msg::Info { token, info: &info }
-                    };
-                    let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
-                }
-                Ok(
-                    request @ (Msg::AppsRequest { token, .. }
-                    | Msg::Call { token, .. }
-                    | Msg::Cancel { token }),
-                ) if pending.policy.refuses(&from) => {
-                    let reason = "suspended by this hub";
-                    let answer = match request {
-                        Msg::AppsRequest { .. } => Msg::Refused { token, reason },
-                        Msg::Call { .. } => Msg::CallError {
-                            token,
-                            code: CallErrorCode::Suspended.to_u16(),
-                            message: reason,
-                        },
-                        _ => continue,
-                    };
-                    let _ = sessions.send(from, answer.to_vec(), unix_ms(), rng);
-                }
-                Ok(Msg::AppsRequest { .. } | Msg::Call { .. } | Msg::Cancel { .. }) => {
-                    q.to_app.push_back(PeerEvent::AppRequest { from, message });
-                }
-                Ok(
-                    answer @ (Msg::Pong { token }
-                    | Msg::Info { token, .. }
-                    | Msg::Refused { token, .. }
-                    | Msg::Apps { token, .. }
-                    | Msg::CallResult { token, .. }
-                    | Msg::CallError { token, .. }),
-                ) => {
-                    let Some(req) = pending.requests.remove(&token) else {
-                        continue;
-                    };
-                    if req.peer != from {
-                        pending.requests.insert(token, req);
-                        continue;
-                    }
-                    let result = match answer {
-                        Msg::Refused { reason, .. } => Err(PeerError::Refused {
-                            peer: from,
-                            reason: reason.to_owned(),
-                        }),
-                        Msg::CallError { code, message, .. } => Err(PeerError::Call {
-                            peer: from,
-                            code: CallErrorCode::from_u16(code),
-                            message: message.to_owned(),
-                        }),
-                        Msg::Info { info: body, .. }
-                        | Msg::Apps { apps: body, .. }
-                        | Msg::CallResult { result: body, .. } => Ok(Reply {
-                            rtt: req.sent.elapsed(),
-                            body: body.to_vec(),
-                        }),
-                        _ => Ok(Reply {
-                            rtt: req.sent.elapsed(),
-                            body: Vec::new(),
-                        }),
-                    };
-                    let _ = req.done.send(result);
-                }
-                Err(e) => tracing::debug!(%from, "session message refused: {e}"),
-            },
-            Event::Established { peer, certificate } => {
-                tracing::debug!(%peer, "session established");
-                q.to_app.push_back(PeerEvent::Established { certificate });
-            }
-            Event::Failed { peer, reason } => {
-                let failed: Vec<u64> = pending
-                    .requests
-                    .iter()
-                    .filter(|(_, p)| p.peer == peer)
-                    .map(|(t, _)| *t)
-                    .collect();
-                for t in failed {
-                    if let Some(req) = pending.requests.remove(&t) {
-                        let _ = req.done.send(Err(PeerError::Session {
-                            peer,
-                            reason: reason.clone(),
-                        }));
-                    }
-                }
-                q.to_app
-                    .push_back(PeerEvent::SessionFailed { peer, reason });
-            }
-            _ => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request whose caller stopped waiting is forgotten at its deadline: the map of pending
-    /// requests holds only requests someone still waits for (once they stayed forever).
-    #[test]
-    fn requests_are_forgotten_when_their_caller_stops_waiting() {
-        let mut pending = Pending {
-            requests: HashMap::new(),
-            policy: Arc::new(LocalPolicy::new("test")),
-        };
-        let now = Instant::now();
-        let mut waiting = Vec::new();
-        for (token, limit) in [(1u64, 1), (2, 5), (3, 10)] {
-            let (done, wait) = oneshot::channel();
-            waiting.push(wait);
-            let req = PendingRequest {
-                peer: HubId([token as u8; 16]),
-                sent: now,
-                deadline: now + Duration::from_secs(limit),
-                // Request 1 is a call: its peer is to be told when its caller stops waiting.
-                cancel_on_expiry: token == 1,
-                done,
-            };
-            pending.requests.insert(token, req);
-        }
-        assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(1)));
-        let cancelled = pending.expire(now + Duration::from_secs(5));
-        assert_eq!(cancelled, vec![(HubId([1; 16]), 1)]);
-        let mut left: Vec<u64> = pending.requests.keys().copied().collect();
-        left.sort_unstable();
-        assert_eq!(left, vec![3]);
-        assert_eq!(pending.next_deadline(), Some(now + Duration::from_secs(10)));
-        // Their callers were told it timed out (not that the peer client stopped).
-        for mut wait in waiting.drain(..2) {
-            assert!(matches!(wait.try_recv(), Ok(Err(PeerError::Timeout(_)))));
-        }
     }
 }

@@ -1,12 +1,12 @@
-//! The typed client of a running hub's admin API, found through `api.url` and `cli.token`.
+//! The typed client of a running hub's admin API, found through the files `node::access` names
+//! (`api.url` and `cli.token`).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hub_client::api::{
-    CallAppRequest, PeerDetail, PeerView, PingView, RevokedView, StatusView, SuspendedView,
-};
-use hub_client::hub::agent::HubAppsView;
+use hub_client::api::{PeerDetail, PeerView, PingView, RevokedView, StatusView, SuspendedView};
+use hub_client::hub::agent::{CallAppRequest, HubAppsView};
+use hub_client::node::access;
 use hub_client::node::home::Home;
 use reqwest::Method;
 use shared_proto::HubId;
@@ -29,10 +29,7 @@ impl Api {
     /// but does not answer its health check in time (a stuck hub must not be mistaken for a
     /// stopped one, or the CLI would open a second relay connection in its place).
     pub(crate) async fn find(home: &Home) -> Result<Option<Api>> {
-        let Ok(base) = std::fs::read_to_string(home.dir().join("api.url")) else {
-            return Ok(None);
-        };
-        let Ok(token) = std::fs::read_to_string(home.dir().join("cli.token")) else {
+        let Some((base, token)) = access::find(home) else {
             return Ok(None);
         };
         let client = reqwest::Client::builder()
@@ -42,8 +39,8 @@ impl Api {
             .build()
             .context("building the HTTP client")?;
         let api = Api {
-            base: base.trim().to_owned(),
-            token: token.trim().to_owned(),
+            base,
+            token,
             client,
         };
         let health = api
@@ -58,7 +55,7 @@ impl Api {
                 "the running hub at {} (from {}) did not answer within {} s; \
                  is it stuck? stop it, or remove that file if no hub runs",
                 api.base,
-                home.dir().join("api.url").display(),
+                home.dir().join(access::API_URL_FILE).display(),
                 Self::FIND_TIMEOUT.as_secs()
             ),
             _ => Ok(None),
@@ -92,9 +89,14 @@ impl Api {
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the hub's answer")?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorAnswer>(&bytes)
-                .map_or_else(|_| status.to_string(), |e| e.error.message);
-            bail!("{message}");
+            let error = serde_json::from_slice::<ErrorAnswer>(&bytes).map_or_else(
+                |_| ApiError {
+                    code: String::new(),
+                    message: status.to_string(),
+                },
+                |e| e.error,
+            );
+            return Err(error.into());
         }
         serde_json::from_slice(&bytes).context("the hub's answer does not parse")
     }
@@ -151,10 +153,16 @@ impl Api {
 /// An error answer: `{"error": {"code", "message"}}`.
 #[derive(serde::Deserialize)]
 struct ErrorAnswer {
-    error: ErrorBody,
+    error: ApiError,
 }
 
-#[derive(serde::Deserialize)]
-struct ErrorBody {
-    message: String,
+/// The API's error: its stable code (a call's code for refused and failed calls) and message.
+#[derive(Debug, serde::Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ApiError {
+    /// `not_found`, `not_shared`, ... (empty when the answer was not the API's JSON).
+    #[serde(default)]
+    pub(crate) code: String,
+    /// For people.
+    pub(crate) message: String,
 }

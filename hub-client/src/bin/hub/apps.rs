@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hub_client::api::CallAppRequest;
 use hub_client::apps::{hints, AppHost};
-use hub_client::node::audit;
+use hub_client::hub::agent::CallAppRequest;
+use hub_client::node::audit::{self, AuditKind, Decision};
 use hub_client::node::home::Home;
 use hub_client::node::store::AppSource;
 use hub_client::unix_ms;
@@ -58,7 +58,7 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             };
             let existed = store.app(&name)?.is_some();
             store.put_app(&name, &source, unix_ms())?;
-            let mut entry = audit::entry("app.add", None, "ok", &describe(&source));
+            let mut entry = audit::entry(AuditKind::AppAdd, None, Decision::Ok, &describe(&source));
             entry.app = name.clone();
             audit::record(home, &store, entry);
             if existed {
@@ -152,7 +152,7 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             if !store.remove_app(&name)? {
                 bail!("no app {name}");
             }
-            let mut entry = audit::entry("app.remove", None, "ok", "");
+            let mut entry = audit::entry(AuditKind::AppRemove, None, Decision::Ok, "");
             entry.app = name.clone();
             audit::record(home, &store, entry);
             println!("app {name} removed");

@@ -17,10 +17,9 @@ pub(crate) async fn join(home: &Home, token: &str, name: &str, timeout: u64) -> 
             home.dir().display()
         );
     }
-    let joined =
-        hub_client::transport::join::join(home, &token, name, Duration::from_secs(timeout))
-            .await
-            .context("pairing failed")?;
+    let joined = hub_client::hub::join_cluster(home, &token, name, Duration::from_secs(timeout))
+        .await
+        .context("pairing failed")?;
     println!(
         "joined cluster {} as {} ({}), trust level {}",
         token.cluster,

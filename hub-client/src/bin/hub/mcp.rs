@@ -4,22 +4,33 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use hub_client::api::CallAppRequest;
-use hub_client::hub::agent::HubAppsView;
-use hub_client::mcp::{AgentBackend, McpSurface};
+use hub_client::hub::agent::{CallAppRequest, HubAppsView};
+use hub_client::mcp::{AgentBackend, AgentError, McpSurface};
 use hub_client::node::home::Home;
 use rmcp::model::CallToolResult;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServiceExt};
+use shared_proto::agent::CallErrorCode;
 
-use crate::api_client::Api;
+use crate::api_client::{Api, ApiError};
 
 /// The running hub's admin API, with the CLI's token (principal `local`).
 #[derive(Clone)]
 struct ApiBackend(Arc<Api>);
 
+/// The API's error as the agent surface tells it: with the call's code when the API gave one.
+fn agent_error(e: anyhow::Error) -> AgentError {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => AgentError {
+            code: CallErrorCode::from_name(&api.code),
+            message: api.message.clone(),
+        },
+        None => AgentError::other(format!("{e:#}")),
+    }
+}
+
 impl AgentBackend for ApiBackend {
-    async fn apps(&self, _: &RequestContext<RoleServer>) -> Result<Vec<HubAppsView>, String> {
+    async fn apps(&self, _: &RequestContext<RoleServer>) -> Result<Vec<HubAppsView>, AgentError> {
         self.apps_now().await
     }
 
@@ -27,13 +38,14 @@ impl AgentBackend for ApiBackend {
         &self,
         _: &RequestContext<RoleServer>,
         req: CallAppRequest,
-    ) -> Result<CallToolResult, String> {
-        let value = self.0.call_app(&req).await.map_err(|e| format!("{e:#}"))?;
-        serde_json::from_value(value).map_err(|e| format!("the hub's result does not parse: {e}"))
+    ) -> Result<CallToolResult, AgentError> {
+        let value = self.0.call_app(&req).await.map_err(agent_error)?;
+        serde_json::from_value(value)
+            .map_err(|e| AgentError::other(format!("the hub's result does not parse: {e}")))
     }
 
-    async fn apps_now(&self) -> Result<Vec<HubAppsView>, String> {
-        self.0.apps().await.map_err(|e| format!("{e:#}"))
+    async fn apps_now(&self) -> Result<Vec<HubAppsView>, AgentError> {
+        self.0.apps().await.map_err(agent_error)
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
             use rand::RngCore;
             let mut secret = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut secret);
-            let token = hub_client::api::format_api_token(&secret);
+            let token = hub_client::node::access::format_api_token(&secret);
             let now = unix_ms();
             let expires_at = expires.map(|d| now + d.as_millis() as u64);
             let limits = TokenLimits { scopes, max_uses };
@@ -48,7 +48,12 @@ pub(crate) fn tokens(home: &Home, cmd: TokensCommand) -> Result<()> {
                     .max_uses
                     .map_or(String::new(), |n| format!(", {n} uses")),
             );
-            let mut entry = hub_client::node::audit::entry("token.create", None, "ok", &terms);
+            let mut entry = hub_client::node::audit::entry(
+                hub_client::node::audit::AuditKind::TokenCreate,
+                None,
+                hub_client::node::audit::Decision::Ok,
+                &terms,
+            );
             entry.principal = name.clone();
             hub_client::node::audit::record(home, &store, entry);
             eprintln!(

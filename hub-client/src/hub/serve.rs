@@ -1,0 +1,369 @@
+//! Answering what peers ask of this hub: pings, info, the apps it shares with them, and calls of
+//! those apps. Requests arrive decoded once (`shared_proto::session::rpc::Inbound`); the peer
+//! layer has already bounded them per peer and refused repeated tokens. Here the hub decides:
+//! whom it answers (the book: suspended, revoked, no session), what it shares (the sharing
+//! policy, default deny, trust levels), and every check on a call's envelope, each refusal with
+//! its own code (docs/PROTOCOL.md section 13, "Checks on a call, in order").
+//!
+//! The event loop calls [`HubState::on_request`] in the order requests arrive: bounds are
+//! checked and work registered there; the work itself (listings, calls) runs on its own task,
+//! and every answer goes out through the peer layer without blocking the loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::JsonObject;
+use shared_proto::agent::{
+    arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation,
+};
+use shared_proto::trust::VerifiedPeer;
+use shared_proto::HubId;
+
+use super::agent::AppView;
+use super::{HubState, Member};
+use crate::apps::hints;
+use crate::node::audit::{self, AuditKind, Decision};
+use crate::node::store::{AppRecord, AuditEntry, NonceUse};
+use crate::transport::peers::{Answer, CallRequest, Inbound, PeerInfo, PeerRequest};
+use crate::unix_ms;
+
+/// Apps requests from peers being answered at once (each may start apps); more are refused.
+pub const MAX_LISTINGS: usize = 16;
+/// Largest tool result sent to a peer (JSON bytes); fragments carry it, up to 16 MiB a message.
+pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024;
+
+/// What a peer is told when this hub suspended it.
+const SUSPENDED: &str = "suspended by this hub";
+
+/// Why a call from a peer got no result: its code and details.
+type CallFailure = (CallErrorCode, String);
+
+fn no(code: CallErrorCode) -> CallFailure {
+    (code, code.to_string())
+}
+
+impl HubState {
+    /// A request from a peer (the event loop calls this in order of arrival; it never waits).
+    pub(crate) fn on_request(self: &Arc<Self>, member: &Member, inbound: Inbound) {
+        match inbound {
+            Inbound::Ping(request) => {
+                let answer = match self.book.admit(request.from) {
+                    Ok(()) => Answer::Pong,
+                    Err(_) => Answer::Refused(SUSPENDED.into()),
+                };
+                answer_soon(member, request, answer);
+            }
+            Inbound::Info(request) => {
+                let answer = match self.book.admit(request.from) {
+                    Ok(()) => {
+                        let info = PeerInfo::of_this_build(&member.name, self.started);
+                        Answer::Info(serde_json::to_vec(&info).unwrap_or_default())
+                    }
+                    Err(_) => Answer::Refused(SUSPENDED.into()),
+                };
+                answer_soon(member, request, answer);
+            }
+            Inbound::Apps { request, principal } => self.serve_listing(member, request, principal),
+            Inbound::Call(call) => self.serve_call(member, call),
+            Inbound::Cancel(request) => self.cancel_call(request),
+            Inbound::Refused {
+                call: Some(call),
+                code,
+                ..
+            } => {
+                // The peer layer refused it (a bound, or a token still in use) and answered.
+                let mut record = call_in_entry(&call, None);
+                let why = match code {
+                    CallErrorCode::Busy => "too many calls from this hub are running".to_owned(),
+                    code => code.to_string(),
+                };
+                audit::refuse(&mut record, code.name(), &why);
+                let state = self.clone();
+                tokio::spawn(async move { state.record(record).await });
+            }
+            _ => {}
+        }
+    }
+
+    /// An apps request: answered on its own task, at most [`MAX_LISTINGS`] at once.
+    fn serve_listing(self: &Arc<Self>, member: &Member, request: PeerRequest, principal: String) {
+        if self.book.admit(request.from).is_err() {
+            return answer_soon(member, request, Answer::Refused(SUSPENDED.into()));
+        }
+        let Ok(permit) = self.listings.clone().try_acquire_owned() else {
+            let busy = "busy: too many listings are being answered";
+            return answer_soon(member, request, Answer::Refused(busy.into()));
+        };
+        let state = self.clone();
+        let peers = member.peers.clone();
+        tokio::spawn(async move {
+            let apps = state.apps_for_peer(request.from, &principal).await;
+            drop(permit);
+            let body = serde_json::to_vec(&apps).unwrap_or_else(|_| b"[]".to_vec());
+            if let Err(e) = peers
+                .answer(request.from, request.token, Answer::Apps(body))
+                .await
+            {
+                tracing::debug!(peer = %request.from, "apps answer not sent: {e}");
+            }
+        });
+    }
+
+    /// What this hub shares with `from` for `principal`: the apps whose policy admits it, each
+    /// with the tools its trust level may call; nothing for a hub it does not admit to calls.
+    async fn apps_for_peer(self: &Arc<Self>, from: HubId, principal: &str) -> Vec<AppView> {
+        let Ok(cert) = self.admit_call(from).await else {
+            return Vec::new();
+        };
+        let apps = self
+            .blocking(|state| Ok(state.store().apps()?))
+            .await
+            .unwrap_or_default();
+        let caller = Caller {
+            hub: from,
+            trust: cert.trust(),
+            roles: cert.roles(),
+            principal: Some(principal),
+        };
+        let mut out = Vec::new();
+        for app in apps.iter().filter(|a| a.sharing.admits(&caller)) {
+            let view = self
+                .app_view(app, |t| {
+                    caller.trust >= trust_needed(hints(t), app.require_trust)
+                })
+                .await;
+            out.push(view);
+        }
+        out
+    }
+
+    /// The book's answer on whether `from` may call, after reading what other processes may
+    /// have changed in the store.
+    async fn admit_call(self: &Arc<Self>, from: HubId) -> Result<VerifiedPeer, CallErrorCode> {
+        self.blocking(|state| state.sync_book(&state.store()))
+            .await
+            .map_err(|_| CallErrorCode::Busy)?;
+        self.book.admit_call(from)
+    }
+
+    /// A call: run on its own task, registered so that a cancel can stop it; its outcome is
+    /// recorded (`call.in`) and answered.
+    fn serve_call(self: &Arc<Self>, member: &Member, call: CallRequest) {
+        let envelope = SignedDelegation::decode(&call.envelope);
+        let record = call_in_entry(&call, envelope.as_ref().ok());
+        let key = (call.from, call.token);
+        let pending = record.clone();
+        let state = self.clone();
+        let member = member.clone();
+        // The task removes itself from `calls` when done; it waits for this lock, so it is
+        // inserted first.
+        let mut running = self.running_calls();
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = state.run_call(&member, &call, envelope).await;
+            state.running_calls().remove(&key);
+            let record = finish_entry(record, &outcome, started.elapsed());
+            let answer = match outcome {
+                Ok(result) => Answer::CallResult(result),
+                Err((code, message)) => Answer::CallError { code, message },
+            };
+            // The answer does not wait for the disk: both are done when the task ends.
+            let (_, sent) = tokio::join!(
+                state.record(record),
+                member.peers.answer(call.from, call.token, answer)
+            );
+            if let Err(e) = sent {
+                tracing::debug!(peer = %call.from, "call result not sent: {e}");
+            }
+        });
+        running.insert(key, (task.abort_handle(), pending));
+    }
+
+    /// The caller of a running call stopped waiting: the call is stopped and that recorded.
+    fn cancel_call(self: &Arc<Self>, request: PeerRequest) {
+        let cancelled = self.running_calls().remove(&(request.from, request.token));
+        if let Some((task, mut record)) = cancelled {
+            task.abort();
+            tracing::debug!(peer = %request.from, "call cancelled by its caller");
+            record.duration_ms = unix_ms().saturating_sub(record.at_ms);
+            audit::decide(
+                &mut record,
+                Decision::Allowed,
+                "cancelled: the caller stopped waiting",
+            );
+            let state = self.clone();
+            tokio::spawn(async move { state.record(record).await });
+        }
+    }
+
+    fn running_calls(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(HubId, u64), super::RunningCall>>
+    {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks and runs a call; the result's JSON, or why not.
+    async fn run_call(
+        self: &Arc<Self>,
+        member: &Member,
+        call: &CallRequest,
+        envelope: Result<SignedDelegation, CallErrorCode>,
+    ) -> Result<Vec<u8>, CallFailure> {
+        let (cert, record) = self.check_call(member, call, envelope).await?;
+        let arguments: Option<JsonObject> = if call.arguments.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice(&call.arguments).map_err(|e| {
+                (
+                    CallErrorCode::ArgumentsMismatch,
+                    format!("arguments are not a JSON object: {e}"),
+                )
+            })?)
+        };
+        let timeout = Duration::from_millis(call.deadline_ms.saturating_sub(unix_ms()));
+        tracing::info!(peer = %cert.hub_id(), app = call.app, tool = call.tool, "call from a peer");
+        let result = self
+            .apps
+            .call(&record, &call.tool, arguments, timeout)
+            .await
+            .map_err(|e| (e.code, e.message))?;
+        let body = serde_json::to_vec(&result)
+            .map_err(|e| (CallErrorCode::AppFailed, format!("result: {e}")))?;
+        if body.len() > MAX_RESULT_BYTES {
+            return Err((
+                CallErrorCode::TooLarge,
+                format!(
+                    "the result is {} bytes, over {MAX_RESULT_BYTES}",
+                    body.len()
+                ),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Every check of a call before its app runs, in the order PROTOCOL.md gives: the caller
+    /// (suspended, session, revoked), its envelope, the nonce, the scopes, the sharing policy,
+    /// the tool and the trust it needs. The caller's certificate and the app, if all pass.
+    async fn check_call(
+        self: &Arc<Self>,
+        member: &Member,
+        call: &CallRequest,
+        envelope: Result<SignedDelegation, CallErrorCode>,
+    ) -> Result<(VerifiedPeer, AppRecord), CallFailure> {
+        let cert = self.admit_call(call.from).await.map_err(no)?;
+        let envelope = envelope.map_err(no)?;
+        let now = unix_ms();
+        envelope
+            .check(
+                call.from,
+                cert.identity_key(),
+                member.hub_id,
+                now,
+                &call.app,
+                &call.tool,
+                &call.arguments,
+            )
+            .map_err(no)?;
+        let delegation = envelope.delegation;
+        let (nonce, expires) = (delegation.nonce, delegation.expires_at_ms);
+        let used = self
+            .blocking(move |state| Ok(state.store().use_delegation_nonce(&nonce, expires, now)?))
+            .await
+            .map_err(|_| no(CallErrorCode::Busy))?;
+        match used {
+            NonceUse::Fresh => {}
+            NonceUse::Replayed => return Err(no(CallErrorCode::Replayed)),
+            NonceUse::Full => return Err(no(CallErrorCode::Busy)),
+        }
+        if !shared_proto::agent::Delegation::scopes_allow(&delegation.scopes, &call.app, &call.tool)
+        {
+            return Err(no(CallErrorCode::ScopeDenied));
+        }
+        let caller = Caller {
+            hub: call.from,
+            trust: cert.trust(),
+            roles: cert.roles(),
+            principal: Some(&delegation.principal),
+        };
+        let name = call.app.clone();
+        let record = self
+            .blocking(move |state| Ok(state.store().app(&name)?))
+            .await
+            .ok()
+            .flatten()
+            .filter(|a| a.sharing.admits(&caller))
+            .ok_or_else(|| no(CallErrorCode::NotShared))?;
+        let tools = self
+            .apps
+            .tools(&record)
+            .await
+            .map_err(|e| (e.code, e.message))?;
+        let hints = tools
+            .iter()
+            .find(|t| t.name == call.tool)
+            .map(hints)
+            .ok_or_else(|| no(CallErrorCode::UnknownTool))?;
+        check_call(&record.sharing, record.require_trust, hints, &caller).map_err(no)?;
+        Ok((cert, record))
+    }
+}
+
+/// Sends an answer from another task: the event loop never waits on the peer layer.
+fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
+    let peers = member.peers.clone();
+    tokio::spawn(async move {
+        if let Err(e) = peers.answer(request.from, request.token, answer).await {
+            tracing::debug!(peer = %request.from, "answer not sent: {e}");
+        }
+    });
+}
+
+/// Whether a code is a refusal (a check failed) rather than a failure of the app or the call.
+fn refusal(code: CallErrorCode) -> bool {
+    !matches!(
+        code,
+        CallErrorCode::AppUnavailable
+            | CallErrorCode::AppFailed
+            | CallErrorCode::Timeout
+            | CallErrorCode::Cancelled
+            | CallErrorCode::TooLarge
+    )
+}
+
+/// The audit entry of a call from a peer: what the message and its envelope say (the principal
+/// as the envelope claims it, even when the envelope is refused).
+fn call_in_entry(call: &CallRequest, envelope: Option<&SignedDelegation>) -> AuditEntry {
+    let mut record = audit::entry(AuditKind::CallIn, Some(call.from), Decision::None, "");
+    record.app = call.app.clone();
+    record.tool = call.tool.clone();
+    record.arguments_sha256 = Some(arguments_hash(&call.arguments));
+    record.bytes = Some(call.arguments.len() as u64);
+    if let Some(envelope) = envelope {
+        record.principal = envelope.delegation.principal.clone();
+    }
+    record
+}
+
+/// The audit entry of a call once it ran: its decision, reason, duration and bytes.
+fn finish_entry(
+    mut record: AuditEntry,
+    outcome: &Result<Vec<u8>, CallFailure>,
+    took: Duration,
+) -> AuditEntry {
+    record.duration_ms = took.as_millis() as u64;
+    let result_len = outcome.as_ref().map_or(0, Vec::len);
+    record.bytes = Some(record.bytes.unwrap_or(0) + result_len as u64);
+    match outcome {
+        Ok(_) => audit::decide(&mut record, Decision::Allowed, "ok"),
+        Err((code, why)) if refusal(*code) => audit::refuse(&mut record, code.name(), why),
+        Err((code, why)) => audit::decide(
+            &mut record,
+            Decision::Allowed,
+            format!("{}: {why}", code.name()),
+        ),
+    }
+    record
+}

@@ -1,0 +1,247 @@
+//! The hub's apps (how to reach each, who may use it) and the delegation nonces seen.
+
+use rusqlite::{params, TransactionBehavior};
+use shared_proto::agent::Sharing;
+use shared_proto::trust::TrustLevel;
+
+use super::{Store, StoreError};
+
+/// Most delegation nonces remembered at once (each until its envelope expires, at most 60 s); a
+/// call that would need more is refused as busy.
+pub const MAX_DELEGATION_NONCES: u64 = 100_000;
+
+/// An app as the store keeps it: how to reach it, and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    /// Its name, unique on this hub.
+    pub name: String,
+    /// How to reach it.
+    pub source: AppSource,
+    /// Who else may see and call it.
+    pub sharing: Sharing,
+    /// The least trust level a calling hub needs for any of its tools.
+    pub require_trust: Option<TrustLevel>,
+    /// When it was added (Unix ms).
+    pub created_at: u64,
+}
+
+/// How a hub reaches an app: a command it starts (MCP over stdio) or a streamable-HTTP URL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppSource {
+    /// A child process.
+    Command {
+        /// The program.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment variables.
+        env: Vec<(String, String)>,
+        /// Its working directory.
+        cwd: Option<String>,
+    },
+    /// An MCP server on this machine.
+    Url(String),
+}
+
+/// Whether a delegation nonce was new and is now remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceUse {
+    /// First seen: remembered until its expiry.
+    Fresh,
+    /// Seen before.
+    Replayed,
+    /// [`MAX_DELEGATION_NONCES`] are remembered already.
+    Full,
+}
+
+impl Store {
+    /// Adds an app, or replaces the one of that name (keeping its sharing unless `sharing` is
+    /// given). A new app is shared with nobody.
+    pub fn put_app(&self, name: &str, source: &AppSource, now_ms: u64) -> Result<(), StoreError> {
+        let source = serde_json::to_string(source).map_err(|_| StoreError::Corrupt("app"))?;
+        self.conn.execute(
+            "INSERT INTO apps (name, source, sharing, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET source = excluded.source",
+            params![name, source, Sharing::LocalOnly.to_string(), now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets who may use an app; false if there is no such app.
+    pub fn set_app_sharing(
+        &self,
+        name: &str,
+        sharing: &Sharing,
+        require_trust: Option<TrustLevel>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE apps SET sharing = ?2, require_trust = ?3 WHERE name = ?1",
+            params![
+                name,
+                sharing.to_string(),
+                require_trust.map(TrustLevel::as_str)
+            ],
+        )? == 1)
+    }
+
+    /// Removes an app; false if there was none.
+    pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM apps WHERE name = ?1", params![name])?
+            == 1)
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, source, sharing, require_trust, created_at FROM apps ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, source, sharing, require_trust, created_at) = row?;
+            Ok(AppRecord {
+                name,
+                source: serde_json::from_str(&source).map_err(|_| StoreError::Corrupt("app"))?,
+                sharing: sharing
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("app sharing"))?,
+                require_trust: require_trust
+                    .map(|t| {
+                        t.parse()
+                            .map_err(|_| StoreError::Corrupt("app trust level"))
+                    })
+                    .transpose()?,
+                created_at: created_at as u64,
+            })
+        })
+        .collect()
+    }
+
+    /// One app.
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
+        Ok(self.apps()?.into_iter().find(|a| a.name == name))
+    }
+
+    /// Remembers a delegation nonce until `expires_at_ms` (forgetting those expired at
+    /// `now_ms`), in one transaction: of two calls with the same nonce, one is fresh.
+    pub fn use_delegation_nonce(
+        &self,
+        nonce: &[u8; 16],
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<NonceUse, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM delegation_nonces WHERE expires_at <= ?1",
+            params![now_ms as i64],
+        )?;
+        let held: i64 = tx.query_row("SELECT count(*) FROM delegation_nonces", [], |r| r.get(0))?;
+        let seen: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM delegation_nonces WHERE nonce = ?1)",
+            params![nonce.as_slice()],
+            |r| r.get(0),
+        )?;
+        let use_ = if seen {
+            NonceUse::Replayed
+        } else if held as u64 >= MAX_DELEGATION_NONCES {
+            NonceUse::Full
+        } else {
+            tx.execute(
+                "INSERT INTO delegation_nonces (nonce, expires_at) VALUES (?1, ?2)",
+                params![nonce.as_slice(), expires_at_ms as i64],
+            )?;
+            NonceUse::Fresh
+        };
+        tx.commit()?;
+        Ok(use_)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delegation nonce is fresh once, replayed after (also from a reopened store), and
+    /// forgotten once its envelope expired; the table is bounded.
+    #[test]
+    fn delegation_nonces_are_used_once_kept_across_a_reopen_and_forgotten_at_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = Store::open(&path).unwrap();
+        let n = [1u8; 16];
+        assert_eq!(
+            store.use_delegation_nonce(&n, 2_000, 1_000).unwrap(),
+            NonceUse::Fresh
+        );
+        assert_eq!(
+            store.use_delegation_nonce(&n, 2_000, 1_500).unwrap(),
+            NonceUse::Replayed
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.use_delegation_nonce(&n, 2_000, 1_900).unwrap(),
+            NonceUse::Replayed
+        );
+        // Expired: forgotten (a replay of it is refused as expired before it gets here).
+        assert_eq!(
+            store.use_delegation_nonce(&n, 9_000, 2_000).unwrap(),
+            NonceUse::Fresh
+        );
+        store
+            .conn
+            .execute(
+                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+                 INSERT INTO delegation_nonces SELECT randomblob(16), 99000 FROM k",
+                params![MAX_DELEGATION_NONCES as i64],
+            )
+            .unwrap();
+        assert_eq!(
+            store.use_delegation_nonce(&[2; 16], 9_000, 3_000).unwrap(),
+            NonceUse::Full
+        );
+    }
+
+    /// Apps keep their source and sharing; a new one is shared with nobody, and replacing its
+    /// source keeps its sharing.
+    #[test]
+    fn apps_are_stored_unshared_and_keep_their_sharing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let source = AppSource::Command {
+            program: "mcp-server".into(),
+            args: vec!["--x".into()],
+            env: vec![("K".into(), "V".into())],
+            cwd: None,
+        };
+        store.put_app("notes", &source, 5).unwrap();
+        let app = store.app("notes").unwrap().unwrap();
+        assert_eq!((app.source, app.sharing), (source, Sharing::LocalOnly));
+        let roles = Sharing::Roles(vec!["laptop".into()]);
+        assert!(store
+            .set_app_sharing("notes", &roles, Some(TrustLevel::Full))
+            .unwrap());
+        let url = AppSource::Url("http://127.0.0.1:9/mcp".into());
+        store.put_app("notes", &url, 6).unwrap();
+        let app = store.app("notes").unwrap().unwrap();
+        assert_eq!(
+            (app.source, app.sharing, app.require_trust),
+            (url, roles, Some(TrustLevel::Full))
+        );
+        assert!(store.remove_app("notes").unwrap());
+        assert!(!store.remove_app("notes").unwrap());
+        assert!(!store
+            .set_app_sharing("notes", &Sharing::Cluster, None)
+            .unwrap());
+    }
+}

@@ -1,0 +1,616 @@
+//! The federation audit log (append-only, HMAC-chained: `shared_proto::audit`), what it counts
+//! for statistics and trust scores, and the audit heads peers signed.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+pub use shared_proto::audit::Entry as AuditEntry;
+use shared_proto::HubId;
+
+use super::{hub_column, Store, StoreError};
+
+/// What an audit entry records: its `kind`, as the chain holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditKind {
+    /// A call this hub forwarded to a peer.
+    CallOut,
+    /// A call a peer made to this hub's apps.
+    CallIn,
+    /// A pairing this hub answered.
+    Pairing,
+    /// A peer revoked.
+    Revoke,
+    /// A peer suspended.
+    Suspend,
+    /// A peer resumed.
+    Resume,
+    /// An app added.
+    AppAdd,
+    /// An app's sharing set.
+    AppShare,
+    /// An app removed.
+    AppRemove,
+    /// An API token created.
+    TokenCreate,
+    /// A peer sent something faulty ([`FaultKind`]).
+    PeerFault,
+    /// A peer's signed audit heads do not add up.
+    AuditInconsistent,
+}
+
+impl AuditKind {
+    /// Every kind.
+    pub const ALL: [AuditKind; 12] = [
+        Self::CallOut,
+        Self::CallIn,
+        Self::Pairing,
+        Self::Revoke,
+        Self::Suspend,
+        Self::Resume,
+        Self::AppAdd,
+        Self::AppShare,
+        Self::AppRemove,
+        Self::TokenCreate,
+        Self::PeerFault,
+        Self::AuditInconsistent,
+    ];
+
+    /// Its text in the log (`call.out`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallOut => "call.out",
+            Self::CallIn => "call.in",
+            Self::Pairing => "pairing",
+            Self::Revoke => "revoke",
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::AppAdd => "app.add",
+            Self::AppShare => "app.share",
+            Self::AppRemove => "app.remove",
+            Self::TokenCreate => "token.create",
+            Self::PeerFault => "peer.fault",
+            Self::AuditInconsistent => "audit.inconsistent",
+        }
+    }
+
+    /// The kind with this text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Whether entries of this kind carry a refusal code when refused (calls and faults).
+    fn has_codes(self) -> bool {
+        matches!(self, Self::CallOut | Self::CallIn | Self::PeerFault)
+    }
+}
+
+/// What was decided, as the chain holds it (`decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Let through (a call in that passed its checks, whatever the app made of it).
+    Allowed,
+    /// Refused; the reason starts with the code.
+    Refused,
+    /// Done (an administrative act, a call out that got its result).
+    Ok,
+    /// Failed (a call out that got no result, for another reason than a refusal).
+    Failed,
+    /// Not decided yet, or not a decision.
+    None,
+}
+
+impl Decision {
+    /// Its text in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Refused => "refused",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::None => "",
+        }
+    }
+
+    /// The decision with this text.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Allowed,
+            Self::Refused,
+            Self::Ok,
+            Self::Failed,
+            Self::None,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == text)
+    }
+}
+
+/// What a peer sent that was faulty (the code of a [`AuditKind::PeerFault`] entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// A handshake refused: its certificate, or a static key its certificate does not name.
+    Handshake,
+    /// A signed audit head that does not verify.
+    AuditHead,
+    /// A manifest that does not verify.
+    Manifest,
+    /// A views report that does not decode.
+    Views,
+}
+
+impl FaultKind {
+    /// Its text (the code in the log).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::AuditHead => "audit_head",
+            Self::Manifest => "manifest",
+            Self::Views => "views",
+        }
+    }
+}
+
+/// The refusal code of an entry: for a refused call or a fault, its reason up to the first `:`
+/// (the reason is what the MAC covers; the store keeps the code beside it to count by, and
+/// `hub audit verify` checks that the two agree). `None` for every other entry.
+pub fn code_of(entry: &AuditEntry) -> Option<&str> {
+    let kind = AuditKind::parse(&entry.kind)?;
+    if !kind.has_codes() || entry.decision != Decision::Refused.as_str() {
+        return None;
+    }
+    Some(
+        entry
+            .reason
+            .split_once(':')
+            .map_or(entry.reason.as_str(), |(code, _)| code),
+    )
+}
+
+/// How many audit entries of one kind, decision and refusal code (and their total duration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCount {
+    /// The peer they are about, if any.
+    pub peer: Option<HubId>,
+    /// Their kind.
+    pub kind: AuditKind,
+    /// Their decision.
+    pub decision: Decision,
+    /// For refused calls and faults, the code ([`code_of`]).
+    pub code: Option<String>,
+    /// How many.
+    pub count: u64,
+    /// Their durations added up (ms).
+    pub duration_ms: u64,
+    /// The bytes their calls carried, added up.
+    pub bytes: u64,
+}
+
+/// What a peer's new audit head says against the one held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The first one, or further along the same chain (kept).
+    Forward,
+    /// The one held again.
+    Same,
+    /// Fewer entries than the one held: the peer's log was cut or rolled back (not kept).
+    Backwards {
+        /// The sequence number held.
+        held: u64,
+    },
+    /// Another MAC for the sequence number held: the peer's log was rewritten (not kept).
+    Forked,
+    /// The same kind of inconsistency as the peer's last head had, still going on (a cut-back
+    /// log keeps sending older heads until it passes the one held): not counted again.
+    Again,
+}
+
+impl HeadCheck {
+    /// The kind of inconsistency, if it is one that counts: `backwards` or `forked`.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            HeadCheck::Backwards { .. } => Some("backwards"),
+            HeadCheck::Forked => Some("forked"),
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
+        }
+    }
+
+    /// What is wrong with a head of `seq` entries that got this check, for people; `None` if
+    /// nothing is.
+    pub fn problem(&self, seq: u64) -> Option<String> {
+        match self {
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
+            HeadCheck::Backwards { held } => Some(format!(
+                "its audit head went back from {held} to {seq} entries"
+            )),
+            HeadCheck::Forked => Some(format!("two different MACs for its entry {seq}")),
+        }
+    }
+}
+
+/// A peer's audit head as held, with the inconsistencies seen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerAuditHead {
+    /// Entries in its log, as it last signed.
+    pub seq: u64,
+    /// When it signed that (Unix ms).
+    pub at_ms: u64,
+    /// Heads that went back or forked.
+    pub inconsistencies: u64,
+    /// The last of them, for people.
+    pub last_problem: Option<String>,
+}
+
+/// The last audit entry's sequence number and MAC (0 and zeros if the log is empty).
+fn audit_head(conn: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
+    let head = conn
+        .query_row(
+            "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    match head {
+        None => Ok((0, [0; 32])),
+        Some((seq, mac)) => Ok((
+            seq,
+            mac.try_into()
+                .map_err(|_| StoreError::Corrupt("audit MAC"))?,
+        )),
+    }
+}
+
+impl Store {
+    /// Appends `entry` to the audit chain (its `seq` is set here), in one IMMEDIATE transaction:
+    /// concurrent appends from several processes each chain to the one before. Returns the new
+    /// head (sequence number and MAC).
+    pub fn append_audit(
+        &self,
+        key: &[u8; 32],
+        entry: AuditEntry,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let (seq, prev) = audit_head(&tx)?;
+        let entry = AuditEntry {
+            seq: seq + 1,
+            ..entry.bounded()
+        };
+        let mac = entry.mac(key, &prev);
+        tx.execute(
+            "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
+             reason, duration_ms, arguments_sha256, mac, bytes, code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                entry.seq as i64,
+                entry.at_ms as i64,
+                entry.kind,
+                entry.peer.map(|p| p.0.to_vec()),
+                entry.principal,
+                entry.app,
+                entry.tool,
+                entry.decision,
+                entry.reason,
+                entry.duration_ms as i64,
+                entry.arguments_sha256.map(|h| h.to_vec()),
+                mac.to_vec(),
+                entry.bytes.map(|b| b as i64),
+                code_of(&entry),
+            ],
+        )?;
+        tx.commit()?;
+        Ok((entry.seq, mac))
+    }
+
+    /// Audit entries with their MACs, in chain order: all of them, or those about `peer`, from
+    /// `since_ms`, at most `limit` (the newest ones, still in order).
+    pub fn audit_entries(
+        &self,
+        peer: Option<HubId>,
+        since_ms: u64,
+        limit: Option<u64>,
+    ) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT * FROM (
+               SELECT seq, at_ms, kind, peer, principal, app, tool, decision, reason,
+                      duration_ms, arguments_sha256, mac, bytes
+               FROM audit_log
+               WHERE (?1 IS NULL OR peer = ?1) AND at_ms >= ?2
+               ORDER BY seq DESC LIMIT ?3
+             ) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                peer.map(|p| p.0.to_vec()),
+                since_ms as i64,
+                limit.map_or(-1, |l| l as i64)
+            ],
+            |r| {
+                Ok((
+                    AuditEntry {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        kind: r.get(2)?,
+                        peer: hub_column(r, 3)?,
+                        principal: r.get(4)?,
+                        app: r.get(5)?,
+                        tool: r.get(6)?,
+                        decision: r.get(7)?,
+                        reason: r.get(8)?,
+                        duration_ms: r.get::<_, i64>(9)? as u64,
+                        arguments_sha256: r
+                            .get::<_, Option<Vec<u8>>>(10)?
+                            .and_then(|b| <[u8; 32]>::try_from(b).ok()),
+                        bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
+                    },
+                    r.get::<_, Vec<u8>>(11)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (entry, mac) = row?;
+            let mac = mac
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit MAC"))?;
+            Ok((entry, mac))
+        })
+        .collect()
+    }
+
+    /// Counts of audit entries since `since_ms` (about `peer` only, if given: that reads the
+    /// peer's index, not the whole log), by peer (none for entries about no peer), kind, decision
+    /// and reason code (the reason up to its first `:`), for statistics and trust scores.
+    pub fn audit_counts(
+        &self,
+        peer: Option<HubId>,
+        since_ms: u64,
+    ) -> Result<Vec<AuditCount>, StoreError> {
+        // Two forms, so that SQLite searches the peer index when there is a peer (an `OR` in
+        // one form makes it scan the whole log).
+        let filter = if peer.is_some() {
+            "peer = ?2 AND at_ms >= ?1"
+        } else {
+            "?2 IS NULL AND at_ms >= ?1"
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT peer, kind, decision, code, count(*), sum(duration_ms), sum(bytes)
+             FROM audit_log WHERE {filter}
+             GROUP BY peer, kind, decision, code"
+        ))?;
+        let rows = stmt.query_map(params![since_ms as i64, peer.map(|p| p.0.to_vec())], |r| {
+            Ok((
+                hub_column(r, 0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)? as u64,
+                r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+                r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
+            ))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (peer, kind, decision, code, count, duration_ms, bytes) = row?;
+            // Kinds and decisions this build does not write are not counted.
+            let (Some(kind), Some(decision)) =
+                (AuditKind::parse(&kind), Decision::parse(&decision))
+            else {
+                continue;
+            };
+            counts.push(AuditCount {
+                peer,
+                kind,
+                decision,
+                code,
+                count,
+                duration_ms,
+                bytes,
+            });
+        }
+        Ok(counts)
+    }
+
+    /// The first entry whose stored refusal code is not the one its reason gives ([`code_of`]),
+    /// by sequence number: the code column is not covered by the MAC, so `hub audit verify`
+    /// checks it against the reason, which is.
+    pub fn first_code_mismatch(&self) -> Result<Option<u64>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, kind, decision, reason, code FROM audit_log
+             WHERE code IS NOT NULL OR decision = 'refused' ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let entry = AuditEntry {
+                kind: r.get(1)?,
+                decision: r.get(2)?,
+                reason: r.get(3)?,
+                ..AuditEntry::default()
+            };
+            let stored: Option<String> = r.get(4)?;
+            if stored.as_deref() != code_of(&entry) {
+                return Ok(Some(r.get::<_, i64>(0)? as u64));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Calls over time: from `since_ms`, per `bucket_ms`, the number of `call.out` and `call.in`
+    /// entries and how many of them were refused. Only buckets with a call are returned, oldest
+    /// first, each as (its start, calls, refused).
+    pub fn call_series(
+        &self,
+        since_ms: u64,
+        bucket_ms: u64,
+    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let bucket = bucket_ms.max(1) as i64;
+        let mut stmt = self.conn.prepare(
+            "SELECT (at_ms / ?2) * ?2 AS start, count(*), sum(decision = 'refused')
+             FROM audit_log WHERE at_ms >= ?1 AND kind IN ('call.out', 'call.in')
+             GROUP BY start ORDER BY start",
+        )?;
+        let rows = stmt.query_map(params![since_ms as i64, bucket], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// This hub's audit head: the last entry's sequence number and MAC (0 and zeros if empty).
+    pub fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        audit_head(&self.conn)
+    }
+
+    /// Checks a peer's verified audit head against the one held and keeps it if it moves
+    /// forward; an inconsistency is counted once while it lasts (heads inconsistent the same way
+    /// are [`HeadCheck::Again`] until one is consistent). Only a later head of the same chain can be told
+    /// apart from a fork when the MACs of the entries in between are unknown: a head with a
+    /// higher `seq` is taken as forward.
+    pub fn keep_peer_audit_head(
+        &self,
+        head: &shared_proto::audit::Head,
+    ) -> Result<HeadCheck, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let peer = head.hub.0.to_vec();
+        let held = tx
+            .query_row(
+                "SELECT seq, mac, open_problem FROM peer_audit_heads WHERE peer = ?1",
+                params![peer],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let (check, open) = match held {
+            None => (HeadCheck::Forward, None),
+            Some((seq, _, open)) if head.seq > seq => (HeadCheck::Forward, open),
+            Some((seq, mac, open)) if head.seq == seq && mac == head.mac => (HeadCheck::Same, open),
+            Some((seq, _, open)) if head.seq == seq => (HeadCheck::Forked, open),
+            Some((seq, _, open)) => (HeadCheck::Backwards { held: seq }, open),
+        };
+        let kind = check.kind();
+        let check = if kind.is_some() && kind == open.as_deref() {
+            HeadCheck::Again
+        } else {
+            check
+        };
+        match &check {
+            HeadCheck::Forward => {
+                tx.execute(
+                    "INSERT INTO peer_audit_heads (peer, seq, mac, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (peer) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
+                     at_ms = excluded.at_ms, open_problem = NULL",
+                    params![peer, head.seq as i64, head.mac.to_vec(), head.at_ms as i64],
+                )?;
+            }
+            HeadCheck::Same => {
+                tx.execute(
+                    "UPDATE peer_audit_heads SET open_problem = NULL
+                     WHERE peer = ?1 AND open_problem IS NOT NULL",
+                    params![peer],
+                )?;
+            }
+            HeadCheck::Again => {}
+            problem => {
+                let what = problem.problem(head.seq);
+                tx.execute(
+                    "UPDATE peer_audit_heads SET inconsistencies = inconsistencies + 1,
+                     last_problem = ?2, open_problem = ?3 WHERE peer = ?1",
+                    params![peer, what, kind],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(check)
+    }
+
+    /// The audit heads held (sequence number and MAC, by peer): of `peer`, or of every peer.
+    pub fn peer_audit_macs(
+        &self,
+        peer: Option<HubId>,
+    ) -> Result<HashMap<HubId, (u64, [u8; 32])>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT peer, seq, mac FROM peer_audit_heads WHERE ?1 IS NULL OR peer = ?1")?;
+        let rows = stmt.query_map(params![peer.map(|p| p.0.to_vec())], |r| {
+            Ok((
+                hub_column(r, 0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut heads = HashMap::new();
+        for row in rows {
+            let (peer, seq, mac) = row?;
+            let mac = mac
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("peer audit MAC"))?;
+            if let Some(peer) = peer {
+                heads.insert(peer, (seq, mac));
+            }
+        }
+        Ok(heads)
+    }
+
+    /// A peer's audit head as held.
+    pub fn peer_audit_head(&self, peer: HubId) -> Result<Option<PeerAuditHead>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, at_ms, inconsistencies, last_problem FROM peer_audit_heads
+                 WHERE peer = ?1",
+                params![peer.0.to_vec()],
+                |r| {
+                    Ok(PeerAuditHead {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        inconsistencies: r.get::<_, i64>(2)? as u64,
+                        last_problem: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each inconsistency of a peer's heads is counted once while it goes on: a cut-back log
+    /// sends older heads until it passes the one held; a consistent head ends it.
+    #[test]
+    fn audit_head_inconsistencies_are_counted_once_while_they_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let peer = HubId([5; 16]);
+        let head = |seq, mac: u8| shared_proto::audit::Head {
+            hub: peer,
+            seq,
+            mac: [mac; 32],
+            at_ms: seq,
+        };
+        let keep = |seq, mac| store.keep_peer_audit_head(&head(seq, mac)).unwrap();
+        assert_eq!(keep(6, 1), HeadCheck::Forward);
+        assert_eq!(keep(6, 1), HeadCheck::Same);
+        assert_eq!(keep(2, 2), HeadCheck::Backwards { held: 6 });
+        assert_eq!(keep(3, 2), HeadCheck::Again);
+        assert_eq!(keep(6, 2), HeadCheck::Forked);
+        assert_eq!(keep(6, 2), HeadCheck::Again);
+        assert_eq!(keep(6, 1), HeadCheck::Same);
+        assert_eq!(keep(6, 3), HeadCheck::Forked);
+        assert_eq!(keep(7, 3), HeadCheck::Forward);
+        assert_eq!(keep(1, 3), HeadCheck::Backwards { held: 7 });
+        let held = store.peer_audit_head(peer).unwrap().unwrap();
+        assert_eq!((held.seq, held.inconsistencies), (7, 4));
+        assert_eq!(
+            held.last_problem.as_deref(),
+            Some("its audit head went back from 7 to 1 entries")
+        );
+    }
+}
