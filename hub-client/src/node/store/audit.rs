@@ -581,6 +581,120 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::store::migrations::MIGRATIONS;
+
+    fn entry(kind: &str, decision: &str, reason: &str) -> AuditEntry {
+        AuditEntry {
+            kind: kind.into(),
+            peer: Some(HubId([4; 16])),
+            decision: decision.into(),
+            reason: reason.into(),
+            bytes: Some(0),
+            ..AuditEntry::default()
+        }
+    }
+
+    /// A log written before the code column (schema 6) gets its codes from its reasons when the
+    /// store is opened by this build, keeps verifying, and counts by code; a code changed in the
+    /// store behind the chain's back is found.
+    #[test]
+    fn older_entries_get_their_codes_keep_verifying_and_a_changed_code_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let key = [3u8; 32];
+        let old = [
+            entry(
+                "call.in",
+                "refused",
+                "not_shared: no such app shared with this caller",
+            ),
+            entry("call.in", "allowed", "app_failed: it crashed"),
+            entry("call.out", "refused", "busy"),
+            entry("peer.fault", "refused", "views: truncated"),
+            entry(
+                "pairing",
+                "refused",
+                "tablet: invalid, used or expired pairing token",
+            ),
+            entry("call.in", "allowed", "ok"),
+        ];
+        {
+            // A hub of the release before: schema 6, entries chained without a code.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            let mut prev = [0u8; 32];
+            for (i, e) in old.iter().enumerate() {
+                let e = AuditEntry {
+                    seq: i as u64 + 1,
+                    ..e.clone()
+                };
+                let mac = e.mac(&key, &prev);
+                conn.execute(
+                    "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool,
+                     decision, reason, duration_ms, arguments_sha256, mac, bytes)
+                     VALUES (?1, 0, ?2, ?3, '', '', '', ?4, ?5, 0, NULL, ?6, 0)",
+                    params![
+                        e.seq as i64,
+                        e.kind,
+                        e.peer.map(|p| p.0.to_vec()),
+                        e.decision,
+                        e.reason,
+                        mac.to_vec()
+                    ],
+                )
+                .unwrap();
+                prev = mac;
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let entries = store.audit_entries(None, 0, None).unwrap();
+        assert!(shared_proto::audit::verify(&key, entries.iter().map(|(e, m)| (e, m))).is_ok());
+        assert_eq!(store.first_code_mismatch().unwrap(), None);
+        let mut codes: Vec<(AuditKind, Decision, Option<String>)> = store
+            .audit_counts(None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.kind, c.decision, c.code))
+            .collect();
+        codes.sort_by_key(|(k, d, c)| (k.as_str(), d.as_str(), c.clone()));
+        assert_eq!(
+            codes,
+            vec![
+                (AuditKind::CallIn, Decision::Allowed, None),
+                (
+                    AuditKind::CallIn,
+                    Decision::Refused,
+                    Some("not_shared".into())
+                ),
+                (AuditKind::CallOut, Decision::Refused, Some("busy".into())),
+                (AuditKind::Pairing, Decision::Refused, None),
+                (
+                    AuditKind::PeerFault,
+                    Decision::Refused,
+                    Some("views".into())
+                ),
+            ]
+        );
+        // New entries are written with their code.
+        store
+            .append_audit(&key, entry("call.in", "refused", "replayed: seen before"))
+            .unwrap();
+        assert_eq!(store.first_code_mismatch().unwrap(), None);
+        // The code column is not MACed: changing it is caught by comparing it with the reason.
+        store
+            .conn
+            .execute("UPDATE audit_log SET code = 'not_shared' WHERE seq = 7", [])
+            .unwrap();
+        assert_eq!(store.first_code_mismatch().unwrap(), Some(7));
+        store
+            .conn
+            .execute("UPDATE audit_log SET code = 'busy' WHERE seq = 6", [])
+            .unwrap();
+        assert_eq!(store.first_code_mismatch().unwrap(), Some(6));
+    }
 
     /// Each inconsistency of a peer's heads is counted once while it goes on: a cut-back log
     /// sends older heads until it passes the one held; a consistent head ends it.
