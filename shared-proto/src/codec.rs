@@ -1,6 +1,24 @@
-//! Byte cursor shared by the wire codecs: reads refuse to go past the end.
+//! The byte cursor every wire codec of the crate reads with (relay frames, session messages,
+//! signed documents, envelopes, logins): reads refuse to go past the end, strings must be UTF-8,
+//! and [`Reader::finish`] refuses bytes left over. Its errors are its own ([`CodecError`]); each
+//! codec maps them to the errors of its layer.
 
-use crate::relay::frame::{FrameError, FrameType, HubId, HUB_ID_LEN, MAX_ROOM_MEMBERS};
+use crate::id::HubId;
+
+/// Why bytes did not read as what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum CodecError {
+    /// Fewer bytes than the layout needs.
+    #[error("truncated")]
+    Truncated,
+    /// A string that is not UTF-8.
+    #[error("not UTF-8")]
+    Utf8,
+    /// Bytes after the layout's end.
+    #[error("trailing bytes")]
+    Trailing,
+}
 
 /// A cursor over borrowed bytes that refuses to read past the end.
 #[derive(Debug)]
@@ -13,56 +31,44 @@ impl<'a> Reader<'a> {
         Reader { buf }
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.buf.len() < n {
-            return Err(FrameError::Truncated);
+            return Err(CodecError::Truncated);
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, FrameError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, FrameError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, CodecError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, FrameError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, FrameError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn hub(&mut self) -> Result<HubId, FrameError> {
+    pub(crate) fn hub(&mut self) -> Result<HubId, CodecError> {
         Ok(HubId(self.array()?))
     }
 
-    /// One hub id or more, as many as the body holds whole (bytes left over are for
-    /// [`Reader::finish`] to refuse), at most [`MAX_ROOM_MEMBERS`].
-    pub(crate) fn hub_list(&mut self) -> Result<Vec<HubId>, FrameError> {
-        let count = self.buf.len() / HUB_ID_LEN;
-        if count > MAX_ROOM_MEMBERS {
-            return Err(FrameError::TooLarge {
-                what: "presence list",
-                len: count,
-                max: MAX_ROOM_MEMBERS,
-            });
-        }
-        let hubs = (0..count.max(1))
-            .map(|_| self.hub())
-            .collect::<Result<_, _>>()?;
-        Ok(hubs)
+    /// Bytes left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {
@@ -73,18 +79,19 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
-    pub(crate) fn finish(&self, ty: FrameType) -> Result<(), FrameError> {
+    /// The end of a layout: [`CodecError::Trailing`] if bytes are left.
+    pub(crate) fn finish(&self) -> Result<(), CodecError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::Trailing(ty))
+            Err(CodecError::Trailing)
         }
     }
 
     /// A `u8`-length-prefixed UTF-8 string.
-    pub(crate) fn short_str(&mut self) -> Result<&'a str, FrameError> {
+    pub(crate) fn short_str(&mut self) -> Result<&'a str, CodecError> {
         let len = usize::from(self.u8()?);
-        std::str::from_utf8(self.take(len)?).map_err(|_| FrameError::Invalid("utf-8 string"))
+        std::str::from_utf8(self.take(len)?).map_err(|_| CodecError::Utf8)
     }
 }
 
@@ -99,4 +106,23 @@ pub(crate) fn put_short_str(out: &mut Vec<u8>, s: &str) -> Result<(), TooLong> {
     out.push(len);
     out.extend_from_slice(s.as_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stop_at_the_end_and_say_why() {
+        let mut r = Reader::new(&[0, 1, 2, b'h', b'i', 0xff]);
+        assert_eq!(r.u16(), Ok(1));
+        assert_eq!(r.short_str(), Ok("hi"));
+        assert_eq!(r.finish(), Err(CodecError::Trailing));
+        assert_eq!(r.u16(), Err(CodecError::Truncated));
+        assert_eq!(r.remaining(), 1, "a failed read takes nothing");
+        assert_eq!(Reader::new(&[1, 0xff]).short_str(), Err(CodecError::Utf8));
+        let mut out = Vec::new();
+        assert_eq!(put_short_str(&mut out, &"x".repeat(256)), Err(TooLong));
+        assert!(out.is_empty());
+    }
 }

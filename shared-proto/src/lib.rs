@@ -17,12 +17,14 @@
 pub mod agent;
 pub mod audit;
 mod codec;
+mod id;
 pub mod msg;
 pub mod relay;
 #[cfg(feature = "noise")]
 pub mod session;
 pub mod trust;
 
+pub use id::HubId;
 pub use relay::close::CloseCode;
-pub use relay::frame::{Frame, FrameError, FrameType, HubId};
+pub use relay::frame::{Frame, FrameError, FrameType};
 pub use relay::room::{Action, ConnId, Room, RoomConfig, RoomError};

@@ -9,8 +9,7 @@
 //! a short body or trailing bytes are errors). Requests carry an 8-byte token that their answer
 //! echoes, so a hub can match answers to requests.
 
-use crate::codec::{put_short_str, Reader};
-use crate::relay::frame::FrameError;
+use crate::codec::{put_short_str, CodecError, Reader};
 
 /// The kind registry. Values not listed here are rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,10 +295,10 @@ impl<'a> Msg<'a> {
         let (&kind, body) = bytes.split_first().ok_or(MsgError::Empty)?;
         let kind = MsgKind::from_u8(kind).ok_or(MsgError::UnknownKind(kind))?;
         let mut r = Reader::new(body);
-        let token = |r: &mut Reader<'a>| r.u64().map_err(|_: FrameError| MsgError::Truncated);
+        let token = |r: &mut Reader<'a>| r.u64().map_err(|_| MsgError::Truncated);
         let short_str = |r: &mut Reader<'a>| {
             r.short_str().map_err(|e| match e {
-                FrameError::Invalid(_) => MsgError::Invalid("UTF-8 string"),
+                CodecError::Utf8 => MsgError::Invalid("UTF-8 string"),
                 _ => MsgError::Truncated,
             })
         };

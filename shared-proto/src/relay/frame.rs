@@ -14,10 +14,8 @@
 //! Decoding borrows: a [`Frame`] points into the message it came from, so routing a payload
 //! copies it once, into the outgoing message.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::codec::Reader;
+use crate::codec::{CodecError, Reader};
+pub use crate::id::{HubId, ParseHubIdError, HUB_ID_LEN};
 use crate::relay::close::CloseCode;
 
 /// The relay protocol version this crate speaks (also the `/v1/` of the connect URL).
@@ -42,9 +40,6 @@ pub const MAX_FRAME_BODY: usize = HUB_ID_LEN + MAX_PAYLOAD;
 /// Largest body of a `RevocationList` frame (a signed document).
 pub const MAX_DOCUMENT_BODY: usize = 512 * 1024;
 
-/// Length of a [`HubId`] on the wire.
-pub const HUB_ID_LEN: usize = 16;
-
 /// Largest body of one `Hello` extension.
 pub const MAX_EXTENSION_LEN: usize = 16 * 1024;
 
@@ -54,49 +49,6 @@ pub const KEEPALIVE_REQUEST: &str = "ping";
 
 /// The relay's answer to [`KEEPALIVE_REQUEST`].
 pub const KEEPALIVE_RESPONSE: &str = "pong";
-
-/// A hub's identity inside a cluster: 16 opaque bytes, written as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HubId(pub [u8; HUB_ID_LEN]);
-
-impl HubId {
-    /// The id's bytes.
-    pub fn as_bytes(&self) -> &[u8; HUB_ID_LEN] {
-        &self.0
-    }
-}
-
-impl fmt::Display for HubId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; HUB_ID_LEN * 2];
-        // Cannot fail: the buffer is exactly twice the input.
-        if hex::encode_to_slice(self.0, &mut buf).is_err() {
-            return Err(fmt::Error);
-        }
-        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
-    }
-}
-
-impl fmt::Debug for HubId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HubId({self})")
-    }
-}
-
-/// The text is not 32 hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a hub id is 32 hex digits")]
-pub struct ParseHubIdError;
-
-impl FromStr for HubId {
-    type Err = ParseHubIdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut id = [0u8; HUB_ID_LEN];
-        hex::decode_to_slice(s, &mut id).map_err(|_| ParseHubIdError)?;
-        Ok(Self(id))
-    }
-}
 
 /// The frame-type registry of protocol v1. Values not listed here are rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -300,6 +252,35 @@ pub enum FrameError {
     UnsupportedVersion(u8),
 }
 
+/// A reader's error in a frame: a short body, or a string that is not UTF-8. (Bytes left over
+/// are mapped where the frame type is known: [`FrameError::Trailing`].)
+impl From<CodecError> for FrameError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Utf8 => FrameError::Invalid("utf-8 string"),
+            CodecError::Trailing => FrameError::Invalid("trailing bytes"),
+            _ => FrameError::Truncated,
+        }
+    }
+}
+
+/// One hub id or more, as many as the body holds whole (bytes left over are for
+/// [`Reader::finish`] to refuse), at most [`MAX_ROOM_MEMBERS`].
+fn hub_list(r: &mut Reader<'_>) -> Result<Vec<HubId>, FrameError> {
+    let count = r.remaining() / HUB_ID_LEN;
+    if count > MAX_ROOM_MEMBERS {
+        return Err(FrameError::TooLarge {
+            what: "presence list",
+            len: count,
+            max: MAX_ROOM_MEMBERS,
+        });
+    }
+    let hubs = (0..count.max(1))
+        .map(|_| r.hub())
+        .collect::<Result<_, _>>()?;
+    Ok(hubs)
+}
+
 impl FrameError {
     /// The close code a relay uses for a hub that sent this.
     pub fn close_code(&self) -> CloseCode {
@@ -471,7 +452,7 @@ impl<'a> Frame<'a> {
         }
         let mut body = Reader::new(r.take(len)?);
         let frame = Self::decode_body(ty, &mut body)?;
-        body.finish(ty)?;
+        body.finish().map_err(|_| FrameError::Trailing(ty))?;
         Ok((frame, r.rest()))
     }
 
@@ -534,8 +515,8 @@ impl<'a> Frame<'a> {
                     Frame::Recv { src: hub, payload }
                 }
             }
-            FrameType::PeerJoined => Frame::PeerJoined(r.hub_list()?),
-            FrameType::PeerLeft => Frame::PeerLeft(r.hub_list()?),
+            FrameType::PeerJoined => Frame::PeerJoined(hub_list(r)?),
+            FrameType::PeerLeft => Frame::PeerLeft(hub_list(r)?),
             FrameType::Undeliverable => Frame::Undeliverable(r.hub()?),
             FrameType::StatusRequest => Frame::StatusRequest,
             FrameType::Status => Frame::Status(RoomStatus {

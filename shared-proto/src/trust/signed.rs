@@ -19,8 +19,8 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::{ClusterCa, ClusterId, TrustError, TrustLevel};
-use crate::codec::{put_short_str, Reader};
-use crate::relay::frame::{FrameError, HubId};
+use crate::codec::{put_short_str, CodecError, Reader};
+use crate::relay::frame::HubId;
 
 const FORMAT: u8 = 1;
 const MANIFEST_MAGIC: &[u8; 4] = b"HRMF";
@@ -40,7 +40,7 @@ struct Envelope<'a> {
     signature: Signature,
 }
 
-fn malformed(what: &'static str) -> impl Fn(FrameError) -> TrustError {
+fn malformed(what: &'static str) -> impl Fn(CodecError) -> TrustError {
     move |_| TrustError::Malformed(what)
 }
 
