@@ -7,6 +7,7 @@
 //! | `session` (feature `noise`) | hub <-> hub: Noise IK sessions (`session::noise`), the session layer that sets them up on demand (`session::peer`), pairing with a one-time token (`session::pairing`) |
 //! | [`agent`] | the agent surface across hubs: the delegation envelope, sharing policy and trust levels, call error codes |
 //! | [`audit`] | the federation audit log's canonical entry bytes and HMAC chain, and its verification |
+//! | [`link`] | a LAN link between two hubs: its frames, acknowledgements and deadlines |
 //! | [`msg`] | the one registry and codec of the messages inside a session (data, ping, info, manifest, ...) |
 //!
 //! Nothing here opens a socket, reads a clock or draws randomness (`clippy.toml` enforces the
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod audit;
 mod codec;
 mod id;
+pub mod link;
 pub mod msg;
 pub mod relay;
 #[cfg(feature = "noise")]
