@@ -642,48 +642,13 @@ where
                     Some(Ok(msg)) => msg,
                 };
                 last_heard = Instant::now();
-                match msg {
-                    Message::Binary(bytes) => {
-                        let mut decoded = Vec::new();
-                        let result = session.handle_message(&bytes, &mut decoded);
-                        for event in decoded {
-                            match &event {
-                                ClientEvent::Revocations(list) => *held = Some(list.clone()),
-                                ClientEvent::RateLimited { limited, retry_after_ms, dropped } => {
-                                    let whose = if *limited == config.credentials.hub_id {
-                                        "this hub sends more than its share".to_owned()
-                                    } else {
-                                        format!("hub {limited} is sent more than its share")
-                                    };
-                                    tracing::warn!(
-                                        dropped,
-                                        retry_after_ms,
-                                        "rate-limited by the relay ({whose}); slowing down"
-                                    );
-                                    pacer.rate_limited(*retry_after_ms, unix_ms());
-                                }
-                                _ => {}
-                            }
-                            if events.send(relay_event(event)).await.is_err() {
-                                break;
-                            }
-                        }
-                        if let Err(e) = result {
-                            let reason = e.to_string();
-                            writer.close(&out, close_message(e.close_code(), &reason)).await;
-                            return SessionEnd::Failed { reason, welcomed: session.welcomed() };
-                        }
+                match on_message(msg, &mut session, config, held, &mut pacer, events).await {
+                    Ok(()) => {}
+                    Err(Ending::Refuse(code, reason)) => {
+                        writer.close(&out, close_message(code, &reason)).await;
+                        return SessionEnd::Failed { reason, welcomed: session.welcomed() };
                     }
-                    Message::Text(t) if t.as_str() == KEEPALIVE_RESPONSE => {}
-                    Message::Close(frame) => {
-                        let (code, reason) = frame
-                            .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
-                            .unwrap_or((None, String::new()));
-                        let restart_after = session.restart_after_ms().map(Duration::from_millis);
-                        return SessionEnd::Closed { code, reason, welcomed, restart_after };
-                    }
-                    // Pings are answered by tungstenite; anything else is ignored.
-                    _ => {}
+                    Err(Ending::End(end)) => return end,
                 }
             }
             // A message waits for the writer: wake when it took them all. Meanwhile commands
@@ -697,29 +662,7 @@ where
                     writer.close(&out, close_message(CloseCode::Normal, "hub shutting down")).await;
                     return SessionEnd::Shutdown;
                 };
-                let mut batch = Vec::new();
-                let mut frames = 0;
-                let mut next = Some(cmd);
-                let now = unix_ms();
-                while let Some(cmd) = next.take() {
-                    // `send` and `publish_revocations` checked the limits already.
-                    let before = batch.len();
-                    let encoded = match cmd {
-                        Command::Send { dst, payload } => Frame::Send { dst, payload: &payload }.encode(&mut batch),
-                        Command::Status => Frame::StatusRequest.encode(&mut batch),
-                        Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
-                    };
-                    match encoded {
-                        Ok(()) => {
-                            pacer.sent(batch.len() - before, now);
-                            frames += 1;
-                        }
-                        Err(e) => tracing::warn!("dropped a frame past the protocol's limits: {e}"),
-                    }
-                    if batch.len() < BATCH_TARGET && pacer.ready_at(now).is_none() {
-                        next = commands.try_recv().ok();
-                    }
-                }
+                let (batch, frames) = encode_batch(cmd, commands, &mut pacer);
                 // This task is the queue's only sender and saw room in it.
                 if frames > 0 && out.try_send(Message::Binary(batch.into())).is_ok() {
                     config.counters.message(frames);
@@ -736,6 +679,111 @@ where
             }
         }
     }
+}
+
+/// How a message from the relay ends a session.
+enum Ending {
+    /// The relay broke the protocol: close with this code and reason.
+    Refuse(CloseCode, String),
+    /// The session is over (the relay closed it).
+    End(SessionEnd),
+}
+
+/// One message from the relay: what it carries goes to the hub as events; a close or a
+/// protocol error ends the session.
+async fn on_message(
+    msg: Message,
+    session: &mut ClientSession,
+    config: &RelayConfig,
+    held: &mut Option<VerifiedRevocations>,
+    pacer: &mut Pacer,
+    events: &mpsc::Sender<RelayEvent>,
+) -> Result<(), Ending> {
+    match msg {
+        Message::Binary(bytes) => {
+            let mut decoded = Vec::new();
+            let result = session.handle_message(&bytes, &mut decoded);
+            for event in decoded {
+                match &event {
+                    ClientEvent::Revocations(list) => *held = Some(list.clone()),
+                    ClientEvent::RateLimited {
+                        limited,
+                        retry_after_ms,
+                        dropped,
+                    } => {
+                        let whose = if *limited == config.credentials.hub_id {
+                            "this hub sends more than its share".to_owned()
+                        } else {
+                            format!("hub {limited} is sent more than its share")
+                        };
+                        tracing::warn!(
+                            dropped,
+                            retry_after_ms,
+                            "rate-limited by the relay ({whose}); slowing down"
+                        );
+                        pacer.rate_limited(*retry_after_ms, unix_ms());
+                    }
+                    _ => {}
+                }
+                if events.send(relay_event(event)).await.is_err() {
+                    break;
+                }
+            }
+            result.map_err(|e| Ending::Refuse(e.close_code(), e.to_string()))
+        }
+        Message::Text(t) if t.as_str() == KEEPALIVE_RESPONSE => Ok(()),
+        Message::Close(frame) => {
+            let (code, reason) = frame
+                .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                .unwrap_or((None, String::new()));
+            let restart_after = session.restart_after_ms().map(Duration::from_millis);
+            Err(Ending::End(SessionEnd::Closed {
+                code,
+                reason,
+                welcomed: session.welcomed(),
+                restart_after,
+            }))
+        }
+        // Pings are answered by tungstenite; anything else is ignored.
+        _ => Ok(()),
+    }
+}
+
+/// The frames of `first` and of the commands waiting after it, as one message (up to
+/// [`BATCH_TARGET`] bytes, and as far as the pace allows), and how many frames it holds.
+fn encode_batch(
+    first: Command,
+    commands: &mut mpsc::Receiver<Command>,
+    pacer: &mut Pacer,
+) -> (Vec<u8>, u64) {
+    let mut batch = Vec::new();
+    let mut frames = 0;
+    let mut next = Some(first);
+    let now = unix_ms();
+    while let Some(cmd) = next.take() {
+        // `send` and `publish_revocations` checked the limits already.
+        let before = batch.len();
+        let encoded = match cmd {
+            Command::Send { dst, payload } => Frame::Send {
+                dst,
+                payload: &payload,
+            }
+            .encode(&mut batch),
+            Command::Status => Frame::StatusRequest.encode(&mut batch),
+            Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
+        };
+        match encoded {
+            Ok(()) => {
+                pacer.sent(batch.len() - before, now);
+                frames += 1;
+            }
+            Err(e) => tracing::warn!("dropped a frame past the protocol's limits: {e}"),
+        }
+        if batch.len() < BATCH_TARGET && pacer.ready_at(now).is_none() {
+            next = commands.try_recv().ok();
+        }
+    }
+    (batch, frames)
 }
 
 /// Sleeps until `at` (Unix ms); `None`: forever.
