@@ -5,14 +5,15 @@
 //! |---|---|
 //! | [`transport`] | the relay connection, the end-to-end Noise sessions over it, joining with a pairing token, reconnect delays (only this module touches sockets toward the cluster) |
 //! | [`apps`] | the hub's apps: local MCP servers started on demand and driven with `rmcp` |
-//! | [`node`] | the data directory (keys, certificate, the founder's CA) and the SQLite store |
+//! | [`node`] | the data directory (keys, certificate, the founder's CA), the SQLite store, and the files through which the CLI finds the running hub |
 //! | [`hub`] | the running hub's state and the one service API that every surface calls |
 //! | [`api`] | the local admin HTTP API (a surface), with the request and answer types the CLI shares |
 //! | [`mcp`] | the MCP surface for agents (`hub mcp` on stdio, `/mcp` on the running hub) |
 //! | [`daemon`] | `hub run`: the hub's relay connection and event loop, with its surfaces |
 //! | [`relay_server`] | `hub relay`: the relay over tokio, sharing the Worker's room logic |
 //!
-//! Dependencies go one way: `daemon` -> `api` -> `hub` -> `apps`, `node`, `transport`.
+//! Dependencies go one way: `daemon` -> `api` -> `mcp` -> `hub` -> `apps` -> `node` ->
+//! `transport` (and `relay_server` -> `transport`); no module imports one above it.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
