@@ -4,7 +4,10 @@
 //! which separates what the HTTP surface costs from what crossing the cluster costs; and the same
 //! call in a second cluster whose hubs record nothing (`hub run --bench-unaudited`), measured in
 //! alternating blocks with the first, for what auditing costs. Through `hub relay` and workerd. Run with
-//! `scripts/bench-apps` (it builds the Worker and the release `hub` first).
+//! `scripts/bench-apps` (it builds the Worker and the release `hub` first). With
+//! `APPS_BEFORE_BIN` (a `hub` binary of another build; `APPS_BEFORE=REV scripts/bench-apps` builds
+//! one from a git revision), a third cluster runs that binary and its calls across hubs are
+//! measured in alternating blocks with this build's: before against after, in one run.
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -94,8 +97,8 @@ fn main() {
         };
         // Two clusters on the same relay, one with auditing off, measured in alternating blocks
         // so that both see the same machine.
-        let audited = Pair::start(&relay, &dir.path().join("audited"), app, true);
-        let unaudited = Pair::start(&relay, &dir.path().join("unaudited"), app, false);
+        let audited = Pair::start(&relay, &dir.path().join("audited"), app, true, None);
+        let unaudited = Pair::start(&relay, &dir.path().join("unaudited"), app, false, None);
         let (local, through, through_unaudited) = rt.block_on(async {
             let a = audited.client().await;
             let u = unaudited.client().await;
@@ -125,6 +128,38 @@ fn main() {
             "the unaudited run recorded calls"
         );
         assert!(audited.desk.ok(&["audit", "list"]).contains("call.out"));
+        if let Some(before_bin) = std::env::var_os("APPS_BEFORE_BIN") {
+            let before = Pair::start(
+                &relay,
+                &dir.path().join("before"),
+                app,
+                true,
+                Some(before_bin.as_ref()),
+            );
+            let (old, new) = rt.block_on(async {
+                let b = before.client().await;
+                let a = audited.client().await;
+                let (mut old, mut new) = (Vec::new(), Vec::new());
+                for _ in 0..BLOCKS {
+                    old.extend(measure(&b, &before.tool, n / BLOCKS).await);
+                    new.extend(measure(&a, &audited.tool, n / BLOCKS).await);
+                }
+                old.sort();
+                new.sort();
+                b.cancel().await.unwrap();
+                a.cancel().await.unwrap();
+                (old, new)
+            });
+            report(&format!("before ({name:<9})      "), &old, &direct);
+            report(&format!("after  ({name:<9})      "), &new, &direct);
+            println!(
+                "after against before, across hubs ({name}): p50 {:+.3} ms ({:.2}x), p99 {:+.3} ms ({:.2}x)",
+                ms(pct(&new, 0.5)) - ms(pct(&old, 0.5)),
+                pct(&new, 0.5).as_secs_f64() / pct(&old, 0.5).as_secs_f64(),
+                ms(pct(&new, 0.99)) - ms(pct(&old, 0.99)),
+                pct(&new, 0.99).as_secs_f64() / pct(&old, 0.99).as_secs_f64(),
+            );
+        }
     }
 }
 
@@ -143,14 +178,25 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(relay: &RelayProcess, dir: &std::path::Path, app: &str, audited: bool) -> Self {
+    /// A pair whose hubs run `bin` (this build's `hub` if none).
+    fn start(
+        relay: &RelayProcess,
+        dir: &std::path::Path,
+        app: &str,
+        audited: bool,
+        bin: Option<&std::path::Path>,
+    ) -> Self {
         let run: &[&str] = if audited { &[] } else { &["--bench-unaudited"] };
-        let desk = HubHome::new(dir.join("desk"));
+        let home = |name: &str| match bin {
+            Some(bin) => HubHome::with_bin(dir.join(name), bin),
+            None => HubHome::new(dir.join(name)),
+        };
+        let desk = home("desk");
         desk.create_cluster("desk", &relay.url());
         desk.ok(&["apps", "add", "tools", "--command", app]);
         let desk_run = desk.run_with(run);
         let token = desk.ok(&["invite"]).trim().to_owned();
-        let laptop = HubHome::new(dir.join("laptop"));
+        let laptop = home("laptop");
         laptop.ok(&["join", &token, "--name", "laptop"]);
         laptop.ok(&["apps", "add", "tools", "--command", app]);
         laptop.ok(&["apps", "share", "tools", "--cluster"]);

@@ -15,6 +15,8 @@ use crate::hub_bin;
 pub struct HubHome {
     /// The directory.
     pub dir: PathBuf,
+    /// The `hub` binary its commands run (`hub_bin()` if none).
+    bin: Option<PathBuf>,
 }
 
 impl HubHome {
@@ -22,6 +24,15 @@ impl HubHome {
     pub fn new(dir: impl AsRef<Path>) -> Self {
         HubHome {
             dir: dir.as_ref().to_path_buf(),
+            bin: None,
+        }
+    }
+
+    /// A home at `dir` whose commands run the `hub` binary at `bin` (another build, to compare).
+    pub fn with_bin(dir: impl AsRef<Path>, bin: impl AsRef<Path>) -> Self {
+        HubHome {
+            dir: dir.as_ref().to_path_buf(),
+            bin: Some(bin.as_ref().to_path_buf()),
         }
     }
 
@@ -29,7 +40,7 @@ impl HubHome {
     /// these hubs share one host, and what they test is the relay path (tests/lan.rs runs hubs
     /// with it, each in its own network namespace).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(hub_bin());
+        let mut c = Command::new(self.bin.clone().unwrap_or_else(hub_bin));
         c.arg("--home")
             .arg(&self.dir)
             .env("HUB_NO_LAN", "1")
