@@ -107,25 +107,6 @@ impl Delegation {
         SignedDelegation::decode(bytes).map(|s| s.delegation)
     }
 
-    /// Parses and checks an envelope received from `peer` (the session's authenticated peer,
-    /// whose identity key is `peer_key`) by hub `me` at `now_ms`, for a call of `tool` of `app`
-    /// with `arguments`. Replay (the nonce) is the caller's to check.
-    #[allow(clippy::too_many_arguments)]
-    pub fn verify(
-        bytes: &[u8],
-        peer: HubId,
-        peer_key: &VerifyingKey,
-        me: HubId,
-        now_ms: u64,
-        app: &str,
-        tool: &str,
-        arguments: &[u8],
-    ) -> Result<Self, CallErrorCode> {
-        let signed = SignedDelegation::decode(bytes)?;
-        signed.check(peer, peer_key, me, now_ms, app, tool, arguments)?;
-        Ok(signed.delegation)
-    }
-
     /// Whether the scopes allow `tool` of `app`: no scopes allow everything; `app:NAME` allows
     /// every tool of that app; `app:NAME/TOOL` that one tool.
     pub fn scopes_allow(scopes: &[String], app: &str, tool: &str) -> bool {
@@ -288,7 +269,9 @@ mod tests {
     }
 
     fn check(bytes: &[u8], key: &VerifyingKey, now: u64) -> Result<Delegation, CallErrorCode> {
-        Delegation::verify(bytes, ORIGIN, key, TARGET, now, "everything", "echo", ARGS)
+        let signed = SignedDelegation::decode(bytes)?;
+        signed.check(ORIGIN, key, TARGET, now, "everything", "echo", ARGS)?;
+        Ok(signed.delegation)
     }
 
     #[test]
@@ -387,7 +370,15 @@ mod tests {
         );
         // For other arguments, tool or app.
         let verify = |tool: &str, args: &[u8]| {
-            Delegation::verify(&good, ORIGIN, &vk, TARGET, NOW, "everything", tool, args)
+            SignedDelegation::decode(&good)?.check(
+                ORIGIN,
+                &vk,
+                TARGET,
+                NOW,
+                "everything",
+                tool,
+                args,
+            )
         };
         assert_eq!(verify("echo", b"{}"), Err(CallErrorCode::ArgumentsMismatch));
         assert_eq!(verify("add", ARGS), Err(CallErrorCode::ArgumentsMismatch));
