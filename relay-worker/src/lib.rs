@@ -42,7 +42,7 @@ use shared_proto::relay::frame::{
     KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION, ROUTING_HEADER_LEN,
 };
 use shared_proto::relay::path::{
-    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, HUB_REQUIRED,
+    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, BAD_HUB,
     KEPT_OUT_STATUS,
 };
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
@@ -61,11 +61,15 @@ const ROOMS_BINDING: &str = "ROOMS";
 /// Optional Worker variable: a comma-separated list of the cluster ids this relay serves.
 const ALLOWED_CLUSTERS_VAR: &str = "ALLOWED_CLUSTERS";
 
-/// Storage keys of the object: the cluster id, the newest revocation list, and one key per
-/// accepted login nonce (`n:` + hex nonce -> timestamp), kept while the login could be replayed.
+/// Storage keys of the object: the cluster id (stored at the room's first login, so that a
+/// connect to a cluster nobody logs in to leaves nothing behind), the newest revocation list, one
+/// key per accepted login nonce (`n:` + hex nonce -> timestamp), kept while the login could be
+/// replayed, and one per hub kept out for flooding (`p:` + hex hub id -> `until_ms,strikes`),
+/// kept while its penalty counts.
 const CLUSTER_KEY: &str = "cluster";
 const REVOCATIONS_KEY: &str = "revocations";
 const NONCE_PREFIX: &str = "n:";
+const PENALTY_PREFIX: &str = "p:";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -87,14 +91,15 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                         .into(),
                 );
             }
-            let Some(hub) = claimed_hub(url.query()) else {
-                return text(400, HUB_REQUIRED.into());
+            let Ok(hub) = claimed_hub(url.query()) else {
+                return text(400, BAD_HUB.into());
             };
             if !serves(&env, cluster_id) {
                 return refuse_socket(CloseCode::ClusterNotServed, "this relay does not serve this cluster");
             }
             let now = now_ms();
-            if let Some(wait) = KEPT_OUT.with(|k| k.borrow_mut().wait(cluster_id, &hub, now)) {
+            let wait = hub.and_then(|hub| KEPT_OUT.with(|k| k.borrow_mut().wait(cluster_id, &hub, now)));
+            if let Some(wait) = wait {
                 return kept_out(wait);
             }
             let stub = env
@@ -102,7 +107,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 .id_from_name(cluster_id)?
                 .get_stub()?;
             let resp = stub.fetch_with_request(req).await?;
-            if resp.status_code() == KEPT_OUT_STATUS {
+            if let (KEPT_OUT_STATUS, Some(hub)) = (resp.status_code(), hub) {
                 if let Ok(Some(secs)) = resp.headers().get("retry-after") {
                     if let Ok(secs) = secs.parse::<u64>() {
                         let until = now.saturating_add(secs.saturating_mul(1000));
@@ -199,9 +204,13 @@ struct Attachment {
     c: f64,
     /// When the socket was accepted (Unix ms), for the hello timeout.
     t: f64,
-    /// The hub its connect URL named (hex); its `Hello` must name the same.
+    /// The hub its connect URL named (hex; empty if none); its `Hello` must name the same.
     #[serde(default)]
     h: String,
+    /// The cluster (the room is rebuilt from the sockets' attachments when nothing is stored:
+    /// the cluster id is stored only once a hub logged in).
+    #[serde(default)]
+    k: String,
     /// Once admitted: hub id, certificate fingerprint, key hash (hex).
     m: Option<(String, String, String)>,
     /// For a pairing guest: the issuer's hub id (hex).
@@ -224,9 +233,9 @@ impl Attachment {
         ConnId(self.c as u64)
     }
 
-    /// The hub the connect URL named: stored, or for a member, its own.
-    fn named(&self, member: Option<&MemberInfo>) -> Option<HubId> {
-        self.h.parse().ok().or(member.map(|m| m.hub))
+    /// The hub the connect URL named, if it named one.
+    fn named(&self) -> Option<HubId> {
+        self.h.parse().ok()
     }
 
     fn member(&self) -> Option<MemberInfo> {
@@ -273,8 +282,14 @@ struct Inner {
     /// by, one lookup rather than reading the socket's attachment back on every message.
     conn_ids: js_sys::WeakMap,
     next_conn: Cell<u64>,
-    /// When the alarm is set for (Unix ms), as far as this instance knows.
+    /// When the alarm is set for (Unix ms), as far as this instance knows ([`alarm_to_set`]: a
+    /// time at or before now counts as none).
     alarm_at: Cell<Option<u64>>,
+    /// Whether the cluster id is in storage (it is written at the first login).
+    cluster_stored: Cell<bool>,
+    /// When the earliest stored login nonce stops counting (Unix ms): storage is pruned then,
+    /// not at every alarm.
+    nonces_expire_at: Cell<Option<u64>>,
 }
 
 impl std::fmt::Debug for RelayRoom {
@@ -324,7 +339,9 @@ impl RelayRoom {
             };
         }
         promise(async move {
-            inner.ensure_room(None).await?;
+            if !inner.ensure_room(None).await? {
+                return Ok(());
+            }
             match inner.message(&ws, &message) {
                 None => Ok(()),
                 Some(pending) => inner.complete(pending).await,
@@ -404,6 +421,8 @@ impl Inner {
             conn_ids: js_sys::WeakMap::new(),
             next_conn: Cell::new(1),
             alarm_at: Cell::new(None),
+            cluster_stored: Cell::new(false),
+            nonces_expire_at: Cell::new(None),
         }
     }
 
@@ -415,16 +434,17 @@ impl Inner {
         let Ok(cluster) = cluster_id.parse::<ClusterId>() else {
             return text(400, BAD_CLUSTER_ID.into());
         };
-        let Some(hub) = claimed_hub(url.query()) else {
-            return text(400, HUB_REQUIRED.into());
+        let Ok(hub) = claimed_hub(url.query()) else {
+            return text(400, BAD_HUB.into());
         };
         self.ensure_room(Some(&cluster)).await?;
         let now = now_ms();
-        let wait = self
-            .room
-            .borrow()
-            .as_ref()
-            .and_then(|room| room.kept_out(&hub, now));
+        let wait = hub.and_then(|hub| {
+            self.room
+                .borrow()
+                .as_ref()
+                .and_then(|room| room.kept_out(&hub, now))
+        });
         if let Some(wait) = wait {
             return kept_out(wait);
         }
@@ -435,7 +455,8 @@ impl Inner {
         server.serialize_attachment(Attachment {
             c: conn.0 as f64,
             t: now as f64,
-            h: hub.to_string(),
+            h: hub.map(|h| h.to_string()).unwrap_or_default(),
+            k: cluster.to_string(),
             m: None,
             g: None,
             a: 0.0,
@@ -467,14 +488,20 @@ impl Inner {
     }
 
     async fn alarm(&self) -> Result<()> {
-        self.ensure_room(None).await?;
         // The alarm that fired is spent (whatever a rebuild read from storage meanwhile): the
         // room's next deadline, if any, sets a new one below.
+        self.alarm_at.set(None);
+        if !self.ensure_room(None).await? {
+            return Ok(());
+        }
         self.alarm_at.set(None);
         let now = now_ms();
         self.with_room(|room, actions| room.handle_timeout(now, actions))
             .await?;
-        self.load_nonces(now, false).await
+        if self.nonces_expire_at.get().is_some_and(|at| at <= now) {
+            self.load_nonces(now, false).await?;
+        }
+        Ok(())
     }
 }
 
@@ -484,59 +511,75 @@ fn now_ms() -> u64 {
 }
 
 impl Inner {
-    /// Builds the room if this instance has none yet: the cluster id and revocation list come
-    /// from storage (the cluster id from `hint` on the very first connection), the members from
-    /// the sockets' attachments.
-    async fn ensure_room(&self, hint: Option<&ClusterId>) -> Result<()> {
+    /// Builds the room if this instance has none yet: the cluster id from storage, from `hint`
+    /// (a connect), or from a socket's attachment; the revocation list and the penalties from
+    /// storage; the members from the sockets' attachments. `false`: there is no room to build
+    /// (nobody ever logged in, and no socket is left).
+    async fn ensure_room(&self, hint: Option<&ClusterId>) -> Result<bool> {
         if self.room.borrow().is_some() {
-            return Ok(());
+            return Ok(true);
         }
         let storage = self.state.storage();
+        let now = now_ms();
+        // A stored alarm in the past has fired or was dropped: it counts as none.
         let alarm = storage.get_alarm().await?;
-        self.alarm_at.set(alarm.map(|at| at.max(0) as u64));
-        let stored: Option<String> = storage.get(CLUSTER_KEY).await?;
-        let cluster = match (stored.and_then(|s| s.parse::<ClusterId>().ok()), hint) {
-            (Some(c), _) => c,
-            (None, Some(h)) => {
-                storage.put(CLUSTER_KEY, h.as_str()).await?;
-                h.clone()
-            }
-            (None, None) => {
-                return Err(worker::Error::RustError(
-                    "room has no cluster id in storage".into(),
-                ))
-            }
+        self.alarm_at
+            .set(alarm.map(|at| at.max(0) as u64).filter(|&at| at > now));
+        let sockets: Vec<(WebSocket, Option<Attachment>)> = self
+            .state
+            .as_raw()
+            .get_websockets()
+            .unwrap_or_else(|e| {
+                log_js("getWebSockets", &e);
+                Vec::new()
+            })
+            .into_iter()
+            .map(|raw| {
+                let ws = WebSocket::from(raw);
+                let att = ws.deserialize_attachment::<Attachment>().ok().flatten();
+                (ws, att)
+            })
+            .collect();
+        let stored: Option<ClusterId> = storage
+            .get::<String>(CLUSTER_KEY)
+            .await?
+            .and_then(|s| s.parse().ok());
+        self.cluster_stored.set(stored.is_some());
+        let from_sockets = || {
+            sockets
+                .iter()
+                .find_map(|(_, att)| att.as_ref()?.k.parse::<ClusterId>().ok())
         };
-        let mut room = Room::new(RoomConfig::new(cluster, now_ms()));
+        let Some(cluster) = stored.or_else(|| hint.cloned()).or_else(from_sockets) else {
+            for (ws, _) in &sockets {
+                let _ = ws.close(
+                    Some(CloseCode::InternalError.code()),
+                    Some("connection state lost"),
+                );
+            }
+            return Ok(false);
+        };
+        let mut room = Room::new(RoomConfig::new(cluster, now));
         if let Some(hex_list) = storage.get::<String>(REVOCATIONS_KEY).await? {
             if let Ok(bytes) = hex::decode(hex_list) {
                 room.set_revocations(&bytes);
             }
         }
+        self.load_penalties(&mut room, now).await?;
         // Another event may have built the room while storage was read.
         if self.room.borrow().is_some() {
-            return Ok(());
+            return Ok(true);
         }
-        let now = now_ms();
         let mut actions = Vec::new();
         let mut next = self.next_conn.get();
-        let raw = self.state.as_raw().get_websockets().unwrap_or_else(|e| {
-            log_js("getWebSockets", &e);
-            Vec::new()
-        });
-        for raw in raw {
-            let ws = WebSocket::from(raw);
-            let stored = ws.deserialize_attachment::<Attachment>().ok().flatten();
-            match stored.and_then(|att| {
-                let member = att.member();
-                Some((att.conn(), att.t, att.named(member.as_ref())?, member))
-            }) {
+        for (ws, att) in sockets {
+            match att.map(|att| (att.conn(), att.t, att.named(), att.member())) {
                 Some((conn, accepted, named, member)) => {
                     next = next.max(conn.0 + 1);
                     room.restore(conn, accepted as u64, named, member, now, &mut actions);
                     self.add_socket(conn, ws);
                 }
-                _ => {
+                None => {
                     let _ = ws.close(
                         Some(CloseCode::InternalError.code()),
                         Some("connection state lost"),
@@ -548,7 +591,39 @@ impl Inner {
         *self.room.borrow_mut() = Some(room);
         self.with_room(|_, out| out.append(&mut actions)).await?;
         // Logins accepted before the eviction must stay unreplayable.
-        self.load_nonces(now, true).await
+        self.load_nonces(now, true).await?;
+        Ok(true)
+    }
+
+    /// Gives the room the penalties stored before it was rebuilt; deletes those past counting.
+    async fn load_penalties(&self, room: &mut Room, now: u64) -> Result<()> {
+        let storage = self.state.storage();
+        let stored = storage
+            .list_with_options(ListOptions::new().prefix(PENALTY_PREFIX))
+            .await?;
+        let mut entries = Vec::new();
+        stored.for_each(&mut |value, key| {
+            if let (Some(key), Some(value)) = (key.as_string(), value.as_string()) {
+                entries.push((key, value));
+            }
+        });
+        let mut expired = Vec::new();
+        for (key, value) in entries {
+            let hub = key.strip_prefix(PENALTY_PREFIX).and_then(|h| h.parse::<HubId>().ok());
+            let parsed = value
+                .split_once(',')
+                .and_then(|(u, s)| Some((u.parse::<u64>().ok()?, s.parse::<u32>().ok()?)));
+            match (hub, parsed) {
+                (Some(hub), Some((until, strikes))) if !penalty_expired(until, now) => {
+                    room.restore_penalty(hub, until, strikes, now);
+                }
+                _ => expired.push(key),
+            }
+        }
+        if !expired.is_empty() {
+            storage.delete_multiple(expired).await?;
+        }
+        Ok(())
     }
 
     /// Reads the stored login nonces: deletes those that can no longer be replayed and, if
@@ -578,6 +653,8 @@ impl Inner {
                 expired.push(key);
             }
         });
+        self.nonces_expire_at
+            .set(live.iter().map(nonce_expiry).min());
         if restore {
             if let Some(room) = self.room.borrow_mut().as_mut() {
                 for login in live {
@@ -688,9 +765,9 @@ impl Inner {
         (!store.is_empty()).then_some(store)
     }
 
-    /// Whether the alarm must move to `at`: none is set, or it is set later.
+    /// Whether the alarm must move for the room's earliest deadline `at` ([`alarm_to_set`]).
     fn sooner_than_alarm(&self, at: u64) -> bool {
-        self.alarm_at.get().is_none_or(|set| at < set)
+        alarm_to_set(at, self.alarm_at.get(), now_ms()).is_some()
     }
 
     /// Stores an accepted revocation list and login nonces so that they survive hibernation
@@ -698,17 +775,34 @@ impl Inner {
     async fn persist(&self, store: ToStore) -> Result<()> {
         let storage = self.state.storage();
         // Checked again: another event may have set a sooner alarm since this one's was chosen.
-        if let Some(at) = store.deadline.filter(|&at| self.sooner_than_alarm(at)) {
+        let arm = store
+            .deadline
+            .and_then(|at| alarm_to_set(at, self.alarm_at.get(), now_ms()));
+        if let Some(at) = arm {
             let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
             storage.set_alarm(ScheduledTime::new(date)).await?;
             self.alarm_at.set(Some(at));
         }
+        if !store.logins.is_empty() && !self.cluster_stored.get() {
+            let cluster = self.room.borrow().as_ref().map(|r| r.cluster().to_string());
+            if let Some(cluster) = cluster {
+                storage.put(CLUSTER_KEY, cluster).await?;
+                self.cluster_stored.set(true);
+            }
+        }
         if let Some(bytes) = store.revocations {
             storage.put(REVOCATIONS_KEY, hex::encode(bytes)).await?;
         }
-        for login in store.logins {
+        for login in &store.logins {
             let key = format!("{NONCE_PREFIX}{}", hex::encode(login.nonce));
             storage.put(&key, login.timestamp_ms as f64).await?;
+            let expiry = nonce_expiry(login);
+            self.nonces_expire_at
+                .set(Some(self.nonces_expire_at.get().map_or(expiry, |e| e.min(expiry))));
+        }
+        for (hub, until, strikes) in store.penalties {
+            let key = format!("{PENALTY_PREFIX}{hub}");
+            storage.put(&key, format!("{until},{strikes}")).await?;
         }
         Ok(())
     }
@@ -730,7 +824,9 @@ impl Inner {
     }
 
     async fn disconnect(&self, ws: &WebSocket) -> Result<()> {
-        self.ensure_room(None).await?;
+        if !self.ensure_room(None).await? {
+            return Ok(());
+        }
         let Some(conn) = self.conn_of(ws) else {
             return Ok(());
         };
@@ -746,14 +842,45 @@ impl Inner {
 struct ToStore {
     revocations: Option<Vec<u8>>,
     logins: Vec<LoginNonce>,
+    /// Hubs kept out for flooding: (hub, until, strikes).
+    penalties: Vec<(HubId, u64, u32)>,
     /// The room's earliest deadline: the alarm must fire by then.
     deadline: Option<u64>,
 }
 
 impl ToStore {
     fn is_empty(&self) -> bool {
-        self.deadline.is_none() && self.revocations.is_none() && self.logins.is_empty()
+        self.deadline.is_none()
+            && self.revocations.is_none()
+            && self.logins.is_empty()
+            && self.penalties.is_empty()
     }
+}
+
+/// The alarm to set for the room's earliest deadline `at`, given the alarm recorded as set
+/// (`recorded`), at `now` (all Unix ms): `None` when the recorded alarm fires in time. A recorded
+/// time at or before `now` counts as no alarm (it fired, or the runtime dropped an alarm set in
+/// the past, as local workerd does), and an alarm is never set at or before `now`.
+fn alarm_to_set(at: u64, recorded: Option<u64>, now: u64) -> Option<u64> {
+    let at = at.max(now + 1);
+    match recorded.filter(|&set| set > now) {
+        Some(set) if set <= at => None,
+        _ => Some(at),
+    }
+}
+
+/// When a stored login nonce stops counting (its login can no longer pass the skew check).
+fn nonce_expiry(login: &LoginNonce) -> u64 {
+    login
+        .timestamp_ms
+        .saturating_add(shared_proto::trust::login::MAX_SKEW_MS)
+        .saturating_add(1)
+}
+
+/// Whether a stored penalty no longer counts at `now` (its hub is let in, and the next
+/// penalty starts from the first again).
+fn penalty_expired(until_ms: u64, now: u64) -> bool {
+    now >= until_ms.saturating_add(shared_proto::relay::rate::PENALTY_MEMORY_MS)
 }
 
 /// The object's sockets, as the room drives them.
@@ -796,16 +923,17 @@ impl Sockets for SocketMap<'_> {
         let Some(ws) = self.get(conn) else {
             return;
         };
-        let accepted = ws
+        let (accepted, cluster) = ws
             .deserialize_attachment::<Attachment>()
             .ok()
             .flatten()
-            .map_or(0.0, |a| a.t);
+            .map_or((0.0, String::new()), |a| (a.t, a.k));
         // A member's own hub is the one its URL named (the room checked).
         let att = Attachment {
             c: conn.0 as f64,
             t: accepted,
             h: String::new(),
+            k: cluster,
             m: Some((
                 member.hub.to_string(),
                 hex::encode(member.fingerprint),
@@ -827,6 +955,10 @@ impl Sockets for SocketMap<'_> {
     fn remember_login(&mut self, login: LoginNonce) {
         self.store.logins.push(login);
     }
+
+    fn store_penalty(&mut self, hub: HubId, until_ms: u64, strikes: u32) {
+        self.store.penalties.push((hub, until_ms, strikes));
+    }
 }
 
 /// The runtime's socket under workers-rs's wrapper.
@@ -841,4 +973,50 @@ fn js_object(ws: &WebSocket) -> &js_sys::Object {
 
 fn log_js(what: &str, e: &JsValue) {
     console_error!("{what} failed: {e:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    /// The rule that picks the alarm: never in the past, never trusting a recorded time that
+    /// has passed (once that made the object refuse every later deadline, so sockets that never
+    /// said Hello stayed open for good), and not moved when the one set fires in time.
+    #[test]
+    fn the_alarm_is_set_for_the_next_deadline_and_never_in_the_past() {
+        // Nothing set: the deadline.
+        assert_eq!(alarm_to_set(NOW + 10_000, None, NOW), Some(NOW + 10_000));
+        // A deadline already due: just after now, not at or before it.
+        assert_eq!(alarm_to_set(NOW - 5, None, NOW), Some(NOW + 1));
+        assert_eq!(alarm_to_set(NOW, None, NOW), Some(NOW + 1));
+        // Set sooner than the deadline, still ahead: nothing to do.
+        assert_eq!(alarm_to_set(NOW + 10_000, Some(NOW + 5_000), NOW), None);
+        assert_eq!(alarm_to_set(NOW + 10_000, Some(NOW + 10_000), NOW), None);
+        // Set later: moved sooner.
+        assert_eq!(
+            alarm_to_set(NOW + 10_000, Some(NOW + 20_000), NOW),
+            Some(NOW + 10_000)
+        );
+        // Recorded at or before now (fired, or dropped): counts as none.
+        assert_eq!(
+            alarm_to_set(NOW + 10_000, Some(NOW - 1), NOW),
+            Some(NOW + 10_000)
+        );
+        assert_eq!(alarm_to_set(NOW + 10_000, Some(NOW), NOW), Some(NOW + 10_000));
+    }
+
+    #[test]
+    fn stored_nonces_and_penalties_expire_when_they_stop_counting() {
+        let login = LoginNonce {
+            nonce: [1; 16],
+            timestamp_ms: NOW,
+        };
+        let expiry = nonce_expiry(&login);
+        assert!(login.is_live(expiry - 1) && !login.is_live(expiry));
+        let memory = shared_proto::relay::rate::PENALTY_MEMORY_MS;
+        assert!(!penalty_expired(NOW, NOW + memory - 1));
+        assert!(penalty_expired(NOW, NOW + memory));
+    }
 }

@@ -251,6 +251,37 @@ impl RelayProcess {
         std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
     }
 
+    /// workerd only: every key the Durable Objects keep in their storage, across all objects
+    /// (read from the SQLite files of the local disk storage).
+    pub fn stored_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.dir.path().join("do-storage")) else {
+            return keys;
+        };
+        let mut files = Vec::new();
+        for entry in dirs.flatten() {
+            match std::fs::read_dir(entry.path()) {
+                Ok(inner) => files.extend(inner.flatten().map(|e| e.path())),
+                Err(_) => files.push(entry.path()),
+            }
+        }
+        for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "sqlite")) {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+            let Ok(db) = rusqlite::Connection::open_with_flags(file, flags) else {
+                continue;
+            };
+            let Ok(mut stmt) = db.prepare("SELECT key FROM _cf_KV") else {
+                continue;
+            };
+            let found: Vec<String> = match stmt.query_map([], |r| r.get::<_, String>(0)) {
+                Ok(rows) => rows.flatten().collect(),
+                Err(_) => Vec::new(),
+            };
+            keys.extend(found);
+        }
+        keys
+    }
+
     fn write_workerd_config(&self) {
         let build = repo_root().join("relay-worker/build");
         for file in ["index.js", "index_bg.wasm"] {

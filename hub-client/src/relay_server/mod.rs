@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use shared_proto::relay::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::relay::path::{
-    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, HUB_REQUIRED,
+    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, BAD_HUB,
     KEPT_OUT_STATUS,
 };
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
@@ -529,10 +529,10 @@ fn handle_request(
         );
         return resp;
     };
-    let Some(hub) = claimed_hub(req.uri().query()) else {
-        return text(400, HUB_REQUIRED);
+    let Ok(hub) = claimed_hub(req.uri().query()) else {
+        return text(400, BAD_HUB);
     };
-    if let Some(wait) = relay.kept_out(&cluster_id, &hub) {
+    if let Some(wait) = hub.and_then(|hub| relay.kept_out(&cluster_id, &hub)) {
         let mut resp = text(KEPT_OUT_STATUS, kept_out_text(wait));
         resp.headers_mut().insert(
             hyper::header::RETRY_AFTER,
@@ -589,7 +589,7 @@ async fn run_socket<S>(
     addr: SocketAddr,
     relay: &Relay,
     cluster_id: &ClusterId,
-    hub: HubId,
+    hub: Option<HubId>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -4,7 +4,9 @@
 //! The hub names itself in the query so that the relay can refuse a hub it keeps out (closed
 //! with `4009` for flooding) before it opens a WebSocket for it: a refused hub that reconnects
 //! at once costs the relay one HTTP answer, not a socket, a login and whatever it wrote before
-//! the close reached it. The `Hello` must then name the same hub.
+//! the close reached it. The `Hello` must then name the same hub. A client written before the
+//! query existed (protocol version 1 as first published) names none: it is still served, and a
+//! kept-out hub among such clients is refused at its `Hello` instead.
 
 use crate::relay::frame::HubId;
 use crate::trust::ClusterId;
@@ -19,9 +21,14 @@ pub fn is_valid_cluster_id(id: &str) -> bool {
 pub const BAD_CLUSTER_ID: &str =
     "a cluster id is 32 characters of a-z and 2-7 (base32 of the CA key hash)\n";
 
-/// The text both relays answer (with `400`) for a connect URL that does not name a hub.
-pub const HUB_REQUIRED: &str =
-    "name the connecting hub in the query: /v1/clusters/{cluster_id}/connect?hub={hub_id} (32 hex digits)\n";
+/// The text both relays answer (with `400`) for a connect URL whose `hub=` is not one hub id.
+pub const BAD_HUB: &str =
+    "name the connecting hub once in the query: /v1/clusters/{cluster_id}/connect?hub={hub_id} (32 hex digits)\n";
+
+/// A connect URL's `hub=` that is not exactly one hub id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the query's hub= is not one hub id of 32 hex digits")]
+pub struct BadHub;
 
 /// The status both relays answer while the connecting hub is kept out for its rate.
 pub const KEPT_OUT_STATUS: u16 = 429;
@@ -82,16 +89,19 @@ pub fn connect_query(hub: &HubId) -> String {
 }
 
 /// The hub a connect URL's query names (`hub=` followed by 32 hex digits, among `&`-separated
-/// pairs); `None` if it names none, or not exactly one.
-pub fn claimed_hub(query: Option<&str>) -> Option<HubId> {
-    let mut named = query?
+/// pairs): `Ok(None)` if it names none; [`BadHub`] if `hub=` is there but not exactly one id.
+pub fn claimed_hub(query: Option<&str>) -> Result<Option<HubId>, BadHub> {
+    let mut named = query
+        .unwrap_or_default()
         .split('&')
         .filter_map(|pair| pair.strip_prefix("hub="));
-    let hub = named.next()?;
+    let Some(hub) = named.next() else {
+        return Ok(None);
+    };
     if named.next().is_some() || hub.len() != 32 {
-        return None;
+        return Err(BadHub);
     }
-    hub.parse().ok()
+    hub.parse().map(Some).map_err(|_| BadHub)
 }
 
 #[cfg(test)]
@@ -116,16 +126,21 @@ mod tests {
     #[test]
     fn the_query_names_exactly_one_hub() {
         let hub = HubId([0xab; 16]);
-        assert_eq!(claimed_hub(Some(&connect_query(&hub))), Some(hub));
+        assert_eq!(claimed_hub(Some(&connect_query(&hub))), Ok(Some(hub)));
         let other = format!("x=1&{}&y", connect_query(&hub));
-        assert_eq!(claimed_hub(Some(&other)), Some(hub));
-        assert_eq!(claimed_hub(None), None);
-        assert_eq!(claimed_hub(Some("")), None);
-        assert_eq!(claimed_hub(Some("hub=")), None);
-        assert_eq!(claimed_hub(Some("hub=abab")), None);
-        assert_eq!(claimed_hub(Some(&format!("hub={}", "z".repeat(32)))), None);
+        assert_eq!(claimed_hub(Some(&other)), Ok(Some(hub)));
+        // None named: served (protocol 1 as first published).
+        assert_eq!(claimed_hub(None), Ok(None));
+        assert_eq!(claimed_hub(Some("")), Ok(None));
+        assert_eq!(claimed_hub(Some("other=1")), Ok(None));
+        assert_eq!(claimed_hub(Some("hub=")), Err(BadHub));
+        assert_eq!(claimed_hub(Some("hub=abab")), Err(BadHub));
+        assert_eq!(
+            claimed_hub(Some(&format!("hub={}", "z".repeat(32)))),
+            Err(BadHub)
+        );
         let twice = format!("{0}&{0}", connect_query(&hub));
-        assert_eq!(claimed_hub(Some(&twice)), None);
+        assert_eq!(claimed_hub(Some(&twice)), Err(BadHub));
     }
 
     #[test]

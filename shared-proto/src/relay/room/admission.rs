@@ -15,20 +15,20 @@ use crate::trust::RevocationList;
 pub(super) const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
 
 impl Room {
-    /// The `Hello` of a socket whose connect URL named `named`: a member's login, or a pairing
-    /// guest's request.
+    /// The `Hello` of a socket whose connect URL named `named` (if it named one): a member's
+    /// login, or a pairing guest's request.
     pub(super) fn hello(
         &mut self,
         conn: ConnId,
         now_ms: u64,
-        named: HubId,
+        named: Option<HubId>,
         hello: &Hello<'_>,
         out: &mut Vec<Action>,
     ) -> Result<(), RoomError> {
         if hello.version != PROTOCOL_VERSION {
             return Err(RoomError::UnsupportedVersion(hello.version));
         }
-        if hello.hub != named {
+        if named.is_some_and(|named| hello.hub != named) {
             return Err(RoomError::NotTheNamedHub);
         }
         // Before any signature check: only the penalized hub's own id is refused.
@@ -113,9 +113,12 @@ impl Room {
     }
 
     /// Puts back a socket that was open before the room was rebuilt (after a hibernation): when
-    /// it was accepted, the hub its connect URL named, and the hub it was admitted as, if any (as
-    /// last stored through [`Action::Admitted`]). The hubs saw no change, so nothing is announced; deadlines count
-    /// from the stored times, so a restored socket gets no more time than it had.
+    /// it was accepted, the hub its connect URL named (if any), and the hub it was admitted as,
+    /// if any (as last stored through [`Action::Admitted`]). The hubs saw no change, so nothing
+    /// is announced; deadlines count from the stored times, so a restored socket gets no more
+    /// time than it had. Give the room its stored revocation list first
+    /// ([`Room::set_revocations`]): a member it revokes (revoked just before the hibernation, its
+    /// close not carried out) is closed, not restored.
     ///
     /// If two sockets claim one hub (a replacement whose close was not seen yet), the higher
     /// `ConnId` wins, as the newer connection did, and the other is closed as replaced.
@@ -123,7 +126,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         accepted_ms: u64,
-        named: HubId,
+        named: Option<HubId>,
         member: Option<MemberInfo>,
         now_ms: u64,
         out: &mut Vec<Action>,
@@ -149,6 +152,18 @@ impl Room {
                 Some(deadline),
                 now_ms,
             );
+            return;
+        }
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|l| l.is_revoked(&member.fingerprint, &member.key_hash))
+        {
+            out.push(Action::Close {
+                conn,
+                code: CloseCode::Revoked,
+                reason: "certificate revoked".into(),
+            });
             return;
         }
         let idle = self.idle_deadline(now_ms);
@@ -263,19 +278,30 @@ mod tests {
     fn the_hello_names_the_hub_of_the_connect_url() {
         let mut r = room();
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, hub(2), &mut out);
+        r.handle_connect(ConnId(1), NOW, Some(hub(2)), &mut out);
         r.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
         assert_eq!(r.conn_of(&hub(1)), None);
         // Restored before its Hello, it keeps the name it connected with.
         let mut r = room();
         let mut out = Vec::new();
-        r.restore(ConnId(1), NOW, hub(2), None, NOW, &mut out);
+        r.restore(ConnId(1), NOW, Some(hub(2)), None, NOW, &mut out);
         r.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
         let out = join(&mut r, 2, hub(1));
         assert!(closes(&out).is_empty());
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(2)));
+        // A connect URL that names no hub (protocol 1 as first written): any hub's Hello, also
+        // after a rebuild.
+        let mut r = room();
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(1), NOW, None, &mut out);
+        r.handle_message(ConnId(1), NOW, &hello(hub(3)), &mut out);
+        assert!(closes(&out).is_empty(), "{out:?}");
+        assert_eq!(r.conn_of(&hub(3)), Some(ConnId(1)));
+        r.restore(ConnId(2), NOW, None, None, NOW, &mut out);
+        r.handle_message(ConnId(2), NOW, &hello(hub(4)), &mut out);
+        assert_eq!(r.conn_of(&hub(4)), Some(ConnId(2)));
     }
 
     #[test]
@@ -305,12 +331,12 @@ mod tests {
     fn hello_rules() {
         let mut r = room();
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, Some(hub(1)), &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &send(hub(2), b"x"), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::HelloRequired)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2), NOW, hub(2), &mut Vec::new());
+        r.handle_connect(ConnId(2), NOW, Some(hub(2)), &mut Vec::new());
         let c = creds(hub(2));
         let ext = c.login(NOW, &mut StdRng::seed_from_u64(99));
         let mut h = c.hello(&ext);
@@ -343,7 +369,7 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::ProtocolError)]);
 
         let mut out = Vec::new();
-        r.handle_connect(ConnId(5), NOW, hub(5), &mut Vec::new());
+        r.handle_connect(ConnId(5), NOW, Some(hub(5)), &mut Vec::new());
         r.handle_text(ConnId(5), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(5), CloseCode::ProtocolError)]);
         assert_eq!(r.connections(), 0);
@@ -370,7 +396,7 @@ mod tests {
         let mut r = room();
         // No login.
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, Some(hub(1)), &mut Vec::new());
         r.handle_message(
             ConnId(1),
             NOW,
@@ -384,11 +410,11 @@ mod tests {
         // A replayed login.
         let msg = hello(hub(2));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(2), NOW, hub(2), &mut Vec::new());
+        r.handle_connect(ConnId(2), NOW, Some(hub(2)), &mut Vec::new());
         r.handle_message(ConnId(2), NOW, &msg, &mut out);
         assert!(closes(&out).is_empty());
         let mut out = Vec::new();
-        r.handle_connect(ConnId(3), NOW, hub(2), &mut Vec::new());
+        r.handle_connect(ConnId(3), NOW, Some(hub(2)), &mut Vec::new());
         r.handle_message(ConnId(3), NOW, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(3), CloseCode::ReplayedLogin)]);
         // Another cluster's room refuses this cluster's hubs.
@@ -397,7 +423,7 @@ mod tests {
             0,
         ));
         let mut out = Vec::new();
-        other.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
+        other.handle_connect(ConnId(1), NOW, Some(hub(1)), &mut Vec::new());
         other.handle_message(ConnId(1), NOW, &hello(hub(1)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ForeignCluster)]);
     }
@@ -470,7 +496,7 @@ mod tests {
         let mut r = room();
         let msg = hello(hub(1));
         let mut out = Vec::new();
-        r.handle_connect(ConnId(1), NOW, hub(1), &mut Vec::new());
+        r.handle_connect(ConnId(1), NOW, Some(hub(1)), &mut Vec::new());
         r.handle_message(ConnId(1), NOW, &msg, &mut out);
         let remembered: Vec<LoginNonce> = out
             .iter()
@@ -487,7 +513,7 @@ mod tests {
             woken.remember_login(l);
         }
         let mut out = Vec::new();
-        woken.handle_connect(ConnId(2), NOW, hub(1), &mut Vec::new());
+        woken.handle_connect(ConnId(2), NOW, Some(hub(1)), &mut Vec::new());
         woken.handle_message(ConnId(2), NOW + 1_000, &msg, &mut out);
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ReplayedLogin)]);
         // Once the login can no longer pass the skew check, nothing needs remembering.
@@ -504,6 +530,24 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::Revoked)]);
     }
 
+    /// A member revoked just before a hibernation (the list stored, its close not carried out)
+    /// is closed when the room is rebuilt, not restored; the others are.
+    #[test]
+    fn a_rebuilt_room_does_not_restore_a_revoked_member() {
+        let mut woken = room();
+        assert!(woken.set_revocations(&revoking(3, hub(1))));
+        let mut out = Vec::new();
+        woken.restore(ConnId(1), NOW, None, Some(member(2)), NOW, &mut out);
+        let revoked = MemberInfo {
+            fingerprint: crate::trust::fingerprint(&creds(hub(1)).cert_der),
+            ..member(1)
+        };
+        woken.restore(ConnId(2), NOW, None, Some(revoked), NOW, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::Revoked)]);
+        assert_eq!(woken.conn_of(&hub(1)), None);
+        assert_eq!(woken.conn_of(&hub(2)), Some(ConnId(1)));
+    }
+
     #[test]
     fn status_and_restore_after_hibernation() {
         let mut r = room();
@@ -512,9 +556,9 @@ mod tests {
         // Rebuild from what the relay stored per socket: same routing, no presence noise.
         let mut woken = Room::new(RoomConfig::new(ca().cluster_id(), 99));
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, hub(1), Some(member(1)), NOW, &mut out);
-        woken.restore(ConnId(2), NOW, hub(2), Some(member(2)), NOW, &mut out);
-        woken.restore(ConnId(3), NOW, hub(3), None, NOW, &mut out);
+        woken.restore(ConnId(1), NOW, Some(hub(1)), Some(member(1)), NOW, &mut out);
+        woken.restore(ConnId(2), NOW, Some(hub(2)), Some(member(2)), NOW, &mut out);
+        woken.restore(ConnId(3), NOW, Some(hub(3)), None, NOW, &mut out);
         assert!(out.is_empty());
         woken.handle_message(ConnId(1), NOW, &send(hub(2), b"p"), &mut out);
         assert_eq!(sent_to(&out, ConnId(2)).len(), 1);
@@ -535,10 +579,10 @@ mod tests {
         // Two sockets claiming one hub: the newer one wins, whatever the order.
         let mut r = room();
         let mut out = Vec::new();
-        r.restore(ConnId(7), NOW, hub(1), Some(member(1)), NOW, &mut out);
-        r.restore(ConnId(5), NOW, hub(1), Some(member(1)), NOW, &mut out);
-        r.restore(ConnId(8), NOW, hub(2), Some(member(2)), NOW, &mut out);
-        r.restore(ConnId(9), NOW, hub(2), Some(member(2)), NOW, &mut out);
+        r.restore(ConnId(7), NOW, Some(hub(1)), Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(5), NOW, Some(hub(1)), Some(member(1)), NOW, &mut out);
+        r.restore(ConnId(8), NOW, Some(hub(2)), Some(member(2)), NOW, &mut out);
+        r.restore(ConnId(9), NOW, Some(hub(2)), Some(member(2)), NOW, &mut out);
         assert_eq!(r.conn_of(&hub(1)), Some(ConnId(7)));
         assert_eq!(r.conn_of(&hub(2)), Some(ConnId(9)));
         assert_eq!(

@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(r.poll_timeout(), Some(NOW + IDLE_TIMEOUT_MS));
         let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
         let mut out = Vec::new();
-        r.handle_connect(ConnId(20), NOW, hub(20), &mut out);
+        r.handle_connect(ConnId(20), NOW, Some(hub(20)), &mut out);
         assert_eq!(r.poll_timeout(), Some(NOW + HELLO_TIMEOUT_MS));
 
         // At 10 s the silent socket goes, and only it.
@@ -189,16 +189,16 @@ mod tests {
         let mut r = room();
         let mut out = Vec::new();
         for i in 0..MAX_PENDING as u64 {
-            r.handle_connect(ConnId(i), NOW, hub(1), &mut out);
+            r.handle_connect(ConnId(i), NOW, Some(hub(1)), &mut out);
         }
         assert!(out.is_empty());
-        r.handle_connect(ConnId(9999), NOW, hub(2), &mut out);
+        r.handle_connect(ConnId(9999), NOW, Some(hub(2)), &mut out);
         assert_eq!(closes(&out), vec![(ConnId(9999), CloseCode::TryAgainLater)]);
         assert_eq!(r.connections(), MAX_PENDING);
         // One says Hello: a place is free again.
         let mut out = Vec::new();
         r.handle_message(ConnId(0), NOW, &hello(hub(1)), &mut out);
-        r.handle_connect(ConnId(10_000), NOW, hub(2), &mut out);
+        r.handle_connect(ConnId(10_000), NOW, Some(hub(2)), &mut out);
         assert!(closes(&out).is_empty());
         // Past their deadline they all go.
         let mut out = Vec::new();

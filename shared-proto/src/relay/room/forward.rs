@@ -168,7 +168,7 @@ impl Room {
             Err(wait) => {
                 let dropped = self.dropped(conn, src, wait, Some(cost), now_ms, outbox, out);
                 if dropped.is_err() {
-                    self.penalize(src, now_ms);
+                    self.penalize(src, now_ms, out);
                 }
                 return dropped;
             }
@@ -243,7 +243,7 @@ mod tests {
         let _ = join(&mut r, 2, hub(2));
         let _ = guest_join(&mut r, 10, hub(0xa0), hub(1), NOW);
         let mut out = Vec::new();
-        r.handle_connect(ConnId(11), NOW, hub(0xb0), &mut out);
+        r.handle_connect(ConnId(11), NOW, Some(hub(0xb0)), &mut out);
         let two = [send(hub(2), b"a"), send(hub(2), b"b")].concat();
         let mut truncated = send(hub(2), b"abc");
         truncated.pop();

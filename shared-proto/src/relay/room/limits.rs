@@ -149,8 +149,10 @@ impl Room {
     }
 
     /// `hub` was closed with `4009`: it is refused for [`PENALTY_MS`], doubled for each time
-    /// again within [`PENALTY_MEMORY_MS`] (at most [`MAX_PENALTY_MS`]).
-    pub(super) fn penalize(&mut self, hub: HubId, now_ms: u64) {
+    /// again within [`PENALTY_MEMORY_MS`] (at most [`MAX_PENALTY_MS`]). The relay is asked to
+    /// keep it ([`Action::Penalized`]), so that a room rebuilt after a hibernation still keeps
+    /// the hub out, and doubles its next penalty ([`Room::restore_penalty`]).
+    pub(super) fn penalize(&mut self, hub: HubId, now_ms: u64, out: &mut Vec<Action>) {
         self.penalized
             .retain(|_, p| now_ms < p.until_ms.saturating_add(PENALTY_MEMORY_MS));
         let strikes = self.penalized.get(&hub).map_or(1, |p| p.strikes + 1);
@@ -167,13 +169,34 @@ impl Room {
                 self.penalized.remove(&first);
             }
         }
-        self.penalized.insert(
+        let until_ms = now_ms.saturating_add(penalty);
+        self.penalized.insert(hub, Penalty { until_ms, strikes });
+        out.push(Action::Penalized {
             hub,
-            Penalty {
-                until_ms: now_ms.saturating_add(penalty),
-                strikes,
-            },
-        );
+            until_ms,
+            strikes,
+        });
+    }
+
+    /// Gives the room a penalty stored before it was rebuilt (from [`Action::Penalized`]):
+    /// ignored once it is past remembering at `now_ms`, or when the room remembers as many as it
+    /// keeps.
+    pub fn restore_penalty(&mut self, hub: HubId, until_ms: u64, strikes: u32, now_ms: u64) {
+        if now_ms >= until_ms.saturating_add(PENALTY_MEMORY_MS)
+            || (self.penalized.len() >= MAX_PENALIZED && !self.penalized.contains_key(&hub))
+        {
+            return;
+        }
+        let strikes = strikes.max(1);
+        self.penalized.insert(hub, Penalty { until_ms, strikes });
+    }
+
+    /// Whether the room remembers no penalty that still counts at `now_ms` (a relay may then
+    /// forget the penalties it stored).
+    pub fn penalties_expired(&self, now_ms: u64) -> bool {
+        self.penalized
+            .values()
+            .all(|p| now_ms >= p.until_ms.saturating_add(PENALTY_MEMORY_MS))
     }
 }
 
@@ -272,6 +295,48 @@ mod tests {
         assert_eq!(r.kept_out(&hub(3), NOW + 1), None);
         let out = join_at(&mut r, 40, hub(3), NOW + 1);
         assert!(closes(&out).is_empty());
+    }
+
+    /// A penalty is handed to the relay to keep; a room rebuilt from it (after a hibernation)
+    /// keeps the hub out as before, and doubles its next penalty.
+    #[test]
+    fn penalties_survive_a_rebuild() {
+        let mut r = frame_limited_room(100, 50);
+        let _ = join(&mut r, 2, hub(2));
+        let flood: Vec<u8> = (0..200).flat_map(|_| send(hub(2), b"x")).collect();
+        let _ = join(&mut r, 10, hub(1));
+        let mut out = Vec::new();
+        r.handle_message(ConnId(10), NOW, &flood, &mut out);
+        let stored: Vec<(HubId, u64, u32)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Penalized {
+                    hub,
+                    until_ms,
+                    strikes,
+                } => Some((*hub, *until_ms, *strikes)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stored, vec![(hub(1), NOW + 10_000, 1)]);
+
+        let mut woken = frame_limited_room(100, 50);
+        let (h, until, strikes) = stored[0];
+        woken.restore_penalty(h, until, strikes, NOW + 1);
+        assert_eq!(woken.kept_out(&hub(1), NOW + 1), Some(9_999));
+        // Flooding again once let in: kept out twice as long.
+        let at = NOW + 10_000;
+        let _ = join_at(&mut woken, 2, hub(2), at);
+        let _ = join_at(&mut woken, 20, hub(1), at);
+        let mut out = Vec::new();
+        woken.handle_message(ConnId(20), at, &flood, &mut out);
+        assert_eq!(woken.kept_out(&hub(1), at), Some(20_000));
+        assert!(!woken.penalties_expired(at));
+        // A stored penalty past remembering is ignored.
+        let mut later = frame_limited_room(100, 50);
+        later.restore_penalty(h, until, strikes, until + PENALTY_MEMORY_MS);
+        assert_eq!(later.kept_out(&hub(1), until - 1), None);
+        assert!(later.penalties_expired(until + PENALTY_MEMORY_MS));
     }
 
     /// A member that stops when told starts a new episode: it is never closed.

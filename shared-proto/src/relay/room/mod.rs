@@ -214,6 +214,17 @@ pub enum Action {
         /// The signed list.
         bytes: Vec<u8>,
     },
+    /// A hub was closed for flooding and is kept out until `until_ms`, its `strikes`-th time:
+    /// keep this (replacing the hub's earlier one) while the room may hibernate, and hand it back
+    /// through [`Room::restore_penalty`] when the room is rebuilt.
+    Penalized {
+        /// The hub.
+        hub: HubId,
+        /// Kept out until then (Unix ms).
+        until_ms: u64,
+        /// How many times in a row.
+        strikes: u32,
+    },
 }
 
 /// What the room remembers of an admitted socket.
@@ -258,6 +269,9 @@ pub trait Sockets {
     fn store_revocations(&mut self, bytes: Vec<u8>);
     /// Remembers an accepted login's nonce durably (until `timestamp_ms` + the skew).
     fn remember_login(&mut self, login: LoginNonce);
+    /// Keeps a hub's penalty while the room may be rebuilt (a relay whose room lives as long as
+    /// the process needs nothing here).
+    fn store_penalty(&mut self, _hub: HubId, _until_ms: u64, _strikes: u32) {}
 }
 
 /// Settings of one room.
@@ -296,8 +310,8 @@ impl RoomConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
-    /// Open, no `Hello` yet; the connect URL named this hub.
-    AwaitingHello(HubId),
+    /// Open, no `Hello` yet; the connect URL named this hub, if any.
+    AwaitingHello(Option<HubId>),
     Member(MemberInfo),
     Guest {
         hub: HubId,
@@ -397,6 +411,11 @@ impl Room {
         }
     }
 
+    /// The cluster whose room this is.
+    pub fn cluster(&self) -> &ClusterId {
+        &self.config.cluster
+    }
+
     /// The newest revocation list the room holds.
     pub fn revocations(&self) -> Option<&VerifiedRevocations> {
         self.revocations.as_ref()
@@ -439,10 +458,17 @@ impl Room {
         self.conns.len()
     }
 
-    /// A socket opened at `now_ms` by a connect URL that named `hub`. Its first frame must be a
-    /// `Hello` of that hub, within [`HELLO_TIMEOUT_MS`]; past [`MAX_PENDING`] such sockets it
-    /// is closed at once.
-    pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64, hub: HubId, out: &mut Vec<Action>) {
+    /// A socket opened at `now_ms` by a connect URL that named `hub` (`?hub=`; `None` for a
+    /// client that names none, as protocol version 1 first allowed). Its first frame must be a
+    /// `Hello` (of that hub, if named) within [`HELLO_TIMEOUT_MS`]; past [`MAX_PENDING`] such
+    /// sockets it is closed at once.
+    pub fn handle_connect(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        hub: Option<HubId>,
+        out: &mut Vec<Action>,
+    ) {
         self.handle_timeout(now_ms, out);
         if self.pending >= MAX_PENDING {
             out.push(Action::Close {
@@ -487,6 +513,11 @@ impl Room {
                     Action::Admitted { conn, member } => sockets.admitted(conn, member),
                     Action::StoreRevocations { bytes } => sockets.store_revocations(bytes),
                     Action::RememberLogin(login) => sockets.remember_login(login),
+                    Action::Penalized {
+                        hub,
+                        until_ms,
+                        strikes,
+                    } => sockets.store_penalty(hub, until_ms, strikes),
                 }
             }
             queue = follow_up;
@@ -609,7 +640,7 @@ impl Room {
             if let Err(wait) = charged {
                 let dropped = self.dropped(conn, m.hub, wait, Some(cost), now_ms, outbox, out);
                 if dropped.is_err() {
-                    self.penalize(m.hub, now_ms);
+                    self.penalize(m.hub, now_ms, out);
                 }
                 return dropped;
             }

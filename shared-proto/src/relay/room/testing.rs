@@ -82,7 +82,7 @@ pub(crate) fn closes(actions: &[Action]) -> Vec<(ConnId, CloseCode)> {
 
 pub(crate) fn join(room: &mut Room, conn: u64, h: HubId) -> Vec<Action> {
     let mut out = Vec::new();
-    room.handle_connect(ConnId(conn), NOW, h, &mut out);
+    room.handle_connect(ConnId(conn), NOW, Some(h), &mut out);
     room.handle_message(ConnId(conn), NOW, &hello(h), &mut out);
     out
 }
@@ -112,7 +112,7 @@ pub(crate) fn guest_join(
     at: u64,
 ) -> Vec<Action> {
     let mut out = Vec::new();
-    room.handle_connect(ConnId(conn), at, guest, &mut out);
+    room.handle_connect(ConnId(conn), at, Some(guest), &mut out);
     room.handle_message(ConnId(conn), at, &guest_hello(guest, issuer), &mut out);
     out
 }
@@ -131,7 +131,7 @@ pub(crate) fn stored_member(actions: &[Action], conn: ConnId) -> MemberInfo {
 
 pub(crate) fn join_at(room: &mut Room, conn: u64, h: HubId, at: u64) -> Vec<Action> {
     let mut out = Vec::new();
-    room.handle_connect(ConnId(conn), at, h, &mut out);
+    room.handle_connect(ConnId(conn), at, Some(h), &mut out);
     room.handle_message(ConnId(conn), at, &hello(h), &mut out);
     out
 }
