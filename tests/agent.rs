@@ -499,6 +499,7 @@ async fn every_envelope_refusal_has_its_own_code() {
     let now = hub_client::unix_ms();
     let envelope = |f: &dyn Fn(&mut Delegation), args: &[u8]| {
         let mut d = Delegation {
+            version: shared_proto::agent::ENVELOPE_V1,
             origin: laptop_id,
             target: desk_id,
             issued_at_ms: now,
@@ -769,9 +770,15 @@ fn scoped_tokens_and_apps_shared_with_principals() {
     laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
     laptop.ok(&["apps", "share", "tools", "--cluster"]);
     laptop.ok(&["apps", "add", "anns", "--command", &test_app()]);
-    laptop.ok(&["apps", "share", "anns", "--principals", "ann"]);
+    // A principal names the hub whose token it is.
+    let unqualified = laptop.fails(&["apps", "share", "anns", "--principals", "ann"]);
+    assert!(unqualified.contains("ann@HUB"), "{unqualified}");
+    laptop.ok(&["apps", "share", "anns", "--principals", "ann@desk"]);
     let _laptop_run = laptop.run();
-    wait_online(&c.desk, 1);
+    // Another hub whose operator also names a token "ann".
+    let phone = c.join("phone", "agent_dispatch", "");
+    let phone_run = phone.run();
+    wait_online(&c.desk, 2);
     let desk = c.desk_run();
     let ann = c
         .desk
@@ -783,7 +790,7 @@ fn scoped_tokens_and_apps_shared_with_principals() {
             "--scopes",
             "app:tools/note_read,app:anns",
             "--max-uses",
-            "4",
+            "5",
             "--expires",
             "5m",
         ])
@@ -844,6 +851,36 @@ fn scoped_tokens_and_apps_shared_with_principals() {
         ["anns", "tools"]
     );
     assert_eq!(anns[1].1, ["note_read"]);
+    // So does the `/agents` route: her token's scopes limit what it lists.
+    let agents = desk.request(
+        "GET",
+        &format!("/api/federation/peers/{laptop_id}/agents"),
+        Some(&ann),
+        None,
+    );
+    assert_eq!(agents.status, 200, "{:?}", agents.json);
+    let tools: Vec<(String, Vec<String>)> = agents
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let tools = a["tools"].as_array().unwrap().iter();
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                tools
+                    .map(|t| t["name"].as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            ("anns".to_owned(), anns[0].1.clone()),
+            ("tools".to_owned(), vec!["note_read".to_owned()])
+        ]
+    );
     let call = |token: &str, app: &str, tool: &str| {
         let body = json!({ "hub": "laptop", "app": app, "tool": tool, "arguments": {} });
         desk.request(
@@ -859,14 +896,52 @@ fn scoped_tokens_and_apps_shared_with_principals() {
         (denied.status, denied.json["error"]["code"].as_str()),
         (403, Some("scope_denied"))
     );
-    // Her app, shared with her as a principal: the fourth use of her token.
+    // Her app, shared with her as a principal: the fifth use of her token.
     assert_eq!(call(&ann, "anns", "note_read").status, 200);
-    // Four uses (a listing and three calls): the fifth request is refused.
+    // Five uses (two listings and three calls): the sixth request is refused.
     let spent = call(&ann, "anns", "note_read");
     assert_eq!(spent.status, 401, "{:?}", spent.json);
     // The local user cannot call ann's app.
     let not_ann = call(&desk.cli_token(), "anns", "note_read");
     assert_eq!(not_ann.json["error"]["code"], "not_shared");
+
+    // The phone's own "ann" is not the desk's: she neither sees nor calls ann@desk's app.
+    let phone_ann = phone
+        .ok(&["tokens", "create", "--name", "ann"])
+        .trim()
+        .to_owned();
+    let body = json!({ "hub": "laptop", "app": "anns", "tool": "note_read", "arguments": {} });
+    let other_ann = phone_run.request(
+        "POST",
+        "/api/apps/call",
+        Some(&phone_ann),
+        Some(&body.to_string()),
+    );
+    assert_eq!(
+        (other_ann.status, other_ann.json["error"]["code"].as_str()),
+        (404, Some("not_shared")),
+        "{:?}",
+        other_ann.json
+    );
+    let listed = phone_run.request(
+        "GET",
+        &format!("/api/federation/peers/{laptop_id}/agents"),
+        Some(&phone_ann),
+        None,
+    );
+    assert_eq!(listed.status, 200, "{:?}", listed.json);
+    let names: Vec<&str> = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["tools"],
+        "the phone's ann sees only what the cluster sees"
+    );
 }
 
 /// Counts `notifications/tools/list_changed`.

@@ -817,7 +817,9 @@ async fn silent_sockets_beside_a_busy_pair_are_closed_in_time(kind: RelayKind) {
             let mut waits = Vec::new();
             for i in 0..count {
                 let url = connect_url(&relay_url, &cluster_id, &hub(first + i)).unwrap();
-                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .unwrap();
                 let opened = tokio::time::Instant::now();
                 waits.push(tokio::spawn(async move {
                     let code = close_code(&mut ws).await;
@@ -856,7 +858,9 @@ async fn workerd_keeps_a_flooder_out_across_a_restart() {
     let (_a, _) = join(&relay, cluster.hub(1)).await;
     let mut flood = raw(&relay, &cluster, hub(2)).await;
     flood
-        .send(Message::Binary(login_hello(&cluster.hub(2), now_ms()).into()))
+        .send(Message::Binary(
+            login_hello(&cluster.hub(2), now_ms()).into(),
+        ))
         .await
         .unwrap();
     // More frames than a burst of the frame limit, in one message: closed at once.
@@ -893,7 +897,10 @@ async fn workerd_stores_nothing_for_a_cluster_nobody_logs_in_to() {
         CloseCode::HelloTimeout.code()
     );
     let keys = relay.stored_keys();
-    assert!(keys.is_empty(), "stored for a cluster nobody logged in to: {keys:?}");
+    assert!(
+        keys.is_empty(),
+        "stored for a cluster nobody logged in to: {keys:?}"
+    );
     let cluster = TestCluster::new();
     let (_a, _) = join(&relay, cluster.hub(1)).await;
     let keys = relay.stored_keys();
@@ -908,11 +915,16 @@ async fn a_client_that_names_no_hub_in_its_connect_url_is_served(kind: RelayKind
     let relay = RelayProcess::start(kind);
     let cluster = TestCluster::new();
     let (mut a, _) = join(&relay, cluster.hub(1)).await;
-    let url = format!("{}/v1/clusters/{}/connect", relay.url(), cluster.id()).replacen("http", "ws", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
-    ws.send(Message::Binary(login_hello(&cluster.hub(2), now_ms()).into()))
+    let url =
+        format!("{}/v1/clusters/{}/connect", relay.url(), cluster.id()).replacen("http", "ws", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap();
+    ws.send(Message::Binary(
+        login_hello(&cluster.hub(2), now_ms()).into(),
+    ))
+    .await
+    .unwrap();
     let welcome = next_binary(&mut ws).await;
     assert!(
         matches!(

@@ -243,6 +243,9 @@ async fn dispatch(
             state.on_audit_head(from, head).await?;
         }
         PeerEvent::Inbound(Inbound::Views { from, views }) => state.on_views(from, views).await,
+        PeerEvent::Inbound(Inbound::Version { from, version }) => {
+            state.book.on_version(from, version);
+        }
         PeerEvent::Inbound(request) => state.on_request(member, request),
         PeerEvent::Established { certificate } => {
             state.on_established(member, *certificate).await?;

@@ -609,7 +609,9 @@ impl Inner {
         });
         let mut expired = Vec::new();
         for (key, value) in entries {
-            let hub = key.strip_prefix(PENALTY_PREFIX).and_then(|h| h.parse::<HubId>().ok());
+            let hub = key
+                .strip_prefix(PENALTY_PREFIX)
+                .and_then(|h| h.parse::<HubId>().ok());
             let parsed = value
                 .split_once(',')
                 .and_then(|(u, s)| Some((u.parse::<u64>().ok()?, s.parse::<u32>().ok()?)));
@@ -797,8 +799,11 @@ impl Inner {
             let key = format!("{NONCE_PREFIX}{}", hex::encode(login.nonce));
             storage.put(&key, login.timestamp_ms as f64).await?;
             let expiry = nonce_expiry(login);
-            self.nonces_expire_at
-                .set(Some(self.nonces_expire_at.get().map_or(expiry, |e| e.min(expiry))));
+            self.nonces_expire_at.set(Some(
+                self.nonces_expire_at
+                    .get()
+                    .map_or(expiry, |e| e.min(expiry)),
+            ));
         }
         for (hub, until, strikes) in store.penalties {
             let key = format!("{PENALTY_PREFIX}{hub}");
@@ -1004,7 +1009,10 @@ mod tests {
             alarm_to_set(NOW + 10_000, Some(NOW - 1), NOW),
             Some(NOW + 10_000)
         );
-        assert_eq!(alarm_to_set(NOW + 10_000, Some(NOW), NOW), Some(NOW + 10_000));
+        assert_eq!(
+            alarm_to_set(NOW + 10_000, Some(NOW), NOW),
+            Some(NOW + 10_000)
+        );
     }
 
     #[test]

@@ -46,11 +46,21 @@ pub enum MsgKind {
     AuditHead = 13,
     /// What the sender sees of the other hubs (for the quorum part of trust scores).
     Views = 14,
+    /// The session version the sender speaks (session version 2).
+    Version = 15,
+    /// Asks which apps the peer shares with the sender, for a principal the sender signs
+    /// (session version 2).
+    SignedAppsRequest = 16,
 }
+
+/// The session version this crate speaks (docs/PROTOCOL.md section 10): 2 adds the
+/// [`MsgKind::Version`] and [`MsgKind::SignedAppsRequest`] messages and explicit envelope
+/// scopes. A peer that never says its version speaks 1.
+pub const SESSION_VERSION: u16 = 2;
 
 impl MsgKind {
     /// Every registered kind, in registry order.
-    pub const ALL: [MsgKind; 15] = [
+    pub const ALL: [MsgKind; 17] = [
         Self::Data,
         Self::Ping,
         Self::Pong,
@@ -66,6 +76,8 @@ impl MsgKind {
         Self::Cancel,
         Self::AuditHead,
         Self::Views,
+        Self::Version,
+        Self::SignedAppsRequest,
     ];
 
     /// The kind with this byte, if registered.
@@ -165,6 +177,16 @@ pub enum Msg<'a> {
     AuditHead(&'a [u8]),
     /// `views: [u8]` (the rest: `audit::Views::encode`)
     Views(&'a [u8]),
+    /// `version: u16`: the session version the sender speaks.
+    Version(u16),
+    /// `token: u64 | envelope: [u8]` (the rest: a listing envelope, `agent::envelope`, that
+    /// signs the principal and scopes the listing is for)
+    SignedAppsRequest {
+        /// Echoed by the answer.
+        token: u64,
+        /// The signed listing envelope.
+        envelope: &'a [u8],
+    },
 }
 
 /// Why bytes are not a session message.
@@ -207,6 +229,8 @@ impl<'a> Msg<'a> {
             Msg::Cancel { .. } => MsgKind::Cancel,
             Msg::AuditHead(_) => MsgKind::AuditHead,
             Msg::Views(_) => MsgKind::Views,
+            Msg::Version(_) => MsgKind::Version,
+            Msg::SignedAppsRequest { .. } => MsgKind::SignedAppsRequest,
         }
     }
 
@@ -223,8 +247,13 @@ impl<'a> Msg<'a> {
             | Msg::Call { token, .. }
             | Msg::CallResult { token, .. }
             | Msg::CallError { token, .. }
-            | Msg::Cancel { token } => Some(token),
-            Msg::Data(_) | Msg::Manifest(_) | Msg::AuditHead(_) | Msg::Views(_) => None,
+            | Msg::Cancel { token }
+            | Msg::SignedAppsRequest { token, .. } => Some(token),
+            Msg::Data(_)
+            | Msg::Manifest(_)
+            | Msg::AuditHead(_)
+            | Msg::Views(_)
+            | Msg::Version(_) => None,
         }
     }
 
@@ -280,7 +309,9 @@ impl<'a> Msg<'a> {
             | Msg::Views(body)
             | Msg::Info { info: body, .. }
             | Msg::Apps { apps: body, .. }
-            | Msg::CallResult { result: body, .. } => out.extend_from_slice(body),
+            | Msg::CallResult { result: body, .. }
+            | Msg::SignedAppsRequest { envelope: body, .. } => out.extend_from_slice(body),
+            Msg::Version(version) => out.extend_from_slice(&version.to_be_bytes()),
             Msg::Refused { reason, .. } => out.extend_from_slice(reason.as_bytes()),
             Msg::Ping { .. } | Msg::Pong { .. } | Msg::InfoRequest { .. } | Msg::Cancel { .. } => {}
             Msg::AppsRequest { .. } | Msg::Call { .. } | Msg::CallError { .. } => {
@@ -362,6 +393,11 @@ impl<'a> Msg<'a> {
             MsgKind::Cancel => Msg::Cancel {
                 token: token(&mut r)?,
             },
+            MsgKind::Version => Msg::Version(r.u16().map_err(|_| MsgError::Truncated)?),
+            MsgKind::SignedAppsRequest => Msg::SignedAppsRequest {
+                token: token(&mut r)?,
+                envelope: r.rest(),
+            },
         };
         if r.is_empty() {
             Ok(msg)
@@ -423,6 +459,11 @@ mod tests {
             MsgKind::Cancel => Msg::Cancel { token: 9 },
             MsgKind::AuditHead => Msg::AuditHead(b"HRAH"),
             MsgKind::Views => Msg::Views(b"HRV"),
+            MsgKind::Version => Msg::Version(2),
+            MsgKind::SignedAppsRequest => Msg::SignedAppsRequest {
+                token: 9,
+                envelope: b"HRDE",
+            },
         }
     }
 
@@ -448,6 +489,8 @@ mod tests {
             (MsgKind::Cancel, "0c 0000000000000009"),
             (MsgKind::AuditHead, "0d 48524148"),
             (MsgKind::Views, "0e 485256"),
+            (MsgKind::Version, "0f 0002"),
+            (MsgKind::SignedAppsRequest, "10 0000000000000009 48524445"),
         ];
         assert_eq!(expected.len(), MsgKind::ALL.len(), "a snapshot per kind");
         for (kind, want) in expected {
@@ -460,7 +503,12 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused() {
         assert_eq!(Msg::decode(&[]), Err(MsgError::Empty));
-        assert_eq!(Msg::decode(&[15]), Err(MsgError::UnknownKind(15)));
+        assert_eq!(Msg::decode(&[17]), Err(MsgError::UnknownKind(17)));
+        assert_eq!(Msg::decode(&[15, 0]), Err(MsgError::Truncated));
+        assert_eq!(
+            Msg::decode(&[15, 0, 2, 0]),
+            Err(MsgError::Trailing(MsgKind::Version))
+        );
         // A call whose envelope length runs past the end.
         let call = sample(MsgKind::Call).to_vec();
         assert_eq!(Msg::decode(&call[..20]), Err(MsgError::Truncated));
@@ -506,7 +554,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(kind in 0u8..14, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
+        fn round_trip(kind in 0u8..17, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
             let kind = MsgKind::from_u8(kind).unwrap();
             let msg = match kind {
                 MsgKind::Data => Msg::Data(body.as_bytes()),
@@ -531,6 +579,8 @@ mod tests {
                 MsgKind::Cancel => Msg::Cancel { token },
                 MsgKind::AuditHead => Msg::AuditHead(body.as_bytes()),
                 MsgKind::Views => Msg::Views(body.as_bytes()),
+                MsgKind::Version => Msg::Version(token as u16),
+                MsgKind::SignedAppsRequest => Msg::SignedAppsRequest { token, envelope: body.as_bytes() },
             };
             let bytes = msg.to_vec();
             prop_assert_eq!(Msg::decode(&bytes), Ok(msg));

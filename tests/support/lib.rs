@@ -265,7 +265,10 @@ impl RelayProcess {
                 Err(_) => files.push(entry.path()),
             }
         }
-        for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "sqlite")) {
+        for file in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "sqlite"))
+        {
             let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
             let Ok(db) = rusqlite::Connection::open_with_flags(file, flags) else {
                 continue;

@@ -518,6 +518,9 @@ async fn set_sharing(
         .sharing
         .parse()
         .map_err(|e| ApiError::bad_request(format!("sharing: {e}")))?;
+    sharing
+        .require_qualified()
+        .map_err(|e| ApiError::bad_request(format!("sharing: {e}")))?;
     let trust = req
         .require_trust
         .as_deref()

@@ -14,20 +14,25 @@ use std::time::Duration;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use rmcp::model::{CallToolResult, Tool};
-use shared_proto::agent::{arguments_hash, CallErrorCode, Delegation};
+use shared_proto::agent::{
+    arguments_hash, CallErrorCode, Delegation, ALL_SCOPES, ENVELOPE_V1, ENVELOPE_V2, LISTING,
+};
 use shared_proto::session::rpc::MAX_CALL_TIMEOUT_MS;
 use shared_proto::HubId;
 
-use super::{HubState, ServiceError};
+use super::{HubState, Member, ServiceError};
 use crate::apps::AppError;
 use crate::node::access::LOCAL_PRINCIPAL;
 use crate::node::audit::{self, AuditKind, Decision};
 use crate::node::store::AppRecord;
-use crate::transport::peers::OutgoingCall;
+use crate::transport::peers::{Listing, OutgoingCall};
 use crate::unix_ms;
 
 /// How long a listing waits for each peer.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long resolving a hub's name may wait for online hubs this one never met to say who they
+/// are.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call's deadline when the caller gives none.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest call deadline (the envelope lives at most 60 s).
@@ -199,17 +204,25 @@ impl HubState {
         out
     }
 
-    /// What peer `hub` shares with this hub for `principal`, within the principal's scopes.
+    /// What peer `hub` shares with this hub for `principal`, within the principal's scopes. A
+    /// peer of session version 2 gets the principal and scopes signed (a listing envelope); one
+    /// of version 1 only the principal's name, which it cannot check.
     pub async fn peer_apps(
         self: &Arc<Self>,
         hub: HubId,
         principal: &Principal,
     ) -> Result<Vec<AppView>, ServiceError> {
         let member = self.joined_member()?;
-        let body = member
-            .peers
-            .apps(hub, &principal.name, LIST_TIMEOUT)
-            .await?;
+        let listing = if self.book.session_version(hub) >= 2 {
+            let envelope =
+                self.sign_envelope(&member, hub, principal, LISTING, LISTING, b"", LIST_TIMEOUT)?;
+            Listing::Signed { envelope }
+        } else {
+            Listing::Unsigned {
+                principal: principal.name.clone(),
+            }
+        };
+        let body = member.peers.apps(hub, listing, LIST_TIMEOUT).await?;
         let apps: Vec<AppView> = serde_json::from_slice(&body)
             .map_err(|e| ServiceError::Unreachable(format!("malformed answer from {hub}: {e}")))?;
         Ok(apps
@@ -231,22 +244,75 @@ impl HubState {
         if text == member.name {
             return Ok(member.hub_id);
         }
-        let name = text.to_owned();
-        let found: Vec<HubId> = self
-            .blocking(move |state| Ok(state.store().active_peers()?))
-            .await?
-            .into_iter()
-            .filter(|p| p.name == name)
-            .map(|p| p.id)
-            .collect();
-        match found.as_slice() {
-            [id] => Ok(*id),
-            [] => Err(ServiceError::NotFound(format!("no hub named {text}"))),
-            _ => Err(ServiceError::BadRequest(format!(
-                "{} hubs are named {text}: give its id",
-                found.len()
-            ))),
+        if let Some(found) = self.hubs_named(text).await? {
+            return found;
         }
+        // Online hubs this one has no session with yet (met neither in a session nor by pairing)
+        // are asked who they are: their certificates name them.
+        let known = self.book.with_sessions();
+        let unmet: Vec<HubId> = self
+            .book
+            .online()
+            .into_iter()
+            .filter(|h| !known.contains(h))
+            .collect();
+        if !unmet.is_empty() {
+            let pings = unmet
+                .iter()
+                .map(|hub| member.peers.ping(*hub, RESOLVE_TIMEOUT));
+            futures_util::future::join_all(pings).await;
+            // The sessions' certificates reach the book through the event loop: give it a moment.
+            let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+            while unmet.iter().any(|h| self.book.certificate(*h).is_none())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(found) = self.hubs_named(text).await? {
+                return found;
+            }
+        }
+        Err(ServiceError::NotFound(format!(
+            "no hub named {text} among the {} this hub knows ({} online); give its id",
+            self.blocking(|state| Ok(state.store().active_peers()?.len()))
+                .await?,
+            self.book.online().len()
+        )))
+    }
+
+    /// The hubs named `name`, by the certificates of the sessions up (what they are now) and the
+    /// peers recorded (what they were): one (`Some(Ok)`), several (`Some(Err)`), none (`None`).
+    /// A hub recorded but not online resolves (a call to it then says it is offline).
+    async fn hubs_named(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<Result<HubId, ServiceError>>, ServiceError> {
+        let mut found: Vec<HubId> = self
+            .book
+            .with_sessions()
+            .into_iter()
+            .filter(|h| self.book.certificate(*h).is_some_and(|c| c.name() == name))
+            .collect();
+        let wanted = name.to_owned();
+        let recorded = self
+            .blocking(move |state| Ok(state.store().active_peers()?))
+            .await?;
+        found.extend(
+            recorded
+                .into_iter()
+                .filter(|p| p.name == wanted)
+                .map(|p| p.id),
+        );
+        found.sort();
+        found.dedup();
+        Ok(match found.as_slice() {
+            [] => None,
+            [id] => Some(Ok(*id)),
+            _ => Some(Err(ServiceError::BadRequest(format!(
+                "{} hubs are named {name}: give its id",
+                found.len()
+            )))),
+        })
     }
 
     pub(crate) async fn app_view(&self, app: &AppRecord, keep: impl Fn(&Tool) -> bool) -> AppView {
@@ -312,6 +378,51 @@ impl HubState {
             .await?)
     }
 
+    /// A delegation envelope this hub signs for `principal`'s request to `target`: a call of
+    /// `tool` of `app` with `arguments`, or a listing ([`LISTING`], no arguments), valid for
+    /// `lifetime`. Its scopes are the principal's; an unrestricted principal's are
+    /// [`ALL_SCOPES`] in an envelope of version 2, for a peer of session version 2, and none in
+    /// one of version 1 (which reads no scopes as unrestricted), for an older peer.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_envelope(
+        &self,
+        member: &Member,
+        target: HubId,
+        principal: &Principal,
+        app: &str,
+        tool: &str,
+        arguments: &[u8],
+        lifetime: Duration,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let now = unix_ms();
+        let mut nonce = [0u8; 16];
+        OsRng.fill_bytes(&mut nonce);
+        // A peer that said it speaks session version 2 reads envelopes of version 2, where an
+        // unrestricted principal is `*`; an older one only version 1, where it is no scopes.
+        let (version, scopes) = match self.book.session_version(target) {
+            v if v >= 2 && principal.scopes.is_empty() => {
+                (ENVELOPE_V2, vec![ALL_SCOPES.to_owned()])
+            }
+            v if v >= 2 => (ENVELOPE_V2, principal.scopes.clone()),
+            _ => (ENVELOPE_V1, principal.scopes.clone()),
+        };
+        Delegation {
+            version,
+            origin: member.hub_id,
+            target,
+            issued_at_ms: now,
+            expires_at_ms: now + lifetime.as_millis() as u64,
+            nonce,
+            arguments_sha256: arguments_hash(arguments),
+            principal: principal.name.clone(),
+            app: app.to_owned(),
+            tool: tool.to_owned(),
+            scopes,
+        }
+        .sign(&member.credentials.identity)
+        .map_err(|_| ServiceError::BadRequest("names or scopes over 255 bytes".into()))
+    }
+
     /// A call of an app on peer `hub`, under an envelope this hub signs, recorded as `call.out`.
     async fn call_peer(
         self: &Arc<Self>,
@@ -323,24 +434,16 @@ impl HubState {
         let member = self.joined_member()?;
         let arguments = serde_json::to_vec(&request.arguments.unwrap_or_default())
             .map_err(|e| ServiceError::BadRequest(format!("arguments: {e}")))?;
-        let now = unix_ms();
-        let mut nonce = [0u8; 16];
-        OsRng.fill_bytes(&mut nonce);
         let arguments_sha256 = arguments_hash(&arguments);
-        let envelope = Delegation {
-            origin: member.hub_id,
-            target: hub,
-            issued_at_ms: now,
-            expires_at_ms: now + (timeout + ENVELOPE_SLACK).as_millis() as u64,
-            nonce,
-            arguments_sha256,
-            principal: principal.name.clone(),
-            app: request.app.clone(),
-            tool: request.tool.clone(),
-            scopes: principal.scopes.clone(),
-        }
-        .sign(&member.credentials.identity)
-        .map_err(|_| ServiceError::BadRequest("names or scopes over 255 bytes".into()))?;
+        let envelope = self.sign_envelope(
+            &member,
+            hub,
+            principal,
+            &request.app,
+            &request.tool,
+            &arguments,
+            timeout + ENVELOPE_SLACK,
+        )?;
         let mut record = audit::entry(AuditKind::CallOut, Some(hub), Decision::None, "");
         record.principal = principal.name.clone();
         record.app = request.app.clone();
@@ -359,7 +462,14 @@ impl HubState {
             .peers
             .call(hub, call)
             .await
-            .map_err(ServiceError::from);
+            .map_err(|e| match ServiceError::from(e) {
+                ServiceError::Unreachable(why) if !self.book.online().contains(&hub) => {
+                    ServiceError::Unreachable(format!(
+                        "hub {hub} is not online (offline, or reconnecting to the relay): {why}"
+                    ))
+                }
+                e => e,
+            });
         record.duration_ms = started.elapsed().as_millis() as u64;
         record.bytes = Some((arguments_len + answer.as_ref().map_or(0, Vec::len)) as u64);
         match &answer {

@@ -68,6 +68,8 @@ struct Book {
     /// The store's `data_version` when the book last read it (`None`: never).
     loaded: Option<u64>,
     certs: HashMap<HubId, VerifiedPeer>,
+    /// The session version each peer said it speaks (1 until it says).
+    versions: HashMap<HubId, u16>,
     suspended: HashSet<HubId>,
     revoked: HashSet<HubId>,
     revocations: Option<VerifiedRevocations>,
@@ -121,9 +123,12 @@ impl PeerBook {
         self.lock().loaded != Some(data_version)
     }
 
-    /// A session with the peer came up with `cert`.
+    /// A session with the peer came up with `cert` (its session version is what it says on
+    /// this session: 1 until then).
     pub(crate) fn on_established(&self, cert: VerifiedPeer) {
-        self.lock().certs.insert(cert.hub_id(), cert);
+        let mut b = self.lock();
+        b.versions.remove(&cert.hub_id());
+        b.certs.insert(cert.hub_id(), cert);
     }
 
     /// A revocation list arrived (verified): kept if newer than the one held; the certificates
@@ -144,6 +149,7 @@ impl PeerBook {
             .collect();
         for hub in revoked {
             b.certs.remove(&hub);
+            b.versions.remove(&hub);
             b.quorum.forget(hub);
         }
         b.revocations = Some(list.clone());
@@ -191,6 +197,19 @@ impl PeerBook {
             return Err(CallErrorCode::Revoked);
         }
         Ok(cert.clone())
+    }
+
+    /// A peer with a session said which session version it speaks.
+    pub(crate) fn on_version(&self, peer: HubId, version: u16) {
+        let mut b = self.lock();
+        if b.certs.contains_key(&peer) {
+            b.versions.insert(peer, version);
+        }
+    }
+
+    /// The session version `peer` speaks: what it said, or 1 (a hub that never says).
+    pub(crate) fn session_version(&self, peer: HubId) -> u16 {
+        self.lock().versions.get(&peer).copied().unwrap_or(1)
     }
 
     /// The certificate `peer`'s session was set up with, if any.

@@ -118,15 +118,19 @@ impl HubState {
                 Ok(store.document(MANIFEST)?)
             })
             .await?;
-        // Pass the manifest on; the peer keeps it if it is newer than its own.
-        if let Some(doc) = manifest {
-            let peers = member.peers.clone();
-            tokio::spawn(async move {
+        // Say which session version this hub speaks, and pass the manifest on (the peer keeps it
+        // if it is newer than its own).
+        let peers = member.peers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peers.send_version(to).await {
+                tracing::debug!(peer = %to, "version not sent: {e}");
+            }
+            if let Some(doc) = manifest {
                 if let Err(e) = peers.send_manifest(to, &doc.body).await {
                     tracing::debug!(peer = %to, "manifest not sent: {e}");
                 }
-            });
-        }
+            }
+        });
         self.send_reports(member, to);
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rmcp::model::JsonObject;
 use shared_proto::agent::{
-    arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation,
+    arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation, LISTING,
 };
 use shared_proto::trust::VerifiedPeer;
 use shared_proto::HubId;
@@ -24,7 +24,7 @@ use super::{HubState, Member};
 use crate::apps::hints;
 use crate::node::audit::{self, AuditKind, Decision};
 use crate::node::store::{AppRecord, AuditEntry, NonceUse};
-use crate::transport::peers::{Answer, CallRequest, Inbound, PeerInfo, PeerRequest};
+use crate::transport::peers::{Answer, CallRequest, Inbound, Listing, PeerInfo, PeerRequest};
 use crate::unix_ms;
 
 /// Apps requests from peers being answered at once (each may start apps); more are refused.
@@ -63,7 +63,7 @@ impl HubState {
                 };
                 answer_soon(member, request, answer);
             }
-            Inbound::Apps { request, principal } => self.serve_listing(member, request, principal),
+            Inbound::Apps { request, listing } => self.serve_listing(member, request, listing),
             Inbound::Call(call) => self.serve_call(member, call),
             Inbound::Cancel(request) => self.cancel_call(request),
             Inbound::Refused {
@@ -86,7 +86,7 @@ impl HubState {
     }
 
     /// An apps request: answered on its own task, at most [`MAX_LISTINGS`] at once.
-    fn serve_listing(self: &Arc<Self>, member: &Member, request: PeerRequest, principal: String) {
+    fn serve_listing(self: &Arc<Self>, member: &Member, request: PeerRequest, listing: Listing) {
         if self.book.admit(request.from).is_err() {
             return answer_soon(member, request, Answer::Refused(SUSPENDED.into()));
         }
@@ -95,13 +95,18 @@ impl HubState {
             return answer_soon(member, request, Answer::Refused(busy.into()));
         };
         let state = self.clone();
-        let peers = member.peers.clone();
+        let member = member.clone();
         tokio::spawn(async move {
-            let apps = state.apps_for_peer(request.from, &principal).await;
+            let answer = match state.apps_for_peer(&member, request.from, listing).await {
+                Ok(apps) => {
+                    Answer::Apps(serde_json::to_vec(&apps).unwrap_or_else(|_| b"[]".to_vec()))
+                }
+                Err(code) => Answer::Refused(format!("{}: {code}", code.name())),
+            };
             drop(permit);
-            let body = serde_json::to_vec(&apps).unwrap_or_else(|_| b"[]".to_vec());
-            if let Err(e) = peers
-                .answer(request.from, request.token, Answer::Apps(body))
+            if let Err(e) = member
+                .peers
+                .answer(request.from, request.token, answer)
                 .await
             {
                 tracing::debug!(peer = %request.from, "apps answer not sent: {e}");
@@ -109,11 +114,34 @@ impl HubState {
         });
     }
 
-    /// What this hub shares with `from` for `principal`: the apps whose policy admits it, each
-    /// with the tools its trust level may call; nothing for a hub it does not admit to calls.
-    async fn apps_for_peer(self: &Arc<Self>, from: HubId, principal: &str) -> Vec<AppView> {
+    /// What this hub shares with `from` for the listing's principal: the apps whose policy admits
+    /// it, each with the tools its trust level (and a signed listing's scopes) may call; nothing
+    /// for a hub it does not admit to calls. A principal that is only named (a peer of session
+    /// version 1) is not one this hub can check: it counts as none.
+    async fn apps_for_peer(
+        self: &Arc<Self>,
+        member: &Member,
+        from: HubId,
+        listing: Listing,
+    ) -> Result<Vec<AppView>, CallErrorCode> {
         let Ok(cert) = self.admit_call(from).await else {
-            return Vec::new();
+            return Ok(Vec::new());
+        };
+        let delegation = match listing {
+            Listing::Unsigned { .. } => None,
+            Listing::Signed { envelope } => {
+                let signed = SignedDelegation::decode(&envelope)?;
+                signed.check(
+                    from,
+                    cert.identity_key(),
+                    member.hub_id,
+                    unix_ms(),
+                    LISTING,
+                    LISTING,
+                    b"",
+                )?;
+                Some(signed.delegation)
+            }
         };
         let apps = self
             .blocking(|state| Ok(state.store().apps()?))
@@ -121,20 +149,27 @@ impl HubState {
             .unwrap_or_default();
         let caller = Caller {
             hub: from,
+            hub_name: cert.name(),
             trust: cert.trust(),
             roles: cert.roles(),
-            principal: Some(principal),
+            principal: delegation.as_ref().map(|d| d.principal.as_str()),
         };
+        let scoped =
+            |app: &str, tool: Option<&str>| delegation.as_ref().is_none_or(|d| d.allows(app, tool));
         let mut out = Vec::new();
-        for app in apps.iter().filter(|a| a.sharing.admits(&caller)) {
+        for app in apps
+            .iter()
+            .filter(|a| a.sharing.admits(&caller) && scoped(&a.name, None))
+        {
             let view = self
                 .app_view(app, |t| {
                     caller.trust >= trust_needed(hints(t), app.require_trust)
+                        && scoped(&app.name, Some(&t.name))
                 })
                 .await;
             out.push(view);
         }
-        out
+        Ok(out)
     }
 
     /// The book's answer on whether `from` may call, after reading what other processes may
@@ -278,12 +313,12 @@ impl HubState {
             NonceUse::Replayed => return Err(no(CallErrorCode::Replayed)),
             NonceUse::Full => return Err(no(CallErrorCode::Busy)),
         }
-        if !shared_proto::agent::Delegation::scopes_allow(&delegation.scopes, &call.app, &call.tool)
-        {
+        if !delegation.allows(&call.app, Some(&call.tool)) {
             return Err(no(CallErrorCode::ScopeDenied));
         }
         let caller = Caller {
             hub: call.from,
+            hub_name: cert.name(),
             trust: cert.trust(),
             roles: cert.roles(),
             principal: Some(&delegation.principal),

@@ -40,7 +40,7 @@ use shared_proto::session::pairing::is_pairing_message;
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
 use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, Rpc, RpcError};
 pub use shared_proto::session::rpc::{
-    Answer, CallRequest, Inbound, OutgoingCall, PeerRequest, Reply, Token,
+    Answer, CallRequest, Inbound, Listing, OutgoingCall, PeerRequest, Reply, Token,
 };
 use shared_proto::trust::PeerCertificate;
 use shared_proto::HubId;
@@ -393,6 +393,12 @@ impl PeerHandle {
         self.send_message(to, Msg::AuditHead(head).to_vec()).await
     }
 
+    /// Tells `to` which session version this hub speaks (once its session is up).
+    pub async fn send_version(&self, to: HubId) -> Result<(), PeerError> {
+        let version = shared_proto::msg::SESSION_VERSION;
+        self.send_message(to, Msg::Version(version).to_vec()).await
+    }
+
     /// Sends what this hub sees of the other hubs to `to` over its session.
     pub async fn send_views(&self, to: HubId, views: &[u8]) -> Result<(), PeerError> {
         self.send_message(to, Msg::Views(views).to_vec()).await
@@ -425,15 +431,18 @@ impl PeerHandle {
         wait.await.map_err(|_| PeerError::Stopped)?
     }
 
-    /// What `to` shares with this hub, for `principal`: the JSON document of its answer.
+    /// What `to` shares with this hub, for the principal a listing envelope signs (a peer of
+    /// session version 2) or merely names (`principal`, for one of version 1): the JSON
+    /// document of its answer.
     pub async fn apps(
         &self,
         to: HubId,
-        principal: &str,
+        listing: Listing,
         limit: Duration,
     ) -> Result<Vec<u8>, PeerError> {
-        let request = Request::Apps {
-            principal: principal.to_owned(),
+        let request = match listing {
+            Listing::Unsigned { principal } => Request::Apps { principal },
+            Listing::Signed { envelope } => Request::SignedApps { envelope },
         };
         match self.request(to, request, deadline_in(limit)).await?.reply {
             Reply::Apps(body) => Ok(body),

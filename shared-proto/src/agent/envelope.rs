@@ -26,7 +26,13 @@ use crate::codec::{put_short_str, Reader};
 use crate::HubId;
 
 const MAGIC: &[u8; 4] = b"HRDE";
-const VERSION: u8 = 1;
+
+/// Envelope version 1: no scopes mean an unrestricted principal (what hubs of session version
+/// 1 sign, and the only version they read).
+pub const ENVELOPE_V1: u8 = 1;
+/// Envelope version 2: scopes are explicit (an unrestricted principal is [`ALL_SCOPES`]; no
+/// scopes allow nothing). Signed for peers of session version 2, and for listings.
+pub const ENVELOPE_V2: u8 = 2;
 const DOMAIN: &[u8] = b"hub-relay delegation v1\0";
 
 /// Longest an envelope may live: `expires_at_ms - issued_at_ms`.
@@ -38,9 +44,19 @@ pub const MAX_SCOPES: usize = 32;
 /// Length of the signature at the end.
 pub const SIGNATURE_LEN: usize = 64;
 
+/// The scope that allows every app and tool (what an unrestricted principal's envelope carries).
+pub const ALL_SCOPES: &str = "*";
+
+/// The app and tool a listing envelope names: none. A listing envelope (docs/PROTOCOL.md
+/// section 13) signs the principal and scopes of an apps request; its `arguments_sha256` is the
+/// hash of no bytes.
+pub const LISTING: &str = "";
+
 /// What an envelope says. Strings are at most 255 bytes each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delegation {
+    /// [`ENVELOPE_V1`] or [`ENVELOPE_V2`]: what no scopes mean.
+    pub version: u8,
     /// The hub that forwards the call (and signs).
     pub origin: HubId,
     /// The hub that is to run it.
@@ -83,9 +99,12 @@ impl Delegation {
         if self.scopes.len() > MAX_SCOPES {
             return Err(CallErrorCode::BadEnvelope);
         }
+        if !matches!(self.version, ENVELOPE_V1 | ENVELOPE_V2) {
+            return Err(CallErrorCode::BadEnvelope);
+        }
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.extend_from_slice(&self.origin.0);
         out.extend_from_slice(&self.target.0);
         out.extend_from_slice(&self.issued_at_ms.to_be_bytes());
@@ -107,23 +126,34 @@ impl Delegation {
         SignedDelegation::decode(bytes).map(|s| s.delegation)
     }
 
-    /// Whether the scopes allow `tool` of `app`: no scopes allow everything; `app:NAME` allows
-    /// every tool of that app; `app:NAME/TOOL` that one tool.
+    /// Whether a token's scopes allow `tool` of `app`: no scopes allow everything (a token
+    /// without scopes is unrestricted); `*` allows everything; `app:NAME` every tool of that app;
+    /// `app:NAME/TOOL` that one tool.
     pub fn scopes_allow(scopes: &[String], app: &str, tool: &str) -> bool {
-        scopes.is_empty()
-            || scopes
-                .iter()
-                .filter_map(|s| parse_scope(s))
-                .any(|(a, t)| a == app && t.is_none_or(|t| t == tool))
+        scopes.is_empty() || Self::listed(scopes, app, Some(tool))
     }
 
-    /// Whether the scopes allow some tool of `app` (what a listing may show of it).
+    /// Whether a token's scopes allow some tool of `app` (what a listing may show of it).
     pub fn scopes_allow_app(scopes: &[String], app: &str) -> bool {
-        scopes.is_empty()
-            || scopes
-                .iter()
-                .filter_map(|s| parse_scope(s))
-                .any(|(a, _)| a == app)
+        scopes.is_empty() || Self::listed(scopes, app, None)
+    }
+
+    /// Whether this envelope's scopes allow `tool` of `app` (or, with no tool, some tool of it):
+    /// each scope as for a token; no scopes allow nothing in an envelope of version 2 (where an
+    /// unrestricted principal is [`ALL_SCOPES`]) and everything in one of version 1.
+    pub fn allows(&self, app: &str, tool: Option<&str>) -> bool {
+        if self.scopes.is_empty() {
+            return self.version == ENVELOPE_V1;
+        }
+        Self::listed(&self.scopes, app, tool)
+    }
+
+    fn listed(scopes: &[String], app: &str, tool: Option<&str>) -> bool {
+        scopes.iter().any(|s| {
+            s == ALL_SCOPES
+                || parse_scope(s)
+                    .is_some_and(|(a, t)| a == app && (t.is_none() || tool.is_none() || t == tool))
+        })
     }
 }
 
@@ -142,7 +172,11 @@ impl SignedDelegation {
     pub fn decode(bytes: &[u8]) -> Result<Self, CallErrorCode> {
         let bad = |_| CallErrorCode::BadEnvelope;
         let mut r = Reader::new(bytes);
-        if r.take(4).map_err(bad)? != MAGIC || r.u8().map_err(bad)? != VERSION {
+        if r.take(4).map_err(bad)? != MAGIC {
+            return Err(CallErrorCode::BadEnvelope);
+        }
+        let version = r.u8().map_err(bad)?;
+        if !matches!(version, ENVELOPE_V1 | ENVELOPE_V2) {
             return Err(CallErrorCode::BadEnvelope);
         }
         let origin = r.hub().map_err(bad)?;
@@ -167,6 +201,7 @@ impl SignedDelegation {
         }
         Ok(SignedDelegation {
             delegation: Delegation {
+                version,
                 origin,
                 target,
                 issued_at_ms,
@@ -255,6 +290,7 @@ mod tests {
 
     fn envelope() -> Delegation {
         Delegation {
+            version: ENVELOPE_V1,
             origin: ORIGIN,
             target: TARGET,
             issued_at_ms: NOW,
@@ -419,5 +455,39 @@ mod tests {
         for bad in ["app:", "app:fs/", "app:/t", "app:fs/a/b", "fs"] {
             assert_eq!(parse_scope(bad), None, "{bad}");
         }
+        assert!(Delegation::scopes_allow(&s(&["*"]), "fs", "read_file"));
+    }
+
+    /// In an envelope of version 2, no scopes allow nothing (an unrestricted principal is sent
+    /// as `*`); in one of version 1 (hubs of session version 1), they allow everything. The
+    /// version is signed.
+    #[test]
+    fn an_envelope_without_scopes_allows_nothing_unless_version_1() {
+        let with = |version, scopes: &[&str]| Delegation {
+            version,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..envelope()
+        };
+        assert!(!with(ENVELOPE_V2, &[]).allows("everything", Some("echo")));
+        assert!(with(ENVELOPE_V1, &[]).allows("everything", Some("echo")));
+        assert!(with(ENVELOPE_V2, &["*"]).allows("anything", Some("at_all")));
+        let echo = with(ENVELOPE_V2, &["app:everything/echo"]);
+        assert!(echo.allows("everything", Some("echo")));
+        assert!(!echo.allows("everything", Some("add")));
+        // A listing (no tool) sees an app one of its tools is granted of.
+        assert!(echo.allows("everything", None));
+        assert!(!with(ENVELOPE_V2, &["app:notes"]).allows("everything", None));
+        // Both versions sign and read back; no other.
+        let key = SigningKey::from_bytes(&[9; 32]);
+        for version in [ENVELOPE_V1, ENVELOPE_V2] {
+            let d = with(version, &[]);
+            let bytes = d.sign(&key).unwrap();
+            assert_eq!(bytes[4], version);
+            assert_eq!(Delegation::decode(&bytes), Ok(d));
+        }
+        assert_eq!(with(3, &[]).sign(&key), Err(CallErrorCode::BadEnvelope));
+        let mut v3 = with(ENVELOPE_V2, &[]).sign(&key).unwrap();
+        v3[4] = 3;
+        assert_eq!(Delegation::decode(&v3), Err(CallErrorCode::BadEnvelope));
     }
 }

@@ -6,8 +6,12 @@
 pub mod envelope;
 pub mod policy;
 
-pub use envelope::{arguments_hash, Delegation, SignedDelegation};
-pub use policy::{check_call, trust_needed, Caller, Sharing, ToolHints};
+pub use envelope::{
+    arguments_hash, Delegation, SignedDelegation, ALL_SCOPES, ENVELOPE_V1, ENVELOPE_V2, LISTING,
+};
+pub use policy::{
+    check_call, trust_needed, Caller, Sharing, ToolHints, UnqualifiedPrincipal, ANY_HUB,
+};
 
 /// Why a call across hubs did not give a tool result. The numbers are on the wire (the
 /// `CallError` message) and stable; docs/PROTOCOL.md lists them.

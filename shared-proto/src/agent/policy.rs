@@ -8,7 +8,13 @@ use crate::HubId;
 /// Which other hubs' callers may see and call an app. A new app is [`Sharing::LocalOnly`].
 ///
 /// Written (stored, and in the CLI) as `local`, `cluster`, `roles:a,b`, `hubs:ID,ID` or
-/// `principals:a,b`.
+/// `principals:ann@desk,bob@*`.
+///
+/// A principal is an operator's name as the hub that forwards the call knows it (an API token's
+/// name there): the same name on two hubs is two principals. So a principals policy names each
+/// with its hub, `NAME@HUB`, where `HUB` is that hub's name (as its certificate says) or id, or
+/// `*` for any hub of the cluster. A name without `@HUB` (stored by a release that had no hubs
+/// in principals) matches no call from another hub.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Sharing {
     /// Only this hub's own agents.
@@ -20,10 +26,13 @@ pub enum Sharing {
     Roles(Vec<String>),
     /// These hubs.
     Hubs(Vec<HubId>),
-    /// Calls made for these operator principals (the delegation envelope's principal), from
-    /// any hub.
+    /// Calls made for these operator principals (`NAME@HUB`, see above): the envelope's
+    /// principal, qualified by the hub that signed it.
     Principals(Vec<String>),
 }
+
+/// Any hub, in a qualified principal (`ann@*`).
+pub const ANY_HUB: &str = "*";
 
 /// What a tool says of itself (MCP tool annotations). An absent hint is `false`: a tool is
 /// read-only or destructive only if it says so.
@@ -40,12 +49,25 @@ pub struct ToolHints {
 pub struct Caller<'a> {
     /// The calling hub.
     pub hub: HubId,
+    /// Its name, as its certificate says.
+    pub hub_name: &'a str,
     /// Its certificate's trust level.
     pub trust: TrustLevel,
     /// Its certificate's roles.
     pub roles: &'a [String],
-    /// The principal the call is made for (none when listing).
+    /// The principal the call is made for, as the calling hub signed it (none when a listing
+    /// carried no signed principal).
     pub principal: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// Whether a policy's principal entry (`NAME@HUB`) names this caller's principal.
+    fn is(&self, entry: &str) -> bool {
+        let (Some(principal), Some((name, hub))) = (self.principal, entry.rsplit_once('@')) else {
+            return false;
+        };
+        name == principal && (hub == ANY_HUB || hub == self.hub_name || hub == self.hub.to_string())
+    }
 }
 
 impl Sharing {
@@ -57,9 +79,29 @@ impl Sharing {
             Sharing::Cluster => true,
             Sharing::Roles(roles) => caller.roles.iter().any(|r| roles.contains(r)),
             Sharing::Hubs(hubs) => hubs.contains(&caller.hub),
-            Sharing::Principals(names) => caller
-                .principal
-                .is_some_and(|p| names.iter().any(|n| n == p)),
+            Sharing::Principals(names) => names.iter().any(|n| caller.is(n)),
+        }
+    }
+
+    /// Refuses a principals policy with a principal that names no hub: what a new policy must
+    /// say (an old one, stored before, still loads).
+    pub fn require_qualified(&self) -> Result<(), UnqualifiedPrincipal> {
+        match self.unqualified_principals().first() {
+            Some(name) => Err(UnqualifiedPrincipal((*name).to_owned())),
+            None => Ok(()),
+        }
+    }
+
+    /// The principals of a principals policy that name no hub (`ann` rather than `ann@desk`):
+    /// they match no call from another hub. Empty for every other policy.
+    pub fn unqualified_principals(&self) -> Vec<&str> {
+        match self {
+            Sharing::Principals(names) => names
+                .iter()
+                .filter(|n| !n.contains('@'))
+                .map(String::as_str)
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -79,6 +121,14 @@ impl std::fmt::Display for Sharing {
         }
     }
 }
+
+/// A principal in a new policy that does not name its hub.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "principal {0:?} names no hub: write {0}@HUB, with the name or id of the hub whose token it \
+     is, or {0}@* for that name on any hub"
+)]
+pub struct UnqualifiedPrincipal(pub String);
 
 /// Text that is not a sharing policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,12 +210,21 @@ mod tests {
             "local",
             "cluster",
             "roles:laptop,phone",
-            "principals:ann",
+            "principals:ann@desk,bob@*",
             &format!("hubs:{ME}"),
         ] {
             let sharing: Sharing = text.parse().unwrap();
             assert_eq!(sharing.to_string(), text);
         }
+        let old: Sharing = "principals:ann,bob@desk".parse().unwrap();
+        assert_eq!(old.unqualified_principals(), vec!["ann"]);
+        assert_eq!(
+            old.require_qualified(),
+            Err(UnqualifiedPrincipal("ann".into()))
+        );
+        let new: Sharing = "principals:ann@desk,bob@*".parse().unwrap();
+        assert_eq!(new.require_qualified(), Ok(()));
+        assert!(Sharing::Cluster.unqualified_principals().is_empty());
         for bad in [
             "",
             "roles:",
@@ -184,6 +243,7 @@ mod tests {
         let phone = vec!["phone".to_owned()];
         let caller = |roles: &'static [String], principal, hub| Caller {
             hub,
+            hub_name: "desk",
             trust: Full,
             roles,
             principal,
@@ -191,7 +251,8 @@ mod tests {
         let laptop: &'static [String] = Box::leak(laptop.into_boxed_slice());
         let phone: &'static [String] = Box::leak(phone.into_boxed_slice());
         let other = HubId([6; 16]);
-        let rows: [(Sharing, Caller<'_>, bool); 10] = [
+        let principals = |p: &[&str]| Sharing::Principals(p.iter().map(|p| (*p).into()).collect());
+        let rows: [(Sharing, Caller<'_>, bool); 15] = [
             (Sharing::LocalOnly, caller(laptop, Some("ann"), ME), false),
             (Sharing::Cluster, caller(&[], None, other), true),
             (
@@ -206,21 +267,40 @@ mod tests {
             ),
             (Sharing::Hubs(vec![ME]), caller(&[], None, ME), true),
             (Sharing::Hubs(vec![ME]), caller(&[], None, other), false),
+            // A principal is qualified by the hub that signs for it: by name, id, or any hub.
             (
-                Sharing::Principals(vec!["ann".into()]),
+                principals(&["ann@desk"]),
                 caller(&[], Some("ann"), other),
                 true,
             ),
             (
-                Sharing::Principals(vec!["ann".into()]),
-                caller(&[], Some("bob"), other),
+                principals(&[&format!("ann@{other}")]),
+                caller(&[], Some("ann"), other),
+                true,
+            ),
+            (
+                principals(&["ann@*"]),
+                caller(&[], Some("ann"), other),
+                true,
+            ),
+            (
+                principals(&["ann@laptop"]),
+                caller(&[], Some("ann"), other),
                 false,
             ),
             (
-                Sharing::Principals(vec!["ann".into()]),
-                caller(&[], None, other),
+                principals(&[&format!("ann@{ME}")]),
+                caller(&[], Some("ann"), other),
                 false,
             ),
+            (
+                principals(&["ann@desk"]),
+                caller(&[], Some("bob"), other),
+                false,
+            ),
+            (principals(&["ann@desk"]), caller(&[], None, other), false),
+            // Unqualified (an older release's policy): no remote caller.
+            (principals(&["ann"]), caller(&[], Some("ann"), other), false),
             (Sharing::Roles(vec![]), caller(laptop, None, other), false),
         ];
         for (sharing, who, admitted) in rows {
@@ -249,6 +329,7 @@ mod tests {
         for (trust, want) in table {
             let who = Caller {
                 hub: other,
+                hub_name: "desk",
                 trust,
                 roles: &[],
                 principal: None,
@@ -264,6 +345,7 @@ mod tests {
         // The app's own floor tightens it.
         let who = Caller {
             hub: other,
+            hub_name: "desk",
             trust: AgentDispatch,
             roles: &[],
             principal: None,

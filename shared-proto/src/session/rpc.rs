@@ -69,10 +69,17 @@ pub enum Request {
     Ping,
     /// What the peer reports about itself.
     Info,
-    /// Which apps the peer shares with this hub, for `principal`.
+    /// Which apps the peer shares with this hub, for `principal` (unsigned: what a peer of
+    /// session version 1 understands).
     Apps {
         /// The operator the listing is for.
         principal: String,
+    },
+    /// Which apps the peer shares with this hub, for the principal and scopes a listing envelope
+    /// signs (session version 2).
+    SignedApps {
+        /// The signed listing envelope (`agent::envelope`, app and tool [`crate::agent::LISTING`]).
+        envelope: Vec<u8>,
     },
     /// A call of a tool of an app on the peer.
     Call(OutgoingCall),
@@ -112,7 +119,7 @@ impl Request {
         match self {
             Request::Ping => RequestKind::Ping,
             Request::Info => RequestKind::Info,
-            Request::Apps { .. } => RequestKind::Apps,
+            Request::Apps { .. } | Request::SignedApps { .. } => RequestKind::Apps,
             Request::Call(_) => RequestKind::Call,
         }
     }
@@ -122,6 +129,9 @@ impl Request {
             Request::Ping => Ok(Msg::Ping { token }.to_vec()),
             Request::Info => Ok(Msg::InfoRequest { token }.to_vec()),
             Request::Apps { principal } => Msg::AppsRequest { token, principal }.encode(),
+            Request::SignedApps { envelope } => {
+                Ok(Msg::SignedAppsRequest { token, envelope }.to_vec())
+            }
             Request::Call(c) => Msg::Call {
                 token,
                 timeout_ms: c.timeout_ms,
@@ -157,6 +167,22 @@ pub struct CallRequest {
     pub arguments: Vec<u8>,
 }
 
+/// Who an apps request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// A principal the asking hub names and does not sign (session version 1): the asked hub
+    /// cannot tell who it is.
+    Unsigned {
+        /// The name.
+        principal: String,
+    },
+    /// A listing envelope the asking hub signed (session version 2), to be checked.
+    Signed {
+        /// The envelope's bytes.
+        envelope: Vec<u8>,
+    },
+}
+
 /// A request from a peer other than a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRequest {
@@ -185,8 +211,15 @@ pub enum Inbound {
     Apps {
         /// Who asks.
         request: PeerRequest,
-        /// The operator the listing is for, as the asking hub names it.
-        principal: String,
+        /// Who the listing is for.
+        listing: Listing,
+    },
+    /// The session version the peer speaks (it says so once the session is up).
+    Version {
+        /// The peer.
+        from: HubId,
+        /// Its version.
+        version: u16,
     },
     /// A call: answer [`Answer::CallResult`] or [`Answer::CallError`].
     Call(CallRequest),
@@ -535,15 +568,18 @@ impl Rpc {
                 }
             }
             Msg::AppsRequest { token, principal } => {
-                let deadline = now_ms + REQUEST_TTL_MS;
-                match self.admit(from, token, RequestKind::Apps, deadline) {
-                    Ok(()) => Inbound::Apps {
-                        request: request(token),
-                        principal: principal.to_owned(),
-                    },
-                    Err(code) => self.refuse(request(token), RequestKind::Apps, None, code),
-                }
+                let listing = Listing::Unsigned {
+                    principal: principal.to_owned(),
+                };
+                self.apps_request(request(token), listing, now_ms)
             }
+            Msg::SignedAppsRequest { token, envelope } => {
+                let listing = Listing::Signed {
+                    envelope: envelope.to_vec(),
+                };
+                self.apps_request(request(token), listing, now_ms)
+            }
+            Msg::Version(version) => Inbound::Version { from, version },
             Msg::Call {
                 token,
                 timeout_ms,
@@ -591,6 +627,15 @@ impl Rpc {
             | Msg::CallError { .. }) => Inbound::Answer(self.match_answer(from, answer)?),
         };
         Ok(Some(inbound))
+    }
+
+    /// An apps request, signed or not, within its bounds.
+    fn apps_request(&mut self, request: PeerRequest, listing: Listing, now_ms: u64) -> Inbound {
+        let deadline = now_ms + REQUEST_TTL_MS;
+        match self.admit(request.from, request.token, RequestKind::Apps, deadline) {
+            Ok(()) => Inbound::Apps { request, listing },
+            Err(code) => self.refuse(request, RequestKind::Apps, None, code),
+        }
     }
 
     /// Takes a peer's request in, within its bounds.

@@ -143,6 +143,7 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             } else {
                 bail!("say with whom: --local-only, --cluster, --roles, --hubs or --principals");
             };
+            sharing.require_qualified()?;
             if !audit::share_app(home, &store, &name, &sharing, require_trust)? {
                 bail!("no app {name}");
             }

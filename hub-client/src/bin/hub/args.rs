@@ -327,8 +327,14 @@ pub(crate) enum AppsCommand {
         /// These hubs.
         #[arg(long, value_delimiter = ',', group = "mode", value_name = "IDS")]
         hubs: Vec<HubId>,
-        /// Calls made for these operators (API token names), from any hub.
-        #[arg(long, value_delimiter = ',', group = "mode", value_name = "NAMES")]
+        /// Calls made for these operators: NAME@HUB, an API token's name on the hub (name or id)
+        /// that forwards the call, or NAME@* for that name on any hub.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            group = "mode",
+            value_name = "NAME@HUB,..."
+        )]
         principals: Vec<String>,
         /// The least trust level a calling hub needs for any tool of this app.
         #[arg(long, value_name = "LEVEL")]

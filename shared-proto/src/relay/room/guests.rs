@@ -306,8 +306,22 @@ mod tests {
         // Hibernation: a new room from what was stored.
         let mut woken = room();
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, Some(hub(1)), Some(member(1)), NOW + 2, &mut out);
-        woken.restore(ConnId(10), NOW, Some(stored.hub), Some(stored), NOW + 2, &mut out);
+        woken.restore(
+            ConnId(1),
+            NOW,
+            Some(hub(1)),
+            Some(member(1)),
+            NOW + 2,
+            &mut out,
+        );
+        woken.restore(
+            ConnId(10),
+            NOW,
+            Some(stored.hub),
+            Some(stored),
+            NOW + 2,
+            &mut out,
+        );
         let mut out = Vec::new();
         woken.handle_message(ConnId(10), NOW + 3, &send(hub(1), b"after"), &mut out);
         assert_eq!(
@@ -325,9 +339,23 @@ mod tests {
         // Another restored guest is closed when its time, counted from its admission, is up.
         let mut woken = room();
         let mut out = Vec::new();
-        woken.restore(ConnId(1), NOW, Some(hub(1)), Some(member(1)), NOW + 2, &mut out);
+        woken.restore(
+            ConnId(1),
+            NOW,
+            Some(hub(1)),
+            Some(member(1)),
+            NOW + 2,
+            &mut out,
+        );
         let guest = MemberInfo { sends: 0, ..stored };
-        woken.restore(ConnId(10), NOW, Some(guest.hub), Some(guest), NOW + 2, &mut out);
+        woken.restore(
+            ConnId(10),
+            NOW,
+            Some(guest.hub),
+            Some(guest),
+            NOW + 2,
+            &mut out,
+        );
         assert_eq!(woken.poll_timeout(), Some(NOW + GUEST_LIFETIME_MS));
         let mut out = Vec::new();
         woken.handle_timeout(NOW + GUEST_LIFETIME_MS - 1, &mut out);
