@@ -472,6 +472,70 @@ type Case<'a> = (
     CallErrorCode,
 );
 
+/// A member that keeps sending refused calls does not grow the target's log by a row each:
+/// the first refusal of a kind is written at once, the rest of the minute are counted into one
+/// entry (written when the minute ends, or when the hub stops), and the chain still verifies.
+/// Once, 300 refused calls were 300 rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_are_written_once_a_minute_with_their_count() {
+    let mut c = blocking(|| Cluster::start(RelayKind::Native));
+    c.desk
+        .ok(&["apps", "add", "tools", "--command", &test_app()]);
+    c.desk.ok(&["apps", "share", "tools", "--cluster"]);
+    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let desk_id: HubId = c.desk.id().parse().unwrap();
+    let home = Home::new(PathBuf::from(&laptop.dir));
+    let peers = PeerClient::spawn(
+        home.relay_config(None).unwrap(),
+        home.noise_identity().unwrap(),
+    )
+    .unwrap();
+    let handle = peers.handle();
+    blocking(|| wait_online(&c.desk, 1));
+    let calls = (0..300).map(|_| {
+        let handle = handle.clone();
+        let call = OutgoingCall {
+            timeout_ms: 10_000,
+            app: "tools".into(),
+            tool: "note_write".into(),
+            envelope: b"HRDE\x01".to_vec(),
+            arguments: br#"{"text":"hi"}"#.to_vec(),
+        };
+        async move { handle.call(desk_id, call).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        match r {
+            Err(PeerError::Call { code, .. }) => assert_eq!(code, Some(CallErrorCode::BadEnvelope)),
+            other => panic!("{other:?}"),
+        }
+    }
+    peers.shutdown().await;
+    // The desk stops: what it counted is written.
+    let mut run = c.desk_run.take().unwrap();
+    run.signal("TERM");
+    assert!(blocking(move || run.wait_exit()), "the desk did not stop");
+    let log = blocking(|| c.desk.ok(&["audit", "list", "--peer", &laptop.id()]));
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("bad_envelope")).collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(refusals[1].ends_with("(299 times)"), "{log}");
+    let export = blocking(|| c.desk.ok(&["audit", "export"]));
+    let counts: u64 = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("bad_envelope")
+        })
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 300);
+    let verified = blocking(|| c.desk.ok(&["audit", "verify"]));
+    assert!(verified.contains("the audit chain verifies"), "{verified}");
+    blocking(|| drop(c));
+}
+
 /// The test plays the laptop itself (its keys, through the relay, `hub run` not started) and
 /// sends the desk calls with envelopes it crafts: each refusal comes with its own code, and a
 /// call that replays an envelope is refused, also after the desk restarts.
@@ -668,16 +732,31 @@ async fn every_envelope_refusal_has_its_own_code() {
         .await
         .unwrap();
 
-    // Sixteen calls at once run; the seventeenth, sent after them, is refused as busy, and the
-    // sixteen finish. (`join_all` polls in order: the calls leave in order, one session carries
-    // them in order, and the desk counts them as they arrive.)
+    // Seventeen calls at once (an agent's fan-out): the laptop keeps sixteen in flight to the
+    // desk and queues the seventeenth until one ends, so all seventeen run. A caller that does
+    // not keep to the bound (a call sent as a raw session message while sixteen run) is refused
+    // busy by the desk. (`join!` and `join_all` poll in order: the calls leave in order, one
+    // session carries them in order, and the desk counts them as they arrive.)
     let sleep_args: &[u8] = br#"{"ms":3000}"#;
     let calls = (0..17).map(|_| {
         let d = envelope(&|d| d.tool = "sleep".into(), sleep_args);
         send(d, key, sleep_args, None)
     });
-    let mut results = futures_util::future::join_all(calls).await;
-    assert_eq!(code(results.pop().unwrap()), Some(CallErrorCode::Busy));
+    let raw_call = shared_proto::msg::Msg::Call {
+        token: 7,
+        timeout_ms: 10_000,
+        app: "tools",
+        tool: "sleep",
+        envelope: b"unchecked",
+        arguments: sleep_args,
+    }
+    .encode()
+    .unwrap();
+    let (results, raw) = tokio::join!(
+        futures_util::future::join_all(calls),
+        handle.send_session_message(desk_id, raw_call)
+    );
+    raw.unwrap();
     for r in results {
         assert!(String::from_utf8_lossy(&r.unwrap()).contains("slept"));
     }
@@ -724,7 +803,10 @@ async fn every_envelope_refusal_has_its_own_code() {
             |out| out.matches("cancelled: the caller stopped waiting").count() >= 16,
         )
     });
-    assert!(log.contains("busy: too many calls"), "{log}");
+    assert!(
+        log.contains("busy: too many requests from this hub are running"),
+        "{log}"
+    );
 
     // The desk's trust score for the laptop fell with the forged envelopes and the refusals,
     // part by part. The desk answers a refusal while it writes its entry: wait for the entries.
@@ -1410,6 +1492,72 @@ fn hubs_compare_what_they_see_of_each_other() {
         "{observed}"
     );
     assert_eq!(split["trust_score"]["score"], 85, "{split}");
+}
+
+/// A pairing guest may name any hub id: one that takes the id of a member that is offline and
+/// sends that member's issuer a forged handshake costs the member nothing (the relay does not
+/// list it online, so the bytes are not provably the member's). Once, four such guests a minute
+/// apart took 40 points off the member for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_in_an_offline_members_name_costs_it_nothing() {
+    use futures_util::{SinkExt, StreamExt};
+    use shared_proto::relay::frame::{frames, Extension, Frame, Hello};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = blocking(|| Cluster::start(RelayKind::Native));
+    let phone = blocking(|| c.join("phone", "full", ""));
+    let phone_id: HubId = phone.id().parse().unwrap();
+    let desk_home = Home::new(PathBuf::from(&c.desk.dir));
+    let desk_id: HubId = c.desk.id().parse().unwrap();
+    let cluster = desk_home.cluster_id().unwrap();
+    let url =
+        hub_client::transport::relay::connect_url(&c._relay.url(), cluster.as_str(), &phone_id)
+            .unwrap();
+    let (mut guest, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let mut hello = Hello::new(phone_id);
+    hello.extensions.push(Extension {
+        kind: shared_proto::trust::login::PAIRING_EXTENSION,
+        data: desk_id.as_bytes(),
+    });
+    let hello = Frame::Hello(hello).to_message().unwrap();
+    guest.send(Message::Binary(hello.into())).await.unwrap();
+    let send = |payload: Vec<u8>| {
+        let frame = Frame::Send {
+            dst: desk_id,
+            payload: &payload,
+        };
+        Message::Binary(frame.to_message().unwrap().into())
+    };
+    // The desk's certificate in the phone's name (a handshake fault, were it the phone's), then
+    // an unreadable pairing request, which the desk answers: by then it has handled the first.
+    let mut wrong_cert = vec![0x05];
+    wrong_cert.extend_from_slice(desk_home.certificate().unwrap().der());
+    guest.send(send(wrong_cert)).await.unwrap();
+    guest.send(send(vec![0x10, 1, 2, 3])).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = guest.next().await {
+            let Message::Binary(bytes) = message else {
+                continue;
+            };
+            for frame in frames(&bytes) {
+                if let Ok(Frame::Recv { src, payload }) = frame {
+                    if src == desk_id && payload.first() == Some(&0x12) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the desk's pairing refusal");
+    let log = blocking(|| c.desk.ok(&["audit", "list", "--peer", &phone.id()]));
+    assert!(!log.contains("peer.fault"), "{log}");
+    let detail = blocking(|| peer_detail(c.desk_run(), &phone.id()));
+    assert_eq!(score_part(&detail, "signature")["penalty"], 0, "{detail}");
+    blocking(|| drop(c));
 }
 
 /// A peer's refused handshakes, audit heads, manifests and views messages lower the signature

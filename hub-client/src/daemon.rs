@@ -161,11 +161,16 @@ async fn hub_loop(
     let result = loop {
         let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break Ok(()),
-            event = peers.next_event() => event,
+            event = peers.next_event() => Some(event),
             _ = heads.tick() => {
                 state.send_all_reports(&member);
                 continue;
             }
+            () = sleep_until_ms(state.book.repeats_timeout()) => None,
+        };
+        let Some(event) = event else {
+            state.record_repeats_due(false).await;
+            continue;
         };
         let Some(event) = event else {
             break Ok(());
@@ -175,9 +180,21 @@ async fn hub_loop(
         }
     };
     peers.shutdown().await;
+    state.record_repeats_due(true).await;
     state.book.set_lan(None);
     state.set_member(None);
     result
+}
+
+/// Sleeps until `at` (Unix ms), or for ever if `None`.
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => {
+            let wait = at.saturating_sub(crate::unix_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the peer layer (and the LAN path) and makes the hub a member.
@@ -250,8 +267,12 @@ async fn dispatch(
         PeerEvent::Established { certificate } => {
             state.on_established(member, *certificate).await?;
         }
-        PeerEvent::HandshakeRefused { peer, reason } => {
-            state.on_handshake_refused(peer, &reason).await;
+        PeerEvent::HandshakeRefused {
+            peer,
+            reason,
+            over_lan,
+        } => {
+            state.on_handshake_refused(peer, &reason, over_lan).await;
         }
         PeerEvent::Pairing { from, message } => state.on_pairing(member, from, message).await?,
         PeerEvent::Message { from, message } => {

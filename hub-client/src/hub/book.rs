@@ -1,6 +1,6 @@
 //! The one owner of what the running hub knows about its peers, behind one lock: the certificate
 //! each peer's session was set up with, whom this hub suspended and revoked, the revocation list
-//! it holds, the other hubs' quorum reports, when each kind of fault was last recorded, and who is
+//! it holds, the other hubs' quorum reports, the repeated refusals and faults being counted, and who is
 //! online and by which path (the relay's presence, the LAN links).
 //!
 //! The hub's event loop tells the book what happened (`on_*`); the service asks it
@@ -12,15 +12,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use shared_proto::agent::CallErrorCode;
-use shared_proto::audit::{Head, HeadError, View, Views, ViewsError};
+use shared_proto::audit::{Head, HeadError, Repeats, View, Views, ViewsError};
 use shared_proto::trust::{VerifiedPeer, VerifiedRevocations};
 use shared_proto::HubId;
 
 use crate::hub::quorum::{Quorum, QuorumCheck};
+use crate::node::store::AuditEntry;
 use crate::transport::lan::LanView;
-
-/// A fault of each kind is recorded about a peer at most once per this interval.
-pub const FAULT_INTERVAL_MS: u64 = 60_000;
 
 /// The relay connection as the hub sees it.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +72,7 @@ struct Book {
     revoked: HashSet<HubId>,
     revocations: Option<VerifiedRevocations>,
     quorum: Quorum,
-    faults: HashMap<(HubId, &'static str), u64>,
+    repeats: Repeats,
     relay: RelayState,
     lan: Option<LanView>,
 }
@@ -272,18 +270,28 @@ impl PeerBook {
         self.lock().quorum.check(mine, now_ms)
     }
 
-    /// Whether an entry of kind `what` about `peer` (a fault, `FaultKind::as_str`, or an audit
-    /// inconsistency) may be recorded now: at most one per peer and kind per
-    /// [`FAULT_INTERVAL_MS`], so a peer that keeps at it cannot grow the log fast.
-    pub(crate) fn fault_due(&self, peer: HubId, what: &'static str, now_ms: u64) -> bool {
+    /// An entry that may repeat (a refusal, a fault): `Some` if it is to be written now, `None`
+    /// if it is counted into the entry written when its interval ends
+    /// (`shared_proto::audit::repeats`), so that a peer that keeps at it cannot grow the log fast.
+    pub(crate) fn admit_repeat(&self, entry: AuditEntry, now_ms: u64) -> Option<AuditEntry> {
+        self.lock().repeats.admit(entry, now_ms)
+    }
+
+    /// When the next interval of repeats ends.
+    pub(crate) fn repeats_timeout(&self) -> Option<u64> {
+        self.lock().repeats.poll_timeout()
+    }
+
+    /// The entries that stand for the repeats of the intervals ended at `now_ms` (all of them if
+    /// `all`: the hub stops).
+    pub(crate) fn repeats_due(&self, now_ms: u64, all: bool) -> Vec<AuditEntry> {
         let mut b = self.lock();
-        match b.faults.get(&(peer, what)) {
-            Some(at) if now_ms.saturating_sub(*at) < FAULT_INTERVAL_MS => false,
-            _ => {
-                b.faults.insert((peer, what), now_ms);
-                true
-            }
+        if all {
+            b.repeats.drain(now_ms);
+        } else {
+            b.repeats.handle_timeout(now_ms);
         }
+        std::iter::from_fn(|| b.repeats.poll_entry()).collect()
     }
 
     /// The relay connection now.
@@ -304,6 +312,12 @@ impl PeerBook {
     /// The LAN path, while it runs.
     pub(crate) fn lan(&self) -> Option<LanView> {
         self.lock().lan.clone()
+    }
+
+    /// Whether the relay lists `hub` as a member online (its socket logged in with its
+    /// certificate).
+    pub(crate) fn at_relay(&self, hub: &HubId) -> bool {
+        self.lock().relay.online.contains(hub)
     }
 
     /// The peers reachable now: online at the relay or linked on the LAN.
@@ -410,18 +424,36 @@ mod tests {
         assert_eq!(book.admit_call(a.hub_id()), Err(CallErrorCode::Revoked));
     }
 
-    /// A fault of one kind about one peer is due once per interval; other kinds and peers are
-    /// not held back by it.
+    /// A fault of one kind about one peer is written once per interval, the rest counted into
+    /// one entry at its end; other kinds and peers are not held back by it.
     #[test]
-    fn faults_are_due_once_per_interval_per_peer_and_kind() {
+    fn faults_are_written_once_per_interval_per_peer_and_kind() {
+        use shared_proto::audit::repeats::REPEAT_INTERVAL_MS;
         let book = PeerBook::default();
         let (a, b) = (HubId([1; 16]), HubId([2; 16]));
-        let (handshake, views) = (FaultKind::Handshake.as_str(), FaultKind::Views.as_str());
-        assert!(book.fault_due(a, handshake, NOW));
-        assert!(!book.fault_due(a, handshake, NOW + FAULT_INTERVAL_MS - 1));
-        assert!(book.fault_due(a, views, NOW));
-        assert!(book.fault_due(b, handshake, NOW));
-        assert!(book.fault_due(a, handshake, NOW + FAULT_INTERVAL_MS));
+        let fault = |peer, kind| crate::node::audit::fault(peer, kind, "garbage");
+        assert!(book
+            .admit_repeat(fault(a, FaultKind::Handshake), NOW)
+            .is_some());
+        for i in 1..5 {
+            assert!(book
+                .admit_repeat(fault(a, FaultKind::Handshake), NOW + i)
+                .is_none());
+        }
+        assert!(book.admit_repeat(fault(a, FaultKind::Views), NOW).is_some());
+        assert!(book
+            .admit_repeat(fault(b, FaultKind::Handshake), NOW)
+            .is_some());
+        assert_eq!(book.repeats_timeout(), Some(NOW + REPEAT_INTERVAL_MS));
+        assert!(book
+            .repeats_due(NOW + REPEAT_INTERVAL_MS - 1, false)
+            .is_empty());
+        let due = book.repeats_due(NOW + REPEAT_INTERVAL_MS, false);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].peer, due[0].count), (Some(a), Some(4)));
+        assert!(book
+            .admit_repeat(fault(a, FaultKind::Handshake), NOW + REPEAT_INTERVAL_MS)
+            .is_some());
     }
 
     /// Audit heads and views count only from peers with a session; a forged head is refused.

@@ -157,16 +157,14 @@ impl HubState {
             .blocking(move |state| Ok(state.store().keep_peer_audit_head(&head)?))
             .await?;
         if let (Some(why), Some(kind)) = (check.problem(seq), check.kind()) {
-            if self.book.fault_due(from, kind, unix_ms()) {
-                tracing::warn!(peer = %from, "audit log inconsistent: {why}");
-                let entry = audit::entry(
-                    AuditKind::AuditInconsistent,
-                    Some(from),
-                    Decision::None,
-                    &why,
-                );
-                self.record(entry).await;
-            }
+            tracing::warn!(peer = %from, "audit log inconsistent: {why}");
+            let entry = audit::entry(
+                AuditKind::AuditInconsistent,
+                Some(from),
+                Decision::None,
+                &format!("{kind}: {why}"),
+            );
+            self.record_repeat(entry).await;
         }
         Ok(())
     }
@@ -201,9 +199,22 @@ impl HubState {
         }
     }
 
-    /// A peer's handshake was refused for a reason of its own making.
-    pub(crate) async fn on_handshake_refused(self: &Arc<Self>, peer: HubId, reason: &str) {
-        self.record_fault(peer, FaultKind::Handshake, reason).await;
+    /// A peer's handshake was refused for a reason of its own making: a fault of the peer only
+    /// if the bytes provably came from it (over its LAN link, or from the relay while the relay
+    /// lists it as a member online; the relay tells this hub who left before it passes on
+    /// anything from a pairing guest, which may have taken the id of a member that is not
+    /// online).
+    pub(crate) async fn on_handshake_refused(
+        self: &Arc<Self>,
+        peer: HubId,
+        reason: &str,
+        over_lan: bool,
+    ) {
+        if over_lan || self.book.at_relay(&peer) {
+            self.record_fault(peer, FaultKind::Handshake, reason).await;
+        } else {
+            tracing::debug!(%peer, "handshake refused from a hub not online at the relay: {reason}");
+        }
     }
 
     /// A pairing request through the relay: the founder answers it (a refusal is an answer too);

@@ -293,16 +293,41 @@ impl HubState {
             .await;
     }
 
-    /// Records a fault of `peer`, at most one per peer and kind a minute ([`book::PeerBook::fault_due`]).
+    /// Records an entry that may repeat (a refusal, a fault): written now if it is the first of
+    /// its kind in an interval, counted into one entry at the interval's end otherwise
+    /// ([`book::PeerBook::admit_repeat`]).
+    pub(crate) async fn record_repeat(self: &Arc<Self>, entry: AuditEntry) {
+        if let Some(entry) = self.book.admit_repeat(entry, crate::unix_ms()) {
+            self.record(entry).await;
+        }
+    }
+
+    /// Records a fault of `peer` (counted with its repeats: [`HubState::record_repeat`]).
     pub(crate) async fn record_fault(
         self: &Arc<Self>,
         peer: HubId,
         kind: crate::node::audit::FaultKind,
         why: &str,
     ) {
-        if self.book.fault_due(peer, kind.as_str(), crate::unix_ms()) {
-            self.record(crate::node::audit::fault(peer, kind, why))
-                .await;
+        self.record_repeat(crate::node::audit::fault(peer, kind, why))
+            .await;
+    }
+
+    /// Writes the entries that stand for the repeats of the intervals now ended (of all of
+    /// them, if `all`: the hub stops).
+    pub(crate) async fn record_repeats_due(self: &Arc<Self>, all: bool) {
+        let due = self.book.repeats_due(crate::unix_ms(), all);
+        if due.is_empty() || !self.audited {
+            return;
         }
+        let _ = self
+            .blocking(move |state| {
+                let store = state.store();
+                for entry in due {
+                    crate::node::audit::record(&state.home, &store, entry);
+                }
+                Ok(())
+            })
+            .await;
     }
 }

@@ -5,7 +5,8 @@
 //! signature = min(40, 10 x faults of the peer, all time): its calls refused as bad_envelope,
 //!             wrong_signer, expired, replayed or arguments_mismatch, and its refused handshakes
 //!             (certificate refused or not its key), audit heads (bad signature), manifests and
-//!             views messages (`peer.fault` audit entries, at most one per peer and kind a minute)
+//!             views messages (`peer.fault` audit entries: a kind repeated within a minute is
+//!             one entry with its count, and counts as one fault)
 //! audit     = min(50, 25 x inconsistencies of its signed audit heads)
 //! refusals  = min(20, 2 x its calls refused by policy in the last 24 h)
 //!             (not_shared, trust_too_low, scope_denied, unknown_tool)
@@ -98,7 +99,7 @@ fn faults(counts: &[AuditCount]) -> u64 {
     counts
         .iter()
         .filter(|c| c.kind == AuditKind::PeerFault)
-        .map(|c| c.count)
+        .map(|c| c.entries)
         .sum()
 }
 
@@ -208,6 +209,7 @@ mod tests {
             decision: Decision::Refused,
             code: Some(code.into()),
             count,
+            entries: count,
             duration_ms: 0,
             bytes: 0,
         }
@@ -259,6 +261,14 @@ mod tests {
         });
         let s = trust_score(&bad_handshakes);
         assert_eq!((s.score, penalty(&s, "signature")), (80, 20));
+        // Faults repeated within a minute are one entry, and count as one.
+        let mut repeated = healthy();
+        repeated.calls_all_time.push(AuditCount {
+            kind: AuditKind::PeerFault,
+            entries: 1,
+            ..refusals("handshake", 500)
+        });
+        assert_eq!(penalty(&trust_score(&repeated), "signature"), 10);
 
         let mut rolled_back = healthy();
         if let Some(h) = rolled_back.audit_head.as_mut() {

@@ -68,18 +68,18 @@ impl HubState {
             Inbound::Cancel(request) => self.cancel_call(request),
             Inbound::Refused {
                 call: Some(call),
-                code,
+                why,
                 ..
             } => {
                 // The peer layer refused it (a bound, or a token still in use) and answered.
                 let mut record = call_in_entry(&call, None);
-                let why = match code {
-                    CallErrorCode::Busy => "too many calls from this hub are running".to_owned(),
-                    code => code.to_string(),
-                };
-                audit::refuse(&mut record, code.name(), &why);
-                let state = self.clone();
-                tokio::spawn(async move { state.record(record).await });
+                audit::refuse(&mut record, why.code().name(), &why.to_string());
+                // Counted with its repeats: only the first of an interval is written (and so
+                // only then is there a task).
+                if let Some(record) = self.book.admit_repeat(record, unix_ms()) {
+                    let state = self.clone();
+                    tokio::spawn(async move { state.record(record).await });
+                }
             }
             _ => {}
         }
@@ -202,11 +202,17 @@ impl HubState {
                 Ok(result) => Answer::CallResult(result),
                 Err((code, message)) => Answer::CallError { code, message },
             };
-            // The answer does not wait for the disk: both are done when the task ends.
-            let (_, sent) = tokio::join!(
-                state.record(record),
-                member.peers.answer(call.from, call.token, answer)
-            );
+            // The answer does not wait for the disk: both are done when the task ends. A
+            // refusal is counted with its repeats.
+            let record = async {
+                if record.decision == Decision::Refused.as_str() {
+                    state.record_repeat(record).await;
+                } else {
+                    state.record(record).await;
+                }
+            };
+            let (_, sent) =
+                tokio::join!(record, member.peers.answer(call.from, call.token, answer));
             if let Err(e) = sent {
                 tracing::debug!(peer = %call.from, "call result not sent: {e}");
             }

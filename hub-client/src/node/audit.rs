@@ -24,6 +24,7 @@ pub fn entry(kind: AuditKind, peer: Option<HubId>, decision: Decision, reason: &
         decision: decision.as_str().to_owned(),
         reason: reason.to_owned(),
         bytes: Some(0),
+        count: Some(1),
         ..AuditEntry::default()
     }
 }
@@ -142,6 +143,7 @@ pub fn to_json(e: &AuditEntry, mac: &[u8; 32]) -> serde_json::Value {
         "duration_ms": e.duration_ms,
         "arguments_sha256": e.arguments_sha256.map(hex::encode),
         "bytes": e.bytes,
+        "count": e.count,
         "mac": hex::encode(mac),
     })
 }

@@ -91,6 +91,13 @@ pub const CONFIRM_TIMEOUT_MS: u64 = 5_000;
 /// cannot make it hand-shake at will.
 pub const UNKNOWN_SESSION_REHANDSHAKE_MS: u64 = 10_000;
 
+/// Hubs this hub holds state for without knowing their certificate (data came from them for an
+/// unknown session, and their certificate was asked for). Past this, data from one more such
+/// hub is dropped unanswered; such state is forgotten once idle for
+/// [`UNKNOWN_SESSION_REHANDSHAKE_MS`]. What a stranger sends (a pairing guest may name any hub
+/// id) cannot grow the table.
+pub const MAX_STRANGERS: usize = 256;
+
 /// Why a message could not be queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -448,7 +455,22 @@ impl PeerSessions {
                     .as_ref()
                     .filter(|s| !s.confirmed)
                     .map(|s| s.installed_ms + CONFIRM_TIMEOUT_MS);
-                handshake.into_iter().chain(partial).chain(unconfirmed)
+                let stranger = p
+                    .last_unknown_ms
+                    .filter(|_| {
+                        p.cert.is_none()
+                            && p.handshake.is_none()
+                            && p.current.is_none()
+                            && p.previous.is_none()
+                            && p.queue.is_empty()
+                            && p.partial.is_empty()
+                    })
+                    .map(|at| at + UNKNOWN_SESSION_REHANDSHAKE_MS);
+                handshake
+                    .into_iter()
+                    .chain(partial)
+                    .chain(unconfirmed)
+                    .chain(stranger)
             })
             .min()
     }
@@ -496,6 +518,7 @@ impl PeerSessions {
         for peer in peers {
             self.maybe_rekey(peer, now_ms, rng);
         }
+        self.forget_idle_strangers(now_ms);
         for state in self.peers.values_mut() {
             let before = state.partial.len();
             state
@@ -710,6 +733,9 @@ impl PeerSessions {
     /// session, and the sender goes on using it. Hand-shake with the sender (at most every
     /// [`UNKNOWN_SESSION_REHANDSHAKE_MS`]).
     fn unknown_session(&mut self, from: HubId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        if !self.peers.contains_key(&from) && self.strangers() >= MAX_STRANGERS {
+            return;
+        }
         let state = self.peers.entry(from).or_default();
         if state.handshake.is_some()
             || state
@@ -722,6 +748,27 @@ impl PeerSessions {
         // Without its certificate, `connect` asks for it; the handshake starts when it comes.
         state.wanted = state.cert.is_none();
         self.connect(from, now_ms, rng);
+    }
+
+    /// Hubs held without a certificate.
+    fn strangers(&self) -> usize {
+        self.peers.values().filter(|p| p.cert.is_none()).count()
+    }
+
+    /// Forgets the hubs held without a certificate, with nothing waiting and no session, idle
+    /// for [`UNKNOWN_SESSION_REHANDSHAKE_MS`].
+    fn forget_idle_strangers(&mut self, now_ms: u64) {
+        self.peers.retain(|_, p| {
+            let idle = p.cert.is_none()
+                && p.handshake.is_none()
+                && p.current.is_none()
+                && p.previous.is_none()
+                && p.queue.is_empty()
+                && p.partial.is_empty()
+                && p.last_unknown_ms
+                    .is_none_or(|at| now_ms >= at + UNKNOWN_SESSION_REHANDSHAKE_MS);
+            !idle
+        });
     }
 
     /// Fragments, encrypts and hands out `message` on the current session.
@@ -930,6 +977,38 @@ mod tests {
                 self.collect();
             }
         }
+    }
+
+    /// Data for unknown sessions from thousands of made-up hub ids (a pairing guest may name
+    /// any): at most `MAX_STRANGERS` are held, each is forgotten once idle, and a real peer's
+    /// session is not hurt. (Once every such id stayed in the table for good.)
+    #[test]
+    fn strangers_cannot_grow_the_session_table() {
+        let mut p = Pair::new();
+        p.a.send(B, b"before".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        for i in 0..5_000u32 {
+            let mut id = [0xee; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let junk = [&[DATA][..], &i.wrapping_add(7).to_be_bytes(), b"junk"].concat();
+            let r = p.b.handle_incoming(HubId(id), &junk, p.now, &mut p.rng);
+            assert!(r.is_err());
+            assert!(p.b.peers.len() <= MAX_STRANGERS + 1, "at {i}");
+        }
+        // Their certificate requests went out (to the first ones only), and are dropped here.
+        while p.b.poll_event().is_some() {}
+        assert_eq!(p.b.strangers(), MAX_STRANGERS);
+        assert_eq!(
+            p.b.poll_timeout(),
+            Some(p.now + UNKNOWN_SESSION_REHANDSHAKE_MS)
+        );
+        p.now += UNKNOWN_SESSION_REHANDSHAKE_MS;
+        p.b.handle_timeout(p.now, &mut p.rng);
+        assert_eq!(p.b.strangers(), 0);
+        assert_eq!(p.b.peers.len(), 1);
+        p.a.send(B, b"after".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b, vec![b"before".to_vec(), b"after".to_vec()]);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! [`Rpc::handle_received`]. Calling pattern, with `now_ms` the caller's clock (Unix ms):
 //!
 //! 1. [`Rpc::request`] registers a request with its deadline and returns its token and the
-//!    message to send; a request whose message could not be sent is taken back with
+//!    message to send, or no message when the request is a call queued behind this hub's calls
+//!    in flight to that peer; a request whose message could not be sent is taken back with
 //!    [`Rpc::abandon`].
 //! 2. [`Rpc::handle_received`] decodes a message once and returns what it is: a request from the
 //!    peer ([`Inbound::Call`], [`Inbound::Apps`], [`Inbound::Info`], [`Inbound::Ping`]), a
@@ -16,16 +17,23 @@
 //! 3. The application answers each request it was given with [`Rpc::answer`] (at most once).
 //! 4. At [`Rpc::poll_timeout`], [`Rpc::handle_timeout`]: requests past their deadline are
 //!    answered [`Failure::Timeout`], and the peer of a call is told to stop (`cancel`).
-//! 5. After each of the above, [`Rpc::poll_transmit`] until `None` (cancels, and refusals the
-//!    layer makes itself), and [`Rpc::poll_answered`] until `None` (requests that ended without
-//!    an answer: timeouts, failed sessions).
+//! 5. After each of the above, [`Rpc::poll_transmit`] until `None` (cancels, refusals the layer
+//!    makes itself, and queued calls whose turn came: a [`Transmit`] that names its request and
+//!    could not be sent is reported with [`Rpc::handle_unsent`]), and [`Rpc::poll_answered`]
+//!    until `None` (requests that ended without an answer: timeouts, failed sessions).
 //!
 //! Bounds (PROTOCOL.md section 6): a hub keeps at most [`MAX_OUTSTANDING`] requests of its own
 //! waiting; a peer may have at most [`MAX_CALLS_PER_PEER`] calls and [`MAX_REQUESTS_PER_PEER`]
-//! other requests waiting for this hub's answer, and a request of a peer whose token is that of
-//! one of its requests still waiting is refused ([`CallErrorCode::DuplicateToken`]): it never
-//! replaces the running one. The layer refuses both itself and says so with
-//! [`Inbound::Refused`], so the application can record it.
+//! other requests waiting for this hub's answer, may start at most [`CALL_RATE_PER_S`] calls a
+//! second (a bucket of [`CALL_BURST`]), and a request of a peer whose token is that of one of its
+//! requests still waiting is refused ([`CallErrorCode::DuplicateToken`]): it never replaces the
+//! running one. The layer refuses these itself and says so with [`Inbound::Refused`], so the
+//! application can record it.
+//!
+//! A caller keeps to the target's bound: at most [`MAX_CALLS_PER_PEER`] of its calls are in
+//! flight to one peer, and the rest wait in order, each within its own deadline, for one of them
+//! to end (as HTTP/2 queues streams past its concurrency limit). A queued call is sent with the
+//! timeout it has left, so the target stops when its caller does.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -42,6 +50,15 @@ pub const MAX_CALLS_PER_PEER: usize = 16;
 /// Other requests (ping, info, apps) from one peer waiting for this hub's answer at once; more
 /// are refused `busy`.
 pub const MAX_REQUESTS_PER_PEER: usize = 64;
+
+/// Calls one peer may start a second, on average; past its bucket, calls are refused `busy`.
+pub const CALL_RATE_PER_S: u64 = 1_000;
+
+/// Calls one peer may start at once after a quiet spell (the bucket's size).
+pub const CALL_BURST: u64 = 1_000;
+
+/// Peers whose call rate is remembered at once; buckets already full are forgotten first.
+const MAX_RATED_PEERS: usize = 1_024;
 
 /// Longest a call may run on its target, whatever its `timeout_ms` says.
 pub const MAX_CALL_TIMEOUT_MS: u64 = 55_000;
@@ -246,19 +263,58 @@ pub enum Inbound {
         /// The body.
         views: Vec<u8>,
     },
-    /// A request the layer refused itself and answered with `code` (a bound, or a token still
-    /// in use), for the application to record.
+    /// A request the layer refused itself (a bound, or a token still in use), for the
+    /// application to record.
     Refused {
         /// Who asked.
         request: PeerRequest,
         /// What it asked, if it was a call.
         call: Option<Box<CallRequest>>,
-        /// The code it was answered with (for a request other than a call: `refused` with the
-        /// code's text).
-        code: CallErrorCode,
+        /// Why (its code is what a call was answered with; another request was refused with
+        /// the text).
+        why: Refusal,
     },
     /// The answer to one of this hub's requests.
     Answer(Answered),
+}
+
+/// Why the layer refused a peer's request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// As many of the peer's requests of this kind are running as it may have
+    /// ([`MAX_CALLS_PER_PEER`], [`MAX_REQUESTS_PER_PEER`]).
+    #[error("too many requests from this hub are running")]
+    TooMany,
+    /// The peer started calls faster than [`CALL_RATE_PER_S`] a second for longer than its
+    /// bucket ([`CALL_BURST`]) allows.
+    #[error("this hub starts calls too fast (over {CALL_RATE_PER_S} a second)")]
+    TooFast,
+    /// One of the peer's requests with the same token is still waiting.
+    #[error("a request with this token is still waiting")]
+    DuplicateToken,
+}
+
+impl Refusal {
+    /// The code a call is answered with.
+    pub fn code(self) -> CallErrorCode {
+        match self {
+            Refusal::TooMany | Refusal::TooFast => CallErrorCode::Busy,
+            Refusal::DuplicateToken => CallErrorCode::DuplicateToken,
+        }
+    }
+}
+
+/// A message the layer wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// To whom.
+    pub to: HubId,
+    /// The message.
+    pub message: Vec<u8>,
+    /// The request of this hub it carries (a queued call whose turn came): if it cannot be sent,
+    /// say so with [`Rpc::handle_unsent`].
+    pub request: Option<Token>,
 }
 
 /// A request of this hub that ended: its answer, or why it has none.
@@ -400,6 +456,8 @@ struct Outgoing {
     peer: HubId,
     kind: RequestKind,
     deadline_ms: u64,
+    /// Whether its message went out (a queued call's has not yet).
+    sent: bool,
 }
 
 #[derive(Debug)]
@@ -431,6 +489,55 @@ impl PeerLoad {
     }
 }
 
+/// A peer's call rate: a token bucket of [`CALL_BURST`] calls, filled at [`CALL_RATE_PER_S`]
+/// (counted in thousandths of a call, so that a millisecond adds a whole number).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli: u64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    const FULL: u64 = CALL_BURST * 1_000;
+
+    fn full(now_ms: u64) -> Self {
+        Bucket {
+            milli: Self::FULL,
+            at_ms: now_ms,
+        }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.milli = (self.milli + elapsed.saturating_mul(CALL_RATE_PER_S)).min(Self::FULL);
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+
+    /// Takes one call out, if there is one.
+    fn take(&mut self, now_ms: u64) -> bool {
+        self.refill(now_ms);
+        if self.milli < 1_000 {
+            return false;
+        }
+        self.milli -= 1_000;
+        true
+    }
+
+    fn is_full(&self, now_ms: u64) -> bool {
+        let mut b = *self;
+        b.refill(now_ms);
+        b.milli == Self::FULL
+    }
+}
+
+/// This hub's calls to one peer: how many are in flight, and those waiting for their turn, in
+/// order.
+#[derive(Debug, Default)]
+struct CallQueue {
+    in_flight: usize,
+    waiting: VecDeque<(Token, OutgoingCall)>,
+}
+
 /// A deadline the layer keeps: of one of its requests, or of a peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -443,11 +550,14 @@ enum Timer {
 pub struct Rpc {
     next_token: Token,
     outgoing: HashMap<Token, Outgoing>,
+    /// This hub's calls per peer (in flight, and queued).
+    calls: HashMap<HubId, CallQueue>,
     incoming: HashMap<(HubId, Token), Incoming>,
     load: HashMap<HubId, PeerLoad>,
+    rates: HashMap<HubId, Bucket>,
     /// Every deadline, earliest first.
     timers: BTreeSet<(u64, Timer)>,
-    transmits: VecDeque<(HubId, Vec<u8>)>,
+    transmits: VecDeque<Transmit>,
     answered: VecDeque<Answered>,
 }
 
@@ -457,8 +567,10 @@ impl Rpc {
         Rpc {
             next_token: first_token,
             outgoing: HashMap::new(),
+            calls: HashMap::new(),
             incoming: HashMap::new(),
             load: HashMap::new(),
+            rates: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             answered: VecDeque::new(),
@@ -466,13 +578,15 @@ impl Rpc {
     }
 
     /// Registers `request` to `to`, waited for until `deadline_ms` (for a call, use
-    /// [`call_deadline`]); its token and the message to send.
+    /// [`call_deadline`]): its token and the message to send, or `None` for a call that waits
+    /// behind [`MAX_CALLS_PER_PEER`] others in flight to `to` (its message comes from
+    /// [`Rpc::poll_transmit`] when its turn comes, or it ends at its deadline).
     pub fn request(
         &mut self,
         to: HubId,
         request: &Request,
         deadline_ms: u64,
-    ) -> Result<(Token, Vec<u8>), RpcError> {
+    ) -> Result<(Token, Option<Vec<u8>>), RpcError> {
         if self.outgoing.len() >= MAX_OUTSTANDING {
             return Err(RpcError::TooManyRequests);
         }
@@ -480,14 +594,30 @@ impl Rpc {
         while self.outgoing.contains_key(&token) {
             token = token.wrapping_add(1);
         }
+        let message = match request {
+            Request::Call(call) => {
+                let queue = self.calls.entry(to).or_default();
+                if queue.in_flight >= MAX_CALLS_PER_PEER || !queue.waiting.is_empty() {
+                    // Checked now, so that a call that cannot be sent is refused now.
+                    request.encode(token).map_err(RpcError::Encode)?;
+                    queue.waiting.push_back((token, call.clone()));
+                    None
+                } else {
+                    let message = request.encode(token).map_err(RpcError::Encode)?;
+                    queue.in_flight += 1;
+                    Some(message)
+                }
+            }
+            _ => Some(request.encode(token).map_err(RpcError::Encode)?),
+        };
         self.next_token = token.wrapping_add(1);
-        let message = request.encode(token).map_err(RpcError::Encode)?;
         self.outgoing.insert(
             token,
             Outgoing {
                 peer: to,
                 kind: request.kind(),
                 deadline_ms,
+                sent: message.is_some(),
             },
         );
         self.timers.insert((deadline_ms, Timer::Out(token)));
@@ -500,26 +630,50 @@ impl Rpc {
     }
 
     /// Nobody waits for request `token` any more (its asker went away before its deadline): it is
-    /// forgotten, and if it is a call its peer is told to stop (`cancel`, from
+    /// forgotten, and if it is a call sent to its peer, the peer is told to stop (`cancel`, from
     /// [`Rpc::poll_transmit`]). Whether it was waiting.
     pub fn cancel(&mut self, token: Token) -> bool {
         let Some(out) = self.forget_outgoing(token) else {
             return false;
         };
-        if out.kind == RequestKind::Call {
-            self.transmits
-                .push_back((out.peer, Msg::Cancel { token }.to_vec()));
+        if out.kind == RequestKind::Call && out.sent {
+            self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
         }
         true
     }
 
+    /// A [`Transmit`] of request `token` could not be sent: it ends with
+    /// [`Failure::Session`] and `reason`.
+    pub fn handle_unsent(&mut self, token: Token, reason: &str) {
+        if let Some(out) = self.forget_outgoing(token) {
+            self.answered.push_back(Answered {
+                token,
+                peer: out.peer,
+                result: Err(Failure::Session(reason.to_owned())),
+            });
+        }
+    }
+
+    /// Forgets request `token`; a call in flight frees its place for the next one queued.
     fn forget_outgoing(&mut self, token: Token) -> Option<Outgoing> {
         let out = self.outgoing.remove(&token)?;
         self.timers.remove(&(out.deadline_ms, Timer::Out(token)));
+        if out.kind == RequestKind::Call {
+            if let Some(queue) = self.calls.get_mut(&out.peer) {
+                if out.sent {
+                    queue.in_flight = queue.in_flight.saturating_sub(1);
+                } else {
+                    queue.waiting.retain(|(t, _)| *t != token);
+                }
+                if queue.in_flight == 0 && queue.waiting.is_empty() {
+                    self.calls.remove(&out.peer);
+                }
+            }
+        }
         Some(out)
     }
 
-    /// Requests of this hub waiting for their answers.
+    /// Requests of this hub waiting for their answers (queued calls included).
     pub fn outstanding(&self) -> usize {
         self.outgoing.len()
     }
@@ -555,16 +709,16 @@ impl Rpc {
             },
             Msg::Ping { token } => {
                 let deadline = now_ms + REQUEST_TTL_MS;
-                match self.admit(from, token, RequestKind::Ping, deadline) {
+                match self.admit(from, token, RequestKind::Ping, deadline, now_ms) {
                     Ok(()) => Inbound::Ping(request(token)),
-                    Err(code) => self.refuse(request(token), RequestKind::Ping, None, code),
+                    Err(why) => self.refuse(request(token), RequestKind::Ping, None, why),
                 }
             }
             Msg::InfoRequest { token } => {
                 let deadline = now_ms + REQUEST_TTL_MS;
-                match self.admit(from, token, RequestKind::Info, deadline) {
+                match self.admit(from, token, RequestKind::Info, deadline, now_ms) {
                     Ok(()) => Inbound::Info(request(token)),
-                    Err(code) => self.refuse(request(token), RequestKind::Info, None, code),
+                    Err(why) => self.refuse(request(token), RequestKind::Info, None, why),
                 }
             }
             Msg::AppsRequest { token, principal } => {
@@ -602,14 +756,11 @@ impl Rpc {
                 // The entry outlives the call's own deadline by the grace its caller waits, so
                 // an answer at the deadline still goes out.
                 let kept_until = deadline_ms + ANSWER_GRACE_MS;
-                match self.admit(from, token, RequestKind::Call, kept_until) {
+                match self.admit(from, token, RequestKind::Call, kept_until, now_ms) {
                     Ok(()) => Inbound::Call(call),
-                    Err(code) => self.refuse(
-                        request(token),
-                        RequestKind::Call,
-                        Some(Box::new(call)),
-                        code,
-                    ),
+                    Err(why) => {
+                        self.refuse(request(token), RequestKind::Call, Some(Box::new(call)), why)
+                    }
                 }
             }
             Msg::Cancel { token } => match self.incoming.get(&(from, token)) {
@@ -632,9 +783,15 @@ impl Rpc {
     /// An apps request, signed or not, within its bounds.
     fn apps_request(&mut self, request: PeerRequest, listing: Listing, now_ms: u64) -> Inbound {
         let deadline = now_ms + REQUEST_TTL_MS;
-        match self.admit(request.from, request.token, RequestKind::Apps, deadline) {
+        match self.admit(
+            request.from,
+            request.token,
+            RequestKind::Apps,
+            deadline,
+            now_ms,
+        ) {
             Ok(()) => Inbound::Apps { request, listing },
-            Err(code) => self.refuse(request, RequestKind::Apps, None, code),
+            Err(why) => self.refuse(request, RequestKind::Apps, None, why),
         }
     }
 
@@ -645,20 +802,40 @@ impl Rpc {
         token: Token,
         kind: RequestKind,
         deadline_ms: u64,
-    ) -> Result<(), CallErrorCode> {
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
         if self.incoming.contains_key(&(from, token)) {
-            return Err(CallErrorCode::DuplicateToken);
+            return Err(Refusal::DuplicateToken);
         }
         let load = self.load.entry(from).or_default();
         let count = load.count(kind);
         if *count >= PeerLoad::bound(kind) {
-            return Err(CallErrorCode::Busy);
+            return Err(Refusal::TooMany);
         }
-        *count += 1;
+        if kind == RequestKind::Call && !self.take_call(from, now_ms) {
+            return Err(Refusal::TooFast);
+        }
+        let load = self.load.entry(from).or_default();
+        *load.count(kind) += 1;
         self.incoming
             .insert((from, token), Incoming { kind, deadline_ms });
         self.timers.insert((deadline_ms, Timer::In(from, token)));
         Ok(())
+    }
+
+    /// Takes a call out of `from`'s bucket, if it has one.
+    fn take_call(&mut self, from: HubId, now_ms: u64) -> bool {
+        if self.rates.len() >= MAX_RATED_PEERS && !self.rates.contains_key(&from) {
+            // Full buckets say nothing a new one would not: forget them first.
+            self.rates.retain(|_, b| !b.is_full(now_ms));
+            if self.rates.len() >= MAX_RATED_PEERS {
+                return false;
+            }
+        }
+        self.rates
+            .entry(from)
+            .or_insert_with(|| Bucket::full(now_ms))
+            .take(now_ms)
     }
 
     /// Answers a request the layer refuses itself, and says so.
@@ -667,13 +844,13 @@ impl Rpc {
         request: PeerRequest,
         kind: RequestKind,
         call: Option<Box<CallRequest>>,
-        code: CallErrorCode,
+        why: Refusal,
     ) -> Inbound {
-        let message = code.to_string();
+        let message = why.to_string();
         let answer = match kind {
             RequestKind::Call => Msg::CallError {
                 token: request.token,
-                code: code.to_u16(),
+                code: why.code().to_u16(),
                 message: &message,
             },
             _ => Msg::Refused {
@@ -681,12 +858,16 @@ impl Rpc {
                 reason: &message,
             },
         };
-        self.transmits.push_back((request.from, answer.to_vec()));
-        Inbound::Refused {
-            request,
-            call,
-            code,
-        }
+        self.push_transmit(request.from, answer.to_vec());
+        Inbound::Refused { request, call, why }
+    }
+
+    fn push_transmit(&mut self, to: HubId, message: Vec<u8>) {
+        self.transmits.push_back(Transmit {
+            to,
+            message,
+            request: None,
+        });
     }
 
     fn forget_incoming(&mut self, from: HubId, token: Token) -> Option<Incoming> {
@@ -705,7 +886,11 @@ impl Rpc {
 
     fn match_answer(&mut self, from: HubId, answer: Msg<'_>) -> Result<Answered, RpcError> {
         let token = answer.token().unwrap_or_default();
-        let Some(out) = self.outgoing.get(&token).filter(|o| o.peer == from) else {
+        let Some(out) = self
+            .outgoing
+            .get(&token)
+            .filter(|o| o.peer == from && o.sent)
+        else {
             return Err(RpcError::Unsolicited { from });
         };
         let result = match (out.kind, answer) {
@@ -775,21 +960,18 @@ impl Rpc {
     }
 
     /// The session with `peer` failed: its requests of this hub end with
-    /// [`Failure::Session`] (the peer's own requests stay until answered or forgotten).
+    /// [`Failure::Session`], queued calls included (the peer's own requests stay until answered
+    /// or forgotten).
     pub fn handle_session_failed(&mut self, peer: HubId, reason: &str) {
-        let failed: Vec<Token> = self
+        let mut failed: Vec<Token> = self
             .outgoing
             .iter()
             .filter(|(_, o)| o.peer == peer)
             .map(|(t, _)| *t)
             .collect();
+        failed.sort_unstable();
         for token in failed {
-            self.abandon(token);
-            self.answered.push_back(Answered {
-                token,
-                peer,
-                result: Err(Failure::Session(reason.to_owned())),
-            });
+            self.handle_unsent(token, reason);
         }
     }
 
@@ -809,12 +991,11 @@ impl Rpc {
             self.timers.pop_first();
             match timer {
                 Timer::Out(token) => {
-                    let Some(out) = self.outgoing.remove(&token) else {
+                    let Some(out) = self.forget_outgoing(token) else {
                         continue;
                     };
-                    if out.kind == RequestKind::Call {
-                        self.transmits
-                            .push_back((out.peer, Msg::Cancel { token }.to_vec()));
+                    if out.kind == RequestKind::Call && out.sent {
+                        self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
                     }
                     self.answered.push_back(Answered {
                         token,
@@ -829,9 +1010,41 @@ impl Rpc {
         }
     }
 
-    /// The next message the layer wants sent (cancels, its own refusals): `(to, message)`.
-    pub fn poll_transmit(&mut self) -> Option<(HubId, Vec<u8>)> {
-        self.transmits.pop_front()
+    /// The next message the layer wants sent at `now_ms`: cancels, its own refusals, and calls
+    /// whose turn came (sent with the timeout they have left).
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        let outgoing = &mut self.outgoing;
+        let (peer, token, mut call, deadline_ms) =
+            self.calls.iter_mut().find_map(|(peer, queue)| {
+                if queue.in_flight >= MAX_CALLS_PER_PEER {
+                    return None;
+                }
+                // Queued calls that ended are taken out of the queue as they end.
+                let (token, call) = queue.waiting.pop_front()?;
+                let out = outgoing.get_mut(&token)?;
+                out.sent = true;
+                queue.in_flight += 1;
+                Some((*peer, token, call, out.deadline_ms))
+            })?;
+        let left = deadline_ms
+            .saturating_sub(ANSWER_GRACE_MS)
+            .saturating_sub(now_ms);
+        call.timeout_ms = call.timeout_ms.min(u32::try_from(left).unwrap_or(u32::MAX));
+        match Request::Call(call).encode(token) {
+            Ok(message) => Some(Transmit {
+                to: peer,
+                message,
+                request: Some(token),
+            }),
+            // It encoded when it was queued, with a timeout as long: not reached.
+            Err(e) => {
+                self.handle_unsent(token, &e.to_string());
+                self.poll_transmit(now_ms)
+            }
+        }
     }
 
     /// The next request of this hub that ended without an answer (timeouts, failed sessions).
@@ -936,8 +1149,10 @@ mod tests {
             let to = if from_a { B } else { A };
             let hub = self.hub(from_a);
             let (token, message) = hub.rpc.request(to, request, deadline_ms).unwrap();
-            let mut rng = StdRng::seed_from_u64(token);
-            hub.sessions.send(to, message, now, &mut rng).unwrap();
+            if let Some(message) = message {
+                let mut rng = StdRng::seed_from_u64(token);
+                hub.sessions.send(to, message, now, &mut rng).unwrap();
+            }
             self.collect();
             token
         }
@@ -961,8 +1176,8 @@ mod tests {
                 let mut out = Vec::new();
                 let hub = if from_a { &mut self.a } else { &mut self.b };
                 let mut rng = StdRng::seed_from_u64(now);
-                while let Some((to, message)) = hub.rpc.poll_transmit() {
-                    let _ = hub.sessions.send(to, message, now, &mut rng);
+                while let Some(t) = hub.rpc.poll_transmit(now) {
+                    let _ = hub.sessions.send(t.to, t.message, now, &mut rng);
                 }
                 while let Some(answered) = hub.rpc.poll_answered() {
                     hub.inbound.push(Inbound::Answer(answered));
@@ -976,8 +1191,8 @@ mod tests {
                                 Ok(None) => {}
                                 Err(e) => hub.errors.push(e),
                             }
-                            while let Some((to, message)) = hub.rpc.poll_transmit() {
-                                let _ = hub.sessions.send(to, message, now, &mut rng);
+                            while let Some(t) = hub.rpc.poll_transmit(now) {
+                                let _ = hub.sessions.send(t.to, t.message, now, &mut rng);
                             }
                         }
                         _ => {}
@@ -1102,18 +1317,18 @@ mod tests {
                 Some(Inbound::Refused {
                     request,
                     call: Some(call),
-                    code: CallErrorCode::DuplicateToken,
+                    why: Refusal::DuplicateToken,
                 }) => assert_eq!((request.token, call.app.as_str()), (42, "again")),
                 other => panic!("expected a duplicate-token refusal, got {other:?}"),
             }
-            let (to, refusal) = b.poll_transmit().unwrap();
-            assert_eq!(to, A);
+            let refusal = b.poll_transmit(NOW).unwrap();
+            assert_eq!((refusal.to, refusal.request), (A, None));
             assert_eq!(
-                Msg::decode(&refusal).unwrap(),
+                Msg::decode(&refusal.message).unwrap(),
                 Msg::CallError {
                     token: 42,
                     code: CallErrorCode::DuplicateToken.to_u16(),
-                    message: &CallErrorCode::DuplicateToken.to_string(),
+                    message: &Refusal::DuplicateToken.to_string(),
                 }
             );
         }
@@ -1161,7 +1376,7 @@ mod tests {
         assert!(matches!(
             r,
             Some(Inbound::Refused {
-                code: CallErrorCode::Busy,
+                why: Refusal::TooMany,
                 ..
             })
         ));
@@ -1184,7 +1399,7 @@ mod tests {
         assert!(matches!(
             b.handle_received(A, &ping(5_000), NOW).unwrap(),
             Some(Inbound::Refused {
-                code: CallErrorCode::Busy,
+                why: Refusal::TooMany,
                 call: None,
                 ..
             })
@@ -1238,6 +1453,174 @@ mod tests {
             .is_err());
     }
 
+    /// 40 calls from one hub to one peer at once (an agent's fan-out): the caller keeps
+    /// `MAX_CALLS_PER_PEER` in flight and queues the rest in order, so the target refuses none
+    /// and every call gets its answer. (Once, the calling hub sent them all and the target
+    /// refused those past its bound `busy`.)
+    #[test]
+    fn a_fan_out_of_calls_is_queued_by_the_caller_and_none_is_refused() {
+        let mut p = Pair::new(Faults::default());
+        let deadline = call_deadline(p.now, 10_000);
+        let tokens: Vec<Token> = (0..40)
+            .map(|i| p.request(true, &call(&format!("app{i}")), deadline))
+            .collect();
+        p.drive();
+        let mut answered = 0;
+        let mut most_running = 0;
+        while answered < tokens.len() {
+            let running: Vec<Token> =
+                p.b.calls()
+                    .iter()
+                    .filter(|c| p.b.rpc.is_waiting(A, c.token))
+                    .map(|c| c.token)
+                    .collect();
+            assert!(!running.is_empty(), "calls stalled after {answered}");
+            most_running = most_running.max(running.len());
+            // The target answers one at a time; the next queued call goes out.
+            p.answer(false, running[0], Answer::CallResult(b"{}".to_vec()));
+            p.advance(p.now + 1);
+            answered += 1;
+        }
+        assert_eq!(most_running, MAX_CALLS_PER_PEER);
+        assert!(
+            !p.b.inbound
+                .iter()
+                .any(|i| matches!(i, Inbound::Refused { .. })),
+            "the target refused a call"
+        );
+        // In the order they were asked, each with its answer.
+        let apps: Vec<String> = p.b.calls().iter().map(|c| c.app.clone()).collect();
+        let asked: Vec<String> = (0..40).map(|i| format!("app{i}")).collect();
+        assert_eq!(apps, asked);
+        let mut results: Vec<Token> =
+            p.a.answered()
+                .iter()
+                .filter(|a| a.result == Ok(Reply::CallResult(b"{}".to_vec())))
+                .map(|a| a.token)
+                .collect();
+        results.sort_unstable();
+        assert_eq!(results, tokens);
+        assert_eq!(p.a.rpc.outstanding(), 0);
+        assert!(p.a.rpc.calls.is_empty());
+    }
+
+    /// A queued call ends at its own deadline without ever being sent (no cancel goes out for
+    /// it), and one that waited is sent with the timeout it has left.
+    #[test]
+    fn a_queued_call_keeps_its_deadline() {
+        let mut a = Rpc::new(0);
+        let long = call_deadline(NOW, 10_000);
+        for _ in 0..MAX_CALLS_PER_PEER {
+            let (_, message) = a.request(B, &call("busy"), long).unwrap();
+            assert!(message.is_some());
+        }
+        let short = call_deadline(NOW, 1_000);
+        let (late, message) = a.request(B, &call("late"), short).unwrap();
+        assert!(message.is_none(), "queued");
+        let (waits, _) = a.request(B, &call("waits"), long).unwrap();
+        assert_eq!(
+            a.poll_transmit(NOW),
+            None,
+            "nothing is sent while all are in flight"
+        );
+        a.handle_timeout(short);
+        assert_eq!(
+            a.poll_answered(),
+            Some(Answered {
+                token: late,
+                peer: B,
+                result: Err(Failure::Timeout)
+            })
+        );
+        assert_eq!(
+            a.poll_transmit(short),
+            None,
+            "no cancel for a call never sent"
+        );
+        // One in flight ends: the next queued goes out with what is left of its timeout.
+        let first = Msg::CallResult {
+            token: 0,
+            result: b"{}",
+        }
+        .to_vec();
+        assert!(matches!(
+            a.handle_received(B, &first, NOW + 4_000),
+            Ok(Some(Inbound::Answer(_)))
+        ));
+        let sent = a.poll_transmit(NOW + 4_000).unwrap();
+        assert_eq!((sent.to, sent.request), (B, Some(waits)));
+        match Msg::decode(&sent.message).unwrap() {
+            Msg::Call {
+                token, timeout_ms, ..
+            } => assert_eq!((token, timeout_ms), (waits, 6_000)),
+            other => panic!("{other:?}"),
+        }
+        // A queued call that could not be sent ends at once, and frees its place.
+        a.handle_unsent(waits, "no session");
+        assert!(matches!(
+            a.poll_answered(),
+            Some(Answered {
+                result: Err(Failure::Session(_)),
+                ..
+            })
+        ));
+        assert_eq!(a.calls[&B].in_flight, MAX_CALLS_PER_PEER - 1);
+    }
+
+    /// A peer may start `CALL_BURST` calls at once and `CALL_RATE_PER_S` a second after that;
+    /// faster, its calls are refused busy (saying why), and another peer is not held back.
+    #[test]
+    fn a_peer_that_starts_calls_too_fast_is_refused() {
+        let mut b = Rpc::new(0);
+        let call = |token| {
+            Msg::Call {
+                token,
+                timeout_ms: 1_000,
+                app: "a",
+                tool: "t",
+                envelope: b"",
+                arguments: b"",
+            }
+            .to_vec()
+        };
+        let run = |b: &mut Rpc, from, token, now| {
+            let r = b.handle_received(from, &call(token), now).unwrap();
+            if let Some(Inbound::Call(_)) = r {
+                b.answer(from, token, &Answer::CallResult(b"{}".to_vec()))
+                    .unwrap();
+            }
+            r
+        };
+        for token in 0..CALL_BURST {
+            assert!(matches!(run(&mut b, A, token, NOW), Some(Inbound::Call(_))));
+        }
+        assert!(matches!(
+            run(&mut b, A, CALL_BURST, NOW),
+            Some(Inbound::Refused {
+                why: Refusal::TooFast,
+                ..
+            })
+        ));
+        let refusal = b.poll_transmit(NOW).unwrap();
+        match Msg::decode(&refusal.message).unwrap() {
+            Msg::CallError { code, message, .. } => {
+                assert_eq!(code, CallErrorCode::Busy.to_u16());
+                assert!(message.contains("too fast"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(run(&mut b, B, 0, NOW), Some(Inbound::Call(_))));
+        // A millisecond later, one more (1,000 a second).
+        assert!(matches!(
+            run(&mut b, A, CALL_BURST + 1, NOW + 1),
+            Some(Inbound::Call(_))
+        ));
+        assert!(matches!(
+            run(&mut b, A, CALL_BURST + 2, NOW + 1),
+            Some(Inbound::Refused { .. })
+        ));
+    }
+
     /// An asker that goes away before the deadline cancels its call on the target at once; a
     /// request that is not a call is only forgotten.
     #[test]
@@ -1260,7 +1643,7 @@ mod tests {
         assert!(!p.a.answered().iter().any(|a| a.token == token));
         assert_eq!(p.a.rpc.outstanding(), 1);
         assert!(p.a.rpc.cancel(ping));
-        assert_eq!(p.a.rpc.poll_transmit(), None, "no cancel for a ping");
+        assert_eq!(p.a.rpc.poll_transmit(p.now), None, "no cancel for a ping");
     }
 
     /// Answers go to the request they answer: a pong to a call, an answer from another hub, or

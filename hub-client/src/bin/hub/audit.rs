@@ -28,7 +28,7 @@ pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
                     println!("{}", to_json(&entry, &mac));
                 } else {
                     println!(
-                        "{:>6}  {}  {:<12} {:<8} {:<8} {}{}{}",
+                        "{:>6}  {}  {:<12} {:<8} {:<8} {}{}{}{}",
                         entry.seq,
                         utc(entry.at_ms / 1000),
                         entry.kind,
@@ -50,6 +50,11 @@ pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
                             String::new()
                         } else {
                             format!(": {}", entry.reason)
+                        },
+                        // An entry of repeats: how many events it stands for.
+                        match entry.times() {
+                            1 => String::new(),
+                            n => format!(" ({n} times)"),
                         },
                     );
                 }

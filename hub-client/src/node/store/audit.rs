@@ -178,8 +178,10 @@ pub struct AuditCount {
     pub decision: Decision,
     /// For refused calls and faults, the code ([`code_of`]).
     pub code: Option<String>,
-    /// How many.
+    /// How many events (an entry of repeats stands for its `count`).
     pub count: u64,
+    /// How many entries.
+    pub entries: u64,
     /// Their durations added up (ms).
     pub duration_ms: u64,
     /// The bytes their calls carried, added up.
@@ -278,8 +280,8 @@ impl Store {
         let mac = entry.mac(key, &prev);
         tx.execute(
             "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
-             reason, duration_ms, arguments_sha256, mac, bytes, code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             reason, duration_ms, arguments_sha256, mac, bytes, code, count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 entry.seq as i64,
                 entry.at_ms as i64,
@@ -295,6 +297,7 @@ impl Store {
                 mac.to_vec(),
                 entry.bytes.map(|b| b as i64),
                 code_of(&entry),
+                entry.count.map(|c| c as i64),
             ],
         )?;
         tx.commit()?;
@@ -312,7 +315,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT * FROM (
                SELECT seq, at_ms, kind, peer, principal, app, tool, decision, reason,
-                      duration_ms, arguments_sha256, mac, bytes
+                      duration_ms, arguments_sha256, mac, bytes, count
                FROM audit_log
                WHERE (?1 IS NULL OR peer = ?1) AND at_ms >= ?2
                ORDER BY seq DESC LIMIT ?3
@@ -341,6 +344,7 @@ impl Store {
                             .get::<_, Option<Vec<u8>>>(10)?
                             .and_then(|b| <[u8; 32]>::try_from(b).ok()),
                         bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
+                        count: r.get::<_, Option<i64>>(13)?.map(|c| c as u64),
                     },
                     r.get::<_, Vec<u8>>(11)?,
                 ))
@@ -372,7 +376,8 @@ impl Store {
             "?2 IS NULL AND at_ms >= ?1"
         };
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT peer, kind, decision, code, count(*), sum(duration_ms), sum(bytes)
+            "SELECT peer, kind, decision, code, sum(coalesce(count, 1)), sum(duration_ms), sum(bytes),
+                    count(*)
              FROM audit_log WHERE {filter}
              GROUP BY peer, kind, decision, code"
         ))?;
@@ -385,11 +390,12 @@ impl Store {
                 r.get::<_, i64>(4)? as u64,
                 r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
                 r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
+                r.get::<_, i64>(7)? as u64,
             ))
         })?;
         let mut counts = Vec::new();
         for row in rows {
-            let (peer, kind, decision, code, count, duration_ms, bytes) = row?;
+            let (peer, kind, decision, code, count, duration_ms, bytes, entries) = row?;
             // Kinds and decisions this build does not write are not counted.
             let (Some(kind), Some(decision)) =
                 (AuditKind::parse(&kind), Decision::parse(&decision))
@@ -402,6 +408,7 @@ impl Store {
                 decision,
                 code,
                 count,
+                entries,
                 duration_ms,
                 bytes,
             });
@@ -443,7 +450,8 @@ impl Store {
     ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
         let bucket = bucket_ms.max(1) as i64;
         let mut stmt = self.conn.prepare(
-            "SELECT (at_ms / ?2) * ?2 AS start, count(*), sum(decision = 'refused')
+            "SELECT (at_ms / ?2) * ?2 AS start, sum(coalesce(count, 1)),
+                    sum((decision = 'refused') * coalesce(count, 1))
              FROM audit_log WHERE at_ms >= ?1 AND kind IN ('call.out', 'call.in')
              GROUP BY start ORDER BY start",
         )?;

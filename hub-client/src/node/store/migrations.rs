@@ -112,6 +112,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
                        ELSE reason END
      WHERE decision = 'refused' AND kind IN ('call.in', 'call.out', 'peer.fault');
     "#,
+    // 8: how many events an entry stands for (a refusal repeated within an interval is written
+    // once with its count); older entries have none and stand for one.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN count INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

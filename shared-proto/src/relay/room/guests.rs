@@ -124,8 +124,13 @@ impl Room {
             conn,
             member: guest.info,
         });
-        match self.members.get(&issuer) {
-            Some(&to) => outbox.push(to, &Frame::Recv { src: hub, payload }, out),
+        match self.members.get(&issuer).copied() {
+            Some(to) => {
+                // The issuer hears first who left: a guest may have taken the id of a member
+                // that just went, and what it sends must not pass for that member's.
+                self.flush_presence_to(to, outbox, out);
+                outbox.push(to, &Frame::Recv { src: hub, payload }, out);
+            }
             None => outbox.push(conn, &Frame::Undeliverable(dst), out),
         }
         Ok(())
@@ -136,6 +141,40 @@ impl Room {
 mod tests {
     use super::*;
     use crate::relay::room::testing::*;
+
+    /// A guest that takes the id of a member that just left (its leaving not announced yet: the
+    /// presence window) reaches the issuer only after the issuer was told the member left, so
+    /// what it sends cannot pass for that member's.
+    #[test]
+    fn the_issuer_hears_who_left_before_a_guest_using_that_id() {
+        let mut r = Room::new(RoomConfig {
+            presence_window_ms: PRESENCE_WINDOW_MS,
+            ..RoomConfig::new(ca().cluster_id(), 42)
+        });
+        let _ = join(&mut r, 1, hub(1));
+        let _ = join(&mut r, 2, hub(2));
+        // The joins are announced; hub 2 leaves within the window: not announced yet.
+        let mut out = Vec::new();
+        r.handle_timeout(NOW + PRESENCE_WINDOW_MS, &mut out);
+        let mut out = Vec::new();
+        r.handle_disconnect(ConnId(2), NOW + PRESENCE_WINDOW_MS + 1, &mut out);
+        assert!(sent_to(&out, ConnId(1)).is_empty(), "announced at once");
+        let at = NOW + PRESENCE_WINDOW_MS + 2;
+        let _ = guest_join(&mut r, 10, hub(2), hub(1), at);
+        let mut out = Vec::new();
+        r.handle_message(ConnId(10), at, &send(hub(1), b"garbage"), &mut out);
+        let frames: Vec<Frame<'_>> = sent_to(&out, ConnId(1)).into_iter().flatten().collect();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::PeerLeft(vec![hub(2)]),
+                Frame::Recv {
+                    src: hub(2),
+                    payload: b"garbage"
+                }
+            ]
+        );
+    }
 
     #[test]
     fn a_pairing_guest_reaches_only_its_issuer_and_no_member_sees_it() {

@@ -3,14 +3,17 @@
 //! the hub stores entries and keeps the key; anyone with the key can check a log with [`verify`].
 //!
 //! ```text
-//! "hub-relay audit v2\0" | prev_mac: [32] | seq: u64 | at_ms: u64 | kind: str8 | peer: [16] |
+//! "hub-relay audit v3\0" | prev_mac: [32] | seq: u64 | at_ms: u64 | kind: str8 | peer: [16] |
 //! principal: str8 | app: str8 | tool: str8 | decision: str8 | reason: str16 |
-//! duration_ms: u64 | arguments_sha256: [32] | bytes: u64
+//! duration_ms: u64 | arguments_sha256: [32] | bytes: u64 | count: u64
 //! ```
 //!
-//! Entries written before `bytes` existed (format 1) have none: their bytes start with
-//! `"hub-relay audit v1\0"` and end after `arguments_sha256`. The format is part of what is
-//! MACed, so an entry cannot be moved from one to the other without the key.
+//! `count` is how many events of the same kind, peer and decision the entry stands for (a
+//! refusal repeated within an interval is written once, with its count). Entries written before
+//! `count` existed (format 2) have none: their bytes start with `"hub-relay audit v2\0"` and end
+//! after `bytes`; those written before `bytes` (format 1) start with `"hub-relay audit v1\0"` and
+//! end after `arguments_sha256`. The format is part of what is MACed, so an entry cannot be moved
+//! from one to another without the key.
 //!
 //! Integers big-endian; `str8`/`str16` a `u8`/`u16` length and UTF-8 (longer text is cut at a
 //! character boundary before it is stored, so the stored text is what is MACed). The first entry's
@@ -24,8 +27,12 @@ use sha2::Sha256;
 use crate::codec::Reader;
 use crate::HubId;
 
+pub mod repeats;
+pub use repeats::Repeats;
+
 const DOMAIN_V1: &[u8] = b"hub-relay audit v1\0";
-const DOMAIN: &[u8] = b"hub-relay audit v2\0";
+const DOMAIN_V2: &[u8] = b"hub-relay audit v2\0";
+const DOMAIN: &[u8] = b"hub-relay audit v3\0";
 
 /// Longest `reason`, in bytes; the other strings are at most 255.
 pub const MAX_REASON: usize = 1024;
@@ -59,6 +66,9 @@ pub struct Entry {
     /// Bytes a call carried (its arguments and its result); `None` only in entries of format 1,
     /// written before this field existed.
     pub bytes: Option<u64>,
+    /// How many events the entry stands for (more than 1 for a refusal repeated within an
+    /// interval); `None` in entries of formats 1 and 2, which stand for one.
+    pub count: Option<u64>,
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -91,10 +101,10 @@ impl Entry {
     /// The canonical bytes the MAC covers, after `prev_mac`.
     pub fn canonical(&self, prev_mac: &[u8; 32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(if self.bytes.is_some() {
-            DOMAIN
-        } else {
-            DOMAIN_V1
+        out.extend_from_slice(match (self.bytes, self.count) {
+            (None, None) => DOMAIN_V1,
+            (Some(_), None) => DOMAIN_V2,
+            (_, Some(_)) => DOMAIN,
         });
         out.extend_from_slice(prev_mac);
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -115,10 +125,20 @@ impl Entry {
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(&self.duration_ms.to_be_bytes());
         out.extend_from_slice(&self.arguments_sha256.unwrap_or([0; 32]));
-        if let Some(bytes) = self.bytes {
-            out.extend_from_slice(&bytes.to_be_bytes());
+        match (self.bytes, self.count) {
+            (None, None) => {}
+            (Some(bytes), None) => out.extend_from_slice(&bytes.to_be_bytes()),
+            (bytes, Some(count)) => {
+                out.extend_from_slice(&bytes.unwrap_or(0).to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
+            }
         }
         out
+    }
+
+    /// How many events the entry stands for.
+    pub fn times(&self) -> u64 {
+        self.count.unwrap_or(1)
     }
 
     /// The entry's MAC, chained to `prev_mac`.
@@ -421,8 +441,10 @@ mod tests {
                     reason: "ok".into(),
                     duration_ms: seq * 3,
                     arguments_sha256: Some([seq as u8; 32]),
-                    // Format 1 entries first, as in a log from before `bytes`.
+                    // Format 1 entries first, as in a log from before `bytes`, then format 2,
+                    // then format 3.
                     bytes: (seq > 2).then_some(seq * 100),
+                    count: (seq > 4).then_some(seq),
                 };
                 let mac = e.mac(key, &prev);
                 prev = mac;
@@ -446,7 +468,7 @@ mod tests {
 
         // Any field of any entry changed.
         type Tamper = fn(&mut Entry);
-        let tampers: [(&str, Tamper); 11] = [
+        let tampers: [(&str, Tamper); 12] = [
             ("at_ms", |e| e.at_ms += 1),
             ("kind", |e| e.kind.push('x')),
             ("peer", |e| e.peer = None),
@@ -458,6 +480,7 @@ mod tests {
             ("duration", |e| e.duration_ms = 0),
             ("arguments", |e| e.arguments_sha256 = None),
             ("bytes", |e| e.bytes = Some(e.bytes.map_or(0, |b| b + 1))),
+            ("count", |e| e.count = Some(e.count.map_or(0, |c| c + 1))),
         ];
         for at in 0..log.len() {
             for (what, tamper) in &tampers {
