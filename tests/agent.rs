@@ -694,10 +694,50 @@ async fn every_envelope_refusal_has_its_own_code() {
             None,
             CallErrorCode::UnknownTool,
         ),
+        // The envelope binds these bytes, but the app would see one "text" of the two: the
+        // arguments must be canonical JSON. (Once the call ran with the second one.)
+        (
+            "a key twice",
+            envelope(&|_| {}, br#"{"text":"a","text":"b"}"#),
+            key,
+            br#"{"text":"a","text":"b"}"#,
+            None,
+            CallErrorCode::ArgumentsMismatch,
+        ),
+        (
+            "keys out of order",
+            envelope(&|_| {}, br#"{"z":1,"text":"a"}"#),
+            key,
+            br#"{"z":1,"text":"a"}"#,
+            None,
+            CallErrorCode::ArgumentsMismatch,
+        ),
     ];
     for (what, d, k, a, raw, want) in cases {
         assert_eq!(code(send(d, k, a, raw).await), Some(want), "{what}");
     }
+
+    // A call refused by policy leaves its nonce unspent: an envelope with the same nonce for
+    // what is shared is then accepted. (Once the refused call spent it, and the next was
+    // refused as replayed.)
+    let nonce: [u8; 16] = rand::random();
+    let unshared = envelope(
+        &|d| {
+            d.app = "secret".into();
+            d.nonce = nonce;
+        },
+        args,
+    );
+    assert_eq!(
+        code(send(unshared, key, args, None).await),
+        Some(CallErrorCode::NotShared)
+    );
+    let shared = envelope(&|d| d.nonce = nonce, args);
+    send(shared.clone(), key, args, None).await.unwrap();
+    assert_eq!(
+        code(send(shared, key, args, None).await),
+        Some(CallErrorCode::Replayed)
+    );
 
     // Replay after the desk restarts: the nonce was kept in its store.
     blocking(|| {

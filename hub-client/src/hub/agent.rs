@@ -479,7 +479,8 @@ impl HubState {
             }
             Err(e) => audit::decide(&mut record, Decision::Failed, e.to_string()),
         }
-        self.record(record).await;
+        // The answer does not wait for the disk: the entry lands with the journal's next batch.
+        self.record_later(record).await;
         let body = answer?;
         serde_json::from_slice(&body)
             .map_err(|e| ServiceError::Unreachable(format!("malformed result from {hub}: {e}")))

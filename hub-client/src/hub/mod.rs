@@ -195,6 +195,10 @@ pub(crate) struct HubState {
     pub(crate) calls: Mutex<HashMap<(HubId, u64), RunningCall>>,
     /// Whether this hub appends to its audit log (always, but in a benchmark).
     pub(crate) audited: bool,
+    /// The writer of what a call's path must make durable (nonces, audit entries).
+    pub(crate) journal: crate::node::journal::Journal,
+    /// The delegation nonces seen, until their envelopes expire (durable through the journal).
+    pub(crate) nonces: Mutex<shared_proto::agent::nonces::Nonces>,
     /// When this hub started (its info's uptime).
     pub(crate) started: Instant,
 }
@@ -202,6 +206,14 @@ pub(crate) struct HubState {
 impl HubState {
     /// The state of a hub over `home` and its open `store`; the book is filled from the store.
     pub(crate) fn new(home: Home, store: Store, audited: bool) -> Result<Self, ServiceError> {
+        let journal = crate::node::journal::Journal::start(&home, audited)
+            .map_err(|e| ServiceError::Task(format!("the journal: {e}")))?;
+        let now = crate::unix_ms();
+        let mut nonces = shared_proto::agent::nonces::Nonces::new();
+        for (peer, nonce, expires) in store.delegation_nonces(now)? {
+            // Nonces kept before the store knew their hub count against no hub's share.
+            nonces.restore(peer.unwrap_or(HubId([0; 16])), nonce, expires, now);
+        }
         let state = HubState {
             home,
             store: Mutex::new(store),
@@ -213,6 +225,8 @@ impl HubState {
             listings: Arc::new(tokio::sync::Semaphore::new(serve::MAX_LISTINGS)),
             calls: Mutex::new(HashMap::new()),
             audited,
+            journal,
+            nonces: Mutex::new(nonces),
             started: Instant::now(),
         };
         state.sync_book(&state.store())?;
@@ -280,17 +294,24 @@ impl HubState {
             .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
-    /// Appends an entry to the audit log (off the async threads; failures are logged).
+    /// Appends an entry to the audit log through the journal, and waits until it is committed
+    /// (failures are logged).
     pub(crate) async fn record(self: &Arc<Self>, entry: AuditEntry) {
         if !self.audited {
             return;
         }
-        let _ = self
-            .blocking(move |state| {
-                crate::node::audit::record(&state.home, &state.store(), entry);
-                Ok(())
-            })
-            .await;
+        let kind = entry.kind.clone();
+        if let Err(e) = self.journal.append(entry).await {
+            tracing::error!(kind, "audit entry not recorded: {e}");
+        }
+    }
+
+    /// Appends an entry to the audit log with the journal's next batch, without waiting for it
+    /// (what is on an answer's path: the caller's `call.out`).
+    pub(crate) async fn record_later(self: &Arc<Self>, entry: AuditEntry) {
+        if self.audited {
+            self.journal.append_later(entry).await;
+        }
     }
 
     /// Records an entry that may repeat (a refusal, a fault): written now if it is the first of
@@ -316,18 +337,8 @@ impl HubState {
     /// Writes the entries that stand for the repeats of the intervals now ended (of all of
     /// them, if `all`: the hub stops).
     pub(crate) async fn record_repeats_due(self: &Arc<Self>, all: bool) {
-        let due = self.book.repeats_due(crate::unix_ms(), all);
-        if due.is_empty() || !self.audited {
-            return;
+        for entry in self.book.repeats_due(crate::unix_ms(), all) {
+            self.record(entry).await;
         }
-        let _ = self
-            .blocking(move |state| {
-                let store = state.store();
-                for entry in due {
-                    crate::node::audit::record(&state.home, &store, entry);
-                }
-                Ok(())
-            })
-            .await;
     }
 }

@@ -17,6 +17,11 @@ use shared_proto::HubId;
 /// 30 s by default).
 pub const REPORT_TTL_MS: u64 = 10 * 60_000;
 
+/// How long another hub may report another manifest epoch of a peer than this hub holds before
+/// it counts: after a pairing or a revocation, the new epoch reaches the hubs one report interval
+/// (30 s) apart, and a report sent just before it is held for another interval.
+pub const EPOCH_GRACE_MS: u64 = 2 * 30_000;
+
 /// The reports held.
 #[derive(Debug, Default)]
 pub struct Quorum {
@@ -24,6 +29,9 @@ pub struct Quorum {
     epochs: HashMap<HubId, u64>,
     /// The newest report of each peer: when it arrived, and its views (ascending by hub).
     reports: HashMap<HubId, (u64, Vec<View>)>,
+    /// Where a reporter's view of a peer's epoch differs from this hub's: by (reporter, peer),
+    /// the two epochs (this hub's, the reporter's) and since when that difference is reported.
+    epoch_splits: HashMap<(HubId, HubId), (u64, u64, u64)>,
 }
 
 /// How the other hubs' reports on one peer compare with this hub's view of it.
@@ -41,13 +49,30 @@ impl Quorum {
         if let Some(epoch) = report.epoch {
             self.epochs.insert(from, epoch);
         }
+        for view in &report.views {
+            let key = (from, view.hub);
+            match (self.epochs.get(&view.hub), view.manifest_epoch) {
+                (Some(&mine), Some(theirs)) if mine != theirs => {
+                    let since = match self.epoch_splits.get(&key) {
+                        Some(&(m, t, since)) if (m, t) == (mine, theirs) => since,
+                        _ => now_ms,
+                    };
+                    self.epoch_splits.insert(key, (mine, theirs, since));
+                }
+                _ => {
+                    self.epoch_splits.remove(&key);
+                }
+            }
+        }
         self.reports.insert(from, (now_ms, report.views));
     }
 
-    /// Forgets what `hub` reported (it was revoked).
+    /// Forgets what `hub` reported, and what was reported of it (it was revoked).
     pub fn forget(&mut self, hub: HubId) {
         self.epochs.remove(&hub);
         self.reports.remove(&hub);
+        self.epoch_splits
+            .retain(|(from, peer), _| *from != hub && *peer != hub);
     }
 
     /// The manifest epoch `hub` last claimed.
@@ -71,7 +96,16 @@ impl Quorum {
                 continue;
             };
             check.reporters += 1;
-            if let Some(what) = difference(mine, &views[at]) {
+            let split_since =
+                self.epoch_splits
+                    .get(&(*from, mine.hub))
+                    .and_then(|&(m, t, since)| {
+                        (Some(m) == mine.manifest_epoch && Some(t) == views[at].manifest_epoch)
+                            .then_some(since)
+                    });
+            // Another epoch counts once it has been reported for longer than the grace.
+            let epoch_settled = split_since.is_some_and(|s| now_ms >= s + EPOCH_GRACE_MS);
+            if let Some(what) = difference(mine, &views[at], epoch_settled) {
                 check.disagreements.push((*from, what));
             }
         }
@@ -80,14 +114,14 @@ impl Quorum {
 }
 
 /// What differs between this hub's view and another's, if anything that cannot be timing: the
-/// certificate, the epoch, or another MAC at the same audit sequence number (a head further on
-/// is only newer).
-fn difference(mine: &View, theirs: &View) -> Option<String> {
+/// certificate, the epoch (once `epoch_settled`: reported for longer than [`EPOCH_GRACE_MS`]),
+/// or another MAC at the same audit sequence number (a head further on is only newer).
+fn difference(mine: &View, theirs: &View, epoch_settled: bool) -> Option<String> {
     if mine.cert_sha256 != theirs.cert_sha256 {
         return Some("it sees another certificate".into());
     }
     if let (Some(a), Some(b)) = (mine.manifest_epoch, theirs.manifest_epoch) {
-        if a != b {
+        if a != b && epoch_settled {
             return Some(format!("it was told manifest epoch {b}, this hub {a}"));
         }
     }
@@ -154,10 +188,19 @@ mod tests {
         let mut other_cert = view(1);
         other_cert.cert_sha256 = [0; 32];
         q.keep(hub(5), report(vec![other_cert]), NOW);
+        // Hub 1 claims epoch 3 itself (its report), hub 6 was told 2.
+        q.keep(hub(1), report(vec![view(1)]), NOW);
         let mut other_epoch = view(1);
         other_epoch.manifest_epoch = Some(2);
         q.keep(hub(6), report(vec![other_epoch]), NOW);
-        let check = q.check(&subject, NOW);
+        assert_eq!(
+            q.check(&subject, NOW).disagreements.len(),
+            2,
+            "epoch in grace"
+        );
+        let later = NOW + EPOCH_GRACE_MS;
+        q.keep(hub(6), report(vec![other_epoch]), later);
+        let check = q.check(&subject, later);
         assert_eq!(check.reporters, 5);
         let named: Vec<_> = check
             .disagreements
@@ -174,8 +217,56 @@ mod tests {
         );
 
         // Reports expire; a revoked reporter is forgotten.
-        assert_eq!(q.check(&subject, NOW + REPORT_TTL_MS + 1).reporters, 0);
+        assert_eq!(q.check(&subject, later + REPORT_TTL_MS + 1).reporters, 0);
         q.forget(hub(4));
-        assert_eq!(q.check(&subject, NOW).disagreements.len(), 2);
+        assert_eq!(q.check(&subject, later).disagreements.len(), 2);
+    }
+
+    /// After a manifest change, the hubs hear of the new epoch one report interval apart: a hub
+    /// reporting the epoch before (or the one after) costs the peer nothing within the grace,
+    /// and counts once it goes on past it. (Once each pairing or revocation cost honest peers
+    /// up to 30 points for about 30 s.)
+    #[test]
+    fn an_epoch_change_is_not_a_disagreement_within_its_grace() {
+        let subject = view(1);
+        let mut q = Quorum::default();
+        q.keep(hub(1), report(vec![]), NOW);
+        let mut before = view(1);
+        before.manifest_epoch = Some(2);
+        // Reported at every interval, for as long as the grace: tolerated.
+        for t in [0, 30_000, EPOCH_GRACE_MS - 1] {
+            q.keep(hub(2), report(vec![before]), NOW + t);
+            assert!(
+                q.check(&subject, NOW + t).disagreements.is_empty(),
+                "at +{t} ms"
+            );
+        }
+        // It caught up: nothing held.
+        q.keep(hub(2), report(vec![view(1)]), NOW + EPOCH_GRACE_MS);
+        assert!(q.epoch_splits.is_empty());
+        // This hub's view moves on (epoch 4): the reporter still at 3 is in a new grace.
+        let mut moved = view(1);
+        moved.manifest_epoch = Some(4);
+        q.keep(
+            hub(1),
+            Views {
+                epoch: Some(4),
+                views: vec![],
+            },
+            NOW + 100_000,
+        );
+        q.keep(hub(2), report(vec![view(1)]), NOW + 100_001);
+        assert!(q.check(&moved, NOW + 100_001).disagreements.is_empty());
+        q.keep(
+            hub(2),
+            report(vec![view(1)]),
+            NOW + 100_001 + EPOCH_GRACE_MS,
+        );
+        assert_eq!(
+            q.check(&moved, NOW + 100_001 + EPOCH_GRACE_MS)
+                .disagreements
+                .len(),
+            1
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::JsonObject;
+use shared_proto::agent::nonces::NonceRefusal;
 use shared_proto::agent::{
     arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation, LISTING,
 };
@@ -23,7 +24,7 @@ use super::agent::AppView;
 use super::{HubState, Member};
 use crate::apps::hints;
 use crate::node::audit::{self, AuditKind, Decision};
-use crate::node::store::{AppRecord, AuditEntry, NonceUse};
+use crate::node::store::{AppRecord, AuditEntry};
 use crate::transport::peers::{Answer, CallRequest, Inbound, Listing, PeerInfo, PeerRequest};
 use crate::unix_ms;
 
@@ -253,17 +254,7 @@ impl HubState {
         call: &CallRequest,
         envelope: Result<SignedDelegation, CallErrorCode>,
     ) -> Result<Vec<u8>, CallFailure> {
-        let (cert, record) = self.check_call(member, call, envelope).await?;
-        let arguments: Option<JsonObject> = if call.arguments.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_slice(&call.arguments).map_err(|e| {
-                (
-                    CallErrorCode::ArgumentsMismatch,
-                    format!("arguments are not a JSON object: {e}"),
-                )
-            })?)
-        };
+        let (cert, record, arguments) = self.check_call(member, call, envelope).await?;
         let timeout = Duration::from_millis(call.deadline_ms.saturating_sub(unix_ms()));
         tracing::info!(peer = %cert.hub_id(), app = call.app, tool = call.tool, "call from a peer");
         let result = self
@@ -286,14 +277,16 @@ impl HubState {
     }
 
     /// Every check of a call before its app runs, in the order PROTOCOL.md gives: the caller
-    /// (suspended, session, revoked), its envelope, the nonce, the scopes, the sharing policy,
-    /// the tool and the trust it needs. The caller's certificate and the app, if all pass.
+    /// (suspended, session, revoked), its envelope, the arguments (the envelope binds what the
+    /// app receives), the scopes, the sharing policy, the tool and the trust it needs, and last
+    /// the nonce, spent only by a call that passed every other check and durable before the app
+    /// runs. The caller's certificate, the app and the arguments, if all pass.
     async fn check_call(
         self: &Arc<Self>,
         member: &Member,
         call: &CallRequest,
         envelope: Result<SignedDelegation, CallErrorCode>,
-    ) -> Result<(VerifiedPeer, AppRecord), CallFailure> {
+    ) -> Result<(VerifiedPeer, AppRecord, Option<JsonObject>), CallFailure> {
         let cert = self.admit_call(call.from).await.map_err(no)?;
         let envelope = envelope.map_err(no)?;
         let now = unix_ms();
@@ -308,17 +301,8 @@ impl HubState {
                 &call.arguments,
             )
             .map_err(no)?;
+        let arguments = received_arguments(&call.arguments)?;
         let delegation = envelope.delegation;
-        let (nonce, expires) = (delegation.nonce, delegation.expires_at_ms);
-        let used = self
-            .blocking(move |state| Ok(state.store().use_delegation_nonce(&nonce, expires, now)?))
-            .await
-            .map_err(|_| no(CallErrorCode::Busy))?;
-        match used {
-            NonceUse::Fresh => {}
-            NonceUse::Replayed => return Err(no(CallErrorCode::Replayed)),
-            NonceUse::Full => return Err(no(CallErrorCode::Busy)),
-        }
         if !delegation.allows(&call.app, Some(&call.tool)) {
             return Err(no(CallErrorCode::ScopeDenied));
         }
@@ -348,8 +332,64 @@ impl HubState {
             .map(hints)
             .ok_or_else(|| no(CallErrorCode::UnknownTool))?;
         check_call(&record.sharing, record.require_trust, hints, &caller).map_err(no)?;
-        Ok((cert, record))
+        self.spend_nonce(call.from, delegation.nonce, delegation.expires_at_ms)
+            .await?;
+        Ok((cert, record, arguments))
     }
+
+    /// Spends a call's nonce: refused if seen before (or if the caller holds its share of
+    /// nonces), and durable before this returns.
+    async fn spend_nonce(
+        self: &Arc<Self>,
+        from: HubId,
+        nonce: [u8; 16],
+        expires_at_ms: u64,
+    ) -> Result<(), CallFailure> {
+        let taken = self
+            .nonces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(from, nonce, expires_at_ms, unix_ms());
+        match taken {
+            Ok(()) => {}
+            Err(NonceRefusal::Replayed) => return Err(no(CallErrorCode::Replayed)),
+            Err(why) => return Err((CallErrorCode::Busy, why.to_string())),
+        }
+        if let Err(e) = self.journal.spend_nonce(from, nonce, expires_at_ms).await {
+            self.nonces
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .give_back(&nonce);
+            tracing::error!(peer = %from, "a call's nonce was not stored: {e}");
+            return Err((
+                CallErrorCode::Busy,
+                "the hub could not store the call".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The arguments of a call as the app will receive them: a JSON object (or none), which must be
+/// the bytes sent in their canonical form (compact, keys in ascending order, each once), so
+/// that the hash the envelope binds is the hash of what the app gets. Other bytes (a key twice,
+/// of which the app would see one; numbers or strings written another way) are refused.
+fn received_arguments(bytes: &[u8]) -> Result<Option<JsonObject>, CallFailure> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mismatch = |why: String| (CallErrorCode::ArgumentsMismatch, why);
+    let object: JsonObject = serde_json::from_slice(bytes)
+        .map_err(|e| mismatch(format!("arguments are not a JSON object: {e}")))?;
+    let canonical = serde_json::to_vec(&object).map_err(|e| mismatch(format!("arguments: {e}")))?;
+    if canonical != bytes {
+        return Err(mismatch(
+            "arguments are not in canonical JSON (compact, keys in ascending order, each once; \
+             docs/PROTOCOL.md section 13): the app would not receive the bytes the envelope binds"
+                .into(),
+        ));
+    }
+    Ok(Some(object))
 }
 
 /// Sends an answer from another task: the event loop never waits on the peer layer.

@@ -10,4 +10,5 @@
 pub mod access;
 pub mod audit;
 pub mod home;
+pub mod journal;
 pub mod store;

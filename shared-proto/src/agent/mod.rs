@@ -4,6 +4,7 @@
 //! them are in [`crate::msg`].
 
 pub mod envelope;
+pub mod nonces;
 pub mod policy;
 
 pub use envelope::{

@@ -1,14 +1,11 @@
 //! The hub's apps (how to reach each, who may use it) and the delegation nonces seen.
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 use shared_proto::agent::Sharing;
 use shared_proto::trust::TrustLevel;
+use shared_proto::HubId;
 
-use super::{Store, StoreError};
-
-/// Most delegation nonces remembered at once (each until its envelope expires, at most 60 s); a
-/// call that would need more is refused as busy.
-pub const MAX_DELEGATION_NONCES: u64 = 100_000;
+use super::{hub_column, Store, StoreError};
 
 /// An app as the store keeps it: how to reach it, and who may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,16 +41,9 @@ pub enum AppSource {
     Url(String),
 }
 
-/// Whether a delegation nonce was new and is now remembered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceUse {
-    /// First seen: remembered until its expiry.
-    Fresh,
-    /// Seen before.
-    Replayed,
-    /// [`MAX_DELEGATION_NONCES`] are remembered already.
-    Full,
-}
+/// A delegation nonce held: the hub whose call spent it (none if kept before the store knew),
+/// the nonce, and when its envelope expires (Unix ms).
+pub type HeldNonce = (Option<HubId>, [u8; 16], u64);
 
 impl Store {
     /// Adds an app, or replaces the one of that name (keeping its sharing unless `sharing` is
@@ -132,85 +122,36 @@ impl Store {
         Ok(self.apps()?.into_iter().find(|a| a.name == name))
     }
 
-    /// Remembers a delegation nonce until `expires_at_ms` (forgetting those expired at
-    /// `now_ms`), in one transaction: of two calls with the same nonce, one is fresh.
-    pub fn use_delegation_nonce(
-        &self,
-        nonce: &[u8; 16],
-        expires_at_ms: u64,
-        now_ms: u64,
-    ) -> Result<NonceUse, StoreError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM delegation_nonces WHERE expires_at <= ?1",
-            params![now_ms as i64],
+    /// The delegation nonces held, unexpired at `now_ms`: each with the hub whose call spent it
+    /// (none for those kept before the store knew), and when its envelope expires. The running
+    /// hub holds them in memory (`shared_proto::agent::nonces`) and appends new ones through its
+    /// journal (`node::journal`).
+    pub fn delegation_nonces(&self, now_ms: u64) -> Result<Vec<HeldNonce>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT peer, nonce, expires_at FROM delegation_nonces WHERE expires_at > ?1",
         )?;
-        let held: i64 = tx.query_row("SELECT count(*) FROM delegation_nonces", [], |r| r.get(0))?;
-        let seen: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM delegation_nonces WHERE nonce = ?1)",
-            params![nonce.as_slice()],
-            |r| r.get(0),
-        )?;
-        let use_ = if seen {
-            NonceUse::Replayed
-        } else if held as u64 >= MAX_DELEGATION_NONCES {
-            NonceUse::Full
-        } else {
-            tx.execute(
-                "INSERT INTO delegation_nonces (nonce, expires_at) VALUES (?1, ?2)",
-                params![nonce.as_slice(), expires_at_ms as i64],
-            )?;
-            NonceUse::Fresh
-        };
-        tx.commit()?;
-        Ok(use_)
+        let rows = stmt.query_map(params![now_ms as i64], |r| {
+            Ok((
+                hub_column(r, 0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (peer, nonce, expires) = row?;
+            let nonce = nonce
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("delegation nonce"))?;
+            out.push((peer, nonce, expires));
+        }
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A delegation nonce is fresh once, replayed after (also from a reopened store), and
-    /// forgotten once its envelope expired; the table is bounded.
-    #[test]
-    fn delegation_nonces_are_used_once_kept_across_a_reopen_and_forgotten_at_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.db");
-        let store = Store::open(&path).unwrap();
-        let n = [1u8; 16];
-        assert_eq!(
-            store.use_delegation_nonce(&n, 2_000, 1_000).unwrap(),
-            NonceUse::Fresh
-        );
-        assert_eq!(
-            store.use_delegation_nonce(&n, 2_000, 1_500).unwrap(),
-            NonceUse::Replayed
-        );
-        drop(store);
-        let store = Store::open(&path).unwrap();
-        assert_eq!(
-            store.use_delegation_nonce(&n, 2_000, 1_900).unwrap(),
-            NonceUse::Replayed
-        );
-        // Expired: forgotten (a replay of it is refused as expired before it gets here).
-        assert_eq!(
-            store.use_delegation_nonce(&n, 9_000, 2_000).unwrap(),
-            NonceUse::Fresh
-        );
-        store
-            .conn
-            .execute(
-                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
-                 INSERT INTO delegation_nonces SELECT randomblob(16), 99000 FROM k",
-                params![MAX_DELEGATION_NONCES as i64],
-            )
-            .unwrap();
-        assert_eq!(
-            store.use_delegation_nonce(&[2; 16], 9_000, 3_000).unwrap(),
-            NonceUse::Full
-        );
-    }
 
     /// Apps keep their source and sharing; a new one is shared with nobody, and replacing its
     /// source keeps its sharing.

@@ -202,6 +202,10 @@ pub enum HeadCheck {
     },
     /// Another MAC for the sequence number held: the peer's log was rewritten (not kept).
     Forked,
+    /// Fewer entries than the one held, but signed before it: an older head that arrived late
+    /// (the relay may reorder within the session's window, and a switch between the LAN and the
+    /// relay can too). Consistent with the one held: ignored.
+    Stale,
     /// The same kind of inconsistency as the peer's last head had, still going on (a cut-back
     /// log keeps sending older heads until it passes the one held): not counted again.
     Again,
@@ -213,7 +217,7 @@ impl HeadCheck {
         match self {
             HeadCheck::Backwards { .. } => Some("backwards"),
             HeadCheck::Forked => Some("forked"),
-            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again | HeadCheck::Stale => None,
         }
     }
 
@@ -221,7 +225,7 @@ impl HeadCheck {
     /// nothing is.
     pub fn problem(&self, seq: u64) -> Option<String> {
         match self {
-            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again => None,
+            HeadCheck::Forward | HeadCheck::Same | HeadCheck::Again | HeadCheck::Stale => None,
             HeadCheck::Backwards { held } => Some(format!(
                 "its audit head went back from {held} to {seq} entries"
             )),
@@ -241,6 +245,43 @@ pub struct PeerAuditHead {
     pub inconsistencies: u64,
     /// The last of them, for people.
     pub last_problem: Option<String>,
+}
+
+/// Appends `entry` to the chain within `tx` (its `seq` is set here): the new head.
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    key: &[u8; 32],
+    entry: AuditEntry,
+) -> Result<(u64, [u8; 32]), StoreError> {
+    let (seq, prev) = audit_head(tx)?;
+    let entry = AuditEntry {
+        seq: seq + 1,
+        ..entry.bounded()
+    };
+    let mac = entry.mac(key, &prev);
+    tx.prepare_cached(
+        "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
+         reason, duration_ms, arguments_sha256, mac, bytes, code, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        entry.seq as i64,
+        entry.at_ms as i64,
+        entry.kind,
+        entry.peer.map(|p| p.0.to_vec()),
+        entry.principal,
+        entry.app,
+        entry.tool,
+        entry.decision,
+        entry.reason,
+        entry.duration_ms as i64,
+        entry.arguments_sha256.map(|h| h.to_vec()),
+        mac.to_vec(),
+        entry.bytes.map(|b| b as i64),
+        code_of(&entry),
+        entry.count.map(|c| c as i64),
+    ])?;
+    Ok((entry.seq, mac))
 }
 
 /// The last audit entry's sequence number and MAC (0 and zeros if the log is empty).
@@ -272,36 +313,45 @@ impl Store {
         entry: AuditEntry,
     ) -> Result<(u64, [u8; 32]), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let (seq, prev) = audit_head(&tx)?;
-        let entry = AuditEntry {
-            seq: seq + 1,
-            ..entry.bounded()
-        };
-        let mac = entry.mac(key, &prev);
-        tx.execute(
-            "INSERT INTO audit_log (seq, at_ms, kind, peer, principal, app, tool, decision,
-             reason, duration_ms, arguments_sha256, mac, bytes, code, count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            params![
-                entry.seq as i64,
-                entry.at_ms as i64,
-                entry.kind,
-                entry.peer.map(|p| p.0.to_vec()),
-                entry.principal,
-                entry.app,
-                entry.tool,
-                entry.decision,
-                entry.reason,
-                entry.duration_ms as i64,
-                entry.arguments_sha256.map(|h| h.to_vec()),
-                mac.to_vec(),
-                entry.bytes.map(|b| b as i64),
-                code_of(&entry),
-                entry.count.map(|c| c as i64),
-            ],
-        )?;
+        let head = append(&tx, key, entry)?;
         tx.commit()?;
-        Ok((entry.seq, mac))
+        Ok(head)
+    }
+
+    /// A group commit (`node::journal`): the delegation nonces of calls about to run and audit
+    /// entries, in one IMMEDIATE transaction, so one fsync makes all of them durable; nonces
+    /// expired at `prune_before_ms`, if given, are deleted in it too. Each entry's head, in order.
+    pub fn commit_batch(
+        &self,
+        key: Option<&[u8; 32]>,
+        nonces: &[(HubId, [u8; 16], u64)],
+        entries: Vec<AuditEntry>,
+        prune_before_ms: Option<u64>,
+    ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        if let Some(before) = prune_before_ms {
+            tx.execute(
+                "DELETE FROM delegation_nonces WHERE expires_at <= ?1",
+                params![before as i64],
+            )?;
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO delegation_nonces (nonce, expires_at, peer)
+                 VALUES (?1, ?2, ?3)",
+            )?;
+            for (peer, nonce, expires) in nonces {
+                insert.execute(params![nonce.as_slice(), *expires as i64, peer.0.to_vec()])?;
+            }
+        }
+        let mut heads = Vec::with_capacity(entries.len());
+        if let Some(key) = key {
+            for entry in entries {
+                heads.push(append(&tx, key, entry)?);
+            }
+        }
+        tx.commit()?;
+        Ok(heads)
     }
 
     /// Audit entries with their MACs, in chain order: all of them, or those about `peer`, from
@@ -483,23 +533,27 @@ impl Store {
         let peer = head.hub.0.to_vec();
         let held = tx
             .query_row(
-                "SELECT seq, mac, open_problem FROM peer_audit_heads WHERE peer = ?1",
+                "SELECT seq, mac, open_problem, at_ms FROM peer_audit_heads WHERE peer = ?1",
                 params![peer],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)? as u64,
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)? as u64,
                     ))
                 },
             )
             .optional()?;
         let (check, open) = match held {
             None => (HeadCheck::Forward, None),
-            Some((seq, _, open)) if head.seq > seq => (HeadCheck::Forward, open),
-            Some((seq, mac, open)) if head.seq == seq && mac == head.mac => (HeadCheck::Same, open),
-            Some((seq, _, open)) if head.seq == seq => (HeadCheck::Forked, open),
-            Some((seq, _, open)) => (HeadCheck::Backwards { held: seq }, open),
+            Some((seq, _, open, _)) if head.seq > seq => (HeadCheck::Forward, open),
+            Some((seq, mac, open, _)) if head.seq == seq && mac == head.mac => {
+                (HeadCheck::Same, open)
+            }
+            Some((seq, _, open, _)) if head.seq == seq => (HeadCheck::Forked, open),
+            Some((_, _, open, at_ms)) if head.at_ms < at_ms => (HeadCheck::Stale, open),
+            Some((seq, _, open, _)) => (HeadCheck::Backwards { held: seq }, open),
         };
         let kind = check.kind();
         let check = if kind.is_some() && kind == open.as_deref() {
@@ -523,7 +577,7 @@ impl Store {
                     params![peer],
                 )?;
             }
-            HeadCheck::Again => {}
+            HeadCheck::Again | HeadCheck::Stale => {}
             problem => {
                 let what = problem.problem(head.seq);
                 tx.execute(
@@ -711,15 +765,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("hub.db")).unwrap();
         let peer = HubId([5; 16]);
-        let head = |seq, mac: u8| shared_proto::audit::Head {
-            hub: peer,
-            seq,
-            mac: [mac; 32],
-            at_ms: seq,
+        // Each head signed later than the one before, as a peer signs them.
+        let clock = std::cell::Cell::new(100);
+        let head = |seq, mac: u8| {
+            clock.set(clock.get() + 1);
+            shared_proto::audit::Head {
+                hub: peer,
+                seq,
+                mac: [mac; 32],
+                at_ms: clock.get(),
+            }
         };
         let keep = |seq, mac| store.keep_peer_audit_head(&head(seq, mac)).unwrap();
         assert_eq!(keep(6, 1), HeadCheck::Forward);
         assert_eq!(keep(6, 1), HeadCheck::Same);
+        // Signed before the one held and arriving late (the relay reordered them): stale, not a
+        // rollback. (Once it counted as one, 25 points for good.)
+        let late = shared_proto::audit::Head {
+            hub: peer,
+            seq: 4,
+            mac: [9; 32],
+            at_ms: 50,
+        };
+        assert_eq!(store.keep_peer_audit_head(&late).unwrap(), HeadCheck::Stale);
         assert_eq!(keep(2, 2), HeadCheck::Backwards { held: 6 });
         assert_eq!(keep(3, 2), HeadCheck::Again);
         assert_eq!(keep(6, 2), HeadCheck::Forked);

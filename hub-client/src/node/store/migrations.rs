@@ -117,6 +117,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE audit_log ADD COLUMN count INTEGER;
     "#,
+    // 9: the hub whose call spent a delegation nonce (each hub's nonces are bounded on their
+    // own); older nonces have none.
+    r#"
+    ALTER TABLE delegation_nonces ADD COLUMN peer BLOB;
+    "#,
 ];
 
 /// The schema version this build writes.

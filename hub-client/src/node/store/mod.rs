@@ -25,7 +25,7 @@ pub mod migrations;
 pub mod peers;
 pub mod tokens;
 
-pub use apps::{AppRecord, AppSource, NonceUse, MAX_DELEGATION_NONCES};
+pub use apps::{AppRecord, AppSource};
 pub use audit::{AuditCount, AuditEntry, HeadCheck, PeerAuditHead};
 pub use documents::{Document, MANIFEST, REVOCATIONS};
 use migrations::MIGRATIONS;
