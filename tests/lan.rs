@@ -331,6 +331,77 @@ async fn false_records_cannot_keep_a_real_hub_out() {
     assert_eq!(a.view().peers().len(), table);
 }
 
+/// Records pointing where nothing answers fill the table too: any record whose dial failed
+/// makes room for a real hub. (Once only a refused TLS handshake did, so records at a dead
+/// address kept real hubs off the LAN path for good.)
+#[tokio::test]
+async fn records_at_dead_addresses_cannot_keep_a_real_hub_out() {
+    let cluster = TestCluster::new();
+    let (a, mut events) = start(cluster.hub(1)).await;
+    let (b, _b_events) = start(cluster.hub(2)).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let table = hub_client::transport::lan::MAX_DISCOVERED;
+    for i in 0..table {
+        let mut id = [0u8; 16];
+        id[0] = 0xf0;
+        id[14..].copy_from_slice(&(i as u16).to_be_bytes());
+        a.add_peer(shared_proto::HubId(id), vec![dead]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a.view().peers().iter().all(|p| p.dial_failed) {
+        assert!(std::time::Instant::now() < deadline, "dials still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.view().peers().len(), table);
+    a.add_peer(hub(2), vec![b.local_addr()]);
+    let up = next(&mut events, "a link up", |e| match e {
+        LanEvent::Up { peer, .. } => Some(peer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(up, hub(2));
+    assert_eq!(a.view().peers().len(), table);
+}
+
+/// Anyone on the LAN can send a record or a goodbye in a linked hub's name: its addresses stay
+/// the link's, and it is not forgotten. (Once a spoofed record replaced its addresses and a
+/// goodbye made the hub forget it.) A hub not linked keeps its old addresses beside new ones.
+#[tokio::test]
+async fn false_records_and_goodbyes_do_not_move_a_linked_hub() {
+    let cluster = TestCluster::new();
+    let (a, mut events) = start(cluster.hub(1)).await;
+    let (b, _b_events) = start(cluster.hub(2)).await;
+    let stranger = serve_as(TestCluster::new().hub(3)).await;
+    a.add_peer(hub(2), vec![b.local_addr()]);
+    next(&mut events, "a link up", |e| match e {
+        LanEvent::Up { peer, .. } => Some(peer),
+        _ => None,
+    })
+    .await;
+    let linked_at = held_of(&a, hub(2)).unwrap();
+    a.add_peer(hub(2), vec![stranger]);
+    a.remove_peer(&hub(2));
+    assert!(a.is_linked(&hub(2)));
+    assert_eq!(held_of(&a, hub(2)), Some(linked_at));
+    // Not linked: a new address goes first, the old one stays.
+    let (c, _c_events) = start(cluster.hub(4)).await;
+    let unlinked = hub(0x44);
+    a.add_peer(unlinked, vec![c.local_addr()]);
+    a.add_peer(unlinked, vec![stranger]);
+    assert_eq!(held_of(&a, unlinked), Some(vec![stranger, c.local_addr()]));
+}
+
+fn held_of(a: &Lan, hub: shared_proto::HubId) -> Option<Vec<SocketAddr>> {
+    a.view()
+        .peers()
+        .into_iter()
+        .find(|p| p.hub_id == hub)
+        .map(|p| p.addrs)
+}
+
 /// A verified peer that sends a frame over the bound loses its link, and the hub goes on.
 #[tokio::test]
 async fn a_peer_breaking_the_framing_loses_its_link() {

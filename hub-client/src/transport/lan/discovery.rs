@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use super::link::run_link;
 use super::tls::{connect, refused};
 use super::{
-    LanError, Shared, LAN_VERSION, LATE_DIAL, MAX_DISCOVERED, MAX_LINKS, REDIAL, REFUSED_REDIAL,
-    SERVICE_TYPE,
+    LanError, Shared, LAN_VERSION, LATE_DIAL, MAX_ADDRS, MAX_DISCOVERED, MAX_LINKS, REDIAL,
+    REFUSED_REDIAL, SERVICE_TYPE,
 };
 
 /// Starts advertising this hub (`_aiappuse._tcp`, TXT: cluster id, hub id, LAN version) and
@@ -50,9 +50,9 @@ pub(super) fn advertise(
 pub(super) struct Discovered {
     /// Where it said it is.
     pub(super) addrs: Vec<SocketAddr>,
-    /// Its last dial was refused in the TLS handshake (not a hub of this cluster, or revoked):
-    /// the first to go when the table is full.
-    refused: bool,
+    /// Its last dial failed (nothing answered, or the TLS handshake was refused: not a hub of
+    /// this cluster, or revoked): the first to go when the table is full.
+    pub(super) failed: bool,
     /// When it was found.
     since: Instant,
     dialing: bool,
@@ -61,38 +61,58 @@ pub(super) struct Discovered {
 
 impl Shared {
     /// `hub` was found at `addrs` (by mDNS, or given): kept if there is room, and dialed.
+    ///
+    /// A record is not proof: anyone on the LAN can advertise any hub id at any address. So the
+    /// addresses of a hub linked now are not touched (the link's TLS proved where it is), and new
+    /// addresses of one that is not are tried before the ones held, which are kept too (at most
+    /// [`MAX_ADDRS`]): a false record cannot take a real hub's place.
     pub(super) fn discovered(&self, hub: HubId, addrs: Vec<SocketAddr>) {
         if hub == self.me || addrs.is_empty() {
             return;
         }
+        let linked = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&hub);
         let mut seen = self
             .discovered
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if let Some(d) = seen.get_mut(&hub) {
-            // Seen at new addresses: dial at once (not for the same ones again).
-            if d.addrs == addrs {
+            if linked || addrs.iter().all(|a| d.addrs.contains(a)) {
                 return;
             }
-            d.addrs = addrs;
+            // Seen at new addresses: those first, then the ones held; dial at once.
+            let mut merged = addrs;
+            for a in &d.addrs {
+                if !merged.contains(a) {
+                    merged.push(*a);
+                }
+            }
+            merged.truncate(MAX_ADDRS);
+            d.addrs = merged;
             d.next_dial = now;
         } else {
             if seen.len() >= MAX_DISCOVERED {
-                // Full: a record that failed its handshake makes room (a stranger advertising
-                // many false hubs cannot keep the real ones out); otherwise the new one waits.
-                let Some(refused) = seen.iter().find(|(_, d)| d.refused).map(|(h, _)| *h) else {
+                // Full: a record whose dial failed makes room (a stranger advertising many
+                // false hubs, at addresses that answer or not, cannot keep the real ones out);
+                // otherwise the new one waits for its next announcement.
+                let Some(failed) = seen.iter().find(|(_, d)| d.failed).map(|(h, _)| *h) else {
                     tracing::debug!(peer = %hub, "LAN: {MAX_DISCOVERED} hubs known already; ignored");
                     return;
                 };
-                seen.remove(&refused);
+                seen.remove(&failed);
             }
+            let mut addrs = addrs;
+            addrs.truncate(MAX_ADDRS);
             tracing::info!(peer = %hub, ?addrs, "LAN: found a hub of this cluster");
             seen.insert(
                 hub,
                 Discovered {
                     addrs,
-                    refused: false,
+                    failed: false,
                     since: now,
                     dialing: false,
                     next_dial: now,
@@ -103,8 +123,18 @@ impl Shared {
         self.dial.notify_one();
     }
 
-    /// `hub` is no longer advertised.
+    /// `hub` is no longer advertised (an mDNS goodbye, which anyone can send): forgotten, unless
+    /// it is linked (its link says whether it is there).
     pub(super) fn forget(&self, hub: &HubId) {
+        if self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(hub)
+        {
+            tracing::debug!(peer = %hub, "LAN: a goodbye for a linked hub, ignored");
+            return;
+        }
         let mut seen = self
             .discovered
             .lock()
@@ -227,7 +257,7 @@ async fn dial(shared: Arc<Shared>, hub: HubId, addrs: Vec<SocketAddr>) {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = seen.get_mut(&hub) {
             d.dialing = false;
-            d.refused = redial == REFUSED_REDIAL;
+            d.failed = linked.is_none();
             if linked.is_none() {
                 d.next_dial = Instant::now() + redial;
             }

@@ -73,6 +73,9 @@ pub const LINK_QUEUE: usize = 256;
 /// Hubs of this cluster seen on the LAN that are kept (others are ignored until one goes).
 pub const MAX_DISCOVERED: usize = 256;
 
+/// Addresses kept for one hub found (the newest first).
+pub const MAX_ADDRS: usize = 8;
+
 /// Links up at once (one per peer; more are refused).
 pub const MAX_LINKS: usize = 256;
 
@@ -170,6 +173,8 @@ pub struct LanPeer {
     pub addrs: Vec<SocketAddr>,
     /// Whether a verified link is up.
     pub linked: bool,
+    /// Whether its last dial failed (nothing answered, or the handshake was refused).
+    pub dial_failed: bool,
 }
 
 /// The running LAN path. Dropping it stops its tasks and withdraws the mDNS advertisement.
@@ -269,6 +274,11 @@ impl Lan {
         self.shared.discovered(hub, addrs);
     }
 
+    /// Forgets `hub` as an mDNS goodbye for it would (not if it is linked).
+    pub fn remove_peer(&self, hub: &HubId) {
+        self.shared.forget(hub);
+    }
+
     /// Sends `payload` to `to` on its link if one is up and has room; otherwise gives it back
     /// (to send by the relay).
     pub fn try_send(&self, to: HubId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
@@ -364,6 +374,7 @@ impl LanView {
                     .get(hub)
                     .map_or_else(|| d.addrs.clone(), |l| vec![l.addr]),
                 linked: links.contains_key(hub),
+                dial_failed: d.failed,
             })
             .collect();
         for (hub, link) in links.iter() {
@@ -372,6 +383,7 @@ impl LanView {
                     hub_id: *hub,
                     addrs: vec![link.addr],
                     linked: true,
+                    dial_failed: false,
                 });
             }
         }
