@@ -1200,6 +1200,71 @@ fn the_running_hub_serves_mcp_over_http_to_token_holders_only() {
     );
     // Refused before MCP sees it: the API answers no foreign Host (421, `host_refused`).
     assert_eq!(post(Some(&token), &[("host", "evil.example")]), 421);
+    // `/mcp` takes a loopback Host only, and no Origin at all: a LAN address as Host, and a
+    // page's own origin, are refused 403 as API.md says. (Once both passed the shared guard.)
+    let port = url.rsplit(':').next().unwrap().trim_end_matches("/mcp");
+    let lan_host = format!("192.168.1.20:{port}");
+    assert_eq!(post(Some(&token), &[("host", lan_host.as_str())]), 403);
+    let same_origin = format!("http://127.0.0.1:{port}");
+    assert_eq!(post(Some(&token), &[("origin", same_origin.as_str())]), 403);
+    let v6 = format!("[::1]:{port}");
+    assert_eq!(post(Some(&token), &[("host", v6.as_str())]), 200);
+    let named = format!("localhost:{port}");
+    assert_eq!(post(Some(&token), &[("host", named.as_str())]), 200);
+}
+
+/// An agent client's request over `hub mcp`'s 16 MiB bound on stdio is answered with a JSON-RPC
+/// error naming the bound, and the session goes on. (Once the line was dropped and the client
+/// waited until its own timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_mcp_answers_a_request_over_its_bound() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let c = blocking(|| Cluster::start(RelayKind::Native));
+    let mut child = tokio::process::Command::new(hub_bin())
+        .arg("--home")
+        .arg(&c.desk.dir)
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "probe", "version": "1" } } });
+    let big = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "app.call", "arguments": { "text": "x".repeat(17 << 20) } } });
+    let ping = json!({ "jsonrpc": "2.0", "id": 3, "method": "ping" });
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    for message in [init, initialized, big, ping] {
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    stdin.flush().await.unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while answers.len() < 3 {
+            let line = lines.next_line().await.unwrap().expect("hub mcp ended");
+            let answer: Value = serde_json::from_str(&line).unwrap();
+            if let Some(id) = answer["id"].as_u64() {
+                answers.insert(id, answer);
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "answers so far: {answers:?}");
+    assert_eq!(answers[&2]["error"]["code"], -32600, "{:?}", answers[&2]);
+    let message = answers[&2]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("16 MiB"), "{message}");
+    assert!(answers[&3].get("result").is_some(), "{:?}", answers[&3]);
+    drop(stdin);
+    let _ = child.wait().await;
+    blocking(|| drop(c));
 }
 
 /// Both hubs record a call across them in their audit logs (who, for whom, what, the decision,

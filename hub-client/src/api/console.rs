@@ -99,6 +99,22 @@ fn host_allowed(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
+/// Whether `host` (a `Host` header) names this machine's loopback: `localhost`, `127.0.0.0/8`
+/// or `[::1]`, with an optional port. What `/mcp` takes: an agent on this machine.
+pub(crate) fn host_is_loopback(host: &str) -> bool {
+    if !host_allowed(host) {
+        return false;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn is_port(text: &str) -> bool {
     text.strip_prefix(':')
         .unwrap_or(text)
@@ -261,6 +277,30 @@ mod tests {
             "127.0.0.1:70000",
         ] {
             assert!(!host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_hosts_reach_mcp() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:7",
+            "127.0.0.1:80",
+            "127.9.9.9",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(host_is_loopback(ok), "{ok}");
+        }
+        for no in [
+            "192.168.1.2:80",
+            "10.0.0.1",
+            "[fe80::1]:80",
+            "evil.example",
+            "",
+            "0.0.0.0",
+        ] {
+            assert!(!host_is_loopback(no), "{no}");
         }
     }
 

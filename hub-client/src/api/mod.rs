@@ -427,6 +427,27 @@ async fn mcp_auth(
     next: axum::middleware::Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !console::host_is_loopback(host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_refused",
+            "/mcp answers only to a loopback Host (localhost, 127.0.0.1, [::1])",
+        )
+        .into_response();
+    }
+    if parts.headers.contains_key(axum::http::header::ORIGIN) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_refused",
+            "/mcp refuses requests from web pages (any Origin header)",
+        )
+        .into_response();
+    }
     match Authed::from_request_parts(&mut parts, &state).await {
         Ok(authed) => {
             parts.extensions.insert(authed.principal);

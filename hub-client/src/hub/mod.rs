@@ -190,7 +190,7 @@ pub(crate) struct HubState {
     /// This hub's apps.
     pub(crate) apps: crate::apps::AppHost,
     /// Apps requests from peers being answered now (at most `serve::MAX_LISTINGS`).
-    pub(crate) listings: Arc<tokio::sync::Semaphore>,
+    pub(crate) listings: serve::Listings,
     /// Calls from peers running now, by peer and token (to cancel them, and audit that).
     pub(crate) calls: Mutex<HashMap<(HubId, u64), RunningCall>>,
     /// Whether this hub appends to its audit log (always, but in a benchmark).
@@ -222,7 +222,7 @@ impl HubState {
             joined: Notify::new(),
             joining: tokio::sync::Mutex::new(()),
             apps: crate::apps::AppHost::new(),
-            listings: Arc::new(tokio::sync::Semaphore::new(serve::MAX_LISTINGS)),
+            listings: serve::Listings::default(),
             calls: Mutex::new(HashMap::new()),
             audited,
             journal,

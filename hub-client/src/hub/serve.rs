@@ -30,6 +30,10 @@ use crate::unix_ms;
 
 /// Apps requests from peers being answered at once (each may start apps); more are refused.
 pub const MAX_LISTINGS: usize = 16;
+
+/// Apps requests from one peer being answered at once: one peer cannot take every place (each
+/// may wait up to 30 s for an app to start).
+pub const MAX_LISTINGS_PER_PEER: usize = 2;
 /// Largest tool result sent to a peer (JSON bytes); fragments carry it, up to 16 MiB a message.
 pub const MAX_RESULT_BYTES: usize = 15 * 1024 * 1024;
 
@@ -91,9 +95,9 @@ impl HubState {
         if self.book.admit(request.from).is_err() {
             return answer_soon(member, request, Answer::Refused(SUSPENDED.into()));
         }
-        let Ok(permit) = self.listings.clone().try_acquire_owned() else {
-            let busy = "busy: too many listings are being answered";
-            return answer_soon(member, request, Answer::Refused(busy.into()));
+        let permit = match self.listings.start(request.from) {
+            Ok(permit) => permit,
+            Err(busy) => return answer_soon(member, request, Answer::Refused(busy.into())),
         };
         let state = self.clone();
         let member = member.clone();
@@ -392,6 +396,58 @@ fn received_arguments(bytes: &[u8]) -> Result<Option<JsonObject>, CallFailure> {
     Ok(Some(object))
 }
 
+/// The apps requests being answered: at most [`MAX_LISTINGS`] at once, and
+/// [`MAX_LISTINGS_PER_PEER`] of one peer.
+#[derive(Debug, Default)]
+pub(crate) struct Listings {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<HubId, usize>>>,
+}
+
+/// A place among the listings being answered, given back when dropped.
+pub(crate) struct ListingPermit {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<HubId, usize>>>,
+    peer: HubId,
+}
+
+fn lock(
+    running: &std::sync::Mutex<std::collections::HashMap<HubId, usize>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<HubId, usize>> {
+    running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Listings {
+    /// A place for a listing of `peer`, or why not.
+    pub(crate) fn start(&self, peer: HubId) -> Result<ListingPermit, &'static str> {
+        let mut running = lock(&self.running);
+        if running.values().sum::<usize>() >= MAX_LISTINGS {
+            return Err("busy: too many listings are being answered");
+        }
+        let mine = running.entry(peer).or_default();
+        if *mine >= MAX_LISTINGS_PER_PEER {
+            return Err("busy: this hub's listings are being answered already");
+        }
+        *mine += 1;
+        Ok(ListingPermit {
+            running: self.running.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ListingPermit {
+    fn drop(&mut self) {
+        let mut running = lock(&self.running);
+        if let Some(n) = running.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Sends an answer from another task: the event loop never waits on the peer layer.
 fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
     let peers = member.peers.clone();
@@ -447,4 +503,35 @@ fn finish_entry(
         ),
     }
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One peer gets at most its share of the listings answered at once; the others still get
+    /// places, up to the whole; a place is given back when its listing ends. (Once one peer could
+    /// take all 16.)
+    #[test]
+    fn one_peer_cannot_take_every_listing_place() {
+        let listings = Listings::default();
+        let hub = |n: u8| HubId([n; 16]);
+        let mine: Vec<_> = (0..MAX_LISTINGS_PER_PEER)
+            .map(|_| listings.start(hub(1)).unwrap())
+            .collect();
+        assert!(listings.start(hub(1)).is_err());
+        let others: Vec<_> = (2..)
+            .flat_map(|n| (0..MAX_LISTINGS_PER_PEER).map(move |_| hub(n)))
+            .take(MAX_LISTINGS - MAX_LISTINGS_PER_PEER)
+            .map(|h| listings.start(h).unwrap())
+            .collect();
+        assert_eq!(
+            listings.start(hub(99)).err(),
+            Some("busy: too many listings are being answered")
+        );
+        drop(others);
+        drop(mine);
+        assert!(lock(&listings.running).is_empty());
+        assert!(listings.start(hub(1)).is_ok());
+    }
 }

@@ -56,7 +56,7 @@ pub(crate) async fn serve_stdio(home: &Home) -> Result<()> {
     let surface = McpSurface::new(ApiBackend(Arc::new(api)));
     let service = surface
         .clone()
-        .serve(rmcp::transport::stdio())
+        .serve(hub_client::mcp::stdio::framed_stdio())
         .await
         .context("starting the MCP session on stdio")?;
     let watcher = tokio::spawn(surface.watch(service.peer().clone()));

@@ -27,6 +27,8 @@ use shared_proto::agent::CallErrorCode;
 use crate::hub::agent::{CallAppRequest, HubAppsView};
 use crate::hub::ServiceError;
 
+pub mod stdio;
+
 /// How often `watch` lists the apps of the cluster again to notice changes.
 pub const REFRESH: Duration = Duration::from_secs(5);
 
