@@ -461,6 +461,84 @@ fn each_trust_level_calls_exactly_what_it_may() {
     }
 }
 
+/// What a tool is, for the trust it needs, follows the app when it changes its tools (the app
+/// says so) and the operator when it pins a kind (`--tool-kind`). Once the kinds were read from
+/// the app's annotations once, at its start, and could not be pinned.
+#[test]
+fn tool_kinds_follow_the_app_and_the_operators_pins() {
+    let c = Cluster::start(RelayKind::Native);
+    c.desk
+        .ok(&["apps", "add", "tools", "--command", &test_app()]);
+    c.desk.ok(&["apps", "share", "tools", "--cluster"]);
+    let reader = c.join("reader", "read_only", "");
+    let run = reader.run();
+    wait_online(&c.desk, 1);
+    let call = |tool: &str| {
+        let body = json!({ "hub": "desk", "app": "tools", "tool": tool,
+                           "arguments": { "text": "hi" } });
+        let answer = run.request(
+            "POST",
+            "/api/apps/call",
+            Some(&run.cli_token()),
+            Some(&body.to_string()),
+        );
+        match answer.status {
+            200 => "ok".to_owned(),
+            _ => answer.json["error"]["code"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        }
+    };
+    assert_eq!(call("note_read"), "ok");
+    assert_eq!(call("note_write"), "trust_too_low");
+    // The operator's pins: what the app says no longer counts for those tools.
+    let out = c.desk.ok(&[
+        "apps",
+        "share",
+        "tools",
+        "--cluster",
+        "--tool-kind",
+        "note_write=read_only",
+        "--tool-kind",
+        "note_read=destructive",
+    ]);
+    assert!(out.contains("tool note_write is pinned read_only"), "{out}");
+    assert_eq!(call("note_write"), "ok");
+    assert_eq!(call("note_read"), "trust_too_low");
+    let shown = c.desk.ok(&["apps", "show", "tools"]);
+    assert!(
+        shown.contains("note_read (destructive, pinned; the app says read_only)"),
+        "{shown}"
+    );
+    let log = c.desk.ok(&["audit", "list"]);
+    assert!(
+        log.contains("tool kinds note_read=destructive,note_write=read_only"),
+        "{log}"
+    );
+    c.desk.ok(&[
+        "apps",
+        "share",
+        "tools",
+        "--cluster",
+        "--tool-kind",
+        "note_read=app",
+    ]);
+    assert_eq!(call("note_read"), "ok");
+    // The app changes what note_read says of itself (and says its tool list changed): the
+    // desk's checks read it before the next call.
+    let desk_id = c.desk.id();
+    c.desk
+        .ok(&["apps", "call", &desk_id, "tools", "harden", "--args", "{}"]);
+    // The app's notification and its answer travel apart: wait for the notification.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call("note_read") != "trust_too_low" {
+        assert!(Instant::now() < deadline, "note_read still callable");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(call("note_write"), "ok", "still pinned");
+}
+
 /// A refusal case: what, the envelope, its signing key, the arguments sent, raw envelope bytes
 /// instead of the signed envelope, and the code expected.
 type Case<'a> = (

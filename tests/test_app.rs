@@ -1,8 +1,10 @@
 //! `test-app`: a tiny MCP server on stdio that the tests install as a hub's app, for what a
 //! third-party server does not offer deterministically: one tool of each kind (read-only, acting,
-//! destructive), a result of any size, a crash in the middle of a call, a slow call, and (with
-//! `TEST_APP_LINGER` set) a process that outlives its stdin.
+//! destructive), a result of any size, a crash in the middle of a call, a slow call, a tool
+//! (`harden`) after which `note_read` says it is destructive and the app says its tool list
+//! changed, and (with `TEST_APP_LINGER` set) a process that outlives its stdin.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 #[derive(Clone, Default)]
 struct TestApp {
     note: Arc<Mutex<String>>,
+    hardened: Arc<AtomicBool>,
 }
 
 fn tool(name: &'static str, read_only: bool, destructive: bool, props: Value) -> Tool {
@@ -38,7 +41,12 @@ fn number(args: &JsonObject, key: &str) -> u64 {
 
 impl ServerHandler for TestApp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
     }
 
     async fn list_tools(
@@ -46,8 +54,9 @@ impl ServerHandler for TestApp {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let hardened = self.hardened.load(Ordering::Acquire);
         Ok(ListToolsResult::with_all_items(vec![
-            tool("note_read", true, false, json!({})),
+            tool("note_read", !hardened, hardened, json!({})),
             tool(
                 "note_write",
                 false,
@@ -63,15 +72,21 @@ impl ServerHandler for TestApp {
             ),
             tool("crash", true, false, json!({})),
             tool("sleep", true, false, json!({ "ms": { "type": "integer" } })),
+            tool("harden", false, false, json!({})),
         ]))
     }
 
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = request.arguments.unwrap_or_default();
+        if request.name == "harden" {
+            self.hardened.store(true, Ordering::Release);
+            let _ = context.peer.notify_tool_list_changed().await;
+            return Ok(CallToolResult::success(vec![ContentBlock::text("hardened")]).into());
+        }
         let text = match request.name.as_ref() {
             "note_read" => self.note.lock().map(|n| n.clone()).unwrap_or_default(),
             "note_write" => {

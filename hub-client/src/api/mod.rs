@@ -526,6 +526,9 @@ pub struct SharingRequest {
     /// The least trust level a calling hub needs, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub require_trust: Option<String>,
+    /// Tool kinds to pin: tool name to `read_only`, `write`, `destructive`, or `app` (unpinned).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tool_kinds: std::collections::BTreeMap<String, String>,
 }
 
 async fn set_sharing(
@@ -548,8 +551,16 @@ async fn set_sharing(
         .map(str::parse::<TrustLevel>)
         .transpose()
         .map_err(|_| ApiError::bad_request("require_trust is read_only, agent_dispatch or full"))?;
+    let pins = req
+        .tool_kinds
+        .iter()
+        .map(|(tool, kind)| Ok((tool.clone(), crate::node::audit::parse_pin_kind(kind)?)))
+        .collect::<Result<crate::node::audit::ToolPins, String>>()
+        .map_err(ApiError::bad_request)?;
     let shown = sharing.to_string();
-    state.set_sharing(name.clone(), sharing, trust).await?;
+    state
+        .set_sharing(name.clone(), sharing, trust, pins)
+        .await?;
     Ok(Json(json!({
         "name": name,
         "sharing": shown,

@@ -5,17 +5,20 @@
 //! or exits, is started again on its next use, after a backoff that doubles from 1 s to 60 s with
 //! each failure in a row. Until then it is unavailable, with the reason. An app whose record
 //! changes (`hub apps add` again) is restarted with the new one; [`AppHost::shutdown`] stops them
-//! all. A failing app never fails the hub: its callers get an error naming it.
+//! all. A failing app never fails the hub: its callers get an error naming it. An app that says
+//! its tool list changed (`notifications/tools/list_changed`) has it listed again before its
+//! next use, so the checks read what its tools say now.
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Tool};
-use rmcp::service::{Peer, RunningService, ServiceError};
+use rmcp::service::{NotificationContext, Peer, RunningService, ServiceError};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use shared_proto::agent::{CallErrorCode, ToolHints};
 
 use crate::node::store::{AppRecord, AppSource};
@@ -46,7 +49,7 @@ impl AppError {
     }
 }
 
-/// What a tool says of itself, as the sharing checks read it.
+/// What a tool says of itself (its annotations).
 pub fn hints(tool: &Tool) -> ToolHints {
     let a = tool.annotations.as_ref();
     ToolHints {
@@ -55,12 +58,49 @@ pub fn hints(tool: &Tool) -> ToolHints {
     }
 }
 
+/// What a tool of `app` is, as the sharing checks read it: the kind the operator pinned, or else
+/// what the tool says of itself.
+pub fn tool_hints(app: &AppRecord, tool: &Tool) -> ToolHints {
+    app.tool_kinds
+        .get(tool.name.as_ref())
+        .map_or_else(|| hints(tool), |kind| kind.hints())
+}
+
+/// A tool of `app` as listings show it: with the annotations of its pinned kind, if pinned.
+pub fn as_listed(app: &AppRecord, tool: &Tool) -> Tool {
+    let mut tool = tool.clone();
+    if let Some(kind) = app.tool_kinds.get(tool.name.as_ref()) {
+        let h = kind.hints();
+        let mut annotations = tool.annotations.take().unwrap_or_default();
+        annotations.read_only_hint = Some(h.read_only);
+        annotations.destructive_hint = Some(h.destructive);
+        tool.annotations = Some(annotations);
+    }
+    tool
+}
+
+/// The hub as an app's MCP client: it notes when the app says its tool list changed.
+#[derive(Debug, Clone, Default)]
+struct AppClient {
+    tools_changed: Arc<AtomicBool>,
+}
+
+impl ClientHandler for AppClient {
+    fn on_tool_list_changed(
+        &self,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.tools_changed.store(true, Ordering::Release);
+        std::future::ready(())
+    }
+}
+
 /// One app's running connection and what is known of it.
 #[derive(Default)]
 struct Slot {
     /// The record it was started from.
     source: Option<AppSource>,
-    service: Option<RunningService<RoleClient, ()>>,
+    service: Option<RunningService<RoleClient, AppClient>>,
     tools: Arc<Vec<Tool>>,
     failures: u32,
     retry_at: Option<Instant>,
@@ -130,7 +170,28 @@ impl AppHost {
         }
         if let Some(service) = &slot.service {
             if !service.is_closed() {
-                return Ok((service.peer().clone(), slot.tools.clone()));
+                let peer = service.peer().clone();
+                if service
+                    .service()
+                    .tools_changed
+                    .swap(false, Ordering::AcqRel)
+                {
+                    // Listed again now: its tools (and what they say of themselves) changed.
+                    match tokio::time::timeout(START_TIMEOUT, peer.list_all_tools()).await {
+                        Ok(Ok(tools)) => {
+                            tracing::info!(app = %app.name, tools = tools.len(), "app tools changed");
+                            slot.tools = Arc::new(tools);
+                        }
+                        _ => {
+                            slot.failed("listing its changed tools failed".into());
+                            return Err(AppError::new(
+                                CallErrorCode::AppUnavailable,
+                                format!("app {}: listing its changed tools failed", app.name),
+                            ));
+                        }
+                    }
+                }
+                return Ok((peer, slot.tools.clone()));
             }
             slot.failed("the app exited".into());
         }
@@ -238,7 +299,10 @@ impl AppHost {
 }
 
 /// Starts an app and lists its tools.
-async fn start(source: &AppSource) -> Result<(RunningService<RoleClient, ()>, Vec<Tool>), String> {
+async fn start(
+    source: &AppSource,
+) -> Result<(RunningService<RoleClient, AppClient>, Vec<Tool>), String> {
+    let client = AppClient::default();
     let service = match source {
         AppSource::Command {
             program,
@@ -256,11 +320,11 @@ async fn start(source: &AppSource) -> Result<(RunningService<RoleClient, ()>, Ve
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot run {program}: {e}"))?;
-            ().serve(transport).await.map_err(|e| e.to_string())?
+            client.serve(transport).await.map_err(|e| e.to_string())?
         }
         AppSource::Url(url) => {
             let transport = StreamableHttpClientTransport::from_uri(url.as_str());
-            ().serve(transport).await.map_err(|e| e.to_string())?
+            client.serve(transport).await.map_err(|e| e.to_string())?
         }
     };
     let tools = service

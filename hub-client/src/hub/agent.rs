@@ -322,7 +322,11 @@ impl HubState {
                 available: true,
                 reason: None,
                 sharing: None,
-                tools: tools.iter().filter(|t| keep(t)).cloned().collect(),
+                tools: tools
+                    .iter()
+                    .map(|t| crate::apps::as_listed(app, t))
+                    .filter(|t| keep(t))
+                    .collect(),
             },
             Err(e) => AppView {
                 name: app.name.clone(),

@@ -22,7 +22,7 @@ use shared_proto::HubId;
 
 use super::agent::AppView;
 use super::{HubState, Member};
-use crate::apps::hints;
+use crate::apps::tool_hints;
 use crate::node::audit::{self, AuditKind, Decision};
 use crate::node::store::{AppRecord, AuditEntry};
 use crate::transport::peers::{Answer, CallRequest, Inbound, Listing, PeerInfo, PeerRequest};
@@ -168,7 +168,7 @@ impl HubState {
         {
             let view = self
                 .app_view(app, |t| {
-                    caller.trust >= trust_needed(hints(t), app.require_trust)
+                    caller.trust >= trust_needed(tool_hints(app, t), app.require_trust)
                         && scoped(&app.name, Some(&t.name))
                 })
                 .await;
@@ -333,7 +333,7 @@ impl HubState {
         let hints = tools
             .iter()
             .find(|t| t.name == call.tool)
-            .map(hints)
+            .map(|t| tool_hints(&record, t))
             .ok_or_else(|| no(CallErrorCode::UnknownTool))?;
         check_call(&record.sharing, record.require_trust, hints, &caller).map_err(no)?;
         self.spend_nonce(call.from, delegation.nonce, delegation.expires_at_ms)

@@ -464,6 +464,7 @@ impl HubState {
         name: String,
         sharing: Sharing,
         require_trust: Option<TrustLevel>,
+        pins: audit::ToolPins,
     ) -> Result<(), ServiceError> {
         let missing = format!("no app {name}");
         let found = self
@@ -474,6 +475,7 @@ impl HubState {
                     &name,
                     &sharing,
                     require_trust,
+                    &pins,
                 )?)
             })
             .await?;

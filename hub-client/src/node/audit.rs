@@ -60,24 +60,55 @@ pub fn record(home: &Home, store: &Store, entry: AuditEntry) {
     }
 }
 
-/// Sets who may see and call app `name`, and records it (`app.share`); `false` if there is no
-/// such app. The CLI (`hub apps share`) and the API (`PUT /api/apps/{name}/sharing`) both use it.
+/// Tool kinds an operator pins or unpins (`None`: the app's own annotations count again).
+pub type ToolPins = std::collections::BTreeMap<String, Option<shared_proto::agent::ToolKind>>;
+
+/// A pin as the CLI and the API write it: `KIND` is `read_only`, `write`, `destructive`, or `app`
+/// (unpinned: the app's own annotations).
+pub fn parse_pin_kind(kind: &str) -> Result<Option<shared_proto::agent::ToolKind>, String> {
+    match kind {
+        "app" => Ok(None),
+        kind => kind.parse().map(Some).map_err(|_| {
+            format!("tool kind {kind:?}: read_only, write, destructive, or app (its own)")
+        }),
+    }
+}
+
+/// Sets who may see and call app `name`, and pins the kinds of its tools in `pins`, in one
+/// transaction, and records it (`app.share`); `false` if there is no such app. The CLI (`hub apps
+/// share`) and the API (`PUT /api/apps/{name}/sharing`) both use it.
 pub fn share_app(
     home: &Home,
     store: &Store,
     name: &str,
     sharing: &shared_proto::agent::Sharing,
     require_trust: Option<shared_proto::trust::TrustLevel>,
+    pins: &ToolPins,
 ) -> Result<bool, crate::node::store::StoreError> {
-    if !store.set_app_sharing(name, sharing, require_trust)? {
+    let found = store.in_transaction(|store| {
+        Ok::<_, crate::node::store::StoreError>(
+            store.set_app_sharing(name, sharing, require_trust)?
+                && store.pin_tool_kinds(name, pins)?,
+        )
+    })?;
+    if !found {
         return Ok(false);
     }
     let floor = require_trust.map_or(String::new(), |t| format!(", requires {t}"));
+    let pinned: Vec<String> = pins
+        .iter()
+        .map(|(tool, kind)| format!("{tool}={}", kind.map_or("app", |k| k.as_str())))
+        .collect();
+    let pinned = if pinned.is_empty() {
+        String::new()
+    } else {
+        format!(", tool kinds {}", pinned.join(","))
+    };
     let mut e = entry(
         AuditKind::AppShare,
         None,
         Decision::Ok,
-        &format!("{sharing}{floor}"),
+        &format!("{sharing}{floor}{pinned}"),
     );
     e.app = name.to_owned();
     record(home, store, e);

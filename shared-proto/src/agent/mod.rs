@@ -11,7 +11,7 @@ pub use envelope::{
     arguments_hash, Delegation, SignedDelegation, ALL_SCOPES, ENVELOPE_V1, ENVELOPE_V2, LISTING,
 };
 pub use policy::{
-    check_call, trust_needed, Caller, Sharing, ToolHints, UnqualifiedPrincipal, ANY_HUB,
+    check_call, trust_needed, Caller, Sharing, ToolHints, ToolKind, UnqualifiedPrincipal, ANY_HUB,
 };
 
 /// Why a call across hubs did not give a tool result. The numbers are on the wire (the

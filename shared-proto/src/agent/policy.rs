@@ -44,6 +44,72 @@ pub struct ToolHints {
     pub destructive: bool,
 }
 
+/// A tool's kind as the operator pins it (`hub apps share NAME --tool-kind TOOL=KIND`), in place
+/// of what the app's own annotations say: what a tool is, for the trust it needs, is the
+/// operator's call, not the app's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ToolKind {
+    /// Changes nothing (`read_only` hubs may call it).
+    ReadOnly,
+    /// Acts (`agent_dispatch`).
+    Write,
+    /// May destroy or overwrite (`full`).
+    Destructive,
+}
+
+impl ToolKind {
+    /// Every kind.
+    pub const ALL: [ToolKind; 3] = [ToolKind::ReadOnly, ToolKind::Write, ToolKind::Destructive];
+
+    /// Its name: `read_only`, `write` or `destructive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::ReadOnly => "read_only",
+            ToolKind::Write => "write",
+            ToolKind::Destructive => "destructive",
+        }
+    }
+
+    /// The hints it stands for.
+    pub fn hints(self) -> ToolHints {
+        ToolHints {
+            read_only: self == ToolKind::ReadOnly,
+            destructive: self == ToolKind::Destructive,
+        }
+    }
+}
+
+impl ToolHints {
+    /// The kind these hints make a tool (read-only wins over destructive, as in
+    /// [`trust_needed`]).
+    pub fn kind(self) -> ToolKind {
+        if self.read_only {
+            ToolKind::ReadOnly
+        } else if self.destructive {
+            ToolKind::Destructive
+        } else {
+            ToolKind::Write
+        }
+    }
+}
+
+impl std::fmt::Display for ToolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ToolKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ToolKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a tool kind: read_only, write or destructive"))
+    }
+}
+
 /// Who asks: the calling hub as its certificate says, and the principal its envelope names.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
@@ -167,12 +233,10 @@ impl std::str::FromStr for Sharing {
 /// `agent_dispatch` for one that acts, `full` for a destructive one; never less than the app's
 /// `require_trust`.
 pub fn trust_needed(hints: ToolHints, require_trust: Option<TrustLevel>) -> TrustLevel {
-    let by_tool = if hints.read_only {
-        TrustLevel::ReadOnly
-    } else if hints.destructive {
-        TrustLevel::Full
-    } else {
-        TrustLevel::AgentDispatch
+    let by_tool = match hints.kind() {
+        ToolKind::ReadOnly => TrustLevel::ReadOnly,
+        ToolKind::Write => TrustLevel::AgentDispatch,
+        ToolKind::Destructive => TrustLevel::Full,
     };
     require_trust.map_or(by_tool, |r| r.max(by_tool))
 }

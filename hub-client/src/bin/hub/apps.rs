@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hub_client::apps::{hints, AppHost};
+use hub_client::apps::{hints, tool_hints, AppHost};
 use hub_client::hub::agent::CallAppRequest;
 use hub_client::node::audit::{self, AuditKind, Decision};
 use hub_client::node::home::Home;
@@ -102,13 +102,11 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             let tools = tools.map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("tools    {}", tools.len());
             for tool in tools.iter() {
-                let h = hints(tool);
-                let kind = if h.read_only {
-                    "read-only"
-                } else if h.destructive {
-                    "destructive"
-                } else {
-                    "acts"
+                let kind = match app.tool_kinds.get(tool.name.as_ref()) {
+                    Some(pinned) => {
+                        format!("{pinned}, pinned; the app says {}", hints(tool).kind())
+                    }
+                    None => tool_hints(&app, tool).kind().to_string(),
                 };
                 println!();
                 println!("  {} ({kind})", tool.name);
@@ -129,6 +127,7 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
             hubs,
             principals,
             require_trust,
+            tool_kinds,
         } => {
             let sharing = if cluster {
                 Sharing::Cluster
@@ -144,10 +143,26 @@ pub(crate) async fn apps_command(home: &Home, cmd: AppsCommand) -> Result<()> {
                 bail!("say with whom: --local-only, --cluster, --roles, --hubs or --principals");
             };
             sharing.require_qualified()?;
-            if !audit::share_app(home, &store, &name, &sharing, require_trust)? {
+            let pins = tool_kinds
+                .iter()
+                .map(|pin| {
+                    let (tool, kind) = pin
+                        .split_once('=')
+                        .with_context(|| format!("--tool-kind {pin}: write TOOL=KIND"))?;
+                    let kind = audit::parse_pin_kind(kind).map_err(anyhow::Error::msg)?;
+                    Ok((tool.to_owned(), kind))
+                })
+                .collect::<Result<audit::ToolPins>>()?;
+            if !audit::share_app(home, &store, &name, &sharing, require_trust, &pins)? {
                 bail!("no app {name}");
             }
             println!("app {name} is shared with: {sharing}");
+            for (tool, kind) in &pins {
+                match kind {
+                    Some(kind) => println!("tool {tool} is pinned {kind}"),
+                    None => println!("tool {tool} is what the app says it is"),
+                }
+            }
         }
         AppsCommand::Remove { name } => {
             if !store.remove_app(&name)? {

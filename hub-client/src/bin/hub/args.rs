@@ -339,6 +339,10 @@ pub(crate) enum AppsCommand {
         /// The least trust level a calling hub needs for any tool of this app.
         #[arg(long, value_name = "LEVEL")]
         require_trust: Option<TrustLevel>,
+        /// Pin a tool's kind, whatever the app says of it: read_only (read_only hubs may call
+        /// it), write (agent_dispatch), destructive (full), or app to unpin it. Repeatable.
+        #[arg(long = "tool-kind", value_name = "TOOL=KIND")]
+        tool_kinds: Vec<String>,
     },
     /// Remove an app.
     Remove {

@@ -1,7 +1,9 @@
 //! The hub's apps (how to reach each, who may use it) and the delegation nonces seen.
 
+use std::collections::BTreeMap;
+
 use rusqlite::params;
-use shared_proto::agent::Sharing;
+use shared_proto::agent::{Sharing, ToolKind};
 use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
 
@@ -18,6 +20,8 @@ pub struct AppRecord {
     pub sharing: Sharing,
     /// The least trust level a calling hub needs for any of its tools.
     pub require_trust: Option<TrustLevel>,
+    /// Tools whose kind the operator pinned, in place of the app's own annotations.
+    pub tool_kinds: BTreeMap<String, ToolKind>,
     /// When it was added (Unix ms).
     pub created_at: u64,
 }
@@ -75,6 +79,36 @@ impl Store {
         )? == 1)
     }
 
+    /// Pins the kinds of tools of an app (`Some`), or unpins them (`None`: the app's own
+    /// annotations count again); the other pins stay. False if there is no such app. It reads
+    /// and writes: run it in [`Store::in_transaction`] beside other processes.
+    pub fn pin_tool_kinds(
+        &self,
+        name: &str,
+        pins: &BTreeMap<String, Option<ToolKind>>,
+    ) -> Result<bool, StoreError> {
+        let Some(mut held) = self.app(name)?.map(|a| a.tool_kinds) else {
+            return Ok(false);
+        };
+        if pins.is_empty() {
+            return Ok(true);
+        }
+        for (tool, kind) in pins {
+            match kind {
+                Some(kind) => held.insert(tool.clone(), *kind),
+                None => held.remove(tool),
+            };
+        }
+        let text: BTreeMap<&str, &str> =
+            held.iter().map(|(t, k)| (t.as_str(), k.as_str())).collect();
+        let json = serde_json::to_string(&text).map_err(|_| StoreError::Corrupt("tool kinds"))?;
+        self.conn.execute(
+            "UPDATE apps SET tool_kinds = ?2 WHERE name = ?1",
+            params![name, json],
+        )?;
+        Ok(true)
+    }
+
     /// Removes an app; false if there was none.
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -86,7 +120,8 @@ impl Store {
     /// Every app, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, source, sharing, require_trust, created_at FROM apps ORDER BY name",
+            "SELECT name, source, sharing, require_trust, created_at, tool_kinds
+             FROM apps ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -95,10 +130,22 @@ impl Store {
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
             ))
         })?;
         rows.map(|row| {
-            let (name, source, sharing, require_trust, created_at) = row?;
+            let (name, source, sharing, require_trust, created_at, kinds) = row?;
+            let kinds: BTreeMap<String, String> =
+                serde_json::from_str(&kinds).map_err(|_| StoreError::Corrupt("tool kinds"))?;
+            let tool_kinds = kinds
+                .into_iter()
+                .map(|(tool, kind)| {
+                    Ok((
+                        tool,
+                        kind.parse().map_err(|_| StoreError::Corrupt("tool kind"))?,
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()?;
             Ok(AppRecord {
                 name,
                 source: serde_json::from_str(&source).map_err(|_| StoreError::Corrupt("app"))?,
@@ -111,6 +158,7 @@ impl Store {
                             .map_err(|_| StoreError::Corrupt("app trust level"))
                     })
                     .transpose()?,
+                tool_kinds,
                 created_at: created_at as u64,
             })
         })

@@ -122,6 +122,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE delegation_nonces ADD COLUMN peer BLOB;
     "#,
+    // 10: tool kinds an operator pinned (`hub apps share --tool-kind`), a JSON object of tool
+    // name to `read_only`, `write` or `destructive`.
+    r#"
+    ALTER TABLE apps ADD COLUMN tool_kinds TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// The schema version this build writes.
