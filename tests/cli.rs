@@ -275,6 +275,63 @@ fn pairing_tokens_expire_are_single_use_checked_and_never_stored() {
     assert_eq!(wins, 1, "exactly one of two concurrent redemptions wins");
 }
 
+/// Pairing tokens issued (by the CLI and the API) are in the audit log, and each API token's
+/// uses are counted by window in `hub stats`. Once neither was.
+#[test]
+fn invites_and_token_uses_are_in_the_audit_log_and_the_statistics() {
+    let c = Cluster::start(RelayKind::Native);
+    let api = &c.founder_run;
+    c.founder
+        .ok(&["invite", "--trust-level", "read_only", "--roles", "phone"]);
+    let admin = c
+        .founder
+        .ok(&["tokens", "create", "--name", "ops", "--admin"])
+        .trim()
+        .to_owned();
+    let issued = api.request(
+        "POST",
+        "/api/federation/generate-pairing-token",
+        Some(&admin),
+        Some(r#"{"trust_level":"full","ttl_seconds":600}"#),
+    );
+    assert_eq!(issued.status, 201, "{}", issued.json);
+    let log = c.founder.ok(&["audit", "list"]);
+    assert!(
+        log.contains("invite")
+            && log.contains("a pairing token for a read_only hub with roles phone"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a pairing token for a full hub, valid 600 s"),
+        "{log}"
+    );
+    let dashboard = c
+        .founder
+        .ok(&["tokens", "create", "--name", "dashboard"])
+        .trim()
+        .to_owned();
+    for _ in 0..5 {
+        assert_eq!(
+            api.request("GET", "/api/status", Some(&dashboard), None)
+                .status,
+            200
+        );
+    }
+    let hour = |json: &str| -> serde_json::Value {
+        let windows: serde_json::Value = serde_json::from_str(json).unwrap();
+        windows.as_array().unwrap()[0].clone()
+    };
+    let stats = c
+        .founder
+        .ok_when(&["stats", "--json"], "5 dashboard uses", |out| {
+            hour(out)["token_uses"]["dashboard"] == 5
+        });
+    let hour = hour(&stats);
+    assert_eq!(hour["window"], "hour");
+    assert_eq!(hour["total"]["invites"], 2, "{hour}");
+    assert_eq!(hour["token_uses"]["ops"], 1, "{hour}");
+}
+
 #[test]
 fn admin_api_every_endpoint_with_auth_and_errors() {
     let c = Cluster::start(RelayKind::Native);

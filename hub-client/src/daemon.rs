@@ -119,6 +119,22 @@ pub async fn run_with(
             .await
     });
     let mut hub = tokio::spawn(hub_loop(state.clone(), stop_rx.clone(), options));
+    let mut flush_stop = stop_rx.clone();
+    let flushing = state.clone();
+    let token_uses = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                _ = every.tick() => false,
+                _ = flush_stop.wait_for(|s| *s) => true,
+            };
+            if stop {
+                break;
+            }
+            flushing.flush_token_uses().await;
+        }
+    });
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
@@ -129,6 +145,8 @@ pub async fn run_with(
     };
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = token_uses.await;
+    state.flush_token_uses().await;
     state.apps.shutdown().await;
     crate::node::access::withdraw(&home, &state.store());
     result.map_err(|e| DaemonError::Task(e.to_string()))?

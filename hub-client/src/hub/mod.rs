@@ -33,6 +33,7 @@ pub mod quorum;
 pub mod score;
 pub(crate) mod serve;
 pub(crate) mod service;
+pub(crate) mod tokens;
 pub mod view;
 
 pub use service::{join_cluster, AuditQuery, CallBucket, CallSeries, MAX_PAIRING_TTL_S};
@@ -199,6 +200,8 @@ pub(crate) struct HubState {
     pub(crate) journal: crate::node::journal::Journal,
     /// The delegation nonces seen, until their envelopes expire (durable through the journal).
     pub(crate) nonces: Mutex<shared_proto::agent::nonces::Nonces>,
+    /// API tokens found valid lately, and their uses not written yet.
+    pub(crate) tokens: tokens::Tokens,
     /// When this hub started (its info's uptime).
     pub(crate) started: Instant,
 }
@@ -227,6 +230,7 @@ impl HubState {
             audited,
             journal,
             nonces: Mutex::new(nonces),
+            tokens: tokens::Tokens::default(),
             started: Instant::now(),
         };
         state.sync_book(&state.store())?;

@@ -443,13 +443,39 @@ impl HubState {
     }
 
     /// The API token whose text is `token`, if it is valid now (not expired, uses left); its use
-    /// is counted.
+    /// is counted. A token without a use limit that was found in the last
+    /// [`super::tokens::CHECKED_FOR_MS`] is taken from memory and its use counted there (written
+    /// every second); one with a limit is checked and counted in the store every time.
     pub async fn authenticate(
         self: &Arc<Self>,
         token: Vec<u8>,
     ) -> Result<Option<ApiToken>, ServiceError> {
-        self.blocking(move |state| Ok(state.store().use_api_token(&token, unix_ms())?))
-            .await
+        let hash = crate::node::store::token_hash(&token);
+        let now = unix_ms();
+        if let Some(found) = self.tokens.use_held(&hash, now) {
+            return Ok(Some(found));
+        }
+        let found = self
+            .blocking(move |state| Ok(state.store().use_api_token(&token, now)?))
+            .await?;
+        if let Some(t) = &found {
+            self.tokens.hold(hash, t, now);
+        }
+        Ok(found)
+    }
+
+    /// Writes the token uses counted in memory (every second, and when the hub stops).
+    pub(crate) async fn flush_token_uses(self: &Arc<Self>) {
+        let uses = self.tokens.take_uses();
+        if uses.is_empty() {
+            return;
+        }
+        let written = self
+            .blocking(move |state| Ok(state.store().add_token_uses(&uses, unix_ms())?))
+            .await;
+        if let Err(e) = written {
+            tracing::error!("token uses not recorded: {e}");
+        }
     }
 
     /// How many entries the audit log holds (its head's sequence number).

@@ -298,6 +298,8 @@ pub struct StatsWindow {
     pub total: StatsCounts,
     /// Per peer (hub id).
     pub peers: std::collections::BTreeMap<String, StatsCounts>,
+    /// Requests made with each API token, by the token's name.
+    pub token_uses: std::collections::BTreeMap<String, u64>,
 }
 
 /// Counts of one window, in total or for one peer.
@@ -319,6 +321,8 @@ pub struct StatsCounts {
     pub call_bytes: u64,
     /// API tokens created.
     pub tokens_created: u64,
+    /// Pairing tokens issued.
+    pub invites: u64,
     /// Pairings answered (allowed and refused).
     pub pairings: u64,
 }
@@ -348,6 +352,7 @@ impl StatsCounts {
                 }
             }
             AuditKind::TokenCreate => self.tokens_created += c.count,
+            AuditKind::Invite => self.invites += c.count,
             AuditKind::Pairing => self.pairings += c.count,
             _ => {}
         }
@@ -369,6 +374,7 @@ pub fn stats(
         .map(|(window, since)| {
             let mut out = StatsWindow {
                 window: window.into(),
+                token_uses: store.token_uses((since > 0).then_some(since))?,
                 ..Default::default()
             };
             for c in store.audit_counts(None, since)? {

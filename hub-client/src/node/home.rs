@@ -529,8 +529,24 @@ impl Home {
         let mut secret = [0u8; SECRET_LEN];
         OsRng.fill_bytes(&mut secret);
         let now = unix_ms();
-        self.store()?
-            .add_pairing_token(&secret, terms, now, now.saturating_add(ttl_ms))?;
+        let store = self.store()?;
+        store.add_pairing_token(&secret, terms, now, now.saturating_add(ttl_ms))?;
+        let roles = if terms.roles.is_empty() {
+            String::new()
+        } else {
+            format!(" with roles {}", terms.roles.join(","))
+        };
+        let why = format!(
+            "a pairing token for a {} hub{roles}, valid {} s",
+            terms.trust,
+            ttl_ms / 1000
+        );
+        use crate::node::audit::{entry, record, AuditKind, Decision};
+        record(
+            self,
+            &store,
+            entry(AuditKind::Invite, None, Decision::Ok, &why),
+        );
         Ok(PairingToken {
             relay_url: self.config()?.relay_url,
             cluster: self.cluster_id()?,

@@ -104,7 +104,7 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
     for w in &windows {
         let t = &w.total;
         println!(
-            "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms and {} bytes in calls, tokens created {}, pairings {}",
+            "{:<5} calls out {} (refused: {}), calls in {} (accepted {}; refused: {}), {} ms and {} bytes in calls, tokens created {}, invites {}, pairings {}",
             w.window,
             t.calls_out,
             codes(&t.refused_out),
@@ -114,8 +114,12 @@ pub(crate) fn stats_command(home: &Home, json: bool) -> Result<()> {
             t.call_ms,
             t.call_bytes,
             t.tokens_created,
+            t.invites,
             t.pairings,
         );
+        if !w.token_uses.is_empty() {
+            println!("      token uses: {}", codes(&w.token_uses));
+        }
         for (peer, p) in &w.peers {
             println!(
                 "      {}  out {} in {} (refused {}), {} bytes",

@@ -33,6 +33,8 @@ pub enum AuditKind {
     AppRemove,
     /// An API token created.
     TokenCreate,
+    /// A pairing token issued (`hub invite`).
+    Invite,
     /// A peer sent something faulty ([`FaultKind`]).
     PeerFault,
     /// A peer's signed audit heads do not add up.
@@ -41,7 +43,7 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 12] = [
+    pub const ALL: [AuditKind; 13] = [
         Self::CallOut,
         Self::CallIn,
         Self::Pairing,
@@ -52,6 +54,7 @@ impl AuditKind {
         Self::AppShare,
         Self::AppRemove,
         Self::TokenCreate,
+        Self::Invite,
         Self::PeerFault,
         Self::AuditInconsistent,
     ];
@@ -69,6 +72,7 @@ impl AuditKind {
             Self::AppShare => "app.share",
             Self::AppRemove => "app.remove",
             Self::TokenCreate => "token.create",
+            Self::Invite => "invite",
             Self::PeerFault => "peer.fault",
             Self::AuditInconsistent => "audit.inconsistent",
         }

@@ -127,6 +127,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE apps ADD COLUMN tool_kinds TEXT NOT NULL DEFAULT '{}';
     "#,
+    // 11: API token uses per minute (kept two days), for statistics by window.
+    r#"
+    CREATE TABLE token_uses (
+        token_sha256 BLOB NOT NULL,
+        minute       INTEGER NOT NULL,
+        uses         INTEGER NOT NULL,
+        PRIMARY KEY (token_sha256, minute)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

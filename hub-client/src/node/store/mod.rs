@@ -79,6 +79,11 @@ fn sha256(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
+/// What the store keeps of a token's secret: its SHA-256.
+pub fn token_hash(secret: &[u8]) -> [u8; 32] {
+    sha256(secret)
+}
+
 fn join_roles(roles: &[String]) -> String {
     roles.join(",")
 }

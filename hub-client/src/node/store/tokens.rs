@@ -4,6 +4,8 @@
 //! of two concurrent redemptions exactly one succeeds; the secret itself never reaches the
 //! database file.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, OptionalExtension};
 use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
@@ -56,6 +58,26 @@ pub struct TokenLimits {
     pub scopes: Vec<String>,
     /// How many requests it may make; none: no limit.
     pub max_uses: Option<u64>,
+}
+
+const MINUTE_MS: u64 = 60_000;
+
+/// How long token uses are counted by minute (older ones count in the all-time total only).
+pub const TOKEN_USES_KEPT_MS: u64 = 2 * 86_400_000;
+
+/// Adds `n` uses of a token to its minute.
+fn count_uses(
+    conn: &rusqlite::Connection,
+    hash: &[u8; 32],
+    minute: u64,
+    n: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO token_uses (token_sha256, minute, uses) VALUES (?1, ?2, ?3)
+         ON CONFLICT (token_sha256, minute) DO UPDATE SET uses = uses + excluded.uses",
+        params![hash.as_slice(), minute as i64, n as i64],
+    )?;
+    Ok(())
 }
 
 const API_TOKEN_COLUMNS: &str =
@@ -175,25 +197,93 @@ impl Store {
 
     /// The API token whose secret is `secret`, if it exists, has not expired and has uses left;
     /// records its use (one statement: the update returns the row, so two concurrent uses of a
-    /// token with one use left cannot both pass).
+    /// token with one use left cannot both pass), and counts it in its minute.
     pub fn use_api_token(
         &self,
         secret: &[u8],
         now_ms: u64,
     ) -> Result<Option<ApiToken>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!(
-                    "UPDATE api_tokens SET last_used_at = ?1, uses = uses + 1
-                     WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)
-                       AND (max_uses IS NULL OR uses < max_uses)
-                     RETURNING {API_TOKEN_COLUMNS}"
-                ),
-                params![now_ms as i64, sha256(secret).as_slice()],
-                row_to_api_token,
-            )
-            .optional()?)
+        self.in_transaction(|store| {
+            let hash = sha256(secret);
+            let token = store
+                .conn
+                .query_row(
+                    &format!(
+                        "UPDATE api_tokens SET last_used_at = ?1, uses = uses + 1
+                         WHERE secret_sha256 = ?2 AND (expires_at IS NULL OR expires_at > ?1)
+                           AND (max_uses IS NULL OR uses < max_uses)
+                         RETURNING {API_TOKEN_COLUMNS}"
+                    ),
+                    params![now_ms as i64, hash.as_slice()],
+                    row_to_api_token,
+                )
+                .optional()?;
+            if token.is_some() {
+                count_uses(&store.conn, &hash, now_ms / MINUTE_MS, 1)?;
+            }
+            Ok(token)
+        })
+    }
+
+    /// Adds uses counted elsewhere (the running hub counts the uses of unlimited tokens in
+    /// memory and adds them every second): each token's hash, minute (Unix ms / 60,000), uses,
+    /// and the last of them (Unix ms). Counts older than [`TOKEN_USES_KEPT_MS`] are dropped.
+    pub fn add_token_uses(
+        &self,
+        uses: &[([u8; 32], u64, u64, u64)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.in_transaction(|store| {
+            for (hash, minute, n, last) in uses {
+                store.conn.execute(
+                    "UPDATE api_tokens SET uses = uses + ?2,
+                       last_used_at = max(coalesce(last_used_at, 0), ?3)
+                     WHERE secret_sha256 = ?1",
+                    params![hash.as_slice(), *n as i64, *last as i64],
+                )?;
+                count_uses(&store.conn, hash, *minute, *n)?;
+            }
+            store.conn.execute(
+                "DELETE FROM token_uses WHERE minute < ?1",
+                params![(now_ms.saturating_sub(TOKEN_USES_KEPT_MS) / MINUTE_MS) as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Uses of each API token (by name) from `since_ms` (within [`TOKEN_USES_KEPT_MS`]), or all
+    /// time (`None`).
+    pub fn token_uses(&self, since_ms: Option<u64>) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        let mut add = |name: String, n: i64| *out.entry(name).or_insert(0) += n as u64;
+        match since_ms {
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare("SELECT name, sum(uses) FROM api_tokens GROUP BY name")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                for row in rows {
+                    let (name, n) = row?;
+                    add(name, n);
+                }
+            }
+            Some(since) => {
+                let mut stmt = self.conn.prepare(
+                    "SELECT t.name, sum(u.uses) FROM token_uses u
+                     JOIN api_tokens t ON t.secret_sha256 = u.token_sha256
+                     WHERE u.minute >= ?1 GROUP BY t.name",
+                )?;
+                let rows = stmt.query_map(params![(since / MINUTE_MS) as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                for row in rows {
+                    let (name, n) = row?;
+                    add(name, n);
+                }
+            }
+        }
+        out.retain(|_, n| *n > 0);
+        Ok(out)
     }
 
     /// Every API token (without secrets), newest first.
