@@ -1291,6 +1291,74 @@ fn the_running_hub_serves_mcp_over_http_to_token_holders_only() {
     assert_eq!(post(Some(&token), &[("host", named.as_str())]), 200);
 }
 
+/// A hub on its own, with no cluster: its apps are added, served and called through `hub mcp`
+/// (as hub `local`), and creating a cluster later, while it runs, turns federation on with
+/// nothing to redo. (Once every call answered "this hub is not a member of a cluster yet".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_on_its_own_serves_its_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let solo = HubHome::new(dir.path().join("solo"));
+    blocking(|| solo.ok(&["apps", "add", "tools", "--command", &test_app()]));
+    let run = blocking(|| solo.run());
+    let client = mcp_client(&solo).await;
+    let listed = text(&call(&client, "apps.list", json!({})).await);
+    assert!(listed.contains("\"hub_id\": \"local\""), "{listed}");
+    assert!(listed.contains("note_write"), "{listed}");
+    let written = call(
+        &client,
+        "app.call",
+        json!({ "hub": "local", "app": "tools", "tool": "note_write",
+                "arguments": { "text": "on my own" } }),
+    )
+    .await;
+    assert_ne!(written.is_error, Some(true), "{written:?}");
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(
+        tools.iter().any(|t| t.name == "tools_note_read_local"),
+        "{:?}",
+        tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+    );
+    let read = call(&client, "tools_note_read_local", json!({})).await;
+    assert_eq!(text(&read), "on my own");
+    // Another hub's name is not one it knows.
+    let other = call(
+        &client,
+        "app.call",
+        json!({ "hub": "laptop", "app": "tools", "tool": "note_read" }),
+    )
+    .await;
+    assert_eq!(other.is_error, Some(true));
+    assert!(text(&other).contains("not a member of a cluster yet"), "{other:?}");
+    // The console's apps page reads the same list.
+    let apps = blocking(|| run.request("GET", "/api/apps", Some(&run.cli_token()), None));
+    assert_eq!(apps.json[0]["hub_id"], "local", "{}", apps.json);
+
+    // Federation on, while it runs: its apps stay, under its new id and name too.
+    let relay = blocking(|| RelayProcess::start(RelayKind::Native));
+    blocking(|| solo.create_cluster("solo", &relay.url()));
+    blocking(|| {
+        solo.ok_when(&["status"], "running as a member", |out| {
+            out.contains(" connected")
+        })
+    });
+    let read = call(
+        &client,
+        "app.call",
+        json!({ "hub": "solo", "app": "tools", "tool": "note_read" }),
+    )
+    .await;
+    assert_eq!(text(&read), "on my own");
+    let read = call(
+        &client,
+        "app.call",
+        json!({ "hub": "local", "app": "tools", "tool": "note_read" }),
+    )
+    .await;
+    assert_eq!(text(&read), "on my own");
+    client.cancel().await.unwrap();
+    blocking(move || drop((run, relay)));
+}
+
 /// An agent client's request over `hub mcp`'s 16 MiB bound on stdio is answered with a JSON-RPC
 /// error naming the bound, and the session goes on. (Once the line was dropped and the client
 /// waited until its own timeout.)

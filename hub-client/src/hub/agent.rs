@@ -33,6 +33,10 @@ pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long resolving a hub's name may wait for online hubs this one never met to say who they
 /// are.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What every hub answers to as itself, besides its id and name; all a hub that has not
+/// created or joined a cluster answers to (it has neither yet), and its id in listings.
+pub const LOCAL_HUB: &str = "local";
+
 /// A call's deadline when the caller gives none.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest call deadline (the envelope lives at most 60 s).
@@ -164,6 +168,16 @@ impl HubState {
             local.push(view);
         }
         let Some(member) = self.member() else {
+            // A hub on its own (no cluster yet): its apps, under `local`.
+            out.push(HubAppsView {
+                hub_id: LOCAL_HUB.into(),
+                hub_name: LOCAL_HUB.into(),
+                local: true,
+                online: true,
+                path: "local".into(),
+                error: None,
+                apps: local,
+            });
             return out;
         };
         out.push(HubAppsView {
@@ -235,15 +249,30 @@ impl HubState {
             .collect())
     }
 
-    /// A hub named by its id or its name: this hub or a known peer.
-    pub async fn resolve_hub(self: &Arc<Self>, text: &str) -> Result<HubId, ServiceError> {
+    /// A hub named by its id or its name: this hub (also [`LOCAL_HUB`]) or a known peer; `None`
+    /// for this hub when it is on its own (no cluster yet: it has no id).
+    pub async fn resolve_hub(self: &Arc<Self>, text: &str) -> Result<Option<HubId>, ServiceError> {
+        let member = self.member();
+        if text == LOCAL_HUB {
+            return Ok(member.map(|m| m.hub_id));
+        }
         if let Ok(id) = text.parse::<HubId>() {
-            return Ok(id);
+            return Ok(Some(id));
         }
-        let member = self.joined_member()?;
+        let Some(member) = member else {
+            return Err(ServiceError::NotFound(format!(
+                "no hub named {text}: this hub is not a member of a cluster yet, and calls only \
+                 its own apps (hub \"{LOCAL_HUB}\"); hub cluster create or hub join makes it one"
+            )));
+        };
         if text == member.name {
-            return Ok(member.hub_id);
+            return Ok(Some(member.hub_id));
         }
+        self.resolve_peer(&member, text).await.map(Some)
+    }
+
+    /// A peer named `text`.
+    async fn resolve_peer(self: &Arc<Self>, member: &Member, text: &str) -> Result<HubId, ServiceError> {
         if let Some(found) = self.hubs_named(text).await? {
             return found;
         }
@@ -356,11 +385,13 @@ impl HubState {
                 ),
             ));
         }
-        let member = self.joined_member()?;
-        if hub == member.hub_id {
-            return self.call_local(&request, timeout).await;
+        match (hub, self.member()) {
+            (None, _) => self.call_local(&request, timeout).await,
+            (Some(hub), Some(member)) if hub == member.hub_id => {
+                self.call_local(&request, timeout).await
+            }
+            (Some(hub), _) => self.call_peer(principal, hub, request, timeout).await,
         }
-        self.call_peer(principal, hub, request, timeout).await
     }
 
     /// A call of one of this hub's own apps.
