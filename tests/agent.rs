@@ -1328,7 +1328,10 @@ async fn a_hub_on_its_own_serves_its_apps() {
     )
     .await;
     assert_eq!(other.is_error, Some(true));
-    assert!(text(&other).contains("not a member of a cluster yet"), "{other:?}");
+    assert!(
+        text(&other).contains("not a member of a cluster yet"),
+        "{other:?}"
+    );
     // The console's apps page reads the same list.
     let apps = blocking(|| run.request("GET", "/api/apps", Some(&run.cli_token()), None));
     assert_eq!(apps.json[0]["hub_id"], "local", "{}", apps.json);

@@ -147,6 +147,9 @@ pub async fn run_with(
     let _ = server.await;
     let _ = token_uses.await;
     state.flush_token_uses().await;
+    if let Err(e) = state.journal.sync().await {
+        tracing::error!("the last audit entries may be lost: {e}");
+    }
     state.apps.shutdown().await;
     crate::node::access::withdraw(&home, &state.store());
     result.map_err(|e| DaemonError::Task(e.to_string()))?

@@ -460,16 +460,18 @@ async fn mcp_auth(
 
 /// `/mcp`: the MCP surface over streamable HTTP. Every request needs a bearer token (the
 /// principal of its calls); the `Host` must be loopback and a request with an `Origin` header
-/// (a browser page) is refused, against DNS rebinding.
+/// (a browser page) is refused, against DNS rebinding. Stateless: each POST is answered on its
+/// own, with a JSON body (no session to look up, no event stream to frame), by one surface
+/// whose directory of tool names all requests share.
 fn mcp_service(
     state: Shared,
 ) -> StreamableHttpService<McpSurface<LocalBackend>, LocalSessionManager> {
-    let config = StreamableHttpServerConfig::default().enforce_origin_validation();
-    StreamableHttpService::new(
-        move || Ok(McpSurface::new(LocalBackend(state.clone()))),
-        Arc::default(),
-        config,
-    )
+    let mut config = StreamableHttpServerConfig::default()
+        .enforce_origin_validation()
+        .with_json_response(true);
+    config.legacy_session_mode = false;
+    let surface = McpSurface::new(LocalBackend(state));
+    StreamableHttpService::new(move || Ok(surface.clone()), Arc::default(), config)
 }
 
 async fn list_apps(

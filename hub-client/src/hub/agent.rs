@@ -272,7 +272,11 @@ impl HubState {
     }
 
     /// A peer named `text`.
-    async fn resolve_peer(self: &Arc<Self>, member: &Member, text: &str) -> Result<HubId, ServiceError> {
+    async fn resolve_peer(
+        self: &Arc<Self>,
+        member: &Member,
+        text: &str,
+    ) -> Result<HubId, ServiceError> {
         if let Some(found) = self.hubs_named(text).await? {
             return found;
         }

@@ -323,7 +323,7 @@ impl HubState {
     /// ([`book::PeerBook::admit_repeat`]).
     pub(crate) async fn record_repeat(self: &Arc<Self>, entry: AuditEntry) {
         if let Some(entry) = self.book.admit_repeat(entry, crate::unix_ms()) {
-            self.record(entry).await;
+            self.record_later(entry).await;
         }
     }
 

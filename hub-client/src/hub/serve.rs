@@ -207,13 +207,14 @@ impl HubState {
                 Ok(result) => Answer::CallResult(result),
                 Err((code, message)) => Answer::CallError { code, message },
             };
-            // The answer does not wait for the disk: both are done when the task ends. A
-            // refusal is counted with its repeats.
+            // The answer does not wait for the disk: the entry goes with the journal's next
+            // batch (with the next call's nonce, if one comes soon). A refusal is counted with
+            // its repeats.
             let record = async {
                 if record.decision == Decision::Refused.as_str() {
                     state.record_repeat(record).await;
                 } else {
-                    state.record(record).await;
+                    state.record_later(record).await;
                 }
             };
             let (_, sent) =
@@ -291,7 +292,17 @@ impl HubState {
         call: &CallRequest,
         envelope: Result<SignedDelegation, CallErrorCode>,
     ) -> Result<(VerifiedPeer, AppRecord, Option<JsonObject>), CallFailure> {
-        let cert = self.admit_call(call.from).await.map_err(no)?;
+        // One trip to the store: what other processes changed, and the app's record.
+        let name = call.app.clone();
+        let app = self
+            .blocking(move |state| {
+                let store = state.store();
+                state.sync_book(&store)?;
+                Ok(store.app(&name)?)
+            })
+            .await
+            .map_err(|_| no(CallErrorCode::Busy))?;
+        let cert = self.book.admit_call(call.from).map_err(no)?;
         let envelope = envelope.map_err(no)?;
         let now = unix_ms();
         envelope
@@ -317,12 +328,7 @@ impl HubState {
             roles: cert.roles(),
             principal: Some(&delegation.principal),
         };
-        let name = call.app.clone();
-        let record = self
-            .blocking(move |state| Ok(state.store().app(&name)?))
-            .await
-            .ok()
-            .flatten()
+        let record = app
             .filter(|a| a.sharing.admits(&caller))
             .ok_or_else(|| no(CallErrorCode::NotShared))?;
         let tools = self

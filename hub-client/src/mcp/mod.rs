@@ -148,6 +148,15 @@ impl<B: AgentBackend> McpSurface<B> {
         }
     }
 
+    /// The app and tool a directly exposed name stands for.
+    fn target(&self, name: &str) -> Option<Target> {
+        self.directory
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .map(|(t, _)| t.clone())
+    }
+
     async fn call(
         &self,
         context: &RequestContext<RoleServer>,
@@ -316,12 +325,15 @@ impl<B: AgentBackend> ServerHandler for McpSurface<B> {
                 .await
             }
             name => {
-                let target = self
-                    .directory
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(name)
-                    .map(|(t, _)| t.clone());
+                let mut target = self.target(name);
+                if target.is_none() {
+                    // Not in the directory (another principal's listing replaced it, or none
+                    // was made since the hub started): list for this caller, then look again.
+                    if let Ok(hubs) = self.backend.apps(&context).await {
+                        self.update(&hubs);
+                    }
+                    target = self.target(name);
+                }
                 let Some(target) = target else {
                     return Err(McpError::invalid_params(format!("no tool {name}"), None));
                 };

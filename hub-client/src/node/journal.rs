@@ -5,6 +5,10 @@
 //! call runs only once the batch holding its nonce is durable ([`Journal::spend_nonce`] returns
 //! then), and an audit entry is in the chain once [`Journal::append`] returns.
 //!
+//! A batch of entries nobody waits for ([`Journal::append_later`]: the caller's `call.out`, the
+//! target's `call.in`) is held up to [`LINGER`] for a write someone waits for (the next call's
+//! nonce), so that sequential calls cost one fsync each, not two.
+//!
 //! Bound: [`MAX_WAITING`] writes wait at once (those who send more wait for room), and a batch
 //! holds at most [`MAX_BATCH`].
 
@@ -23,6 +27,9 @@ pub const MAX_WAITING: usize = 4_096;
 
 /// Writes committed in one transaction at most.
 pub const MAX_BATCH: usize = 512;
+
+/// How long a batch of entries nobody waits for is held for a write someone waits for.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Expired nonces are deleted from the store at most this often.
 const PRUNE_EVERY_MS: u64 = 10_000;
@@ -56,6 +63,20 @@ enum Write {
         entry: Box<AuditEntry>,
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
+    /// Nothing to write: answered once everything sent before it is committed.
+    Sync {
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+impl Write {
+    /// Whether someone waits for this write to be committed.
+    fn waited_for(&self) -> bool {
+        match self {
+            Write::Nonce { .. } | Write::Sync { .. } => true,
+            Write::Audit { done, .. } => done.is_some(),
+        }
+    }
 }
 
 /// The writer of the running hub. Dropping it lets the writer finish what waits, and stop.
@@ -139,6 +160,20 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Returns once every write sent before is committed (the hub stops).
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        let (done, wait) = oneshot::channel();
+        self.writes
+            .send(Write::Sync { done })
+            .await
+            .map_err(|_| JournalError::Stopped)?;
+        wait.await
+            .map_err(|_| JournalError::Stopped)?
+            .map_err(JournalError::Batch)
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
         // Closing the channel ends the writer once it has committed what waits.
@@ -156,9 +191,16 @@ fn writer(store: Store, key: Option<Zeroizing<[u8; 32]>>, mut rx: mpsc::Receiver
     let mut pruned_ms = 0u64;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
+        let lingering_until = std::time::Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
+                Err(mpsc::error::TryRecvError::Empty)
+                    if !batch.iter().any(Write::waited_for)
+                        && std::time::Instant::now() < lingering_until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
                 Err(_) => break,
             }
         }
@@ -173,6 +215,7 @@ fn writer(store: Store, key: Option<Zeroizing<[u8; 32]>>, mut rx: mpsc::Receiver
                     ..
                 } => nonces.push((*peer, *nonce, *expires_at_ms)),
                 Write::Audit { entry, .. } => entries.push((**entry).clone()),
+                Write::Sync { .. } => {}
             }
         }
         let now = unix_ms();
@@ -192,7 +235,7 @@ fn writer(store: Store, key: Option<Zeroizing<[u8; 32]>>, mut rx: mpsc::Receiver
         }
         for w in batch {
             let done = match w {
-                Write::Nonce { done, .. } => Some(done),
+                Write::Nonce { done, .. } | Write::Sync { done } => Some(done),
                 Write::Audit { done, .. } => done,
             };
             if let Some(done) = done {

@@ -119,11 +119,21 @@ impl Store {
 
     /// Every app, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        self.apps_where(None)
+    }
+
+    /// One app.
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
+        Ok(self.apps_where(Some(name))?.pop())
+    }
+
+    /// Every app, or the one named `name`, by name.
+    fn apps_where(&self, name: Option<&str>) -> Result<Vec<AppRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT name, source, sharing, require_trust, created_at, tool_kinds
-             FROM apps ORDER BY name",
+             FROM apps WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![name], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -163,11 +173,6 @@ impl Store {
             })
         })
         .collect()
-    }
-
-    /// One app.
-    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        Ok(self.apps()?.into_iter().find(|a| a.name == name))
     }
 
     /// The delegation nonces held, unexpired at `now_ms`: each with the hub whose call spent it
