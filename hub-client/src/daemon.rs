@@ -112,6 +112,13 @@ pub async fn run_with(
     let app = crate::api::router(state.clone());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
+        // Small answers (an MCP result, an event) go out at once, not after the client's
+        // delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set: {e}");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = server_stop.wait_for(|s| *s).await;

@@ -460,16 +460,12 @@ async fn mcp_auth(
 
 /// `/mcp`: the MCP surface over streamable HTTP. Every request needs a bearer token (the
 /// principal of its calls); the `Host` must be loopback and a request with an `Origin` header
-/// (a browser page) is refused, against DNS rebinding. Stateless: each POST is answered on its
-/// own, with a JSON body (no session to look up, no event stream to frame), by one surface
-/// whose directory of tool names all requests share.
+/// (a browser page) is refused, against DNS rebinding. One surface serves every session, so
+/// they share its directory of tool names.
 fn mcp_service(
     state: Shared,
 ) -> StreamableHttpService<McpSurface<LocalBackend>, LocalSessionManager> {
-    let mut config = StreamableHttpServerConfig::default()
-        .enforce_origin_validation()
-        .with_json_response(true);
-    config.legacy_session_mode = false;
+    let config = StreamableHttpServerConfig::default().enforce_origin_validation();
     let surface = McpSurface::new(LocalBackend(state));
     StreamableHttpService::new(move || Ok(surface.clone()), Arc::default(), config)
 }

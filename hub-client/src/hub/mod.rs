@@ -179,7 +179,7 @@ pub(crate) type RunningCall = (tokio::task::AbortHandle, AuditEntry);
 #[derive(Debug)]
 pub(crate) struct HubState {
     pub(crate) home: Home,
-    pub(crate) store: Mutex<Store>,
+    pub(crate) store: Arc<Mutex<Store>>,
     /// What the hub knows about its peers.
     pub(crate) book: book::PeerBook,
     /// Set once the hub runs as a member.
@@ -209,17 +209,18 @@ pub(crate) struct HubState {
 impl HubState {
     /// The state of a hub over `home` and its open `store`; the book is filled from the store.
     pub(crate) fn new(home: Home, store: Store, audited: bool) -> Result<Self, ServiceError> {
-        let journal = crate::node::journal::Journal::start(&home, audited)
-            .map_err(|e| ServiceError::Task(format!("the journal: {e}")))?;
         let now = crate::unix_ms();
         let mut nonces = shared_proto::agent::nonces::Nonces::new();
         for (peer, nonce, expires) in store.delegation_nonces(now)? {
             // Nonces kept before the store knew their hub count against no hub's share.
             nonces.restore(peer.unwrap_or(HubId([0; 16])), nonce, expires, now);
         }
+        let store = Arc::new(Mutex::new(store));
+        let journal = crate::node::journal::Journal::start(&home, store.clone(), audited)
+            .map_err(|e| ServiceError::Task(format!("the journal: {e}")))?;
         let state = HubState {
             home,
-            store: Mutex::new(store),
+            store,
             book: book::PeerBook::default(),
             member: RwLock::new(None),
             joined: Notify::new(),
@@ -296,6 +297,16 @@ impl HubState {
         tokio::task::spawn_blocking(move || f(&state))
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with this state on this task's own thread, which stops taking other tasks
+    /// meanwhile (`tokio::task::block_in_place`): for a short store read on a call's path, where
+    /// handing it to the blocking pool and back costs more than the read.
+    pub(crate) fn in_place<T>(
+        &self,
+        f: impl FnOnce(&HubState) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        tokio::task::block_in_place(|| f(self))
     }
 
     /// Appends an entry to the audit log through the journal, and waits until it is committed

@@ -293,14 +293,12 @@ impl HubState {
         envelope: Result<SignedDelegation, CallErrorCode>,
     ) -> Result<(VerifiedPeer, AppRecord, Option<JsonObject>), CallFailure> {
         // One trip to the store: what other processes changed, and the app's record.
-        let name = call.app.clone();
         let app = self
-            .blocking(move |state| {
+            .in_place(|state| {
                 let store = state.store();
                 state.sync_book(&store)?;
-                Ok(store.app(&name)?)
+                Ok(store.app(&call.app)?)
             })
-            .await
             .map_err(|_| no(CallErrorCode::Busy))?;
         let cert = self.book.admit_call(call.from).map_err(no)?;
         let envelope = envelope.map_err(no)?;
