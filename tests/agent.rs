@@ -350,6 +350,20 @@ fn large_results_crashes_and_offline_hubs() {
         "{:?}",
         offline.json
     );
+    // By name too: a hub this one knows is named, and said to be offline. (Once, right after a
+    // peer went or came back, the answer was "no hub named laptop".)
+    let by_name = desk.request(
+        "POST",
+        "/api/apps/call",
+        Some(&token),
+        Some(&json!({ "hub": "laptop", "app": "tools", "tool": "note_read" }).to_string()),
+    );
+    assert_eq!(by_name.status, 502, "{:?}", by_name.json);
+    let message = by_name.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("is not online (offline, or reconnecting to the relay)"),
+        "{message}"
+    );
 }
 
 /// Each trust level calls exactly the tools it should of an app the desk shares with the

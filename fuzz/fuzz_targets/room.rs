@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     room.restore(
         ConnId(1),
         NOW,
-        HubId([1; 16]),
+        Some(HubId([1; 16])),
         Some(member(1, None)),
         NOW,
         &mut out,
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     room.restore(
         ConnId(2),
         NOW,
-        HubId([2; 16]),
+        Some(HubId([2; 16])),
         Some(member(2, None)),
         NOW,
         &mut out,
@@ -39,13 +39,14 @@ fuzz_target!(|data: &[u8]| {
     room.restore(
         ConnId(3),
         NOW,
-        HubId([3; 16]),
+        Some(HubId([3; 16])),
         Some(member(3, Some(HubId([1; 16])))),
         NOW,
         &mut out,
     );
-    room.handle_connect(ConnId(4), NOW, HubId([4; 16]), &mut out);
-    for conn in [4, 1, 3] {
+    room.handle_connect(ConnId(4), NOW, Some(HubId([4; 16])), &mut out);
+    room.handle_connect(ConnId(5), NOW, None, &mut out);
+    for conn in [4, 5, 1, 3] {
         room.handle_message(ConnId(conn), NOW + 1, data, &mut out);
     }
     room.handle_timeout(NOW + 3_600_000, &mut out);
