@@ -359,7 +359,9 @@ fn large_results_crashes_and_offline_hubs() {
         Some(&json!({ "hub": "laptop", "app": "tools", "tool": "note_read" }).to_string()),
     );
     assert_eq!(by_name.status, 502, "{:?}", by_name.json);
-    let message = by_name.json["error"]["message"].as_str().unwrap_or_default();
+    let message = by_name.json["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         message.contains("is not online (offline, or reconnecting to the relay)"),
         "{message}"
