@@ -310,9 +310,9 @@ async fn workerd_room_hibernates_and_still_routes() {
     let relay = RelayProcess::start(RelayKind::Workerd);
     let cluster = TestCluster::new();
     let mut cfg_a = test_config(&relay, cluster.hub(1));
-    cfg_a.keepalive = Duration::from_secs(2);
+    cfg_a.liveness = shared_proto::relay::liveness::Settings::HUB.with_idle(2_000);
     let mut cfg_b = test_config(&relay, cluster.hub(2));
-    cfg_b.keepalive = Duration::from_secs(2);
+    cfg_b.liveness = shared_proto::relay::liveness::Settings::HUB.with_idle(2_000);
     let (mut a, _) = join_with(cfg_a).await;
     let (b, _) = join_with(cfg_b).await;
     a.request_status().await.unwrap();

@@ -27,7 +27,8 @@
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerHandle::send_raw`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -319,6 +320,7 @@ impl PeerClient {
         lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
     ) -> Result<Self, PeerError> {
         let me = relay.credentials.hub_id;
+        let relay_waiting = relay.waiting.clone();
         let client = RelayClient::spawn(relay)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -339,6 +341,7 @@ impl PeerClient {
             started: Instant::now(),
             rng,
             from_network: false,
+            relay_waiting,
         };
         let task = tokio::spawn(task.run(client, lan_events, cmd_rx, ev_tx, stop_rx));
         Ok(PeerClient {
@@ -645,6 +648,9 @@ struct Task {
     /// Whether what is being handled came from the network: transmissions it causes may be
     /// dropped past [`OUTBOUND_MAX`].
     from_network: bool,
+    /// Whether a request of this hub waits for its answer: the relay connection checks its path
+    /// eagerly meanwhile.
+    relay_waiting: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -708,10 +714,13 @@ impl Task {
                             let _ = done.send(sent.elapsed());
                         }
                     }
-                    if let RelayEvent::Connected { .. } = event {
-                        // After a reconnect, peers may have dropped their side of our sessions.
+                    if let RelayEvent::Connected { online } = &event {
+                        // Back after an outage: the sessions still hold (no new handshake), and
+                        // what waited for an answer meanwhile is sent again.
                         if connected_before {
-                            self.sessions.reset_all(unix_ms(), &mut self.rng);
+                            for peer in online {
+                                self.path_back(*peer);
+                            }
                         }
                         connected_before = true;
                     }
@@ -824,15 +833,9 @@ impl Task {
                 self.incoming(*from, payload, false);
                 return;
             }
-            RelayEvent::PeerLeft(hub) if !linked(hub) => {
-                self.sessions.drop_peer(*hub, "left the relay");
-            }
-            RelayEvent::Undeliverable(hub) if !linked(hub) => {
-                self.sessions.drop_peer(*hub, "not online");
-            }
-            RelayEvent::PeerJoined(hub) if !linked(hub) => {
-                self.sessions.reset_peer(*hub, unix_ms(), &mut self.rng);
-            }
+            // A peer that left may come back with its session (its path died and came back):
+            // the session and the requests waiting on it stay, each until its deadline.
+            RelayEvent::PeerJoined(hub) if !linked(hub) => self.path_back(*hub),
             RelayEvent::Revocations(list) => {
                 if let Some(lan) = &self.lan {
                     lan.set_revocations(list.clone());
@@ -842,6 +845,16 @@ impl Task {
             _ => {}
         }
         self.q.to_app.push_back(PeerEvent::Relay(event));
+    }
+
+    /// The relay path to `peer` is back (this hub reconnected, or the peer did): requests
+    /// waiting for its answers are sent again on the session held (the peer tells repetitions
+    /// from new requests); with none waiting, an empty message asks the peer whether it still
+    /// holds the session (one that restarted answers with a handshake).
+    fn path_back(&mut self, peer: HubId) {
+        if self.rpc.resend(peer) == 0 {
+            self.sessions.probe(peer, unix_ms());
+        }
     }
 
     /// An event of the LAN path.
@@ -900,6 +913,12 @@ impl Task {
     /// the request layer, requests that ended to who waits for them, the rest to the
     /// application.
     fn drain(&mut self) {
+        self.drain_layers();
+        self.relay_waiting
+            .store(self.rpc.waits_on(None), Ordering::Relaxed);
+    }
+
+    fn drain_layers(&mut self) {
         loop {
             while let Some(t) = self.rpc.poll_transmit(unix_ms()) {
                 let sent = self
@@ -918,8 +937,17 @@ impl Task {
             match event {
                 Event::Transmit { to, payload } => self.route(to, payload),
                 Event::Received { from, message } => self.received(from, &message),
-                Event::Established { peer, certificate } => {
-                    tracing::debug!(%peer, "session established");
+                Event::Established {
+                    peer,
+                    certificate,
+                    replaced,
+                } => {
+                    tracing::debug!(%peer, replaced, "session established");
+                    if replaced {
+                        // The peer may have lost the old session (it restarted) and what was
+                        // sent on it: what waits goes again on the new one.
+                        self.rpc.resend(peer);
+                    }
                     self.q
                         .to_app
                         .push_back(PeerEvent::Established { certificate });

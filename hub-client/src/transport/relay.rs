@@ -11,7 +11,7 @@
 //! command channel (backpressure) and go out after the next `Hello`; sends queued together are
 //! batched into one WebSocket message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use shared_proto::relay::client::{ClientEvent, ClientSession};
 use shared_proto::relay::frame::{
     Frame, HubId, RoomStatus, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, MAX_MESSAGE, MAX_PAYLOAD,
 };
+use shared_proto::relay::liveness::{self, Liveness};
 use shared_proto::relay::path::{
     connect_path, connect_query, is_valid_cluster_id, KEPT_OUT_STATUS,
 };
@@ -126,10 +127,12 @@ pub struct RelayConfig {
     pub credentials: Arc<Credentials>,
     /// The newest revocation list the hub holds (signed bytes), passed on to the relay.
     pub revocations: Option<Vec<u8>>,
-    /// How often to send a keepalive when the socket is idle (phones: keep it long).
-    pub keepalive: Duration,
-    /// Missed keepalive answers before the socket is considered dead.
-    pub keepalive_misses: u32,
+    /// When the path to the relay is probed and given up as dead (an idle phone: probes
+    /// seldom; `shared_proto::relay::liveness`).
+    pub liveness: liveness::Settings,
+    /// Whether a request of this hub waits for an answer: set by the peer layer, read by the
+    /// session, which then checks the path eagerly.
+    pub waiting: Arc<AtomicBool>,
     /// Reconnect delays.
     pub backoff: Backoff,
     /// Capacity of the command and event channels.
@@ -193,14 +196,14 @@ impl SentCounters {
 }
 
 impl RelayConfig {
-    /// Defaults: keepalive every 25 s, dead after 2 missed answers, backoff 250 ms to 30 s.
+    /// Defaults: the liveness of [`liveness::Settings::HUB`], backoff 250 ms to 30 s.
     pub fn new(relay_url: impl Into<String>, credentials: Arc<Credentials>) -> Self {
         RelayConfig {
             relay_url: relay_url.into(),
             credentials,
             revocations: None,
-            keepalive: Duration::from_secs(25),
-            keepalive_misses: 2,
+            liveness: liveness::Settings::HUB,
+            waiting: Arc::default(),
             backoff: Backoff::default(),
             queue: 1024,
             counters: Arc::default(),
@@ -609,11 +612,12 @@ where
     // The queue is empty: this cannot fail.
     let _ = out.try_send(Message::Binary(hello.into()));
     config.counters.message(1);
-    let mut last_heard = Instant::now();
-    let mut keepalive =
-        tokio::time::interval_at(Instant::now() + config.keepalive, config.keepalive);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let dead_after = config.keepalive * (config.keepalive_misses + 1);
+    // The path's liveness runs on the session's own monotonic clock (ms since it opened).
+    let opened = Instant::now();
+    let clock = || u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let waiting = || config.waiting.load(Ordering::Relaxed);
+    let mut liveness = Liveness::new(config.liveness, 0);
+    liveness.handle_sent(0);
     // What this hub sends stays below the relay's rate limits, and slows when told.
     let mut pacer = Pacer::new(Limits::default(), unix_ms());
 
@@ -621,6 +625,7 @@ where
         let paced = pacer
             .ready_at(unix_ms())
             .map(|at| at.saturating_add(PACED_GATHER_MS));
+        let check_at = opened + Duration::from_millis(liveness.poll_timeout());
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -641,7 +646,7 @@ where
                     Some(Err(e)) => return SessionEnd::Failed { reason: e.to_string(), welcomed },
                     Some(Ok(msg)) => msg,
                 };
-                last_heard = Instant::now();
+                liveness.handle_heard(clock(), waiting());
                 match on_message(msg, &mut session, config, held, &mut pacer, events).await {
                     Ok(()) => {}
                     Err(Ending::Refuse(code, reason)) => {
@@ -666,15 +671,24 @@ where
                 // This task is the queue's only sender and saw room in it.
                 if frames > 0 && out.try_send(Message::Binary(batch.into())).is_ok() {
                     config.counters.message(frames);
+                    liveness.handle_sent(clock());
                 }
             }
-            _ = keepalive.tick() => {
-                if last_heard.elapsed() >= dead_after {
-                    return SessionEnd::Failed { reason: "no answer to keepalives".into(), welcomed: session.welcomed() };
-                }
-                // With the queue full, writes are flowing (or the write timeout ends them).
-                if out.try_send(Message::text(KEEPALIVE_REQUEST)).is_ok() {
-                    config.counters.keepalive();
+            // The path is checked while the writer has room: a probe queued behind a full
+            // queue would wait on the writes ahead of it, and a write that stalls ends the
+            // session on its own (`WRITE_TIMEOUT`).
+            () = tokio::time::sleep_until(check_at), if out.capacity() > 0 => {
+                match liveness.handle_timeout(clock(), waiting()) {
+                    Some(liveness::Action::Probe)
+                        if out.try_send(Message::text(KEEPALIVE_REQUEST)).is_ok() =>
+                    {
+                        config.counters.keepalive();
+                    }
+                    Some(liveness::Action::Dead { silent_ms }) => {
+                        let reason = format!("no answer to a keepalive; the relay said nothing for {silent_ms} ms");
+                        return SessionEnd::Failed { reason, welcomed: session.welcomed() };
+                    }
+                    Some(liveness::Action::Probe) | None => {}
                 }
             }
         }
@@ -998,7 +1012,7 @@ mod tests {
     async fn session_over_duplex() {
         let (client_ws, mut relay_ws) = duplex_pair().await;
         let mut config = config(1);
-        config.keepalive = Duration::from_secs(5);
+        config.liveness = liveness::Settings::HUB.with_idle(5_000);
         let counters = config.counters.clone();
         let (cmd_tx, mut ev_rx, stop_tx, session) = spawn_session(client_ws, config);
         // Two sends queued before the session's first write go out in one message after the
@@ -1151,7 +1165,7 @@ mod tests {
         let (a, _b) = tokio::io::duplex(1 << 16);
         let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
         let mut config = config(1);
-        config.keepalive = Duration::from_secs(1);
+        config.liveness = liveness::Settings::HUB.with_idle(1_000);
         let (_cmd_tx, mut cmd_rx) = mpsc::channel(4);
         let (ev_tx, _ev_rx) = mpsc::channel(4);
         let (_stop_tx, mut stop_rx) = watch::channel(false);

@@ -137,6 +137,9 @@ pub enum Event {
         peer: HubId,
         /// Its certificate, as verified in the handshake.
         certificate: Box<VerifiedPeer>,
+        /// Whether it replaced a session (a rekey, or the peer restarted and lost the old one:
+        /// what was sent on that one may be lost).
+        replaced: bool,
     },
     /// Setting up a session with `peer` failed, or a session was dropped; queued messages for
     /// it are gone.
@@ -316,13 +319,15 @@ impl PeerSessions {
         }
     }
 
-    /// Forgets every session, keeping queued messages: after this hub reconnected to the relay,
-    /// its peers may have dropped their side.
-    pub fn reset_all(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
-        let peers: Vec<HubId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            self.reset_peer(peer, now_ms, rng);
+    /// Sends an empty message on the current session with `peer`, if there is one: a peer that
+    /// lost its side (it restarted) answers with a handshake, one that did not ignores it.
+    /// Whether there was a session to send it on.
+    pub fn probe(&mut self, peer: HubId, now_ms: u64) -> bool {
+        let current = self.peers.get(&peer).is_some_and(|p| p.current.is_some());
+        if current {
+            self.transmit_keepalive(peer, now_ms);
         }
+        current
     }
 
     /// Queues `message` for `to`; sets a session up if needed.
@@ -695,8 +700,12 @@ impl PeerSessions {
         }
         self.by_index.insert(session.local_index, peer);
         state.previous = state.current.replace(session);
-        self.events
-            .push_back(Event::Established { peer, certificate });
+        let replaced = state.previous.is_some();
+        self.events.push_back(Event::Established {
+            peer,
+            certificate,
+            replaced,
+        });
         if confirmed && !self.flush(peer, now_ms) {
             self.transmit_keepalive(peer, now_ms);
         }

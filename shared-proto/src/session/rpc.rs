@@ -30,12 +30,21 @@
 //! running one. The layer refuses these itself and says so with [`Inbound::Refused`], so the
 //! application can record it.
 //!
+//! Across an outage (a hub's path to the relay died and came back, or its peer's did), a request
+//! is sent again, with its token and bytes unchanged ([`Rpc::resend`]), and the target tells a
+//! repetition from a new request by its digest: a call still running is not started again, and
+//! a call already answered gets the answer it was given, kept for as long as its caller may wait
+//! ([`KEPT_ANSWERS_PER_PEER`], [`KEPT_ANSWER_BYTES_PER_PEER`]). A call whose answer was not kept
+//! meets its spent nonce and is refused `replayed`: it never runs twice.
+//!
 //! A caller keeps to the target's bound: at most [`MAX_CALLS_PER_PEER`] of its calls are in
 //! flight to one peer, and the rest wait in order, each within its own deadline, for one of them
 //! to end (as HTTP/2 queues streams past its concurrency limit). A queued call is sent with the
 //! timeout it has left, so the target stops when its caller does.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::agent::CallErrorCode;
 use crate::msg::{Msg, MsgError, MsgKind};
@@ -70,6 +79,13 @@ pub const ANSWER_GRACE_MS: u64 = 2_000;
 /// A request other than a call that this hub has not answered this long after it came is
 /// forgotten (its asker gave up long before).
 pub const REQUEST_TTL_MS: u64 = 60_000;
+
+/// Answers to calls a hub keeps per peer after sending them, so that a call sent again after an
+/// outage gets its answer rather than a refusal; past this, an answer is not kept.
+pub const KEPT_ANSWERS_PER_PEER: usize = 32;
+
+/// Bytes of the answers a hub keeps per peer; an answer that does not fit is not kept.
+pub const KEPT_ANSWER_BYTES_PER_PEER: usize = 4 * 1024 * 1024;
 
 /// The token of a request: unique among one hub's requests waiting for their answers.
 pub type Token = u64;
@@ -305,6 +321,15 @@ impl Refusal {
     }
 }
 
+/// Why a peer's request is not taken in.
+enum Admission {
+    /// It repeats a request of the peer that is still running (sent again after an outage):
+    /// nothing to do, its answer will go out.
+    Repeated,
+    /// It is refused.
+    Refused(Refusal),
+}
+
 /// A message the layer wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -456,14 +481,50 @@ struct Outgoing {
     peer: HubId,
     kind: RequestKind,
     deadline_ms: u64,
-    /// Whether its message went out (a queued call's has not yet).
-    sent: bool,
+    /// Its message, once it went out (a queued call's has not yet), for [`Rpc::resend`].
+    sent: Option<Vec<u8>>,
+    /// Whether it was sent again.
+    resent: bool,
 }
 
 #[derive(Debug)]
 struct Incoming {
     kind: RequestKind,
     deadline_ms: u64,
+    digest: RequestDigest,
+}
+
+/// What tells a request sent again from a new one with the same token (SHA-256, first 16
+/// bytes): of the whole message for a request other than a call; for a call, of all but its
+/// arguments, which its envelope binds (with a nonce of its own), so that a call's digest costs
+/// the same whatever its size.
+type RequestDigest = [u8; 16];
+
+fn digest(parts: &[&[u8]]) -> RequestDigest {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        // Each part with its length, so that no two lists of parts hash alike.
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let mut d = [0; 16];
+    d.copy_from_slice(&hasher.finalize()[..16]);
+    d
+}
+
+/// An answer to a call that went out, kept until its caller stops waiting.
+#[derive(Debug)]
+struct Kept {
+    digest: RequestDigest,
+    until_ms: u64,
+    answer: Vec<u8>,
+}
+
+/// What a peer's kept answers hold.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeptLoad {
+    answers: usize,
+    bytes: usize,
 }
 
 /// How many requests of a peer wait for this hub's answer.
@@ -543,6 +604,7 @@ struct CallQueue {
 enum Timer {
     Out(Token),
     In(HubId, Token),
+    Kept(HubId, Token),
 }
 
 /// The request layer of one hub. See the module docs for the calling pattern.
@@ -554,6 +616,9 @@ pub struct Rpc {
     calls: HashMap<HubId, CallQueue>,
     incoming: HashMap<(HubId, Token), Incoming>,
     load: HashMap<HubId, PeerLoad>,
+    /// Answers to peers' calls, kept for a repetition of the call.
+    kept: HashMap<(HubId, Token), Kept>,
+    kept_load: HashMap<HubId, KeptLoad>,
     rates: HashMap<HubId, Bucket>,
     /// Every deadline, earliest first.
     timers: BTreeSet<(u64, Timer)>,
@@ -570,6 +635,8 @@ impl Rpc {
             calls: HashMap::new(),
             incoming: HashMap::new(),
             load: HashMap::new(),
+            kept: HashMap::new(),
+            kept_load: HashMap::new(),
             rates: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -617,7 +684,8 @@ impl Rpc {
                 peer: to,
                 kind: request.kind(),
                 deadline_ms,
-                sent: message.is_some(),
+                sent: message.clone(),
+                resent: false,
             },
         );
         self.timers.insert((deadline_ms, Timer::Out(token)));
@@ -636,10 +704,41 @@ impl Rpc {
         let Some(out) = self.forget_outgoing(token) else {
             return false;
         };
-        if out.kind == RequestKind::Call && out.sent {
+        if out.kind == RequestKind::Call && out.sent.is_some() {
             self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
         }
         true
+    }
+
+    /// The path to `peer` came back after an outage (this hub's relay connection, or the
+    /// peer's, or a new session with it): every request of this hub to `peer` that went out and
+    /// waits for its answer is sent again as it was (from [`Rpc::poll_transmit`]; one that
+    /// cannot be sent waits on to its deadline). How many.
+    pub fn resend(&mut self, peer: HubId) -> usize {
+        let mut again: Vec<(Token, Vec<u8>)> = self
+            .outgoing
+            .iter_mut()
+            .filter(|(_, o)| o.peer == peer)
+            .filter_map(|(t, o)| {
+                let message = o.sent.clone()?;
+                o.resent = true;
+                Some((*t, message))
+            })
+            .collect();
+        again.sort_unstable_by_key(|(t, _)| *t);
+        let count = again.len();
+        for (_, message) in again {
+            self.push_transmit(peer, message);
+        }
+        count
+    }
+
+    /// Whether a request of this hub waits for its answer from `peer`, or from any peer.
+    pub fn waits_on(&self, peer: Option<HubId>) -> bool {
+        match peer {
+            Some(peer) => self.outgoing.values().any(|o| o.peer == peer),
+            None => !self.outgoing.is_empty(),
+        }
     }
 
     /// A [`Transmit`] of request `token` could not be sent: it ends with
@@ -660,7 +759,7 @@ impl Rpc {
         self.timers.remove(&(out.deadline_ms, Timer::Out(token)));
         if out.kind == RequestKind::Call {
             if let Some(queue) = self.calls.get_mut(&out.peer) {
-                if out.sent {
+                if out.sent.is_some() {
                     queue.in_flight = queue.in_flight.saturating_sub(1);
                 } else {
                     queue.waiting.retain(|(t, _)| *t != token);
@@ -690,6 +789,7 @@ impl Rpc {
     ) -> Result<Option<Inbound>, RpcError> {
         let msg = Msg::decode(message)?;
         let request = |token| PeerRequest { from, token };
+        let d = || digest(&[message]);
         let inbound = match msg {
             Msg::Data(data) => Inbound::Data {
                 from,
@@ -709,29 +809,35 @@ impl Rpc {
             },
             Msg::Ping { token } => {
                 let deadline = now_ms + REQUEST_TTL_MS;
-                match self.admit(from, token, RequestKind::Ping, deadline, now_ms) {
+                match self.admit(from, token, RequestKind::Ping, deadline, d(), now_ms) {
                     Ok(()) => Inbound::Ping(request(token)),
-                    Err(why) => self.refuse(request(token), RequestKind::Ping, None, why),
+                    Err(Admission::Repeated) => return Ok(None),
+                    Err(Admission::Refused(why)) => {
+                        self.refuse(request(token), RequestKind::Ping, None, why)
+                    }
                 }
             }
             Msg::InfoRequest { token } => {
                 let deadline = now_ms + REQUEST_TTL_MS;
-                match self.admit(from, token, RequestKind::Info, deadline, now_ms) {
+                match self.admit(from, token, RequestKind::Info, deadline, d(), now_ms) {
                     Ok(()) => Inbound::Info(request(token)),
-                    Err(why) => self.refuse(request(token), RequestKind::Info, None, why),
+                    Err(Admission::Repeated) => return Ok(None),
+                    Err(Admission::Refused(why)) => {
+                        self.refuse(request(token), RequestKind::Info, None, why)
+                    }
                 }
             }
             Msg::AppsRequest { token, principal } => {
                 let listing = Listing::Unsigned {
                     principal: principal.to_owned(),
                 };
-                self.apps_request(request(token), listing, now_ms)
+                return Ok(self.apps_request(request(token), listing, d(), now_ms));
             }
             Msg::SignedAppsRequest { token, envelope } => {
                 let listing = Listing::Signed {
                     envelope: envelope.to_vec(),
                 };
-                self.apps_request(request(token), listing, now_ms)
+                return Ok(self.apps_request(request(token), listing, d(), now_ms));
             }
             Msg::Version(version) => Inbound::Version { from, version },
             Msg::Call {
@@ -756,20 +862,36 @@ impl Rpc {
                 // The entry outlives the call's own deadline by the grace its caller waits, so
                 // an answer at the deadline still goes out.
                 let kept_until = deadline_ms + ANSWER_GRACE_MS;
-                match self.admit(from, token, RequestKind::Call, kept_until, now_ms) {
+                let d = digest(&[
+                    &timeout_ms.to_le_bytes(),
+                    app.as_bytes(),
+                    tool.as_bytes(),
+                    envelope,
+                ]);
+                if let Some(kept) = self.kept.get(&(from, token)).filter(|k| k.digest == d) {
+                    // Sent again after an outage, and answered already: the same answer.
+                    let answer = kept.answer.clone();
+                    self.push_transmit(from, answer);
+                    return Ok(None);
+                }
+                match self.admit(from, token, RequestKind::Call, kept_until, d, now_ms) {
                     Ok(()) => Inbound::Call(call),
-                    Err(why) => {
+                    Err(Admission::Repeated) => return Ok(None),
+                    Err(Admission::Refused(why)) => {
                         self.refuse(request(token), RequestKind::Call, Some(Box::new(call)), why)
                     }
                 }
             }
-            Msg::Cancel { token } => match self.incoming.get(&(from, token)) {
-                Some(call) if call.kind == RequestKind::Call => {
-                    self.forget_incoming(from, token);
-                    Inbound::Cancel(request(token))
+            Msg::Cancel { token } => {
+                self.forget_kept(from, token);
+                match self.incoming.get(&(from, token)) {
+                    Some(call) if call.kind == RequestKind::Call => {
+                        self.forget_incoming(from, token);
+                        Inbound::Cancel(request(token))
+                    }
+                    _ => return Ok(None),
                 }
-                _ => return Ok(None),
-            },
+            }
             answer @ (Msg::Pong { .. }
             | Msg::Info { .. }
             | Msg::Refused { .. }
@@ -781,17 +903,27 @@ impl Rpc {
     }
 
     /// An apps request, signed or not, within its bounds.
-    fn apps_request(&mut self, request: PeerRequest, listing: Listing, now_ms: u64) -> Inbound {
+    fn apps_request(
+        &mut self,
+        request: PeerRequest,
+        listing: Listing,
+        digest: RequestDigest,
+        now_ms: u64,
+    ) -> Option<Inbound> {
         let deadline = now_ms + REQUEST_TTL_MS;
         match self.admit(
             request.from,
             request.token,
             RequestKind::Apps,
             deadline,
+            digest,
             now_ms,
         ) {
-            Ok(()) => Inbound::Apps { request, listing },
-            Err(why) => self.refuse(request, RequestKind::Apps, None, why),
+            Ok(()) => Some(Inbound::Apps { request, listing }),
+            Err(Admission::Repeated) => None,
+            Err(Admission::Refused(why)) => {
+                Some(self.refuse(request, RequestKind::Apps, None, why))
+            }
         }
     }
 
@@ -802,23 +934,34 @@ impl Rpc {
         token: Token,
         kind: RequestKind,
         deadline_ms: u64,
+        digest: RequestDigest,
         now_ms: u64,
-    ) -> Result<(), Refusal> {
-        if self.incoming.contains_key(&(from, token)) {
-            return Err(Refusal::DuplicateToken);
+    ) -> Result<(), Admission> {
+        if let Some(running) = self.incoming.get(&(from, token)) {
+            return Err(if running.digest == digest && running.kind == kind {
+                Admission::Repeated
+            } else {
+                Admission::Refused(Refusal::DuplicateToken)
+            });
         }
         let load = self.load.entry(from).or_default();
         let count = load.count(kind);
         if *count >= PeerLoad::bound(kind) {
-            return Err(Refusal::TooMany);
+            return Err(Admission::Refused(Refusal::TooMany));
         }
         if kind == RequestKind::Call && !self.take_call(from, now_ms) {
-            return Err(Refusal::TooFast);
+            return Err(Admission::Refused(Refusal::TooFast));
         }
         let load = self.load.entry(from).or_default();
         *load.count(kind) += 1;
-        self.incoming
-            .insert((from, token), Incoming { kind, deadline_ms });
+        self.incoming.insert(
+            (from, token),
+            Incoming {
+                kind,
+                deadline_ms,
+                digest,
+            },
+        );
         self.timers.insert((deadline_ms, Timer::In(from, token)));
         Ok(())
     }
@@ -870,6 +1013,47 @@ impl Rpc {
         });
     }
 
+    /// Keeps the answer to `from`'s call `token` until its caller stops waiting, within the
+    /// peer's bounds (an answer that does not fit is not kept).
+    fn keep(&mut self, from: HubId, token: Token, call: &Incoming, answer: &[u8]) {
+        let load = self.kept_load.entry(from).or_default();
+        if load.answers >= KEPT_ANSWERS_PER_PEER
+            || load.bytes + answer.len() > KEPT_ANSWER_BYTES_PER_PEER
+        {
+            if load.answers == 0 {
+                self.kept_load.remove(&from);
+            }
+            return;
+        }
+        load.answers += 1;
+        load.bytes += answer.len();
+        self.kept.insert(
+            (from, token),
+            Kept {
+                digest: call.digest,
+                until_ms: call.deadline_ms,
+                answer: answer.to_vec(),
+            },
+        );
+        self.timers
+            .insert((call.deadline_ms, Timer::Kept(from, token)));
+    }
+
+    fn forget_kept(&mut self, from: HubId, token: Token) {
+        let Some(kept) = self.kept.remove(&(from, token)) else {
+            return;
+        };
+        self.timers
+            .remove(&(kept.until_ms, Timer::Kept(from, token)));
+        if let Some(load) = self.kept_load.get_mut(&from) {
+            load.answers = load.answers.saturating_sub(1);
+            load.bytes = load.bytes.saturating_sub(kept.answer.len());
+            if load.answers == 0 {
+                self.kept_load.remove(&from);
+            }
+        }
+    }
+
     fn forget_incoming(&mut self, from: HubId, token: Token) -> Option<Incoming> {
         let entry = self.incoming.remove(&(from, token))?;
         self.timers
@@ -889,7 +1073,7 @@ impl Rpc {
         let Some(out) = self
             .outgoing
             .get(&token)
-            .filter(|o| o.peer == from && o.sent)
+            .filter(|o| o.peer == from && o.sent.is_some())
         else {
             return Err(RpcError::Unsolicited { from });
         };
@@ -900,11 +1084,23 @@ impl Rpc {
             (RequestKind::Call, Msg::CallResult { result, .. }) => {
                 Ok(Reply::CallResult(result.to_vec()))
             }
-            (RequestKind::Call, Msg::CallError { code, message, .. }) => Err(Failure::Call {
-                code: CallErrorCode::from_u16(code),
-                raw: code,
-                message: message.to_owned(),
-            }),
+            (RequestKind::Call, Msg::CallError { code, message, .. }) => {
+                let code_known = CallErrorCode::from_u16(code);
+                let message = if out.resent && code_known == Some(CallErrorCode::Replayed) {
+                    // Its first copy ran, and the answer to it was lost and not kept.
+                    format!(
+                        "{message}: the call was sent again after the path to {from} came back; \
+                         it ran there once and its answer was lost"
+                    )
+                } else {
+                    message.to_owned()
+                };
+                Err(Failure::Call {
+                    code: code_known,
+                    raw: code,
+                    message,
+                })
+            }
             (_, Msg::Refused { reason, .. }) => Err(Failure::Refused(reason.to_owned())),
             (expected, other) => {
                 return Err(RpcError::WrongAnswer {
@@ -938,7 +1134,9 @@ impl Rpc {
         if !answer.fits(kind) {
             return Err(RpcError::AnswerMismatch(kind));
         }
-        self.forget_incoming(to, token);
+        let Some(incoming) = self.forget_incoming(to, token) else {
+            return Err(RpcError::NotWaiting { peer: to, token });
+        };
         let msg = match answer {
             Answer::Pong => Msg::Pong { token },
             Answer::Info(info) => Msg::Info { token, info },
@@ -951,7 +1149,11 @@ impl Rpc {
             },
             Answer::Refused(reason) => Msg::Refused { token, reason },
         };
-        Ok(msg.to_vec())
+        let message = msg.to_vec();
+        if kind == RequestKind::Call {
+            self.keep(to, token, &incoming, &message);
+        }
+        Ok(message)
     }
 
     /// Whether request `token` of `peer` waits for this hub's answer.
@@ -994,7 +1196,7 @@ impl Rpc {
                     let Some(out) = self.forget_outgoing(token) else {
                         continue;
                     };
-                    if out.kind == RequestKind::Call && out.sent {
+                    if out.kind == RequestKind::Call && out.sent.is_some() {
                         self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
                     }
                     self.answered.push_back(Answered {
@@ -1006,6 +1208,7 @@ impl Rpc {
                 Timer::In(peer, token) => {
                     self.forget_incoming(peer, token);
                 }
+                Timer::Kept(peer, token) => self.forget_kept(peer, token),
             }
         }
     }
@@ -1024,8 +1227,7 @@ impl Rpc {
                 }
                 // Queued calls that ended are taken out of the queue as they end.
                 let (token, call) = queue.waiting.pop_front()?;
-                let out = outgoing.get_mut(&token)?;
-                out.sent = true;
+                let out = outgoing.get(&token)?;
                 queue.in_flight += 1;
                 Some((*peer, token, call, out.deadline_ms))
             })?;
@@ -1034,11 +1236,16 @@ impl Rpc {
             .saturating_sub(now_ms);
         call.timeout_ms = call.timeout_ms.min(u32::try_from(left).unwrap_or(u32::MAX));
         match Request::Call(call).encode(token) {
-            Ok(message) => Some(Transmit {
-                to: peer,
-                message,
-                request: Some(token),
-            }),
+            Ok(message) => {
+                if let Some(out) = self.outgoing.get_mut(&token) {
+                    out.sent = Some(message.clone());
+                }
+                Some(Transmit {
+                    to: peer,
+                    message,
+                    request: Some(token),
+                })
+            }
             // It encoded when it was queued, with a timeout as long: not reached.
             Err(e) => {
                 self.handle_unsent(token, &e.to_string());
@@ -1829,5 +2036,156 @@ mod tests {
             }
             assert_eq!(p.a.rpc.outstanding(), 0);
         }
+    }
+
+    /// A call sent again after an outage while it still runs on the target is not started
+    /// again, and its one answer reaches the caller once.
+    #[test]
+    fn a_call_sent_again_while_it_runs_runs_once() {
+        let mut p = Pair::new(Faults::default());
+        let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
+        p.drive();
+        assert_eq!(p.a.rpc.resend(B), 1);
+        p.drive();
+        assert_eq!(p.b.calls().len(), 1, "started once: {:?}", p.b.inbound);
+        assert_eq!(p.b.inbound.len(), 1, "no refusal either: {:?}", p.b.inbound);
+        p.answer(false, token, Answer::CallResult(b"{}".to_vec()));
+        p.drive();
+        assert_eq!(
+            p.a.answered(),
+            vec![&Answered {
+                token,
+                peer: B,
+                result: Ok(Reply::CallResult(b"{}".to_vec()))
+            }]
+        );
+        assert!(p.a.errors.is_empty(), "{:?}", p.a.errors);
+    }
+
+    /// The answer to a call lost on its way (the caller's path died under it) is sent again,
+    /// from what the target kept, when the caller sends the call again: it gets the answer, and
+    /// the call ran once.
+    #[test]
+    fn a_call_sent_again_after_its_answer_was_lost_gets_the_kept_answer() {
+        let mut p = Pair::new(Faults::default());
+        let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
+        p.drive();
+        p.answer(false, token, Answer::CallResult(br#"{"n":1}"#.to_vec()));
+        p.wire.clear();
+        assert!(p.a.answered().is_empty(), "the answer was lost");
+        assert_eq!(p.a.rpc.resend(B), 1);
+        p.drive();
+        assert_eq!(p.b.calls().len(), 1, "ran once: {:?}", p.b.inbound);
+        assert_eq!(
+            p.a.answered(),
+            vec![&Answered {
+                token,
+                peer: B,
+                result: Ok(Reply::CallResult(br#"{"n":1}"#.to_vec()))
+            }]
+        );
+        assert_eq!(p.a.rpc.resend(B), 0, "nothing waits any more");
+        // The caller stopped waiting long ago: the answer is forgotten.
+        p.advance(call_deadline(p.now, 10_000) + 1);
+        assert!(p.b.rpc.kept.is_empty());
+        assert!(p.b.rpc.timers.is_empty());
+    }
+
+    /// What a target keeps for calls sent again is bounded per peer, in answers and in bytes,
+    /// and one peer's answers do not take another's place.
+    #[test]
+    fn kept_answers_are_bounded_per_peer() {
+        let mut b = Rpc::new(0);
+        let message = |token: Token| {
+            Msg::Call {
+                token,
+                timeout_ms: 10_000,
+                app: "a",
+                tool: "t",
+                envelope: b"",
+                arguments: b"",
+            }
+            .to_vec()
+        };
+        for token in 0..(2 * KEPT_ANSWERS_PER_PEER as Token) {
+            assert!(matches!(
+                b.handle_received(A, &message(token), NOW),
+                Ok(Some(Inbound::Call(_)))
+            ));
+            b.answer(A, token, &Answer::CallResult(b"{}".to_vec()))
+                .unwrap();
+        }
+        assert_eq!(b.kept.len(), KEPT_ANSWERS_PER_PEER);
+        // One answer larger than a peer's byte bound is not kept.
+        assert!(matches!(
+            b.handle_received(B, &message(1_000), NOW),
+            Ok(Some(Inbound::Call(_)))
+        ));
+        let big = vec![b'x'; KEPT_ANSWER_BYTES_PER_PEER + 1];
+        b.answer(B, 1_000, &Answer::CallResult(big)).unwrap();
+        assert!(!b.kept.contains_key(&(B, 1_000)));
+        // B's smaller answers are kept beside A's.
+        assert!(matches!(
+            b.handle_received(B, &message(1_001), NOW),
+            Ok(Some(Inbound::Call(_)))
+        ));
+        b.answer(B, 1_001, &Answer::CallResult(b"{}".to_vec()))
+            .unwrap();
+        assert!(b.kept.contains_key(&(B, 1_001)));
+        // A kept answer is what a repetition gets; an unkept one's call is the application's
+        // again (its nonce, spent, refuses it there).
+        assert_eq!(b.handle_received(A, &message(0), NOW), Ok(None));
+        let again = b.poll_transmit(NOW).expect("the kept answer");
+        assert_eq!(
+            Msg::decode(&again.message).unwrap(),
+            Msg::CallResult {
+                token: 0,
+                result: b"{}"
+            }
+        );
+        assert!(matches!(
+            b.handle_received(A, &message(2 * KEPT_ANSWERS_PER_PEER as Token - 1), NOW),
+            Ok(Some(Inbound::Call(_)))
+        ));
+    }
+
+    /// Across an outage both ways (the request lost, then the answer lost), each call sent again
+    /// ends once with its answer, and none runs twice.
+    #[test]
+    fn calls_waiting_across_an_outage_end_once_each() {
+        let mut p = Pair::new(Faults::default());
+        // The session is up first (a lost handshake is the session layer's to retry).
+        let ping = p.request(true, &Request::Ping, p.now + 10_000);
+        p.drive();
+        p.answer(false, ping, Answer::Pong);
+        p.drive();
+        let deadline = call_deadline(p.now, 10_000);
+        let lost_out = p.request(true, &call("one"), deadline);
+        p.wire.clear();
+        let lost_back = p.request(true, &call("two"), deadline);
+        p.drive();
+        p.answer(false, lost_back, Answer::CallResult(b"2".to_vec()));
+        p.wire.clear();
+        p.advance(p.now + 3_000);
+        assert_eq!(p.a.rpc.resend(B), 2);
+        p.drive();
+        let calls: Vec<Token> = p.b.calls().iter().map(|c| c.token).collect();
+        assert_eq!(calls, vec![lost_back, lost_out], "each ran once");
+        p.answer(false, lost_out, Answer::CallResult(b"1".to_vec()));
+        p.drive();
+        let mut ended: Vec<(Token, Result<Reply, Failure>)> =
+            p.a.answered()
+                .iter()
+                .filter(|a| a.token != ping)
+                .map(|a| (a.token, a.result.clone()))
+                .collect();
+        ended.sort_by_key(|(t, _)| *t);
+        assert_eq!(
+            ended,
+            vec![
+                (lost_out, Ok(Reply::CallResult(b"1".to_vec()))),
+                (lost_back, Ok(Reply::CallResult(b"2".to_vec())))
+            ]
+        );
     }
 }

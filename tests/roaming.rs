@@ -1,0 +1,234 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Roaming: a hub whose path to the relay dies (its network goes away: nothing is refused,
+//! everything is lost) and comes back loses no call. The laptop reaches the relay through a TCP
+//! proxy the test can cut and restore; a call from the desk is running on the laptop when its
+//! path is cut, the laptop's answer goes into the dead path, and once the path is back the call
+//! ends with that answer, having run once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::cli::HubHome;
+use e2e::{RelayKind, RelayProcess};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP path to the relay that can be cut: while cut, what is sent either way is lost (the
+/// sockets stay open, as when a phone's network goes away) and new connections fail at once
+/// (no route); once restored, new connections go through and the cut ones stay dead.
+struct CuttablePath {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+    /// Bytes passed from the relay to the hub.
+    down_bytes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttablePath {
+    async fn start(relay_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let down_bytes = Arc::new(AtomicU64::new(0));
+        let (c, e, n, d) = (
+            cut.clone(),
+            epoch.clone(),
+            connections.clone(),
+            down_bytes.clone(),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(("127.0.0.1", relay_port)).await else {
+                    continue;
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let born = e.load(Ordering::SeqCst);
+                let alive = {
+                    let (c, e) = (c.clone(), e.clone());
+                    move || !c.load(Ordering::SeqCst) && e.load(Ordering::SeqCst) == born
+                };
+                let (down_r, down_w) = down.into_split();
+                let (up_r, up_w) = up.into_split();
+                tokio::spawn(pump(down_r, up_w, alive.clone(), Arc::default()));
+                tokio::spawn(pump(up_r, down_w, alive, d.clone()));
+            }
+        });
+        CuttablePath {
+            port,
+            cut,
+            epoch,
+            connections,
+            down_bytes,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttablePath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while `alive()`, counting what it passes; after, reads and drops (the
+/// bytes are lost).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    alive: impl Fn() -> bool,
+    passed: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if alive() {
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            passed.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The in-repo test app (built with this test).
+fn test_app() -> String {
+    env!("CARGO_BIN_EXE_test-app").to_owned()
+}
+
+fn relay_port(relay: &RelayProcess) -> u16 {
+    let url = relay.url();
+    url.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+fn waits_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: RelayKind) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = RelayProcess::start(kind);
+    let path = rt.block_on(CuttablePath::start(relay_port(&relay)));
+    let dir = tempfile::tempdir().unwrap();
+    let desk = HubHome::new(dir.path().join("desk"));
+    desk.create_cluster("desk", &relay.url());
+    let desk_run = desk.run();
+    let token = desk.ok(&["invite"]).trim().to_owned();
+    let laptop = HubHome::new(dir.path().join("laptop"));
+    laptop.ok(&["join", &token, "--name", "laptop"]);
+    laptop.ok(&["apps", "add", "tools", "--command", &test_app()]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
+    // The laptop reaches the relay only through the path the test cuts.
+    let config = laptop.dir.join("hub.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let toml = toml.replace(&relay.url().replace("http://", "ws://"), &path.url());
+    let toml = toml.replace(&relay.url(), &path.url());
+    assert!(toml.contains(&path.url()), "{toml}");
+    std::fs::write(&config, toml).unwrap();
+    let laptop_run = laptop.run();
+    let api = desk_run.cli_token();
+    waits_for("the laptop online", Duration::from_secs(30), || {
+        let status = desk_run.request("GET", "/api/federation/peers", Some(&api), None);
+        status.json.to_string().contains("\"online\":true")
+    });
+    let connections_before = path.connections.load(Ordering::SeqCst);
+    let down_before = path.down_bytes.load(Ordering::SeqCst);
+
+    // A call that runs 1.5 s on the laptop; its path dies while it runs.
+    let call = {
+        let url = format!("{}/api/apps/call", desk_run.base);
+        let api = api.clone();
+        std::thread::spawn(move || {
+            let body = json!({ "hub": "laptop", "app": "tools", "tool": "sleep",
+                               "arguments": { "ms": 1500 }, "timeout_ms": 45_000 });
+            let resp = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap()
+                .post(url)
+                .bearer_auth(api)
+                .json(&body)
+                .send()
+                .unwrap();
+            (resp.status().as_u16(), resp.text().unwrap())
+        })
+    };
+    // The call (its envelope alone is a few hundred bytes) reached the laptop.
+    waits_for(
+        "the call passed to the laptop",
+        Duration::from_secs(20),
+        || path.down_bytes.load(Ordering::SeqCst) > down_before + 400,
+    );
+    path.cut();
+    let cut_at = Instant::now();
+    // The laptop finds its path dead (its answer went out and nothing came back) and tries to
+    // reconnect, which fails while the network is away.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut_at.elapsed()));
+    path.restore();
+    let (status, answer) = call.join().unwrap();
+    assert_eq!(status, 200, "{answer}\n{}", laptop_run.log());
+    assert!(answer.contains("slept"), "{answer}");
+    assert!(
+        path.connections.load(Ordering::SeqCst) > connections_before,
+        "the laptop reconnected"
+    );
+    // Run once: one call.in on the laptop, allowed; none refused as replayed.
+    let desk_id = desk.id();
+    let log = laptop.ok(&["audit", "list", "--json", "--peer", &desk_id]);
+    let calls: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "call.in")
+        .collect();
+    assert_eq!(calls.len(), 1, "{log}");
+    assert_eq!(calls[0]["decision"], "allowed", "{log}");
+}
+
+mod a_call_running_while_the_targets_path_dies_ends_once_with_its_answer {
+    #[test]
+    fn native() {
+        super::a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(
+            super::RelayKind::Native,
+        )
+    }
+    #[test]
+    fn workerd() {
+        super::a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(
+            super::RelayKind::Workerd,
+        )
+    }
+}
