@@ -1,15 +1,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Roaming: a hub whose path to the relay dies (its network goes away: nothing is refused,
-//! everything is lost) and comes back loses no call. The laptop reaches the relay through a TCP
-//! proxy the test can cut and restore; a call from the desk is running on the laptop when its
-//! path is cut, the laptop's answer goes into the dead path, and once the path is back the call
-//! ends with that answer, having run once.
+//! Roaming: a hub whose path to the relay dies and comes back loses no call.
+//!
+//! - On 127.0.0.1 (both relays): the laptop reaches the relay through a TCP proxy the test cuts
+//!   (nothing refused, everything lost) and restores; a call from the desk is running on the
+//!   laptop when its path is cut, the laptop's answer goes into the dead path, and once the path
+//!   is back the call ends with that answer, having run once.
+//! - In network namespaces (root; tests/support/netns.rs): the hub's address changes while a call
+//!   waits (the old one removed, a new one added a second later), as when a phone moves from
+//!   Wi-Fi to cellular; the hub sees it (rtnetlink), reconnects from its new address, and the
+//!   call completes, once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::cli::HubHome;
+use e2e::netns::TwoHubs;
 use e2e::{RelayKind, RelayProcess};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -231,4 +237,94 @@ mod a_call_running_while_the_targets_path_dies_ends_once_with_its_answer {
             super::RelayKind::Workerd,
         )
     }
+}
+
+#[test]
+fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
+    let hubs = match TwoHubs::start_with(&test_app(), &["--no-lan"]) {
+        Ok(hubs) => hubs,
+        Err(e) => {
+            let message =
+                format!("cannot create network namespaces ({e}): the roaming test is SKIPPED");
+            assert!(
+                std::env::var_os("HUBRELAY_REQUIRE_NETNS").is_none(),
+                "{message}, and HUBRELAY_REQUIRE_NETNS is set"
+            );
+            eprintln!("{message}");
+            return;
+        }
+    };
+    let (a, b) = (&hubs.a, &hubs.b);
+    a.ok_when(
+        &["peers"],
+        Duration::from_secs(30),
+        "b by the relay",
+        |_| a.path_to(&hubs.b_id) == "relay",
+    );
+    let relay_bytes = hubs.net.relay_bytes();
+    let call = {
+        let a = e2e::netns::NsHub {
+            ns: a.ns.clone(),
+            dir: a.dir.clone(),
+        };
+        std::thread::spawn(move || {
+            a.ok(&[
+                "apps",
+                "call",
+                "b",
+                "tools",
+                "sleep",
+                "--args",
+                r#"{"ms":1500}"#,
+                "--timeout",
+                "45s",
+            ])
+        })
+    };
+    // The call went through the relay to b (its envelope alone is a few hundred bytes each way).
+    waits_for(
+        "the call through the relay",
+        Duration::from_secs(20),
+        || hubs.net.relay_bytes() > relay_bytes + 1_000,
+    );
+    // b moves: its address goes away, and a second later it has another one, with a route.
+    let (ns_b, ns_r) = (hubs.net.ns("b"), hubs.net.ns("r"));
+    hubs.net
+        .ip(&["-n", &ns_b, "addr", "del", "10.201.2.2/30", "dev", "wan0"]);
+    std::thread::sleep(Duration::from_secs(1));
+    hubs.net
+        .ip(&["-n", &ns_r, "addr", "add", "10.201.2.5/30", "dev", "wb"]);
+    hubs.net
+        .ip(&["-n", &ns_b, "addr", "add", "10.201.2.6/30", "dev", "wan0"]);
+    hubs.net.ip(&[
+        "-n",
+        &ns_b,
+        "route",
+        "add",
+        "10.201.0.1/32",
+        "via",
+        "10.201.2.5",
+    ]);
+    let moved = Instant::now();
+    let out = call.join().unwrap();
+    assert!(out.contains("slept"), "{out}");
+    eprintln!(
+        "the call ended {} ms after b had its new address",
+        moved.elapsed().as_millis()
+    );
+    let log = std::fs::read_to_string(b.dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("no longer has the address 10.201.2.2"),
+        "b saw its address go: {log}"
+    );
+    // Run once: one call.in on b, allowed.
+    let a_id = a.ok(&["id"]).trim().to_owned();
+    let audit = b.ok(&["audit", "list", "--json", "--peer", &a_id]);
+    let calls: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "call.in")
+        .collect();
+    assert_eq!(calls.len(), 1, "{audit}");
+    assert_eq!(calls[0]["decision"], "allowed", "{audit}");
 }

@@ -228,7 +228,9 @@ async fn sleep_until_ms(at: Option<u64>) {
 /// Starts the peer layer (and the LAN path) and makes the hub a member.
 async fn start_member(state: &Arc<HubState>, options: &Options) -> Result<PeerClient, DaemonError> {
     let home = &state.home;
-    let config = home.relay_config(None)?;
+    let mut config = home.relay_config(None)?;
+    // A hub that roams reconnects as soon as its network changes, not at its next probe.
+    config.network = crate::transport::netwatch::watch_network();
     let identity = home.noise_identity()?;
     let certificate = home.certificate()?;
     let lan = match options.lan {

@@ -144,15 +144,18 @@ impl Net {
         self.children.push(child);
     }
 
-    /// Starts `hub run` (LAN path on) with home `dir` in namespace `ns`; its log beside it.
-    pub fn run_hub(&mut self, ns: &str, dir: &Path) {
+    /// Starts `hub run ARGS` (LAN path on unless `args` say `--no-lan`) with home `dir` in
+    /// namespace `ns`; its log beside it.
+    pub fn run_hub(&mut self, ns: &str, dir: &Path, args: &[&str]) {
         let home = dir.to_string_lossy().into_owned();
-        self.spawn(
-            ns,
-            &dir.with_extension("log"),
-            &crate::hub_bin(),
-            &["--home", &home, "run", "--api-listen", "127.0.0.1:0"],
-        );
+        let mut all = vec!["--home", &home, "run", "--api-listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        self.spawn(ns, &dir.with_extension("log"), &crate::hub_bin(), &all);
+    }
+
+    /// Runs `ip ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        must(args);
     }
 
     /// Bytes the relay's namespace received and sent on the hubs' links so far.
@@ -325,6 +328,11 @@ impl TwoHubs {
     /// Creates the namespaces, starts the relay and both hubs; `Err` if namespaces cannot be
     /// created here. `test_app` is the test MCP server's binary.
     pub fn start(test_app: &str) -> Result<TwoHubs, String> {
+        Self::start_with(test_app, &[])
+    }
+
+    /// [`TwoHubs::start`], with `hub_args` for both `hub run`s (`--no-lan`: by the relay only).
+    pub fn start_with(test_app: &str, hub_args: &[&str]) -> Result<TwoHubs, String> {
         let mut net = Net::create()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let hub_bin = crate::hub_bin();
@@ -343,7 +351,7 @@ impl TwoHubs {
             dir: dir.path().join("b"),
         };
         a.ok(&["cluster", "create", "--name", "a", "--relay", RELAY_URL]);
-        net.run_hub("a", &a.dir);
+        net.run_hub("a", &a.dir, hub_args);
         a.ok_when(
             &["status"],
             Duration::from_secs(20),
@@ -354,7 +362,7 @@ impl TwoHubs {
         b.ok(&["join", &token, "--name", "b"]);
         b.ok(&["apps", "add", "tools", "--command", test_app]);
         b.ok(&["apps", "share", "tools", "--cluster"]);
-        net.run_hub("b", &b.dir);
+        net.run_hub("b", &b.dir, hub_args);
         let b_id = b.ok(&["id"]).trim().to_owned();
         Ok(TwoHubs {
             net,

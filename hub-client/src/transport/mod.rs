@@ -8,10 +8,13 @@
 //!   of their messages over a LAN link when one is up and over the relay otherwise;
 //! - [`lan`]: mDNS discovery and direct TLS 1.3 links between hubs of the cluster on one LAN;
 //! - [`join`]: joining a cluster with a pairing token, as a pairing guest of the relay;
+//! - [`netwatch`]: changes of this host's links, addresses and routes (Linux), which the relay
+//!   connection reacts to at once;
 //! - [`backoff`]: reconnect delays.
 
 pub mod backoff;
 pub mod join;
 pub mod lan;
+pub mod netwatch;
 pub mod peers;
 pub mod relay;

@@ -11,6 +11,7 @@
 //! command channel (backpressure) and go out after the next `Hello`; sends queued together are
 //! batched into one WebSocket message.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,11 @@ use tokio::time::{sleep, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::MaybeTlsStream;
 use url::Url;
 
 use crate::transport::backoff::Backoff;
+use crate::transport::netwatch::{self, NetworkChanges};
 use crate::unix_ms;
 
 /// Target size of one batched WebSocket message the client sends.
@@ -133,6 +136,10 @@ pub struct RelayConfig {
     /// Whether a request of this hub waits for an answer: set by the peer layer, read by the
     /// session, which then checks the path eagerly.
     pub waiting: Arc<AtomicBool>,
+    /// Changes of this host's network ([`crate::transport::netwatch::watch_network`]): a socket
+    /// whose local address went away ends at once, one that may have lost its route is probed,
+    /// and a reconnect waiting for its turn is tried at once. `None`: not watched.
+    pub network: Option<NetworkChanges>,
     /// Reconnect delays.
     pub backoff: Backoff,
     /// Capacity of the command and event channels.
@@ -204,6 +211,7 @@ impl RelayConfig {
             revocations: None,
             liveness: liveness::Settings::HUB,
             waiting: Arc::default(),
+            network: None,
             backoff: Backoff::default(),
             queue: 1024,
             counters: Arc::default(),
@@ -456,6 +464,7 @@ async fn connection_loop(
 ) {
     let mut backoff = config.backoff.clone();
     let mut rng = StdRng::from_entropy();
+    let mut network = config.network.clone();
     let cluster = config.cluster_id();
     let mut held = config
         .revocations
@@ -481,9 +490,15 @@ async fn connection_loop(
                 welcomed: false,
             },
             Ok(Ok((ws, _))) => {
-                tracing::debug!(%url, "connected to relay");
-                run_session(
+                let local = match ws.get_ref() {
+                    MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
+                    MaybeTlsStream::Rustls(tls) => tls.get_ref().0.local_addr().ok(),
+                    _ => None,
+                };
+                tracing::debug!(%url, ?local, "connected to relay");
+                run_session_from(
                     ws,
+                    local.map(|a| a.ip()),
                     &config,
                     &mut commands,
                     &events,
@@ -529,11 +544,18 @@ async fn connection_loop(
         let Some(delay) = retry_in else {
             return;
         };
-        // Wait, but stop at once on shutdown; sends stay queued for the next session.
+        // Wait, but stop at once on shutdown, and try at once when the network changed (a
+        // roaming hub got an address or a route); sends stay queued for the next session.
+        if let Some(network) = &mut network {
+            network.mark_unchanged();
+        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             () = sleep(delay) => {}
+            () = network_changed(&mut network) => {
+                tracing::info!("the network changed: reconnecting to the relay now");
+            }
         }
     }
 }
@@ -591,6 +613,45 @@ where
         + Send
         + 'static,
 {
+    run_session_from(ws, None, config, commands, events, shutdown, held).await
+}
+
+/// Waits for the next change of the network, forever if it is not watched.
+async fn network_changed(network: &mut Option<NetworkChanges>) {
+    match network {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The watch stopped: nothing more will change.
+                *network = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// [`run_session`] on a socket whose local address is `local` (given up at once if a network
+/// change takes that address away).
+async fn run_session_from<S>(
+    ws: S,
+    local: Option<IpAddr>,
+    config: &RelayConfig,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<RelayEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+    held: &mut Option<VerifiedRevocations>,
+) -> SessionEnd
+where
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Unpin
+        + Send
+        + 'static,
+{
+    let mut network = config.network.clone();
+    if let Some(network) = &mut network {
+        network.mark_unchanged();
+    }
     let opened = ClientSession::member(
         &config.credentials,
         held.clone(),
@@ -673,6 +734,13 @@ where
                     config.counters.message(frames);
                     liveness.handle_sent(clock());
                 }
+            }
+            () = network_changed(&mut network) => {
+                if let Some(ip) = local.filter(|ip| !netwatch::host_has_address(*ip)) {
+                    let reason = format!("this host no longer has the address {ip} this socket was on");
+                    return SessionEnd::Failed { reason, welcomed: session.welcomed() };
+                }
+                liveness.handle_network_changed(clock());
             }
             // The path is checked while the writer has room: a probe queued behind a full
             // queue would wait on the writes ahead of it, and a write that stalls ends the
