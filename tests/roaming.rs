@@ -214,7 +214,12 @@ fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: Re
     );
     // Run once: one call.in on the laptop, allowed; none refused as replayed.
     let desk_id = desk.id();
-    let log = laptop.ok(&["audit", "list", "--json", "--peer", &desk_id]);
+    // The entry is written as the call is answered, and may reach the store just after.
+    let log = laptop.ok_when(
+        &["audit", "list", "--json", "--peer", &desk_id],
+        "a call.in entry",
+        |out| out.contains("\"call.in\""),
+    );
     let calls: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -319,7 +324,13 @@ fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
     );
     // Run once: one call.in on b, allowed.
     let a_id = a.ok(&["id"]).trim().to_owned();
-    let audit = b.ok(&["audit", "list", "--json", "--peer", &a_id]);
+    // The entry is written as the call is answered, and may reach the store just after.
+    let audit = b.ok_when(
+        &["audit", "list", "--json", "--peer", &a_id],
+        Duration::from_secs(10),
+        "a call.in entry",
+        |out| out.contains("\"call.in\""),
+    );
     let calls: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())

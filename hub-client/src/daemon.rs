@@ -69,6 +69,10 @@ pub struct Options {
     pub lan: Option<std::net::SocketAddr>,
     /// Whether the LAN path advertises and browses by mDNS.
     pub mdns: bool,
+    /// Whether the relay connection reacts to changes of this host's network at once (Linux).
+    /// Only a benchmark turns it off, to measure what it saves a roaming hub
+    /// (`hub run --bench-no-network-watch`, hidden).
+    pub watch_network: bool,
 }
 
 impl Default for Options {
@@ -78,6 +82,7 @@ impl Default for Options {
             audited: true,
             lan: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
             mdns: true,
+            watch_network: true,
         }
     }
 }
@@ -230,7 +235,11 @@ async fn start_member(state: &Arc<HubState>, options: &Options) -> Result<PeerCl
     let home = &state.home;
     let mut config = home.relay_config(None)?;
     // A hub that roams reconnects as soon as its network changes, not at its next probe.
-    config.network = crate::transport::netwatch::watch_network();
+    if options.watch_network {
+        config.network = crate::transport::netwatch::watch_network();
+    } else {
+        tracing::warn!("not watching the network for changes (--bench-no-network-watch)");
+    }
     let identity = home.noise_identity()?;
     let certificate = home.certificate()?;
     let lan = match options.lan {

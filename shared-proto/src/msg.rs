@@ -55,8 +55,12 @@ pub enum MsgKind {
 
 /// The session version this crate speaks (docs/PROTOCOL.md section 10): 2 adds the
 /// [`MsgKind::Version`] and [`MsgKind::SignedAppsRequest`] messages and explicit envelope
-/// scopes. A peer that never says its version speaks 1.
-pub const SESSION_VERSION: u16 = 2;
+/// scopes; 3, requests sent again unchanged across an outage (a repetition of a running request
+/// is ignored, a call's kept answer is sent again). A peer that never says its version speaks 1.
+pub const SESSION_VERSION: u16 = 3;
+
+/// The first session version whose hubs tell a request sent again from a new one.
+pub const SESSION_VERSION_REPEATS: u16 = 3;
 
 impl MsgKind {
     /// Every registered kind, in registry order.

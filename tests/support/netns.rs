@@ -21,7 +21,8 @@ pub const RELAY: &str = "10.201.0.1:7790";
 #[derive(Debug)]
 pub struct Net {
     prefix: String,
-    children: Vec<Child>,
+    /// What runs in the namespaces, with the namespace each runs in.
+    children: Vec<(String, Child)>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -141,7 +142,16 @@ impl Net {
             .stderr(log)
             .spawn()
             .expect("ip netns exec");
-        self.children.push(child);
+        self.children.push((ns.to_owned(), child));
+    }
+
+    /// Stops what runs in namespace `ns` (a hub, to start it again with other arguments).
+    pub fn stop(&mut self, ns: &str) {
+        for (_, c) in self.children.iter_mut().filter(|(n, _)| n == ns) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.retain(|(n, _)| n != ns);
     }
 
     /// Starts `hub run ARGS` (LAN path on unless `args` say `--no-lan`) with home `dir` in
@@ -187,7 +197,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }

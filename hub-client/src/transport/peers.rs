@@ -26,7 +26,7 @@
 //! Pairing messages (`shared_proto::session::pairing`) are not session traffic: they go to the
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerHandle::send_raw`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,6 +118,10 @@ pub enum PeerError {
     /// No answer in time.
     #[error("no answer from {0} in time")]
     Timeout(HubId),
+    /// The relay said the peer left (or is not online), and it has not come back: a new request
+    /// to it is not made (one already waiting when it left waits for its return).
+    #[error("{0} is not online at the relay")]
+    Offline(HubId),
     /// The peer refused the request.
     #[error("{peer} refused: {reason}")]
     Refused {
@@ -342,6 +346,7 @@ impl PeerClient {
             rng,
             from_network: false,
             relay_waiting,
+            offline: HashSet::new(),
         };
         let task = tokio::spawn(task.run(client, lan_events, cmd_rx, ev_tx, stop_rx));
         Ok(PeerClient {
@@ -651,6 +656,9 @@ struct Task {
     /// Whether a request of this hub waits for its answer: the relay connection checks its path
     /// eagerly meanwhile.
     relay_waiting: Arc<AtomicBool>,
+    /// Peers the relay said left or are not online, and that have not come back since (members
+    /// of the cluster only: bounded by the room).
+    offline: HashSet<HubId>,
 }
 
 impl Task {
@@ -765,6 +773,11 @@ impl Task {
                 deadline_ms,
                 done,
             } => {
+                let linked = self.lan.as_ref().is_some_and(|l| l.is_linked(&to));
+                if self.offline.contains(&to) && !linked {
+                    let _ = done.send(Err(PeerError::Offline(to)));
+                    return;
+                }
                 let (token, message) = match self.rpc.request(to, &request, deadline_ms) {
                     Ok(made) => made,
                     Err(e) => {
@@ -834,8 +847,22 @@ impl Task {
                 return;
             }
             // A peer that left may come back with its session (its path died and came back):
-            // the session and the requests waiting on it stay, each until its deadline.
-            RelayEvent::PeerJoined(hub) if !linked(hub) => self.path_back(*hub),
+            // the session and the requests waiting on it stay, each until its deadline; new
+            // requests to it are refused meanwhile.
+            RelayEvent::PeerLeft(hub) | RelayEvent::Undeliverable(hub) => {
+                self.offline.insert(*hub);
+            }
+            RelayEvent::PeerJoined(hub) => {
+                self.offline.remove(hub);
+                if !linked(hub) {
+                    self.path_back(*hub);
+                }
+            }
+            RelayEvent::Connected { online } => {
+                for hub in online {
+                    self.offline.remove(hub);
+                }
+            }
             RelayEvent::Revocations(list) => {
                 if let Some(lan) = &self.lan {
                     lan.set_revocations(list.clone());

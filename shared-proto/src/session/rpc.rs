@@ -47,7 +47,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use sha2::{Digest as _, Sha256};
 
 use crate::agent::CallErrorCode;
-use crate::msg::{Msg, MsgError, MsgKind};
+use crate::msg::{Msg, MsgError, MsgKind, SESSION_VERSION_REPEATS};
 use crate::HubId;
 
 /// Requests of this hub waiting for their answers at once; more are refused at once.
@@ -618,6 +618,9 @@ pub struct Rpc {
     load: HashMap<HubId, PeerLoad>,
     /// Answers to peers' calls, kept for a repetition of the call.
     kept: HashMap<(HubId, Token), Kept>,
+    /// Peers that said a session version that tells repetitions from new requests: only these
+    /// are sent requests again (a peer of an earlier version would refuse them).
+    repeats_understood: std::collections::HashSet<HubId>,
     kept_load: HashMap<HubId, KeptLoad>,
     rates: HashMap<HubId, Bucket>,
     /// Every deadline, earliest first.
@@ -637,6 +640,7 @@ impl Rpc {
             load: HashMap::new(),
             kept: HashMap::new(),
             kept_load: HashMap::new(),
+            repeats_understood: std::collections::HashSet::new(),
             rates: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -711,10 +715,14 @@ impl Rpc {
     }
 
     /// The path to `peer` came back after an outage (this hub's relay connection, or the
-    /// peer's, or a new session with it): every request of this hub to `peer` that went out and
-    /// waits for its answer is sent again as it was (from [`Rpc::poll_transmit`]; one that
+    /// peer's, or a new session with it): if the peer said a session version that tells
+    /// repetitions from new requests ([`SESSION_VERSION_REPEATS`]), every request of this hub to
+    /// `peer` that went out and waits for its answer is sent again as it was (from [`Rpc::poll_transmit`]; one that
     /// cannot be sent waits on to its deadline). How many.
     pub fn resend(&mut self, peer: HubId) -> usize {
+        if !self.repeats_understood.contains(&peer) {
+            return 0;
+        }
         let mut again: Vec<(Token, Vec<u8>)> = self
             .outgoing
             .iter_mut()
@@ -839,7 +847,14 @@ impl Rpc {
                 };
                 return Ok(self.apps_request(request(token), listing, d(), now_ms));
             }
-            Msg::Version(version) => Inbound::Version { from, version },
+            Msg::Version(version) => {
+                if version >= SESSION_VERSION_REPEATS {
+                    self.repeats_understood.insert(from);
+                } else {
+                    self.repeats_understood.remove(&from);
+                }
+                Inbound::Version { from, version }
+            }
             Msg::Call {
                 token,
                 timeout_ms,
@@ -1439,6 +1454,14 @@ mod tests {
                 let _ = hub.sessions.handle_incoming(from, &payload, now, &mut rng);
                 self.collect();
             }
+        }
+
+        /// Each hub hears that the other speaks session version `version`.
+        fn versions(&mut self, version: u16) {
+            let said = Msg::Version(version).to_vec();
+            let now = self.now;
+            self.a.rpc.handle_received(B, &said, now).unwrap();
+            self.b.rpc.handle_received(A, &said, now).unwrap();
         }
 
         /// Moves the clock to `at` and runs both hubs' timers.
@@ -2043,6 +2066,7 @@ mod tests {
     #[test]
     fn a_call_sent_again_while_it_runs_runs_once() {
         let mut p = Pair::new(Faults::default());
+        p.versions(SESSION_VERSION_REPEATS);
         let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
         p.drive();
         assert_eq!(p.a.rpc.resend(B), 1);
@@ -2068,6 +2092,7 @@ mod tests {
     #[test]
     fn a_call_sent_again_after_its_answer_was_lost_gets_the_kept_answer() {
         let mut p = Pair::new(Faults::default());
+        p.versions(SESSION_VERSION_REPEATS);
         let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
         p.drive();
         p.answer(false, token, Answer::CallResult(br#"{"n":1}"#.to_vec()));
@@ -2154,6 +2179,7 @@ mod tests {
     #[test]
     fn calls_waiting_across_an_outage_end_once_each() {
         let mut p = Pair::new(Faults::default());
+        p.versions(SESSION_VERSION_REPEATS);
         // The session is up first (a lost handshake is the session layer's to retry).
         let ping = p.request(true, &Request::Ping, p.now + 10_000);
         p.drive();
@@ -2187,5 +2213,25 @@ mod tests {
                 (lost_back, Ok(Reply::CallResult(b"2".to_vec())))
             ]
         );
+    }
+
+    /// A peer of an earlier session version would refuse a request sent again (as a duplicate
+    /// token, or a replayed call): it is sent nothing again, and its calls wait for their
+    /// answers or their deadlines as before.
+    #[test]
+    fn a_peer_of_an_earlier_version_is_sent_nothing_again() {
+        let mut p = Pair::new(Faults::default());
+        let token = p.request(true, &call("notes"), call_deadline(p.now, 10_000));
+        p.drive();
+        assert_eq!(p.a.rpc.resend(B), 0, "a peer that said no version");
+        p.versions(SESSION_VERSION_REPEATS - 1);
+        assert_eq!(p.a.rpc.resend(B), 0, "a peer of an earlier version");
+        p.drive();
+        assert_eq!(p.b.inbound.len(), 1, "the call, once: {:?}", p.b.inbound);
+        p.versions(SESSION_VERSION_REPEATS);
+        assert_eq!(p.a.rpc.resend(B), 1);
+        p.answer(false, token, Answer::CallResult(b"{}".to_vec()));
+        p.drive();
+        assert_eq!(p.a.answered().len(), 1);
     }
 }

@@ -94,6 +94,10 @@ pub(crate) enum Command {
         /// what auditing costs a call with it). Hidden from --help; logged as a warning.
         #[arg(long, hide = true)]
         bench_unaudited: bool,
+        /// For benchmarks only: do not react to changes of the host's network (scripts/bench-roaming
+        /// measures what the reaction saves a roaming hub). Hidden from --help; logged as a warning.
+        #[arg(long, hide = true)]
+        bench_no_network_watch: bool,
     },
     /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
     Invite {

@@ -182,12 +182,14 @@ async fn run(cli: Cli) -> Result<()> {
             no_lan,
             lan_listen,
             bench_unaudited,
+            bench_no_network_watch,
         } => {
             let options = hub_client::daemon::Options {
                 audit_head_interval: Duration::from_secs(audit_head_interval.max(1)),
                 audited: !bench_unaudited,
                 lan: (!no_lan).then_some(lan_listen),
                 mdns: true,
+                watch_network: !bench_no_network_watch,
             };
             run_hub(home, api_listen, options).await
         }
