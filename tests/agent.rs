@@ -90,6 +90,20 @@ impl Cluster {
     }
 }
 
+/// A laptop joined at `agent_dispatch` that talks to the desk with its own peer layer (no `hub
+/// run`): a test sends it what a hostile or faulty member would. Online at the desk.
+fn raw_laptop(c: &Cluster) -> (HubHome, PeerClient) {
+    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let home = Home::new(PathBuf::from(&laptop.dir));
+    let peers = PeerClient::spawn(
+        home.relay_config(None).unwrap(),
+        home.noise_identity().unwrap(),
+    )
+    .unwrap();
+    blocking(|| wait_online(&c.desk, 1));
+    (laptop, peers)
+}
+
 /// `GET /api/federation/peers/{id}` on `hub`, with its CLI's admin token.
 fn peer_detail(hub: &RunningHub, id: &str) -> Value {
     hub.request(
@@ -576,16 +590,9 @@ async fn repeated_refusals_are_written_once_a_minute_with_their_count() {
     c.desk
         .ok(&["apps", "add", "tools", "--command", &test_app()]);
     c.desk.ok(&["apps", "share", "tools", "--cluster"]);
-    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let (laptop, peers) = raw_laptop(&c);
     let desk_id: HubId = c.desk.id().parse().unwrap();
-    let home = Home::new(PathBuf::from(&laptop.dir));
-    let peers = PeerClient::spawn(
-        home.relay_config(None).unwrap(),
-        home.noise_identity().unwrap(),
-    )
-    .unwrap();
     let handle = peers.handle();
-    blocking(|| wait_online(&c.desk, 1));
     let calls = (0..300).map(|_| {
         let handle = handle.clone();
         let call = OutgoingCall {
@@ -641,18 +648,11 @@ async fn every_envelope_refusal_has_its_own_code() {
     c.desk.ok(&["apps", "share", "tools", "--cluster"]);
     c.desk
         .ok(&["apps", "add", "secret", "--command", &test_app()]);
-    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let (laptop, peers) = raw_laptop(&c);
     let desk_id: HubId = c.desk.id().parse().unwrap();
     let laptop_id: HubId = laptop.id().parse().unwrap();
-    let home = Home::new(PathBuf::from(&laptop.dir));
-    let creds = home.credentials().unwrap();
-    let peers = PeerClient::spawn(
-        home.relay_config(None).unwrap(),
-        home.noise_identity().unwrap(),
-    )
-    .unwrap();
+    let creds = Home::new(PathBuf::from(&laptop.dir)).credentials().unwrap();
     let handle = peers.handle();
-    wait_online(&c.desk, 1);
 
     let now = hub_client::unix_ms();
     let envelope = |f: &dyn Fn(&mut Delegation), args: &[u8]| {
@@ -1845,17 +1845,10 @@ async fn a_guest_in_an_offline_members_name_costs_it_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_handshakes_and_documents_lower_the_signature_part() {
     let c = blocking(|| Cluster::start(RelayKind::Native));
-    let laptop = blocking(|| c.join("laptop", "agent_dispatch", ""));
+    let (laptop, peers) = raw_laptop(&c);
     let desk_id: HubId = c.desk.id().parse().unwrap();
     let laptop_id = laptop.id();
-    let home = Home::new(PathBuf::from(&laptop.dir));
-    let peers = PeerClient::spawn(
-        home.relay_config(None).unwrap(),
-        home.noise_identity().unwrap(),
-    )
-    .unwrap();
     let handle = peers.handle();
-    blocking(|| wait_online(&c.desk, 1));
     handle.ping(desk_id, Duration::from_secs(10)).await.unwrap();
 
     // Someone else's certificate in the laptop's name: a handshake fault.

@@ -321,14 +321,26 @@ async fn false_records_cannot_keep_a_real_hub_out() {
         assert!(reason.contains("BadSignature"), "{reason}");
     }
     assert_eq!(a.view().peers().len(), table);
-    a.add_peer(hub(2), vec![b.local_addr()]);
-    let up = next(&mut events, "a link up", |e| match e {
+    assert_eq!(
+        link_to(&a, &mut events, hub(2), b.local_addr()).await,
+        hub(2)
+    );
+    assert_eq!(a.view().peers().len(), table);
+}
+
+/// Gives `a` the address of hub `peer` and waits for a link to come up; the hub it linked to.
+async fn link_to(
+    a: &Lan,
+    events: &mut mpsc::Receiver<LanEvent>,
+    peer: shared_proto::HubId,
+    addr: SocketAddr,
+) -> shared_proto::HubId {
+    a.add_peer(peer, vec![addr]);
+    next(events, "a link up", |e| match e {
         LanEvent::Up { peer, .. } => Some(peer),
         _ => None,
     })
-    .await;
-    assert_eq!(up, hub(2));
-    assert_eq!(a.view().peers().len(), table);
+    .await
 }
 
 /// Records pointing where nothing answers fill the table too: any record whose dial failed
@@ -356,13 +368,10 @@ async fn records_at_dead_addresses_cannot_keep_a_real_hub_out() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(a.view().peers().len(), table);
-    a.add_peer(hub(2), vec![b.local_addr()]);
-    let up = next(&mut events, "a link up", |e| match e {
-        LanEvent::Up { peer, .. } => Some(peer),
-        _ => None,
-    })
-    .await;
-    assert_eq!(up, hub(2));
+    assert_eq!(
+        link_to(&a, &mut events, hub(2), b.local_addr()).await,
+        hub(2)
+    );
     assert_eq!(a.view().peers().len(), table);
 }
 
@@ -375,12 +384,7 @@ async fn false_records_and_goodbyes_do_not_move_a_linked_hub() {
     let (a, mut events) = start(cluster.hub(1)).await;
     let (b, _b_events) = start(cluster.hub(2)).await;
     let stranger = serve_as(TestCluster::new().hub(3)).await;
-    a.add_peer(hub(2), vec![b.local_addr()]);
-    next(&mut events, "a link up", |e| match e {
-        LanEvent::Up { peer, .. } => Some(peer),
-        _ => None,
-    })
-    .await;
+    link_to(&a, &mut events, hub(2), b.local_addr()).await;
     let linked_at = held_of(&a, hub(2)).unwrap();
     a.add_peer(hub(2), vec![stranger]);
     a.remove_peer(&hub(2));

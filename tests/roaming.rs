@@ -267,25 +267,7 @@ fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
         |_| a.path_to(&hubs.b_id) == "relay",
     );
     let relay_bytes = hubs.net.relay_bytes();
-    let call = {
-        let a = e2e::netns::NsHub {
-            ns: a.ns.clone(),
-            dir: a.dir.clone(),
-        };
-        std::thread::spawn(move || {
-            a.ok(&[
-                "apps",
-                "call",
-                "b",
-                "tools",
-                "sleep",
-                "--args",
-                r#"{"ms":1500}"#,
-                "--timeout",
-                "45s",
-            ])
-        })
-    };
+    let call = a.call_sleep_in_thread(1_500);
     // The call went through the relay to b (its envelope alone is a few hundred bytes each way).
     waits_for(
         "the call through the relay",
@@ -299,6 +281,7 @@ fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
     std::thread::sleep(Duration::from_secs(1));
     hubs.net
         .ip(&["-n", &ns_r, "addr", "add", "10.201.2.5/30", "dev", "wb"]);
+    let moved = Instant::now();
     hubs.net
         .ip(&["-n", &ns_b, "addr", "add", "10.201.2.6/30", "dev", "wan0"]);
     hubs.net.ip(&[
@@ -310,11 +293,10 @@ fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
         "via",
         "10.201.2.5",
     ]);
-    let moved = Instant::now();
     let out = call.join().unwrap();
     assert!(out.contains("slept"), "{out}");
     eprintln!(
-        "the call ended {} ms after b had its new address",
+        "the call ended {} ms after b was given its new address",
         moved.elapsed().as_millis()
     );
     let log = std::fs::read_to_string(b.dir.with_extension("log")).unwrap();

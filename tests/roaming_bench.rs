@@ -13,37 +13,11 @@
 // A benchmark measures wall-clock time and panics on setup failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use e2e::netns::{NsHub, TwoHubs};
 
 const ROUNDS: usize = 5;
-
-fn copy(h: &NsHub) -> NsHub {
-    NsHub {
-        ns: h.ns.clone(),
-        dir: h.dir.clone(),
-    }
-}
-
-/// A call from `a` to `b`'s `sleep` tool of `ms`, in a thread; its output.
-fn call_in_thread(a: &NsHub, ms: u64) -> JoinHandle<String> {
-    let a = copy(a);
-    std::thread::spawn(move || {
-        a.ok(&[
-            "apps",
-            "call",
-            "b",
-            "tools",
-            "sleep",
-            "--args",
-            &format!("{{\"ms\":{ms}}}"),
-            "--timeout",
-            "45s",
-        ])
-    })
-}
 
 fn connected(h: &NsHub) -> bool {
     h.api("/api/status")["relay"]["connected"] == true
@@ -112,7 +86,7 @@ fn dead_path(hubs: &TwoHubs, call_waiting: bool) -> Duration {
     let ns_r = hubs.net.ns("r");
     let call = call_waiting.then(|| {
         let before = hubs.net.relay_bytes();
-        let call = call_in_thread(&hubs.a, 6_000);
+        let call = hubs.a.call_sleep_in_thread(6_000);
         wait_until("call through the relay", Duration::from_secs(20), || {
             hubs.net.relay_bytes() > before + 1_000
         });
@@ -150,18 +124,19 @@ fn network_back(hubs: &TwoHubs, from: usize) -> Duration {
     let (old, _) = ADDRESSES[from];
     let (new, via) = ADDRESSES[1 - from];
     let before = hubs.net.relay_bytes();
-    let call = call_in_thread(&hubs.a, 200);
+    let call = hubs.a.call_sleep_in_thread(200);
     wait_until("call through the relay", Duration::from_secs(20), || {
         hubs.net.relay_bytes() > before + 1_000
     });
     hubs.net
         .ip(&["-n", &ns_b, "addr", "del", old, "dev", "wan0"]);
     std::thread::sleep(Duration::from_secs(1));
+    // The network is back from the moment its new address is being added.
+    let back = Instant::now();
     hubs.net
         .ip(&["-n", &ns_b, "addr", "add", new, "dev", "wan0"]);
     hubs.net
         .ip(&["-n", &ns_b, "route", "add", "10.201.0.1/32", "via", via]);
-    let back = Instant::now();
     let out = call.join().unwrap();
     let took = back.elapsed();
     assert!(out.contains("slept"), "{out}");

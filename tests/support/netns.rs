@@ -232,7 +232,7 @@ fn sweep_stale() {
 }
 
 /// A hub home used inside namespace `ns`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NsHub {
     /// Its namespace.
     pub ns: String,
@@ -261,6 +261,33 @@ impl NsHub {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`NsHub::ok`] in a thread of its own: a command that waits (a call) while the test changes
+    /// the network.
+    pub fn ok_in_thread(&self, args: &[&str]) -> std::thread::JoinHandle<String> {
+        let hub = self.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            hub.ok(&args)
+        })
+    }
+
+    /// A call of `b`'s test app tool `sleep` for `ms` (at most 45 s), in a thread of its own.
+    pub fn call_sleep_in_thread(&self, ms: u64) -> std::thread::JoinHandle<String> {
+        let args = format!("{{\"ms\":{ms}}}");
+        self.ok_in_thread(&[
+            "apps",
+            "call",
+            "b",
+            "tools",
+            "sleep",
+            "--args",
+            &args,
+            "--timeout",
+            "45s",
+        ])
     }
 
     /// Runs `hub ARGS` until its stdout satisfies `pred` (up to `limit`).

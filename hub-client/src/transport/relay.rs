@@ -496,7 +496,7 @@ async fn connection_loop(
                     _ => None,
                 };
                 tracing::debug!(%url, ?local, "connected to relay");
-                run_session_from(
+                run_session(
                     ws,
                     local.map(|a| a.ip()),
                     &config,
@@ -589,33 +589,6 @@ fn kept_out(e: &WsError) -> Option<SessionEnd> {
     })
 }
 
-/// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
-///
-/// Reading never waits for writing: a writer task owns the socket's sending half, and the
-/// session hands it whole messages through a short queue. While a message waits there (the
-/// writer is busy with the one before) the session takes no command: they gather in the command
-/// queue and go out together as the next message, one batch per write, and the application's
-/// sends wait once that queue is full. It goes on reading what the relay sends meanwhile, so two
-/// hubs sending to each other as fast as they can never wait on each other. A write that takes
-/// longer than [`WRITE_TIMEOUT`] ends the session as stalled.
-pub async fn run_session<S>(
-    ws: S,
-    config: &RelayConfig,
-    commands: &mut mpsc::Receiver<Command>,
-    events: &mpsc::Sender<RelayEvent>,
-    shutdown: &mut watch::Receiver<bool>,
-    held: &mut Option<VerifiedRevocations>,
-) -> SessionEnd
-where
-    S: Stream<Item = Result<Message, WsError>>
-        + Sink<Message, Error = WsError>
-        + Unpin
-        + Send
-        + 'static,
-{
-    run_session_from(ws, None, config, commands, events, shutdown, held).await
-}
-
 /// Waits for the next change of the network, forever if it is not watched.
 async fn network_changed(network: &mut Option<NetworkChanges>) {
     match network {
@@ -630,9 +603,17 @@ async fn network_changed(network: &mut Option<NetworkChanges>) {
     }
 }
 
-/// [`run_session`] on a socket whose local address is `local` (given up at once if a network
-/// change takes that address away).
-async fn run_session_from<S>(
+/// Runs one session on an open WebSocket: `Hello`, then traffic both ways until it ends.
+///
+/// Reading never waits for writing: a writer task owns the socket's sending half, and the
+/// session hands it whole messages through a short queue. While a message waits there (the
+/// writer is busy with the one before) the session takes no command: they gather in the command
+/// queue and go out together as the next message, one batch per write, and the application's
+/// sends wait once that queue is full. It goes on reading what the relay sends meanwhile, so two
+/// hubs sending to each other as fast as they can never wait on each other. A write that takes
+/// longer than [`WRITE_TIMEOUT`] ends the session as stalled. `local` is the socket's local
+/// address, if known: the session ends at once if a change of the network takes it away.
+pub async fn run_session<S>(
     ws: S,
     local: Option<IpAddr>,
     config: &RelayConfig,
@@ -1024,7 +1005,16 @@ mod tests {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let session = tokio::spawn(async move {
             let mut held = None;
-            run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held).await
+            run_session(
+                ws,
+                None,
+                &config,
+                &mut cmd_rx,
+                &ev_tx,
+                &mut stop_rx,
+                &mut held,
+            )
+            .await
         });
         (cmd_tx, ev_rx, stop_tx, session)
     }
@@ -1238,7 +1228,16 @@ mod tests {
         let (ev_tx, _ev_rx) = mpsc::channel(4);
         let (_stop_tx, mut stop_rx) = watch::channel(false);
         let mut held = None;
-        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held).await;
+        let end = run_session(
+            ws,
+            None,
+            &config,
+            &mut cmd_rx,
+            &ev_tx,
+            &mut stop_rx,
+            &mut held,
+        )
+        .await;
         assert!(
             matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("keepalive")),
             "{end:?}"
@@ -1254,7 +1253,16 @@ mod tests {
                 .unwrap();
             relay
         });
-        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held).await;
+        let end = run_session(
+            ws,
+            None,
+            &config,
+            &mut cmd_rx,
+            &ev_tx,
+            &mut stop_rx,
+            &mut held,
+        )
+        .await;
         assert!(
             matches!(
                 end,
@@ -1277,7 +1285,16 @@ mod tests {
                 .unwrap();
             relay.next().await
         });
-        let end = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held).await;
+        let end = run_session(
+            ws,
+            None,
+            &config,
+            &mut cmd_rx,
+            &ev_tx,
+            &mut stop_rx,
+            &mut held,
+        )
+        .await;
         assert!(
             matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("bad frame")),
             "{end:?}"
@@ -1326,7 +1343,15 @@ mod tests {
         });
         let started = Instant::now();
         let mut held = None;
-        let session = run_session(ws, &config, &mut cmd_rx, &ev_tx, &mut stop_rx, &mut held);
+        let session = run_session(
+            ws,
+            None,
+            &config,
+            &mut cmd_rx,
+            &ev_tx,
+            &mut stop_rx,
+            &mut held,
+        );
         let end = tokio::select! {
             end = session => end,
             _ = async { while ev_rx.recv().await.is_some() {} } => unreachable!(),

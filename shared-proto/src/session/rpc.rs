@@ -1477,6 +1477,20 @@ mod tests {
         }
     }
 
+    /// A call message as a peer sends it: token `token`, of `app`'s tool `t`, with an empty
+    /// envelope and arguments (what the layer does not read).
+    fn call_message(token: Token, app: &str, timeout_ms: u32) -> Vec<u8> {
+        Msg::Call {
+            token,
+            timeout_ms,
+            app,
+            tool: "t",
+            envelope: b"",
+            arguments: b"",
+        }
+        .to_vec()
+    }
+
     fn call(app: &str) -> Request {
         Request::Call(OutgoingCall {
             timeout_ms: 10_000,
@@ -1528,17 +1542,7 @@ mod tests {
     #[test]
     fn a_repeated_token_is_refused_and_never_replaces_a_running_call() {
         let mut b = Rpc::new(0);
-        let message = |app: &str| {
-            Msg::Call {
-                token: 42,
-                timeout_ms: 10_000,
-                app,
-                tool: "t",
-                envelope: b"",
-                arguments: b"",
-            }
-            .to_vec()
-        };
+        let message = |app: &str| call_message(42, app, 10_000);
         let first = b.handle_received(A, &message("first"), NOW).unwrap();
         assert!(matches!(first, Some(Inbound::Call(ref c)) if c.app == "first"));
         for _ in 0..(2 * MAX_CALLS_PER_PEER) {
@@ -1587,17 +1591,7 @@ mod tests {
     #[test]
     fn requests_of_one_peer_are_bounded_and_others_are_not_hurt() {
         let mut b = Rpc::new(0);
-        let call = |token| {
-            Msg::Call {
-                token,
-                timeout_ms: 1_000,
-                app: "a",
-                tool: "t",
-                envelope: b"",
-                arguments: b"",
-            }
-            .to_vec()
-        };
+        let call = |token| call_message(token, "a", 1_000);
         for token in 0..MAX_CALLS_PER_PEER as u64 {
             let r = b.handle_received(A, &call(token), NOW).unwrap();
             assert!(matches!(r, Some(Inbound::Call(_))));
@@ -1802,17 +1796,7 @@ mod tests {
     #[test]
     fn a_peer_that_starts_calls_too_fast_is_refused() {
         let mut b = Rpc::new(0);
-        let call = |token| {
-            Msg::Call {
-                token,
-                timeout_ms: 1_000,
-                app: "a",
-                tool: "t",
-                envelope: b"",
-                arguments: b"",
-            }
-            .to_vec()
-        };
+        let call = |token| call_message(token, "a", 1_000);
         let run = |b: &mut Rpc, from, token, now| {
             let r = b.handle_received(from, &call(token), now).unwrap();
             if let Some(Inbound::Call(_)) = r {
@@ -2121,17 +2105,7 @@ mod tests {
     #[test]
     fn kept_answers_are_bounded_per_peer() {
         let mut b = Rpc::new(0);
-        let message = |token: Token| {
-            Msg::Call {
-                token,
-                timeout_ms: 10_000,
-                app: "a",
-                tool: "t",
-                envelope: b"",
-                arguments: b"",
-            }
-            .to_vec()
-        };
+        let message = |token: Token| call_message(token, "a", 10_000);
         for token in 0..(2 * KEPT_ANSWERS_PER_PEER as Token) {
             assert!(matches!(
                 b.handle_received(A, &message(token), NOW),
