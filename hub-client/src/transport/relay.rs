@@ -1030,6 +1030,34 @@ mod tests {
         )
     }
 
+    /// What a session runs with besides its socket, for tests that run sessions one after
+    /// another.
+    struct Ends {
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<RelayEvent>,
+        stop: watch::Receiver<bool>,
+        held: Option<VerifiedRevocations>,
+    }
+
+    impl Ends {
+        async fn run(
+            &mut self,
+            ws: WebSocketStream<tokio::io::DuplexStream>,
+            config: &RelayConfig,
+        ) -> SessionEnd {
+            run_session(
+                ws,
+                None,
+                config,
+                &mut self.commands,
+                &self.events,
+                &mut self.stop,
+                &mut self.held,
+            )
+            .await
+        }
+    }
+
     fn config(b: u8) -> RelayConfig {
         RelayConfig::new("ws://unused", creds(b))
     }
@@ -1224,20 +1252,16 @@ mod tests {
         let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
         let mut config = config(1);
         config.liveness = liveness::Settings::HUB.with_idle(1_000);
-        let (_cmd_tx, mut cmd_rx) = mpsc::channel(4);
-        let (ev_tx, _ev_rx) = mpsc::channel(4);
-        let (_stop_tx, mut stop_rx) = watch::channel(false);
-        let mut held = None;
-        let end = run_session(
-            ws,
-            None,
-            &config,
-            &mut cmd_rx,
-            &ev_tx,
-            &mut stop_rx,
-            &mut held,
-        )
-        .await;
+        let (_cmd_tx, commands) = mpsc::channel(4);
+        let (events, _ev_rx) = mpsc::channel(4);
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut ends = Ends {
+            commands,
+            events,
+            stop,
+            held: None,
+        };
+        let end = ends.run(ws, &config).await;
         assert!(
             matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("keepalive")),
             "{end:?}"
@@ -1253,16 +1277,7 @@ mod tests {
                 .unwrap();
             relay
         });
-        let end = run_session(
-            ws,
-            None,
-            &config,
-            &mut cmd_rx,
-            &ev_tx,
-            &mut stop_rx,
-            &mut held,
-        )
-        .await;
+        let end = ends.run(ws, &config).await;
         assert!(
             matches!(
                 end,
@@ -1285,16 +1300,7 @@ mod tests {
                 .unwrap();
             relay.next().await
         });
-        let end = run_session(
-            ws,
-            None,
-            &config,
-            &mut cmd_rx,
-            &ev_tx,
-            &mut stop_rx,
-            &mut held,
-        )
-        .await;
+        let end = ends.run(ws, &config).await;
         assert!(
             matches!(end, SessionEnd::Failed { ref reason, .. } if reason.contains("bad frame")),
             "{end:?}"
