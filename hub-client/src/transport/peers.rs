@@ -26,7 +26,7 @@
 //! Pairing messages (`shared_proto::session::pairing`) are not session traffic: they go to the
 //! application as [`PeerEvent::Pairing`], and answers go out with [`PeerHandle::send_raw`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use shared_proto::agent::CallErrorCode;
 use shared_proto::msg::Msg;
 use shared_proto::session::noise::{LocalIdentity, NoiseError};
 use shared_proto::session::pairing::is_pairing_message;
+use shared_proto::session::paths::{Paths, RelaySaid};
 use shared_proto::session::peer::{Event, PeerSessions, SendError};
 use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, Rpc, RpcError};
 pub use shared_proto::session::rpc::{
@@ -346,7 +347,7 @@ impl PeerClient {
             rng,
             from_network: false,
             relay_waiting,
-            offline: HashSet::new(),
+            paths: Paths::new(),
         };
         let task = tokio::spawn(task.run(client, lan_events, cmd_rx, ev_tx, stop_rx));
         Ok(PeerClient {
@@ -656,9 +657,8 @@ struct Task {
     /// Whether a request of this hub waits for its answer: the relay connection checks its path
     /// eagerly meanwhile.
     relay_waiting: Arc<AtomicBool>,
-    /// Peers the relay said left or are not online, and that have not come back since (members
-    /// of the cluster only: bounded by the room).
-    offline: HashSet<HubId>,
+    /// What the relay says of the other hubs: whose path came back, who is not to be asked.
+    paths: Paths,
 }
 
 impl Task {
@@ -671,7 +671,6 @@ impl Task {
         mut stop: watch::Receiver<bool>,
     ) {
         let sender = relay.sender();
-        let mut connected_before = false;
         let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
         loop {
             let timer = [self.sessions.poll_timeout(), self.rpc.poll_timeout()]
@@ -722,16 +721,6 @@ impl Task {
                             let _ = done.send(sent.elapsed());
                         }
                     }
-                    if let RelayEvent::Connected { online } = &event {
-                        // Back after an outage: the sessions still hold (no new handshake), and
-                        // what waited for an answer meanwhile is sent again.
-                        if connected_before {
-                            for peer in online {
-                                self.path_back(*peer);
-                            }
-                        }
-                        connected_before = true;
-                    }
                     self.relay_event(event);
                 }
                 event = recv_opt(&mut lan_events), if self.q.to_app.len() < TO_APP_HIGH => {
@@ -774,7 +763,7 @@ impl Task {
                 done,
             } => {
                 let linked = self.lan.as_ref().is_some_and(|l| l.is_linked(&to));
-                if self.offline.contains(&to) && !linked {
+                if !self.paths.may_ask(to, linked) {
                     let _ = done.send(Err(PeerError::Offline(to)));
                     return;
                 }
@@ -831,9 +820,6 @@ impl Task {
     /// A relay event: pairing and peer payloads go in, presence and revocations steer the
     /// sessions, and the application hears of everything but payloads.
     fn relay_event(&mut self, event: RelayEvent) {
-        // A peer linked on the LAN keeps its session while the relay loses it (and did not
-        // restart: its link would have dropped).
-        let linked = |hub: &HubId| self.lan.as_ref().is_some_and(|l| l.is_linked(hub));
         match &event {
             RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
                 self.q.to_app.push_back(PeerEvent::Pairing {
@@ -846,22 +832,22 @@ impl Task {
                 self.incoming(*from, payload, false);
                 return;
             }
-            // A peer that left may come back with its session (its path died and came back):
-            // the session and the requests waiting on it stay, each until its deadline; new
-            // requests to it are refused meanwhile.
-            RelayEvent::PeerLeft(hub) | RelayEvent::Undeliverable(hub) => {
-                self.offline.insert(*hub);
+            // Presence, and whose path came back after an outage: the sessions still hold (no
+            // new handshake), and what waited for an answer meanwhile is sent again. A peer that
+            // left keeps its session and the requests waiting on it (`session::paths`).
+            RelayEvent::Connected { online } => {
+                let back = self.paths.handle_relay(&RelaySaid::Welcome(online.clone()));
+                self.paths_back(back);
             }
             RelayEvent::PeerJoined(hub) => {
-                self.offline.remove(hub);
-                if !linked(hub) {
-                    self.path_back(*hub);
-                }
+                let back = self.paths.handle_relay(&RelaySaid::Joined(*hub));
+                self.paths_back(back);
             }
-            RelayEvent::Connected { online } => {
-                for hub in online {
-                    self.offline.remove(hub);
-                }
+            RelayEvent::PeerLeft(hub) => {
+                self.paths.handle_relay(&RelaySaid::Left(*hub));
+            }
+            RelayEvent::Undeliverable(hub) => {
+                self.paths.handle_relay(&RelaySaid::Undeliverable(*hub));
             }
             RelayEvent::Revocations(list) => {
                 if let Some(lan) = &self.lan {
@@ -874,13 +860,19 @@ impl Task {
         self.q.to_app.push_back(PeerEvent::Relay(event));
     }
 
-    /// The relay path to `peer` is back (this hub reconnected, or the peer did): requests
-    /// waiting for its answers are sent again on the session held (the peer tells repetitions
-    /// from new requests); with none waiting, an empty message asks the peer whether it still
-    /// holds the session (one that restarted answers with a handshake).
-    fn path_back(&mut self, peer: HubId) {
-        if self.rpc.resend(peer) == 0 {
-            self.sessions.probe(peer, unix_ms());
+    /// The relay paths to `peers` are back (this hub reconnected, or they did): requests waiting
+    /// for their answers are sent again on the sessions held (peers of session version 3 tell
+    /// repetitions from new requests); with none waiting, an empty message asks a peer whether it
+    /// still holds the session (one that restarted answers with a handshake). A peer linked
+    /// directly lost nothing.
+    fn paths_back(&mut self, peers: Vec<HubId>) {
+        for peer in peers {
+            if self.lan.as_ref().is_some_and(|l| l.is_linked(&peer)) {
+                continue;
+            }
+            if self.rpc.resend(peer) == 0 {
+                self.sessions.probe(peer, unix_ms());
+            }
         }
     }
 

@@ -6,11 +6,14 @@
 //! - [`peer`]: the session layer: sessions on demand, certificate fetch, fragmentation, rekey;
 //! - [`rpc`]: requests and answers between hubs over the sessions: tokens, deadlines, cancel,
 //!   answers matched, every message decoded once into an owned value;
+//! - [`paths`]: what the relay says of the other hubs, and what it means for requests: whose
+//!   path came back (what waits is sent again), and who is not to be asked;
 //! - [`pairing`]: joining a cluster with a one-time token, over one Noise IK round trip to the
 //!   token's issuer.
 
 pub mod noise;
 pub mod pairing;
+pub mod paths;
 pub mod payload;
 pub mod peer;
 pub mod rpc;
