@@ -471,6 +471,7 @@ async fn connection_loop(
         .as_deref()
         .and_then(|b| RevocationList::verify(b, &cluster).ok());
     loop {
+        let attempted = Instant::now();
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true),
@@ -544,21 +545,40 @@ async fn connection_loop(
         let Some(delay) = retry_in else {
             return;
         };
-        // Wait, but stop at once on shutdown, and try at once when the network changed (a
-        // roaming hub got an address or a route); sends stay queued for the next session.
+        // Wait, but stop at once on shutdown, and try soon when the network changed (a roaming
+        // hub got an address or a route: `NETWORK_SETTLE` later, and at most once per
+        // `NETWORK_RETRY_MIN`, so that a host whose routes churn does not reconnect without
+        // end); sends stay queued for the next session.
         if let Some(network) = &mut network {
             network.mark_unchanged();
         }
+        let wake = Instant::now() + delay;
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            () = sleep(delay) => {}
+            () = tokio::time::sleep_until(wake) => {}
             () = network_changed(&mut network) => {
+                // Once the change has settled (an address and its route come a few ms apart),
+                // and not sooner than `NETWORK_RETRY_MIN` after the last attempt.
+                let soonest = (Instant::now() + NETWORK_SETTLE)
+                    .max(attempted + NETWORK_RETRY_MIN)
+                    .min(wake);
                 tracing::info!("the network changed: reconnecting to the relay now");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep_until(soonest) => {}
+                }
             }
         }
     }
 }
+
+/// The soonest a change of the network makes a hub try the relay again after its last attempt.
+const NETWORK_RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// How long a hub lets a change of the network settle before it tries the relay again.
+const NETWORK_SETTLE: Duration = Duration::from_millis(50);
 
 /// A connect the relay refused because it keeps this hub out for its rate (`429`): the same
 /// as a close with `4009`, and the hub waits as long as `Retry-After` says.

@@ -72,6 +72,9 @@ pub struct Liveness {
     owed_since_ms: Option<u64>,
     /// The probe out, and when it must be answered.
     probe_deadline_ms: Option<u64>,
+    /// When a change of the network last asked the path (at most once per `quiet_ms`, so that a
+    /// host whose routes churn does not probe without end).
+    network_asked_ms: Option<u64>,
 }
 
 impl Liveness {
@@ -82,6 +85,7 @@ impl Liveness {
             last_heard_ms: now_ms,
             owed_since_ms: None,
             probe_deadline_ms: None,
+            network_asked_ms: None,
         }
     }
 
@@ -104,8 +108,15 @@ impl Liveness {
     }
 
     /// The host's addresses or routes changed: ask the path at once (a probe with the short
-    /// answer window), unless one is already out.
+    /// answer window), unless one is already out or a change asked it less than `quiet_ms` ago.
     pub fn handle_network_changed(&mut self, now_ms: u64) {
+        if self
+            .network_asked_ms
+            .is_some_and(|at| now_ms < at.saturating_add(self.settings.quiet_ms))
+        {
+            return;
+        }
+        self.network_asked_ms = Some(now_ms);
         self.owed_since_ms = Some(now_ms.saturating_sub(self.settings.quiet_ms));
     }
 
@@ -279,5 +290,21 @@ mod tests {
             l.handle_timeout(T0 + 5_000, false),
             Some(Action::Dead { silent_ms: 4_000 })
         );
+    }
+
+    #[test]
+    fn a_churning_network_asks_at_most_once_per_quiet_interval() {
+        let mut l = Liveness::new(Settings::HUB, T0);
+        let mut probes = 0;
+        // A change every 100 ms for 10 s, every probe answered at once.
+        for i in 0..100 {
+            let now = T0 + i * 100;
+            l.handle_network_changed(now);
+            if l.poll_timeout() <= now && l.handle_timeout(now, false) == Some(Action::Probe) {
+                probes += 1;
+                l.handle_heard(now, false);
+            }
+        }
+        assert_eq!(probes, 5, "one probe per 2 s of changes");
     }
 }
