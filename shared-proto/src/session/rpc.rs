@@ -87,6 +87,10 @@ pub const KEPT_ANSWERS_PER_PEER: usize = 32;
 /// Bytes of the answers a hub keeps per peer; an answer that does not fit is not kept.
 pub const KEPT_ANSWER_BYTES_PER_PEER: usize = 4 * 1024 * 1024;
 
+/// Bytes of this hub's own requests kept to be sent again after an outage, in all; a request
+/// that does not fit is not kept, and waits for its answer or its deadline.
+pub const RESEND_KEPT_BYTES: usize = 32 * 1024 * 1024;
+
 /// The token of a request: unique among one hub's requests waiting for their answers.
 pub type Token = u64;
 
@@ -481,8 +485,10 @@ struct Outgoing {
     peer: HubId,
     kind: RequestKind,
     deadline_ms: u64,
-    /// Its message, once it went out (a queued call's has not yet), for [`Rpc::resend`].
-    sent: Option<Vec<u8>>,
+    /// Whether its message went out (a queued call's has not yet).
+    sent: bool,
+    /// Its message, kept for [`Rpc::resend`] while [`RESEND_KEPT_BYTES`] allows.
+    kept: Option<Vec<u8>>,
     /// Whether it was sent again.
     resent: bool,
 }
@@ -618,6 +624,8 @@ pub struct Rpc {
     load: HashMap<HubId, PeerLoad>,
     /// Answers to peers' calls, kept for a repetition of the call.
     kept: HashMap<(HubId, Token), Kept>,
+    /// Bytes of this hub's requests kept for sending again.
+    resend_bytes: usize,
     /// Peers that said a session version that tells repetitions from new requests: only these
     /// are sent requests again (a peer of an earlier version would refuse them).
     repeats_understood: std::collections::HashSet<HubId>,
@@ -641,6 +649,7 @@ impl Rpc {
             kept: HashMap::new(),
             kept_load: HashMap::new(),
             repeats_understood: std::collections::HashSet::new(),
+            resend_bytes: 0,
             rates: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -688,11 +697,15 @@ impl Rpc {
                 peer: to,
                 kind: request.kind(),
                 deadline_ms,
-                sent: message.clone(),
+                sent: message.is_some(),
+                kept: None,
                 resent: false,
             },
         );
         self.timers.insert((deadline_ms, Timer::Out(token)));
+        if let Some(message) = &message {
+            self.keep_for_resend(token, message);
+        }
         Ok((token, message))
     }
 
@@ -708,7 +721,7 @@ impl Rpc {
         let Some(out) = self.forget_outgoing(token) else {
             return false;
         };
-        if out.kind == RequestKind::Call && out.sent.is_some() {
+        if out.kind == RequestKind::Call && out.sent {
             self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
         }
         true
@@ -728,7 +741,7 @@ impl Rpc {
             .iter_mut()
             .filter(|(_, o)| o.peer == peer)
             .filter_map(|(t, o)| {
-                let message = o.sent.clone()?;
+                let message = o.kept.clone()?;
                 o.resent = true;
                 Some((*t, message))
             })
@@ -762,12 +775,26 @@ impl Rpc {
     }
 
     /// Forgets request `token`; a call in flight frees its place for the next one queued.
+    /// Keeps the message of request `token`, which went out, for [`Rpc::resend`], if the bytes
+    /// kept stay within [`RESEND_KEPT_BYTES`] (a request not kept is not sent again: it waits
+    /// for its answer or its deadline).
+    fn keep_for_resend(&mut self, token: Token, message: &[u8]) {
+        if self.resend_bytes + message.len() > RESEND_KEPT_BYTES {
+            return;
+        }
+        if let Some(out) = self.outgoing.get_mut(&token) {
+            self.resend_bytes += message.len();
+            out.kept = Some(message.to_vec());
+        }
+    }
+
     fn forget_outgoing(&mut self, token: Token) -> Option<Outgoing> {
         let out = self.outgoing.remove(&token)?;
+        self.resend_bytes -= out.kept.as_ref().map_or(0, Vec::len);
         self.timers.remove(&(out.deadline_ms, Timer::Out(token)));
         if out.kind == RequestKind::Call {
             if let Some(queue) = self.calls.get_mut(&out.peer) {
-                if out.sent.is_some() {
+                if out.sent {
                     queue.in_flight = queue.in_flight.saturating_sub(1);
                 } else {
                     queue.waiting.retain(|(t, _)| *t != token);
@@ -1088,7 +1115,7 @@ impl Rpc {
         let Some(out) = self
             .outgoing
             .get(&token)
-            .filter(|o| o.peer == from && o.sent.is_some())
+            .filter(|o| o.peer == from && o.sent)
         else {
             return Err(RpcError::Unsolicited { from });
         };
@@ -1211,7 +1238,7 @@ impl Rpc {
                     let Some(out) = self.forget_outgoing(token) else {
                         continue;
                     };
-                    if out.kind == RequestKind::Call && out.sent.is_some() {
+                    if out.kind == RequestKind::Call && out.sent {
                         self.push_transmit(out.peer, Msg::Cancel { token }.to_vec());
                     }
                     self.answered.push_back(Answered {
@@ -1253,8 +1280,9 @@ impl Rpc {
         match Request::Call(call).encode(token) {
             Ok(message) => {
                 if let Some(out) = self.outgoing.get_mut(&token) {
-                    out.sent = Some(message.clone());
+                    out.sent = true;
                 }
+                self.keep_for_resend(token, &message);
                 Some(Transmit {
                     to: peer,
                     message,
@@ -2207,5 +2235,44 @@ mod tests {
         p.answer(false, token, Answer::CallResult(b"{}".to_vec()));
         p.drive();
         assert_eq!(p.a.answered().len(), 1);
+    }
+
+    /// What a hub keeps of its own requests to send them again is bounded in bytes: a request
+    /// past the bound is not kept (nor sent again), and what an answered request kept is freed.
+    #[test]
+    fn requests_kept_for_sending_again_are_bounded_in_bytes() {
+        let mut a = Rpc::new(0);
+        let big = |n: usize| {
+            Request::Call(OutgoingCall {
+                timeout_ms: 10_000,
+                app: "a".into(),
+                tool: "t".into(),
+                envelope: Vec::new(),
+                arguments: vec![b' '; n],
+            })
+        };
+        let deadline = call_deadline(NOW, 10_000);
+        let said = Msg::Version(SESSION_VERSION_REPEATS).to_vec();
+        a.handle_received(B, &said, NOW).unwrap();
+        const MIB: usize = 1 << 20;
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            tokens.push(a.request(B, &big(10 * MIB), deadline).unwrap().0);
+        }
+        a.request(B, &big(3 * MIB), deadline).unwrap();
+        assert!(a.resend_bytes <= RESEND_KEPT_BYTES);
+        assert_eq!(a.resend(B), 3, "the fourth does not fit");
+        while a.poll_transmit(NOW).is_some() {}
+        a.abandon(tokens[0]);
+        a.request(B, &big(3 * MIB), deadline).unwrap();
+        assert_eq!(a.resend(B), 3, "room again: the fifth is kept");
+        for token in &tokens[1..] {
+            a.abandon(*token);
+        }
+        assert!(
+            (3 * MIB..4 * MIB).contains(&a.resend_bytes),
+            "only the fifth is kept: {}",
+            a.resend_bytes
+        );
     }
 }
