@@ -104,6 +104,23 @@ fn raw_laptop(c: &Cluster) -> (HubHome, PeerClient) {
     (laptop, peers)
 }
 
+/// The apps of a listing (a JSON array of apps with their tools), each with its tools' names.
+fn app_tools(apps: &Value) -> Vec<(String, Vec<String>)> {
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let tools = a["tools"].as_array().unwrap().iter();
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                tools
+                    .map(|t| t["name"].as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// `GET /api/federation/peers/{id}` on `hub`, with its CLI's admin token.
 fn peer_detail(hub: &RunningHub, id: &str) -> Value {
     hub.request(
@@ -1021,20 +1038,18 @@ fn scoped_tokens_and_apps_shared_with_principals() {
             .find(|h| h["hub_name"] == "laptop")
             .unwrap()
             .clone();
-        laptop["apps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                let tools = a["tools"].as_array().unwrap().iter();
-                (
-                    a["name"].as_str().unwrap().to_owned(),
-                    tools
-                        .map(|t| t["name"].as_str().unwrap().to_owned())
-                        .collect(),
-                )
-            })
-            .collect()
+        app_tools(&laptop["apps"])
+    };
+    let laptop_id = laptop.id();
+    let agents_of = |token: &str| {
+        let agents = desk.request(
+            "GET",
+            &format!("/api/federation/peers/{laptop_id}/agents"),
+            Some(token),
+            None,
+        );
+        assert_eq!(agents.status, 200, "{:?}", agents.json);
+        app_tools(&agents.json)
     };
     // The local user (the CLI's token) sees every tool of `tools`, and not ann's app.
     let local = laptop_apps(&desk.cli_token());
@@ -1044,20 +1059,9 @@ fn scoped_tokens_and_apps_shared_with_principals() {
     );
     assert!(local[0].1.len() >= 4, "{local:?}");
     // What the laptop shares with the desk, asked directly (the seed's `/agents` route).
-    let laptop_id = laptop.id();
-    let agents = desk.request(
-        "GET",
-        &format!("/api/federation/peers/{laptop_id}/agents"),
-        Some(&desk.cli_token()),
-        None,
-    );
-    assert_eq!(agents.status, 200, "{:?}", agents.json);
-    let names: Vec<&str> = agents
-        .json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
+    let names: Vec<String> = agents_of(&desk.cli_token())
+        .into_iter()
+        .map(|a| a.0)
         .collect();
     assert_eq!(names, ["tools"]);
     // Ann sees her app and, of `tools`, the one tool her token grants.
@@ -1068,28 +1072,7 @@ fn scoped_tokens_and_apps_shared_with_principals() {
     );
     assert_eq!(anns[1].1, ["note_read"]);
     // So does the `/agents` route: her token's scopes limit what it lists.
-    let agents = desk.request(
-        "GET",
-        &format!("/api/federation/peers/{laptop_id}/agents"),
-        Some(&ann),
-        None,
-    );
-    assert_eq!(agents.status, 200, "{:?}", agents.json);
-    let tools: Vec<(String, Vec<String>)> = agents
-        .json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let tools = a["tools"].as_array().unwrap().iter();
-            (
-                a["name"].as_str().unwrap().to_owned(),
-                tools
-                    .map(|t| t["name"].as_str().unwrap().to_owned())
-                    .collect(),
-            )
-        })
-        .collect();
+    let tools = agents_of(&ann);
     assert_eq!(
         tools,
         [

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use e2e::cli::HubHome;
 use e2e::netns::TwoHubs;
-use e2e::{RelayKind, RelayProcess};
+use e2e::{wait_until, RelayKind, RelayProcess};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -137,14 +137,6 @@ fn relay_port(relay: &RelayProcess) -> u16 {
         .unwrap()
 }
 
-fn waits_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: RelayKind) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let relay = RelayProcess::start(kind);
@@ -167,7 +159,7 @@ fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: Re
     std::fs::write(&config, toml).unwrap();
     let laptop_run = laptop.run();
     let api = desk_run.cli_token();
-    waits_for("the laptop online", Duration::from_secs(30), || {
+    wait_until("the laptop online", Duration::from_secs(30), || {
         let status = desk_run.request("GET", "/api/federation/peers", Some(&api), None);
         status.json.to_string().contains("\"online\":true")
     });
@@ -194,7 +186,7 @@ fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: Re
         })
     };
     // The call (its envelope alone is a few hundred bytes) reached the laptop.
-    waits_for(
+    wait_until(
         "the call passed to the laptop",
         Duration::from_secs(20),
         || path.down_bytes.load(Ordering::SeqCst) > down_before + 400,
@@ -269,7 +261,7 @@ fn a_call_waiting_while_the_hubs_address_changes_completes_once() {
     let relay_bytes = hubs.net.relay_bytes();
     let call = a.call_sleep_in_thread(1_500);
     // The call went through the relay to b (its envelope alone is a few hundred bytes each way).
-    waits_for(
+    wait_until(
         "the call through the relay",
         Duration::from_secs(20),
         || hubs.net.relay_bytes() > relay_bytes + 1_000,

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::netns::{NsHub, TwoHubs};
+use e2e::wait_until;
 
 const ROUNDS: usize = 5;
 
@@ -59,15 +60,6 @@ fn session_ended_after(hub: &NsHub, after_ms: u64) -> Option<u64> {
         .filter(|l| l.contains("relay session ended"))
         .filter_map(log_time_ms)
         .find(|t| *t >= after_ms)
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "no {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// Waits until `b` is reachable from `a` by the relay.

@@ -934,7 +934,7 @@ impl Task {
     fn drain(&mut self) {
         self.drain_layers();
         self.relay_waiting
-            .store(self.rpc.waits_on(None), Ordering::Relaxed);
+            .store(self.rpc.outstanding() > 0, Ordering::Relaxed);
     }
 
     fn drain_layers(&mut self) {

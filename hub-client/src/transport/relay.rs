@@ -1020,22 +1020,16 @@ mod tests {
         watch::Sender<bool>,
         JoinHandle<SessionEnd>,
     ) {
-        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
-        let (ev_tx, ev_rx) = mpsc::channel(16);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let session = tokio::spawn(async move {
-            let mut held = None;
-            run_session(
-                ws,
-                None,
-                &config,
-                &mut cmd_rx,
-                &ev_tx,
-                &mut stop_rx,
-                &mut held,
-            )
-            .await
-        });
+        let (cmd_tx, commands) = mpsc::channel(16);
+        let (events, ev_rx) = mpsc::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let mut ends = Ends {
+            commands,
+            events,
+            stop,
+            held: None,
+        };
+        let session = tokio::spawn(async move { ends.run(ws, &config).await });
         (cmd_tx, ev_rx, stop_tx, session)
     }
 
@@ -1338,9 +1332,9 @@ mod tests {
         let ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
         let mut relay = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
         let config = config(1);
-        let (cmd_tx, mut cmd_rx) = mpsc::channel(1024);
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (ev_tx, mut ev_rx) = mpsc::channel(16);
-        let (_stop_tx, mut stop_rx) = watch::channel(false);
+        let (_stop_tx, stop_rx) = watch::channel(false);
         // The relay welcomes, then only writes: keepalive answers every second, never reading.
         let task = tokio::spawn(async move {
             let _hello = relay.next().await;
@@ -1368,16 +1362,13 @@ mod tests {
             {}
         });
         let started = Instant::now();
-        let mut held = None;
-        let session = run_session(
-            ws,
-            None,
-            &config,
-            &mut cmd_rx,
-            &ev_tx,
-            &mut stop_rx,
-            &mut held,
-        );
+        let mut ends = Ends {
+            commands: cmd_rx,
+            events: ev_tx,
+            stop: stop_rx,
+            held: None,
+        };
+        let session = ends.run(ws, &config);
         let end = tokio::select! {
             end = session => end,
             _ = async { while ev_rx.recv().await.is_some() {} } => unreachable!(),

@@ -89,11 +89,6 @@ impl Liveness {
         }
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> Settings {
-        self.settings
-    }
-
     /// Frames (not a probe) went out at `now_ms`.
     pub fn handle_sent(&mut self, now_ms: u64) {
         self.owed_since_ms.get_or_insert(now_ms);

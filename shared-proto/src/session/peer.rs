@@ -321,13 +321,8 @@ impl PeerSessions {
 
     /// Sends an empty message on the current session with `peer`, if there is one: a peer that
     /// lost its side (it restarted) answers with a handshake, one that did not ignores it.
-    /// Whether there was a session to send it on.
-    pub fn probe(&mut self, peer: HubId, now_ms: u64) -> bool {
-        let current = self.peers.get(&peer).is_some_and(|p| p.current.is_some());
-        if current {
-            self.transmit_keepalive(peer, now_ms);
-        }
-        current
+    pub fn probe(&mut self, peer: HubId, now_ms: u64) {
+        self.transmit_keepalive(peer, now_ms);
     }
 
     /// Queues `message` for `to`; sets a session up if needed.

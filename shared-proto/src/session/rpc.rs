@@ -730,8 +730,9 @@ impl Rpc {
     /// The path to `peer` came back after an outage (this hub's relay connection, or the
     /// peer's, or a new session with it): if the peer said a session version that tells
     /// repetitions from new requests ([`SESSION_VERSION_REPEATS`]), every request of this hub to
-    /// `peer` that went out and waits for its answer is sent again as it was (from [`Rpc::poll_transmit`]; one that
-    /// cannot be sent waits on to its deadline). How many.
+    /// `peer` that went out, waits for its answer and was kept ([`RESEND_KEPT_BYTES`]) is sent
+    /// again as it was (from [`Rpc::poll_transmit`]; one that cannot be sent waits on to its
+    /// deadline). How many.
     pub fn resend(&mut self, peer: HubId) -> usize {
         if !self.repeats_understood.contains(&peer) {
             return 0;
@@ -752,14 +753,6 @@ impl Rpc {
             self.push_transmit(peer, message);
         }
         count
-    }
-
-    /// Whether a request of this hub waits for its answer from `peer`, or from any peer.
-    pub fn waits_on(&self, peer: Option<HubId>) -> bool {
-        match peer {
-            Some(peer) => self.outgoing.values().any(|o| o.peer == peer),
-            None => !self.outgoing.is_empty(),
-        }
     }
 
     /// A [`Transmit`] of request `token` could not be sent: it ends with

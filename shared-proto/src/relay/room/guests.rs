@@ -329,6 +329,30 @@ mod tests {
     /// send) and restored: a restored guest keeps its message count and expires on time. A
     /// restore once set its admission time to 0, which skipped the lifetime check, and its
     /// count to 0.
+    /// A room rebuilt after a hibernation from member 1 (socket 1) and `guest` (socket 10), as
+    /// their attachments stored them.
+    fn woken_with(guest: MemberInfo) -> Room {
+        let mut woken = room();
+        let mut out = Vec::new();
+        woken.restore(
+            ConnId(1),
+            NOW,
+            Some(hub(1)),
+            Some(member(1)),
+            NOW + 2,
+            &mut out,
+        );
+        woken.restore(
+            ConnId(10),
+            NOW,
+            Some(guest.hub),
+            Some(guest),
+            NOW + 2,
+            &mut out,
+        );
+        woken
+    }
+
     #[test]
     fn a_restored_guest_keeps_its_count_and_its_lifetime() {
         let mut r = room();
@@ -343,24 +367,7 @@ mod tests {
             assert_eq!(stored.sends, i);
         }
         // Hibernation: a new room from what was stored.
-        let mut woken = room();
-        let mut out = Vec::new();
-        woken.restore(
-            ConnId(1),
-            NOW,
-            Some(hub(1)),
-            Some(member(1)),
-            NOW + 2,
-            &mut out,
-        );
-        woken.restore(
-            ConnId(10),
-            NOW,
-            Some(stored.hub),
-            Some(stored),
-            NOW + 2,
-            &mut out,
-        );
+        let mut woken = woken_with(stored);
         let mut out = Vec::new();
         woken.handle_message(ConnId(10), NOW + 3, &send(hub(1), b"after"), &mut out);
         assert_eq!(
@@ -376,25 +383,7 @@ mod tests {
         assert_eq!(closes(&out), vec![(ConnId(10), CloseCode::GuestLimit)]);
 
         // Another restored guest is closed when its time, counted from its admission, is up.
-        let mut woken = room();
-        let mut out = Vec::new();
-        woken.restore(
-            ConnId(1),
-            NOW,
-            Some(hub(1)),
-            Some(member(1)),
-            NOW + 2,
-            &mut out,
-        );
-        let guest = MemberInfo { sends: 0, ..stored };
-        woken.restore(
-            ConnId(10),
-            NOW,
-            Some(guest.hub),
-            Some(guest),
-            NOW + 2,
-            &mut out,
-        );
+        let mut woken = woken_with(MemberInfo { sends: 0, ..stored });
         assert_eq!(woken.poll_timeout(), Some(NOW + GUEST_LIFETIME_MS));
         let mut out = Vec::new();
         woken.handle_timeout(NOW + GUEST_LIFETIME_MS - 1, &mut out);
