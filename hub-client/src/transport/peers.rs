@@ -36,11 +36,11 @@ use rand::{RngCore, SeedableRng};
 
 use shared_proto::agent::CallErrorCode;
 use shared_proto::msg::Msg;
-use shared_proto::session::noise::{LocalIdentity, NoiseError};
-use shared_proto::session::pairing::is_pairing_message;
-use shared_proto::session::paths::{Paths, RelaySaid};
-use shared_proto::session::peer::{Event, PeerSessions, SendError};
-use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, Rpc, RpcError};
+use shared_proto::session::core::{AnswerError, AskError, CoreEvent, PeerCore};
+use shared_proto::session::noise::LocalIdentity;
+use shared_proto::session::paths::RelaySaid;
+use shared_proto::session::peer::SendError;
+use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, RpcError};
 pub use shared_proto::session::rpc::{
     Answer, CallRequest, Inbound, Listing, OutgoingCall, PeerRequest, Reply, Token,
 };
@@ -169,6 +169,25 @@ impl PeerError {
                 peer,
                 reason: other.to_string(),
             },
+        }
+    }
+}
+
+impl From<AskError> for PeerError {
+    fn from(e: AskError) -> Self {
+        match e {
+            AskError::Offline(peer) => PeerError::Offline(peer),
+            AskError::Request(e) => PeerError::Request(e),
+            AskError::Send(e) => PeerError::Send(e),
+        }
+    }
+}
+
+impl From<AnswerError> for PeerError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Request(e) => PeerError::Request(e),
+            AnswerError::Send(e) => PeerError::Send(e),
         }
     }
 }
@@ -336,8 +355,7 @@ impl PeerClient {
             None => (None, None),
         };
         let task = Task {
-            sessions: PeerSessions::new(identity, me),
-            rpc: Rpc::new(rng.next_u64()),
+            core: PeerCore::new(identity, me, rng.next_u64()),
             waiters: HashMap::new(),
             tokens: HashMap::new(),
             q: Queues::default(),
@@ -347,7 +365,6 @@ impl PeerClient {
             rng,
             from_network: false,
             relay_waiting,
-            paths: Paths::new(),
         };
         let task = tokio::spawn(task.run(client, lan_events, cmd_rx, ev_tx, stop_rx));
         Ok(PeerClient {
@@ -639,10 +656,9 @@ impl Queues {
     }
 }
 
-/// The peer task's state: the two sans-IO layers, who waits for what, the queues, the router.
+/// The peer task's state: the sans-IO core, who waits for what, the queues, the router.
 struct Task {
-    sessions: PeerSessions,
-    rpc: Rpc,
+    core: PeerCore,
     waiters: HashMap<Token, Waiter>,
     /// The token of each request waited for, by the handle's id.
     tokens: HashMap<u64, Token>,
@@ -657,8 +673,6 @@ struct Task {
     /// Whether a request of this hub waits for its answer: the relay connection checks its path
     /// eagerly meanwhile.
     relay_waiting: Arc<AtomicBool>,
-    /// What the relay says of the other hubs: whose path came back, who is not to be asked.
-    paths: Paths,
 }
 
 impl Task {
@@ -673,10 +687,9 @@ impl Task {
         let sender = relay.sender();
         let mut status_waiters: VecDeque<(Instant, oneshot::Sender<Duration>)> = VecDeque::new();
         loop {
-            let timer = [self.sessions.poll_timeout(), self.rpc.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
+            let timer = self
+                .core
+                .poll_timeout()
                 .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms())));
             self.from_network = false;
             // Not biased: every ready branch gets its turn, so heavy sending does not starve
@@ -731,9 +744,7 @@ impl Task {
                     }
                 }
                 () = sleep_until_opt(timer) => {
-                    let now = unix_ms();
-                    self.sessions.handle_timeout(now, &mut self.rng);
-                    self.rpc.handle_timeout(now);
+                    self.core.handle_timeout(unix_ms(), &mut self.rng);
                 }
             }
             self.drain();
@@ -753,7 +764,7 @@ impl Task {
         let now = unix_ms();
         match cmd {
             Command::Send { to, message, done } => {
-                let _ = done.send(self.sessions.send(to, message, now, &mut self.rng));
+                let _ = done.send(self.core.send(to, message, now, &mut self.rng));
             }
             Command::Request {
                 id,
@@ -761,54 +772,32 @@ impl Task {
                 request,
                 deadline_ms,
                 done,
-            } => {
-                let linked = self.lan.as_ref().is_some_and(|l| l.is_linked(&to));
-                if !self.paths.may_ask(to, linked) {
-                    let _ = done.send(Err(PeerError::Offline(to)));
-                    return;
+            } => match self
+                .core
+                .request(to, &request, deadline_ms, now, &mut self.rng)
+            {
+                Ok(token) => {
+                    let sent = Instant::now();
+                    self.waiters.insert(token, Waiter { id, sent, done });
+                    self.tokens.insert(id, token);
                 }
-                let (token, message) = match self.rpc.request(to, &request, deadline_ms) {
-                    Ok(made) => made,
-                    Err(e) => {
-                        let _ = done.send(Err(e.into()));
-                        return;
-                    }
-                };
-                // A call queued behind this hub's calls in flight to `to` has no message yet:
-                // it goes out from `drain` when its turn comes.
-                let sent = match message {
-                    Some(message) => self.sessions.send(to, message, now, &mut self.rng),
-                    None => Ok(()),
-                };
-                match sent {
-                    Ok(()) => {
-                        let sent = Instant::now();
-                        self.waiters.insert(token, Waiter { id, sent, done });
-                        self.tokens.insert(id, token);
-                    }
-                    Err(e) => {
-                        self.rpc.abandon(token);
-                        let _ = done.send(Err(e.into()));
-                    }
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
                 }
-            }
+            },
             Command::Answer {
                 to,
                 token,
                 answer,
                 done,
             } => {
-                let sent = self
-                    .rpc
-                    .answer(to, token, &answer)
-                    .map_err(PeerError::from)
-                    .and_then(|message| Ok(self.sessions.send(to, message, now, &mut self.rng)?));
-                let _ = done.send(sent);
+                let sent = self.core.answer(to, token, &answer, now, &mut self.rng);
+                let _ = done.send(sent.map_err(PeerError::from));
             }
             Command::Abandon { id } => {
                 if let Some(token) = self.tokens.remove(&id) {
                     self.waiters.remove(&token);
-                    self.rpc.cancel(token);
+                    self.core.cancel(token, now, &mut self.rng);
                 }
             }
             Command::Raw { to, payload } => self.q.push_outbound(Outbound::Send(to, payload)),
@@ -817,73 +806,48 @@ impl Task {
         }
     }
 
-    /// A relay event: pairing and peer payloads go in, presence and revocations steer the
-    /// sessions, and the application hears of everything but payloads.
+    /// A relay event: peer payloads go into the core, presence and revocations steer it, and
+    /// the application hears of everything but payloads.
     fn relay_event(&mut self, event: RelayEvent) {
-        match &event {
-            RelayEvent::Message { from, payload } if is_pairing_message(payload) => {
-                self.q.to_app.push_back(PeerEvent::Pairing {
-                    from: *from,
-                    message: payload.clone(),
-                });
-                return;
-            }
+        let now = unix_ms();
+        // Presence, and whose path came back after an outage: the sessions still hold (no new
+        // handshake), and what waited for an answer meanwhile is sent again. A peer that left
+        // keeps its session and the requests waiting on it (`session::paths`).
+        let said = match &event {
             RelayEvent::Message { from, payload } => {
-                self.incoming(*from, payload, false);
+                self.core
+                    .handle_incoming(*from, payload, false, now, &mut self.rng);
                 return;
             }
-            // Presence, and whose path came back after an outage: the sessions still hold (no
-            // new handshake), and what waited for an answer meanwhile is sent again. A peer that
-            // left keeps its session and the requests waiting on it (`session::paths`).
-            RelayEvent::Connected { online } => {
-                let back = self.paths.handle_relay(&RelaySaid::Welcome(online.clone()));
-                self.paths_back(back);
-            }
-            RelayEvent::PeerJoined(hub) => {
-                let back = self.paths.handle_relay(&RelaySaid::Joined(*hub));
-                self.paths_back(back);
-            }
-            RelayEvent::PeerLeft(hub) => {
-                self.paths.handle_relay(&RelaySaid::Left(*hub));
-            }
-            RelayEvent::Undeliverable(hub) => {
-                self.paths.handle_relay(&RelaySaid::Undeliverable(*hub));
-            }
+            RelayEvent::Connected { online } => Some(RelaySaid::Welcome(online.clone())),
+            RelayEvent::PeerJoined(hub) => Some(RelaySaid::Joined(*hub)),
+            RelayEvent::PeerLeft(hub) => Some(RelaySaid::Left(*hub)),
+            RelayEvent::Undeliverable(hub) => Some(RelaySaid::Undeliverable(*hub)),
             RelayEvent::Revocations(list) => {
                 if let Some(lan) = &self.lan {
                     lan.set_revocations(list.clone());
                 }
-                self.sessions.set_revocations(list.clone());
+                self.core
+                    .handle_revocations(list.clone(), now, &mut self.rng);
+                None
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(said) = said {
+            self.core.handle_relay(&said, now, &mut self.rng);
         }
         self.q.to_app.push_back(PeerEvent::Relay(event));
-    }
-
-    /// The relay paths to `peers` are back (this hub reconnected, or they did): requests waiting
-    /// for their answers are sent again on the sessions held (peers of session version 3 tell
-    /// repetitions from new requests); with none waiting, an empty message asks a peer whether it
-    /// still holds the session (one that restarted answers with a handshake). A peer linked
-    /// directly lost nothing.
-    fn paths_back(&mut self, peers: Vec<HubId>) {
-        for peer in peers {
-            if self.lan.as_ref().is_some_and(|l| l.is_linked(&peer)) {
-                continue;
-            }
-            if self.rpc.resend(peer) == 0 {
-                self.sessions.probe(peer, unix_ms());
-            }
-        }
     }
 
     /// An event of the LAN path.
     fn lan_event(&mut self, event: LanEvent) {
         match event {
-            // Pairing guests hold no certificate: they never link.
-            LanEvent::Message { from, payload } if !is_pairing_message(&payload) => {
-                self.incoming(from, &payload, true);
+            LanEvent::Message { from, payload } => {
+                self.core
+                    .handle_incoming(from, &payload, true, unix_ms(), &mut self.rng);
             }
             LanEvent::Up { peer, addr } => {
+                self.core.set_linked(peer, true);
                 self.q.to_app.push_back(PeerEvent::LinkUp { peer, addr });
             }
             LanEvent::Down {
@@ -891,6 +855,7 @@ impl Task {
                 reason,
                 unsent,
             } => {
+                self.core.set_linked(peer, false);
                 // What the link may not have delivered goes by the relay; the session's replay
                 // window drops whatever of it did arrive.
                 for payload in unsent {
@@ -905,74 +870,48 @@ impl Task {
                     .to_app
                     .push_back(PeerEvent::LinkRefused { addr, reason });
             }
-            _ => {}
         }
     }
 
-    /// A peer payload from either path into the sessions.
-    fn incoming(&mut self, from: HubId, payload: &[u8], over_lan: bool) {
-        match self
-            .sessions
-            .handle_incoming(from, payload, unix_ms(), &mut self.rng)
-        {
-            Ok(()) => {}
-            Err(e @ (NoiseError::Certificate(_) | NoiseError::KeyMismatch)) => {
-                tracing::warn!(%from, "handshake refused: {e}");
-                self.q.to_app.push_back(PeerEvent::HandshakeRefused {
-                    peer: from,
-                    reason: e.to_string(),
-                    over_lan,
-                });
-            }
-            Err(e) => tracing::debug!(%from, "peer message refused: {e}"),
-        }
-    }
-
-    /// Moves what the layers produced on: transmissions to the router, messages received into
-    /// the request layer, requests that ended to who waits for them, the rest to the
-    /// application.
+    /// Moves what the core produced on: transmissions to the router, requests that ended to
+    /// who waits for them, the rest to the application.
     fn drain(&mut self) {
-        self.drain_layers();
-        self.relay_waiting
-            .store(self.rpc.outstanding() > 0, Ordering::Relaxed);
-    }
-
-    fn drain_layers(&mut self) {
-        loop {
-            while let Some(t) = self.rpc.poll_transmit(unix_ms()) {
-                let sent = self
-                    .sessions
-                    .send(t.to, t.message, unix_ms(), &mut self.rng);
-                if let (Err(e), Some(token)) = (sent, t.request) {
-                    self.rpc.handle_unsent(token, &e.to_string());
-                }
-            }
-            while let Some(answered) = self.rpc.poll_answered() {
-                self.finish(answered);
-            }
-            let Some(event) = self.sessions.poll_event() else {
-                break;
-            };
+        while let Some(event) = self.core.poll_event() {
             match event {
-                Event::Transmit { to, payload } => self.route(to, payload),
-                Event::Received { from, message } => self.received(from, &message),
-                Event::Established {
-                    peer,
-                    certificate,
-                    replaced,
-                } => {
-                    tracing::debug!(%peer, replaced, "session established");
-                    if replaced {
-                        // The peer may have lost the old session (it restarted) and what was
-                        // sent on it: what waits goes again on the new one.
-                        self.rpc.resend(peer);
-                    }
+                CoreEvent::Transmit { to, payload } => self.route(to, payload),
+                CoreEvent::Answered(answered) => self.finish(answered),
+                CoreEvent::Data { from, data } => self.q.to_app.push_back(PeerEvent::Message {
+                    from,
+                    message: data,
+                }),
+                CoreEvent::Inbound(inbound) => match &self.serving {
+                    Serving::Application => self.q.to_app.push_back(PeerEvent::Inbound(inbound)),
+                    Serving::Itself { .. } => self.serve_itself(inbound),
+                },
+                CoreEvent::Pairing { from, message } => {
+                    self.q
+                        .to_app
+                        .push_back(PeerEvent::Pairing { from, message });
+                }
+                CoreEvent::Established { certificate } => {
+                    tracing::debug!(peer = %certificate.hub_id(), "session established");
                     self.q
                         .to_app
                         .push_back(PeerEvent::Established { certificate });
                 }
-                Event::Failed { peer, reason } => {
-                    self.rpc.handle_session_failed(peer, &reason);
+                CoreEvent::HandshakeRefused {
+                    peer,
+                    reason,
+                    over_link,
+                } => {
+                    tracing::warn!(%peer, "handshake refused: {reason}");
+                    self.q.to_app.push_back(PeerEvent::HandshakeRefused {
+                        peer,
+                        reason,
+                        over_lan: over_link,
+                    });
+                }
+                CoreEvent::SessionFailed { peer, reason } => {
                     self.q
                         .to_app
                         .push_back(PeerEvent::SessionFailed { peer, reason });
@@ -980,6 +919,8 @@ impl Task {
                 _ => {}
             }
         }
+        self.relay_waiting
+            .store(self.core.outstanding() > 0, Ordering::Relaxed);
     }
 
     /// The router: a transmission goes by the peer's LAN link when a verified one is up and has
@@ -998,29 +939,6 @@ impl Task {
             return;
         }
         self.q.push_outbound(Outbound::Send(to, payload));
-    }
-
-    /// A whole message from a peer's session, decoded once by the request layer.
-    fn received(&mut self, from: HubId, message: &[u8]) {
-        let inbound = match self.rpc.handle_received(from, message, unix_ms()) {
-            Ok(Some(inbound)) => inbound,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(%from, "session message refused: {e}");
-                return;
-            }
-        };
-        match inbound {
-            Inbound::Answer(answered) => self.finish(answered),
-            Inbound::Data { from, data } => self.q.to_app.push_back(PeerEvent::Message {
-                from,
-                message: data,
-            }),
-            inbound => match &self.serving {
-                Serving::Application => self.q.to_app.push_back(PeerEvent::Inbound(inbound)),
-                Serving::Itself { .. } => self.serve_itself(inbound),
-            },
-        }
     }
 
     /// [`Serving::Itself`]: the answers of a hub that serves nothing.
@@ -1050,11 +968,13 @@ impl Task {
             ),
             _ => return,
         };
-        if let Ok(message) = self.rpc.answer(request.from, request.token, &answer) {
-            let _ = self
-                .sessions
-                .send(request.from, message, unix_ms(), &mut self.rng);
-        }
+        let _ = self.core.answer(
+            request.from,
+            request.token,
+            &answer,
+            unix_ms(),
+            &mut self.rng,
+        );
     }
 
     /// A request of this hub ended: its waiter gets the reply or the error.

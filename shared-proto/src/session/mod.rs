@@ -8,9 +8,11 @@
 //!   answers matched, every message decoded once into an owned value;
 //! - [`paths`]: what the relay says of the other hubs, and what it means for requests: whose
 //!   path came back (what waits is sent again), and who is not to be asked;
+//! - [`core`]: the three put together, as every hub runs them (native and browser);
 //! - [`pairing`]: joining a cluster with a one-time token, over one Noise IK round trip to the
 //!   token's issuer.
 
+pub mod core;
 pub mod noise;
 pub mod pairing;
 pub mod paths;
