@@ -89,6 +89,12 @@ impl Liveness {
         }
     }
 
+    /// Idle probes every `idle_ms` from now on (a page that was hidden or shown: a hidden phone
+    /// probes once a minute, `Settings::with_idle`).
+    pub fn set_idle(&mut self, idle_ms: u64) {
+        self.settings.idle_ms = idle_ms;
+    }
+
     /// Frames (not a probe) went out at `now_ms`.
     pub fn handle_sent(&mut self, now_ms: u64) {
         self.owed_since_ms.get_or_insert(now_ms);
@@ -213,6 +219,20 @@ mod tests {
         assert!(seen.iter().all(|(_, a)| *a == Action::Probe));
         assert_eq!(seen[0].0, T0 + 60_000);
         assert_eq!(seen[1].0, T0 + 120_300, "the next counts from the answer");
+    }
+
+    #[test]
+    fn a_page_hidden_midway_slows_its_idle_probes_to_one_a_minute() {
+        let mut l = Liveness::new(Settings::HUB, T0);
+        let shown = run(&mut l, T0, T0 + 600_000, false, true, 0);
+        assert_eq!(shown.len(), 23, "every 25 s while shown: {shown:?}");
+        l.set_idle(60_000);
+        let hidden = run(&mut l, T0 + 600_000, T0 + 4_200_000, false, true, 0);
+        // A minute after the last answer (at 575 s), then one a minute: 60 in the hour.
+        assert_eq!(hidden[0].0, T0 + 635_000);
+        assert_eq!(hidden.len(), 60, "{}", hidden.len());
+        let gaps: Vec<u64> = hidden.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert!(gaps.iter().all(|g| *g == 60_000), "{gaps:?}");
     }
 
     #[test]
