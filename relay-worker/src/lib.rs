@@ -42,8 +42,8 @@ use shared_proto::relay::frame::{
     KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION, ROUTING_HEADER_LEN,
 };
 use shared_proto::relay::path::{
-    claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, BAD_HUB,
-    KEPT_OUT_STATUS,
+    claimed_hub, kept_out_text, page_content_type, retry_after_secs, route, Route, BAD_CLUSTER_ID,
+    BAD_HUB, KEPT_OUT_STATUS, NO_PAGE, PAGE,
 };
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::trust::login::LoginNonce;
@@ -83,6 +83,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         ),
         Route::NotFound => text(404, "not found\n".into()),
         Route::BadClusterId => text(400, BAD_CLUSTER_ID.into()),
+        Route::Page(file) => page(url.clone(), &env, file).await,
         Route::Connect(cluster_id) => {
             if req.method() != worker::Method::Get || !is_websocket_upgrade(&req) {
                 return text(
@@ -118,6 +119,40 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             Ok(resp)
         }
     }
+}
+
+/// The binding of the Worker's static assets (wrangler.toml's `[assets]`): the phone page.
+const ASSETS_BINDING: &str = "ASSETS";
+
+/// A file of the phone page, from the static assets. On Cloudflare the assets are served before
+/// the Worker runs; this serves them where they are a plain binding (workerd with a disk
+/// service), with the type each needs (a module script must be JavaScript).
+async fn page(mut url: worker::Url, env: &Env, file: &str) -> Result<Response> {
+    if file.is_empty() {
+        url.set_path(&format!("{PAGE}/"));
+        return Response::redirect_with_status(url, 308);
+    }
+    let Ok(assets) = env.assets(ASSETS_BINDING) else {
+        return text(404, NO_PAGE.into());
+    };
+    let path = if file.ends_with('/') {
+        format!("{PAGE}{file}index.html")
+    } else {
+        format!("{PAGE}{file}")
+    };
+    url.set_path(&path);
+    url.set_query(None);
+    let mut found = assets.fetch(url.to_string(), None).await?;
+    if found.status_code() != 200 {
+        return text(404, "not found\n".into());
+    }
+    let body = found.bytes().await?;
+    Ok(ResponseBuilder::new()
+        .with_status(200)
+        .with_header("content-type", page_content_type(&path))?
+        .with_header("x-content-type-options", "nosniff")?
+        .with_header("cache-control", "no-cache")?
+        .fixed(body))
 }
 
 /// Most hubs the front Worker remembers as kept out (per isolate).

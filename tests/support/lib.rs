@@ -327,12 +327,26 @@ impl RelayProcess {
         } else {
             ("", "")
         };
+        // The phone page, as wrangler.toml's `[assets]` binds it (when scripts/build-web built it).
+        let web = repo_root().join("hub-web/build");
+        let (web_service, web_binding) = if web.join("phone/index.html").exists() {
+            (
+                format!(
+                    r#"
+    (name = "web", disk = (path = "{}", writable = false)),"#,
+                    web.display()
+                ),
+                r#", (name = "ASSETS", service = "web")"#,
+            )
+        } else {
+            (String::new(), "")
+        };
         let config = format!(
             r#"using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
     (name = "main", worker = .relay),
-    (name = "do-disk", disk = (path = "{storage}", writable = true)),{forwarder}
+    (name = "do-disk", disk = (path = "{storage}", writable = true)),{web_service}{forwarder}
   ],
   sockets = [ (name = "http", http = (), service = "main"){forwarder_socket} ],
 );
@@ -346,7 +360,7 @@ const relay :Workerd.Worker = (
     (className = "RelayRoom", uniqueKey = "hub-relay-rooms", enableSql = true),
   ],
   durableObjectStorage = (localDisk = "do-disk"),
-  bindings = [ (name = "ROOMS", durableObjectNamespace = "RelayRoom"){allowed} ],
+  bindings = [ (name = "ROOMS", durableObjectNamespace = "RelayRoom"){allowed}{web_binding} ],
 );
 "#,
             storage = self.dir.path().join("do-storage").display(),
@@ -468,6 +482,7 @@ impl Drop for RelayProcess {
     }
 }
 
+pub mod browser;
 pub mod cli;
 pub mod crowd;
 pub mod load;

@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use shared_proto::relay::frame::{Frame, KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE, PROTOCOL_VERSION};
 use shared_proto::relay::path::{
     claimed_hub, kept_out_text, retry_after_secs, route, Route, BAD_CLUSTER_ID, BAD_HUB,
-    KEPT_OUT_STATUS,
+    KEPT_OUT_STATUS, NO_PAGE,
 };
 use shared_proto::relay::room::{Action, ConnId, MemberInfo, Room, RoomConfig, Sockets};
 use shared_proto::trust::login::LoginNonce;
@@ -503,6 +503,7 @@ fn handle_request(
             )
         }
         Route::NotFound => return text(404, "not found\n"),
+        Route::Page(_) => return text(404, NO_PAGE),
         Route::BadClusterId => return text(400, BAD_CLUSTER_ID),
         Route::Connect(id) => match id.parse::<ClusterId>() {
             Ok(c) => c,

@@ -47,6 +47,41 @@ pub fn retry_after_secs(wait_ms: u64) -> u64 {
     wait_ms.div_ceil(1000).max(1)
 }
 
+/// Where the relay serves the phone page (a hub in the browser), from the Worker's static assets.
+pub const PAGE: &str = "/phone";
+
+/// The phone page's URL on the relay at `relay_url` (its WebSocket or HTTP base URL), with
+/// `fragment` after `#` (a pairing token, `token=hubpair1_...`: a fragment is never sent to a
+/// server).
+pub fn page_url(relay_url: &str, fragment: &str) -> String {
+    let base = relay_url.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}{PAGE}/#{fragment}")
+}
+
+/// The `Content-Type` of a file of the phone page, by its name.
+pub fn page_content_type(file: &str) -> &'static str {
+    match file.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("webmanifest") => "application/manifest+json",
+        Some("svg") => "image/svg+xml",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// What a relay answers for the phone page when it was deployed without it.
+pub const NO_PAGE: &str = "this relay was deployed without the phone page: build it with scripts/build-web, then deploy again (or serve `hub web export DIR` from any HTTPS host)\n";
+
 /// What a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -56,6 +91,9 @@ pub enum Route<'a> {
     Connect(&'a str),
     /// `/v1/clusters/{id}/connect` with an id that is not valid.
     BadClusterId,
+    /// The phone page: [`PAGE`] itself (redirected to [`PAGE`]`/`), or a file under it (the
+    /// path from [`PAGE`] on, `/` naming `index.html`).
+    Page(&'a str),
     /// Anything else.
     NotFound,
 }
@@ -64,6 +102,9 @@ pub enum Route<'a> {
 pub fn route(path: &str) -> Route<'_> {
     if path == "/" {
         return Route::Health;
+    }
+    if path == PAGE || path.starts_with(PAGE) && path[PAGE.len()..].starts_with('/') {
+        return Route::Page(&path[PAGE.len()..]);
     }
     let Some(rest) = path.strip_prefix("/v1/clusters/") else {
         return Route::NotFound;
@@ -121,6 +162,29 @@ mod tests {
         assert_eq!(route(&connect_path(&format!("{id}a"))), Route::BadClusterId);
         assert_eq!(route("/v2/clusters/a/connect"), Route::NotFound);
         assert_eq!(route("/v1/clusters/a"), Route::NotFound);
+        assert_eq!(route("/phone"), Route::Page(""));
+        assert_eq!(route("/phone/"), Route::Page("/"));
+        assert_eq!(
+            route("/phone/pkg/hub_web.js"),
+            Route::Page("/pkg/hub_web.js")
+        );
+        assert_eq!(route("/phones"), Route::NotFound);
+        assert_eq!(
+            page_url("wss://relay.example.workers.dev/", "token=t"),
+            "https://relay.example.workers.dev/phone/#token=t"
+        );
+        assert_eq!(
+            page_url("ws://127.0.0.1:8787/base", "x"),
+            "http://127.0.0.1:8787/base/phone/#x"
+        );
+        assert_eq!(
+            page_content_type("/phone/pkg/hub_web.js"),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            page_content_type("/phone/pkg/hub_web_bg.wasm"),
+            "application/wasm"
+        );
     }
 
     #[test]
