@@ -5,158 +5,14 @@
 //! QR code, and an audit log tampered with behind the hub's back. With `CONSOLE_SCREENSHOTS=DIR`
 //! each page is saved as a PNG there (scripts/console-screenshots writes them into docs/).
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use e2e::browser::{attr, click, fill, text_when, until, Driver};
 use e2e::cli::{HubHome, RunningHub};
 use e2e::{RelayKind, RelayProcess};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// How long a condition in the page may take.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// ChromeDriver on a free loopback port, stopped on drop.
-struct Driver {
-    child: Child,
-    url: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Driver {
-    fn start() -> Self {
-        for bin in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(bin).exists(),
-                "{bin} is missing: run scripts/setup (it installs Debian's chromium and chromium-driver)"
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "chromedriver did not listen within {DEADLINE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Driver {
-            child,
-            url,
-            _profile: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    async fn browser(&self) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                    format!("--user-data-dir={}", self._profile.path().display()),
-                ],
-            }),
-        );
-        // Plain HTTP to chromedriver on loopback: no TLS stack needed.
-        let http = hyper_util::client::legacy::connect::HttpConnector::new();
-        ClientBuilder::new(http)
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a Chromium session through chromedriver")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until `f` gives `Some`, polling the page, or fails naming `what`.
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The text of the element `css`, if there is one.
-async fn text(b: &Client, css: &str) -> Option<String> {
-    b.find(Locator::Css(css)).await.ok()?.text().await.ok()
-}
-
-/// Waits until the element `css` has a text for which `pred` holds; returns it.
-async fn text_when(b: &Client, css: &str, pred: impl Fn(&str) -> bool) -> String {
-    until(&format!("{css} to read as expected"), || async {
-        text(b, css).await.filter(|t| pred(t))
-    })
-    .await
-}
-
-async fn attr(b: &Client, css: &str, name: &str) -> Option<String> {
-    b.find(Locator::Css(css))
-        .await
-        .ok()?
-        .attr(name)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Clicks the element `css` once it is there. A live update may redraw the element between
-/// finding and clicking it (a stale element): then it is found again and clicked.
-async fn click(b: &Client, css: &str) {
-    until(&format!("{css} to click"), || async {
-        match b.find(Locator::Css(css)).await.ok()?.click().await {
-            Ok(()) => Some(()),
-            Err(e) if e.is_stale_element_reference() => None,
-            Err(e) => panic!("clicking {css}: {e}"),
-        }
-    })
-    .await;
-}
-
-/// Types `value` into the input `css` in place of what it held, again if a live update redrew
-/// the input meanwhile, until the input holds it.
-async fn fill(b: &Client, css: &str, value: &str) {
-    until(&format!("{css} to hold {value:?}"), || async {
-        let input = b.find(Locator::Css(css)).await.ok()?;
-        input.clear().await.ok()?;
-        input.send_keys(value).await.ok()?;
-        let held = input.prop("value").await.ok()??;
-        (held == value).then_some(())
-    })
-    .await;
-}
 
 async fn visit(b: &Client, base: &str, page: &str) {
     b.goto(&format!("{base}/#{page}")).await.unwrap();
@@ -319,6 +175,12 @@ async fn the_console_shows_and_drives_the_cluster_live() {
     })
     .await;
     assert!(qr_width >= 256, "{qr_width}");
+    // The QR code is the phone page's link, with the token in its fragment.
+    let link = attr(&b, "#pairing-phone", "href").await.unwrap_or_default();
+    assert!(
+        link.ends_with(&format!("/phone/#token={pairing}")),
+        "{link}"
+    );
     screenshot(&b, "pairing").await;
     // Leaving the page forgets it.
     visit(&b, &base, "cluster").await;

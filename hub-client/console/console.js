@@ -325,6 +325,7 @@ function forgetToken() {
   $('pairing-result').hidden = true;
   $('pairing-token').value = '';
   $('pairing-qr').removeAttribute('src');
+  $('pairing-phone').removeAttribute('href');
 }
 
 async function renderPairing() {
@@ -344,6 +345,7 @@ $('pairing-form').addEventListener('submit', async (ev) => {
     });
     $('pairing-token').value = t.token;
     $('pairing-qr').src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(t.qr_svg)}`;
+    $('pairing-phone').href = t.phone_url;
     $('pairing-expiry').textContent = `at ${new Date(t.expires_at).toLocaleTimeString()}`;
     $('pairing-result').hidden = false;
   } catch (e) {

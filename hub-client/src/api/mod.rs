@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared_proto::agent::CallErrorCode;
+use shared_proto::relay::path::page_url;
 use shared_proto::session::pairing::PairingToken;
 use shared_proto::trust::TrustLevel;
 use shared_proto::HubId;
@@ -269,7 +270,8 @@ pub struct TokenRequest {
     /// The token's lifetime (default 3600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
-    /// Also answer the token as a QR code (`qr_svg`), for a phone to scan.
+    /// Also answer the phone page's URL with the token in its fragment (`phone_url`) and a QR
+    /// code of it (`qr_svg`), for a phone's camera to open.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub qr: bool,
 }
@@ -291,7 +293,12 @@ async fn generate_pairing_token(
         .await?;
     let mut answer = serde_json::to_value(&token).map_err(ApiError::internal)?;
     if req.qr {
-        answer["qr_svg"] = Value::String(qr_svg(&token.token)?);
+        let relay_url = PairingToken::parse(&token.token)
+            .map_err(ApiError::internal)?
+            .relay_url;
+        let url = page_url(&relay_url, &format!("token={}", token.token));
+        answer["qr_svg"] = Value::String(qr_svg(&url)?);
+        answer["phone_url"] = Value::String(url);
     }
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
