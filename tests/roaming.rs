@@ -10,117 +10,14 @@
 //!   Wi-Fi to cellular; the hub sees it (rtnetlink), reconnects from its new address, and the
 //!   call completes, once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use e2e::cli::HubHome;
 use e2e::netns::TwoHubs;
+use e2e::path::CuttablePath;
 use e2e::{wait_until, RelayKind, RelayProcess};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A TCP path to the relay that can be cut: while cut, what is sent either way is lost (the
-/// sockets stay open, as when a phone's network goes away) and new connections fail at once
-/// (no route); once restored, new connections go through and the cut ones stay dead.
-struct CuttablePath {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    epoch: Arc<AtomicU64>,
-    connections: Arc<AtomicU64>,
-    /// Bytes passed from the relay to the hub.
-    down_bytes: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CuttablePath {
-    async fn start(relay_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(AtomicU64::new(0));
-        let down_bytes = Arc::new(AtomicU64::new(0));
-        let (c, e, n, d) = (
-            cut.clone(),
-            epoch.clone(),
-            connections.clone(),
-            down_bytes.clone(),
-        );
-        let task = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    drop(down);
-                    continue;
-                }
-                let Ok(up) = TcpStream::connect(("127.0.0.1", relay_port)).await else {
-                    continue;
-                };
-                n.fetch_add(1, Ordering::SeqCst);
-                let born = e.load(Ordering::SeqCst);
-                let alive = {
-                    let (c, e) = (c.clone(), e.clone());
-                    move || !c.load(Ordering::SeqCst) && e.load(Ordering::SeqCst) == born
-                };
-                let (down_r, down_w) = down.into_split();
-                let (up_r, up_w) = up.into_split();
-                tokio::spawn(pump(down_r, up_w, alive.clone(), Arc::default()));
-                tokio::spawn(pump(up_r, down_w, alive, d.clone()));
-            }
-        });
-        CuttablePath {
-            port,
-            cut,
-            epoch,
-            connections,
-            down_bytes,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-    }
-
-    fn restore(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for CuttablePath {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Copies `from` to `to` while `alive()`, counting what it passes; after, reads and drops (the
-/// bytes are lost).
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    alive: impl Fn() -> bool,
-    passed: Arc<AtomicU64>,
-) {
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if alive() {
-            if to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-            passed.fetch_add(n as u64, Ordering::SeqCst);
-        }
-    }
-}
 
 /// The in-repo test app (built with this test).
 fn test_app() -> String {

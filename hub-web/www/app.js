@@ -141,17 +141,23 @@ function connect() {
     }
     pump();
   };
-  socket.onclose = (e) => {
-    if (ws !== socket) return;
-    ws = undefined;
-    hub.closed(e.code, e.reason || "");
-    pump();
-    if (hub.revoked) return;
-    const asked = hub.restartAfter();
-    const wait = asked >= 0 ? asked : backoff * (0.75 + Math.random() / 2);
-    backoff = Math.min(backoff * 2, RECONNECT_MAX_MS);
-    reconnectTimer = setTimeout(connect, wait);
-  };
+  socket.onclose = (e) => abandon(socket, e.code, e.reason || "");
+}
+
+// The socket is over (closed, or found dead: a dead path may hold a close for minutes, so the
+// page does not wait for it): the hub is told once, and a new socket goes out after a backoff,
+// or when the relay asked.
+function abandon(socket, code, reason) {
+  if (ws !== socket) return;
+  ws = undefined;
+  if (socket.readyState < WebSocket.CLOSING) socket.close(code >= 4000 ? code : 1000, reason.slice(0, 120));
+  hub.closed(code, reason);
+  pump();
+  if (hub.revoked) return;
+  const asked = hub.restartAfter();
+  const wait = asked >= 0 ? asked : backoff * (0.75 + Math.random() / 2);
+  backoff = Math.min(backoff * 2, RECONNECT_MAX_MS);
+  reconnectTimer = setTimeout(connect, wait);
 }
 
 // Sends what the hub has for the socket, handles its events, and sets the next timer.
@@ -208,9 +214,9 @@ function onEvent(ev) {
       ws?.close(1000, "revoked");
       break;
     case "dead":
-      // No answer from the relay in time: this socket is dead; a new one goes out at once.
+      // No answer from the relay in time: this socket is dead; a new one goes out soon.
       backoff = RECONNECT_MIN_MS;
-      ws?.close(4000, "no answer to a keepalive");
+      if (ws) abandon(ws, 4000, "no answer to a keepalive");
       break;
     case "closed":
       break;
@@ -265,7 +271,9 @@ async function drawHubs() {
 async function listApps(id) {
   appsOf.set(id, { apps: [] });
   try {
-    const answer = await ask(hub.listApps(id, Date.now()));
+    const asked = ask(hub.listApps(id, Date.now()));
+    pump();
+    const answer = await asked;
     appsOf.set(id, answer.ok ? { apps: answer.apps ?? [] } : { error: answer.error });
   } catch (e) {
     appsOf.set(id, { error: e.message });
@@ -327,8 +335,9 @@ function openTool(h, app, tool) {
     submit.disabled = true;
     out.replaceChildren(el("p", { textContent: "calling…" }));
     try {
-      const answer = await ask(hub.call(h.id, app.name, tool.name, JSON.stringify(args), CALL_TIMEOUT_MS, Date.now()));
-      drawResult(out, answer);
+      const asked = ask(hub.call(h.id, app.name, tool.name, JSON.stringify(args), CALL_TIMEOUT_MS, Date.now()));
+      pump();
+      drawResult(out, await asked);
     } catch (err) {
       out.replaceChildren(el("p", { className: "error", textContent: err.message }));
     } finally {

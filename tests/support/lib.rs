@@ -487,6 +487,7 @@ pub mod cli;
 pub mod crowd;
 pub mod load;
 pub mod netns;
+pub mod path;
 
 /// A hub id made of one repeated byte, for readable tests.
 pub fn hub(b: u8) -> HubId {
