@@ -364,3 +364,221 @@ impl PeerCore {
         self.events.push_back(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::msg::SESSION_VERSION;
+    use crate::session::rpc::{Reply, MAX_CALL_TIMEOUT_MS};
+    use crate::session::testing::{identity, A, B, NOW};
+
+    /// Two hubs' cores and a relay between them that delivers, or loses, what they transmit.
+    struct Net {
+        cores: [PeerCore; 2],
+        /// What each hub was told, other than transmissions.
+        seen: [Vec<CoreEvent>; 2],
+        rng: StdRng,
+        now: u64,
+    }
+
+    impl Net {
+        fn new() -> Self {
+            let (a, a_cert) = identity(1);
+            let (b, b_cert) = identity(2);
+            let mut cores = [PeerCore::new(a, A, 10), PeerCore::new(b, B, 20)];
+            cores[0].add_certificate(b_cert);
+            cores[1].add_certificate(a_cert);
+            let mut net = Net {
+                cores,
+                seen: [Vec::new(), Vec::new()],
+                rng: StdRng::seed_from_u64(7),
+                now: NOW,
+            };
+            // Both welcomed with the other online, and both saying their session version.
+            for (i, other) in [(0, B), (1, A)] {
+                let rng = &mut net.rng;
+                net.cores[i].handle_relay(&RelaySaid::Welcome(vec![other]), NOW, rng);
+                let version = crate::msg::Msg::Version(SESSION_VERSION).to_vec();
+                net.cores[i].send(other, version, NOW, rng).unwrap();
+            }
+            net.run(false);
+            net.seen = [Vec::new(), Vec::new()];
+            net
+        }
+
+        /// Moves transmissions until there are none (lost if `lose`); keeps the rest.
+        fn run(&mut self, lose: bool) {
+            loop {
+                let mut moved = false;
+                for (i, from) in [(0, A), (1, B)] {
+                    while let Some(event) = self.cores[i].poll_event() {
+                        match event {
+                            CoreEvent::Transmit { payload, .. } => {
+                                moved = true;
+                                if !lose {
+                                    let (now, rng) = (self.now, &mut self.rng);
+                                    self.cores[1 - i]
+                                        .handle_incoming(from, &payload, false, now, rng);
+                                }
+                            }
+                            other => self.seen[i].push(other),
+                        }
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        fn take_inbound(&mut self, i: usize) -> Vec<Inbound> {
+            let seen = std::mem::take(&mut self.seen[i]);
+            let (inbound, rest): (Vec<_>, Vec<_>) = seen
+                .into_iter()
+                .partition(|e| matches!(e, CoreEvent::Inbound(_)));
+            self.seen[i] = rest;
+            inbound
+                .into_iter()
+                .filter_map(|e| match e {
+                    CoreEvent::Inbound(i) => Some(i),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn answered(&self, i: usize) -> Vec<&Answered> {
+            self.seen[i]
+                .iter()
+                .filter_map(|e| match e {
+                    CoreEvent::Answered(a) => Some(a),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_request_and_its_answer_cross_between_two_cores() {
+        let mut net = Net::new();
+        let (now, rng) = (net.now, &mut net.rng);
+        let token = net.cores[0]
+            .request(B, &Request::Ping, now + 5_000, now, rng)
+            .unwrap();
+        assert_eq!(net.cores[0].outstanding(), 1);
+        net.run(false);
+        let inbound = net.take_inbound(1);
+        let [Inbound::Ping(request)] = inbound.as_slice() else {
+            panic!("{inbound:?}");
+        };
+        assert_eq!(request.from, A);
+        let (now, rng) = (net.now, &mut net.rng);
+        net.cores[1]
+            .answer(A, request.token, &Answer::Pong, now, rng)
+            .unwrap();
+        net.run(false);
+        let answered = net.answered(0);
+        assert_eq!(answered.len(), 1, "{:?}", net.seen[0]);
+        assert_eq!(answered[0].token, token);
+        assert_eq!(answered[0].result, Ok(Reply::Pong));
+        assert_eq!(net.cores[0].outstanding(), 0);
+    }
+
+    #[test]
+    fn a_hub_the_relay_said_left_is_not_asked_until_it_joins_or_links() {
+        let mut net = Net::new();
+        let (now, rng) = (net.now, &mut net.rng);
+        net.cores[0].handle_relay(&RelaySaid::Left(B), now, rng);
+        assert_eq!(
+            net.cores[0].request(B, &Request::Ping, now + 5_000, now, rng),
+            Err(AskError::Offline(B))
+        );
+        net.cores[0].set_linked(B, true);
+        assert!(net.cores[0]
+            .request(B, &Request::Ping, now + 5_000, now, rng)
+            .is_ok());
+        net.cores[0].set_linked(B, false);
+        net.cores[0].handle_relay(&RelaySaid::Undeliverable(B), now, rng);
+        assert!(net.cores[0]
+            .request(B, &Request::Info, now + 5_000, now, rng)
+            .is_err());
+        net.cores[0].handle_relay(&RelaySaid::Joined(B), now, rng);
+        assert!(net.cores[0]
+            .request(B, &Request::Info, now + 5_000, now, rng)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_call_lost_in_an_outage_goes_again_when_the_path_comes_back_and_runs_once() {
+        let mut net = Net::new();
+        let (now, rng) = (net.now, &mut net.rng);
+        let call = crate::session::rpc::OutgoingCall {
+            timeout_ms: 30_000,
+            app: "tools".into(),
+            tool: "sleep".into(),
+            envelope: vec![1, 2, 3],
+            arguments: b"{}".to_vec(),
+        };
+        let deadline = now + MAX_CALL_TIMEOUT_MS;
+        let token = net.cores[0]
+            .request(B, &Request::Call(call), deadline, now, rng)
+            .unwrap();
+        // The relay path is dead: the call is lost on its way.
+        net.run(true);
+        assert!(net.take_inbound(1).is_empty());
+        // A's connection comes back: welcomed again with B online; what waits goes again.
+        let (now, rng) = (net.now + 4_000, &mut net.rng);
+        net.cores[0].handle_relay(&RelaySaid::Welcome(vec![B]), now, rng);
+        net.run(false);
+        let inbound = net.take_inbound(1);
+        let [Inbound::Call(got)] = inbound.as_slice() else {
+            panic!("{inbound:?}");
+        };
+        let got_token = got.token;
+        // Its answer is lost too; B's path comes back and A sends the call again: B does not run
+        // it twice, it answers again what it answered.
+        let (now, rng) = (net.now + 5_000, &mut net.rng);
+        net.cores[1]
+            .answer(
+                A,
+                got_token,
+                &Answer::CallResult(b"{\"ok\":1}".to_vec()),
+                now,
+                rng,
+            )
+            .unwrap();
+        net.run(true);
+        assert!(net.answered(0).is_empty());
+        let rng = &mut net.rng;
+        net.cores[0].handle_relay(&RelaySaid::Joined(B), now, rng);
+        net.run(false);
+        assert!(
+            net.take_inbound(1).is_empty(),
+            "the repeated call reached the application"
+        );
+        let answered = net.answered(0);
+        assert_eq!(answered.len(), 1, "{:?}", net.seen[0]);
+        assert_eq!(answered[0].token, token);
+        assert_eq!(
+            answered[0].result,
+            Ok(Reply::CallResult(b"{\"ok\":1}".to_vec()))
+        );
+    }
+
+    #[test]
+    fn pairing_messages_are_not_session_traffic_and_never_come_over_a_link() {
+        let (a, _) = identity(1);
+        let mut core = PeerCore::new(a, A, 1);
+        let mut rng = StdRng::seed_from_u64(1);
+        let message = vec![crate::session::pairing::PAIR_REQUEST, 1, 2, 3];
+        core.handle_incoming(B, &message, true, NOW, &mut rng);
+        assert_eq!(core.poll_event(), None);
+        core.handle_incoming(B, &message, false, NOW, &mut rng);
+        assert_eq!(
+            core.poll_event(),
+            Some(CoreEvent::Pairing { from: B, message })
+        );
+    }
+}

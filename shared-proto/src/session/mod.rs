@@ -45,8 +45,8 @@ pub(crate) mod testing {
         ClusterCa::from_secret(&[5; 32])
     }
 
-    /// The sessions of hub `id` (its id is `[id; 16]`), and its verified certificate.
-    pub(crate) fn sessions(id: u8) -> (PeerSessions, VerifiedPeer) {
+    /// The Noise identity of hub `id` (its id is `[id; 16]`), and its verified certificate.
+    pub(crate) fn identity(id: u8) -> (LocalIdentity, VerifiedPeer) {
         let static_secret = [id; 32];
         let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
         let mut req = request(id, &identity);
@@ -64,6 +64,12 @@ pub(crate) mod testing {
             static_secret: static_secret.into(),
             cert_der,
         };
+        (local, cert)
+    }
+
+    /// The sessions of hub `id` (its id is `[id; 16]`), and its verified certificate.
+    pub(crate) fn sessions(id: u8) -> (PeerSessions, VerifiedPeer) {
+        let (local, cert) = identity(id);
         (PeerSessions::new(local, HubId([id; 16])), cert)
     }
 }
