@@ -980,3 +980,326 @@ impl WebHub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use shared_proto::relay::frame::{frames, PROTOCOL_VERSION};
+    use shared_proto::session::noise::LocalIdentity;
+    use shared_proto::session::rpc::Failure;
+    use shared_proto::trust::{ClusterCa, TrustLevel};
+
+    use super::*;
+    use crate::kept::KEPT_FORMAT;
+    use crate::testing::{ca, hub, manifest, TestHub, NOW};
+
+    /// The browser hub and a desk (a peer core, as the native hub runs it) in one room of a
+    /// relay that only passes payloads between them.
+    struct Room {
+        web: WebHub,
+        desk: PeerCore,
+        desk_id: HubId,
+        desk_seen: Vec<CoreEvent>,
+        web_events: Vec<Value>,
+        probes: usize,
+        /// Binary messages the browser hub sent.
+        messages: usize,
+        rng: StdRng,
+        now: u64,
+    }
+
+    impl Room {
+        fn new(trust: TrustLevel) -> Self {
+            let ca = ca(1);
+            let desk = hub(&ca, 1, TrustLevel::Full);
+            let phone = hub(&ca, 9, trust);
+            let mut web = WebHub::open(kept(&ca, &phone, &desk), NOW).unwrap();
+            web.opened(NOW).unwrap();
+            let desk_identity = LocalIdentity {
+                cluster: ca.cluster_id(),
+                ca_key: ca.public_key(),
+                static_secret: desk.noise_secret.into(),
+                cert_der: desk.cert.der().to_vec(),
+            };
+            let desk_id = desk.cert.hub_id();
+            let mut core = PeerCore::new(desk_identity, desk_id, 5);
+            core.add_certificate(phone.cert.clone());
+            let mut room = Room {
+                web,
+                desk: core,
+                desk_id,
+                desk_seen: Vec::new(),
+                web_events: Vec::new(),
+                probes: 0,
+                messages: 0,
+                rng: StdRng::seed_from_u64(3),
+                now: NOW,
+            };
+            let welcome = Frame::Welcome {
+                version: PROTOCOL_VERSION,
+                online: vec![desk_id],
+            };
+            room.web
+                .handle_message(&welcome.to_message().unwrap(), NOW)
+                .unwrap();
+            let (now, rng) = (room.now, &mut room.rng);
+            let phone_id = room.web.id();
+            room.desk
+                .handle_relay(&RelaySaid::Welcome(vec![phone_id]), now, rng);
+            room.run();
+            room
+        }
+
+        /// Passes what either side sends until neither sends anything; the relay answers probes.
+        fn run(&mut self) {
+            loop {
+                let mut moved = false;
+                while let Some(out) = self.web.poll_send() {
+                    moved = true;
+                    match out {
+                        Outgoing::Probe => {
+                            self.probes += 1;
+                            self.web.handle_text(KEEPALIVE_RESPONSE, self.now);
+                        }
+                        Outgoing::Binary(message) => {
+                            self.messages += 1;
+                            for frame in frames(&message) {
+                                if let Ok(Frame::Send { payload, .. }) = frame {
+                                    let (now, rng, from) = (self.now, &mut self.rng, self.web.id());
+                                    self.desk.handle_incoming(from, payload, false, now, rng);
+                                }
+                            }
+                        }
+                    }
+                }
+                while let Some(event) = self.desk.poll_event() {
+                    match event {
+                        CoreEvent::Transmit { payload, .. } => {
+                            moved = true;
+                            let recv = Frame::Recv {
+                                src: self.desk_id,
+                                payload: &payload,
+                            };
+                            self.web
+                                .handle_message(&recv.to_message().unwrap(), self.now)
+                                .unwrap();
+                        }
+                        other => self.desk_seen.push(other),
+                    }
+                }
+                while let Some(event) = self.web.poll_event() {
+                    self.web_events.push(event);
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// Runs both sides' timers up to `to`.
+        fn advance(&mut self, to: u64) {
+            loop {
+                let next = [self.web.poll_timeout(), self.desk.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(to);
+                if next > to {
+                    self.now = to;
+                    return;
+                }
+                self.now = next.max(self.now);
+                self.web.handle_timeout(self.now);
+                let rng = &mut self.rng;
+                self.desk.handle_timeout(self.now, rng);
+                self.run();
+                if self.now >= to {
+                    return;
+                }
+            }
+        }
+
+        /// The desk calls `tool` of the phone app.
+        fn desk_calls(&mut self, desk: &TestHub, tool: &str, arguments: &str) -> Token {
+            let phone = self.web.id();
+            let envelope = Delegation {
+                version: ENVELOPE_V2,
+                origin: self.desk_id,
+                target: phone,
+                issued_at_ms: self.now,
+                expires_at_ms: self.now + 35_000,
+                nonce: rand::random(),
+                arguments_sha256: arguments_hash(arguments.as_bytes()),
+                principal: "ann".into(),
+                app: phone::APP.into(),
+                tool: tool.into(),
+                scopes: vec![ALL_SCOPES.into()],
+            }
+            .sign(&desk.identity)
+            .unwrap();
+            let call = OutgoingCall {
+                timeout_ms: 30_000,
+                app: phone::APP.into(),
+                tool: tool.into(),
+                envelope,
+                arguments: arguments.as_bytes().to_vec(),
+            };
+            let (now, rng) = (self.now, &mut self.rng);
+            let deadline = call_deadline(now, call.timeout_ms);
+            let token = self
+                .desk
+                .request(phone, &Request::Call(call), deadline, now, rng)
+                .unwrap();
+            self.run();
+            token
+        }
+
+        fn desk_answer(&self, token: Token) -> Option<&Result<Reply, Failure>> {
+            self.desk_seen.iter().find_map(|e| match e {
+                CoreEvent::Answered(a) if a.token == token => Some(&a.result),
+                _ => None,
+            })
+        }
+
+        fn events(&self, kind: &str) -> Vec<&Value> {
+            self.web_events
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .collect()
+        }
+    }
+
+    fn kept(ca: &ClusterCa, phone: &TestHub, desk: &TestHub) -> Kept {
+        Kept {
+            format: KEPT_FORMAT,
+            relay_url: "ws://127.0.0.1:1".into(),
+            identity_secret: hex::encode(phone.identity.to_bytes()),
+            noise_secret: hex::encode(phone.noise_secret),
+            ca_key: hex::encode(ca.public_key().as_bytes()),
+            certificate: hex::encode(phone.cert.der()),
+            manifest: hex::encode(manifest(ca, &[desk, phone])),
+            revocations: None,
+            sharing: "local".into(),
+            audit_key: hex::encode([3u8; 32]),
+            audit_seq: 0,
+            audit_mac: hex::encode([0u8; 32]),
+            revoked: None,
+        }
+    }
+
+    #[test]
+    fn the_desk_asks_the_phone_and_gets_the_persons_answer_or_a_refusal_at_the_deadline() {
+        let desk = hub(&ca(1), 1, TrustLevel::Full);
+        let mut room = Room::new(TrustLevel::AgentDispatch);
+        // Shared with nobody: refused, and audited.
+        let token = room.desk_calls(&desk, "ask", r#"{"question":"Deploy?"}"#);
+        assert!(
+            matches!(
+                room.desk_answer(token),
+                Some(Err(Failure::Call {
+                    code: Some(CallErrorCode::NotShared),
+                    ..
+                }))
+            ),
+            "{:?}",
+            room.desk_seen
+        );
+        room.web.set_sharing("cluster", room.now).unwrap();
+        let token = room.desk_calls(&desk, "ask", r#"{"question":"Deploy?"}"#);
+        let serve = room.events("serve");
+        assert_eq!(serve.len(), 1, "{:?}", room.web_events);
+        assert_eq!(serve[0]["arguments"]["question"], "Deploy?");
+        assert_eq!(serve[0]["principal"], "ann");
+        let id = serve[0]["id"].as_u64().unwrap() as u32;
+        room.web
+            .answer_call(
+                id,
+                r#"{"content":[{"type":"text","text":"yes"}]}"#,
+                room.now,
+            )
+            .unwrap();
+        room.run();
+        let Some(Ok(Reply::CallResult(body))) = room.desk_answer(token) else {
+            panic!("{:?}", room.desk_seen);
+        };
+        assert!(String::from_utf8_lossy(body).contains("yes"));
+        // A second question nobody answers: refused `timeout` at its deadline.
+        let token = room.desk_calls(&desk, "ask", r#"{"question":"Really?"}"#);
+        room.advance(room.now + 31_000);
+        assert!(
+            matches!(
+                room.desk_answer(token),
+                Some(Err(Failure::Call {
+                    code: Some(CallErrorCode::Timeout),
+                    ..
+                }))
+            ),
+            "{:?}",
+            room.desk_seen
+        );
+        assert_eq!(room.events("cancelled").len(), 1);
+        // Everything is in the audit chain, in order, each entry's MAC chained to the one before.
+        let audit: Vec<&Value> = room.events("audit");
+        let seqs: Vec<u64> = audit
+            .iter()
+            .map(|e| e["entry"]["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4], "{audit:?}");
+        let kinds: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|e| {
+                (
+                    e["entry"]["kind"].as_str().unwrap(),
+                    e["entry"]["decision"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("call.in", "refused"),
+                ("app.share", "ok"),
+                ("call.in", "ok"),
+                ("call.in", "failed")
+            ]
+        );
+        assert_eq!(room.web.kept().audit_seq, 4);
+    }
+
+    #[test]
+    fn a_hidden_idle_page_sends_a_keepalive_a_minute_and_nothing_else() {
+        let mut room = Room::new(TrustLevel::AgentDispatch);
+        let start = room.now;
+        room.advance(start + 600_000);
+        let shown = room.probes;
+        assert_eq!(shown, 24, "every 25 s while shown");
+        room.web.set_hidden(true);
+        room.probes = 0;
+        let messages = room.messages;
+        room.advance(start + 600_000 + 3_600_000);
+        assert!(
+            (59..=60).contains(&room.probes),
+            "{} in the hour",
+            room.probes
+        );
+        assert_eq!(room.messages, messages, "nothing but keepalives");
+    }
+
+    #[test]
+    fn a_hub_the_relay_refuses_as_revoked_stops_and_says_so() {
+        let mut room = Room::new(TrustLevel::AgentDispatch);
+        room.web
+            .closed(CloseCode::Revoked.code(), "certificate revoked");
+        room.run();
+        assert_eq!(room.events("revoked").len(), 1);
+        assert!(room.web.revoked());
+        assert!(room.web.kept().revoked.is_some());
+        assert!(room.web.opened(room.now).is_err());
+        // Closed for another reason, a hub connects again.
+        let mut other = Room::new(TrustLevel::AgentDispatch);
+        other.web.closed(1006, "");
+        assert!(!other.web.revoked());
+        assert!(other.web.opened(other.now).is_ok());
+    }
+}

@@ -118,9 +118,10 @@ impl Kept {
         let parsed = PeerCertificate::from_der(&cert_der)?;
         // Checked without the list first: a revoked hub still loads, to say it was revoked.
         let certificate = parsed.clone().verify(&ca_key, now_ms, None)?;
-        let revoked = parsed
-            .verify(&ca_key, now_ms, revocations.as_ref())
-            .is_err();
+        let revoked = self.revoked.is_some()
+            || parsed
+                .verify(&ca_key, now_ms, revocations.as_ref())
+                .is_err();
         if certificate.identity_key() != &identity.verifying_key()
             || *certificate.noise_key() != public_key(&noise_secret)?
         {
@@ -151,5 +152,95 @@ impl Kept {
             revoked,
             audit_key: bytes(&self.audit_key, "audit key")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_proto::trust::{Revocation, TrustLevel};
+
+    use super::*;
+    use crate::testing::{ca, hub, manifest, TestHub, NOW};
+
+    fn kept(ca: &shared_proto::trust::ClusterCa, me: &TestHub, cert_of: &TestHub) -> Kept {
+        Kept {
+            format: KEPT_FORMAT,
+            relay_url: "wss://relay.example".into(),
+            identity_secret: hex::encode(me.identity.to_bytes()),
+            noise_secret: hex::encode(me.noise_secret),
+            ca_key: hex::encode(ca.public_key().as_bytes()),
+            certificate: hex::encode(cert_of.cert.der()),
+            manifest: hex::encode(manifest(ca, &[me])),
+            revocations: None,
+            sharing: "local".into(),
+            audit_key: hex::encode([3u8; 32]),
+            audit_seq: 0,
+            audit_mac: hex::encode([0u8; 32]),
+            revoked: None,
+        }
+    }
+
+    #[test]
+    fn kept_state_loads_only_as_the_ca_signed_it_and_for_the_keys_it_names() {
+        let ca1 = ca(1);
+        let phone = hub(&ca1, 9, TrustLevel::AgentDispatch);
+        let other = hub(&ca1, 8, TrustLevel::Full);
+        let good = kept(&ca1, &phone, &phone);
+        let again = Kept::parse(&good.to_json()).unwrap();
+        let loaded = again.load(NOW).unwrap();
+        assert_eq!(loaded.certificate.hub_id(), phone.cert.hub_id());
+        assert!(!loaded.revoked);
+        assert_eq!(loaded.sharing, Sharing::LocalOnly);
+
+        // Another hub's certificate with this hub's keys.
+        let swapped = kept(&ca1, &phone, &other);
+        assert!(matches!(swapped.load(NOW), Err(WebError::Kept(_))));
+        // A certificate of another cluster's CA, under this one's key.
+        let foreign = hub(&ca(2), 9, TrustLevel::Full);
+        let mut forged = kept(&ca1, &phone, &phone);
+        forged.certificate = hex::encode(foreign.cert.der());
+        assert!(matches!(forged.load(NOW), Err(WebError::Trust(_))));
+        // A manifest of another cluster.
+        let mut wrong = kept(&ca1, &phone, &phone);
+        wrong.manifest = hex::encode(manifest(&ca(2), &[&phone]));
+        assert!(matches!(wrong.load(NOW), Err(WebError::Trust(_))));
+        // Expired.
+        assert!(matches!(
+            good.load(NOW + 400 * 86_400_000),
+            Err(WebError::Trust(_))
+        ));
+        // A newer page's format.
+        let mut newer = good.clone();
+        newer.format = KEPT_FORMAT + 1;
+        assert!(matches!(
+            Kept::parse(&newer.to_json()),
+            Err(WebError::KeptFormat(_))
+        ));
+    }
+
+    #[test]
+    fn a_hub_the_kept_list_revokes_loads_revoked() {
+        let ca1 = ca(1);
+        let phone = hub(&ca1, 9, TrustLevel::AgentDispatch);
+        let list = RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: phone.cert.fingerprint(),
+                key_hash: phone.cert.key_hash(),
+                revoked_at_ms: NOW,
+                reason: "lost".into(),
+            }],
+        }
+        .sign(&ca1)
+        .unwrap();
+        let mut kept = kept(&ca1, &phone, &phone);
+        assert!(!kept.load(NOW).unwrap().revoked);
+        kept.revocations = Some(hex::encode(&list));
+        assert!(kept.load(NOW).unwrap().revoked);
+        // Told by the relay alone (a close with the revoked code), it stays revoked.
+        kept.revocations = None;
+        kept.revoked = Some("the relay refused this hub".into());
+        assert!(kept.load(NOW).unwrap().revoked);
     }
 }

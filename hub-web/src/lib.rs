@@ -15,6 +15,8 @@ pub mod hub;
 pub mod join;
 pub mod kept;
 pub mod phone;
+#[cfg(test)]
+mod testing;
 #[cfg(target_arch = "wasm32")]
 mod web;
 

@@ -247,3 +247,216 @@ pub fn canonical(arguments: &str) -> Result<Vec<u8>, String> {
     .map_err(|e| format!("the arguments are not a JSON object: {e}"))?;
     serde_json::to_vec(&object).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use shared_proto::agent::envelope::{ALL_SCOPES, ENVELOPE_V2};
+    use shared_proto::agent::{arguments_hash, Delegation};
+    use shared_proto::trust::TrustLevel;
+    use CallErrorCode::*;
+
+    use super::*;
+    use crate::testing::{ca, hub, TestHub, NOW};
+
+    const PHONE: HubId = HubId([9; 16]);
+
+    /// A call of `tool` with `arguments` from `from` to the phone, signed by `key` after `edit`.
+    fn call(
+        from: &TestHub,
+        key: &SigningKey,
+        tool: &str,
+        arguments: &str,
+        edit: impl FnOnce(&mut Delegation),
+    ) -> CallRequest {
+        let mut d = Delegation {
+            version: ENVELOPE_V2,
+            origin: from.cert.hub_id(),
+            target: PHONE,
+            issued_at_ms: NOW - 1_000,
+            expires_at_ms: NOW + 30_000,
+            nonce: rand::random(),
+            arguments_sha256: arguments_hash(arguments.as_bytes()),
+            principal: "ann".into(),
+            app: APP.into(),
+            tool: tool.into(),
+            scopes: vec![ALL_SCOPES.into()],
+        };
+        edit(&mut d);
+        CallRequest {
+            from: from.cert.hub_id(),
+            token: 1,
+            timeout_ms: 30_000,
+            deadline_ms: NOW + 30_000,
+            app: APP.into(),
+            tool: tool.into(),
+            envelope: d.sign(key).unwrap(),
+            arguments: arguments.as_bytes().to_vec(),
+        }
+    }
+
+    fn check_one(
+        sharing: &str,
+        from: &TestHub,
+        c: &CallRequest,
+    ) -> Result<Admitted, CallErrorCode> {
+        let sharing: Sharing = sharing.parse().unwrap();
+        check(&sharing, &from.cert, PHONE, c, &mut Nonces::new(), NOW).map_err(|(code, _)| code)
+    }
+
+    #[test]
+    fn every_refusal_of_a_call_of_the_phone_has_its_own_code() {
+        let ca = ca(1);
+        let desk = hub(&ca, 1, TrustLevel::AgentDispatch);
+        let reader = hub(&ca, 2, TrustLevel::ReadOnly);
+        let key = desk.identity.clone();
+        let ok = call(&desk, &key, "ask", r#"{"question":"Deploy?"}"#, |_| {});
+        let admitted = check_one("cluster", &desk, &ok).unwrap();
+        assert_eq!(admitted.tool, "ask");
+        assert_eq!(admitted.principal, "ann");
+        assert_eq!(admitted.arguments["question"], "Deploy?");
+
+        let cases: Vec<(&str, &TestHub, CallRequest, CallErrorCode)> = vec![
+            ("local", &desk, ok.clone(), NotShared),
+            ("principals:bob@*", &desk, ok.clone(), NotShared),
+            ("roles:kitchen", &desk, ok.clone(), NotShared),
+            (
+                "cluster",
+                &desk,
+                call(
+                    &desk,
+                    &SigningKey::from_bytes(&[7; 32]),
+                    "ask",
+                    "{}",
+                    |_| {},
+                ),
+                WrongSigner,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "ask", "{}", |d| d.target = HubId([8; 16])),
+                WrongTarget,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "ask", "{}", |d| {
+                    d.issued_at_ms = NOW - 70_000;
+                    d.expires_at_ms = NOW - 10_000;
+                }),
+                Expired,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "ask", r#"{"b":1,"a":2}"#, |_| {}),
+                ArgumentsMismatch,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "ask", "{}", |d| d.arguments_sha256 = [0; 32]),
+                ArgumentsMismatch,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "ask", "{}", |d| {
+                    d.scopes = vec!["app:phone/location".into()]
+                }),
+                ScopeDenied,
+            ),
+            (
+                "cluster",
+                &desk,
+                call(&desk, &key, "camera", "{}", |_| {}),
+                UnknownTool,
+            ),
+            (
+                "cluster",
+                &reader,
+                call(
+                    &reader,
+                    &reader.identity,
+                    "notify",
+                    r#"{"title":"x"}"#,
+                    |_| {},
+                ),
+                TrustTooLow,
+            ),
+        ];
+        for (sharing, from, c, code) in cases {
+            assert_eq!(
+                check_one(sharing, from, &c).map(|_| ()),
+                Err(code),
+                "{sharing} {code}"
+            );
+        }
+        // A read-only hub may read the position; a principal named with its hub is admitted.
+        let locate = call(&reader, &reader.identity, "location", "{}", |_| {});
+        assert!(check_one("cluster", &reader, &locate).is_ok());
+        assert!(check_one("principals:ann@hub 1", &desk, &ok).is_ok());
+    }
+
+    #[test]
+    fn a_call_runs_once_and_its_nonce_is_spent_only_when_it_passes() {
+        let ca = ca(1);
+        let desk = hub(&ca, 1, TrustLevel::AgentDispatch);
+        let c = call(&desk, &desk.identity, "location", "{}", |_| {});
+        let mut nonces = Nonces::new();
+        let cluster = Sharing::Cluster;
+        // Refused by the policy first: the nonce stays unspent.
+        let refused = check(&Sharing::LocalOnly, &desk.cert, PHONE, &c, &mut nonces, NOW);
+        assert_eq!(refused.map(|_| ()).map_err(|e| e.0), Err(NotShared));
+        assert!(check(&cluster, &desk.cert, PHONE, &c, &mut nonces, NOW).is_ok());
+        let again = check(&cluster, &desk.cert, PHONE, &c, &mut nonces, NOW + 1);
+        assert_eq!(again.map(|_| ()).map_err(|e| e.0), Err(Replayed));
+    }
+
+    #[test]
+    fn a_listing_shows_the_tools_the_caller_may_call_and_nothing_unshared() {
+        let ca = ca(1);
+        let desk = hub(&ca, 1, TrustLevel::AgentDispatch);
+        let reader = hub(&ca, 2, TrustLevel::ReadOnly);
+        let unsigned = Listing::Unsigned {
+            principal: "ann".into(),
+        };
+        let tools = |sharing: &str, who: &TestHub, asked: &Listing| -> Vec<String> {
+            let body = listing(&sharing.parse().unwrap(), &who.cert, PHONE, asked, NOW).unwrap();
+            let apps: Vec<Value> = serde_json::from_slice(&body).unwrap();
+            apps.iter()
+                .flat_map(|a| a["tools"].as_array().unwrap().clone())
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(tools("local", &desk, &unsigned).is_empty());
+        assert_eq!(
+            tools("cluster", &desk, &unsigned),
+            ["location", "notify", "ask"]
+        );
+        assert_eq!(tools("cluster", &reader, &unsigned), ["location"]);
+        // A signed listing for a principal scoped to one tool sees that tool.
+        let envelope = Delegation {
+            version: ENVELOPE_V2,
+            origin: desk.cert.hub_id(),
+            target: PHONE,
+            issued_at_ms: NOW,
+            expires_at_ms: NOW + 5_000,
+            nonce: [1; 16],
+            arguments_sha256: arguments_hash(b""),
+            principal: "ann".into(),
+            app: String::new(),
+            tool: String::new(),
+            scopes: vec!["app:phone/ask".into()],
+        }
+        .sign(&desk.identity)
+        .unwrap();
+        let signed = Listing::Signed { envelope };
+        assert_eq!(tools("cluster", &desk, &signed), ["ask"]);
+        assert_eq!(tools("principals:ann@hub 1", &desk, &signed), ["ask"]);
+        // Signed by another key: refused.
+        let forged = listing(&Sharing::Cluster, &reader.cert, PHONE, &signed, NOW);
+        assert_eq!(forged, Err(WrongSigner));
+    }
+}
