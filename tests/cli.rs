@@ -754,3 +754,41 @@ fn the_cli_gives_up_on_a_hub_that_does_not_answer() {
     assert!(err.contains("did not answer within 3 s"), "{err}");
     drop(stuck);
 }
+
+/// `hub web export` writes the phone page the Worker serves, every file pinned by the hash the
+/// page carries (Subresource Integrity in index.html, the wasm module's SHA-384 in app.js), and
+/// never over a directory that holds something.
+#[test]
+fn the_phone_page_is_exported_with_every_file_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = HubHome::new(dir.path().join("hub"));
+    let out = dir.path().join("page");
+    home.ok(&["web", "export", out.to_str().unwrap()]);
+    let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+    let b64 = |bytes: &[u8]| data_encoding::BASE64.encode(&sha2::Sha384::digest(bytes));
+    let html = String::from_utf8(read("index.html")).unwrap();
+    for file in ["app.js", "app.css", "pkg/hub_web.js"] {
+        let pin = format!("sha384-{}", b64(&read(file)));
+        assert!(
+            html.contains(&pin),
+            "{file} is not pinned as {pin} in index.html"
+        );
+    }
+    let app = String::from_utf8(read("app.js")).unwrap();
+    let wasm = b64(&read("pkg/hub_web_bg.wasm"));
+    assert!(
+        app.contains(&format!("\"{wasm}\"")),
+        "app.js does not pin the wasm module"
+    );
+    // The same files as the Worker serves.
+    let built = e2e::repo_root().join("hub-web/build/phone");
+    for file in ["index.html", "app.js", "pkg/hub_web_bg.wasm", "sw.js"] {
+        assert_eq!(
+            read(file),
+            std::fs::read(built.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let again = home.fails(&["web", "export", out.to_str().unwrap()]);
+    assert!(again.contains("is not empty"), "{again}");
+}

@@ -11,6 +11,7 @@
 //! | [`mcp`] | the MCP surface for agents (`hub mcp` on stdio, `/mcp` on the running hub) |
 //! | [`daemon`] | `hub run`: the hub's relay connection and event loop, with its surfaces |
 //! | [`relay_server`] | `hub relay`: the relay over tokio, sharing the Worker's room logic |
+//! | [`web`] | the phone page (hub-web) this binary carries, for `hub web export` |
 //!
 //! Dependencies go one way: `daemon` -> `api` -> `mcp` -> `hub` -> `apps` -> `node` ->
 //! `transport` (and `relay_server` -> `transport`); no module imports one above it.
@@ -25,6 +26,7 @@ pub mod mcp;
 pub mod node;
 pub mod relay_server;
 pub mod transport;
+pub mod web;
 
 pub use transport::relay::{RelayClient, RelayConfig, RelayError, RelayEvent};
 

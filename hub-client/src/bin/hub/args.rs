@@ -164,6 +164,21 @@ pub(crate) enum Command {
     /// Talk to the relay directly, for diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// The phone page (a hub in the browser): write it out for a static HTTPS host.
+    #[command(subcommand)]
+    Web(WebCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebCommand {
+    /// Write the phone page's files into DIR (new or empty), to serve from any static HTTPS
+    /// host: a phone opens DIR's URL, or the link in the console's pairing QR code on your own
+    /// host (the relay Worker serves the same page at /phone/). Whoever serves the page is
+    /// trusted with the phones' keys: see docs/OPERATIONS.md.
+    Export {
+        /// Where to write the page.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

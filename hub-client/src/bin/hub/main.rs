@@ -31,6 +31,7 @@ use crate::args::ClusterCommand;
 use crate::args::Command;
 use crate::args::DebugCommand;
 use crate::args::PeersCommand;
+use crate::args::WebCommand;
 use crate::cluster::print_certificate;
 use crate::cluster::revoke;
 use crate::join::join;
@@ -229,6 +230,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => crate::audit::audit_command(&home, cmd),
         Command::Stats { json } => crate::audit::stats_command(&home, json),
         Command::Mcp => crate::mcp::serve_stdio(&home).await,
+        Command::Web(WebCommand::Export { dir }) => {
+            let written = hub_client::web::export(&dir)?;
+            println!(
+                "wrote the phone page ({written} files) to {}: serve it over HTTPS, and open \
+                 its URL followed by #token= and a token from `hub invite` on the phone",
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Id => {
             println!("{}", home.certificate()?.hub_id());
             Ok(())
