@@ -68,6 +68,9 @@ struct Book {
     certs: HashMap<HubId, VerifiedPeer>,
     /// The session version each peer said it speaks (1 until it says).
     versions: HashMap<HubId, u16>,
+    /// Peers that sent a signed audit head: they keep a quorum, and get this hub's reports on
+    /// the clock (a peer that keeps none, a phone, gets them only as its session comes up).
+    reporting: HashSet<HubId>,
     suspended: HashSet<HubId>,
     revoked: HashSet<HubId>,
     revocations: Option<VerifiedRevocations>,
@@ -148,6 +151,7 @@ impl PeerBook {
         for hub in revoked {
             b.certs.remove(&hub);
             b.versions.remove(&hub);
+            b.reporting.remove(&hub);
             b.quorum.forget(hub);
         }
         b.revocations = Some(list.clone());
@@ -220,6 +224,16 @@ impl PeerBook {
         self.lock().certs.keys().copied().collect()
     }
 
+    /// The peers with sessions that report their audit heads (see `reporting`).
+    pub(crate) fn reporting_peers(&self) -> Vec<HubId> {
+        let b = self.lock();
+        b.certs
+            .keys()
+            .filter(|h| b.reporting.contains(h))
+            .copied()
+            .collect()
+    }
+
     /// A signed audit head from `from`, checked against its session certificate's key.
     pub(crate) fn on_audit_head(&self, from: HubId, head: &[u8]) -> Result<Head, AuditHeadRefusal> {
         let key = self
@@ -228,7 +242,9 @@ impl PeerBook {
             .get(&from)
             .map(|c| *c.identity_key())
             .ok_or(AuditHeadRefusal::NoSession)?;
-        Ok(Head::verify(head, from, &key)?)
+        let head = Head::verify(head, from, &key)?;
+        self.lock().reporting.insert(from);
+        Ok(head)
     }
 
     /// A views report from `from`: kept for quorum checks if it decodes and `from` has a session
@@ -391,6 +407,30 @@ mod tests {
         };
         RevocationList::verify(&list.sign(&ca()).expect("signed"), &ca().cluster_id())
             .expect("verifies")
+    }
+
+    /// Reports go on the clock only to peers that send their own: a peer that keeps no quorum
+    /// (a phone) is not woken every interval.
+    #[test]
+    fn only_peers_that_report_get_reports_on_the_clock() {
+        let book = PeerBook::default();
+        let (desk, phone) = (cert(1), cert(2));
+        book.on_established(desk.clone());
+        book.on_established(phone.clone());
+        assert!(book.reporting_peers().is_empty());
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let head = Head {
+            hub: desk.hub_id(),
+            seq: 1,
+            mac: [0; 32],
+            at_ms: NOW,
+        };
+        // A head signed by another key does not count.
+        let forged = head.sign(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]));
+        assert!(book.on_audit_head(desk.hub_id(), &forged).is_err());
+        assert!(book.reporting_peers().is_empty());
+        book.on_audit_head(desk.hub_id(), &head.sign(&key)).unwrap();
+        assert_eq!(book.reporting_peers(), vec![desk.hub_id()]);
     }
 
     /// A call is admitted only from a peer with a session certificate, not suspended, not

@@ -284,12 +284,14 @@ impl HubState {
         }
     }
 
-    /// Sends every peer with a session that is online this hub's signed audit head and views.
+    /// Sends every peer online with a session that reports its own audit head (it keeps a quorum)
+    /// this hub's signed audit head and views; a peer that keeps none (a phone) gets them only as
+    /// its session comes up, so that an idle one is sent nothing.
     pub(crate) fn send_all_reports(self: &Arc<Self>, member: &Member) {
         let online = self.book.online();
         for peer in self
             .book
-            .with_sessions()
+            .reporting_peers()
             .into_iter()
             .filter(|p| online.contains(p))
         {

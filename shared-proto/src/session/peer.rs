@@ -91,6 +91,11 @@ pub const CONFIRM_TIMEOUT_MS: u64 = 5_000;
 /// cannot make it hand-shake at will.
 pub const UNKNOWN_SESSION_REHANDSHAKE_MS: u64 = 10_000;
 
+/// A session that carried no message for this long is idle: the clock does not rekey it (it
+/// is replaced at its next use, after a new handshake if it expired meanwhile), so a hub with
+/// nothing to say sends nothing.
+pub const IDLE_AFTER_MS: u64 = 60_000;
+
 /// Hubs this hub holds state for without knowing their certificate (data came from them for an
 /// unknown session, and their certificate was asked for). Past this, data from one more such
 /// hub is dropped unanswered; such state is forgotten once idle for
@@ -169,6 +174,8 @@ struct Session {
     confirmed: bool,
     /// When it was set up.
     installed_ms: u64,
+    /// When it last carried a message either way (its set-up counts).
+    used_ms: u64,
 }
 
 #[derive(Default)]
@@ -514,8 +521,19 @@ impl PeerSessions {
                 self.start_handshake(peer, &cert, now_ms, attempts + 1, rng);
             }
         }
-        let peers: Vec<HubId> = self.peers.keys().copied().collect();
-        for peer in peers {
+        // Only sessions in use are rekeyed on the clock; an idle one is replaced when it is next
+        // used (a hub with nothing to say sends nothing: a phone's battery).
+        let active: Vec<HubId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.current
+                    .as_ref()
+                    .is_some_and(|s| now_ms < s.used_ms.saturating_add(IDLE_AFTER_MS))
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for peer in active {
             self.maybe_rekey(peer, now_ms, rng);
         }
         self.forget_idle_strangers(now_ms);
@@ -686,6 +704,7 @@ impl PeerSessions {
             remote_index,
             confirmed,
             installed_ms: now_ms,
+            used_ms: now_ms,
         };
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
@@ -783,6 +802,9 @@ impl PeerSessions {
         let Some(session) = state.current.as_mut() else {
             return;
         };
+        if !message.is_empty() {
+            session.used_ms = now_ms;
+        }
         let id = state.next_message_id;
         state.next_message_id = state.next_message_id.wrapping_add(1);
         let pieces: Vec<&[u8]> = if message.is_empty() {
@@ -837,6 +859,9 @@ impl PeerSessions {
         };
         let mut plain = Vec::new();
         session.transport.decrypt(msg, now_ms, &mut plain)?;
+        if !plain.is_empty() {
+            session.used_ms = now_ms;
+        }
         if !session.confirmed {
             // The initiator holds the session: what waited for it goes now.
             session.confirmed = true;
@@ -1054,10 +1079,14 @@ mod tests {
         assert_eq!(p.got_a, vec![b"b1".to_vec()]);
         assert!(p.b.is_established(&A));
 
-        // An initiator with nothing to send (a rekey started by the timer) confirms with an
-        // empty transport message; the responder's new session is confirmed by it alone.
+        // An initiator with nothing to send (a rekey started by the timer, of a session in use)
+        // confirms with an empty transport message; the responder's new session is confirmed by
+        // it alone.
         let old = p.b.peers[&A].current.as_ref().unwrap().local_index;
-        p.now += crate::session::noise::REKEY_AFTER_MS;
+        p.now += crate::session::noise::REKEY_AFTER_MS - 10_000;
+        p.b.send(A, b"b2".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        p.now += 10_000;
         p.a.handle_timeout(p.now, &mut p.rng);
         p.drive();
         let new = p.b.peers[&A].current.as_ref().unwrap();
@@ -1279,6 +1308,35 @@ mod tests {
         assert_eq!(
             p.got_b,
             vec![b"early".to_vec(), b"after a long pause".to_vec()]
+        );
+    }
+
+    #[test]
+    fn an_idle_session_is_not_rekeyed_by_the_clock_and_is_replaced_at_its_next_use() {
+        let mut p = Pair::new();
+        p.a.send(B, b"hello".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        let old = p.a.peers[&B].current.as_ref().unwrap().local_index;
+        // Four minutes with nothing to say, the clocks ticking: nothing goes out either way.
+        for _ in 0..24 {
+            p.now += 10_000;
+            p.a.handle_timeout(p.now, &mut p.rng);
+            p.b.handle_timeout(p.now, &mut p.rng);
+            p.collect();
+            assert!(
+                p.wire.is_empty(),
+                "an idle hub sent {:?}",
+                p.kinds_in_flight()
+            );
+        }
+        // The next message goes on a new session (the old one expired), and arrives.
+        p.a.send(B, b"after a quiet while".to_vec(), p.now, &mut p.rng)
+            .unwrap();
+        p.drive();
+        assert_ne!(p.a.peers[&B].current.as_ref().unwrap().local_index, old);
+        assert_eq!(
+            p.got_b,
+            vec![b"hello".to_vec(), b"after a quiet while".to_vec()]
         );
     }
 
