@@ -9,8 +9,10 @@
 //!   calls, and the phone app served to the other hubs;
 //! - [`phone`]: the phone app's tools and the checks every call of them passes;
 //! - [`kept`]: what is kept between visits;
+//! - [`bench`]: the handshake, as a benchmark (scripts/bench-phone);
 //! - `web` (wasm32 only): the JavaScript bindings.
 
+pub mod bench;
 pub mod hub;
 pub mod join;
 pub mod kept;

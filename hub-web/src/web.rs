@@ -248,3 +248,10 @@ impl JsHub {
         self.0.fail_call(id, refused, message, ms(now)).map_err(js)
     }
 }
+
+/// Runs `n` Noise IK handshakes (both sides, first meeting) between the hubs of `fixture` (made
+/// natively by scripts/bench-phone, which times the call); how many completed.
+#[wasm_bindgen(js_name = benchHandshakes)]
+pub fn bench_handshakes(n: u32, fixture: &str) -> u32 {
+    crate::bench::handshakes(n, fixture)
+}
