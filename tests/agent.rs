@@ -9,27 +9,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::cli::{HubHome, RunningHub};
-use e2e::{hub_bin, repo_root, RelayKind, RelayProcess};
+use e2e::mcp::{call, everything, mcp_client, text};
+use e2e::{blocking, hub_bin, runtime, RelayKind, RelayProcess};
 use hub_client::node::home::Home;
 use hub_client::transport::peers::{OutgoingCall, PeerClient, PeerError};
-use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::RunningService;
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use shared_proto::agent::{arguments_hash, CallErrorCode, Delegation};
 use shared_proto::HubId;
-
-/// The third-party MCP server, as scripts/setup installs it.
-fn everything() -> String {
-    let bin = repo_root().join("node_modules/.bin/mcp-server-everything");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/setup",
-        bin.display()
-    );
-    bin.display().to_string()
-}
 
 /// The in-repo test app (built with this test).
 fn test_app() -> String {
@@ -149,32 +138,6 @@ fn wait_online(home: &HubHome, n: usize) {
     });
 }
 
-/// An MCP client that starts `hub mcp` for `home` as a desktop agent client would.
-async fn mcp_client(home: &HubHome) -> RunningService<RoleClient, ()> {
-    let mut cmd = tokio::process::Command::new(hub_bin());
-    cmd.arg("--home").arg(&home.dir).arg("mcp");
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    ().serve(transport).await.unwrap()
-}
-
-async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
-    let mut params = CallToolRequestParams::new(tool.to_owned());
-    params.arguments = args.as_object().cloned();
-    client.call_tool(params).await.unwrap()
-}
-
-fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 macro_rules! both {
     ($name:ident) => {
         mod $name {
@@ -188,20 +151,6 @@ macro_rules! both {
             }
         }
     };
-}
-
-/// A runtime for the async parts of a test (the CLI and API helpers block, and run outside it).
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Runs blocking helpers (`hub run`, API requests) from inside a test's runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 both!(an_agent_on_the_desk_lists_and_calls_an_app_on_the_laptop);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use e2e::browser::{attr, click, fill, text_when, until, Driver};
 use e2e::cli::{HubHome, RunningHub};
-use e2e::{RelayKind, RelayProcess};
+use e2e::{blocking, RelayKind, RelayProcess};
 use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
@@ -45,11 +45,6 @@ fn admin_token(home: &HubHome) -> String {
     home.ok(&["tokens", "create", "--name", "console", "--admin"])
         .trim()
         .to_owned()
-}
-
-/// A blocking call (the harness's HTTP client, a CLI run) inside the async test.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 fn test_app() -> String {

@@ -8,16 +8,13 @@
 //! page says so. And roaming: the phone's network (a TCP path the test cuts) goes away for 10 s
 //! while its call waits, and comes back: the call completes, once.
 
-use e2e::browser::{cdp, click, fill, present, text_when, until, Driver};
+use e2e::browser::{cdp, click, fill, join_page, present, text_when, until, Driver};
 use e2e::cli::HubHome;
+use e2e::mcp::{call, everything, mcp_client, text};
 use e2e::path::CuttablePath;
-use e2e::{hub_bin, repo_root, RelayKind, RelayProcess};
+use e2e::{blocking, repo_root, runtime, RelayKind, RelayProcess};
 use fantoccini::{Client, Locator};
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A phone's viewport (CSS pixels).
 const PHONE: (u32, u32) = (390, 844);
@@ -27,70 +24,11 @@ fn test_app() -> String {
     env!("CARGO_BIN_EXE_test-app").to_owned()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn assert_page_built() {
     assert!(
         repo_root().join("hub-web/build/phone/index.html").exists(),
         "the phone page is not built: run scripts/build-web (scripts/test does)"
     );
-}
-
-/// Joins the page at `page` to the cluster of `token`, under `name`, and waits until it is
-/// connected.
-async fn join(b: &Client, page: &str, token: &str, name: &str) {
-    b.goto(&format!("{page}#token={token}")).await.unwrap();
-    present(b, "body[data-state=join]").await;
-    fill(b, "#join-name", name).await;
-    click(b, "#join-button").await;
-    present(b, "body[data-state=member]").await;
-    present(b, "body[data-connected=true]").await;
-}
-
-fn everything() -> String {
-    let bin = repo_root().join("node_modules/.bin/mcp-server-everything");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/setup",
-        bin.display()
-    );
-    bin.display().to_string()
-}
-
-async fn mcp_client(home: &HubHome) -> RunningService<RoleClient, ()> {
-    let mut cmd = tokio::process::Command::new(hub_bin());
-    cmd.arg("--home").arg(&home.dir).arg("mcp");
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    ().serve(transport).await.unwrap()
-}
-
-async fn call(client: &RunningService<RoleClient, ()>, args: Value) -> CallToolResult {
-    let mut params = CallToolRequestParams::new("app.call");
-    params.arguments = args.as_object().cloned();
-    client.call_tool(params).await.unwrap()
-}
-
-fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A blocking call (the CLI) inside the async test.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 /// The phone's id, as the page shows it.
@@ -107,11 +45,8 @@ fn a_phone_joins_calls_the_desk_and_is_called_by_its_agent() {
     assert_page_built();
     let relay = RelayProcess::start(RelayKind::Workerd);
     let dir = tempfile::tempdir().unwrap();
-    let desk = HubHome::new(dir.path().join("desk"));
-    desk.create_cluster("desk", &relay.url());
-    desk.ok(&["apps", "add", "everything", "--command", &everything()]);
-    desk.ok(&["apps", "share", "everything", "--cluster"]);
-    let _desk_run = desk.run();
+    let (desk, _desk_run) =
+        HubHome::founder_sharing(dir.path(), &relay.url(), "everything", &everything());
     let token = desk
         .ok(&["invite", "--trust-level", "agent_dispatch"])
         .trim()
@@ -138,7 +73,7 @@ fn a_phone_joins_calls_the_desk_and_is_called_by_its_agent() {
 
         // Join: the token arrives in the fragment, as the console's QR code gives it, and
         // leaves the URL at once.
-        join(&b, &page, &token, "phone").await;
+        join_page(&b, &page, &token, "phone").await;
         let url = b.current_url().await.unwrap();
         assert!(
             !url.as_str().contains("hubpair1_"),
@@ -167,6 +102,7 @@ fn a_phone_joins_calls_the_desk_and_is_called_by_its_agent() {
         let client = mcp_client(&desk).await;
         let location = call(
             &client,
+            "app.call",
             json!({ "hub": "phone", "app": "phone", "tool": "location", "arguments": {} }),
         )
         .await;
@@ -182,6 +118,7 @@ fn a_phone_joins_calls_the_desk_and_is_called_by_its_agent() {
         let asking = {
             let client_call = call(
                 &client,
+                "app.call",
                 json!({ "hub": "phone", "app": "phone", "tool": "ask",
                         "arguments": { "question": "Deploy now?", "choices": ["yes", "no"] } }),
             );
@@ -221,23 +158,16 @@ fn a_call_waiting_while_the_phones_network_is_away_completes_once() {
     let port = relay.url().rsplit(':').next().unwrap().parse().unwrap();
     let path = rt.block_on(CuttablePath::start(port));
     let dir = tempfile::tempdir().unwrap();
-    let desk = HubHome::new(dir.path().join("desk"));
-    desk.create_cluster("desk", &relay.url());
-    desk.ok(&["apps", "add", "tools", "--command", &test_app()]);
-    desk.ok(&["apps", "share", "tools", "--cluster"]);
-    let _desk_run = desk.run();
+    let (desk, _desk_run) =
+        HubHome::founder_sharing(dir.path(), &relay.url(), "tools", &test_app());
     // The phone reaches the relay (and its page) only through the path the test cuts: its token
     // names the path as the relay.
-    let token = desk.ok(&["invite"]).trim().to_owned();
-    let mut token = shared_proto::session::pairing::PairingToken::parse(&token).unwrap();
-    let through = path.url().replace("ws://", "http://");
-    token.relay_url = through.clone();
-    let token = token.encode().unwrap();
+    let (token, through) = path.token_through(&desk.ok(&["invite"]));
 
     rt.block_on(async {
         let driver = Driver::start();
         let b = driver.browser_sized(PHONE.0, PHONE.1).await;
-        join(&b, &format!("{through}/phone/"), &token, "phone").await;
+        join_page(&b, &format!("{through}/phone/"), &token, "phone").await;
         let phone = phone_id(&b).await;
         let connections = path.connections.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -262,20 +192,9 @@ fn a_call_waiting_while_the_phones_network_is_away_completes_once() {
         b.close().await.unwrap();
 
         // Run once: one call.in from the phone on the desk, allowed.
-        let log = blocking(|| {
-            desk.ok_when(
-                &["audit", "list", "--json", "--peer", &phone],
-                "a call.in entry",
-                |out| out.contains("\"call.in\""),
-            )
-        });
-        let calls: Vec<Value> = log
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|e| e["kind"] == "call.in")
-            .collect();
-        assert_eq!(calls.len(), 1, "{log}");
-        assert_eq!(calls[0]["decision"], "allowed", "{log}");
-        assert_eq!(calls[0]["tool"], "sleep", "{log}");
+        let calls = blocking(|| desk.calls_in(&phone));
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0]["decision"], "allowed", "{calls:?}");
+        assert_eq!(calls[0]["tool"], "sleep", "{calls:?}");
     });
 }

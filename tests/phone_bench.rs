@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use e2e::browser::{click, fill, present, text_when, until, Driver};
+use e2e::browser::{click, fill, join_page, present, text_when, until, Driver};
 use e2e::cli::HubHome;
 use e2e::path::CuttablePath;
 use e2e::{repo_root, RelayKind, RelayProcess};
@@ -82,42 +82,23 @@ fn main() {
         .collect();
     let native = median(native);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = e2e::runtime();
     let relay = RelayProcess::start(RelayKind::Workerd);
     let port = relay.url().rsplit(':').next().unwrap().parse().unwrap();
     let path = rt.block_on(CuttablePath::start(port));
     let dir = tempfile::tempdir().unwrap();
-    let desk = HubHome::new(dir.path().join("desk"));
-    desk.create_cluster("desk", &relay.url());
-    desk.ok(&[
-        "apps",
-        "add",
+    let (desk, _desk_run) = HubHome::founder_sharing(
+        dir.path(),
+        &relay.url(),
         "tools",
-        "--command",
         env!("CARGO_BIN_EXE_test-app"),
-    ]);
-    desk.ok(&["apps", "share", "tools", "--cluster"]);
-    let _desk_run = desk.run();
-    let token = desk.ok(&["invite"]).trim().to_owned();
-    let mut token = shared_proto::session::pairing::PairingToken::parse(&token).unwrap();
-    let through = path.url().replace("ws://", "http://");
-    token.relay_url = through.clone();
-    let token = token.encode().unwrap();
+    );
+    let (token, through) = path.token_through(&desk.ok(&["invite"]));
 
     rt.block_on(async {
         let driver = Driver::start();
         let b = driver.browser_sized(PHONE.0, PHONE.1).await;
-        b.goto(&format!("{through}/phone/#token={token}"))
-            .await
-            .unwrap();
-        present(&b, "body[data-state=join]").await;
-        fill(&b, "#join-name", "phone").await;
-        click(&b, "#join-button").await;
-        present(&b, "body[data-connected=true]").await;
+        join_page(&b, &format!("{through}/phone/"), &token, "phone").await;
 
         // The handshake in Chromium: the page's own module, timed by the page's clock.
         let browser = run(

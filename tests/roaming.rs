@@ -102,20 +102,9 @@ fn a_call_running_while_the_targets_path_dies_ends_once_with_its_answer(kind: Re
         "the laptop reconnected"
     );
     // Run once: one call.in on the laptop, allowed; none refused as replayed.
-    let desk_id = desk.id();
-    // The entry is written as the call is answered, and may reach the store just after.
-    let log = laptop.ok_when(
-        &["audit", "list", "--json", "--peer", &desk_id],
-        "a call.in entry",
-        |out| out.contains("\"call.in\""),
-    );
-    let calls: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["kind"] == "call.in")
-        .collect();
-    assert_eq!(calls.len(), 1, "{log}");
-    assert_eq!(calls[0]["decision"], "allowed", "{log}");
+    let calls = laptop.calls_in(&desk.id());
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["decision"], "allowed", "{calls:?}");
 }
 
 mod a_call_running_while_the_targets_path_dies_ends_once_with_its_answer {

@@ -160,32 +160,14 @@ mod tests {
     use shared_proto::trust::{Revocation, TrustLevel};
 
     use super::*;
-    use crate::testing::{ca, hub, manifest, TestHub, NOW};
-
-    fn kept(ca: &shared_proto::trust::ClusterCa, me: &TestHub, cert_of: &TestHub) -> Kept {
-        Kept {
-            format: KEPT_FORMAT,
-            relay_url: "wss://relay.example".into(),
-            identity_secret: hex::encode(me.identity.to_bytes()),
-            noise_secret: hex::encode(me.noise_secret),
-            ca_key: hex::encode(ca.public_key().as_bytes()),
-            certificate: hex::encode(cert_of.cert.der()),
-            manifest: hex::encode(manifest(ca, &[me])),
-            revocations: None,
-            sharing: "local".into(),
-            audit_key: hex::encode([3u8; 32]),
-            audit_seq: 0,
-            audit_mac: hex::encode([0u8; 32]),
-            revoked: None,
-        }
-    }
+    use crate::testing::{ca, hub, kept, manifest, NOW};
 
     #[test]
     fn kept_state_loads_only_as_the_ca_signed_it_and_for_the_keys_it_names() {
         let ca1 = ca(1);
         let phone = hub(&ca1, 9, TrustLevel::AgentDispatch);
         let other = hub(&ca1, 8, TrustLevel::Full);
-        let good = kept(&ca1, &phone, &phone);
+        let good = kept(&ca1, &phone, &phone, &[&phone]);
         let again = Kept::parse(&good.to_json()).unwrap();
         let loaded = again.load(NOW).unwrap();
         assert_eq!(loaded.certificate.hub_id(), phone.cert.hub_id());
@@ -193,15 +175,15 @@ mod tests {
         assert_eq!(loaded.sharing, Sharing::LocalOnly);
 
         // Another hub's certificate with this hub's keys.
-        let swapped = kept(&ca1, &phone, &other);
+        let swapped = kept(&ca1, &phone, &other, &[&phone]);
         assert!(matches!(swapped.load(NOW), Err(WebError::Kept(_))));
         // A certificate of another cluster's CA, under this one's key.
         let foreign = hub(&ca(2), 9, TrustLevel::Full);
-        let mut forged = kept(&ca1, &phone, &phone);
+        let mut forged = kept(&ca1, &phone, &phone, &[&phone]);
         forged.certificate = hex::encode(foreign.cert.der());
         assert!(matches!(forged.load(NOW), Err(WebError::Trust(_))));
         // A manifest of another cluster.
-        let mut wrong = kept(&ca1, &phone, &phone);
+        let mut wrong = kept(&ca1, &phone, &phone, &[&phone]);
         wrong.manifest = hex::encode(manifest(&ca(2), &[&phone]));
         assert!(matches!(wrong.load(NOW), Err(WebError::Trust(_))));
         // Expired.
@@ -234,7 +216,7 @@ mod tests {
         }
         .sign(&ca1)
         .unwrap();
-        let mut kept = kept(&ca1, &phone, &phone);
+        let mut kept = kept(&ca1, &phone, &phone, &[&phone]);
         assert!(!kept.load(NOW).unwrap().revoked);
         kept.revocations = Some(hex::encode(&list));
         assert!(kept.load(NOW).unwrap().revoked);

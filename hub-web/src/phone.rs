@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 use shared_proto::agent::nonces::Nonces;
 use shared_proto::agent::policy::{check_call, trust_needed, Caller, Sharing, ToolHints};
-use shared_proto::agent::{CallErrorCode, SignedDelegation};
+use shared_proto::agent::{arguments, CallErrorCode, SignedDelegation};
 use shared_proto::session::rpc::{CallRequest, Listing};
 use shared_proto::trust::VerifiedPeer;
 use shared_proto::HubId;
@@ -108,30 +108,8 @@ pub fn listing(
     listing: &Listing,
     now_ms: u64,
 ) -> Result<Vec<u8>, CallErrorCode> {
-    let delegation = match listing {
-        Listing::Unsigned { .. } => None,
-        Listing::Signed { envelope } => {
-            let signed = SignedDelegation::decode(envelope)?;
-            let listing_name = shared_proto::agent::LISTING;
-            signed.check(
-                cert.hub_id(),
-                cert.identity_key(),
-                me,
-                now_ms,
-                listing_name,
-                listing_name,
-                b"",
-            )?;
-            Some(signed.delegation)
-        }
-    };
-    let caller = Caller {
-        hub: cert.hub_id(),
-        hub_name: cert.name(),
-        trust: cert.trust(),
-        roles: cert.roles(),
-        principal: delegation.as_ref().map(|d| d.principal.as_str()),
-    };
+    let delegation = listing.delegation(cert, me, now_ms)?;
+    let caller = Caller::of(cert, delegation.as_ref().map(|d| d.principal.as_str()));
     let scoped = |tool: Option<&str>| delegation.as_ref().is_none_or(|d| d.allows(APP, tool));
     let mut apps = Vec::new();
     if sharing.admits(&caller) && scoped(None) {
@@ -171,29 +149,16 @@ pub fn check(
 ) -> Result<Admitted, (CallErrorCode, String)> {
     let no = |code: CallErrorCode| (code, code.to_string());
     let signed = SignedDelegation::decode(&call.envelope).map_err(no)?;
-    signed
-        .check(
-            call.from,
-            cert.identity_key(),
-            me,
-            now_ms,
-            &call.app,
-            &call.tool,
-            &call.arguments,
-        )
+    call.check_envelope(&signed, cert.identity_key(), me, now_ms)
         .map_err(no)?;
-    let arguments = canonical_arguments(&call.arguments)?;
+    let arguments = arguments::received(&call.arguments)
+        .map_err(|e| (e.code(), e.to_string()))?
+        .unwrap_or_default();
     let delegation = signed.delegation;
     if !delegation.allows(&call.app, Some(&call.tool)) {
         return Err(no(CallErrorCode::ScopeDenied));
     }
-    let caller = Caller {
-        hub: call.from,
-        hub_name: cert.name(),
-        trust: cert.trust(),
-        roles: cert.roles(),
-        principal: Some(&delegation.principal),
-    };
+    let caller = Caller::of(cert, Some(&delegation.principal));
     if call.app != APP || !sharing.admits(&caller) {
         return Err(no(CallErrorCode::NotShared));
     }
@@ -215,37 +180,6 @@ pub fn check(
         arguments,
         principal: delegation.principal,
     })
-}
-
-/// The arguments as the tool receives them: a JSON object in canonical form (compact, keys in
-/// ascending order, each once), which is what the envelope's hash binds.
-fn canonical_arguments(bytes: &[u8]) -> Result<Map<String, Value>, (CallErrorCode, String)> {
-    if bytes.is_empty() {
-        return Ok(Map::new());
-    }
-    let mismatch = |why: String| (CallErrorCode::ArgumentsMismatch, why);
-    let object: Map<String, Value> = serde_json::from_slice(bytes)
-        .map_err(|e| mismatch(format!("arguments are not a JSON object: {e}")))?;
-    let canonical = serde_json::to_vec(&object).map_err(|e| mismatch(format!("arguments: {e}")))?;
-    if canonical != bytes {
-        return Err(mismatch(
-            "arguments are not in canonical JSON (compact, keys in ascending order, each once; \
-             docs/PROTOCOL.md section 13)"
-                .into(),
-        ));
-    }
-    Ok(object)
-}
-
-/// `arguments` (any JSON object) in the canonical form a call carries.
-pub fn canonical(arguments: &str) -> Result<Vec<u8>, String> {
-    let object: Map<String, Value> = serde_json::from_str(if arguments.trim().is_empty() {
-        "{}"
-    } else {
-        arguments
-    })
-    .map_err(|e| format!("the arguments are not a JSON object: {e}"))?;
-    serde_json::to_vec(&object).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -72,3 +72,28 @@ pub(crate) fn manifest(ca: &ClusterCa, hubs: &[&TestHub]) -> Vec<u8> {
     .sign(ca)
     .unwrap()
 }
+
+/// The kept state of hub `me` of `ca`'s cluster, with `cert_of`'s certificate (`me`'s own, or
+/// another's to see it refused), and a manifest listing `members`.
+pub(crate) fn kept(
+    ca: &ClusterCa,
+    me: &TestHub,
+    cert_of: &TestHub,
+    members: &[&TestHub],
+) -> crate::kept::Kept {
+    crate::kept::Kept {
+        format: crate::kept::KEPT_FORMAT,
+        relay_url: "wss://relay.example".into(),
+        identity_secret: hex::encode(me.identity.to_bytes()),
+        noise_secret: hex::encode(me.noise_secret),
+        ca_key: hex::encode(ca.public_key().as_bytes()),
+        certificate: hex::encode(cert_of.cert.der()),
+        manifest: hex::encode(manifest(ca, members)),
+        revocations: None,
+        sharing: "local".into(),
+        audit_key: hex::encode([3u8; 32]),
+        audit_seq: 0,
+        audit_mac: hex::encode([0u8; 32]),
+        revoked: None,
+    }
+}

@@ -199,3 +199,14 @@ pub async fn present(b: &Client, css: &str) {
     })
     .await;
 }
+
+/// Opens the phone page at `page` (its URL) with `token` in the fragment, joins under `name`,
+/// and waits until the page is a member connected to the relay.
+pub async fn join_page(b: &Client, page: &str, token: &str, name: &str) {
+    b.goto(&format!("{page}#token={token}")).await.unwrap();
+    present(b, "body[data-state=join]").await;
+    fill(b, "#join-name", name).await;
+    click(b, "#join-button").await;
+    present(b, "body[data-state=member]").await;
+    present(b, "body[data-connected=true]").await;
+}

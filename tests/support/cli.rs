@@ -89,6 +89,36 @@ impl HubHome {
         }
     }
 
+    /// The `call.in` entries of this hub's audit log from `peer` (hub id), once there is one
+    /// (an entry is written as its call is answered, and may reach the store just after).
+    pub fn calls_in(&self, peer: &str) -> Vec<Value> {
+        let log = self.ok_when(
+            &["audit", "list", "--json", "--peer", peer],
+            "a call.in entry",
+            |out| out.contains("\"call.in\""),
+        );
+        log.lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .filter(|e| e["kind"] == "call.in")
+            .collect()
+    }
+
+    /// A founder `desk` in `dir` of a new cluster on `relay_url`, with app `app` (`command`)
+    /// shared with the cluster, running.
+    pub fn founder_sharing(
+        dir: &Path,
+        relay_url: &str,
+        app: &str,
+        command: &str,
+    ) -> (HubHome, RunningHub) {
+        let desk = HubHome::new(dir.join("desk"));
+        desk.create_cluster("desk", relay_url);
+        desk.ok(&["apps", "add", app, "--command", command]);
+        desk.ok(&["apps", "share", app, "--cluster"]);
+        let running = desk.run();
+        (desk, running)
+    }
+
     /// Runs `hub ARGS`, which must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.output(args);

@@ -49,6 +49,21 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
     start.elapsed()
 }
 
+/// A runtime for the async parts of a test (the CLI and API helpers block, and run outside it, or
+/// inside it through [`blocking`]).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs a blocking helper (`hub` through the CLI, an API request) inside a test's runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -486,6 +501,7 @@ pub mod browser;
 pub mod cli;
 pub mod crowd;
 pub mod load;
+pub mod mcp;
 pub mod netns;
 pub mod path;
 

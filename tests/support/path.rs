@@ -78,6 +78,16 @@ impl CuttablePath {
         format!("ws://127.0.0.1:{}", self.port)
     }
 
+    /// `token` (from `hub invite`) naming this path as its relay, and the path's HTTP base URL:
+    /// a hub that joins with it reaches the relay (and the phone page) only through the path.
+    pub fn token_through(&self, token: &str) -> (String, String) {
+        let mut token = shared_proto::session::pairing::PairingToken::parse(token.trim())
+            .expect("a pairing token");
+        let base = self.url().replace("ws://", "http://");
+        token.relay_url = base.clone();
+        (token.encode().expect("an encodable token"), base)
+    }
+
     /// Cuts the path: what is sent is lost, new connections fail.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rmcp::model::JsonObject;
 use shared_proto::agent::nonces::NonceRefusal;
 use shared_proto::agent::{
-    arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation, LISTING,
+    arguments, arguments_hash, check_call, trust_needed, CallErrorCode, Caller, SignedDelegation,
 };
 use shared_proto::trust::VerifiedPeer;
 use shared_proto::HubId;
@@ -132,33 +132,12 @@ impl HubState {
         let Ok(cert) = self.admit_call(from).await else {
             return Ok(Vec::new());
         };
-        let delegation = match listing {
-            Listing::Unsigned { .. } => None,
-            Listing::Signed { envelope } => {
-                let signed = SignedDelegation::decode(&envelope)?;
-                signed.check(
-                    from,
-                    cert.identity_key(),
-                    member.hub_id,
-                    unix_ms(),
-                    LISTING,
-                    LISTING,
-                    b"",
-                )?;
-                Some(signed.delegation)
-            }
-        };
+        let delegation = listing.delegation(&cert, member.hub_id, unix_ms())?;
         let apps = self
             .blocking(|state| Ok(state.store().apps()?))
             .await
             .unwrap_or_default();
-        let caller = Caller {
-            hub: from,
-            hub_name: cert.name(),
-            trust: cert.trust(),
-            roles: cert.roles(),
-            principal: delegation.as_ref().map(|d| d.principal.as_str()),
-        };
+        let caller = Caller::of(&cert, delegation.as_ref().map(|d| d.principal.as_str()));
         let scoped =
             |app: &str, tool: Option<&str>| delegation.as_ref().is_none_or(|d| d.allows(app, tool));
         let mut out = Vec::new();
@@ -302,30 +281,17 @@ impl HubState {
             .map_err(|_| no(CallErrorCode::Busy))?;
         let cert = self.book.admit_call(call.from).map_err(no)?;
         let envelope = envelope.map_err(no)?;
-        let now = unix_ms();
-        envelope
-            .check(
-                call.from,
-                cert.identity_key(),
-                member.hub_id,
-                now,
-                &call.app,
-                &call.tool,
-                &call.arguments,
-            )
+        call.check_envelope(&envelope, cert.identity_key(), member.hub_id, unix_ms())
             .map_err(no)?;
-        let arguments = received_arguments(&call.arguments)?;
+        // The arguments as the app will receive them: the bytes sent must be their canonical
+        // form, so that the hash the envelope binds is the hash of what the app gets.
+        let arguments =
+            arguments::received(&call.arguments).map_err(|e| (e.code(), e.to_string()))?;
         let delegation = envelope.delegation;
         if !delegation.allows(&call.app, Some(&call.tool)) {
             return Err(no(CallErrorCode::ScopeDenied));
         }
-        let caller = Caller {
-            hub: call.from,
-            hub_name: cert.name(),
-            trust: cert.trust(),
-            roles: cert.roles(),
-            principal: Some(&delegation.principal),
-        };
+        let caller = Caller::of(&cert, Some(&delegation.principal));
         let record = app
             .filter(|a| a.sharing.admits(&caller))
             .ok_or_else(|| no(CallErrorCode::NotShared))?;
@@ -376,28 +342,6 @@ impl HubState {
         }
         Ok(())
     }
-}
-
-/// The arguments of a call as the app will receive them: a JSON object (or none), which must be
-/// the bytes sent in their canonical form (compact, keys in ascending order, each once), so
-/// that the hash the envelope binds is the hash of what the app gets. Other bytes (a key twice,
-/// of which the app would see one; numbers or strings written another way) are refused.
-fn received_arguments(bytes: &[u8]) -> Result<Option<JsonObject>, CallFailure> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let mismatch = |why: String| (CallErrorCode::ArgumentsMismatch, why);
-    let object: JsonObject = serde_json::from_slice(bytes)
-        .map_err(|e| mismatch(format!("arguments are not a JSON object: {e}")))?;
-    let canonical = serde_json::to_vec(&object).map_err(|e| mismatch(format!("arguments: {e}")))?;
-    if canonical != bytes {
-        return Err(mismatch(
-            "arguments are not in canonical JSON (compact, keys in ascending order, each once; \
-             docs/PROTOCOL.md section 13): the app would not receive the bytes the envelope binds"
-                .into(),
-        ));
-    }
-    Ok(Some(object))
 }
 
 /// The apps requests being answered: at most [`MAX_LISTINGS`] at once, and

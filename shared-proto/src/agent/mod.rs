@@ -1,8 +1,11 @@
 //! The agent surface across hubs: the delegation envelope a forwarding hub signs for every call
 //! ([`envelope`]), the sharing policy and trust levels the target hub checks ([`policy`]), and
 //! the stable error codes of a refused or failed call ([`CallErrorCode`]). The messages that carry
-//! them are in [`crate::msg`].
+//! them are in [`crate::msg`]. With feature `json`, [`arguments`]: a call's arguments in the
+//! canonical form the envelope binds.
 
+#[cfg(feature = "json")]
+pub mod arguments;
 pub mod envelope;
 pub mod nonces;
 pub mod policy;

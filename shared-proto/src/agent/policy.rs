@@ -2,7 +2,7 @@
 //! level, checked on the hub that runs the app for every list and every call.
 
 use super::CallErrorCode;
-use crate::trust::TrustLevel;
+use crate::trust::{TrustLevel, VerifiedPeer};
 use crate::HubId;
 
 /// Which other hubs' callers may see and call an app. A new app is [`Sharing::LocalOnly`].
@@ -126,7 +126,19 @@ pub struct Caller<'a> {
     pub principal: Option<&'a str>,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// The calling hub as its verified certificate says, for `principal` (as its envelope signed
+    /// it; none for a listing that signed none).
+    pub fn of(cert: &'a VerifiedPeer, principal: Option<&'a str>) -> Self {
+        Caller {
+            hub: cert.hub_id(),
+            hub_name: cert.name(),
+            trust: cert.trust(),
+            roles: cert.roles(),
+            principal,
+        }
+    }
+
     /// Whether a policy's principal entry (`NAME@HUB`) names this caller's principal.
     fn is(&self, entry: &str) -> bool {
         let (Some(principal), Some((name, hub))) = (self.principal, entry.rsplit_once('@')) else {

@@ -44,10 +44,12 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use ed25519_dalek::VerifyingKey;
 use sha2::{Digest as _, Sha256};
 
-use crate::agent::CallErrorCode;
+use crate::agent::{CallErrorCode, Delegation, SignedDelegation, LISTING};
 use crate::msg::{Msg, MsgError, MsgKind, SESSION_VERSION_REPEATS};
+use crate::trust::VerifiedPeer;
 use crate::HubId;
 
 /// Requests of this hub waiting for their answers at once; more are refused at once.
@@ -204,6 +206,29 @@ pub struct CallRequest {
     pub arguments: Vec<u8>,
 }
 
+impl CallRequest {
+    /// Checks `envelope` (this call's, decoded) against the call: signed by the calling hub
+    /// (`peer_key`, its certificate's key), for this hub (`me`), within its time window at
+    /// `now_ms`, for this app, tool and arguments (docs/PROTOCOL.md section 13).
+    pub fn check_envelope(
+        &self,
+        envelope: &SignedDelegation,
+        peer_key: &VerifyingKey,
+        me: HubId,
+        now_ms: u64,
+    ) -> Result<(), CallErrorCode> {
+        envelope.check(
+            self.from,
+            peer_key,
+            me,
+            now_ms,
+            &self.app,
+            &self.tool,
+            &self.arguments,
+        )
+    }
+}
+
 /// Who an apps request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listing {
@@ -218,6 +243,35 @@ pub enum Listing {
         /// The envelope's bytes.
         envelope: Vec<u8>,
     },
+}
+
+impl Listing {
+    /// What a signed listing's envelope says, checked: signed by `cert`'s hub, for this hub
+    /// (`me`), within its time window at `now_ms`, naming no app and no arguments; `None` for an
+    /// unsigned listing (its principal is only named: it counts as none).
+    pub fn delegation(
+        &self,
+        cert: &VerifiedPeer,
+        me: HubId,
+        now_ms: u64,
+    ) -> Result<Option<Delegation>, CallErrorCode> {
+        match self {
+            Listing::Unsigned { .. } => Ok(None),
+            Listing::Signed { envelope } => {
+                let signed = SignedDelegation::decode(envelope)?;
+                signed.check(
+                    cert.hub_id(),
+                    cert.identity_key(),
+                    me,
+                    now_ms,
+                    LISTING,
+                    LISTING,
+                    b"",
+                )?;
+                Ok(Some(signed.delegation))
+            }
+        }
+    }
 }
 
 /// A request from a peer other than a call.
