@@ -44,8 +44,14 @@ async function tx(store, mode, f) {
 }
 const getKept = () => tx("kv", "readonly", (s) => s.get("kept"));
 const putKept = (json) => tx("kv", "readwrite", (s) => s.put(json, "kept"));
-const putAudit = (entry) => tx("audit", "readwrite", (s) => s.put(entry));
-const lastAudit = () => tx("audit", "readonly", (s) => s.getAll()).then((all) => all.slice(-50));
+// The page keeps the newest AUDIT_KEPT entries of its chain (the chain's head is in the kept
+// state): calls from other hubs cannot fill the phone's storage.
+const AUDIT_KEPT = 5000;
+const putAudit = (entry) => tx("audit", "readwrite", (s) => {
+  s.put(entry);
+  if (entry.seq > AUDIT_KEPT) s.delete(IDBKeyRange.upperBound(entry.seq - AUDIT_KEPT));
+});
+const lastAudit = (seq) => tx("audit", "readonly", (s) => s.getAll(IDBKeyRange.lowerBound(Math.max(0, seq - 50))));
 async function forget() {
   await tx("kv", "readwrite", (s) => s.clear());
   await tx("audit", "readwrite", (s) => s.clear());
@@ -465,7 +471,7 @@ async function startHub(kept) {
   document.body.dataset.state = "member";
   $("title").textContent = "Hub";
   drawSharing();
-  for (const e of await lastAudit()) drawAuditEntry(e);
+  for (const e of await lastAudit(JSON.parse(kept).audit_seq ?? 0)) drawAuditEntry(e);
   drawHubs();
   hub.setHidden(document.hidden);
   connect();
