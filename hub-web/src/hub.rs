@@ -91,6 +91,26 @@ struct Serving {
     deadline_ms: u64,
 }
 
+impl Serving {
+    /// The audit entry of this call, ended at `now_ms` with `decision` and `reason`, having
+    /// carried `bytes`.
+    fn entry(self, decision: &str, reason: String, bytes: u64, now_ms: u64) -> Entry {
+        Entry {
+            kind: "call.in".into(),
+            peer: Some(self.from),
+            principal: self.principal,
+            app: phone::APP.into(),
+            tool: self.tool.into(),
+            decision: decision.into(),
+            reason,
+            duration_ms: now_ms.saturating_sub(self.started_ms),
+            arguments_sha256: Some(self.arguments_sha256),
+            bytes: Some(bytes),
+            ..Entry::default()
+        }
+    }
+}
+
 /// What this hub knows of another.
 #[derive(Debug, Default)]
 struct Peer {
@@ -103,7 +123,8 @@ pub struct WebHub {
     kept: Kept,
     credentials: Credentials,
     me: HubId,
-    name: String,
+    /// This hub's certificate, verified at open.
+    certificate: VerifiedPeer,
     held: Option<VerifiedRevocations>,
     sharing: Sharing,
     audit_key: [u8; 32],
@@ -126,7 +147,7 @@ impl std::fmt::Debug for WebHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebHub")
             .field("me", &self.me)
-            .field("name", &self.name)
+            .field("name", &self.certificate.name())
             .field("connected", &self.relay.is_some())
             .finish_non_exhaustive()
     }
@@ -160,7 +181,7 @@ impl WebHub {
             kept,
             credentials,
             me,
-            name: certificate.name().to_owned(),
+            certificate,
             held: revocations.clone(),
             sharing,
             audit_key,
@@ -188,7 +209,7 @@ impl WebHub {
 
     /// This hub's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.certificate.name()
     }
 
     /// The kept state as it is now (the page stores it after a `kept` event).
@@ -460,11 +481,10 @@ impl WebHub {
     }
 
     fn on_revocations(&mut self, list: VerifiedRevocations, now_ms: u64) {
-        let cert = shared_proto::trust::PeerCertificate::from_der(&self.credentials.cert_der);
-        let me_revoked = cert.is_ok_and(|c| {
-            c.verify(&self.credentials.ca_key, now_ms, Some(&list))
-                .is_err_and(|e| e == shared_proto::trust::TrustError::Revoked)
-        });
+        let me_revoked = list.is_revoked(
+            &self.certificate.fingerprint(),
+            &self.certificate.key_hash(),
+        );
         self.kept.revocations = Some(hex::encode(list.bytes()));
         self.held = Some(list.clone());
         self.core.handle_revocations(list, now_ms, &mut OsRng);
@@ -489,7 +509,7 @@ impl WebHub {
             })
             .collect();
         json!({
-            "me": {"id": self.me.to_string(), "name": self.name},
+            "me": {"id": self.me.to_string(), "name": self.certificate.name()},
             "connected": self.relay.as_ref().is_some_and(|r| r.session.welcomed()),
             "hubs": hubs,
         })
@@ -676,25 +696,9 @@ impl WebHub {
                 Answer::CallError { code, message },
             ),
         };
-        self.audit(
-            now_ms,
-            Entry {
-                kind: "call.in".into(),
-                peer: Some(serving.from),
-                principal: serving.principal,
-                app: phone::APP.into(),
-                tool: serving.tool.into(),
-                decision: decision.into(),
-                reason,
-                duration_ms: now_ms.saturating_sub(serving.started_ms),
-                arguments_sha256: Some(serving.arguments_sha256),
-                bytes: Some(bytes),
-                ..Entry::default()
-            },
-        );
-        let sent = self
-            .core
-            .answer(serving.from, serving.token, &answer, now_ms, &mut OsRng);
+        let (from, token) = (serving.from, serving.token);
+        self.audit(now_ms, serving.entry(decision, reason, bytes, now_ms));
+        let sent = self.core.answer(from, token, &answer, now_ms, &mut OsRng);
         self.drain(now_ms);
         sent.map_err(|e| WebError::Request(format!("the answer was not sent: {e}")))
     }
@@ -832,8 +836,7 @@ impl WebHub {
         let (request, answer) = match inbound {
             Inbound::Ping(request) => (request, Answer::Pong),
             Inbound::Info(request) => {
-                let info =
-                    json!({"name": self.name, "version": env!("CARGO_PKG_VERSION"), "uptime_s": 0});
+                let info = json!({"name": self.certificate.name(), "version": env!("CARGO_PKG_VERSION"), "uptime_s": 0});
                 (
                     request,
                     Answer::Info(serde_json::to_vec(&info).unwrap_or_default()),
@@ -961,21 +964,8 @@ impl WebHub {
             return;
         };
         if let Some(serving) = self.serving.remove(&id) {
-            self.audit(
-                now_ms,
-                Entry {
-                    kind: "call.in".into(),
-                    peer: Some(serving.from),
-                    principal: serving.principal,
-                    app: phone::APP.into(),
-                    tool: serving.tool.into(),
-                    decision: "allowed".into(),
-                    reason: "cancelled: the caller stopped waiting".into(),
-                    duration_ms: now_ms.saturating_sub(serving.started_ms),
-                    arguments_sha256: Some(serving.arguments_sha256),
-                    ..Entry::default()
-                },
-            );
+            let reason = "cancelled: the caller stopped waiting".to_owned();
+            self.audit(now_ms, serving.entry("allowed", reason, 0, now_ms));
             self.events
                 .push_back(json!({"type": "cancelled", "id": id}));
         }

@@ -188,11 +188,6 @@ impl PeerCore {
         }
     }
 
-    /// Whether a direct link to `peer` is up, as the transport said.
-    pub fn is_linked(&self, peer: &HubId) -> bool {
-        self.linked.contains(peer)
-    }
-
     /// What the relay said of the hubs. Whose path came back gets again what waits for its
     /// answers on the sessions held (peers of session version 3 tell repetitions from new
     /// requests); with nothing waiting, an empty message asks whether it still holds the session
