@@ -73,6 +73,9 @@ pub struct Options {
     /// Only a benchmark turns it off, to measure what it saves a roaming hub
     /// (`hub run --bench-no-network-watch`, hidden).
     pub watch_network: bool,
+    /// Archive audit entries older than this (checked at start and every hour) into
+    /// `HOME/audit-archive/`, as `hub audit archive` does; `None` keeps them in the store.
+    pub audit_retention: Option<Duration>,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             lan: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
             mdns: true,
             watch_network: true,
+            audit_retention: None,
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn run_with(
             })
             .await
     });
+    let retention = options.audit_retention;
     let mut hub = tokio::spawn(hub_loop(state.clone(), stop_rx.clone(), options));
     let mut flush_stop = stop_rx.clone();
     let flushing = state.clone();
@@ -147,6 +152,11 @@ pub async fn run_with(
             flushing.flush_token_uses().await;
         }
     });
+    let retention = retention.map(|keep| {
+        let home = home.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(archive_old_entries(home, keep, stop))
+    });
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
@@ -158,6 +168,9 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = token_uses.await;
+    if let Some(task) = retention {
+        let _ = task.await;
+    }
     state.flush_token_uses().await;
     if let Err(e) = state.journal.sync().await {
         tracing::error!("the last audit entries may be lost: {e}");
@@ -165,6 +178,49 @@ pub async fn run_with(
     state.apps.shutdown().await;
     crate::node::access::withdraw(&home, &state.store());
     result.map_err(|e| DaemonError::Task(e.to_string()))?
+}
+
+/// The audit retention: at start and every hour, entries older than `keep` go to a new file in
+/// `HOME/audit-archive/` (`node::audit::archive`).
+async fn archive_old_entries(home: Home, keep: Duration, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !home.is_initialized() {
+            continue;
+        }
+        let home = home.clone();
+        let archived = tokio::task::spawn_blocking(move || {
+            let now = crate::unix_ms();
+            let dir = home.dir().join("audit-archive");
+            std::fs::create_dir_all(&dir).map_err(|source| {
+                crate::node::audit::ArchiveError::Io {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            let out = dir.join(format!("audit-{now}.jsonl"));
+            let store = home.store()?;
+            let before = now.saturating_sub(keep.as_millis() as u64);
+            crate::node::audit::archive(&home, &store, before, &out).map(|a| (a, out))
+        })
+        .await;
+        match archived {
+            Ok(Ok((Some(a), out))) => tracing::info!(
+                entries = a.entries,
+                through = a.header.through_seq,
+                "audit entries past the retention archived to {}",
+                out.display()
+            ),
+            Ok(Ok((None, _))) => {}
+            Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+            Err(e) => tracing::error!("audit retention: {e}"),
+        }
+    }
 }
 
 /// The relay connection and sessions, once the home holds a hub.

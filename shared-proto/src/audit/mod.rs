@@ -193,7 +193,18 @@ pub fn verify<'a>(
     key: &[u8; 32],
     entries: impl IntoIterator<Item = (&'a Entry, &'a [u8; 32])>,
 ) -> Result<(u64, [u8; 32]), ChainError> {
-    let mut head = (0u64, [0u8; 32]);
+    verify_from(key, (0, [0; 32]), entries)
+}
+
+/// Checks the rest of a log whose entries up to `start` (sequence number and MAC: a checkpoint
+/// kept where older entries were archived) are not at hand: the first entry must be `start.0 +
+/// 1` and chain to `start.1`. Returns the head, `start` itself if there is no entry.
+pub fn verify_from<'a>(
+    key: &[u8; 32],
+    start: (u64, [u8; 32]),
+    entries: impl IntoIterator<Item = (&'a Entry, &'a [u8; 32])>,
+) -> Result<(u64, [u8; 32]), ChainError> {
+    let mut head = start;
     for (entry, mac) in entries {
         let expected = head.0 + 1;
         if entry.seq != expected {
@@ -455,6 +466,40 @@ mod tests {
 
     fn check(key: &[u8; 32], log: &[(Entry, [u8; 32])]) -> Result<(u64, [u8; 32]), ChainError> {
         verify(key, log.iter().map(|(e, m)| (e, m)))
+    }
+
+    /// The rest of a log after a checkpoint verifies from it, and only from it.
+    #[test]
+    fn the_rest_of_a_log_verifies_from_its_checkpoint_only() {
+        let key = [7; 32];
+        let log = chain(&key, 6);
+        let rest = |log: &[(Entry, [u8; 32])]| log[3..].to_vec();
+        let from = |start, log: &[(Entry, [u8; 32])]| {
+            verify_from(&key, start, log.iter().map(|(e, m)| (e, m)))
+        };
+        let checkpoint = (3, log[2].1);
+        assert_eq!(from(checkpoint, &rest(&log)), Ok((6, log[5].1)));
+        assert_eq!(from(checkpoint, &[]), Ok(checkpoint));
+        // Another MAC at the checkpoint, or another place: refused at the first entry.
+        assert_eq!(
+            from((3, log[1].1), &rest(&log)),
+            Err(ChainError::Mac { seq: 4 })
+        );
+        assert_eq!(
+            from((2, log[2].1), &rest(&log)),
+            Err(ChainError::Sequence {
+                expected: 3,
+                found: 4
+            })
+        );
+        // Verified from the start, the rest alone is not a log.
+        assert_eq!(
+            check(&key, &rest(&log)),
+            Err(ChainError::Sequence {
+                expected: 1,
+                found: 4
+            })
+        );
     }
 
     /// Every kind of tampering with a stored log is found by `verify`, naming the first entry at

@@ -90,6 +90,10 @@ pub(crate) enum Command {
             value_name = "ADDR"
         )]
         lan_listen: SocketAddr,
+        /// Move audit entries older than this (400d) out of the store, at start and every hour, into new files in HOME/audit-archive/ (as `hub audit
+        /// archive` does); kept in the store forever by default.
+        #[arg(long, value_parser = parse_duration, value_name = "AGE")]
+        audit_retention: Option<Duration>,
         /// For benchmarks only: record nothing in the audit log (scripts/bench-apps measures
         /// what auditing costs a call with it). Hidden from --help; logged as a warning.
         #[arg(long, hide = true)]
@@ -291,11 +295,28 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the whole chain with this hub's audit key: exit status 0 only if every entry
-    /// verifies; otherwise the first bad entry and why.
-    Verify,
+    /// Check the whole chain with this hub's audit key (from its signed checkpoint if older
+    /// entries were archived): exit status 0 only if every entry verifies; otherwise the first
+    /// bad entry and why.
+    Verify {
+        /// Check this archive (from `hub audit archive`) on its own instead.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+    },
     /// Every entry as JSON lines, with its MAC (hex), for an auditor holding the key.
     Export,
+    /// Move the entries older than a date out of the store into a new file (JSON lines, a
+    /// header first) that `hub audit verify --archive` checks on its own; the store keeps a
+    /// checkpoint signed by this hub where the log now starts, and shrinks.
+    Archive {
+        /// Archive the entries before this: a UTC date (2026-01-31, 2026-01-31T12:00:00Z) or an
+        /// age (400d: older than 400 days).
+        #[arg(long, value_parser = parse_before, value_name = "DATE")]
+        before: u64,
+        /// The archive to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +446,43 @@ pub(crate) struct ConnArgs {
     pub(crate) timeout: u64,
 }
 
+/// A moment before now, as Unix ms: `YYYY-MM-DD` (midnight UTC), `YYYY-MM-DDTHH:MM:SSZ`, or an
+/// age (`400d`) back from now.
+pub(crate) fn parse_before(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(age) = parse_duration(text) {
+        return Ok(hub_client::unix_ms().saturating_sub(age.as_millis() as u64));
+    }
+    let bad = || {
+        format!("{text:?}: expected a date (2026-01-31 or 2026-01-31T12:00:00Z) or an age (400d)")
+    };
+    let (date, time) = match text.split_once(['T', ' ']) {
+        Some((d, t)) => (d, t.trim_end_matches('Z')),
+        None => (text, "00:00:00"),
+    };
+    let numbers = |s: &str, sep: char| -> Result<Vec<i64>, String> {
+        s.split(sep)
+            .map(|n| n.parse::<i64>().map_err(|_| bad()))
+            .collect()
+    };
+    let (ymd, hms) = (numbers(date, '-')?, numbers(time, ':')?);
+    let [y, m, d] = <[i64; 3]>::try_from(ymd).map_err(|_| bad())?;
+    let [hh, mm, ss] = <[i64; 3]>::try_from(hms).map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    // Days from civil (proleptic Gregorian), the inverse of `cluster::utc`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000).map_err(|_| bad())
+}
+
 /// `90s`, `30m`, `1h`, `7d`, or plain seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -445,4 +503,33 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     n.checked_mul(secs)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_read_as_utc_and_nonsense_is_refused() {
+        // The values `date -u -d ... +%s` gives.
+        assert_eq!(parse_before("2026-12-07"), Ok(1_796_601_600_000));
+        assert_eq!(parse_before("2024-02-29T13:14:15Z"), Ok(1_709_212_455_000));
+        assert_eq!(parse_before("2024-02-29 13:14:15"), Ok(1_709_212_455_000));
+        assert_eq!(
+            crate::cluster::utc(1_709_212_455),
+            "2024-02-29 13:14:15 UTC"
+        );
+        let now = hub_client::unix_ms();
+        let age = parse_before("1d").unwrap();
+        assert!(age <= now - 86_400_000 && age > now - 86_400_000 - 60_000);
+        for bad in [
+            "2026-13-01",
+            "2026-12",
+            "yesterday",
+            "2026-12-07T25:00:00Z",
+            "",
+        ] {
+            assert!(parse_before(bad).is_err(), "{bad}");
+        }
+    }
 }

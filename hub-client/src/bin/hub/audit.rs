@@ -1,7 +1,7 @@
 //! `hub audit`: the federation audit log in this hub's store.
 
-use anyhow::{bail, Result};
-use hub_client::node::audit::{to_json, verify_log};
+use anyhow::{bail, Context, Result};
+use hub_client::node::audit::{archive, to_json, verify_archive, verify_log};
 use hub_client::node::home::Home;
 use hub_client::node::store::AuditEntry;
 use hub_client::unix_ms;
@@ -60,13 +60,56 @@ pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
                 }
             }
         }
-        AuditCommand::Verify => match verify_log(home, &store)? {
-            Ok((0, _)) => println!("the audit log is empty"),
-            Ok((seq, mac)) => println!(
-                "the audit chain verifies: {seq} entries, head {}",
-                hex::encode(mac)
-            ),
-            Err(e) => bail!("the audit chain does not verify: {e}"),
+        AuditCommand::Verify {
+            archive: Some(path),
+        } => {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+            let me = home.credentials()?;
+            let key = home.audit_key()?;
+            match verify_archive(&key, me.hub_id, &me.identity.verifying_key(), &text) {
+                Ok(h) => println!(
+                    "the archive verifies: entries {} to {}, head {}",
+                    h.after_seq + 1,
+                    h.through_seq,
+                    h.head_mac
+                ),
+                Err(e) => bail!("{}: the archive does not verify: {e}", path.display()),
+            }
+        }
+        AuditCommand::Verify { archive: None } => {
+            let from = store.audit_checkpoint()?.map(|c| c.seq);
+            match (verify_log(home, &store)?, from) {
+                (Ok((0, _)), _) => println!("the audit log is empty"),
+                (Ok((seq, mac)), None) => println!(
+                    "the audit chain verifies: {seq} entries, head {}",
+                    hex::encode(mac)
+                ),
+                (Ok((seq, mac)), Some(from)) => println!(
+                    "the audit chain verifies from its checkpoint at entry {from} (older entries \
+                     archived): entries {} to {seq}, head {}",
+                    from + 1,
+                    hex::encode(mac)
+                ),
+                (Err(e), _) => bail!("the audit chain does not verify: {e}"),
+            }
+        }
+        AuditCommand::Archive { before, out } => match archive(home, &store, before, &out)? {
+            None => println!("no entry before {}: nothing archived", utc(before / 1000)),
+            Some(a) => {
+                println!(
+                    "archived {} entries ({} to {}) to {}; the log goes on from entry {}",
+                    a.entries,
+                    a.header.after_seq + 1,
+                    a.header.through_seq,
+                    out.display(),
+                    a.header.through_seq + 1
+                );
+                println!(
+                        "keep the archive with this hub's audit.key: `hub audit verify --archive {}` checks it",
+                        out.display()
+                    );
+            }
         },
         AuditCommand::Export => {
             for (entry, mac) in store.audit_entries(None, 0, None)? {

@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> Result<()> {
             audit_head_interval,
             no_lan,
             lan_listen,
+            audit_retention,
             bench_unaudited,
             bench_no_network_watch,
         } => {
@@ -191,6 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
                 lan: (!no_lan).then_some(lan_listen),
                 mdns: true,
                 watch_network: !bench_no_network_watch,
+                audit_retention,
             };
             run_hub(home, api_listen, options).await
         }

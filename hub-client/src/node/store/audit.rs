@@ -288,7 +288,8 @@ fn append(
     Ok((entry.seq, mac))
 }
 
-/// The last audit entry's sequence number and MAC (0 and zeros if the log is empty).
+/// The last audit entry's sequence number and MAC: the checkpoint's if every entry was archived,
+/// 0 and zeros if the log never had one.
 fn audit_head(conn: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
     let head = conn
         .query_row(
@@ -298,13 +299,93 @@ fn audit_head(conn: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
         )
         .optional()?;
     match head {
-        None => Ok((0, [0; 32])),
+        None => Ok(checkpoint(conn)?.map_or((0, [0; 32]), |c| (c.seq, c.mac))),
         Some((seq, mac)) => Ok((
             seq,
             mac.try_into()
                 .map_err(|_| StoreError::Corrupt("audit MAC"))?,
         )),
     }
+}
+
+/// Where the log starts after older entries were archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last archived entry's sequence number: the log goes on at `seq + 1`.
+    pub seq: u64,
+    /// Its MAC, which the next entry chains to.
+    pub mac: [u8; 32],
+    /// When the entries were archived (Unix ms).
+    pub at_ms: u64,
+    /// The hub's signed [`shared_proto::audit::Head`] for `seq` and `mac`.
+    pub signed: Vec<u8>,
+}
+
+fn checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT seq, mac, at_ms, signed FROM audit_checkpoint WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(seq, mac, at_ms, signed)| {
+        Ok(Checkpoint {
+            seq,
+            mac: mac
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit checkpoint MAC"))?,
+            at_ms,
+            signed,
+        })
+    })
+    .transpose()
+}
+
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditEntry, Vec<u8>)> {
+    Ok((
+        AuditEntry {
+            seq: r.get::<_, i64>(0)? as u64,
+            at_ms: r.get::<_, i64>(1)? as u64,
+            kind: r.get(2)?,
+            peer: hub_column(r, 3)?,
+            principal: r.get(4)?,
+            app: r.get(5)?,
+            tool: r.get(6)?,
+            decision: r.get(7)?,
+            reason: r.get(8)?,
+            duration_ms: r.get::<_, i64>(9)? as u64,
+            arguments_sha256: r
+                .get::<_, Option<Vec<u8>>>(10)?
+                .and_then(|b| <[u8; 32]>::try_from(b).ok()),
+            bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
+            count: r.get::<_, Option<i64>>(13)?.map(|c| c as u64),
+        },
+        r.get::<_, Vec<u8>>(11)?,
+    ))
+}
+
+const ENTRY_COLUMNS: &str = "seq, at_ms, kind, peer, principal, app, tool, decision, reason,
+    duration_ms, arguments_sha256, mac, bytes, count";
+
+fn with_macs(
+    rows: impl Iterator<Item = rusqlite::Result<(AuditEntry, Vec<u8>)>>,
+) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
+    rows.map(|row| {
+        let (entry, mac) = row?;
+        let mac = mac
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("audit MAC"))?;
+        Ok((entry, mac))
+    })
+    .collect()
 }
 
 impl Store {
@@ -366,52 +447,106 @@ impl Store {
         since_ms: u64,
         limit: Option<u64>,
     ) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT * FROM (
-               SELECT seq, at_ms, kind, peer, principal, app, tool, decision, reason,
-                      duration_ms, arguments_sha256, mac, bytes, count
+               SELECT {ENTRY_COLUMNS}
                FROM audit_log
                WHERE (?1 IS NULL OR peer = ?1) AND at_ms >= ?2
                ORDER BY seq DESC LIMIT ?3
-             ) ORDER BY seq",
-        )?;
+             ) ORDER BY seq"
+        ))?;
         let rows = stmt.query_map(
             params![
                 peer.map(|p| p.0.to_vec()),
                 since_ms as i64,
                 limit.map_or(-1, |l| l as i64)
             ],
-            |r| {
-                Ok((
-                    AuditEntry {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        at_ms: r.get::<_, i64>(1)? as u64,
-                        kind: r.get(2)?,
-                        peer: hub_column(r, 3)?,
-                        principal: r.get(4)?,
-                        app: r.get(5)?,
-                        tool: r.get(6)?,
-                        decision: r.get(7)?,
-                        reason: r.get(8)?,
-                        duration_ms: r.get::<_, i64>(9)? as u64,
-                        arguments_sha256: r
-                            .get::<_, Option<Vec<u8>>>(10)?
-                            .and_then(|b| <[u8; 32]>::try_from(b).ok()),
-                        bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
-                        count: r.get::<_, Option<i64>>(13)?.map(|c| c as u64),
-                    },
-                    r.get::<_, Vec<u8>>(11)?,
-                ))
-            },
+            entry_row,
         )?;
-        rows.map(|row| {
-            let (entry, mac) = row?;
-            let mac = mac
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("audit MAC"))?;
-            Ok((entry, mac))
+        with_macs(rows)
+    }
+
+    /// The entries up to `seq` (all that are left of them), in chain order.
+    pub fn audit_entries_through(
+        &self,
+        seq: u64,
+    ) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq <= ?1 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(params![seq as i64], entry_row)?;
+        with_macs(rows)
+    }
+
+    /// The checkpoint the log starts from, if older entries were archived.
+    pub fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        checkpoint(&self.conn)
+    }
+
+    /// The last entry of the log's oldest stretch written before `before_ms`: entries up to it
+    /// may be archived (an entry of an earlier time after a later one, from a clock set back,
+    /// ends the stretch). `None` if the oldest entry held is not older than that.
+    pub fn audit_archivable(&self, before_ms: u64) -> Result<Option<u64>, StoreError> {
+        let (first, newest): (Option<i64>, Option<i64>) =
+            self.conn
+                .query_row("SELECT min(seq), max(seq) FROM audit_log", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        let (Some(first), Some(newest)) = (first, newest) else {
+            return Ok(None);
+        };
+        let stop: Option<i64> = self.conn.query_row(
+            "SELECT min(seq) FROM audit_log WHERE at_ms >= ?1",
+            params![before_ms as i64],
+            |r| r.get(0),
+        )?;
+        let last = stop.map_or(newest, |s| s - 1);
+        Ok((last >= first).then_some(last as u64))
+    }
+
+    /// Removes the entries up to `checkpoint.seq` (archived elsewhere) and keeps `checkpoint` in
+    /// one transaction; refused unless the entry at `checkpoint.seq` is still there with that
+    /// MAC (another archive ran meanwhile). Returns how many entries were removed.
+    pub fn forget_audit_through(&self, checkpoint: &Checkpoint) -> Result<u64, StoreError> {
+        self.in_transaction(|store| {
+            let tx = &store.conn;
+            let mac: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT mac FROM audit_log WHERE seq = ?1",
+                    params![checkpoint.seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if mac.as_deref() != Some(&checkpoint.mac[..]) {
+                return Err(StoreError::ArchiveRaced);
+            }
+            let removed = tx.execute(
+                "DELETE FROM audit_log WHERE seq <= ?1",
+                params![checkpoint.seq as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO audit_checkpoint (id, seq, mac, at_ms, signed)
+                 VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
+                 at_ms = excluded.at_ms, signed = excluded.signed",
+                params![
+                    checkpoint.seq as i64,
+                    checkpoint.mac.to_vec(),
+                    checkpoint.at_ms as i64,
+                    checkpoint.signed
+                ],
+            )?;
+            Ok(removed as u64)
         })
-        .collect()
+    }
+
+    /// Gives the space of removed rows back to the file system (after an archive).
+    pub fn compact(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("VACUUM")?;
+        // In WAL mode the vacuumed pages are in the log until it is checkpointed.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Counts of audit entries since `since_ms` (about `peer` only, if given: that reads the

@@ -136,6 +136,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (token_sha256, minute)
     ) WITHOUT ROWID;
     "#,
+    // 12: where the audit log starts after older entries were archived (`hub audit archive`):
+    // the last archived entry's sequence number and MAC, signed by the hub (`audit::Head`).
+    r#"
+    CREATE TABLE audit_checkpoint (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        seq    INTEGER NOT NULL,
+        mac    BLOB NOT NULL,
+        at_ms  INTEGER NOT NULL,
+        signed BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -26,7 +26,7 @@ pub mod peers;
 pub mod tokens;
 
 pub use apps::{AppRecord, AppSource};
-pub use audit::{AuditCount, AuditEntry, HeadCheck, PeerAuditHead};
+pub use audit::{AuditCount, AuditEntry, Checkpoint, HeadCheck, PeerAuditHead};
 pub use documents::{Document, MANIFEST, REVOCATIONS};
 use migrations::MIGRATIONS;
 pub use migrations::SCHEMA_VERSION;
@@ -60,6 +60,10 @@ pub enum StoreError {
         /// Its version or epoch.
         serial: u64,
     },
+    /// Archived entries were not removed: the log no longer ends the archive's way there
+    /// (another archive ran at the same time).
+    #[error("the audit log changed while it was archived; archive again")]
+    ArchiveRaced,
 }
 
 /// The store.
