@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! A cluster that lives for years, through the `hub` binary: the audit log archived and checked
-//! from its checkpoint.
+//! from its checkpoint; the founder's machine lost, and the cluster's admin restored from a
+//! backup.
 
 use std::path::Path;
 use std::time::Duration;
@@ -184,4 +185,149 @@ fn a_running_hub_archives_what_is_past_its_retention() {
     assert!(alone.contains("entries 1 to 10"), "{alone}");
     let rest = hub.ok(&["audit", "verify"]);
     assert!(rest.contains("from its checkpoint at entry 10"), "{rest}");
+}
+
+/// Copies a home directory (what a thief of the machine holds).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
+    let relay = RelayProcess::start(RelayKind::Workerd);
+    let dir = tempfile::tempdir().unwrap();
+    let home = |name: &str| HubHome::new(dir.path().join(name));
+    let desk = home("desk");
+    desk.create_cluster("desk", &relay.url());
+    let desk_id = desk.id();
+    let desk_run = desk.run();
+    let laptop = home("laptop");
+    let token = desk.ok(&["invite"]);
+    laptop.ok(&["join", token.trim(), "--name", "laptop"]);
+    let _laptop_run = laptop.run();
+
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "hunter2\n").unwrap();
+    let backup = dir.path().join("cluster.age");
+    let backup_arg = backup.to_str().unwrap();
+    let refused = desk.fails(&[
+        "cluster",
+        "backup",
+        "--out",
+        backup_arg,
+        "--passphrase-file",
+        weak.to_str().unwrap(),
+    ]);
+    assert!(refused.contains("at least 12 characters"), "{refused}");
+    assert!(!backup.exists());
+    let out = desk.ok(&[
+        "cluster",
+        "backup",
+        "--out",
+        backup_arg,
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(out.contains("wrote the backup of cluster"), "{out}");
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1\n-> scrypt "));
+    // The CA key is not in it in the clear.
+    let ca_key: String = std::fs::read(desk.dir.join("ca.key"))
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!String::from_utf8_lossy(&bytes).contains(&ca_key));
+    let again = desk.fails(&[
+        "cluster",
+        "backup",
+        "--out",
+        backup_arg,
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(again.contains("never written over"), "{again}");
+    // After the backup, the founder revokes a hub: the relay holds a list newer than the backup's.
+    let tablet = home("tablet");
+    let token = desk.ok(&["invite"]);
+    tablet.ok(&["join", token.trim(), "--name", "tablet"]);
+    let out = desk.ok(&["peers", "revoke", &tablet.id()]);
+    assert!(out.contains("revocation list version 1"), "{out}");
+
+    // The founder's machine is lost: a copy of it is in other hands.
+    let stolen = home("stolen");
+    drop(desk_run);
+    copy_dir(&desk.dir, &stolen.dir);
+    std::fs::remove_dir_all(&desk.dir).unwrap();
+
+    let desk2 = home("desk2");
+    let restore = |pass: &Path, file: &Path| {
+        desk2.output(&[
+            "cluster",
+            "restore",
+            file.to_str().unwrap(),
+            "--name",
+            "desk2",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+    };
+    let stderr = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "correct horse battery stapler\n").unwrap();
+    let refused = stderr(restore(&wrong, &backup));
+    assert!(refused.contains("wrong passphrase"), "{refused}");
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 20;
+    flipped[at] ^= 1;
+    let damaged = dir.path().join("damaged.age");
+    std::fs::write(&damaged, &flipped).unwrap();
+    let refused = stderr(restore(&pass, &damaged));
+    assert!(refused.contains("the backup is damaged"), "{refused}");
+    assert!(
+        !desk2.dir.join("hub.der").exists(),
+        "a refused restore leaves no hub"
+    );
+
+    let out = restore(&pass, &backup);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("made by {desk_id}")), "{text}");
+    let desk2_run = desk2.run();
+    // The restored admin pairs a new hub, which the laptop reaches.
+    let phone = home("phone");
+    let token = desk2.ok(&["invite"]);
+    let joined = phone.ok(&["join", token.trim(), "--name", "phone"]);
+    assert!(joined.contains("desk2"), "{joined}");
+    let _phone_run = phone.run();
+    let phone_id = phone.id();
+    wait_until(
+        "the phone answering the laptop",
+        Duration::from_secs(15),
+        || {
+            let out = laptop.output(&["ping", &phone_id, "--count", "1"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
+        },
+    );
+    // It revokes the lost machine, numbering after the relay's newer list: the copy is refused.
+    let out = desk2.ok(&["peers", "revoke", &desk_id, "--reason", "lost"]);
+    assert!(out.contains("revocation list version 2"), "{out}");
+    let refused = stolen.fails(&["ping", &laptop.id(), "--count", "1"]);
+    assert!(refused.contains("4015"), "{refused}");
+    drop(desk2_run);
 }

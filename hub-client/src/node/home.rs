@@ -743,7 +743,7 @@ fn next_manifest(
 }
 
 /// Creates a hub's keys, certificate and config in `home`, signed by `ca`.
-fn enroll(
+pub(crate) fn enroll(
     ca: &ClusterCa,
     home: &Home,
     relay_url: &str,

@@ -217,6 +217,39 @@ pub(crate) enum ClusterCommand {
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
     },
+    /// Founder: write the cluster CA key, the signed manifest and revocation list and the peer
+    /// list to FILE, encrypted under a passphrase (age, scrypt). Keep it offline, away from
+    /// this machine: `hub cluster restore` makes a new machine the cluster's admin with it.
+    Backup {
+        /// The backup to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Make this (empty) home the cluster's admin again from a backup, after the founder's
+    /// machine was lost: a new identity for this machine, certified by the restored CA key.
+    Restore {
+        /// The backup (from `hub cluster backup`).
+        file: PathBuf,
+        /// This hub's name.
+        #[arg(long)]
+        name: String,
+        /// The relay's URL, if it changed since the backup.
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+/// Where a backup's passphrase comes from: a file, the environment, or the terminal.
+#[derive(Debug, Args)]
+pub(crate) struct PassphraseArgs {
+    /// Read the passphrase from this file's first line instead of asking on the terminal
+    /// (also: the HUB_BACKUP_PASSPHRASE environment variable).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,15 @@
 //! `hub cluster`, `hub cert`, `hub revoke-cert`: the founder's CA operations and publishing a
 //! revocation list through the relay.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
+
+use age::secrecy::SecretString;
+use hub_client::node::home::NewHub;
+use shared_proto::trust::TrustLevel;
+use zeroize::Zeroizing;
 
 use anyhow::{bail, Context, Result};
 use hub_client::node::home::Home;
@@ -9,7 +17,7 @@ use hub_client::unix_ms;
 use hub_client::RelayEvent;
 use shared_proto::trust::{Revocation, VerifiedPeer};
 
-use crate::args::ConnArgs;
+use crate::args::{ConnArgs, PassphraseArgs};
 use crate::session::connect;
 use crate::session::ensure_not_running;
 
@@ -120,5 +128,120 @@ pub(crate) async fn publish(
     .context("the relay did not confirm the revocation list")??;
     client.shutdown().await;
     println!("published: the relay enforces version {}", list.version());
+    Ok(())
+}
+
+/// The passphrase of a backup: `--passphrase-file`'s first line, `HUB_BACKUP_PASSPHRASE`, or
+/// asked on the terminal (twice when `confirm`, for a new backup).
+fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<SecretString> {
+    if let Some(path) = &args.passphrase_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--passphrase-file {}", path.display()))?,
+        );
+        let line = text.lines().next().unwrap_or("");
+        return Ok(SecretString::from(line.to_owned()));
+    }
+    if let Ok(pass) = std::env::var("HUB_BACKUP_PASSPHRASE") {
+        return Ok(SecretString::from(pass));
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no terminal to ask the passphrase on: give --passphrase-file FILE or set HUB_BACKUP_PASSPHRASE");
+    }
+    let pass = Zeroizing::new(rpassword::prompt_password("backup passphrase: ")?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("the same passphrase again: ")?);
+        if *again != *pass {
+            bail!("the two passphrases differ; nothing written");
+        }
+    }
+    Ok(SecretString::from(pass.to_string()))
+}
+
+/// `hub cluster backup --out FILE`.
+pub(crate) fn backup(home: &Home, out: &Path, args: &PassphraseArgs) -> Result<()> {
+    ensure_founder(home)?;
+    if out.exists() {
+        bail!(
+            "{} exists; a backup is never written over a file",
+            out.display()
+        );
+    }
+    let pass = passphrase(args, true)?;
+    let bytes = hub_client::node::backup::make(home, &pass)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("{}", out.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("{}", out.display()))?;
+    println!(
+        "wrote the backup of cluster {} to {} ({} bytes, encrypted under the passphrase)",
+        home.cluster_id()?,
+        out.display(),
+        bytes.len()
+    );
+    println!("keep it offline, away from this machine; `hub cluster restore` reads it");
+    Ok(())
+}
+
+/// `hub cluster restore FILE --name NAME`.
+pub(crate) fn restore(
+    home: &Home,
+    file: &Path,
+    name: String,
+    relay: Option<&str>,
+    args: &PassphraseArgs,
+) -> Result<()> {
+    if home.is_initialized() {
+        bail!(
+            "{} already holds a hub; restore into a new --home",
+            home.dir().display()
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("{}", file.display()))?;
+    let pass = passphrase(args, false)?;
+    let backup = hub_client::node::backup::open(&bytes, &pass)?;
+    let spec = NewHub {
+        name,
+        trust: TrustLevel::Full,
+        roles: vec!["founder".into()],
+        validity_days: hub_client::node::home::CERT_VALIDITY_DAYS,
+    };
+    let me = hub_client::node::backup::restore(home, &backup, &spec, relay)?;
+    let (epoch, version) = backup.serials();
+    println!(
+        "restored cluster {} from the backup of {} made by {}",
+        backup.cluster_id(),
+        utc(backup.made_at_ms() / 1000),
+        backup.made_by()
+    );
+    println!(
+        "this hub: {} ({}), the cluster's admin; {} peers, manifest epoch {}, revocation list {}",
+        me.hub_id(),
+        me.name(),
+        backup.peers().len(),
+        epoch.map_or("none".to_owned(), |e| e.to_string()),
+        version.map_or("none".to_owned(), |v| v.to_string()),
+    );
+    println!(
+        "if the lost machine may be in other hands, revoke it once this hub runs: hub peers revoke {}",
+        backup.made_by()
+    );
+    Ok(())
+}
+
+fn ensure_founder(home: &Home) -> Result<()> {
+    if !home.is_initialized() {
+        bail!(hub_client::node::home::HomeError::NotInitialized(
+            home.dir().to_owned()
+        ));
+    }
+    if !home.is_founder() {
+        bail!(hub_client::node::home::HomeError::NotFounder);
+    }
     Ok(())
 }

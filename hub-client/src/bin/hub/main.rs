@@ -119,6 +119,15 @@ async fn run(cli: Cli) -> Result<()> {
             println!("data directory: {}", home.dir().display());
             Ok(())
         }
+        Command::Cluster(ClusterCommand::Backup { out, passphrase }) => {
+            crate::cluster::backup(&home, &out, &passphrase)
+        }
+        Command::Cluster(ClusterCommand::Restore {
+            file,
+            name,
+            relay,
+            passphrase,
+        }) => crate::cluster::restore(&home, &file, name, relay.as_deref(), &passphrase),
         Command::Cluster(ClusterCommand::AddHub {
             name,
             out,
