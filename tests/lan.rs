@@ -33,7 +33,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 async fn start(creds: Arc<Credentials>) -> (Lan, mpsc::Receiver<LanEvent>) {
     Lan::start(LanConfig {
-        credentials: creds,
+        credentials: creds.into(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         mdns: false,
         revocations: None,

@@ -331,3 +331,126 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
     assert!(refused.contains("4015"), "{refused}");
     drop(desk2_run);
 }
+
+/// A hub's certificate as `hub cert show` prints it: fingerprint and end (the printed line).
+fn cert_of(hub: &HubHome) -> (String, String) {
+    let show = hub.ok(&["cert", "show"]);
+    let field = |name: &str| {
+        show.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {show}"))
+            .trim()
+            .to_owned()
+    };
+    (field("fingerprint:"), field("not after:"))
+}
+
+/// Certificates valid for one minute: every hub renews its own, on its own, again and again
+/// (the founder signing its own, the others asking the founder over their sessions), while
+/// pings go on through the relay without one refused; a hub restarted after its first
+/// certificate ended logs in with its renewed one.
+fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let home = |name: &str| HubHome::new(dir.path().join(name));
+    let desk = home("desk");
+    desk.ok(&[
+        "cluster",
+        "create",
+        "--name",
+        "desk",
+        "--relay",
+        &relay.url(),
+        "--validity-minutes",
+        "1",
+    ]);
+    let _desk_run = desk.run_with(&["--cert-validity-minutes", "1"]);
+    let join = |name: &str| {
+        let hub = home(name);
+        let token = desk.ok(&["invite"]);
+        hub.ok(&["join", token.trim(), "--name", name]);
+        hub
+    };
+    let laptop = join("laptop");
+    let phone = join("phone");
+    let mut laptop_run = laptop.run();
+    let _phone_run = phone.run();
+    let first = [cert_of(&desk), cert_of(&laptop), cert_of(&phone)];
+    let started = std::time::Instant::now();
+
+    // On their own: pings both ways through the relay until the first certificates have ended
+    // (60 s) and each hub renewed on its own twice (about every 40 s); every one is answered.
+    let (laptop_id, phone_id, desk_id) = (laptop.id(), phone.id(), desk.id());
+    let renewals = || {
+        let log = desk.ok(&["audit", "list", "--limit", "500"]);
+        let count = |pred: &dyn Fn(&str) -> bool| {
+            log.lines()
+                .filter(|l| l.contains("cert.renew") && pred(l))
+                .count()
+        };
+        let issued = |id: &str| count(&|l| l.contains(&id[..8]) && l.contains("issued a renewed"));
+        [
+            count(&|l| l.contains("this hub's certificate renewed")),
+            // The laptop's on-demand renewal is one of these.
+            issued(&laptop_id).saturating_sub(1),
+            issued(&phone_id),
+        ]
+    };
+    let mut pings = 0;
+    let mut on_demand = false;
+    loop {
+        for (from, to) in [
+            (&laptop, &phone_id),
+            (&phone, &desk_id),
+            (&desk, &laptop_id),
+        ] {
+            let out = from.ok(&["ping", to, "--count", "1"]);
+            assert!(out.contains("reply from"), "{out}");
+            pings += 1;
+        }
+        if !on_demand && started.elapsed() > Duration::from_secs(5) {
+            // On demand, through the running hub: the laptop asks the desk now.
+            let out = laptop.ok(&["cert", "renew"]);
+            assert!(out.contains("renewed: certificate"), "{out}");
+            assert_ne!(cert_of(&laptop).0, first[1].0);
+            on_demand = true;
+        }
+        let past_first = started.elapsed() > Duration::from_secs(65);
+        if past_first && renewals().iter().all(|n| *n >= 2) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "renewals by the founder, for the laptop, for the phone: {:?}\n{}",
+            renewals(),
+            desk.ok(&["audit", "list", "--limit", "500"])
+        );
+        // Paces the pings (a load over the minutes the renewals take), not a wait for them.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(pings > 30, "{pings} pings");
+    let now = [cert_of(&desk), cert_of(&laptop), cert_of(&phone)];
+    for (before, after) in first.iter().zip(&now) {
+        assert_ne!(before.0, after.0, "renewed");
+        assert_ne!(before.1, after.1, "later");
+    }
+    // Restarted after its first certificate ended: the relay admits it with the renewed one.
+    laptop_run.signal("TERM");
+    assert!(laptop_run.wait_exit());
+    let _laptop_run = laptop.run();
+    let out = laptop.ok(&["ping", &desk_id, "--count", "1"]);
+    assert!(out.contains("reply from"), "{out}");
+    let status = laptop.ok(&["status"]);
+    assert!(status.contains("certificate:  valid until"), "{status}");
+    assert!(!status.contains("WARNING"), "{status}");
+}
+
+#[test]
+fn certificates_of_a_minute_renew_on_their_own_through_workerd() {
+    certificates_of_a_minute_renew_on_their_own(RelayKind::Workerd);
+}
+
+#[test]
+fn certificates_of_a_minute_renew_on_their_own_through_hub_relay() {
+    certificates_of_a_minute_renew_on_their_own(RelayKind::Native);
+}

@@ -76,6 +76,9 @@ pub struct Options {
     /// Archive audit entries older than this (checked at start and every hour) into
     /// `HOME/audit-archive/`, as `hub audit archive` does; `None` keeps them in the store.
     pub audit_retention: Option<Duration>,
+    /// How long the certificates this hub signs at pairing are valid (a year; minutes only in
+    /// tests: `hub run --cert-validity-minutes`, hidden).
+    pub cert_validity: Duration,
 }
 
 impl Default for Options {
@@ -87,6 +90,7 @@ impl Default for Options {
             mdns: true,
             watch_network: true,
             audit_retention: None,
+            cert_validity: Duration::from_millis(crate::node::home::CERT_VALIDITY_MS),
         }
     }
 }
@@ -112,7 +116,12 @@ pub async fn run_with(
         tracing::warn!("auditing is OFF (--bench-unaudited): nothing is recorded in the audit log");
     }
     let store = home.store()?;
-    let state = Arc::new(HubState::new(home.clone(), store, options.audited)?);
+    let state = Arc::new(HubState::new(
+        home.clone(),
+        store,
+        options.audited,
+        options.cert_validity.as_millis() as u64,
+    )?);
     let addr = listener.local_addr()?;
     crate::node::access::publish(&home, &state.store(), addr)?;
     tracing::info!("admin API on http://{addr}/api/");
@@ -247,12 +256,31 @@ async fn hub_loop(
     tracing::info!(hub = %member.hub_id, cluster = %state.home.cluster_id()?, "hub running");
     let mut heads = tokio::time::interval(options.audit_head_interval);
     heads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let own = state.home.certificate_at(0)?;
+    if let Some(warning) = crate::hub::view::expiry_warning(&own, crate::unix_ms()) {
+        tracing::warn!("{warning}");
+    }
+    // This hub's certificate is renewed on its own task (it waits for an admin's answer, which
+    // this loop must keep delivering); one at a time.
+    let mut renewing: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
+        let renew_at = renewing.is_none().then(|| state.renewal_due(&own));
         let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break Ok(()),
             event = peers.next_event() => Some(event),
             _ = heads.tick() => {
                 state.send_all_reports(&member);
+                continue;
+            }
+            () = sleep_until_ms(renew_at) => {
+                let (state, member) = (state.clone(), member.clone());
+                renewing = Some(tokio::spawn(async move {
+                    let _ = state.renew(&member).await;
+                }));
+                continue;
+            }
+            () = state.renewals.done.notified() => {
+                renewing = None;
                 continue;
             }
             () = sleep_until_ms(state.book.repeats_timeout()) => None,
@@ -268,6 +296,9 @@ async fn hub_loop(
             break Err(e);
         }
     };
+    if let Some(task) = renewing {
+        task.abort();
+    }
     peers.shutdown().await;
     state.record_repeats_due(true).await;
     state.book.set_lan(None);
@@ -306,13 +337,15 @@ async fn start_member(state: &Arc<HubState>, options: &Options) -> Result<PeerCl
         }
     };
     state.book.set_lan(lan.as_ref().map(|(lan, _)| lan.view()));
-    let credentials = config.credentials.clone();
+    let cell = config.credentials.clone();
+    let credentials = cell.get();
     let peers = PeerClient::spawn_with(config, identity, Serving::Application, lan)?;
     state.set_member(Some(Member {
         peers: peers.handle(),
         hub_id: credentials.hub_id,
         name: certificate.name().to_owned(),
         credentials,
+        cell,
     }));
     Ok(peers)
 }

@@ -862,6 +862,11 @@ impl WebHub {
                 self.cancel_serving(&request, now_ms);
                 return;
             }
+            // A browser hub holds no CA key.
+            Inbound::Renew(request) => (
+                request,
+                Answer::Refused(shared_proto::trust::renewal::NOT_ADMIN.into()),
+            ),
             // Versions are the request layer's; manifests, audit heads and views are for hubs
             // that keep a quorum (this one does not).
             _ => return,

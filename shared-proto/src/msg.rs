@@ -51,20 +51,29 @@ pub enum MsgKind {
     /// Asks which apps the peer shares with the sender, for a principal the sender signs
     /// (session version 2).
     SignedAppsRequest = 16,
+    /// Asks an admin hub for a new certificate for the sender's keys (renewal, session version
+    /// 4).
+    RenewRequest = 17,
+    /// The answer to a renewal request: the new certificate.
+    Renewed = 18,
 }
 
 /// The session version this crate speaks (docs/PROTOCOL.md section 10): 2 adds the
 /// [`MsgKind::Version`] and [`MsgKind::SignedAppsRequest`] messages and explicit envelope
 /// scopes; 3, requests sent again unchanged across an outage (a repetition of a running request
-/// is ignored, a call's kept answer is sent again). A peer that never says its version speaks 1.
-pub const SESSION_VERSION: u16 = 3;
+/// is ignored, a call's kept answer is sent again); 4, certificate renewal
+/// ([`MsgKind::RenewRequest`], [`MsgKind::Renewed`]). A peer that never says its version speaks 1.
+pub const SESSION_VERSION: u16 = 4;
+
+/// The first session version whose hubs answer a renewal request ([`MsgKind::RenewRequest`]).
+pub const SESSION_VERSION_RENEWAL: u16 = 4;
 
 /// The first session version whose hubs tell a request sent again from a new one.
 pub const SESSION_VERSION_REPEATS: u16 = 3;
 
 impl MsgKind {
     /// Every registered kind, in registry order.
-    pub const ALL: [MsgKind; 17] = [
+    pub const ALL: [MsgKind; 19] = [
         Self::Data,
         Self::Ping,
         Self::Pong,
@@ -82,6 +91,8 @@ impl MsgKind {
         Self::Views,
         Self::Version,
         Self::SignedAppsRequest,
+        Self::RenewRequest,
+        Self::Renewed,
     ];
 
     /// The kind with this byte, if registered.
@@ -191,6 +202,19 @@ pub enum Msg<'a> {
         /// The signed listing envelope.
         envelope: &'a [u8],
     },
+    /// `token: u64`: a new certificate for the sender's keys, please (the asked hub reads who
+    /// asks from the session).
+    RenewRequest {
+        /// Echoed by the answer.
+        token: u64,
+    },
+    /// `token: u64 | certificate: [u8]` (the rest: DER, signed by the cluster CA)
+    Renewed {
+        /// The request's token.
+        token: u64,
+        /// The new certificate.
+        certificate: &'a [u8],
+    },
 }
 
 /// Why bytes are not a session message.
@@ -235,6 +259,8 @@ impl<'a> Msg<'a> {
             Msg::Views(_) => MsgKind::Views,
             Msg::Version(_) => MsgKind::Version,
             Msg::SignedAppsRequest { .. } => MsgKind::SignedAppsRequest,
+            Msg::RenewRequest { .. } => MsgKind::RenewRequest,
+            Msg::Renewed { .. } => MsgKind::Renewed,
         }
     }
 
@@ -252,7 +278,9 @@ impl<'a> Msg<'a> {
             | Msg::CallResult { token, .. }
             | Msg::CallError { token, .. }
             | Msg::Cancel { token }
-            | Msg::SignedAppsRequest { token, .. } => Some(token),
+            | Msg::SignedAppsRequest { token, .. }
+            | Msg::RenewRequest { token }
+            | Msg::Renewed { token, .. } => Some(token),
             Msg::Data(_)
             | Msg::Manifest(_)
             | Msg::AuditHead(_)
@@ -314,10 +342,17 @@ impl<'a> Msg<'a> {
             | Msg::Info { info: body, .. }
             | Msg::Apps { apps: body, .. }
             | Msg::CallResult { result: body, .. }
-            | Msg::SignedAppsRequest { envelope: body, .. } => out.extend_from_slice(body),
+            | Msg::SignedAppsRequest { envelope: body, .. }
+            | Msg::Renewed {
+                certificate: body, ..
+            } => out.extend_from_slice(body),
             Msg::Version(version) => out.extend_from_slice(&version.to_be_bytes()),
             Msg::Refused { reason, .. } => out.extend_from_slice(reason.as_bytes()),
-            Msg::Ping { .. } | Msg::Pong { .. } | Msg::InfoRequest { .. } | Msg::Cancel { .. } => {}
+            Msg::Ping { .. }
+            | Msg::Pong { .. }
+            | Msg::InfoRequest { .. }
+            | Msg::Cancel { .. }
+            | Msg::RenewRequest { .. } => {}
             Msg::AppsRequest { .. } | Msg::Call { .. } | Msg::CallError { .. } => {
                 return self.encode().unwrap_or_default()
             }
@@ -402,6 +437,13 @@ impl<'a> Msg<'a> {
                 token: token(&mut r)?,
                 envelope: r.rest(),
             },
+            MsgKind::RenewRequest => Msg::RenewRequest {
+                token: token(&mut r)?,
+            },
+            MsgKind::Renewed => Msg::Renewed {
+                token: token(&mut r)?,
+                certificate: r.rest(),
+            },
         };
         if r.is_empty() {
             Ok(msg)
@@ -468,6 +510,11 @@ mod tests {
                 token: 9,
                 envelope: b"HRDE",
             },
+            MsgKind::RenewRequest => Msg::RenewRequest { token: 9 },
+            MsgKind::Renewed => Msg::Renewed {
+                token: 9,
+                certificate: b"\x30\x00",
+            },
         }
     }
 
@@ -495,6 +542,8 @@ mod tests {
             (MsgKind::Views, "0e 485256"),
             (MsgKind::Version, "0f 0002"),
             (MsgKind::SignedAppsRequest, "10 0000000000000009 48524445"),
+            (MsgKind::RenewRequest, "11 0000000000000009"),
+            (MsgKind::Renewed, "12 0000000000000009 3000"),
         ];
         assert_eq!(expected.len(), MsgKind::ALL.len(), "a snapshot per kind");
         for (kind, want) in expected {
@@ -507,7 +556,7 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused() {
         assert_eq!(Msg::decode(&[]), Err(MsgError::Empty));
-        assert_eq!(Msg::decode(&[17]), Err(MsgError::UnknownKind(17)));
+        assert_eq!(Msg::decode(&[19]), Err(MsgError::UnknownKind(19)));
         assert_eq!(Msg::decode(&[15, 0]), Err(MsgError::Truncated));
         assert_eq!(
             Msg::decode(&[15, 0, 2, 0]),
@@ -533,6 +582,8 @@ mod tests {
             MsgKind::Pong,
             MsgKind::InfoRequest,
             MsgKind::Info,
+            MsgKind::RenewRequest,
+            MsgKind::Renewed,
         ] {
             let bytes = sample(kind).to_vec();
             assert_eq!(
@@ -558,7 +609,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(kind in 0u8..17, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
+        fn round_trip(kind in 0u8..19, token in any::<u64>(), body in "[a-z{}\":, ]{0,40}") {
             let kind = MsgKind::from_u8(kind).unwrap();
             let msg = match kind {
                 MsgKind::Data => Msg::Data(body.as_bytes()),
@@ -585,6 +636,8 @@ mod tests {
                 MsgKind::Views => Msg::Views(body.as_bytes()),
                 MsgKind::Version => Msg::Version(token as u16),
                 MsgKind::SignedAppsRequest => Msg::SignedAppsRequest { token, envelope: body.as_bytes() },
+                MsgKind::RenewRequest => Msg::RenewRequest { token },
+                MsgKind::Renewed => Msg::Renewed { token, certificate: body.as_bytes() },
             };
             let bytes = msg.to_vec();
             prop_assert_eq!(Msg::decode(&bytes), Ok(msg));

@@ -57,6 +57,7 @@ pub(crate) fn router(state: Shared) -> Router {
             post(generate_pairing_token),
         )
         .route("/api/federation/pair", post(pair))
+        .route("/api/cert/renew", post(renew_certificate))
         .route("/api/federation/peers", get(list_peers))
         .route("/api/federation/peers/{id}", get(get_peer))
         .route("/api/federation/peers/{id}", delete(revoke_peer))
@@ -361,6 +362,21 @@ async fn revoke_peer(
         .cloned()
         .unwrap_or_else(|| "revoked by the founder".into());
     Ok(Json(state.revoke(id, reason).await?))
+}
+
+/// `POST /api/cert/renew`: this hub's certificate renewed now.
+async fn renew_certificate(
+    State(state): State<Shared>,
+    _: Admin,
+) -> Result<Json<crate::hub::view::CertificateView>, ApiError> {
+    let member = state.joined_member()?;
+    let cert = state.renew(&member).await?;
+    let renew_at = state.renewal_due(&cert);
+    Ok(Json(crate::hub::view::CertificateView::of(
+        &cert,
+        renew_at,
+        crate::unix_ms(),
+    )))
 }
 
 async fn suspend_peer(

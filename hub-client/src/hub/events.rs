@@ -261,7 +261,7 @@ impl HubState {
         };
         let name = request.name.clone();
         let store = self.store();
-        match home.answer_pairing(&store, &local, request) {
+        match home.answer_pairing(&store, &local, request, self.cert_validity_ms) {
             Ok((answer, Ok(peer))) => {
                 tracing::info!(hub = %peer.id, %name, trust = %peer.trust, "paired a new hub");
                 let why = format!("{name} joined as {}", peer.trust);

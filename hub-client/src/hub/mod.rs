@@ -30,6 +30,7 @@ pub mod agent;
 pub(crate) mod book;
 pub(crate) mod events;
 pub mod quorum;
+pub(crate) mod renew;
 pub mod score;
 pub(crate) mod serve;
 pub(crate) mod service;
@@ -120,6 +121,7 @@ impl From<HomeError> for ServiceError {
             HomeError::NotFounder => ServiceError::NotFounder,
             HomeError::NotInitialized(_) => ServiceError::NotJoined,
             HomeError::Store(e) => ServiceError::Store(e),
+            HomeError::Renewal(e) => ServiceError::Refused(e.to_string()),
             e => ServiceError::Home(e),
         }
     }
@@ -169,6 +171,8 @@ pub(crate) struct Member {
     pub(crate) name: String,
     /// Its keys and certificate (what signs envelopes).
     pub(crate) credentials: Arc<Credentials>,
+    /// The credentials its relay connection and LAN path read (a renewal replaces them).
+    pub(crate) cell: crate::transport::CredentialsCell,
 }
 
 /// A call from a peer running on this hub: its task, and its audit entry as far as known (what
@@ -198,6 +202,10 @@ pub(crate) struct HubState {
     pub(crate) audited: bool,
     /// The writer of what a call's path must make durable (nonces, audit entries).
     pub(crate) journal: crate::node::journal::Journal,
+    /// When this hub's certificate is renewed.
+    pub(crate) renewals: renew::Renewals,
+    /// How long the certificates it signs at pairing are valid (ms).
+    pub(crate) cert_validity_ms: u64,
     /// The delegation nonces seen, until their envelopes expire (durable through the journal).
     pub(crate) nonces: Mutex<shared_proto::agent::nonces::Nonces>,
     /// API tokens found valid lately, and their uses not written yet.
@@ -208,7 +216,12 @@ pub(crate) struct HubState {
 
 impl HubState {
     /// The state of a hub over `home` and its open `store`; the book is filled from the store.
-    pub(crate) fn new(home: Home, store: Store, audited: bool) -> Result<Self, ServiceError> {
+    pub(crate) fn new(
+        home: Home,
+        store: Store,
+        audited: bool,
+        cert_validity_ms: u64,
+    ) -> Result<Self, ServiceError> {
         let now = crate::unix_ms();
         let mut nonces = shared_proto::agent::nonces::Nonces::new();
         for (peer, nonce, expires) in store.delegation_nonces(now)? {
@@ -233,6 +246,8 @@ impl HubState {
             nonces: Mutex::new(nonces),
             tokens: tokens::Tokens::default(),
             started: Instant::now(),
+            renewals: renew::Renewals::default(),
+            cert_validity_ms,
         };
         state.sync_book(&state.store())?;
         Ok(state)

@@ -22,6 +22,15 @@ pub const REPORT_TTL_MS: u64 = 10 * 60_000;
 /// (30 s) apart, and a report sent just before it is held for another interval.
 pub const EPOCH_GRACE_MS: u64 = 2 * 30_000;
 
+/// How long another hub may report another certificate of a peer than this hub sees before it
+/// counts: a renewed certificate reaches each peer by a rekey at once, and the reports that named
+/// the old one are replaced within a report interval (30 s); a report sent just before is held
+/// for another.
+pub const CERT_GRACE_MS: u64 = 2 * 30_000;
+
+/// Two fingerprints of one hub (this hub's view, a reporter's) and since when (Unix ms).
+type CertSplit = ([u8; 32], [u8; 32], u64);
+
 /// The reports held.
 #[derive(Debug, Default)]
 pub struct Quorum {
@@ -32,6 +41,9 @@ pub struct Quorum {
     /// Where a reporter's view of a peer's epoch differs from this hub's: by (reporter, peer),
     /// the two epochs (this hub's, the reporter's) and since when that difference is reported.
     epoch_splits: HashMap<(HubId, HubId), (u64, u64, u64)>,
+    /// Where a reporter's view of a peer's certificate differs from this hub's: by (reporter,
+    /// peer), the two fingerprints (this hub's, the reporter's) and since when this hub sees it.
+    cert_splits: HashMap<(HubId, HubId), CertSplit>,
 }
 
 /// How the other hubs' reports on one peer compare with this hub's view of it.
@@ -73,6 +85,8 @@ impl Quorum {
         self.reports.remove(&hub);
         self.epoch_splits
             .retain(|(from, peer), _| *from != hub && *peer != hub);
+        self.cert_splits
+            .retain(|(from, peer), _| *from != hub && *peer != hub);
     }
 
     /// The manifest epoch `hub` last claimed.
@@ -80,8 +94,10 @@ impl Quorum {
         self.epochs.get(&hub).copied()
     }
 
-    /// The fresh reports on `mine.hub` from hubs other than itself, against `mine`.
-    pub fn check(&self, mine: &View, now_ms: u64) -> QuorumCheck {
+    /// The fresh reports on `mine.hub` from hubs other than itself, against `mine`. Another
+    /// certificate counts once this hub has seen it reported for longer than
+    /// [`CERT_GRACE_MS`] (a renewal in flight).
+    pub fn check(&mut self, mine: &View, now_ms: u64) -> QuorumCheck {
         let mut check = QuorumCheck::default();
         let mut reporters: Vec<_> = self
             .reports
@@ -105,7 +121,21 @@ impl Quorum {
                     });
             // Another epoch counts once it has been reported for longer than the grace.
             let epoch_settled = split_since.is_some_and(|s| now_ms >= s + EPOCH_GRACE_MS);
-            if let Some(what) = difference(mine, &views[at], epoch_settled) {
+            let key = (*from, mine.hub);
+            let theirs = views[at].cert_sha256;
+            let cert_settled = if theirs == mine.cert_sha256 {
+                self.cert_splits.remove(&key);
+                true
+            } else {
+                let since = match self.cert_splits.get(&key) {
+                    Some(&(m, t, since)) if (m, t) == (mine.cert_sha256, theirs) => since,
+                    _ => now_ms,
+                };
+                self.cert_splits
+                    .insert(key, (mine.cert_sha256, theirs, since));
+                now_ms >= since + CERT_GRACE_MS
+            };
+            if let Some(what) = difference(mine, &views[at], epoch_settled, cert_settled) {
                 check.disagreements.push((*from, what));
             }
         }
@@ -116,8 +146,13 @@ impl Quorum {
 /// What differs between this hub's view and another's, if anything that cannot be timing: the
 /// certificate, the epoch (once `epoch_settled`: reported for longer than [`EPOCH_GRACE_MS`]),
 /// or another MAC at the same audit sequence number (a head further on is only newer).
-fn difference(mine: &View, theirs: &View, epoch_settled: bool) -> Option<String> {
-    if mine.cert_sha256 != theirs.cert_sha256 {
+fn difference(
+    mine: &View,
+    theirs: &View,
+    epoch_settled: bool,
+    cert_settled: bool,
+) -> Option<String> {
+    if mine.cert_sha256 != theirs.cert_sha256 && cert_settled {
         return Some("it sees another certificate".into());
     }
     if let (Some(a), Some(b)) = (mine.manifest_epoch, theirs.manifest_epoch) {
@@ -195,8 +230,8 @@ mod tests {
         q.keep(hub(6), report(vec![other_epoch]), NOW);
         assert_eq!(
             q.check(&subject, NOW).disagreements.len(),
-            2,
-            "epoch in grace"
+            1,
+            "epoch and certificate in grace"
         );
         let later = NOW + EPOCH_GRACE_MS;
         q.keep(hub(6), report(vec![other_epoch]), later);
@@ -220,6 +255,40 @@ mod tests {
         assert_eq!(q.check(&subject, later + REPORT_TTL_MS + 1).reporters, 0);
         q.forget(hub(4));
         assert_eq!(q.check(&subject, later).disagreements.len(), 2);
+    }
+
+    /// After a renewal, a hub that reports the certificate before costs the peer nothing within
+    /// the grace, counts once it goes on past it, and stops counting when it reports the same
+    /// certificate as this hub.
+    #[test]
+    fn a_renewed_certificate_is_not_a_disagreement_within_its_grace() {
+        let renewed = view(1);
+        let mut q = Quorum::default();
+        let mut before = view(1);
+        before.cert_sha256 = [0xaa; 32];
+        for t in [0, 30_000, CERT_GRACE_MS - 1] {
+            q.keep(hub(2), report(vec![before]), NOW + t);
+            assert!(
+                q.check(&renewed, NOW + t).disagreements.is_empty(),
+                "at +{t} ms"
+            );
+        }
+        q.keep(hub(2), report(vec![before]), NOW + CERT_GRACE_MS);
+        let named = q.check(&renewed, NOW + CERT_GRACE_MS).disagreements;
+        assert_eq!(named, vec![(hub(2), "it sees another certificate".into())]);
+        // It holds the renewed one now: agreed, and another change starts a grace of its own.
+        q.keep(hub(2), report(vec![view(1)]), NOW + CERT_GRACE_MS + 1);
+        assert!(q
+            .check(&renewed, NOW + CERT_GRACE_MS + 1)
+            .disagreements
+            .is_empty());
+        let mut next = view(1);
+        next.cert_sha256 = [0xbb; 32];
+        q.keep(hub(2), report(vec![next]), NOW + CERT_GRACE_MS + 2);
+        assert!(q
+            .check(&renewed, NOW + CERT_GRACE_MS + 2)
+            .disagreements
+            .is_empty());
     }
 
     /// After a manifest change, the hubs hear of the new epoch one report interval apart: a hub

@@ -71,6 +71,7 @@ impl HubState {
             Inbound::Apps { request, listing } => self.serve_listing(member, request, listing),
             Inbound::Call(call) => self.serve_call(member, call),
             Inbound::Cancel(request) => self.cancel_call(request),
+            Inbound::Renew(request) => self.serve_renewal(member, request),
             Inbound::Refused {
                 call: Some(call),
                 why,
@@ -397,7 +398,7 @@ impl Drop for ListingPermit {
 }
 
 /// Sends an answer from another task: the event loop never waits on the peer layer.
-fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
+pub(crate) fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
     let peers = member.peers.clone();
     tokio::spawn(async move {
         if let Err(e) = peers.answer(request.from, request.token, answer).await {

@@ -120,7 +120,8 @@ impl HubState {
         };
         self.blocking(move |state| {
             let home = &state.home;
-            let cert = home.certificate()?;
+            let cert = home.certificate_at(0)?;
+            let renew_at = state.renewal_due(&cert);
             let store = state.store();
             Ok(StatusView {
                 joined: true,
@@ -144,11 +145,7 @@ impl HubState {
                 lan: Some(lan),
                 manifest_epoch: store.document(MANIFEST)?.map(|d| d.serial),
                 revocation_version: store.document(REVOCATIONS)?.map(|d| d.serial),
-                certificate: Some(CertificateView {
-                    sha256: hex::encode(cert.fingerprint()),
-                    not_before_ms: cert.not_before_ms(),
-                    not_after_ms: cert.not_after_ms(),
-                }),
+                certificate: Some(CertificateView::of(&cert, renew_at, unix_ms())),
             })
         })
         .await

@@ -83,6 +83,51 @@ pub struct CertificateView {
     pub not_before_ms: u64,
     /// Valid until.
     pub not_after_ms: u64,
+    /// When the running hub renews it (two thirds into its term; sooner after a failed
+    /// attempt is retried).
+    #[serde(default)]
+    pub renew_at_ms: u64,
+    /// Said when it ends within 30 days (or a third of its term), or has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl CertificateView {
+    /// The view of `cert` at `now_ms`, to be renewed at `renew_at_ms`.
+    pub fn of(cert: &shared_proto::trust::VerifiedPeer, renew_at_ms: u64, now_ms: u64) -> Self {
+        CertificateView {
+            sha256: hex::encode(cert.fingerprint()),
+            not_before_ms: cert.not_before_ms(),
+            not_after_ms: cert.not_after_ms(),
+            renew_at_ms,
+            warning: expiry_warning(cert, now_ms),
+        }
+    }
+}
+
+/// What to say of a certificate that ends soon (30 days, or a third of its term) or has ended.
+pub fn expiry_warning(cert: &shared_proto::trust::VerifiedPeer, now_ms: u64) -> Option<String> {
+    let end = cert.not_after_ms();
+    if now_ms >= end {
+        return Some(
+            "this hub's certificate has EXPIRED: the relay refuses it (4014); renew it with \
+             `hub cert renew` on a running hub that can reach an admin, or pair it again"
+                .into(),
+        );
+    }
+    if now_ms < shared_proto::trust::renewal::warn_at(cert) {
+        return None;
+    }
+    let left = end - now_ms;
+    let when = if left >= 2 * 86_400_000 {
+        format!("{} days", left / 86_400_000)
+    } else {
+        format!("{} minutes", left.div_ceil(60_000))
+    };
+    Some(format!(
+        "this hub's certificate ends in {when} and has not been renewed: is an admin hub \
+         reachable? (`hub cert renew` tries now)"
+    ))
 }
 
 impl StatusView {

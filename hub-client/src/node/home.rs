@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use shared_proto::session::noise::LocalIdentity;
 use shared_proto::session::pairing::{Joined, PairingRequest, PairingToken, SECRET_LEN};
 use shared_proto::trust::login::Credentials;
+use shared_proto::trust::renewal::{renewed, validity};
 use shared_proto::trust::{
     CertificateRequest, ClusterCa, ClusterId, PeerCertificate, Revocation, RevocationList,
     TrustLevel, VerifiedPeer, VerifiedRevocations,
@@ -62,6 +63,9 @@ pub enum HomeError {
     /// This hub does not hold the cluster CA key.
     #[error("this hub does not hold the cluster CA key (only the founder does)")]
     NotFounder,
+    /// The hub is revoked here.
+    #[error("hub {0} is revoked")]
+    Revoked(HubId),
     /// A file's content is not what it should be.
     #[error("{path}: {what}")]
     Corrupt {
@@ -73,6 +77,9 @@ pub enum HomeError {
     /// A certificate or list was refused.
     #[error(transparent)]
     Trust(#[from] shared_proto::trust::TrustError),
+    /// A renewed certificate was refused.
+    #[error(transparent)]
+    Renewal(#[from] shared_proto::trust::renewal::RenewalError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -99,8 +106,9 @@ pub struct NewHub {
     pub trust: TrustLevel,
     /// Its roles.
     pub roles: Vec<String>,
-    /// How long the certificate is valid, in days.
-    pub validity_days: u64,
+    /// How long the certificate is valid (ms; it also starts a little in the past:
+    /// `trust::renewal::validity`).
+    pub validity_ms: u64,
 }
 
 /// A hub's data directory.
@@ -502,6 +510,47 @@ impl Home {
         })
     }
 
+    /// Admin: a certificate renewing `current` (a peer's, as its session verified it, or this
+    /// hub's own), under the trust level and roles the store holds for that hub (those of
+    /// `current` for a hub it has no record of). Refused for a hub revoked here.
+    pub fn issue_renewal(
+        &self,
+        store: &Store,
+        current: &VerifiedPeer,
+    ) -> Result<VerifiedPeer, HomeError> {
+        let ca = self.ca()?;
+        let record = store.peer(current.hub_id())?;
+        if record.as_ref().is_some_and(|p| p.revoked_at.is_some()) {
+            return Err(HomeError::Revoked(current.hub_id()));
+        }
+        let terms = record.map(|p| (p.trust, p.roles));
+        let now = unix_ms();
+        let der = ca.issue(&renewed(current, terms, now), &mut OsRng)?;
+        Ok(PeerCertificate::from_der(&der)?.verify(&ca.public_key(), now, None)?)
+    }
+
+    /// Keeps this hub's renewed certificate (`hub.der`, replaced atomically) after checking that
+    /// it renews the one held (`trust::renewal::accept`).
+    pub fn keep_certificate(&self, der: &[u8]) -> Result<VerifiedPeer, HomeError> {
+        let current = self.certificate_at(0)?;
+        let new = shared_proto::trust::renewal::accept(&current, der, &self.ca_key()?, unix_ms())?;
+        self.write("hub.der", der, false)?;
+        Ok(new)
+    }
+
+    /// This hub's certificate, verified against the CA at `now_ms` (0: its dates are not
+    /// checked, for a certificate that may have expired).
+    pub fn certificate_at(&self, now_ms: u64) -> Result<VerifiedPeer, HomeError> {
+        let der = self.read("hub.der")?;
+        let cert = PeerCertificate::from_der(&der)?;
+        let at = if now_ms == 0 {
+            cert.not_before_ms()
+        } else {
+            now_ms
+        };
+        Ok(cert.verify(&self.ca_key()?, at, None)?)
+    }
+
     /// The manifest this hub holds, verified.
     pub fn manifest(&self) -> Result<Option<VerifiedManifest>, HomeError> {
         let cluster = self.cluster_id()?;
@@ -564,6 +613,7 @@ impl Home {
         store: &Store,
         local: &LocalIdentity,
         request: PairingRequest,
+        validity_ms: u64,
     ) -> Result<(Vec<u8>, Result<PeerRecord, String>), HomeError> {
         if let Some(why) = request.unfit() {
             return Ok((request.refuse(why)?, Err(why.to_owned())));
@@ -576,6 +626,7 @@ impl Home {
         let now = unix_ms();
         let revocations = store.document(REVOCATIONS)?.map(|d| d.body);
         let outcome = store.admit_with_token(request.secret(), hub_id, now, |terms, held| {
+            let (not_before_ms, not_after_ms) = validity(now, validity_ms);
             let req = CertificateRequest {
                 hub_id,
                 name: request.name.clone(),
@@ -583,8 +634,8 @@ impl Home {
                 roles: terms.roles.clone(),
                 identity_key: request.identity_key,
                 noise_key: request.noise_key,
-                not_before_ms: now.saturating_sub(5 * 60 * 1000),
-                not_after_ms: now + CERT_VALIDITY_DAYS * 86_400_000,
+                not_before_ms,
+                not_after_ms,
             };
             let der = ca.issue(&req, &mut OsRng)?;
             let member = ManifestMember {
@@ -712,8 +763,12 @@ impl Home {
     }
 }
 
-/// Validity of certificates signed at pairing, in days.
+/// Validity of certificates signed at pairing, in days (`hub run --cert-validity-minutes`, hidden,
+/// sets another for tests).
 pub const CERT_VALIDITY_DAYS: u64 = 365;
+
+/// [`CERT_VALIDITY_DAYS`] in ms.
+pub const CERT_VALIDITY_MS: u64 = CERT_VALIDITY_DAYS * 86_400_000;
 
 /// The manifest after adding (or replacing) `member`: the held one's members, epoch + 1.
 fn next_manifest(
@@ -756,6 +811,8 @@ pub(crate) fn enroll(
     let mut hub_id = [0u8; 16];
     OsRng.fill_bytes(&mut hub_id);
     let now = unix_ms();
+    // A little slack for clocks that are behind.
+    let (not_before_ms, not_after_ms) = validity(now, hub.validity_ms.max(60_000));
     let req = CertificateRequest {
         hub_id: HubId(hub_id),
         name: hub.name.clone(),
@@ -763,9 +820,8 @@ pub(crate) fn enroll(
         roles: hub.roles.clone(),
         identity_key: identity.verifying_key(),
         noise_key: noise_public.to_bytes(),
-        // A little slack for clocks that are behind.
-        not_before_ms: now.saturating_sub(5 * 60 * 1000),
-        not_after_ms: now + hub.validity_days.max(1) * 86_400_000,
+        not_before_ms,
+        not_after_ms,
     };
     let der = ca.issue(&req, &mut OsRng)?;
     let peer = PeerCertificate::from_der(&der)?.verify(&ca.public_key(), now, None)?;
@@ -832,7 +888,7 @@ mod tests {
             name: name.into(),
             trust: TrustLevel::Full,
             roles: vec!["founder".into()],
-            validity_days: 30,
+            validity_ms: 30 * 86_400_000,
         }
     }
 
@@ -993,7 +1049,9 @@ mod tests {
             let (joiner, m1) = Joiner::start(&token, &req, &mut OsRng).unwrap();
             let request = PairingRequest::read(&local, me, &m1, &mut OsRng).unwrap();
             let store = founder.store().unwrap();
-            let (answer, peer) = founder.answer_pairing(&store, &local, request).unwrap();
+            let (answer, peer) = founder
+                .answer_pairing(&store, &local, request, CERT_VALIDITY_MS)
+                .unwrap();
             (joiner.finish(&answer, unix_ms()), peer)
         };
         let kiosk = Home::new(dir.path().join("kiosk"));

@@ -18,3 +18,42 @@ pub mod lan;
 pub mod netwatch;
 pub mod peers;
 pub mod relay;
+
+use std::sync::{Arc, RwLock};
+
+use shared_proto::trust::login::Credentials;
+
+/// This hub's credentials as its relay connection, LAN path and peer layer read them: a
+/// certificate renewal replaces them for all of them while the hub runs (the relay sees the new
+/// certificate at its next login, LAN peers at their next link).
+#[derive(Debug, Clone)]
+pub struct CredentialsCell(Arc<RwLock<Arc<Credentials>>>);
+
+impl CredentialsCell {
+    /// A cell holding `credentials`.
+    pub fn new(credentials: Arc<Credentials>) -> Self {
+        CredentialsCell(Arc::new(RwLock::new(credentials)))
+    }
+
+    /// The credentials now.
+    pub fn get(&self) -> Arc<Credentials> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces them (a renewed certificate; the hub id and keys stay).
+    pub fn replace(&self, credentials: Arc<Credentials>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
+    }
+}
+
+impl From<Arc<Credentials>> for CredentialsCell {
+    fn from(credentials: Arc<Credentials>) -> Self {
+        CredentialsCell::new(credentials)
+    }
+}

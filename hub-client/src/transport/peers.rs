@@ -44,7 +44,7 @@ use shared_proto::session::rpc::{call_deadline, Answered, Failure, Request, RpcE
 pub use shared_proto::session::rpc::{
     Answer, CallRequest, Inbound, Listing, OutgoingCall, PeerRequest, Reply, Token,
 };
-use shared_proto::trust::PeerCertificate;
+use shared_proto::trust::{PeerCertificate, VerifiedPeer};
 use shared_proto::HubId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -137,6 +137,9 @@ pub enum PeerError {
     /// The peer client has stopped.
     #[error("the peer client has stopped")]
     Stopped,
+    /// A renewed certificate is not for this hub's keys.
+    #[error("this hub's new certificate: {0}")]
+    Certificate(String),
     /// The peer refused or failed a call, with a stable code.
     #[error("{peer}: {message} ({})", code.map_or("unknown code", |c| c.name()))]
     Call {
@@ -306,6 +309,11 @@ enum Command {
     RelayRtt {
         done: oneshot::Sender<Duration>,
     },
+    /// This hub's certificate was renewed: handshakes carry it from now on.
+    SetCertificate {
+        cert: Box<VerifiedPeer>,
+        done: oneshot::Sender<Result<(), PeerError>>,
+    },
 }
 
 /// A running peer layer. Dropping it stops the task and the relay connection.
@@ -343,7 +351,7 @@ impl PeerClient {
         serving: Serving,
         lan: Option<(Lan, mpsc::Receiver<LanEvent>)>,
     ) -> Result<Self, PeerError> {
-        let me = relay.credentials.hub_id;
+        let me = relay.credentials.get().hub_id;
         let relay_waiting = relay.waiting.clone();
         let client = RelayClient::spawn(relay)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -570,6 +578,32 @@ impl PeerHandle {
             .send(Command::Publish { list })
             .await
             .map_err(|_| PeerError::Stopped)
+    }
+
+    /// This hub's certificate was renewed: new handshakes (rekeys included) carry `cert`.
+    pub async fn set_certificate(&self, cert: VerifiedPeer) -> Result<(), PeerError> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::SetCertificate {
+                cert: Box::new(cert),
+                done,
+            })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        wait.await.map_err(|_| PeerError::Stopped)?
+    }
+
+    /// A new certificate for this hub's keys, asked of `admin` (an admin hub of session version
+    /// 4 or later): its DER, not verified yet.
+    pub async fn renew(&self, admin: HubId, limit: Duration) -> Result<Vec<u8>, PeerError> {
+        match self
+            .request(admin, Request::Renew, deadline_in(limit))
+            .await?
+            .reply
+        {
+            Reply::Renewed(der) => Ok(der),
+            _ => Err(PeerError::Malformed(admin)),
+        }
     }
 
     /// Round trip to the relay itself (a status request and its answer).
@@ -803,6 +837,13 @@ impl Task {
             Command::Raw { to, payload } => self.q.push_outbound(Outbound::Send(to, payload)),
             Command::Publish { list } => self.q.push_outbound(Outbound::Publish(list)),
             Command::RelayRtt { .. } => {}
+            Command::SetCertificate { cert, done } => {
+                let set = self
+                    .core
+                    .set_certificate(&cert, unix_ms(), &mut self.rng)
+                    .map_err(|e| PeerError::Certificate(e.to_string()));
+                let _ = done.send(set);
+            }
         }
     }
 
@@ -956,6 +997,10 @@ impl Task {
                 )
             }
             Inbound::Apps { request, .. } => (request, Answer::Apps(b"[]".to_vec())),
+            Inbound::Renew(request) => (
+                request,
+                Answer::Refused(shared_proto::trust::renewal::NOT_ADMIN.into()),
+            ),
             Inbound::Call(c) => (
                 PeerRequest {
                     from: c.from,

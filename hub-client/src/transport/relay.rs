@@ -28,7 +28,6 @@ use shared_proto::relay::path::{
     connect_path, connect_query, is_valid_cluster_id, KEPT_OUT_STATUS,
 };
 use shared_proto::relay::rate::{Limits, Pacer, MAX_PENALTY_MS, PENALTY_MS};
-use shared_proto::trust::login::Credentials;
 use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::CloseCode;
 use tokio::sync::{mpsc, watch};
@@ -126,8 +125,9 @@ pub struct RelayConfig {
     /// The relay's base URL: `ws://`, `wss://`, `http://` or `https://` (the last two map to
     /// WebSockets), with or without a path prefix.
     pub relay_url: String,
-    /// The hub's certificate and keys; they name the cluster and the hub id.
-    pub credentials: Arc<Credentials>,
+    /// The hub's certificate and keys; they name the cluster and the hub id. Each login reads
+    /// them anew (a renewed certificate is used from the next one).
+    pub credentials: super::CredentialsCell,
     /// The newest revocation list the hub holds (signed bytes), passed on to the relay.
     pub revocations: Option<Vec<u8>>,
     /// When the path to the relay is probed and given up as dead (an idle phone: probes
@@ -204,10 +204,13 @@ impl SentCounters {
 
 impl RelayConfig {
     /// Defaults: the liveness of [`liveness::Settings::HUB`], backoff 250 ms to 30 s.
-    pub fn new(relay_url: impl Into<String>, credentials: Arc<Credentials>) -> Self {
+    pub fn new(
+        relay_url: impl Into<String>,
+        credentials: impl Into<super::CredentialsCell>,
+    ) -> Self {
         RelayConfig {
             relay_url: relay_url.into(),
-            credentials,
+            credentials: credentials.into(),
             revocations: None,
             liveness: liveness::Settings::HUB,
             waiting: Arc::default(),
@@ -220,7 +223,7 @@ impl RelayConfig {
 
     /// The cluster the credentials belong to.
     pub fn cluster_id(&self) -> ClusterId {
-        ClusterId::from_ca_key(&self.credentials.ca_key)
+        ClusterId::from_ca_key(&self.credentials.get().ca_key)
     }
 
     /// The WebSocket URL of this cluster's room, for this hub.
@@ -228,7 +231,7 @@ impl RelayConfig {
         connect_url(
             &self.relay_url,
             self.cluster_id().as_str(),
-            &self.credentials.hub_id,
+            &self.credentials.get().hub_id,
         )
     }
 }
@@ -313,7 +316,7 @@ impl RelayClient {
         let (cmd_tx, cmd_rx) = mpsc::channel(config.queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.queue.max(1));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let hub_id = config.credentials.hub_id;
+        let hub_id = config.credentials.get().hub_id;
         let counters = config.counters.clone();
         let task = tokio::spawn(connection_loop(config, url, cmd_rx, ev_tx, shutdown_rx));
         Ok(RelayClient {
@@ -654,7 +657,7 @@ where
         network.mark_unchanged();
     }
     let opened = ClientSession::member(
-        &config.credentials,
+        &config.credentials.get(),
         held.clone(),
         unix_ms(),
         &mut rand::rngs::OsRng,
@@ -794,7 +797,7 @@ async fn on_message(
                         retry_after_ms,
                         dropped,
                     } => {
-                        let whose = if *limited == config.credentials.hub_id {
+                        let whose = if *limited == config.credentials.get().hub_id {
                             "this hub sends more than its share".to_owned()
                         } else {
                             format!("hub {limited} is sent more than its share")
@@ -971,6 +974,7 @@ fn relay_event(event: ClientEvent) -> RelayEvent {
 mod tests {
     use super::*;
     use shared_proto::relay::frame::decode_message;
+    use shared_proto::trust::login::Credentials;
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::WebSocketStream;
 

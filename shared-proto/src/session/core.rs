@@ -163,6 +163,19 @@ impl PeerCore {
         self.rpc.outstanding()
     }
 
+    /// This hub's certificate was renewed: handshakes carry it from now on, and the sessions up
+    /// are rekeyed now ([`PeerSessions::set_certificate`]).
+    pub fn set_certificate(
+        &mut self,
+        cert: &VerifiedPeer,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), crate::session::noise::NoiseError> {
+        self.sessions.set_certificate(cert, now_ms, rng)?;
+        self.drain(now_ms, rng);
+        Ok(())
+    }
+
     /// A peer certificate known ahead of a handshake (from the peer's own announcement).
     pub fn add_certificate(&mut self, cert: VerifiedPeer) {
         self.sessions.add_certificate(cert);

@@ -254,6 +254,33 @@ impl PeerSessions {
             .is_some_and(|p| p.current.as_ref().is_some_and(|s| s.confirmed))
     }
 
+    /// This hub's certificate was renewed: handshakes from now on carry `cert`, and every
+    /// session up is rekeyed now (idle ones too: once per renewal), so that its peer holds the
+    /// new certificate at once; the old sessions keep receiving meanwhile. Refused unless it is
+    /// for this hub and its Noise key.
+    pub fn set_certificate(
+        &mut self,
+        cert: &VerifiedPeer,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), NoiseError> {
+        let public = crate::session::noise::public_key(self.local.static_secret.as_bytes())?;
+        if cert.hub_id() != self.me || *cert.noise_key() != public {
+            return Err(NoiseError::KeyMismatch);
+        }
+        self.local.cert_der = cert.der().to_vec();
+        let up: Vec<(HubId, VerifiedPeer)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.current.is_some() && p.handshake.is_none())
+            .filter_map(|(h, p)| Some((*h, p.cert.clone()?)))
+            .collect();
+        for (peer, their) in up {
+            self.start_handshake(peer, &their, now_ms, 1, rng);
+        }
+        Ok(())
+    }
+
     /// Gives the layer a peer's certificate (from a directory); it is used to start handshakes.
     pub fn add_certificate(&mut self, cert: VerifiedPeer) {
         let hub = cert.hub_id();
@@ -950,6 +977,8 @@ mod tests {
         got_a: Vec<Vec<u8>>,
         got_b: Vec<Vec<u8>>,
         failed: Vec<(bool, String)>,
+        /// Certificates of sessions that came up: (at hub A, its fingerprint).
+        established: Vec<(bool, [u8; 32])>,
     }
 
     impl Pair {
@@ -963,6 +992,7 @@ mod tests {
                 got_a: vec![],
                 got_b: vec![],
                 failed: vec![],
+                established: vec![],
             }
         }
 
@@ -980,7 +1010,9 @@ mod tests {
                         Event::Transmit { payload, .. } => self.wire.push_back((from_a, payload)),
                         Event::Received { message, .. } => inbox.push(message),
                         Event::Failed { reason, .. } => self.failed.push((from_a, reason)),
-                        _ => {}
+                        Event::Established { certificate, .. } => {
+                            self.established.push((from_a, certificate.fingerprint()))
+                        }
                     }
                 }
             }
@@ -1337,6 +1369,40 @@ mod tests {
         assert_eq!(
             p.got_b,
             vec![b"hello".to_vec(), b"after a quiet while".to_vec()]
+        );
+    }
+
+    /// A renewed certificate reaches the peer at once by a rekey, the session going on and
+    /// nothing lost; one for other keys is refused.
+    #[test]
+    fn a_renewed_certificate_reaches_the_peer_at_the_next_rekey() {
+        let mut p = Pair::new();
+        p.a.send(B, b"before".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        let (_, old) = crate::session::testing::identity(1);
+        let req = crate::trust::renewal::renewed(&old, None, p.now);
+        let der = ca().issue(&req, &mut StdRng::seed_from_u64(3)).unwrap();
+        let new = crate::trust::renewal::accept(&old, &der, &ca().public_key(), p.now).unwrap();
+        let (_, other) = crate::session::testing::identity(2);
+        assert!(matches!(
+            p.a.set_certificate(&other, p.now, &mut p.rng),
+            Err(NoiseError::KeyMismatch)
+        ));
+        p.established.clear();
+        // A message in flight on the old session as the renewal rekeys it.
+        p.now += 1_000;
+        p.a.send(B, b"during".to_vec(), p.now, &mut p.rng).unwrap();
+        p.a.set_certificate(&new, p.now, &mut p.rng).unwrap();
+        p.drive();
+        p.a.send(B, b"after".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert!(p.failed.is_empty(), "{:?}", p.failed);
+        // B holds A's new certificate at once, though the session was not due for a rekey.
+        let at_b: Vec<_> = p.established.iter().filter(|(a, _)| !a).collect();
+        assert_eq!(at_b, [&(false, new.fingerprint())]);
+        assert_eq!(
+            p.got_b,
+            [b"before".to_vec(), b"during".to_vec(), b"after".to_vec()]
         );
     }
 

@@ -122,6 +122,8 @@ pub enum Request {
     },
     /// A call of a tool of an app on the peer.
     Call(OutgoingCall),
+    /// A new certificate for this hub's keys, from a peer that is an admin (session version 4).
+    Renew,
 }
 
 /// A call as the caller sends it.
@@ -150,6 +152,8 @@ pub enum RequestKind {
     Apps,
     /// A call: answered by a call result, a call error, or refused.
     Call,
+    /// A renewal request: answered by a certificate or refused.
+    Renew,
 }
 
 impl Request {
@@ -160,6 +164,7 @@ impl Request {
             Request::Info => RequestKind::Info,
             Request::Apps { .. } | Request::SignedApps { .. } => RequestKind::Apps,
             Request::Call(_) => RequestKind::Call,
+            Request::Renew => RequestKind::Renew,
         }
     }
 
@@ -167,6 +172,7 @@ impl Request {
         match self {
             Request::Ping => Ok(Msg::Ping { token }.to_vec()),
             Request::Info => Ok(Msg::InfoRequest { token }.to_vec()),
+            Request::Renew => Ok(Msg::RenewRequest { token }.to_vec()),
             Request::Apps { principal } => Msg::AppsRequest { token, principal }.encode(),
             Request::SignedApps { envelope } => {
                 Ok(Msg::SignedAppsRequest { token, envelope }.to_vec())
@@ -298,6 +304,8 @@ pub enum Inbound {
     Ping(PeerRequest),
     /// An info request: answer [`Answer::Info`] (or [`Answer::Refused`]).
     Info(PeerRequest),
+    /// A renewal request: answer [`Answer::Renewed`] (or [`Answer::Refused`]).
+    Renew(PeerRequest),
     /// An apps request: answer [`Answer::Apps`] (or [`Answer::Refused`]).
     Apps {
         /// Who asks.
@@ -422,6 +430,8 @@ pub enum Reply {
     Apps(Vec<u8>),
     /// A call's tool result (JSON).
     CallResult(Vec<u8>),
+    /// A renewed certificate (DER, not verified yet).
+    Renewed(Vec<u8>),
 }
 
 /// Why a request of this hub has no reply.
@@ -467,6 +477,8 @@ pub enum Answer {
         /// Details, for people.
         message: String,
     },
+    /// To a renewal request: the new certificate (DER).
+    Renewed(Vec<u8>),
     /// To any request but a call: refused, and why.
     Refused(String),
 }
@@ -478,13 +490,14 @@ impl Answer {
             (Answer::Pong, RequestKind::Ping)
                 | (Answer::Info(_), RequestKind::Info)
                 | (Answer::Apps(_), RequestKind::Apps)
+                | (Answer::Renewed(_), RequestKind::Renew)
                 | (
                     Answer::CallResult(_) | Answer::CallError { .. },
                     RequestKind::Call
                 )
                 | (
                     Answer::Refused(_),
-                    RequestKind::Ping | RequestKind::Info | RequestKind::Apps
+                    RequestKind::Ping | RequestKind::Info | RequestKind::Apps | RequestKind::Renew
                 )
         )
     }
@@ -909,6 +922,16 @@ impl Rpc {
                     }
                 }
             }
+            Msg::RenewRequest { token } => {
+                let deadline = now_ms + REQUEST_TTL_MS;
+                match self.admit(from, token, RequestKind::Renew, deadline, d(), now_ms) {
+                    Ok(()) => Inbound::Renew(request(token)),
+                    Err(Admission::Repeated) => return Ok(None),
+                    Err(Admission::Refused(why)) => {
+                        self.refuse(request(token), RequestKind::Renew, None, why)
+                    }
+                }
+            }
             Msg::AppsRequest { token, principal } => {
                 let listing = Listing::Unsigned {
                     principal: principal.to_owned(),
@@ -986,7 +1009,8 @@ impl Rpc {
             | Msg::Refused { .. }
             | Msg::Apps { .. }
             | Msg::CallResult { .. }
-            | Msg::CallError { .. }) => Inbound::Answer(self.match_answer(from, answer)?),
+            | Msg::CallError { .. }
+            | Msg::Renewed { .. }) => Inbound::Answer(self.match_answer(from, answer)?),
         };
         Ok(Some(inbound))
     }
@@ -1170,6 +1194,9 @@ impl Rpc {
             (RequestKind::Ping, Msg::Pong { .. }) => Ok(Reply::Pong),
             (RequestKind::Info, Msg::Info { info, .. }) => Ok(Reply::Info(info.to_vec())),
             (RequestKind::Apps, Msg::Apps { apps, .. }) => Ok(Reply::Apps(apps.to_vec())),
+            (RequestKind::Renew, Msg::Renewed { certificate, .. }) => {
+                Ok(Reply::Renewed(certificate.to_vec()))
+            }
             (RequestKind::Call, Msg::CallResult { result, .. }) => {
                 Ok(Reply::CallResult(result.to_vec()))
             }
@@ -1230,6 +1257,7 @@ impl Rpc {
             Answer::Pong => Msg::Pong { token },
             Answer::Info(info) => Msg::Info { token, info },
             Answer::Apps(apps) => Msg::Apps { token, apps },
+            Answer::Renewed(certificate) => Msg::Renewed { token, certificate },
             Answer::CallResult(result) => Msg::CallResult { token, result },
             Answer::CallError { code, message } => Msg::CallError {
                 token,

@@ -388,6 +388,11 @@ impl PeerCertificate {
         self.hub_id
     }
 
+    /// Start of validity (Unix ms), as it says (not verified).
+    pub fn not_before_ms(&self) -> u64 {
+        self.not_before_ms
+    }
+
     /// The subject's Ed25519 key the certificate claims (not verified yet).
     pub fn identity_key(&self) -> &VerifyingKey {
         &self.identity_key

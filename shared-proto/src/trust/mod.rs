@@ -13,6 +13,7 @@
 
 pub(crate) mod cert;
 pub mod login;
+pub mod renewal;
 mod signed;
 
 use std::fmt;

@@ -144,6 +144,11 @@ impl Api {
     }
 
     /// `POST /api/federation/peers/{id}/ping`.
+    /// `POST /api/cert/renew`.
+    pub(crate) async fn renew(&self) -> Result<hub_client::hub::view::CertificateView> {
+        self.call(Method::POST, "/api/cert/renew").await
+    }
+
     pub(crate) async fn ping(&self, id: HubId) -> Result<PingView> {
         self.call(Method::POST, &format!("/api/federation/peers/{id}/ping"))
             .await

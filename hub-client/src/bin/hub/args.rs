@@ -94,6 +94,10 @@ pub(crate) enum Command {
         /// archive` does); kept in the store forever by default.
         #[arg(long, value_parser = parse_duration, value_name = "AGE")]
         audit_retention: Option<Duration>,
+        /// For tests only: certificates signed at pairing are valid this many minutes (a year by
+        /// default), to see renewals happen. Hidden from --help; logged as a warning.
+        #[arg(long, hide = true, value_name = "MINUTES")]
+        cert_validity_minutes: Option<u64>,
         /// For benchmarks only: record nothing in the audit log (scripts/bench-apps measures
         /// what auditing costs a call with it). Hidden from --help; logged as a warning.
         #[arg(long, hide = true)]
@@ -198,6 +202,10 @@ pub(crate) enum ClusterCommand {
         /// Certificate validity in days.
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
+        /// For tests only: certificate validity in minutes (instead of days), to see renewals
+        /// happen. Hidden from --help.
+        #[arg(long, hide = true, value_name = "MINUTES")]
+        validity_minutes: Option<u64>,
     },
     /// Founder: mint a complete data directory for another hub (copy it to that device).
     AddHub {
@@ -443,6 +451,9 @@ pub(crate) enum AppsCommand {
 pub(crate) enum CertCommand {
     /// Print the certificate in human-readable form.
     Show,
+    /// Renew this hub's certificate now (the running hub does it on its own two thirds into
+    /// its term): asked of an admin hub over a session, or signed here by the founder.
+    Renew,
     /// Print the certificate as PEM.
     Export,
 }

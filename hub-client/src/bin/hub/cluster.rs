@@ -33,6 +33,13 @@ pub(crate) fn print_certificate(cert: &VerifiedPeer, home: &Home) -> Result<()> 
     println!("fingerprint:  {}", hex::encode(cert.fingerprint()));
     println!("key hash:     {}", hex::encode(cert.key_hash()));
     println!("noise key:    {}", hex::encode(cert.noise_key()));
+    println!(
+        "renewal:      from {} (two thirds into its term)",
+        date(shared_proto::trust::renewal::due_at(cert))
+    );
+    if let Some(w) = hub_client::hub::view::expiry_warning(cert, unix_ms()) {
+        println!("WARNING:      {w}");
+    }
     Ok(())
 }
 
@@ -209,7 +216,7 @@ pub(crate) fn restore(
         name,
         trust: TrustLevel::Full,
         roles: vec!["founder".into()],
-        validity_days: hub_client::node::home::CERT_VALIDITY_DAYS,
+        validity_ms: hub_client::node::home::CERT_VALIDITY_MS,
     };
     let me = hub_client::node::backup::restore(home, &backup, &spec, relay)?;
     let (epoch, version) = backup.serials();
@@ -243,5 +250,43 @@ fn ensure_founder(home: &Home) -> Result<()> {
     if !home.is_founder() {
         bail!(hub_client::node::home::HomeError::NotFounder);
     }
+    Ok(())
+}
+
+/// `hub cert renew`: through the running hub (which asks an admin, or signs as the founder), or
+/// here if this hub is the founder and not running.
+pub(crate) async fn renew(home: &Home) -> Result<()> {
+    if let Some(api) = crate::api_client::Api::find(home).await? {
+        let c = api.renew().await?;
+        println!(
+            "renewed: certificate {} valid until {}; the running hub uses it from now on",
+            c.sha256,
+            utc(c.not_after_ms / 1000)
+        );
+        return Ok(());
+    }
+    ensure_founder(home)?;
+    let store = home.store()?;
+    let current = home.certificate_at(0)?;
+    let new = home.issue_renewal(&store, &current)?;
+    let new = home.keep_certificate(new.der())?;
+    hub_client::node::audit::record(
+        home,
+        &store,
+        hub_client::node::audit::entry(
+            hub_client::node::audit::AuditKind::CertRenew,
+            None,
+            hub_client::node::audit::Decision::Ok,
+            &format!(
+                "this hub's certificate renewed until {} (Unix ms)",
+                new.not_after_ms()
+            ),
+        ),
+    );
+    println!(
+        "renewed: certificate {} valid until {} (signed here with the CA key)",
+        hex::encode(new.fingerprint()),
+        utc(new.not_after_ms() / 1000)
+    );
     Ok(())
 }

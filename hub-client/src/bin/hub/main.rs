@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> Result<()> {
             name,
             relay,
             validity_days,
+            validity_minutes,
         }) => {
             hub_client::transport::relay::connect_url(
                 &relay,
@@ -111,7 +112,10 @@ async fn run(cli: Cli) -> Result<()> {
                 name,
                 trust: TrustLevel::Full,
                 roles: vec!["founder".into()],
-                validity_days,
+                validity_ms: validity_minutes
+                    .map_or(validity_days.saturating_mul(86_400_000), |m| {
+                        m.saturating_mul(60_000)
+                    }),
             };
             let cluster = home.create_cluster(&relay, &spec)?;
             println!("created cluster {cluster}");
@@ -139,7 +143,7 @@ async fn run(cli: Cli) -> Result<()> {
                 name,
                 trust: trust_level,
                 roles,
-                validity_days,
+                validity_ms: validity_days.saturating_mul(86_400_000),
             };
             let peer = home.add_hub(&Home::new(&out), &spec)?;
             println!(
@@ -152,10 +156,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Show) => {
-            let cert = home.certificate()?;
+            let cert = home.certificate_at(0)?;
             print_certificate(&cert, &home)?;
             Ok(())
         }
+        Command::Cert(CertCommand::Renew) => crate::cluster::renew(&home).await,
         Command::Cert(CertCommand::Export) => {
             print!("{}", home.certificate()?.to_pem()?);
             Ok(())
@@ -192,6 +197,7 @@ async fn run(cli: Cli) -> Result<()> {
             no_lan,
             lan_listen,
             audit_retention,
+            cert_validity_minutes,
             bench_unaudited,
             bench_no_network_watch,
         } => {
@@ -202,6 +208,13 @@ async fn run(cli: Cli) -> Result<()> {
                 mdns: true,
                 watch_network: !bench_no_network_watch,
                 audit_retention,
+                cert_validity: cert_validity_minutes.map_or(
+                    Duration::from_millis(hub_client::node::home::CERT_VALIDITY_MS),
+                    |m| {
+                        tracing::warn!("certificates signed at pairing are valid {m} minute(s) (--cert-validity-minutes, for tests)");
+                        Duration::from_secs(m.saturating_mul(60))
+                    },
+                ),
             };
             run_hub(home, api_listen, options).await
         }

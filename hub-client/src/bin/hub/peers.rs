@@ -10,7 +10,7 @@ use shared_proto::HubId;
 
 use crate::api_client::Api;
 use crate::args::PeersCommand;
-use crate::cluster::publish;
+use crate::cluster::{publish, utc};
 
 pub(crate) fn ago(ms: Option<u64>) -> String {
     match ms {
@@ -179,9 +179,19 @@ pub(crate) async fn status(home: &Home) -> Result<()> {
         let serial = |v: Option<u64>| v.map_or_else(|| "none".into(), |n| n.to_string());
         println!("manifest:     epoch {}", serial(s.manifest_epoch));
         println!("revocations:  version {}", serial(s.revocation_version));
+        if let Some(c) = s.certificate {
+            println!(
+                "certificate:  valid until {}, renewed from {}",
+                utc(c.not_after_ms / 1000),
+                utc(c.renew_at_ms / 1000)
+            );
+            if let Some(w) = c.warning {
+                println!("WARNING:      {w}");
+            }
+        }
         return Ok(());
     }
-    let cert = home.certificate()?;
+    let cert = home.certificate_at(0)?;
     let store = home.store()?;
     let doc = |kind| -> Result<String> {
         Ok(store
@@ -194,6 +204,14 @@ pub(crate) async fn status(home: &Home) -> Result<()> {
     println!("relay:        {} (not connected)", home.config()?.relay_url);
     println!("manifest:     epoch {}", doc(MANIFEST)?);
     println!("revocations:  version {}", doc(REVOCATIONS)?);
+    println!(
+        "certificate:  valid until {}, renewed by the running hub from {}",
+        utc(cert.not_after_ms() / 1000),
+        utc(shared_proto::trust::renewal::due_at(&cert) / 1000)
+    );
+    if let Some(w) = hub_client::hub::view::expiry_warning(&cert, hub_client::unix_ms()) {
+        println!("WARNING:      {w}");
+    }
     Ok(())
 }
 

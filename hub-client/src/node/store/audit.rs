@@ -39,11 +39,14 @@ pub enum AuditKind {
     PeerFault,
     /// A peer's signed audit heads do not add up.
     AuditInconsistent,
+    /// A certificate renewed: this hub's (by an admin, or by itself as the founder), or one this
+    /// hub issued to a peer as its admin.
+    CertRenew,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 13] = [
+    pub const ALL: [AuditKind; 14] = [
         Self::CallOut,
         Self::CallIn,
         Self::Pairing,
@@ -57,6 +60,7 @@ impl AuditKind {
         Self::Invite,
         Self::PeerFault,
         Self::AuditInconsistent,
+        Self::CertRenew,
     ];
 
     /// Its text in the log (`call.out`, ...).
@@ -75,6 +79,7 @@ impl AuditKind {
             Self::Invite => "invite",
             Self::PeerFault => "peer.fault",
             Self::AuditInconsistent => "audit.inconsistent",
+            Self::CertRenew => "cert.renew",
         }
     }
 

@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use shared_proto::trust::login::Credentials;
 use shared_proto::trust::VerifiedRevocations;
 use shared_proto::HubId;
 use tokio::net::TcpListener;
@@ -116,7 +115,7 @@ pub enum LanError {
 #[derive(Debug, Clone)]
 pub struct LanConfig {
     /// This hub's credentials (certificate and identity key) and the cluster CA.
-    pub credentials: Arc<Credentials>,
+    pub credentials: crate::transport::CredentialsCell,
     /// Where to accept links (`0.0.0.0:0` by default: every interface, any port; mDNS says
     /// which).
     pub listen: SocketAddr,
@@ -204,8 +203,7 @@ struct Shared {
     me: HubId,
     listen: SocketAddr,
     verifier: Arc<PeerVerifier>,
-    server: Arc<rustls::ServerConfig>,
-    credentials: Arc<Credentials>,
+    credentials: crate::transport::CredentialsCell,
     events: mpsc::Sender<LanEvent>,
     links: Mutex<HashMap<HubId, LinkHandle>>,
     discovered: Mutex<HashMap<HubId, Discovered>>,
@@ -217,9 +215,10 @@ impl Lan {
     /// Binds the listener, starts mDNS (if configured) and the dialer. Events arrive on the
     /// returned receiver; read it, or links stop reading (TCP pushes back on the peers).
     pub async fn start(config: LanConfig) -> Result<(Lan, mpsc::Receiver<LanEvent>), LanError> {
-        let creds = config.credentials.clone();
+        let creds = config.credentials.get();
         let verifier = Arc::new(PeerVerifier::new(&creds, config.revocations));
-        let server = tls::server_config(&creds, verifier.clone())?;
+        // Refused here already if the certificate cannot serve (each link builds its own).
+        tls::server_config(&creds, verifier.clone())?;
         let listener = TcpListener::bind(config.listen).await?;
         let listen = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(1024);
@@ -227,8 +226,7 @@ impl Lan {
             me: creds.hub_id,
             listen,
             verifier,
-            server,
-            credentials: creds.clone(),
+            credentials: config.credentials.clone(),
             events: tx,
             links: Mutex::default(),
             discovered: Mutex::default(),

@@ -59,13 +59,14 @@ impl Shared {
         expect: HubId,
     ) -> Result<Arc<rustls::ClientConfig>, LanError> {
         let verifier = Arc::new(self.verifier.expecting(expect));
+        let creds = self.credentials.get();
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(
-                vec![CertificateDer::from(self.credentials.cert_der.clone())],
-                private_key(&self.credentials),
+                vec![CertificateDer::from(creds.cert_der.clone())],
+                private_key(&creds),
             )?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
@@ -246,7 +247,6 @@ fn peer_of(
 /// Accepts links: at most [`MAX_HANDSHAKING`] TLS handshakes at once, each within
 /// [`HANDSHAKE_TIMEOUT`].
 pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.server.clone());
     let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
     loop {
         let Ok(permit) = handshaking.clone().acquire_owned().await else {
@@ -260,7 +260,15 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        // Built for each link from the credentials now: a renewed certificate serves at once.
+        let server = match server_config(&shared.credentials.get(), shared.verifier.clone()) {
+            Ok(server) => server,
+            Err(e) => {
+                refused(&shared, addr, e.to_string()).await;
+                continue;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);

@@ -1,0 +1,197 @@
+//! Certificate renewal while the hub runs (docs/PROTOCOL.md section 9, "Renewal"). This hub's
+//! own certificate is renewed two thirds into its term (`trust::renewal`): asked of an admin hub
+//! over its session, or signed by itself if it holds the CA key (the founder). The new
+//! certificate replaces `hub.der`, is used at the next relay login and LAN link, and reaches the
+//! peers at their next handshake; sessions go on meanwhile. As an admin, this hub answers the
+//! renewal requests of its peers under the terms it holds for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared_proto::session::rpc::{Answer, PeerRequest};
+use shared_proto::trust::login::Credentials;
+use shared_proto::trust::renewal::Renewal;
+use shared_proto::trust::VerifiedPeer;
+use shared_proto::HubId;
+
+use crate::hub::serve::answer_soon;
+use crate::hub::{HubState, Member, ServiceError};
+use crate::node::audit::{self, AuditKind, Decision};
+use crate::unix_ms;
+
+/// How long an admin has to answer a renewal request (a session may have to be set up first).
+const ASK_LIMIT: Duration = Duration::from_secs(10);
+
+/// The roles whose hubs are asked for renewals.
+const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
+
+/// When and whether this hub renews its certificate.
+#[derive(Debug, Default)]
+pub(crate) struct Renewals {
+    /// For the certificate held (`None` until the hub runs as a member).
+    schedule: std::sync::Mutex<Option<Renewal>>,
+    /// One renewal at a time (the clock's, or one asked through the API).
+    running: tokio::sync::Mutex<()>,
+    /// Told when an attempt ends (the event loop then reads the next due time).
+    pub(crate) done: tokio::sync::Notify,
+}
+
+impl HubState {
+    /// When this hub's certificate is next to be renewed (Unix ms).
+    pub(crate) fn renewal_due(&self, current: &VerifiedPeer) -> u64 {
+        let mut schedule = self.lock_schedule();
+        schedule
+            .get_or_insert_with(|| Renewal::new(current))
+            .poll_timeout()
+    }
+
+    fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Option<Renewal>> {
+        self.renewals
+            .schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Renews this hub's certificate now: from an admin peer, or signed with the CA key held.
+    /// On failure the next attempt backs off (`Renewal::handle_failure`).
+    pub(crate) async fn renew(
+        self: &Arc<Self>,
+        member: &Member,
+    ) -> Result<VerifiedPeer, ServiceError> {
+        let _one = self.renewals.running.lock().await;
+        let current = self
+            .blocking(|state| Ok(state.home.certificate_at(0)?))
+            .await?;
+        let renewed = self.renew_once(member, &current).await;
+        let mut schedule = self.lock_schedule();
+        let schedule = schedule.get_or_insert_with(|| Renewal::new(&current));
+        match &renewed {
+            Ok((cert, by)) => {
+                schedule.handle_renewed(cert);
+                tracing::info!(
+                    by = %by.map_or("this hub (it holds the CA key)".to_owned(), |b| b.to_string()),
+                    not_after_ms = cert.not_after_ms(),
+                    "certificate renewed"
+                );
+            }
+            Err(e) => {
+                schedule.handle_failure(unix_ms(), current.not_after_ms());
+                tracing::warn!(
+                    not_after_ms = current.not_after_ms(),
+                    "certificate not renewed ({e}); trying again at {} (Unix ms)",
+                    schedule.poll_timeout()
+                );
+            }
+        }
+        self.renewals.done.notify_one();
+        renewed.map(|(cert, _)| cert)
+    }
+
+    async fn renew_once(
+        self: &Arc<Self>,
+        member: &Member,
+        current: &VerifiedPeer,
+    ) -> Result<(VerifiedPeer, Option<HubId>), ServiceError> {
+        let (der, by) = if self.home.is_founder() {
+            let own = current.clone();
+            let cert = self
+                .blocking(move |state| Ok(state.home.issue_renewal(&state.store(), &own)?))
+                .await?;
+            (cert.der().to_vec(), None)
+        } else {
+            let admins = self
+                .blocking(|state| {
+                    Ok(state
+                        .store()
+                        .active_peers()?
+                        .into_iter()
+                        .filter(|p| p.roles.iter().any(|r| ADMIN_ROLES.contains(&r.as_str())))
+                        .map(|p| p.id)
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            let mut last = ServiceError::NotFound(
+                "no admin hub is known to this hub (none of its peers has the founder or admin role)"
+                    .into(),
+            );
+            let mut got = None;
+            for admin in admins.into_iter().filter(|a| *a != member.hub_id) {
+                match member.peers.renew(admin, ASK_LIMIT).await {
+                    Ok(der) => {
+                        got = Some((der, Some(admin)));
+                        break;
+                    }
+                    Err(e) => last = e.into(),
+                }
+            }
+            got.ok_or(last)?
+        };
+        let kept = der.clone();
+        let cert = self
+            .blocking(move |state| Ok(state.home.keep_certificate(&kept)?))
+            .await?;
+        let credentials = Credentials {
+            cert_der: der,
+            ..(*member.cell.get()).clone()
+        };
+        member.cell.replace(Arc::new(credentials));
+        member.peers.set_certificate(cert.clone()).await?;
+        let entry = audit::entry(
+            AuditKind::CertRenew,
+            by,
+            Decision::Ok,
+            &format!(
+                "this hub's certificate renewed until {} (Unix ms)",
+                cert.not_after_ms()
+            ),
+        );
+        self.record(entry).await;
+        Ok((cert, by))
+    }
+
+    /// A peer asks for a new certificate: an admin (the hub holding the CA key) issues one for
+    /// the keys of the peer's session certificate, under the terms it holds for it; any other
+    /// hub, or a peer suspended or revoked here, is refused.
+    pub(crate) fn serve_renewal(self: &Arc<Self>, member: &Member, request: PeerRequest) {
+        let state = self.clone();
+        let member = member.clone();
+        tokio::spawn(async move {
+            let from = request.from;
+            let issued = match state.book.admit_call(from) {
+                Err(code) => Err(format!("{}: {code}", code.name())),
+                Ok(_) if !state.home.is_founder() => {
+                    Err(shared_proto::trust::renewal::NOT_ADMIN.to_owned())
+                }
+                Ok(current) => state
+                    .blocking(move |state| {
+                        Ok(state.home.issue_renewal(&state.store(), &current)?)
+                    })
+                    .await
+                    .map_err(|e| format!("failed: {e}")),
+            };
+            let (answer, entry) = match issued {
+                Ok(cert) => (
+                    Answer::Renewed(cert.der().to_vec()),
+                    audit::entry(
+                        AuditKind::CertRenew,
+                        Some(from),
+                        Decision::Ok,
+                        &format!(
+                            "issued a renewed certificate ({}, {}) until {} (Unix ms)",
+                            cert.trust(),
+                            cert.roles().join(","),
+                            cert.not_after_ms()
+                        ),
+                    ),
+                ),
+                Err(why) => {
+                    let mut e = audit::entry(AuditKind::CertRenew, Some(from), Decision::None, "");
+                    audit::decide(&mut e, Decision::Refused, why.clone());
+                    (Answer::Refused(why), e)
+                }
+            };
+            state.record(entry).await;
+            answer_soon(&member, request, answer);
+        });
+    }
+}
