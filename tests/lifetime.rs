@@ -454,3 +454,58 @@ fn certificates_of_a_minute_renew_on_their_own_through_workerd() {
 fn certificates_of_a_minute_renew_on_their_own_through_hub_relay() {
     certificates_of_a_minute_renew_on_their_own(RelayKind::Native);
 }
+
+#[test]
+fn a_trust_level_set_by_the_founder_reaches_the_peers_certificate() {
+    let relay = RelayProcess::start(RelayKind::Native);
+    let dir = tempfile::tempdir().unwrap();
+    let desk = HubHome::new(dir.path().join("desk"));
+    desk.create_cluster("desk", &relay.url());
+    let _desk_run = desk.run();
+    let laptop = HubHome::new(dir.path().join("laptop"));
+    let token = desk.ok(&["invite", "--roles", "laptop"]);
+    laptop.ok(&["join", token.trim(), "--name", "laptop"]);
+    let _laptop_run = laptop.run();
+    let (laptop_id, desk_id) = (laptop.id(), desk.id());
+    wait_until("a session between them", Duration::from_secs(15), || {
+        desk.output(&["ping", &laptop_id, "--count", "1"])
+            .status
+            .success()
+    });
+    let first = cert_of(&laptop);
+
+    // Refused: an unknown peer; a hub without the CA key.
+    let unknown = desk.fails(&["peers", "set-trust", &"ab".repeat(16), "read_only"]);
+    assert!(unknown.contains("no active peer"), "{unknown}");
+    let not_admin = laptop.fails(&["peers", "set-trust", &desk_id, "read_only"]);
+    assert!(not_admin.contains("founder"), "{not_admin}");
+
+    let out = desk.ok(&[
+        "peers",
+        "set-trust",
+        &laptop_id,
+        "read_only",
+        "--roles",
+        "phone,spare",
+    ]);
+    assert!(out.contains("is read_only with roles phone,spare"), "{out}");
+    // The laptop hears of it from the manifest, and renews under the new terms.
+    let show = laptop.ok_when(&["cert", "show"], "a read_only certificate", |s| {
+        s.contains("trust level:  read_only")
+    });
+    assert!(show.contains("roles:        phone, spare"), "{show}");
+    assert_ne!(cert_of(&laptop).0, first.0);
+    let log = desk.ok(&["audit", "list"]);
+    assert!(
+        log.contains("peer.set_trust")
+            && log.contains("read_only, roles phone,spare (was agent_dispatch, roles laptop)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("issued a renewed certificate (read_only, phone,spare)"),
+        "{log}"
+    );
+    // Their session went on across the renewal.
+    let out = laptop.ok(&["ping", &desk_id, "--count", "1"]);
+    assert!(out.contains("reply from"), "{out}");
+}

@@ -62,6 +62,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/federation/peers/{id}", get(get_peer))
         .route("/api/federation/peers/{id}", delete(revoke_peer))
         .route("/api/federation/peers/{id}/suspend", post(suspend_peer))
+        .route("/api/federation/peers/{id}/trust", post(set_peer_trust))
         .route("/api/federation/peers/{id}/resume", post(resume_peer))
         .route("/api/federation/peers/{id}/ping", post(ping_peer))
         .route("/api/federation/peers/{id}/agents", get(peer_agents))
@@ -362,6 +363,35 @@ async fn revoke_peer(
         .cloned()
         .unwrap_or_else(|| "revoked by the founder".into());
     Ok(Json(state.revoke(id, reason).await?))
+}
+
+/// `POST /api/federation/peers/{id}/trust`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRequest {
+    /// The peer's new trust level.
+    pub trust_level: String,
+    /// Its new roles (unchanged if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+}
+
+async fn set_peer_trust(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<crate::hub::view::TermsView>, ApiError> {
+    let id = peer_id(&id)?;
+    let req: TrustRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ServiceError::BadRequest(format!("the body: {e}")))?;
+    let trust = req.trust_level.parse().map_err(|_| {
+        ServiceError::BadRequest(format!(
+            "trust_level {:?}: read_only, agent_dispatch or full",
+            req.trust_level
+        ))
+    })?;
+    Ok(Json(state.set_trust(id, trust, req.roles).await?))
 }
 
 /// `POST /api/cert/renew`: this hub's certificate renewed now.

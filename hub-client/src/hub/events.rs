@@ -179,7 +179,10 @@ impl HubState {
             .blocking(move |state| Ok(state.home.keep_manifest(&state.store(), &manifest)))
             .await?;
         match kept {
-            Ok(true) => tracing::info!(%from, "newer cluster manifest"),
+            Ok(true) => {
+                tracing::info!(%from, "newer cluster manifest");
+                self.renew_if_terms_changed().await;
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(%from, "manifest refused: {e}");

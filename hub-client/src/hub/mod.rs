@@ -122,6 +122,8 @@ impl From<HomeError> for ServiceError {
             HomeError::NotInitialized(_) => ServiceError::NotJoined,
             HomeError::Store(e) => ServiceError::Store(e),
             HomeError::Renewal(e) => ServiceError::Refused(e.to_string()),
+            e @ HomeError::UnknownPeer(_) => ServiceError::NotFound(e.to_string()),
+            e @ HomeError::Revoked(_) => ServiceError::Refused(e.to_string()),
             e => ServiceError::Home(e),
         }
     }

@@ -149,6 +149,33 @@ impl HubState {
         Ok((cert, by))
     }
 
+    /// The manifest says other terms for this hub than its certificate (an admin set its trust
+    /// level or roles): a renewal now, on its own task, brings a certificate under them.
+    pub(crate) async fn renew_if_terms_changed(self: &Arc<Self>) {
+        let changed = self
+            .blocking(|state| {
+                let mine = state.home.certificate_at(0)?;
+                let Some(manifest) = state.home.manifest()? else {
+                    return Ok(false);
+                };
+                Ok(manifest
+                    .manifest()
+                    .members
+                    .iter()
+                    .find(|m| m.hub_id == mine.hub_id())
+                    .is_some_and(|m| m.trust != mine.trust() || m.roles != mine.roles()))
+            })
+            .await;
+        let (Ok(true), Some(member)) = (changed, self.member()) else {
+            return;
+        };
+        tracing::info!("the manifest gives this hub other terms: renewing its certificate now");
+        let state = self.clone();
+        tokio::spawn(async move {
+            let _ = state.renew(&member).await;
+        });
+    }
+
     /// A peer asks for a new certificate: an admin (the hub holding the CA key) issues one for
     /// the keys of the peer's session certificate, under the terms it holds for it; any other
     /// hub, or a peer suspended or revoked here, is refused.

@@ -13,7 +13,7 @@ use shared_proto::HubId;
 use super::view::{
     self, CertificateView, IssuerView, JoinedView, LanPeerView, LanStatusView, PairingTokenView,
     PeerDetail, PeerView, PingView, RateLimitedView, RelayView, RevokedView, StatusView,
-    SuspendedView,
+    SuspendedView, TermsView,
 };
 use super::{score, HubState, ServiceError};
 use crate::node::audit::{self, AuditKind, Decision, LogFault};
@@ -366,6 +366,55 @@ impl HubState {
             })
         })
         .await
+    }
+
+    /// Admin: sets a peer's trust level and roles (its roles unchanged if `roles` is `None`),
+    /// re-signs the manifest and passes it on to the peers with a session; the peer renews its
+    /// certificate under the new terms as soon as the manifest reaches it.
+    pub async fn set_trust(
+        self: &Arc<Self>,
+        id: HubId,
+        trust: TrustLevel,
+        roles: Option<Vec<String>>,
+    ) -> Result<TermsView, ServiceError> {
+        let (manifest, roles) = self
+            .blocking(move |state| {
+                let store = state.store();
+                let record = store
+                    .peer(id)?
+                    .filter(|p| p.revoked_at.is_none())
+                    .ok_or_else(|| ServiceError::NotFound(format!("no active peer {id}")))?;
+                let roles = roles.unwrap_or_else(|| record.roles.clone());
+                let manifest = state.home.set_terms(&store, id, trust, roles.clone())?;
+                let entry = audit::entry(
+                    AuditKind::SetTrust,
+                    Some(id),
+                    Decision::Ok,
+                    &format!(
+                        "{trust}, roles {} (was {}, roles {})",
+                        roles.join(","),
+                        record.trust,
+                        record.roles.join(",")
+                    ),
+                );
+                audit::record(&state.home, &store, entry);
+                Ok((manifest, roles))
+            })
+            .await?;
+        if let Some(member) = self.member() {
+            for to in self.book.with_sessions() {
+                if let Err(e) = member.peers.send_manifest(to, &manifest.body).await {
+                    tracing::debug!(peer = %to, "manifest not sent: {e}");
+                }
+            }
+        }
+        Ok(TermsView {
+            ok: true,
+            id: id.to_string(),
+            trust_level: trust.as_str().to_owned(),
+            roles,
+            manifest_epoch: manifest.serial,
+        })
     }
 
     /// A round trip to a peer through the end-to-end session.

@@ -314,6 +314,21 @@ pub struct RevokedView {
     pub revocation_version: u64,
 }
 
+/// A peer's trust level and roles set (`POST /api/federation/peers/{id}/trust`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermsView {
+    /// Always true.
+    pub ok: bool,
+    /// The peer.
+    pub id: String,
+    /// Its trust level now.
+    pub trust_level: String,
+    /// Its roles now.
+    pub roles: Vec<String>,
+    /// The manifest that says so.
+    pub manifest_epoch: u64,
+}
+
 /// A peer suspended or resumed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuspendedView {

@@ -66,6 +66,9 @@ pub enum HomeError {
     /// The hub is revoked here.
     #[error("hub {0} is revoked")]
     Revoked(HubId),
+    /// No such peer (or revoked).
+    #[error("no active peer {0}")]
+    UnknownPeer(HubId),
     /// A file's content is not what it should be.
     #[error("{path}: {what}")]
     Corrupt {
@@ -529,6 +532,44 @@ impl Home {
         Ok(PeerCertificate::from_der(&der)?.verify(&ca.public_key(), now, None)?)
     }
 
+    /// Admin: sets a peer's trust level and roles. Its record changes, and the manifest is
+    /// re-signed with its new terms (epoch + 1) in one transaction; the peer takes a certificate
+    /// under them when the manifest reaches it (it renews at once), and at every renewal. Returns
+    /// the new manifest, to be passed on to the peers.
+    pub fn set_terms(
+        &self,
+        store: &Store,
+        id: HubId,
+        trust: TrustLevel,
+        roles: Vec<String>,
+    ) -> Result<Document, HomeError> {
+        let ca = self.ca()?;
+        store.in_transaction(|store| {
+            if !store.set_peer_terms(id, trust, &roles)? {
+                return Err(HomeError::UnknownPeer(id));
+            }
+            let held = store.document(MANIFEST)?;
+            let fingerprint = match &held {
+                Some(doc) => Manifest::verify(&doc.body, &ca.cluster_id())?
+                    .manifest()
+                    .members
+                    .iter()
+                    .find(|m| m.hub_id == id)
+                    .map_or([0; 32], |m| m.fingerprint),
+                None => [0; 32],
+            };
+            let member = ManifestMember {
+                hub_id: id,
+                fingerprint,
+                trust,
+                roles,
+            };
+            let manifest = next_manifest(&ca, held, member, unix_ms())?;
+            store.put_signed(MANIFEST, &manifest)?;
+            Ok(manifest)
+        })
+    }
+
     /// Keeps this hub's renewed certificate (`hub.der`, replaced atomically) after checking that
     /// it renews the one held (`trust::renewal::accept`).
     pub fn keep_certificate(&self, der: &[u8]) -> Result<VerifiedPeer, HomeError> {
@@ -739,7 +780,8 @@ impl Home {
     }
 
     /// Records a peer this hub learned of through a verified certificate (a session), keeping
-    /// what the store knows (pairing time, suspension, revocation).
+    /// what the store knows (pairing time, suspension, revocation; and on an admin, the trust
+    /// level and roles it set, which the peer's certificate says only once renewed).
     pub fn record_peer(&self, store: &Store, cert: &VerifiedPeer) -> Result<(), HomeError> {
         let now = unix_ms();
         let relay_url = self.config()?.relay_url;
@@ -747,13 +789,17 @@ impl Home {
         if known.as_ref().is_some_and(|p| p.revoked_at.is_some()) {
             return Ok(());
         }
+        let (trust, roles) = match &known {
+            Some(p) if self.is_founder() => (p.trust, p.roles.clone()),
+            _ => (cert.trust(), cert.roles().to_vec()),
+        };
         store.upsert_peer(&PeerRecord {
             id: cert.hub_id(),
             name: cert.name().to_owned(),
             endpoint: relay_url,
             public_key: hex::encode(cert.identity_key().as_bytes()),
-            trust: cert.trust(),
-            roles: cert.roles().to_vec(),
+            trust,
+            roles,
             paired_at: known.as_ref().map_or(now, |p| p.paired_at),
             revoked_at: None,
             suspended_at: known.as_ref().and_then(|p| p.suspended_at),

@@ -144,6 +144,22 @@ impl Api {
     }
 
     /// `POST /api/federation/peers/{id}/ping`.
+    /// `POST /api/federation/peers/{id}/trust`.
+    pub(crate) async fn set_trust(
+        &self,
+        id: HubId,
+        level: shared_proto::trust::TrustLevel,
+        roles: Option<Vec<String>>,
+    ) -> Result<hub_client::hub::view::TermsView> {
+        let body = serde_json::json!({ "trust_level": level.as_str(), "roles": roles });
+        self.call_with(
+            Method::POST,
+            &format!("/api/federation/peers/{id}/trust"),
+            Some(body),
+        )
+        .await
+    }
+
     /// `POST /api/cert/renew`.
     pub(crate) async fn renew(&self) -> Result<hub_client::hub::view::CertificateView> {
         self.call(Method::POST, "/api/cert/renew").await

@@ -277,6 +277,17 @@ pub(crate) enum PeersCommand {
         #[arg(long, default_value = "revoked by the founder")]
         reason: String,
     },
+    /// Founder: set a peer's trust level (and roles): the manifest says so at once, and the
+    /// peer takes a certificate under the new terms as soon as it hears (audited).
+    SetTrust {
+        /// The peer's hub id.
+        id: HubId,
+        /// read_only, agent_dispatch or full.
+        level: TrustLevel,
+        /// Its roles, comma-separated (unchanged if not given).
+        #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+        roles: Option<Vec<String>>,
+    },
     /// Refuse a peer's calls until it is resumed.
     Suspend {
         /// The peer's hub id.

@@ -105,6 +105,47 @@ pub(crate) async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> 
             );
             publish(home, &list).await?;
         }
+        (PeersCommand::SetTrust { id, level, roles }, Some(api)) => {
+            let t = api.set_trust(id, level, roles).await?;
+            println!(
+                "{id} is {} with roles {} (manifest epoch {}); it takes a certificate under \
+                 these terms as soon as it hears",
+                t.trust_level,
+                t.roles.join(","),
+                t.manifest_epoch
+            );
+        }
+        (PeersCommand::SetTrust { id, level, roles }, None) => {
+            let store = home.hub_store()?;
+            let record = store
+                .peer(id)?
+                .filter(|p| p.revoked_at.is_none())
+                .with_context(|| format!("no active peer {id}"))?;
+            let roles = roles.unwrap_or(record.roles.clone());
+            let manifest = home.set_terms(&store, id, level, roles.clone())?;
+            use hub_client::node::audit::{entry, record as keep, AuditKind, Decision};
+            keep(
+                home,
+                &store,
+                entry(
+                    AuditKind::SetTrust,
+                    Some(id),
+                    Decision::Ok,
+                    &format!(
+                        "{level}, roles {} (was {}, roles {})",
+                        roles.join(","),
+                        record.trust,
+                        record.roles.join(",")
+                    ),
+                ),
+            );
+            println!(
+                "{id} is {level} with roles {} (manifest epoch {}); the hub is not running: \
+                 its peers hear of it when it runs",
+                roles.join(","),
+                manifest.serial
+            );
+        }
         (PeersCommand::Suspend { id }, Some(api)) => {
             api.suspend(id, true).await?;
             println!("suspended {id}: its calls are refused until `hub peers resume {id}`");

@@ -42,11 +42,13 @@ pub enum AuditKind {
     /// A certificate renewed: this hub's (by an admin, or by itself as the founder), or one this
     /// hub issued to a peer as its admin.
     CertRenew,
+    /// A peer's trust level and roles set by an admin (`hub peers set-trust`).
+    SetTrust,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 14] = [
+    pub const ALL: [AuditKind; 15] = [
         Self::CallOut,
         Self::CallIn,
         Self::Pairing,
@@ -61,6 +63,7 @@ impl AuditKind {
         Self::PeerFault,
         Self::AuditInconsistent,
         Self::CertRenew,
+        Self::SetTrust,
     ];
 
     /// Its text in the log (`call.out`, ...).
@@ -80,6 +83,7 @@ impl AuditKind {
             Self::PeerFault => "peer.fault",
             Self::AuditInconsistent => "audit.inconsistent",
             Self::CertRenew => "cert.renew",
+            Self::SetTrust => "peer.set_trust",
         }
     }
 

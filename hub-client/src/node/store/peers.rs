@@ -118,6 +118,21 @@ impl Store {
         Ok(())
     }
 
+    /// Sets an active peer's trust level and roles (what its next certificate says); whether it
+    /// is an active peer.
+    pub fn set_peer_terms(
+        &self,
+        id: HubId,
+        trust: TrustLevel,
+        roles: &[String],
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE federation_peers SET trust_level = ?1, roles = ?2
+             WHERE id = ?3 AND revoked_at IS NULL",
+            params![trust.as_str(), join_roles(roles), id.to_string()],
+        )? == 1)
+    }
+
     /// Soft-deletes a peer: `revoked_at` is set and kept for audit. Returns whether it existed
     /// and was not revoked already.
     pub fn revoke_peer(&self, id: HubId, now_ms: u64) -> Result<bool, StoreError> {
