@@ -40,6 +40,14 @@ fn fill_audit_log(home: &Path, n: u64, from_ms: u64) {
     store.commit_batch(Some(&key), &[], entries, None).unwrap();
 }
 
+/// `hub` joins with a token `issuer` makes (`invite` with `invite_args`); what `join` printed.
+fn join(issuer: &HubHome, hub: &HubHome, name: &str, invite_args: &[&str]) -> String {
+    let mut args = vec!["invite"];
+    args.extend_from_slice(invite_args);
+    let token = issuer.ok(&args);
+    hub.ok(&["join", token.trim(), "--name", name])
+}
+
 /// The store's size on disk, its write-ahead log included.
 fn store_bytes(home: &Path) -> u64 {
     ["hub.db", "hub.db-wal"]
@@ -73,6 +81,7 @@ fn half_of_a_long_audit_log_is_archived_and_both_halves_verify() {
     assert!(out.contains("archived 50000 entries (1 to 50000)"), "{out}");
     // The store shrank by about the half it gave up.
     let after = store_bytes(&hub.dir);
+    println!("the store: {before} bytes before the archive, {after} after");
     assert!(
         after < before * 2 / 3,
         "{before} bytes before, {after} after"
@@ -208,8 +217,7 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
     let desk_id = desk.id();
     let desk_run = desk.run();
     let laptop = home("laptop");
-    let token = desk.ok(&["invite"]);
-    laptop.ok(&["join", token.trim(), "--name", "laptop"]);
+    join(&desk, &laptop, "laptop", &[]);
     let _laptop_run = laptop.run();
 
     let pass = dir.path().join("pass");
@@ -218,24 +226,24 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
     std::fs::write(&weak, "hunter2\n").unwrap();
     let backup = dir.path().join("cluster.age");
     let backup_arg = backup.to_str().unwrap();
-    let refused = desk.fails(&[
-        "cluster",
-        "backup",
-        "--out",
-        backup_arg,
-        "--passphrase-file",
-        weak.to_str().unwrap(),
-    ]);
+    let stderr = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let backup_with = |pass: &Path| {
+        desk.output(&[
+            "cluster",
+            "backup",
+            "--out",
+            backup_arg,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+    };
+    let refused = stderr(backup_with(&weak));
     assert!(refused.contains("at least 12 characters"), "{refused}");
     assert!(!backup.exists());
-    let out = desk.ok(&[
-        "cluster",
-        "backup",
-        "--out",
-        backup_arg,
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let out = String::from_utf8_lossy(&backup_with(&pass).stdout).into_owned();
     assert!(out.contains("wrote the backup of cluster"), "{out}");
     let bytes = std::fs::read(&backup).unwrap();
     assert!(bytes.starts_with(b"age-encryption.org/v1\n-> scrypt "));
@@ -246,19 +254,11 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(!String::from_utf8_lossy(&bytes).contains(&ca_key));
-    let again = desk.fails(&[
-        "cluster",
-        "backup",
-        "--out",
-        backup_arg,
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let again = stderr(backup_with(&pass));
     assert!(again.contains("never written over"), "{again}");
     // After the backup, the founder revokes a hub: the relay holds a list newer than the backup's.
     let tablet = home("tablet");
-    let token = desk.ok(&["invite"]);
-    tablet.ok(&["join", token.trim(), "--name", "tablet"]);
+    join(&desk, &tablet, "tablet", &[]);
     let out = desk.ok(&["peers", "revoke", &tablet.id()]);
     assert!(out.contains("revocation list version 1"), "{out}");
 
@@ -279,10 +279,6 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
             "--passphrase-file",
             pass.to_str().unwrap(),
         ])
-    };
-    let stderr = |o: std::process::Output| {
-        assert!(!o.status.success());
-        String::from_utf8_lossy(&o.stderr).into_owned()
     };
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "correct horse battery stapler\n").unwrap();
@@ -311,8 +307,7 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
     let desk2_run = desk2.run();
     // The restored admin pairs a new hub, which the laptop reaches.
     let phone = home("phone");
-    let token = desk2.ok(&["invite"]);
-    let joined = phone.ok(&["join", token.trim(), "--name", "phone"]);
+    let joined = join(&desk2, &phone, "phone", &[]);
     assert!(joined.contains("desk2"), "{joined}");
     let _phone_run = phone.run();
     let phone_id = phone.id();
@@ -365,14 +360,9 @@ fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
         "1",
     ]);
     let _desk_run = desk.run_with(&["--cert-validity-minutes", "1"]);
-    let join = |name: &str| {
-        let hub = home(name);
-        let token = desk.ok(&["invite"]);
-        hub.ok(&["join", token.trim(), "--name", name]);
-        hub
-    };
-    let laptop = join("laptop");
-    let phone = join("phone");
+    let (laptop, phone) = (home("laptop"), home("phone"));
+    join(&desk, &laptop, "laptop", &[]);
+    join(&desk, &phone, "phone", &[]);
     let mut laptop_run = laptop.run();
     let _phone_run = phone.run();
     let first = [cert_of(&desk), cert_of(&laptop), cert_of(&phone)];
@@ -463,8 +453,7 @@ fn a_trust_level_set_by_the_founder_reaches_the_peers_certificate() {
     desk.create_cluster("desk", &relay.url());
     let _desk_run = desk.run();
     let laptop = HubHome::new(dir.path().join("laptop"));
-    let token = desk.ok(&["invite", "--roles", "laptop"]);
-    laptop.ok(&["join", token.trim(), "--name", "laptop"]);
+    join(&desk, &laptop, "laptop", &["--roles", "laptop"]);
     let _laptop_run = laptop.run();
     let (laptop_id, desk_id) = (laptop.id(), desk.id());
     wait_until("a session between them", Duration::from_secs(15), || {
