@@ -30,6 +30,7 @@ use shared_proto::session::rpc::{
     Request, Token, MAX_CALL_TIMEOUT_MS,
 };
 use shared_proto::trust::login::Credentials;
+use shared_proto::trust::renewal::{accept, Renewal};
 use shared_proto::trust::{VerifiedPeer, VerifiedRevocations};
 use shared_proto::{CloseCode, Frame, HubId};
 
@@ -69,13 +70,30 @@ struct Relay {
 struct Asked {
     id: u32,
     hub: HubId,
-    what: &'static str,
+    what: AskedFor,
     app: String,
     tool: String,
     arguments_sha256: [u8; 32],
     bytes: u64,
     sent_ms: u64,
 }
+
+/// What a request of this hub is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskedFor {
+    /// A listing the page asked for.
+    Apps,
+    /// A call the page made.
+    Call,
+    /// A renewal of this hub's certificate (the hub's own, on its clock).
+    Renew,
+}
+
+/// How long an admin has to answer a renewal request.
+const RENEW_TIMEOUT_MS: u64 = 10_000;
+
+/// The roles whose hubs are asked for renewals.
+const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
 
 /// A call of the phone app handed to the page.
 #[derive(Debug)]
@@ -132,6 +150,12 @@ pub struct WebHub {
     relay: Option<Relay>,
     hidden: bool,
     core: PeerCore,
+    /// When this hub's certificate is renewed, and whether a renewal waits for its answer.
+    renewal: Renewal,
+    renewing: bool,
+    /// The hubs it asks, in turn: the manifest's members with the founder or admin role.
+    admins: Vec<HubId>,
+    next_admin: usize,
     nonces: Nonces,
     /// The room's members this hub heard of (online now, or with a session): bounded by the
     /// room's own bound on members.
@@ -169,15 +193,26 @@ impl WebHub {
             credentials,
             identity,
             certificate,
+            manifest,
             revocations,
             sharing,
             revoked,
             audit_key,
-            ..
         } = kept.load(now_ms)?;
         let me = certificate.hub_id();
+        let admins = manifest
+            .manifest()
+            .members
+            .iter()
+            .filter(|m| m.hub_id != me && m.roles.iter().any(|r| ADMIN_ROLES.contains(&r.as_str())))
+            .map(|m| m.hub_id)
+            .collect();
         let mut hub = WebHub {
             core: PeerCore::new(identity, me, OsRng.next_u64()),
+            renewal: Renewal::new(&certificate),
+            renewing: false,
+            admins,
+            next_admin: 0,
             kept,
             credentials,
             me,
@@ -375,6 +410,8 @@ impl WebHub {
             self.relay.as_ref().map(|r| r.liveness.poll_timeout()),
             self.nonces.poll_timeout(),
             self.serving.values().map(|s| s.deadline_ms).min(),
+            (self.relay.is_some() && !self.renewing && !self.revoked)
+                .then(|| self.renewal.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -400,6 +437,7 @@ impl WebHub {
         }
         self.core.handle_timeout(now_ms, &mut OsRng);
         self.nonces.handle_timeout(now_ms);
+        self.maybe_renew(now_ms);
         let waiting = self.core.outstanding() > 0;
         if let Some(relay) = &mut self.relay {
             match relay.liveness.handle_timeout(now_ms, waiting) {
@@ -588,7 +626,7 @@ impl WebHub {
         let asked = Asked {
             id: self.take_id(),
             hub,
-            what: "apps",
+            what: AskedFor::Apps,
             app: String::new(),
             tool: String::new(),
             arguments_sha256: [0; 32],
@@ -630,7 +668,7 @@ impl WebHub {
         let asked = Asked {
             id: self.take_id(),
             hub,
-            what: "call",
+            what: AskedFor::Call,
             app: app.to_owned(),
             tool: tool.to_owned(),
             arguments_sha256: arguments_hash(&arguments),
@@ -777,10 +815,110 @@ impl WebHub {
         }
     }
 
+    /// Asks an admin for a new certificate when the one held is due (two thirds into its
+    /// term), the admins in turn after a failure.
+    fn maybe_renew(&mut self, now_ms: u64) {
+        if self.relay.is_none() || self.renewing || self.revoked || !self.renewal.is_due(now_ms) {
+            return;
+        }
+        let Some(admin) =
+            (!self.admins.is_empty()).then(|| self.admins[self.next_admin % self.admins.len()])
+        else {
+            // Nobody to ask: tried again later (the page says so when it nears its end).
+            self.renewal
+                .handle_failure(now_ms, self.certificate.not_after_ms());
+            return;
+        };
+        let asked = Asked {
+            id: self.take_id(),
+            hub: admin,
+            what: AskedFor::Renew,
+            app: String::new(),
+            tool: String::new(),
+            arguments_sha256: [0; 32],
+            bytes: 0,
+            sent_ms: now_ms,
+        };
+        match self.ask(
+            admin,
+            &Request::Renew,
+            now_ms + RENEW_TIMEOUT_MS,
+            asked,
+            now_ms,
+        ) {
+            Ok(_) => self.renewing = true,
+            Err(_) => {
+                self.next_admin += 1;
+                self.renewal
+                    .handle_failure(now_ms, self.certificate.not_after_ms());
+            }
+        }
+    }
+
+    /// An admin's answer to a renewal request: the certificate taken if it renews this hub's
+    /// (kept, used at the next login, and carried to the peers by rekeying every session now).
+    fn renewed(&mut self, admin: HubId, result: Result<Reply, String>, now_ms: u64) {
+        self.renewing = false;
+        let taken = result.and_then(|reply| match reply {
+            Reply::Renewed(der) => {
+                accept(&self.certificate, &der, &self.credentials.ca_key, now_ms)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("an answer of the wrong kind".into()),
+        });
+        let new = match taken {
+            Ok(new) => new,
+            Err(why) => {
+                self.next_admin += 1;
+                self.renewal
+                    .handle_failure(now_ms, self.certificate.not_after_ms());
+                self.events.push_back(json!({
+                    "type": "renewal_failed",
+                    "error": why,
+                    "not_after_ms": self.certificate.not_after_ms(),
+                }));
+                return;
+            }
+        };
+        if let Err(e) = self.core.set_certificate(&new, now_ms, &mut OsRng) {
+            self.renewal
+                .handle_failure(now_ms, self.certificate.not_after_ms());
+            self.events
+                .push_back(json!({"type": "renewal_failed", "error": e.to_string()}));
+            return;
+        }
+        self.kept.certificate = hex::encode(new.der());
+        self.credentials.cert_der = new.der().to_vec();
+        self.renewal.handle_renewed(&new);
+        self.certificate = new;
+        self.events.push_back(json!({
+            "type": "renewed",
+            "not_after_ms": self.certificate.not_after_ms(),
+        }));
+        // The audit entry asks the page to keep the state, the new certificate with it.
+        self.audit(
+            now_ms,
+            Entry {
+                kind: "cert.renew".into(),
+                peer: Some(admin),
+                decision: "ok".into(),
+                reason: format!(
+                    "this hub's certificate renewed until {} (Unix ms)",
+                    self.certificate.not_after_ms()
+                ),
+                ..Entry::default()
+            },
+        );
+    }
+
     fn answered(&mut self, answered: Answered, now_ms: u64) {
         let Some(asked) = self.asked.remove(&answered.token) else {
             return;
         };
+        if asked.what == AskedFor::Renew {
+            let result = answered.result.map_err(|f| f.to_string());
+            return self.renewed(asked.hub, result, now_ms);
+        }
         let event = match answered.result {
             Ok(Reply::Apps(body)) => {
                 let apps: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -796,7 +934,7 @@ impl WebHub {
             }
             Err(failure) => {
                 let error = failure.to_string();
-                if asked.what == "call" {
+                if asked.what == AskedFor::Call {
                     self.audit_call_out(&asked, "failed", &error, 0, now_ms);
                 }
                 json!({"type": "answer", "id": asked.id, "ok": false, "error": error})
@@ -987,7 +1125,9 @@ mod tests {
     use shared_proto::trust::TrustLevel;
 
     use super::*;
-    use crate::testing::{ca, hub, kept, TestHub, NOW};
+    use crate::testing::{ca, hub, hub_with, kept, TestHub, NOW};
+    use shared_proto::trust::renewal::{due_at, renewed};
+    use shared_proto::trust::ClusterCa;
 
     /// The browser hub and a desk (a peer core, as the native hub runs it) in one room of a
     /// relay that only passes payloads between them.
@@ -1007,9 +1147,12 @@ mod tests {
     impl Room {
         fn new(trust: TrustLevel) -> Self {
             let ca = ca(1);
-            let desk = hub(&ca, 1, TrustLevel::Full);
-            let phone = hub(&ca, 9, trust);
-            let mut web = WebHub::open(kept(&ca, &phone, &phone, &[&desk, &phone]), NOW).unwrap();
+            Self::of(&ca, &hub(&ca, 1, TrustLevel::Full), &hub(&ca, 9, trust))
+        }
+
+        /// The room of `desk` and the browser hub `phone`.
+        fn of(ca: &ClusterCa, desk: &TestHub, phone: &TestHub) -> Self {
+            let mut web = WebHub::open(kept(ca, phone, phone, &[desk, phone]), NOW).unwrap();
             web.opened(NOW).unwrap();
             let desk_identity = LocalIdentity {
                 cluster: ca.cluster_id(),
@@ -1259,6 +1402,83 @@ mod tests {
             room.probes
         );
         assert_eq!(room.messages, messages, "nothing but keepalives");
+    }
+
+    /// A phone whose certificate is valid a minute asks the founder for a new one two thirds
+    /// into it, takes it (kept, and carried to the desk by a rekey), and opens again after the
+    /// first one ended; one for other keys is refused and asked again.
+    #[test]
+    fn the_browser_hub_renews_its_certificate_from_the_founder() {
+        let ca = ca(1);
+        let year = (NOW - 86_400_000, NOW + 365 * 86_400_000);
+        let desk = hub_with(&ca, 1, TrustLevel::Full, "founder", year);
+        let phone = hub_with(
+            &ca,
+            9,
+            TrustLevel::AgentDispatch,
+            "phone",
+            (NOW - 6_000, NOW + 60_000),
+        );
+        let other = hub_with(&ca, 7, TrustLevel::Full, "phone", year);
+        let mut room = Room::of(&ca, &desk, &phone);
+        let due = due_at(&phone.cert);
+        let asked = |room: &mut Room| {
+            room.desk_seen.iter().rev().find_map(|e| match e {
+                CoreEvent::Inbound(Inbound::Renew(r)) => Some(r.clone()),
+                _ => None,
+            })
+        };
+        room.advance(due - 1);
+        assert!(asked(&mut room).is_none(), "not before it is due");
+        room.advance(due);
+        let first = asked(&mut room).expect("a renewal request at two thirds");
+        assert_eq!(first.from, phone.cert.hub_id());
+        // Answered with another hub's certificate: refused, asked again after 5 s.
+        let wrong = ca
+            .issue(&renewed(&other.cert, None, room.now), &mut room.rng)
+            .unwrap();
+        let (now, rng) = (room.now, &mut room.rng);
+        room.desk
+            .answer(first.from, first.token, &Answer::Renewed(wrong), now, rng)
+            .unwrap();
+        room.run();
+        let failed: Vec<_> = room.events("renewal_failed");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(room.web.kept().certificate, hex::encode(phone.cert.der()));
+        room.desk_seen.clear();
+        room.advance(room.now + 5_000);
+        let second = asked(&mut room).expect("asked again");
+        let der = ca
+            .issue(&renewed(&phone.cert, None, room.now), &mut room.rng)
+            .unwrap();
+        let (now, rng) = (room.now, &mut room.rng);
+        room.desk
+            .answer(
+                second.from,
+                second.token,
+                &Answer::Renewed(der.clone()),
+                now,
+                rng,
+            )
+            .unwrap();
+        room.run();
+        assert_eq!(room.events("renewed").len(), 1);
+        assert_eq!(room.web.kept().certificate, hex::encode(&der));
+        let renewal: Vec<_> = room
+            .events("audit")
+            .into_iter()
+            .filter(|e| e["entry"]["kind"] == "cert.renew")
+            .collect();
+        assert_eq!(renewal.len(), 1);
+        // The desk's session came up again with the new certificate, at once.
+        let fingerprint = shared_proto::trust::fingerprint(&der);
+        assert!(room.desk_seen.iter().any(|e| matches!(
+            e,
+            CoreEvent::Established { certificate, .. } if certificate.fingerprint() == fingerprint
+        )));
+        // The kept state opens after the first certificate ended.
+        let kept = room.web.kept().clone();
+        assert!(WebHub::open(kept, NOW + 61_000).is_ok());
     }
 
     #[test]

@@ -26,19 +26,31 @@ pub(crate) fn ca(seed: u8) -> ClusterCa {
     ClusterCa::from_secret(&[seed; 32])
 }
 
-/// Hub `id` (its id is `[id; 16]`, its name `hub ID`) of `ca`'s cluster at `trust`.
+/// Hub `id` (its id is `[id; 16]`, its name `hub ID`) of `ca`'s cluster at `trust`, with the
+/// role `desk`, valid a year.
 pub(crate) fn hub(ca: &ClusterCa, id: u8, trust: TrustLevel) -> TestHub {
+    hub_with(ca, id, trust, "desk", (NOW - DAY_MS, NOW + 365 * DAY_MS))
+}
+
+/// [`hub`] with one `role` and a validity (`not_before`, `not_after`).
+pub(crate) fn hub_with(
+    ca: &ClusterCa,
+    id: u8,
+    trust: TrustLevel,
+    role: &str,
+    (not_before_ms, not_after_ms): (u64, u64),
+) -> TestHub {
     let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
     let noise_secret = [id; 32];
     let request = CertificateRequest {
         hub_id: HubId([id; 16]),
         name: format!("hub {id}"),
         trust,
-        roles: vec!["desk".into()],
+        roles: vec![role.into()],
         identity_key: identity.verifying_key(),
         noise_key: public_key(&noise_secret).unwrap(),
-        not_before_ms: NOW - DAY_MS,
-        not_after_ms: NOW + 365 * DAY_MS,
+        not_before_ms,
+        not_after_ms,
     };
     let der = ca
         .issue(&request, &mut StdRng::seed_from_u64(u64::from(id)))

@@ -224,6 +224,12 @@ function onEvent(ev) {
       backoff = RECONNECT_MIN_MS;
       if (ws) abandon(ws, 4000, "no answer to a keepalive");
       break;
+    case "renewal_failed":
+      // Tried again on its own; said only when the end is near (30 days).
+      if (ev.not_after_ms && ev.not_after_ms - Date.now() < 30 * 86400000) {
+        toast(`This phone's certificate ends ${new Date(ev.not_after_ms).toLocaleDateString()} and could not be renewed (${ev.error}): is the founder's hub running?`);
+      }
+      break;
     case "closed":
       break;
   }

@@ -302,6 +302,7 @@ pub fn archive(
 /// it, synced, then linked into place.
 fn write_new(path: &std::path::Path, bytes: &[u8]) -> Result<(), ArchiveError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| ArchiveError::Io {
         path: path.to_owned(),
         source,
@@ -310,9 +311,11 @@ fn write_new(path: &std::path::Path, bytes: &[u8]) -> Result<(), ArchiveError> {
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
     let written = (|| {
+        // Like the store: who called what, when, is for this machine's owner and auditors.
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
