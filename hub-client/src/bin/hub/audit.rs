@@ -85,6 +85,11 @@ pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
                     "the audit chain verifies: {seq} entries, head {}",
                     hex::encode(mac)
                 ),
+                (Ok((seq, mac)), Some(from)) if seq == from => println!(
+                    "the audit chain verifies: its checkpoint at entry {from} (every entry up to \
+                     it archived), none since, head {}",
+                    hex::encode(mac)
+                ),
                 (Ok((seq, mac)), Some(from)) => println!(
                     "the audit chain verifies from its checkpoint at entry {from} (older entries \
                      archived): entries {} to {seq}, head {}",
@@ -98,8 +103,11 @@ pub(crate) fn audit_command(home: &Home, cmd: AuditCommand) -> Result<()> {
             None => println!("no entry before {}: nothing archived", utc(before / 1000)),
             Some(a) => {
                 println!(
-                    "archived {} entries ({} to {}) to {}; the log goes on from entry {}",
-                    a.entries,
+                    "archived {} ({} to {}) to {}; the log goes on from entry {}",
+                    match a.entries {
+                        1 => "1 entry".to_owned(),
+                        n => format!("{n} entries"),
+                    },
                     a.header.after_seq + 1,
                     a.header.through_seq,
                     out.display(),
