@@ -238,7 +238,7 @@ async function renderCluster() {
   const r = s.relay || {};
   const cert = s.certificate || {};
   const days = cert.not_after_ms ? Math.floor((cert.not_after_ms - Date.now()) / 86400000) : null;
-  facts($('cluster-facts'), [
+  const rows = [
     ['Cluster id', s.cluster_id, 'fact-cluster'],
     ['This hub', `${s.name} (${s.hub_id})`, 'fact-hub'],
     ['Trust level', `${s.trust_level}${s.founder ? ', founder (holds the cluster CA)' : ''}`],
@@ -252,7 +252,11 @@ async function renderCluster() {
     ['Certificate', cert.sha256 ? `SHA-256 ${cert.sha256}` : null],
     ['Certificate expires', cert.not_after_ms
       ? `${when(cert.not_after_ms)} (${days} days)` : null, 'fact-expiry'],
-  ]);
+    ['Certificate renewal', cert.renew_at_ms ? `from ${when(cert.renew_at_ms)}, on its own` : null],
+  ];
+  // Said from 30 days before the end (or a third of a shorter term), or once it has ended.
+  if (cert.warning) rows.push(['Warning', cert.warning, 'fact-cert-warning']);
+  facts($('cluster-facts'), rows);
 }
 
 async function renderPeers() {

@@ -447,3 +447,54 @@ pub fn stats(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use shared_proto::trust::{CertificateRequest, ClusterCa, PeerCertificate, TrustLevel};
+    use shared_proto::HubId;
+
+    use super::expiry_warning;
+
+    const DAY: u64 = 86_400_000;
+    const T0: u64 = 1_800_000_000_000;
+
+    fn cert(term_days: u64) -> shared_proto::trust::VerifiedPeer {
+        let ca = ClusterCa::from_secret(&[1; 32]);
+        let req = CertificateRequest {
+            hub_id: HubId([2; 16]),
+            name: "laptop".into(),
+            trust: TrustLevel::Full,
+            roles: vec![],
+            identity_key: SigningKey::from_bytes(&[3; 32]).verifying_key(),
+            noise_key: [4; 32],
+            not_before_ms: T0,
+            not_after_ms: T0 + term_days * DAY,
+        };
+        let der = ca.issue(&req, &mut rand::rngs::OsRng).unwrap();
+        PeerCertificate::from_der(&der)
+            .unwrap()
+            .verify(&ca.public_key(), T0, None)
+            .unwrap()
+    }
+
+    /// A year's certificate is warned about in its last 30 days, a short one in its last third;
+    /// an ended one says it is refused.
+    #[test]
+    fn expiry_is_warned_about_in_the_last_thirty_days_or_third() {
+        let year = cert(365);
+        assert_eq!(expiry_warning(&year, T0 + 334 * DAY), None);
+        let soon = expiry_warning(&year, T0 + 336 * DAY).unwrap();
+        assert!(soon.contains("ends in 29 days"), "{soon}");
+        let hours = expiry_warning(&year, T0 + 365 * DAY - 3_600_000).unwrap();
+        assert!(hours.contains("ends in 60 minutes"), "{hours}");
+        let ended = expiry_warning(&year, T0 + 365 * DAY).unwrap();
+        assert!(
+            ended.contains("EXPIRED") && ended.contains("4014"),
+            "{ended}"
+        );
+        let short = cert(30);
+        assert_eq!(expiry_warning(&short, T0 + 19 * DAY), None);
+        assert!(expiry_warning(&short, T0 + 21 * DAY).is_some());
+    }
+}
