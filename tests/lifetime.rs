@@ -193,7 +193,7 @@ fn a_running_hub_archives_what_is_past_its_retention() {
     let alone = hub.ok(&["audit", "verify", "--archive", file.to_str().unwrap()]);
     assert!(alone.contains("entries 1 to 10"), "{alone}");
     let rest = hub.ok(&["audit", "verify"]);
-    assert!(rest.contains("from its checkpoint at entry 10"), "{rest}");
+    assert!(rest.contains("checkpoint at entry 10"), "{rest}");
 }
 
 /// Copies a home directory (what a thief of the machine holds).
@@ -359,12 +359,12 @@ fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
         "--validity-minutes",
         "1",
     ]);
-    let _desk_run = desk.run_with(&["--cert-validity-minutes", "1"]);
+    let desk_run = desk.run_with(&["--cert-validity-minutes", "1"]);
     let (laptop, phone) = (home("laptop"), home("phone"));
     join(&desk, &laptop, "laptop", &[]);
     join(&desk, &phone, "phone", &[]);
     let mut laptop_run = laptop.run();
-    let _phone_run = phone.run();
+    let phone_run = phone.run();
     let first = [cert_of(&desk), cert_of(&laptop), cert_of(&phone)];
     let started = std::time::Instant::now();
 
@@ -394,8 +394,15 @@ fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
             (&phone, &desk_id),
             (&desk, &laptop_id),
         ] {
-            let out = from.ok(&["ping", to, "--count", "1"]);
-            assert!(out.contains("reply from"), "{out}");
+            let out = from.output(&["ping", to, "--count", "1"]);
+            assert!(
+                out.status.success(),
+                "ping {to}: {}\n--- desk\n{}\n--- laptop\n{}\n--- phone\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                desk_run.log(),
+                laptop_run.log(),
+                phone_run.log()
+            );
             pings += 1;
         }
         if !on_demand && started.elapsed() > Duration::from_secs(5) {

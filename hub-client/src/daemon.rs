@@ -273,16 +273,27 @@ async fn hub_loop(
                 continue;
             }
             () = sleep_until_ms(renew_at) => {
-                let (state, member) = (state.clone(), member.clone());
-                renewing = Some(tokio::spawn(async move {
-                    let _ = state.renew(&member).await;
-                }));
+                // Still due (a renewal asked through the API may have moved it meanwhile).
+                if state.renewal_is_due(crate::unix_ms()) {
+                    let (state, member) = (state.clone(), member.clone());
+                    renewing = Some(tokio::spawn(async move {
+                        let _ = state.renew(&member).await;
+                    }));
+                }
                 continue;
             }
-            () = state.renewals.done.notified() => {
+            // This loop's renewal ended.
+            _ = async {
+                match renewing.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 renewing = None;
                 continue;
             }
+            // A renewal asked through the API or by a manifest ended: the next due time moved.
+            () = state.renewals.done.notified() => continue,
             () = sleep_until_ms(state.book.repeats_timeout()) => None,
         };
         let Some(event) = event else {

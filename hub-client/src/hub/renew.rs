@@ -45,6 +45,13 @@ impl HubState {
             .poll_timeout()
     }
 
+    /// Whether this hub's certificate is due for renewal at `now_ms`.
+    pub(crate) fn renewal_is_due(&self, now_ms: u64) -> bool {
+        self.lock_schedule()
+            .as_ref()
+            .is_some_and(|s| s.is_due(now_ms))
+    }
+
     fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Option<Renewal>> {
         self.renewals
             .schedule
@@ -61,7 +68,19 @@ impl HubState {
         let _one = self.renewals.running.lock().await;
         let current = self
             .blocking(|state| Ok(state.home.certificate_at(0)?))
-            .await?;
+            .await;
+        let current = match current {
+            Ok(current) => current,
+            Err(e) => {
+                // Nothing to renew from (the home is damaged): said, and tried again later.
+                tracing::error!("certificate not renewed: {e}");
+                if let Some(schedule) = self.lock_schedule().as_mut() {
+                    schedule.handle_failure(unix_ms(), u64::MAX);
+                }
+                self.renewals.done.notify_one();
+                return Err(e);
+            }
+        };
         let renewed = self.renew_once(member, &current).await;
         let mut schedule = self.lock_schedule();
         let schedule = schedule.get_or_insert_with(|| Renewal::new(&current));
