@@ -237,10 +237,15 @@ async fn the_console_shows_and_drives_the_cluster_live() {
     visit(&b, &base, "audit").await;
     let banner = text_when(&b, "#audit-verify", |t| t.contains("NOT verify")).await;
     assert!(banner.contains(&format!("entry {seq}")), "{banner}");
-    let flagged = attr(&b, &format!("tr[data-seq='{seq}']"), "class")
-        .await
-        .unwrap_or_default();
-    assert_eq!(flagged, "flagged");
+    // Read once the row is drawn (a live update may redraw the table between finding the row
+    // and reading it: then it is read again).
+    let row = format!("tr[data-seq='{seq}']");
+    until(&format!("entry {seq} flagged"), || async {
+        attr(&b, &row, "class")
+            .await
+            .filter(|class| class == "flagged")
+    })
+    .await;
     screenshot(&b, "audit").await;
 
     b.close().await.unwrap();
