@@ -363,13 +363,23 @@ fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
     let (laptop, phone) = (home("laptop"), home("phone"));
     join(&desk, &laptop, "laptop", &[]);
     join(&desk, &phone, "phone", &[]);
+    // An app on the laptop that the others call through it all.
+    laptop.ok(&[
+        "apps",
+        "add",
+        "tools",
+        "--command",
+        env!("CARGO_BIN_EXE_test-app"),
+    ]);
+    laptop.ok(&["apps", "share", "tools", "--cluster"]);
     let mut laptop_run = laptop.run();
     let phone_run = phone.run();
     let first = [cert_of(&desk), cert_of(&laptop), cert_of(&phone)];
     let started = std::time::Instant::now();
 
-    // On their own: pings both ways through the relay until the first certificates have ended
-    // (60 s) and each hub renewed on its own twice (about every 40 s); every one is answered.
+    // On their own: pings both ways through the relay, and calls of the laptop's app (the desk
+    // writes a note, the phone reads it back), until the first certificates have ended (60 s)
+    // and each hub renewed on its own twice (about every 40 s); every one is answered.
     let (laptop_id, phone_id, desk_id) = (laptop.id(), phone.id(), desk.id());
     let renewals = || {
         let log = desk.ok(&["audit", "list", "--limit", "500"]);
@@ -405,6 +415,20 @@ fn certificates_of_a_minute_renew_on_their_own(kind: RelayKind) {
             );
             pings += 1;
         }
+        let note = format!("round {pings}");
+        let args = serde_json::json!({ "text": note }).to_string();
+        let laptop_ref = laptop_id.as_str();
+        desk.ok(&[
+            "apps",
+            "call",
+            laptop_ref,
+            "tools",
+            "note_write",
+            "--args",
+            &args,
+        ]);
+        let read = phone.ok(&["apps", "call", laptop_ref, "tools", "note_read"]);
+        assert!(read.contains(&note), "{read}");
         if !on_demand && started.elapsed() > Duration::from_secs(5) {
             // On demand, through the running hub: the laptop asks the desk now.
             let out = laptop.ok(&["cert", "renew"]);
