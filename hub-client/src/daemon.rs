@@ -256,7 +256,7 @@ async fn hub_loop(
     tracing::info!(hub = %member.hub_id, cluster = %state.home.cluster_id()?, "hub running");
     let mut heads = tokio::time::interval(options.audit_head_interval);
     heads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let own = state.home.certificate_at(0)?;
+    let own = state.home.certificate_held()?;
     if let Some(warning) = crate::hub::view::expiry_warning(&own, crate::unix_ms()) {
         tracing::warn!("{warning}");
     }
@@ -348,15 +348,13 @@ async fn start_member(state: &Arc<HubState>, options: &Options) -> Result<PeerCl
         }
     };
     state.book.set_lan(lan.as_ref().map(|(lan, _)| lan.view()));
-    let cell = config.credentials.clone();
-    let credentials = cell.get();
+    let credentials = config.credentials.clone();
     let peers = PeerClient::spawn_with(config, identity, Serving::Application, lan)?;
     state.set_member(Some(Member {
         peers: peers.handle(),
-        hub_id: credentials.hub_id,
+        hub_id: certificate.hub_id(),
         name: certificate.name().to_owned(),
         credentials,
-        cell,
     }));
     Ok(peers)
 }

@@ -458,7 +458,7 @@ impl HubState {
             tool: tool.to_owned(),
             scopes,
         }
-        .sign(&member.credentials.identity)
+        .sign(&member.credentials.get().identity)
         .map_err(|_| ServiceError::BadRequest("names or scopes over 255 bytes".into()))
     }
 

@@ -308,7 +308,7 @@ impl HubState {
         let state = self.clone();
         let member = member.clone();
         tokio::spawn(async move {
-            let identity = member.credentials.clone();
+            let identity = member.credentials.get();
             let made = state
                 .blocking(move |state| {
                     let store = state.store();

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use shared_proto::agent::CallErrorCode;
-use shared_proto::trust::login::Credentials;
 use shared_proto::HubId;
 use tokio::sync::Notify;
 
@@ -171,10 +170,9 @@ pub(crate) struct Member {
     pub(crate) hub_id: HubId,
     /// Its name.
     pub(crate) name: String,
-    /// Its keys and certificate (what signs envelopes).
-    pub(crate) credentials: Arc<Credentials>,
-    /// The credentials its relay connection and LAN path read (a renewal replaces them).
-    pub(crate) cell: crate::transport::CredentialsCell,
+    /// Its keys (what signs envelopes) and certificate, as its relay connection and LAN path
+    /// read them (a renewal replaces the certificate).
+    pub(crate) credentials: crate::transport::CredentialsCell,
 }
 
 /// A call from a peer running on this hub: its task, and its audit entry as far as known (what

@@ -28,8 +28,34 @@ pub const EPOCH_GRACE_MS: u64 = 2 * 30_000;
 /// for another.
 pub const CERT_GRACE_MS: u64 = 2 * 30_000;
 
-/// Two fingerprints of one hub (this hub's view, a reporter's) and since when (Unix ms).
-type CertSplit = ([u8; 32], [u8; 32], u64);
+/// Where a reporter sees a peer otherwise than this hub: by (reporter, peer), the two values
+/// (this hub's, the reporter's) and since when that difference is seen (Unix ms).
+type Splits<T> = HashMap<(HubId, HubId), (T, T, u64)>;
+
+/// Notes what the reporter of `key` sees against this hub at `now_ms` (`seen`: this hub's value
+/// and the reporter's, if both are known): since when the same difference is seen, or `None`
+/// if there is none (and any held is forgotten).
+fn note_split<T: PartialEq + Copy>(
+    splits: &mut Splits<T>,
+    key: (HubId, HubId),
+    seen: Option<(T, T)>,
+    now_ms: u64,
+) -> Option<u64> {
+    match seen {
+        Some((mine, theirs)) if mine != theirs => {
+            let since = match splits.get(&key) {
+                Some(&(m, t, since)) if (m, t) == (mine, theirs) => since,
+                _ => now_ms,
+            };
+            splits.insert(key, (mine, theirs, since));
+            Some(since)
+        }
+        _ => {
+            splits.remove(&key);
+            None
+        }
+    }
+}
 
 /// The reports held.
 #[derive(Debug, Default)]
@@ -40,10 +66,10 @@ pub struct Quorum {
     reports: HashMap<HubId, (u64, Vec<View>)>,
     /// Where a reporter's view of a peer's epoch differs from this hub's: by (reporter, peer),
     /// the two epochs (this hub's, the reporter's) and since when that difference is reported.
-    epoch_splits: HashMap<(HubId, HubId), (u64, u64, u64)>,
+    epoch_splits: Splits<u64>,
     /// Where a reporter's view of a peer's certificate differs from this hub's: by (reporter,
     /// peer), the two fingerprints (this hub's, the reporter's) and since when this hub sees it.
-    cert_splits: HashMap<(HubId, HubId), CertSplit>,
+    cert_splits: Splits<[u8; 32]>,
 }
 
 /// How the other hubs' reports on one peer compare with this hub's view of it.
@@ -62,19 +88,8 @@ impl Quorum {
             self.epochs.insert(from, epoch);
         }
         for view in &report.views {
-            let key = (from, view.hub);
-            match (self.epochs.get(&view.hub), view.manifest_epoch) {
-                (Some(&mine), Some(theirs)) if mine != theirs => {
-                    let since = match self.epoch_splits.get(&key) {
-                        Some(&(m, t, since)) if (m, t) == (mine, theirs) => since,
-                        _ => now_ms,
-                    };
-                    self.epoch_splits.insert(key, (mine, theirs, since));
-                }
-                _ => {
-                    self.epoch_splits.remove(&key);
-                }
-            }
+            let seen = self.epochs.get(&view.hub).copied().zip(view.manifest_epoch);
+            note_split(&mut self.epoch_splits, (from, view.hub), seen, now_ms);
         }
         self.reports.insert(from, (now_ms, report.views));
     }
@@ -121,20 +136,9 @@ impl Quorum {
                     });
             // Another epoch counts once it has been reported for longer than the grace.
             let epoch_settled = split_since.is_some_and(|s| now_ms >= s + EPOCH_GRACE_MS);
-            let key = (*from, mine.hub);
-            let theirs = views[at].cert_sha256;
-            let cert_settled = if theirs == mine.cert_sha256 {
-                self.cert_splits.remove(&key);
-                true
-            } else {
-                let since = match self.cert_splits.get(&key) {
-                    Some(&(m, t, since)) if (m, t) == (mine.cert_sha256, theirs) => since,
-                    _ => now_ms,
-                };
-                self.cert_splits
-                    .insert(key, (mine.cert_sha256, theirs, since));
-                now_ms >= since + CERT_GRACE_MS
-            };
+            let seen = Some((mine.cert_sha256, views[at].cert_sha256));
+            let cert_settled = note_split(&mut self.cert_splits, (*from, mine.hub), seen, now_ms)
+                .is_none_or(|since| now_ms >= since + CERT_GRACE_MS);
             if let Some(what) = difference(mine, &views[at], epoch_settled, cert_settled) {
                 check.disagreements.push((*from, what));
             }

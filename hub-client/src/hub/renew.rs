@@ -10,20 +10,13 @@ use std::time::Duration;
 
 use shared_proto::session::rpc::{Answer, PeerRequest};
 use shared_proto::trust::login::Credentials;
-use shared_proto::trust::renewal::Renewal;
+use shared_proto::trust::renewal::{is_admin, renewed_reason, Renewal, ASK_TIMEOUT_MS};
 use shared_proto::trust::VerifiedPeer;
 use shared_proto::HubId;
 
-use crate::hub::serve::answer_soon;
 use crate::hub::{HubState, Member, ServiceError};
 use crate::node::audit::{self, AuditKind, Decision};
 use crate::unix_ms;
-
-/// How long an admin has to answer a renewal request (a session may have to be set up first).
-const ASK_LIMIT: Duration = Duration::from_secs(10);
-
-/// The roles whose hubs are asked for renewals.
-const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
 
 /// When and whether this hub renews its certificate.
 #[derive(Debug, Default)]
@@ -67,7 +60,7 @@ impl HubState {
     ) -> Result<VerifiedPeer, ServiceError> {
         let _one = self.renewals.running.lock().await;
         let current = self
-            .blocking(|state| Ok(state.home.certificate_at(0)?))
+            .blocking(|state| Ok(state.home.certificate_held()?))
             .await;
         let current = match current {
             Ok(current) => current,
@@ -81,7 +74,7 @@ impl HubState {
                 return Err(e);
             }
         };
-        let renewed = self.renew_once(member, &current).await;
+        let renewed = self.renew_once(member).await;
         let mut schedule = self.lock_schedule();
         let schedule = schedule.get_or_insert_with(|| Renewal::new(&current));
         match &renewed {
@@ -109,14 +102,12 @@ impl HubState {
     async fn renew_once(
         self: &Arc<Self>,
         member: &Member,
-        current: &VerifiedPeer,
     ) -> Result<(VerifiedPeer, Option<HubId>), ServiceError> {
-        let (der, by) = if self.home.is_founder() {
-            let own = current.clone();
+        let (cert, by) = if self.home.is_founder() {
             let cert = self
-                .blocking(move |state| Ok(state.home.issue_renewal(&state.store(), &own)?))
+                .blocking(|state| Ok(state.home.renew_own(&state.store())?))
                 .await?;
-            (cert.der().to_vec(), None)
+            (cert, None)
         } else {
             let admins = self
                 .blocking(|state| {
@@ -124,7 +115,7 @@ impl HubState {
                         .store()
                         .active_peers()?
                         .into_iter()
-                        .filter(|p| p.roles.iter().any(|r| ADMIN_ROLES.contains(&r.as_str())))
+                        .filter(|p| is_admin(&p.roles))
                         .map(|p| p.id)
                         .collect::<Vec<_>>())
                 })
@@ -135,7 +126,11 @@ impl HubState {
             );
             let mut got = None;
             for admin in admins.into_iter().filter(|a| *a != member.hub_id) {
-                match member.peers.renew(admin, ASK_LIMIT).await {
+                match member
+                    .peers
+                    .renew(admin, Duration::from_millis(ASK_TIMEOUT_MS))
+                    .await
+                {
                     Ok(der) => {
                         got = Some((der, Some(admin)));
                         break;
@@ -143,26 +138,23 @@ impl HubState {
                     Err(e) => last = e.into(),
                 }
             }
-            got.ok_or(last)?
+            let (der, by) = got.ok_or(last)?;
+            let cert = self
+                .blocking(move |state| Ok(state.home.keep_certificate(&der)?))
+                .await?;
+            (cert, by)
         };
-        let kept = der.clone();
-        let cert = self
-            .blocking(move |state| Ok(state.home.keep_certificate(&kept)?))
-            .await?;
         let credentials = Credentials {
-            cert_der: der,
-            ..(*member.cell.get()).clone()
+            cert_der: cert.der().to_vec(),
+            ..(*member.credentials.get()).clone()
         };
-        member.cell.replace(Arc::new(credentials));
+        member.credentials.replace(Arc::new(credentials));
         member.peers.set_certificate(cert.clone()).await?;
         let entry = audit::entry(
             AuditKind::CertRenew,
             by,
             Decision::Ok,
-            &format!(
-                "this hub's certificate renewed until {} (Unix ms)",
-                cert.not_after_ms()
-            ),
+            &renewed_reason(cert.not_after_ms()),
         );
         self.record(entry).await;
         Ok((cert, by))
@@ -173,7 +165,7 @@ impl HubState {
     pub(crate) async fn renew_if_terms_changed(self: &Arc<Self>) {
         let changed = self
             .blocking(|state| {
-                let mine = state.home.certificate_at(0)?;
+                let mine = state.home.certificate_held()?;
                 let Some(manifest) = state.home.manifest()? else {
                     return Ok(false);
                 };
@@ -230,14 +222,15 @@ impl HubState {
                         ),
                     ),
                 ),
-                Err(why) => {
-                    let mut e = audit::entry(AuditKind::CertRenew, Some(from), Decision::None, "");
-                    audit::decide(&mut e, Decision::Refused, why.clone());
-                    (Answer::Refused(why), e)
-                }
+                Err(why) => (
+                    Answer::Refused(why.clone()),
+                    audit::entry(AuditKind::CertRenew, Some(from), Decision::Refused, &why),
+                ),
             };
             state.record(entry).await;
-            answer_soon(&member, request, answer);
+            if let Err(e) = member.peers.answer(from, request.token, answer).await {
+                tracing::debug!(peer = %from, "renewal answer not sent: {e}");
+            }
         });
     }
 }

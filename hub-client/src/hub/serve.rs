@@ -398,7 +398,7 @@ impl Drop for ListingPermit {
 }
 
 /// Sends an answer from another task: the event loop never waits on the peer layer.
-pub(crate) fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
+fn answer_soon(member: &Member, request: PeerRequest, answer: Answer) {
     let peers = member.peers.clone();
     tokio::spawn(async move {
         if let Err(e) = peers.answer(request.from, request.token, answer).await {

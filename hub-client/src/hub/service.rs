@@ -120,7 +120,7 @@ impl HubState {
         };
         self.blocking(move |state| {
             let home = &state.home;
-            let cert = home.certificate_at(0)?;
+            let cert = home.certificate_held()?;
             let renew_at = state.renewal_due(&cert);
             let store = state.store();
             Ok(StatusView {
@@ -377,28 +377,15 @@ impl HubState {
         trust: TrustLevel,
         roles: Option<Vec<String>>,
     ) -> Result<TermsView, ServiceError> {
-        let (manifest, roles) = self
+        let (roles, manifest) = self
             .blocking(move |state| {
-                let store = state.store();
-                let record = store
-                    .peer(id)?
-                    .filter(|p| p.revoked_at.is_none())
-                    .ok_or_else(|| ServiceError::NotFound(format!("no active peer {id}")))?;
-                let roles = roles.unwrap_or_else(|| record.roles.clone());
-                let manifest = state.home.set_terms(&store, id, trust, roles.clone())?;
-                let entry = audit::entry(
-                    AuditKind::SetTrust,
-                    Some(id),
-                    Decision::Ok,
-                    &format!(
-                        "{trust}, roles {} (was {}, roles {})",
-                        roles.join(","),
-                        record.trust,
-                        record.roles.join(",")
-                    ),
-                );
-                audit::record(&state.home, &store, entry);
-                Ok((manifest, roles))
+                Ok(audit::set_trust(
+                    &state.home,
+                    &state.store(),
+                    id,
+                    trust,
+                    roles,
+                )?)
             })
             .await?;
         if let Some(member) = self.member() {

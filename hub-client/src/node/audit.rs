@@ -115,6 +115,37 @@ pub fn share_app(
     Ok(true)
 }
 
+/// Founder: sets peer `id`'s trust level and roles (its roles unchanged if `roles` is `None`),
+/// re-signing the manifest (`Home::set_terms`), and records it (`peer.set_trust`); the roles
+/// set and the new manifest, to be passed on. The CLI (`hub peers set-trust`) and the API
+/// (`POST /api/federation/peers/{id}/trust`) both use it.
+pub fn set_trust(
+    home: &Home,
+    store: &Store,
+    id: HubId,
+    trust: shared_proto::trust::TrustLevel,
+    roles: Option<Vec<String>>,
+) -> Result<(Vec<String>, crate::node::store::Document), HomeError> {
+    let was = store
+        .peer(id)?
+        .filter(|p| p.revoked_at.is_none())
+        .ok_or(HomeError::UnknownPeer(id))?;
+    let roles = roles.unwrap_or_else(|| was.roles.clone());
+    let manifest = home.set_terms(store, id, trust, roles.clone())?;
+    let why = format!(
+        "{trust}, roles {} (was {}, roles {})",
+        roles.join(","),
+        was.trust,
+        was.roles.join(",")
+    );
+    record(
+        home,
+        store,
+        entry(AuditKind::SetTrust, Some(id), Decision::Ok, &why),
+    );
+    Ok((roles, manifest))
+}
+
 /// Why a hub's log does not verify: the first entry at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -155,6 +186,21 @@ pub fn verify_log(
     home: &Home,
     store: &Store,
 ) -> Result<Result<(u64, [u8; 32]), LogFault>, HomeError> {
+    Ok(checked_log(home, store)?.map(|log| log.head))
+}
+
+/// The log in the store, verified.
+struct CheckedLog {
+    /// Where it starts: its checkpoint, or 0 and zeros.
+    start: (u64, [u8; 32]),
+    /// Its entries, in chain order.
+    entries: Vec<(AuditEntry, [u8; 32])>,
+    /// Its last entry's sequence number and MAC.
+    head: (u64, [u8; 32]),
+}
+
+/// Reads the whole log and checks it ([`verify_log`]).
+fn checked_log(home: &Home, store: &Store) -> Result<Result<CheckedLog, LogFault>, HomeError> {
     let key = home.audit_key()?;
     let start = match store.audit_checkpoint()? {
         None => (0, [0; 32]),
@@ -173,7 +219,11 @@ pub fn verify_log(
     };
     Ok(match store.first_code_mismatch()? {
         Some(seq) => Err(LogFault::Code { seq }),
-        None => Ok(head),
+        None => Ok(CheckedLog {
+            start,
+            entries,
+            head,
+        }),
     })
 }
 
@@ -248,22 +298,21 @@ pub fn archive(
     let Some(through) = store.audit_archivable(before_ms)? else {
         return Ok(None);
     };
-    // The whole log verifies (checkpoint, chain, codes) before any of it leaves the store.
-    verify_log(home, store)?.map_err(ArchiveError::Log)?;
-    let start = store
-        .audit_checkpoint()?
-        .map_or((0, [0; 32]), |c| (c.seq, c.mac));
-    let entries = store.audit_entries_through(through)?;
+    // The whole log verifies (checkpoint, chain, codes) before any of it leaves the store; the
+    // entries read to check it are those written out.
+    let CheckedLog {
+        start, mut entries, ..
+    } = checked_log(home, store)?.map_err(ArchiveError::Log)?;
+    entries.truncate(entries.partition_point(|(e, _)| e.seq <= through));
     let Some((last, head_mac)) = entries.last().map(|(e, m)| (e.seq, *m)) else {
         return Ok(None);
     };
     let me = home.credentials()?;
-    let at_ms = unix_ms();
     let signed = Head {
         hub: me.hub_id,
         seq: last,
         mac: head_mac,
-        at_ms,
+        at_ms: unix_ms(),
     }
     .sign(&me.identity);
     let header = ArchiveHeader {
@@ -288,7 +337,6 @@ pub fn archive(
     let removed = store.forget_audit_through(&Checkpoint {
         seq: last,
         mac: head_mac,
-        at_ms,
         signed,
     })?;
     store.compact()?;
@@ -394,14 +442,14 @@ pub fn verify_archive(
     if archive != hub {
         return Err(ArchiveFault::OtherHub { archive, this: hub });
     }
-    let hex32 = |what: &str, text: &str| {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out)
-            .map_err(|_| ArchiveFault::Header(format!("{what}: not 64 hex digits")))?;
-        Ok::<_, ArchiveFault>(out)
-    };
-    let start = (header.after_seq, hex32("after_mac", &header.after_mac)?);
-    let end = (header.through_seq, hex32("head_mac", &header.head_mac)?);
+    let start = (
+        header.after_seq,
+        hex32("after_mac", &header.after_mac).map_err(ArchiveFault::Header)?,
+    );
+    let end = (
+        header.through_seq,
+        hex32("head_mac", &header.head_mac).map_err(ArchiveFault::Header)?,
+    );
     let entries = lines
         .enumerate()
         .map(|(i, line)| from_json(line).map_err(|why| ArchiveFault::Line { line: i + 2, why }))
@@ -418,6 +466,13 @@ pub fn verify_archive(
         Ok(h) if (h.seq, h.mac) == end => Ok(header),
         _ => Err(ArchiveFault::Checkpoint(end.0)),
     }
+}
+
+/// 32 bytes from 64 hex digits (`what` names the field in the error).
+fn hex32(what: &str, text: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).map_err(|_| format!("{what}: not 64 hex digits"))?;
+    Ok(out)
 }
 
 /// An entry and its MAC from what [`to_json`] wrote.
@@ -440,11 +495,6 @@ pub fn from_json(line: &str) -> Result<(AuditEntry, [u8; 32]), String> {
         mac: String,
     }
     let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    let hex32 = |what: &str, text: &str| {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out).map_err(|_| format!("{what}: not 64 hex digits"))?;
-        Ok::<_, String>(out)
-    };
     let peer = l
         .peer
         .map(|p| {

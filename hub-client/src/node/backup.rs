@@ -189,13 +189,14 @@ pub fn make(home: &Home, passphrase: &SecretString) -> Result<Vec<u8>, BackupErr
             paired_at_ms: me.not_before_ms(),
         }))
         .collect();
+    let secret = Zeroizing::new(ca.secret());
     let contents = Contents {
         format: FORMAT.to_owned(),
         made_at_ms: unix_ms(),
         cluster: ca.cluster_id().to_string(),
         relay_url: home.config()?.relay_url,
         made_by: me.hub_id().to_string(),
-        ca_key: hex::encode(*Zeroizing::new(ca.secret())),
+        ca_key: hex::encode(secret.as_slice()),
         manifest: hex_doc(MANIFEST)?,
         revocations: hex_doc(REVOCATIONS)?,
         peers,

@@ -570,26 +570,28 @@ impl Home {
         })
     }
 
+    /// Founder: renews this hub's own certificate, signed here, and keeps it.
+    pub fn renew_own(&self, store: &Store) -> Result<VerifiedPeer, HomeError> {
+        let new = self.issue_renewal(store, &self.certificate_held()?)?;
+        self.keep_certificate(new.der())
+    }
+
     /// Keeps this hub's renewed certificate (`hub.der`, replaced atomically) after checking that
     /// it renews the one held (`trust::renewal::accept`).
     pub fn keep_certificate(&self, der: &[u8]) -> Result<VerifiedPeer, HomeError> {
-        let current = self.certificate_at(0)?;
+        let current = self.certificate_held()?;
         let new = shared_proto::trust::renewal::accept(&current, der, &self.ca_key()?, unix_ms())?;
         self.write("hub.der", der, false)?;
         Ok(new)
     }
 
-    /// This hub's certificate, verified against the CA at `now_ms` (0: its dates are not
-    /// checked, for a certificate that may have expired).
-    pub fn certificate_at(&self, now_ms: u64) -> Result<VerifiedPeer, HomeError> {
+    /// This hub's certificate, verified against the CA but not its dates: one that ended is
+    /// still shown, and renewed from.
+    pub fn certificate_held(&self) -> Result<VerifiedPeer, HomeError> {
         let der = self.read("hub.der")?;
         let cert = PeerCertificate::from_der(&der)?;
-        let at = if now_ms == 0 {
-            cert.not_before_ms()
-        } else {
-            now_ms
-        };
-        Ok(cert.verify(&self.ca_key()?, at, None)?)
+        let within = cert.not_before_ms();
+        Ok(cert.verify(&self.ca_key()?, within, None)?)
     }
 
     /// The manifest this hub holds, verified.

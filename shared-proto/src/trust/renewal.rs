@@ -13,10 +13,29 @@ use crate::trust::{CertificateRequest, PeerCertificate, TrustError, TrustLevel, 
 /// What a hub that is not an admin answers a renewal request with (`refused`).
 pub const NOT_ADMIN: &str = "not_admin: this hub does not hold the cluster CA key";
 
+/// The roles of the hubs a renewal is asked of.
+pub const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
+
+/// How long an admin has to answer a renewal request (a session may have to be set up first).
+pub const ASK_TIMEOUT_MS: u64 = 10_000;
+
+/// The most a certificate starts before its issuing.
+const MAX_SLACK_MS: u64 = 5 * 60_000;
+
+/// Whether a hub with `roles` is asked for renewals.
+pub fn is_admin(roles: &[String]) -> bool {
+    roles.iter().any(|r| ADMIN_ROLES.contains(&r.as_str()))
+}
+
+/// The audit reason of this hub's own renewal, until `not_after_ms`.
+pub fn renewed_reason(not_after_ms: u64) -> String {
+    format!("this hub's certificate renewed until {not_after_ms} (Unix ms)")
+}
+
 /// How far before its issuing a certificate valid for `validity_ms` starts: a tenth of that, at
 /// most 5 minutes.
 pub fn slack(validity_ms: u64) -> u64 {
-    (validity_ms / 10).min(5 * 60_000)
+    (validity_ms / 10).min(MAX_SLACK_MS)
 }
 
 /// The validity of a new certificate valid for `validity_ms` from `now_ms`:
@@ -44,11 +63,10 @@ pub fn warn_at(cert: &VerifiedPeer) -> u64 {
 /// `term = validity + slack(validity)`).
 pub fn validity_of(cert: &VerifiedPeer) -> u64 {
     let term = cert.not_after_ms().saturating_sub(cert.not_before_ms());
-    const MAX_SLACK: u64 = 5 * 60_000;
-    if term <= 11 * MAX_SLACK {
+    if term <= 11 * MAX_SLACK_MS {
         term * 10 / 11
     } else {
-        term - MAX_SLACK
+        term - MAX_SLACK_MS
     }
 }
 
@@ -114,7 +132,6 @@ pub fn accept(
 /// When to ask for a renewal, and when to ask again after a failure.
 #[derive(Debug, Clone)]
 pub struct Renewal {
-    due_at_ms: u64,
     /// Failures in a row since the certificate became due.
     failures: u32,
     next_ms: u64,
@@ -132,11 +149,9 @@ pub const RETRY_MIN_MS: u64 = 1_000;
 impl Renewal {
     /// For the certificate held.
     pub fn new(cert: &VerifiedPeer) -> Self {
-        let due_at_ms = due_at(cert);
         Renewal {
-            due_at_ms,
             failures: 0,
-            next_ms: due_at_ms,
+            next_ms: due_at(cert),
         }
     }
 
@@ -165,11 +180,6 @@ impl Renewal {
     pub fn handle_renewed(&mut self, cert: &VerifiedPeer) {
         *self = Renewal::new(cert);
     }
-
-    /// When the held certificate became due.
-    pub fn due_at_ms(&self) -> u64 {
-        self.due_at_ms
-    }
 }
 
 #[cfg(test)]
@@ -186,14 +196,13 @@ mod tests {
     }
 
     /// Hub `id`'s certificate, valid a year from a day before `NOW`.
-    fn identity(id: u8) -> ((), VerifiedPeer) {
+    fn certificate(id: u8) -> VerifiedPeer {
         let req = request(id, &SigningKey::from_bytes(&[id; 32]));
         let der = ca().issue(&req, &mut StdRng::seed_from_u64(1)).unwrap();
-        let cert = PeerCertificate::from_der(&der)
+        PeerCertificate::from_der(&der)
             .unwrap()
             .verify(&ca().public_key(), NOW, None)
-            .unwrap();
-        ((), cert)
+            .unwrap()
     }
 
     const YEAR: u64 = 365 * 86_400_000;
@@ -204,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_renewed_certificate_keeps_its_hub_keys_and_term() {
-        let (_, current) = identity(1);
+        let current = certificate(1);
         let term = current.not_after_ms() - current.not_before_ms();
         let at = due_at(&current);
         assert_eq!(at, current.not_before_ms() + term / 3 * 2);
@@ -233,8 +242,8 @@ mod tests {
 
     #[test]
     fn a_certificate_for_other_keys_or_no_later_or_forged_is_refused() {
-        let (_, current) = identity(1);
-        let (_, other) = identity(2);
+        let current = certificate(1);
+        let other = certificate(2);
         let at = due_at(&current);
         let ca_key = ca().public_key();
         // Another hub's keys.
@@ -276,7 +285,7 @@ mod tests {
 
     #[test]
     fn failed_attempts_back_off_but_come_before_the_end() {
-        let (_, cert) = identity(1);
+        let cert = certificate(1);
         let mut r = Renewal::new(&cert);
         let due = r.poll_timeout();
         assert!(!r.is_due(due - 1) && r.is_due(due));

@@ -265,23 +265,14 @@ pub(crate) async fn renew(home: &Home) -> Result<()> {
         );
         return Ok(());
     }
-    ensure_founder(home)?;
     let store = home.store()?;
-    let current = home.certificate_at(0)?;
-    let new = home.issue_renewal(&store, &current)?;
-    let new = home.keep_certificate(new.der())?;
-    hub_client::node::audit::record(
+    let new = home.renew_own(&store)?;
+    use hub_client::node::audit::{entry, record, AuditKind, Decision};
+    let reason = shared_proto::trust::renewal::renewed_reason(new.not_after_ms());
+    record(
         home,
         &store,
-        hub_client::node::audit::entry(
-            hub_client::node::audit::AuditKind::CertRenew,
-            None,
-            hub_client::node::audit::Decision::Ok,
-            &format!(
-                "this hub's certificate renewed until {} (Unix ms)",
-                new.not_after_ms()
-            ),
-        ),
+        entry(AuditKind::CertRenew, None, Decision::Ok, &reason),
     );
     println!(
         "renewed: certificate {} valid until {} (signed here with the CA key)",

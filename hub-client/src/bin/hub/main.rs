@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Show) => {
-            let cert = home.certificate_at(0)?;
+            let cert = home.certificate_held()?;
             print_certificate(&cert, &home)?;
             Ok(())
         }

@@ -117,28 +117,8 @@ pub(crate) async fn peers_command(home: &Home, cmd: PeersCommand) -> Result<()> 
         }
         (PeersCommand::SetTrust { id, level, roles }, None) => {
             let store = home.hub_store()?;
-            let record = store
-                .peer(id)?
-                .filter(|p| p.revoked_at.is_none())
-                .with_context(|| format!("no active peer {id}"))?;
-            let roles = roles.unwrap_or(record.roles.clone());
-            let manifest = home.set_terms(&store, id, level, roles.clone())?;
-            use hub_client::node::audit::{entry, record as keep, AuditKind, Decision};
-            keep(
-                home,
-                &store,
-                entry(
-                    AuditKind::SetTrust,
-                    Some(id),
-                    Decision::Ok,
-                    &format!(
-                        "{level}, roles {} (was {}, roles {})",
-                        roles.join(","),
-                        record.trust,
-                        record.roles.join(",")
-                    ),
-                ),
-            );
+            let (roles, manifest) =
+                hub_client::node::audit::set_trust(home, &store, id, level, roles)?;
             println!(
                 "{id} is {level} with roles {} (manifest epoch {}); the hub is not running: \
                  its peers hear of it when it runs",
@@ -232,7 +212,7 @@ pub(crate) async fn status(home: &Home) -> Result<()> {
         }
         return Ok(());
     }
-    let cert = home.certificate_at(0)?;
+    let cert = home.certificate_held()?;
     let store = home.store()?;
     let doc = |kind| -> Result<String> {
         Ok(store

@@ -324,8 +324,6 @@ pub struct Checkpoint {
     pub seq: u64,
     /// Its MAC, which the next entry chains to.
     pub mac: [u8; 32],
-    /// When the entries were archived (Unix ms).
-    pub at_ms: u64,
     /// The hub's signed [`shared_proto::audit::Head`] for `seq` and `mac`.
     pub signed: Vec<u8>,
 }
@@ -333,25 +331,23 @@ pub struct Checkpoint {
 fn checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT seq, mac, at_ms, signed FROM audit_checkpoint WHERE id = 1",
+            "SELECT seq, mac, signed FROM audit_checkpoint WHERE id = 1",
             [],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(2)?,
                 ))
             },
         )
         .optional()?;
-    row.map(|(seq, mac, at_ms, signed)| {
+    row.map(|(seq, mac, signed)| {
         Ok(Checkpoint {
             seq,
             mac: mac
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("audit checkpoint MAC"))?,
-            at_ms,
             signed,
         })
     })
@@ -475,18 +471,6 @@ impl Store {
         with_macs(rows)
     }
 
-    /// The entries up to `seq` (all that are left of them), in chain order.
-    pub fn audit_entries_through(
-        &self,
-        seq: u64,
-    ) -> Result<Vec<(AuditEntry, [u8; 32])>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq <= ?1 ORDER BY seq"
-        ))?;
-        let rows = stmt.query_map(params![seq as i64], entry_row)?;
-        with_macs(rows)
-    }
-
     /// The checkpoint the log starts from, if older entries were archived.
     pub fn audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         checkpoint(&self.conn)
@@ -534,14 +518,13 @@ impl Store {
                 params![checkpoint.seq as i64],
             )?;
             tx.execute(
-                "INSERT INTO audit_checkpoint (id, seq, mac, at_ms, signed)
-                 VALUES (1, ?1, ?2, ?3, ?4)
+                "INSERT INTO audit_checkpoint (id, seq, mac, signed)
+                 VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
-                 at_ms = excluded.at_ms, signed = excluded.signed",
+                 signed = excluded.signed",
                 params![
                     checkpoint.seq as i64,
                     checkpoint.mac.to_vec(),
-                    checkpoint.at_ms as i64,
                     checkpoint.signed
                 ],
             )?;

@@ -137,13 +137,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 12: where the audit log starts after older entries were archived (`hub audit archive`):
-    // the last archived entry's sequence number and MAC, signed by the hub (`audit::Head`).
+    // the last archived entry's sequence number and MAC, and the hub's signed head for them
+    // (`audit::Head`, which also says when).
     r#"
     CREATE TABLE audit_checkpoint (
         id     INTEGER PRIMARY KEY CHECK (id = 1),
         seq    INTEGER NOT NULL,
         mac    BLOB NOT NULL,
-        at_ms  INTEGER NOT NULL,
         signed BLOB NOT NULL
     );
     "#,
