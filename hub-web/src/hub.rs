@@ -30,7 +30,7 @@ use shared_proto::session::rpc::{
     Request, Token, MAX_CALL_TIMEOUT_MS,
 };
 use shared_proto::trust::login::Credentials;
-use shared_proto::trust::renewal::{accept, Renewal};
+use shared_proto::trust::renewal::{accept, is_admin, renewed_reason, Renewal, ASK_TIMEOUT_MS};
 use shared_proto::trust::{VerifiedPeer, VerifiedRevocations};
 use shared_proto::{CloseCode, Frame, HubId};
 
@@ -88,12 +88,6 @@ enum AskedFor {
     /// A renewal of this hub's certificate (the hub's own, on its clock).
     Renew,
 }
-
-/// How long an admin has to answer a renewal request.
-const RENEW_TIMEOUT_MS: u64 = 10_000;
-
-/// The roles whose hubs are asked for renewals.
-const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
 
 /// A call of the phone app handed to the page.
 #[derive(Debug)]
@@ -204,7 +198,7 @@ impl WebHub {
             .manifest()
             .members
             .iter()
-            .filter(|m| m.hub_id != me && m.roles.iter().any(|r| ADMIN_ROLES.contains(&r.as_str())))
+            .filter(|m| m.hub_id != me && is_admin(&m.roles))
             .map(|m| m.hub_id)
             .collect();
         let mut hub = WebHub {
@@ -824,10 +818,7 @@ impl WebHub {
         let Some(admin) =
             (!self.admins.is_empty()).then(|| self.admins[self.next_admin % self.admins.len()])
         else {
-            // Nobody to ask: tried again later (the page says so when it nears its end).
-            self.renewal
-                .handle_failure(now_ms, self.certificate.not_after_ms());
-            return;
+            return self.renewal_failed("no admin hub in the manifest".into(), now_ms);
         };
         let asked = Asked {
             id: self.take_id(),
@@ -842,17 +833,26 @@ impl WebHub {
         match self.ask(
             admin,
             &Request::Renew,
-            now_ms + RENEW_TIMEOUT_MS,
+            now_ms + ASK_TIMEOUT_MS,
             asked,
             now_ms,
         ) {
             Ok(_) => self.renewing = true,
-            Err(_) => {
-                self.next_admin += 1;
-                self.renewal
-                    .handle_failure(now_ms, self.certificate.not_after_ms());
-            }
+            Err(e) => self.renewal_failed(e.to_string(), now_ms),
         }
+    }
+
+    /// A renewal attempt failed: the next admin is asked after a backoff, and the page is told
+    /// (it says so as the end nears).
+    fn renewal_failed(&mut self, why: String, now_ms: u64) {
+        self.next_admin += 1;
+        self.renewal
+            .handle_failure(now_ms, self.certificate.not_after_ms());
+        self.events.push_back(json!({
+            "type": "renewal_failed",
+            "error": why,
+            "not_after_ms": self.certificate.not_after_ms(),
+        }));
     }
 
     /// An admin's answer to a renewal request: the certificate taken if it renews this hub's
@@ -868,24 +868,10 @@ impl WebHub {
         });
         let new = match taken {
             Ok(new) => new,
-            Err(why) => {
-                self.next_admin += 1;
-                self.renewal
-                    .handle_failure(now_ms, self.certificate.not_after_ms());
-                self.events.push_back(json!({
-                    "type": "renewal_failed",
-                    "error": why,
-                    "not_after_ms": self.certificate.not_after_ms(),
-                }));
-                return;
-            }
+            Err(why) => return self.renewal_failed(why, now_ms),
         };
         if let Err(e) = self.core.set_certificate(&new, now_ms, &mut OsRng) {
-            self.renewal
-                .handle_failure(now_ms, self.certificate.not_after_ms());
-            self.events
-                .push_back(json!({"type": "renewal_failed", "error": e.to_string()}));
-            return;
+            return self.renewal_failed(e.to_string(), now_ms);
         }
         self.kept.certificate = hex::encode(new.der());
         self.credentials.cert_der = new.der().to_vec();
@@ -902,10 +888,7 @@ impl WebHub {
                 kind: "cert.renew".into(),
                 peer: Some(admin),
                 decision: "ok".into(),
-                reason: format!(
-                    "this hub's certificate renewed until {} (Unix ms)",
-                    self.certificate.not_after_ms()
-                ),
+                reason: renewed_reason(self.certificate.not_after_ms()),
                 ..Entry::default()
             },
         );
