@@ -257,6 +257,9 @@ struct Attachment {
     /// For a pairing guest: the `Send` frames it has sent.
     #[serde(default, skip_serializing_if = "is_zero")]
     s: u32,
+    /// For a hub an admin certified: the admin certificate's fingerprint and key hash (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<(String, String)>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -283,10 +286,20 @@ impl Attachment {
             Some(issuer) => Some(issuer.parse().ok()?),
             None => None,
         };
+        let issuer = match &self.i {
+            Some((f, k)) => {
+                let (mut fp, mut kh) = ([0u8; 32], [0u8; 32]);
+                hex::decode_to_slice(f, &mut fp).ok()?;
+                hex::decode_to_slice(k, &mut kh).ok()?;
+                Some((fp, kh))
+            }
+            None => None,
+        };
         Some(MemberInfo {
             hub: h.parse().ok()?,
             fingerprint,
             key_hash,
+            issuer,
             guest_of,
             admitted_ms: self.a as u64,
             sends: self.s,
@@ -496,6 +509,7 @@ impl Inner {
             g: None,
             a: 0.0,
             s: 0,
+            i: None,
         })?;
         self.state
             .as_raw()
@@ -982,6 +996,7 @@ impl Sockets for SocketMap<'_> {
             g: member.guest_of.map(|h| h.to_string()),
             a: member.admitted_ms as f64,
             s: member.sends,
+            i: member.issuer.map(|(f, k)| (hex::encode(f), hex::encode(k))),
         };
         if let Err(e) = ws.serialize_attachment(att) {
             console_error!("could not store the member with its socket: {e}");

@@ -4,11 +4,17 @@
 //! - version 3, a random positive 16-byte serial, signature algorithm Ed25519 (1.3.101.112);
 //! - issuer `CN=hub cluster CA <cluster id>`; subject `CN=<hub name>`;
 //! - the subject public key is the hub's Ed25519 identity key (it signs relay logins);
-//! - basicConstraints (critical) `CA:FALSE`; keyUsage (critical) `digitalSignature`;
+//! - basicConstraints (critical) `CA:FALSE`; keyUsage (critical) `digitalSignature`; except an
+//!   **admin certificate** (the root CA's certificate for a hub with the role `admin`):
+//!   `CA:TRUE, pathlen:0`, keyUsage `digitalSignature, keyCertSign, cRLSign`;
 //! - the hub extension [`HUB_EXTENSION_OID`] (not critical, so generic tools still read the
 //!   certificate), an OCTET STRING holding
 //!   `format: u8 = 1 | hub id: [16] | trust: u8 | noise key: [32] | name: str8 | roles: u8 count,
 //!   then str8 each`, where `str8` is a `u8` length and UTF-8 bytes.
+//!
+//! A hub's certificate travels as a **chain**: its own certificate's DER, then, when an admin hub
+//! issued it, the admin certificate's DER (two DER elements, back to back). The root CA issues
+//! every admin certificate; an admin's key issues hub certificates only (path length 0).
 
 use std::time::Duration;
 
@@ -28,6 +34,9 @@ use x509_cert::{Certificate, TbsCertificate, Version};
 use super::{fingerprint, key_hash, ClusterId, TrustError, TrustLevel, VerifiedRevocations};
 use crate::codec::{put_short_str, Reader};
 use crate::relay::frame::HubId;
+
+/// basicConstraints (RFC 5280).
+const BASIC_CONSTRAINTS_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 
 /// Ed25519 (RFC 8410).
 const ED25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
@@ -98,10 +107,24 @@ impl CertificateRequest {
     }
 }
 
-/// A cluster's certificate authority: the founder's Ed25519 key. It issues hub certificates and
-/// signs the manifest and the revocation list.
+/// The role whose holder the root CA makes an admin (its certificate a CA certificate).
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Roles an admin's key may not grant (only the root CA makes founders and admins).
+const ROOT_ONLY_ROLES: [&str; 2] = ["founder", ADMIN_ROLE];
+
+/// Who signs for a cluster: the root CA (the founder's Ed25519 key), or an admin hub (its own
+/// identity key, under its admin certificate). Either issues hub certificates and signs the
+/// manifest and the revocation list; only the root makes admins.
 pub struct ClusterCa {
     key: SigningKey,
+    /// For an admin: its admin certificate (issued by the root) and the root key.
+    admin: Option<Admin>,
+}
+
+struct Admin {
+    certificate: VerifiedPeer,
+    root: VerifyingKey,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -109,6 +132,10 @@ impl std::fmt::Debug for ClusterCa {
         // Never print the secret key.
         f.debug_struct("ClusterCa")
             .field("cluster_id", &self.cluster_id())
+            .field(
+                "admin",
+                &self.admin.as_ref().map(|a| a.certificate.hub_id()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +168,7 @@ impl ClusterCa {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         ClusterCa {
             key: SigningKey::generate(rng),
+            admin: None,
         }
     }
 
@@ -148,17 +176,45 @@ impl ClusterCa {
     pub fn from_secret(secret: &[u8; 32]) -> Self {
         ClusterCa {
             key: SigningKey::from_bytes(secret),
+            admin: None,
         }
     }
 
-    /// The 32-byte secret key, for storage (mode 0600).
-    pub fn secret(&self) -> [u8; 32] {
-        self.key.to_bytes()
+    /// An admin hub signing for the cluster with its identity key, under `certificate` (its own,
+    /// verified against the root CA): refused unless that is an admin certificate for this key.
+    pub fn admin(
+        identity: SigningKey,
+        certificate: VerifiedPeer,
+        root: VerifyingKey,
+    ) -> Result<Self, TrustError> {
+        if !certificate.is_admin() || *certificate.identity_key() != identity.verifying_key() {
+            return Err(TrustError::NotAdmin(
+                "this hub's certificate is not an admin certificate for its key",
+            ));
+        }
+        Ok(ClusterCa {
+            key: identity,
+            admin: Some(Admin { certificate, root }),
+        })
     }
 
-    /// The CA public key.
+    /// The root's 32-byte secret key, for storage (mode 0600); `None` for an admin (whose key is
+    /// its identity key, kept with it).
+    pub fn secret(&self) -> Option<[u8; 32]> {
+        self.admin.is_none().then(|| self.key.to_bytes())
+    }
+
+    /// The cluster CA (root) public key: what every certificate and document verifies against,
+    /// for an admin too.
     pub fn public_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.admin
+            .as_ref()
+            .map_or_else(|| self.key.verifying_key(), |a| a.root)
+    }
+
+    /// The admin certificate this signer signs under (`None` for the root).
+    pub fn admin_certificate(&self) -> Option<&VerifiedPeer> {
+        self.admin.as_ref().map(|a| &a.certificate)
     }
 
     /// The cluster this CA names.
@@ -170,31 +226,52 @@ impl ClusterCa {
         self.key.sign(msg)
     }
 
-    /// Issues a certificate for `req`; returns its DER encoding.
+    /// Issues a certificate for `req`; returns its chain: the DER encoding, followed by the
+    /// admin certificate's when an admin issues it. The root makes an admin certificate for a
+    /// request with the role `admin`; an admin refuses the roles `admin` and `founder`
+    /// ([`TrustError::NotAdmin`]).
     pub fn issue(
         &self,
         req: &CertificateRequest,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, TrustError> {
         req.check()?;
+        let root_only = req
+            .roles
+            .iter()
+            .any(|r| ROOT_ONLY_ROLES.contains(&r.as_str()));
+        if self.admin.is_some() && root_only {
+            return Err(TrustError::NotAdmin(
+                "only the founder makes founders and admins",
+            ));
+        }
+        let ca = self.admin.is_none() && req.roles.iter().any(|r| r == ADMIN_ROLE);
         let mut serial = [0u8; 16];
         rng.fill_bytes(&mut serial);
         serial[0] &= 0x7f; // positive
         serial[0] |= 0x01; // and no leading zero byte to strip
-        let issuer: Name = format!("CN=hub cluster CA {}", self.cluster_id())
-            .parse()
-            .map_err(der_err)?;
+                           // The issuer's name is the signer's subject, so generic tools build the chain.
+        let issuer = match &self.admin {
+            Some(a) => format!("CN={}", escape_rdn(a.certificate.name())),
+            None => format!("CN=hub cluster CA {}", self.cluster_id()),
+        };
+        let issuer: Name = issuer.parse().map_err(der_err)?;
+        let usages = if ca {
+            KeyUsages::DigitalSignature | KeyUsages::KeyCertSign | KeyUsages::CRLSign
+        } else {
+            KeyUsages::DigitalSignature.into()
+        };
         let subject: Name = format!("CN={}", escape_rdn(&req.name))
             .parse()
             .map_err(der_err)?;
         let extensions = vec![
             Extension {
-                extn_id: ObjectIdentifier::new_unwrap("2.5.29.19"),
+                extn_id: BASIC_CONSTRAINTS_OID,
                 critical: true,
                 extn_value: OctetString::new(
                     BasicConstraints {
-                        ca: false,
-                        path_len_constraint: None,
+                        ca,
+                        path_len_constraint: ca.then_some(0),
                     }
                     .to_der()
                     .map_err(der_err)?,
@@ -204,12 +281,8 @@ impl ClusterCa {
             Extension {
                 extn_id: ObjectIdentifier::new_unwrap("2.5.29.15"),
                 critical: true,
-                extn_value: OctetString::new(
-                    KeyUsage(KeyUsages::DigitalSignature.into())
-                        .to_der()
-                        .map_err(der_err)?,
-                )
-                .map_err(der_err)?,
+                extn_value: OctetString::new(KeyUsage(usages).to_der().map_err(der_err)?)
+                    .map_err(der_err)?,
             },
             Extension {
                 extn_id: HUB_EXTENSION_OID,
@@ -243,8 +316,33 @@ impl ClusterCa {
             signature_algorithm: ed25519_alg(),
             signature: BitString::from_bytes(&signature.to_bytes()).map_err(der_err)?,
         };
-        cert.to_der().map_err(der_err)
+        let mut chain = cert.to_der().map_err(der_err)?;
+        if let Some(a) = &self.admin {
+            chain.extend_from_slice(a.certificate.der());
+        }
+        Ok(chain)
     }
+}
+
+/// The length of the DER element (tag, length, contents) at the start of `bytes`.
+fn der_element_len(bytes: &[u8]) -> Option<usize> {
+    let first = *bytes.get(1)?;
+    let (header, len) = if first < 0x80 {
+        (2, usize::from(first))
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = bytes
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (2 + n, len)
+    };
+    header
+        .checked_add(len)
+        .filter(|total| *total <= bytes.len())
 }
 
 /// Escapes the characters RFC 4514 reserves in a distinguished-name value.
@@ -262,10 +360,18 @@ fn escape_rdn(value: &str) -> String {
     out
 }
 
-/// A parsed hub certificate whose signature and dates are not checked yet.
+/// A parsed hub certificate (with the admin certificate that issued it, if one did) whose
+/// signatures and dates are not checked yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCertificate {
+    /// The chain as it came: this certificate's DER, then its issuer's if an admin issued it.
     der: Vec<u8>,
+    /// How much of `der` is this certificate.
+    own_len: usize,
+    /// `CA:TRUE, pathlen:0`: an admin certificate.
+    ca: bool,
+    /// The admin certificate that issued this one (`None`: the root CA did).
+    issuer: Option<Box<PeerCertificate>>,
     tbs_der: Vec<u8>,
     signature: [u8; 64],
     hub_id: HubId,
@@ -279,8 +385,27 @@ pub struct PeerCertificate {
 }
 
 impl PeerCertificate {
-    /// Parses a DER certificate of the profile above.
+    /// Parses a certificate chain of the profile above: one DER certificate, or a hub
+    /// certificate followed by the admin certificate that issued it.
     pub fn from_der(der: &[u8]) -> Result<Self, TrustError> {
+        let own_len = der_element_len(der).ok_or(TrustError::Malformed("certificate (not DER)"))?;
+        let (own, rest) = der.split_at(own_len);
+        let mut cert = Self::parse_one(own)?;
+        if !rest.is_empty() {
+            let issuer = Self::parse_one(rest)?;
+            if !issuer.ca || cert.ca {
+                return Err(TrustError::Malformed(
+                    "certificate chain (a hub certificate, then the admin certificate that issued it)",
+                ));
+            }
+            cert.issuer = Some(Box::new(issuer));
+            cert.der = der.to_vec();
+        }
+        Ok(cert)
+    }
+
+    /// Parses one DER certificate.
+    fn parse_one(der: &[u8]) -> Result<Self, TrustError> {
         let cert = Certificate::from_der(der).map_err(der_err)?;
         // DER is canonical: a certificate that does not re-encode to the same bytes is not DER.
         if cert.to_der().map_err(der_err)? != der {
@@ -309,10 +434,26 @@ impl PeerCertificate {
             .ok_or(TrustError::Malformed("certificate public key"))?;
         let identity_key = VerifyingKey::from_bytes(&key_bytes)
             .map_err(|_| TrustError::Malformed("certificate public key"))?;
-        let ext = tbs
-            .extensions
-            .as_deref()
-            .unwrap_or_default()
+        let extensions = tbs.extensions.as_deref().unwrap_or_default();
+        let constraints = extensions
+            .iter()
+            .find(|e| e.extn_id == BASIC_CONSTRAINTS_OID)
+            .map(|e| BasicConstraints::from_der(e.extn_value.as_bytes()))
+            .transpose()
+            .map_err(|_| TrustError::Malformed("basic constraints"))?;
+        let ca = match constraints {
+            None | Some(BasicConstraints { ca: false, .. }) => false,
+            Some(BasicConstraints {
+                ca: true,
+                path_len_constraint: Some(0),
+            }) => true,
+            Some(_) => {
+                return Err(TrustError::Malformed(
+                    "basic constraints (a CA certificate must have path length 0)",
+                ))
+            }
+        };
+        let ext = extensions
             .iter()
             .find(|e| e.extn_id == HUB_EXTENSION_OID)
             .ok_or(TrustError::Malformed("certificate (no hub extension)"))?;
@@ -339,6 +480,9 @@ impl PeerCertificate {
         }
         Ok(PeerCertificate {
             der: der.to_vec(),
+            own_len: der.len(),
+            ca,
+            issuer: None,
             tbs_der: tbs.to_der().map_err(der_err)?,
             signature,
             hub_id,
@@ -352,33 +496,48 @@ impl PeerCertificate {
         })
     }
 
-    /// Checks the CA signature, the validity at `now_ms` and, if given, the revocation list.
+    /// Checks the chain's signatures (the admin certificate's by the CA, the hub's by the admin;
+    /// or the hub's by the CA), the validity of each at `now_ms` and, if given, that the list
+    /// revokes neither.
     pub fn verify(
         self,
         ca: &VerifyingKey,
         now_ms: u64,
         revocations: Option<&VerifiedRevocations>,
     ) -> Result<VerifiedPeer, TrustError> {
-        let sig = Signature::from_bytes(&self.signature);
-        ca.verify_strict(&self.tbs_der, &sig)
-            .map_err(|_| TrustError::BadSignature("certificate"))?;
+        let signer = match &self.issuer {
+            Some(admin) => {
+                admin.check_signature(ca, "admin certificate")?;
+                &admin.identity_key
+            }
+            None => ca,
+        };
+        self.check_signature(signer, "certificate")?;
         self.check_validity(now_ms, revocations)
     }
 
-    /// The validity at `now_ms` and, if given, the revocation list (not the signature).
+    fn check_signature(&self, key: &VerifyingKey, what: &'static str) -> Result<(), TrustError> {
+        key.verify_strict(&self.tbs_der, &Signature::from_bytes(&self.signature))
+            .map_err(|_| TrustError::BadSignature(what))
+    }
+
+    /// The validity at `now_ms` and, if given, the revocation list, of this certificate and its
+    /// issuer (not the signatures).
     fn check_validity(
         self,
         now_ms: u64,
         revocations: Option<&VerifiedRevocations>,
     ) -> Result<VerifiedPeer, TrustError> {
-        if now_ms < self.not_before_ms {
-            return Err(TrustError::NotYetValid);
-        }
-        if now_ms > self.not_after_ms {
-            return Err(TrustError::Expired);
-        }
-        if revocations.is_some_and(|r| r.is_revoked(&self.fingerprint(), &self.key_hash())) {
-            return Err(TrustError::Revoked);
+        for cert in std::iter::once(&self).chain(self.issuer.as_deref()) {
+            if now_ms < cert.not_before_ms {
+                return Err(TrustError::NotYetValid);
+            }
+            if now_ms > cert.not_after_ms {
+                return Err(TrustError::Expired);
+            }
+            if revocations.is_some_and(|r| r.is_revoked(&cert.fingerprint(), &cert.key_hash())) {
+                return Err(TrustError::Revoked);
+            }
         }
         Ok(VerifiedPeer { cert: self })
     }
@@ -403,9 +562,9 @@ impl PeerCertificate {
         &self.name
     }
 
-    /// SHA-256 of the DER.
+    /// SHA-256 of this certificate's DER (not its issuer's).
     pub fn fingerprint(&self) -> [u8; 32] {
-        fingerprint(&self.der)
+        fingerprint(&self.der[..self.own_len])
     }
 
     /// SHA-256 of the identity key.
@@ -413,7 +572,7 @@ impl PeerCertificate {
         key_hash(&self.identity_key)
     }
 
-    /// The DER bytes.
+    /// The chain's bytes, as parsed.
     pub fn der(&self) -> &[u8] {
         &self.der
     }
@@ -459,7 +618,7 @@ impl VerifiedPeer {
     pub fn not_after_ms(&self) -> u64 {
         self.cert.not_after_ms
     }
-    /// SHA-256 of the DER.
+    /// SHA-256 of the hub's own certificate's DER (what the manifest and revocation lists name).
     pub fn fingerprint(&self) -> [u8; 32] {
         self.cert.fingerprint()
     }
@@ -467,9 +626,24 @@ impl VerifiedPeer {
     pub fn key_hash(&self) -> [u8; 32] {
         self.cert.key_hash()
     }
-    /// The DER bytes.
+    /// The chain's bytes: what this hub presents at login, in handshakes and keeps as `hub.der`.
     pub fn der(&self) -> &[u8] {
         &self.cert.der
+    }
+    /// Whether this is an admin certificate (`CA:TRUE, pathlen:0`, issued by the root CA).
+    pub fn is_admin(&self) -> bool {
+        self.cert.ca
+    }
+    /// The admin hub that issued this certificate (`None`: the root CA did).
+    pub fn issued_by(&self) -> Option<HubId> {
+        self.cert.issuer.as_ref().map(|i| i.hub_id)
+    }
+    /// The fingerprint and key hash of the admin certificate that issued this one.
+    pub fn issuer_ids(&self) -> Option<([u8; 32], [u8; 32])> {
+        self.cert
+            .issuer
+            .as_ref()
+            .map(|i| (i.fingerprint(), i.key_hash()))
     }
     /// This certificate checked again at `now_ms` (its validity, and the revocation list if
     /// given). Its CA signature was checked when it was verified and is not checked again: what
@@ -482,11 +656,18 @@ impl VerifiedPeer {
     ) -> Result<VerifiedPeer, TrustError> {
         self.cert.clone().check_validity(now_ms, revocations)
     }
-    /// The certificate in PEM.
+    /// The chain in PEM (the hub's certificate, then its issuer's).
     pub fn to_pem(&self) -> Result<String, TrustError> {
-        Certificate::from_der(&self.cert.der)
-            .and_then(|c| c.to_pem(x509_cert::der::pem::LineEnding::LF))
-            .map_err(der_err)
+        let (own, issuer) = self.cert.der.split_at(self.cert.own_len);
+        let mut pem = String::new();
+        for der in [own, issuer].into_iter().filter(|d| !d.is_empty()) {
+            let c = Certificate::from_der(der).map_err(der_err)?;
+            pem.push_str(
+                &c.to_pem(x509_cert::der::pem::LineEnding::LF)
+                    .map_err(der_err)?,
+            );
+        }
+        Ok(pem)
     }
 }
 
@@ -535,6 +716,157 @@ pub(crate) mod tests {
             .to_pem()
             .unwrap()
             .starts_with("-----BEGIN CERTIFICATE-----\n"));
+    }
+
+    /// The root's certificate for a hub with the role `admin`, and that hub as a signer.
+    pub(crate) fn admin(ca: &ClusterCa, id: u8, not_after_ms: u64) -> ClusterCa {
+        let key = SigningKey::from_bytes(&[id; 32]);
+        let mut req = request(id, &key);
+        req.roles = vec![ADMIN_ROLE.into()];
+        req.not_after_ms = not_after_ms;
+        let der = ca
+            .issue(&req, &mut StdRng::seed_from_u64(u64::from(id)))
+            .unwrap();
+        let cert = PeerCertificate::from_der(&der)
+            .unwrap()
+            .verify(&ca.public_key(), NOW, None)
+            .unwrap();
+        assert!(cert.is_admin(), "the role admin makes an admin certificate");
+        ClusterCa::admin(key, cert, ca.public_key()).unwrap()
+    }
+
+    #[test]
+    fn an_admin_issues_certificates_that_chain_to_the_root() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let ca = ClusterCa::generate(&mut rng);
+        let admin = admin(&ca, 20, NOW + 365 * DAY_MS);
+        assert_eq!(admin.public_key(), ca.public_key());
+        assert_eq!(admin.cluster_id(), ca.cluster_id());
+        assert!(admin.secret().is_none() && ca.secret().is_some());
+        let hub_key = SigningKey::generate(&mut rng);
+        let chain = admin.issue(&request(3, &hub_key), &mut rng).unwrap();
+        let peer = PeerCertificate::from_der(&chain)
+            .unwrap()
+            .verify(&ca.public_key(), NOW, None)
+            .unwrap();
+        assert_eq!(peer.issued_by(), Some(HubId([20; 16])));
+        assert!(!peer.is_admin());
+        assert_eq!(peer.der(), &chain[..]);
+        let own_len = der_element_len(&chain).unwrap();
+        assert!(own_len < chain.len());
+        assert_eq!(peer.fingerprint(), fingerprint(&chain[..own_len]));
+        assert_eq!(
+            peer.to_pem().unwrap().matches("BEGIN CERTIFICATE").count(),
+            2
+        );
+        // The leaf names the admin as its issuer, as generic chain builders expect.
+        let leaf = Certificate::from_der(&chain[..own_len]).unwrap();
+        assert_eq!(leaf.tbs_certificate.issuer.to_string(), "CN=hub 20");
+
+        // An admin makes no admins or founders, and cannot sign as a hub that is not an admin.
+        let mut req = request(4, &hub_key);
+        req.roles = vec![ADMIN_ROLE.into()];
+        assert!(matches!(
+            admin.issue(&req, &mut rng),
+            Err(TrustError::NotAdmin(_))
+        ));
+        req.roles = vec!["founder".into()];
+        assert!(matches!(
+            admin.issue(&req, &mut rng),
+            Err(TrustError::NotAdmin(_))
+        ));
+        let plain = PeerCertificate::from_der(&ca.issue(&request(5, &hub_key), &mut rng).unwrap())
+            .unwrap()
+            .verify(&ca.public_key(), NOW, None)
+            .unwrap();
+        assert!(matches!(
+            ClusterCa::admin(hub_key.clone(), plain.clone(), ca.public_key()),
+            Err(TrustError::NotAdmin(_))
+        ));
+        // ... nor with another key than its certificate's.
+        let cert = admin.admin_certificate().unwrap().clone();
+        assert!(matches!(
+            ClusterCa::admin(hub_key.clone(), cert, ca.public_key()),
+            Err(TrustError::NotAdmin(_))
+        ));
+
+        // A chain whose second certificate is not an admin certificate does not parse.
+        let mut forged = chain[..own_len].to_vec();
+        forged.extend_from_slice(plain.der());
+        assert!(matches!(
+            PeerCertificate::from_der(&forged),
+            Err(TrustError::Malformed(_))
+        ));
+        // Trailing bytes after a certificate are not a chain either.
+        let mut trailing = plain.der().to_vec();
+        trailing.push(0);
+        assert!(PeerCertificate::from_der(&trailing).is_err());
+    }
+
+    #[test]
+    fn a_chain_is_refused_when_its_admin_is_forged_expired_or_revoked() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let ca = ClusterCa::generate(&mut rng);
+        let hub_key = SigningKey::generate(&mut rng);
+        let verify = |chain: &[u8], now, revocations| {
+            PeerCertificate::from_der(chain)
+                .unwrap()
+                .verify(&ca.public_key(), now, revocations)
+        };
+
+        // An admin certificate from another CA: its signature does not verify.
+        let stranger = ClusterCa::generate(&mut rng);
+        let foreign = admin(&stranger, 21, NOW + 365 * DAY_MS);
+        let chain = foreign.issue(&request(3, &hub_key), &mut rng).unwrap();
+        assert_eq!(
+            verify(&chain, NOW, None).unwrap_err(),
+            TrustError::BadSignature("admin certificate")
+        );
+
+        // A hub certificate an admin did not sign, presented under its admin certificate.
+        let short = admin(&ca, 22, NOW + 10 * DAY_MS);
+        let own = ca.issue(&request(3, &hub_key), &mut rng).unwrap();
+        let mut wrong = own.clone();
+        wrong.extend_from_slice(short.admin_certificate().unwrap().der());
+        assert_eq!(
+            verify(&wrong, NOW, None).unwrap_err(),
+            TrustError::BadSignature("certificate")
+        );
+
+        // The admin's certificate ends before the hub's: the chain ends with it.
+        let chain = short.issue(&request(3, &hub_key), &mut rng).unwrap();
+        assert!(verify(&chain, NOW + 9 * DAY_MS, None).is_ok());
+        assert_eq!(
+            verify(&chain, NOW + 11 * DAY_MS, None).unwrap_err(),
+            TrustError::Expired
+        );
+        let held = verify(&chain, NOW, None).unwrap();
+        assert_eq!(
+            held.recheck(NOW + 11 * DAY_MS, None).unwrap_err(),
+            TrustError::Expired
+        );
+
+        // The admin revoked (by its key): every certificate it issued is refused.
+        let list = super::super::RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![super::super::Revocation {
+                fingerprint: [0; 32],
+                key_hash: key_hash(&SigningKey::from_bytes(&[22; 32]).verifying_key()),
+                revoked_at_ms: NOW,
+                reason: "admin retired".into(),
+            }],
+        };
+        let list = super::super::RevocationList::verify(&list.sign(&ca).unwrap(), &ca.cluster_id())
+            .unwrap();
+        assert_eq!(
+            verify(&chain, NOW, Some(&list)).unwrap_err(),
+            TrustError::Revoked
+        );
+        assert_eq!(
+            held.recheck(NOW, Some(&list)).unwrap_err(),
+            TrustError::Revoked
+        );
     }
 
     /// docs/PROTOCOL.md section 9: the hub extension's `extnValue` holds the layout directly

@@ -21,9 +21,12 @@ use std::fmt;
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-pub use cert::{CertificateRequest, ClusterCa, PeerCertificate, VerifiedPeer, HUB_EXTENSION_OID};
+pub use cert::{
+    CertificateRequest, ClusterCa, PeerCertificate, VerifiedPeer, ADMIN_ROLE, HUB_EXTENSION_OID,
+};
 pub use signed::{
-    Manifest, ManifestMember, Revocation, RevocationList, VerifiedManifest, VerifiedRevocations,
+    DocumentSigner, Manifest, ManifestMember, Revocation, RevocationList, VerifiedManifest,
+    VerifiedRevocations,
 };
 
 /// Length of a certificate fingerprint (SHA-256 of its DER).
@@ -175,6 +178,10 @@ pub enum TrustError {
     /// The certificate is on the revocation list.
     #[error("certificate revoked")]
     Revoked,
+    /// A signer without the power it used: an admin making an admin or a founder, a signer
+    /// whose certificate is not an admin certificate, or whose admin certificate is revoked.
+    #[error("not an admin: {0}")]
+    NotAdmin(&'static str),
     /// A version or epoch not newer than the one held.
     #[error("{0} is not newer than the one held")]
     NotNewer(&'static str),

@@ -1,11 +1,21 @@
-//! Documents the cluster CA signs: the manifest (who is a member) and the revocation list.
+//! Documents the cluster CA or an admin signs: the manifest (who is a member) and the
+//! revocation list.
 //!
-//! Both share one envelope, signed with Ed25519 by the CA over every byte before the signature:
+//! Both share one envelope, signed with Ed25519 over every byte before the signature, by the CA
+//! (format 1) or by an admin hub's key under its admin certificate, which the envelope carries
+//! (format 2):
 //!
 //! ```text
 //! magic: [4] | format: u8 = 1 | ca_key: [32] | serial: u64 | issued_at_ms: u64 | count: u16 |
 //! entries | signature: [64]
+//! magic: [4] | format: u8 = 2 | ca_key: [32] | signer_len: u16 | signer: [signer_len] |
+//! serial: u64 | issued_at_ms: u64 | count: u16 | entries | signature: [64]
 //! ```
+//!
+//! A format-2 document verifies if `signer` is one admin certificate (DER) that the CA signed,
+//! valid at `issued_at_ms`, and the signature verifies under its key. A revocation list that
+//! revokes its signer, or that arrives while the held list revokes it, is refused
+//! ([`VerifiedRevocations::supersede`], [`VerifiedRevocations::refuses_signer_of`]).
 //!
 //! The CA key travels inside, so anyone can check a document against a cluster id alone
 //! (`ClusterId::names`), as the relay does. `serial` is the manifest's epoch or the revocation
@@ -18,11 +28,12 @@
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use super::{ClusterCa, ClusterId, TrustError, TrustLevel};
+use super::{ClusterCa, ClusterId, PeerCertificate, TrustError, TrustLevel};
 use crate::codec::{put_short_str, CodecError, Reader};
 use crate::relay::frame::HubId;
 
 const FORMAT: u8 = 1;
+const FORMAT_ADMIN: u8 = 2;
 const MANIFEST_MAGIC: &[u8; 4] = b"HRMF";
 const REVOCATION_MAGIC: &[u8; 4] = b"HRRL";
 /// Most entries in one document.
@@ -32,6 +43,7 @@ pub const MAX_ENTRIES: usize = 4096;
 #[derive(Debug)]
 struct Envelope<'a> {
     ca_key: VerifyingKey,
+    signer: Option<&'a [u8]>,
     serial: u64,
     issued_at_ms: u64,
     count: usize,
@@ -55,11 +67,21 @@ fn open<'a>(
     let (signed, sig) = bytes.split_at(bytes.len() - 64);
     let mut r = Reader::new(signed);
     let m = malformed(what);
-    if r.array::<4>().map_err(&m)? != *magic || r.u8().map_err(&m)? != FORMAT {
+    if r.array::<4>().map_err(&m)? != *magic {
+        return Err(TrustError::Malformed(what));
+    }
+    let format = r.u8().map_err(&m)?;
+    if format != FORMAT && format != FORMAT_ADMIN {
         return Err(TrustError::Malformed(what));
     }
     let ca_key = VerifyingKey::from_bytes(&r.array::<32>().map_err(&m)?)
         .map_err(|_| TrustError::Malformed(what))?;
+    let signer = if format == FORMAT_ADMIN {
+        let len = usize::from(r.u16().map_err(&m)?);
+        Some(r.take(len).map_err(&m)?)
+    } else {
+        None
+    };
     let serial = r.u64().map_err(&m)?;
     let issued_at_ms = r.u64().map_err(&m)?;
     let count = usize::from(r.u16().map_err(&m)?);
@@ -70,6 +92,7 @@ fn open<'a>(
     sig_bytes.copy_from_slice(sig);
     Ok(Envelope {
         ca_key,
+        signer,
         serial,
         issued_at_ms,
         count,
@@ -87,16 +110,29 @@ fn seal(
     count: usize,
     entries: &[u8],
 ) -> Result<Vec<u8>, TrustError> {
+    let signer = ca.admin_certificate().map(|c| c.der());
+    let len = 4 + 1 + 32 + signer.map_or(0, |s| 2 + s.len()) + 18 + entries.len() + 64;
     // What the relay protocol carries in one frame (docs/PROTOCOL.md, section 6).
-    if 4 + 1 + 32 + 18 + entries.len() + 64 > crate::relay::frame::MAX_DOCUMENT_BODY {
+    if len > crate::relay::frame::MAX_DOCUMENT_BODY {
         return Err(TrustError::Malformed(
             "signed document (over 524,288 bytes)",
         ));
     }
-    let mut out = Vec::with_capacity(4 + 1 + 32 + 18 + entries.len() + 64);
+    let mut out = Vec::with_capacity(len);
     out.extend_from_slice(magic);
-    out.push(FORMAT);
+    out.push(if signer.is_some() {
+        FORMAT_ADMIN
+    } else {
+        FORMAT
+    });
     out.extend_from_slice(ca.public_key().as_bytes());
+    if let Some(signer) = signer {
+        // An admin certificate is one certificate of a few hundred bytes.
+        let signer_len = u16::try_from(signer.len())
+            .map_err(|_| TrustError::Malformed("admin certificate (over 65,535 bytes)"))?;
+        out.extend_from_slice(&signer_len.to_be_bytes());
+        out.extend_from_slice(signer);
+    }
     out.extend_from_slice(&serial.to_be_bytes());
     out.extend_from_slice(&issued_at_ms.to_be_bytes());
     out.extend_from_slice(&(count as u16).to_be_bytes());
@@ -106,17 +142,48 @@ fn seal(
     Ok(out)
 }
 
+/// The admin hub that signed a document (format 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentSigner {
+    /// The admin hub's id.
+    pub hub_id: HubId,
+    /// SHA-256 of its admin certificate.
+    pub fingerprint: [u8; 32],
+    /// SHA-256 of its key.
+    pub key_hash: [u8; 32],
+}
+
+/// Checks the envelope's signature: by the CA, or by an admin certificate the CA signed, valid
+/// when the document says it was issued. Returns the admin, if one signed.
 fn check_signature(
     env: &Envelope<'_>,
     cluster: &ClusterId,
     what: &'static str,
-) -> Result<(), TrustError> {
+) -> Result<Option<DocumentSigner>, TrustError> {
     if !cluster.names(&env.ca_key) {
         return Err(TrustError::ForeignCa);
     }
-    env.ca_key
-        .verify_strict(env.signed, &env.signature)
-        .map_err(|_| TrustError::BadSignature(what))
+    let (key, signer) = match env.signer {
+        None => (env.ca_key, None),
+        Some(der) => {
+            let cert =
+                PeerCertificate::from_der(der)?.verify(&env.ca_key, env.issued_at_ms, None)?;
+            if !cert.is_admin() || cert.issued_by().is_some() {
+                return Err(TrustError::NotAdmin(
+                    "the document's signer has no admin certificate",
+                ));
+            }
+            let signer = DocumentSigner {
+                hub_id: cert.hub_id(),
+                fingerprint: cert.fingerprint(),
+                key_hash: cert.key_hash(),
+            };
+            (*cert.identity_key(), Some(signer))
+        }
+    };
+    key.verify_strict(env.signed, &env.signature)
+        .map_err(|_| TrustError::BadSignature(what))?;
+    Ok(signer)
 }
 
 /// One member of the manifest.
@@ -175,7 +242,7 @@ impl Manifest {
     pub fn verify(bytes: &[u8], cluster: &ClusterId) -> Result<VerifiedManifest, TrustError> {
         const WHAT: &str = "manifest";
         let env = open(bytes, MANIFEST_MAGIC, WHAT)?;
-        check_signature(&env, cluster, WHAT)?;
+        let signer = check_signature(&env, cluster, WHAT)?;
         let m = malformed(WHAT);
         let mut r = Reader::new(env.entries);
         let mut members = Vec::with_capacity(env.count);
@@ -206,6 +273,7 @@ impl Manifest {
                 members,
             },
             bytes: bytes.to_vec(),
+            signer,
         })
     }
 }
@@ -215,9 +283,14 @@ impl Manifest {
 pub struct VerifiedManifest {
     manifest: Manifest,
     bytes: Vec<u8>,
+    signer: Option<DocumentSigner>,
 }
 
 impl VerifiedManifest {
+    /// The admin that signed it (`None`: the CA did).
+    pub fn signer(&self) -> Option<&DocumentSigner> {
+        self.signer.as_ref()
+    }
     /// Its content.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -280,7 +353,7 @@ impl RevocationList {
     pub fn verify(bytes: &[u8], cluster: &ClusterId) -> Result<VerifiedRevocations, TrustError> {
         const WHAT: &str = "revocation list";
         let env = open(bytes, REVOCATION_MAGIC, WHAT)?;
-        check_signature(&env, cluster, WHAT)?;
+        let signer = check_signature(&env, cluster, WHAT)?;
         let m = malformed(WHAT);
         let mut r = Reader::new(env.entries);
         let mut entries = Vec::with_capacity(env.count);
@@ -302,6 +375,7 @@ impl RevocationList {
                 entries,
             },
             bytes: bytes.to_vec(),
+            signer,
         })
     }
 }
@@ -311,9 +385,21 @@ impl RevocationList {
 pub struct VerifiedRevocations {
     list: RevocationList,
     bytes: Vec<u8>,
+    signer: Option<DocumentSigner>,
 }
 
 impl VerifiedRevocations {
+    /// The admin that signed it (`None`: the CA did).
+    pub fn signer(&self) -> Option<&DocumentSigner> {
+        self.signer.as_ref()
+    }
+
+    /// Whether this list revokes the admin that signed `signer`'s document: such a document is
+    /// refused (a revoked admin's later signatures count for nothing).
+    pub fn refuses_signer_of(&self, signer: Option<&DocumentSigner>) -> bool {
+        signer.is_some_and(|s| self.is_revoked(&s.fingerprint, &s.key_hash))
+    }
+
     /// Its content.
     pub fn list(&self) -> &RevocationList {
         &self.list
@@ -338,8 +424,15 @@ impl VerifiedRevocations {
     }
 
     /// Keeps the newer of `held` and `self`: `Ok(self)` if `self` is strictly newer, else
-    /// `Err(NotNewer)`. An older or equal list never replaces a newer one.
+    /// `Err(NotNewer)`. An older or equal list never replaces a newer one; a list signed by an
+    /// admin that it or `held` revokes replaces nothing (`Err(NotAdmin)`).
     pub fn supersede(self, held: Option<&VerifiedRevocations>) -> Result<Self, TrustError> {
+        let signer = self.signer.as_ref();
+        if self.refuses_signer_of(signer) || held.is_some_and(|h| h.refuses_signer_of(signer)) {
+            return Err(TrustError::NotAdmin(
+                "the admin that signed the list is revoked",
+            ));
+        }
         match held {
             Some(h) if h.version() >= self.version() => {
                 Err(TrustError::NotNewer("revocation list"))
@@ -355,6 +448,68 @@ mod tests {
     use crate::trust::cert::tests::NOW;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn an_admin_signs_documents_until_it_is_revoked() {
+        use crate::trust::cert::tests::{admin, DAY_MS};
+        let ca = ClusterCa::from_secret(&[1; 32]);
+        let id = ca.cluster_id();
+        let second = admin(&ca, 30, NOW + 365 * DAY_MS);
+        let by_admin = RevocationList::verify(&list(2, 1).sign(&second).unwrap(), &id).unwrap();
+        let signer = by_admin.signer().unwrap().clone();
+        assert_eq!(signer.hub_id, HubId([30; 16]));
+        assert_eq!(by_admin.list().entries.len(), 1);
+        let members = Manifest {
+            epoch: 3,
+            issued_at_ms: NOW,
+            members: vec![],
+        };
+        let manifest = Manifest::verify(&members.sign(&second).unwrap(), &id).unwrap();
+        assert_eq!(manifest.signer(), Some(&signer));
+        assert!(Manifest::verify(&members.sign(&ca).unwrap(), &id)
+            .unwrap()
+            .signer()
+            .is_none());
+
+        // The founder revokes the admin (version 3); the admin's later list (version 4) is
+        // refused, and so is a list that revokes its own signer.
+        let revoking = RevocationList {
+            version: 3,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: [0; 32],
+                key_hash: signer.key_hash,
+                revoked_at_ms: NOW,
+                reason: "admin retired".into(),
+            }],
+        };
+        let held = RevocationList::verify(&revoking.sign(&ca).unwrap(), &id).unwrap();
+        let held = held.supersede(Some(&by_admin)).unwrap();
+        let later = RevocationList::verify(&list(4, 7).sign(&second).unwrap(), &id).unwrap();
+        assert!(held.refuses_signer_of(later.signer()));
+        assert!(matches!(
+            later.supersede(Some(&held)),
+            Err(TrustError::NotAdmin(_))
+        ));
+        let mut own = revoking.clone();
+        own.version = 9;
+        let own = RevocationList::verify(&own.sign(&second).unwrap(), &id).unwrap();
+        assert!(matches!(own.supersede(None), Err(TrustError::NotAdmin(_))));
+
+        // A signer certificate from another CA, or one that is no admin's, does not verify.
+        let stranger = admin(&ClusterCa::from_secret(&[2; 32]), 31, NOW + DAY_MS);
+        let mut forged = list(5, 1).sign(&stranger).unwrap();
+        forged[5..37].copy_from_slice(ca.public_key().as_bytes());
+        assert!(RevocationList::verify(&forged, &id).is_err());
+        // A document issued after its signer's certificate ended does not verify.
+        let brief = admin(&ca, 32, NOW + DAY_MS);
+        let mut late = list(6, 1);
+        late.issued_at_ms = NOW + 2 * DAY_MS;
+        assert_eq!(
+            RevocationList::verify(&late.sign(&brief).unwrap(), &id).unwrap_err(),
+            TrustError::Expired
+        );
+    }
 
     fn list(version: u64, fp: u8) -> RevocationList {
         RevocationList {

@@ -10,7 +10,7 @@ use super::{
 use crate::relay::close::CloseCode;
 use crate::relay::frame::{Frame, Hello, HubId, PROTOCOL_VERSION};
 use crate::trust::login::{verify_login, LOGIN_EXTENSION, PAIRING_EXTENSION};
-use crate::trust::RevocationList;
+use crate::trust::{RevocationList, TrustError};
 
 pub(super) const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
 
@@ -51,6 +51,7 @@ impl Room {
             hub: peer.hub_id(),
             fingerprint: peer.fingerprint(),
             key_hash: peer.key_hash(),
+            issuer: peer.issuer_ids(),
             guest_of: None,
             admitted_ms: now_ms,
             sends: 0,
@@ -157,7 +158,7 @@ impl Room {
         if self
             .revocations
             .as_ref()
-            .is_some_and(|l| l.is_revoked(&member.fingerprint, &member.key_hash))
+            .is_some_and(|l| member.revoked_by(l))
         {
             out.push(Action::Close {
                 conn,
@@ -212,6 +213,18 @@ impl Room {
     ) -> Result<(), RoomError> {
         let list =
             RevocationList::verify(doc, &self.config.cluster).map_err(RoomError::Revocations)?;
+        // A list signed by an admin that it or the held list revokes is refused, newer or not.
+        let signer = list.signer();
+        if list.refuses_signer_of(signer)
+            || self
+                .revocations
+                .as_ref()
+                .is_some_and(|h| h.refuses_signer_of(signer))
+        {
+            return Err(RoomError::Revocations(TrustError::NotAdmin(
+                "the admin that signed the list is revoked",
+            )));
+        }
         if let Some(held) = &self.revocations {
             if list.version() <= held.version() {
                 // Not newer. If the room holds a strictly newer one, the sender learns it.
@@ -228,7 +241,7 @@ impl Room {
             .conns
             .iter()
             .filter_map(|(c, s)| match s.state {
-                ConnState::Member(m) if list.is_revoked(&m.fingerprint, &m.key_hash) => Some(*c),
+                ConnState::Member(m) if m.revoked_by(&list) => Some(*c),
                 _ => None,
             })
             .collect();
@@ -489,6 +502,109 @@ mod tests {
         );
         assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ProtocolError)]);
         assert_eq!(r.revocations().unwrap().version(), 2);
+    }
+
+    /// docs/PROTOCOL.md sections 7 and 8: a hub whose certificate an admin issued logs in with
+    /// its chain; the admin's revocation list counts until the founder revokes the admin, which
+    /// closes the admin and every hub it certified, and refuses the admin's later lists.
+    #[test]
+    fn an_admins_chain_and_lists_count_until_the_admin_is_revoked() {
+        use crate::trust::cert::tests::{admin, DAY_MS};
+        use crate::trust::login::Credentials;
+        use crate::trust::Revocation;
+        use ed25519_dalek::SigningKey;
+        let second = admin(&ca(), 50, NOW + 365 * DAY_MS);
+        let login = |conn: u64, creds: &Credentials, r: &mut Room| {
+            let ext = creds.login(NOW, &mut StdRng::seed_from_u64(conn));
+            let mut out = Vec::new();
+            r.handle_connect(ConnId(conn), NOW, Some(creds.hub_id), &mut out);
+            let hello = Frame::Hello(creds.hello(&ext)).to_message().unwrap();
+            r.handle_message(ConnId(conn), NOW, &hello, &mut out);
+            closes(&out)
+        };
+        let admin_creds = Credentials {
+            ca_key: ca().public_key(),
+            cert_der: second.admin_certificate().unwrap().der().to_vec(),
+            hub_id: hub(50),
+            identity: SigningKey::from_bytes(&[50; 32]),
+        };
+        let identity = SigningKey::from_bytes(&[6; 32]);
+        let mut req = crate::trust::cert::tests::request(6, &identity);
+        req.hub_id = hub(6);
+        let certified = Credentials {
+            ca_key: ca().public_key(),
+            cert_der: second.issue(&req, &mut StdRng::seed_from_u64(2)).unwrap(),
+            hub_id: hub(6),
+            identity,
+        };
+        let mut r = room();
+        for i in 1..=2 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        assert!(login(50, &admin_creds, &mut r).is_empty());
+        assert!(
+            login(6, &certified, &mut r).is_empty(),
+            "the chain is admitted"
+        );
+        let publish = |r: &mut Room, conn: u64, list: &[u8]| {
+            let mut out = Vec::new();
+            let msg = Frame::RevocationList(list).to_message().unwrap();
+            r.handle_message(ConnId(conn), NOW, &msg, &mut out);
+            closes(&out)
+        };
+        // The admin revokes hub 1.
+        let by_admin = RevocationList {
+            version: 2,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: crate::trust::fingerprint(&creds(hub(1)).cert_der),
+                key_hash: [0; 32],
+                revoked_at_ms: NOW,
+                reason: "lost".into(),
+            }],
+        };
+        let signed = by_admin.sign(&second).unwrap();
+        assert_eq!(
+            publish(&mut r, 50, &signed),
+            vec![(ConnId(1), CloseCode::Revoked)]
+        );
+        // The founder revokes the admin by its key.
+        let mut founders = by_admin.clone();
+        founders.version = 3;
+        founders.entries.push(Revocation {
+            fingerprint: [0; 32],
+            key_hash: crate::trust::key_hash(&SigningKey::from_bytes(&[50; 32]).verifying_key()),
+            revoked_at_ms: NOW,
+            reason: "admin retired".into(),
+        });
+        let mut closed = publish(&mut r, 2, &founders.sign(&ca()).unwrap());
+        closed.sort_by_key(|(c, _)| c.0);
+        assert_eq!(
+            closed,
+            vec![
+                (ConnId(6), CloseCode::Revoked),
+                (ConnId(50), CloseCode::Revoked)
+            ]
+        );
+        // The admin's later list, passed on by a member, is refused; the founder's stays.
+        let later = RevocationList {
+            version: 9,
+            issued_at_ms: NOW,
+            entries: vec![],
+        }
+        .sign(&second)
+        .unwrap();
+        assert_eq!(
+            publish(&mut r, 2, &later),
+            vec![(ConnId(2), CloseCode::ProtocolError)]
+        );
+        assert_eq!(r.revocations().unwrap().version(), 3);
+        assert!(!r.set_revocations(&later));
+        // Neither the admin nor the hub it certified can log in again.
+        assert_eq!(
+            login(7, &certified, &mut r),
+            vec![(ConnId(7), CloseCode::Revoked)]
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl Room {
             hub,
             fingerprint: [0; 32],
             key_hash: [0; 32],
+            issuer: None,
             guest_of: Some(issuer),
             admitted_ms: now_ms,
             sends: 0,

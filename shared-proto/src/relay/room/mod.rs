@@ -227,6 +227,14 @@ pub enum Action {
     },
 }
 
+impl MemberInfo {
+    /// Whether `list` revokes this hub's certificate or the admin certificate that issued it.
+    pub fn revoked_by(&self, list: &VerifiedRevocations) -> bool {
+        list.is_revoked(&self.fingerprint, &self.key_hash)
+            || self.issuer.is_some_and(|(f, k)| list.is_revoked(&f, &k))
+    }
+}
+
 /// What the room remembers of an admitted socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -236,6 +244,9 @@ pub struct MemberInfo {
     pub fingerprint: [u8; 32],
     /// SHA-256 of its identity key (zero for a guest).
     pub key_hash: [u8; 32],
+    /// For a hub whose certificate an admin issued: the admin certificate's fingerprint and key
+    /// hash (revoking the admin revokes it too).
+    pub issuer: Option<([u8; 32], [u8; 32])>,
     /// For a pairing guest: the member that issued its token, the only hub it may talk to.
     pub guest_of: Option<HubId>,
     /// When it was admitted (Unix ms): a pairing guest's lifetime counts from here.

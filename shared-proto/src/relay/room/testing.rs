@@ -215,6 +215,7 @@ pub(crate) fn member(b: u8) -> MemberInfo {
         hub: hub(b),
         fingerprint: [b; 32],
         key_hash: [b; 32],
+        issuer: None,
         guest_of: None,
         admitted_ms: NOW,
         sends: 0,
