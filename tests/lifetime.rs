@@ -529,3 +529,134 @@ fn a_trust_level_set_by_the_founder_reaches_the_peers_certificate() {
     let out = laptop.ok(&["ping", &desk_id, "--count", "1"]);
     assert!(out.contains("reply from"), "{out}");
 }
+
+/// A second admin (issue 30, item 2): the founder makes the laptop an admin by its roles; with
+/// the founder away, the admin pairs a new hub (whose certificate chains through it), renews a
+/// hub's certificate and revokes a hub; back, the founder revokes the admin, which cuts off the
+/// admin and the hub it certified, and the admin's later list is refused.
+fn a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let home = |name: &str| HubHome::new(dir.path().join(name));
+    let desk = home("desk");
+    desk.create_cluster("desk", &relay.url());
+    let desk_run = desk.run();
+    let (laptop, kiosk) = (home("laptop"), home("kiosk"));
+    join(&desk, &laptop, "laptop", &[]);
+    join(&desk, &kiosk, "kiosk", &["--trust-level", "read_only"]);
+    let laptop_run = laptop.run();
+    let kiosk_run = kiosk.run();
+    let (desk_id, laptop_id, kiosk_id) = (desk.id(), laptop.id(), kiosk.id());
+
+    wait_until("sessions with the founder", Duration::from_secs(15), || {
+        [&laptop_id, &kiosk_id]
+            .iter()
+            .all(|id| desk.output(&["ping", id, "--count", "1"]).status.success())
+    });
+
+    // Not an admin yet: the laptop issues no tokens.
+    let refused = laptop.fails(&["invite"]);
+    assert!(refused.contains("not an admin"), "{refused}");
+    // The founder gives it the admin role: its renewed certificate is an admin certificate.
+    desk.ok(&["peers", "set-trust", &laptop_id, "full", "--roles", "admin"]);
+    let show = laptop.ok_when(&["cert", "show"], "an admin certificate", |s| {
+        s.contains("admin:        yes")
+    });
+    assert!(show.contains("issued by:    the cluster CA"), "{show}");
+    // The kiosk holds the laptop's new certificate (its session was rekeyed with it).
+    wait_until(
+        "the kiosk knowing the laptop as an admin",
+        Duration::from_secs(15),
+        || {
+            kiosk
+                .output(&["ping", &laptop_id, "--count", "1"])
+                .status
+                .success()
+                && kiosk
+                    .ok(&["peers", "show", &laptop_id])
+                    .contains("\"admin\"")
+        },
+    );
+
+    // The founder goes away.
+    drop(desk_run);
+
+    // The admin pairs a new hub: its certificate chains to the CA through the admin's.
+    let phone = home("phone");
+    let joined = join(&laptop, &phone, "phone", &[]);
+    assert!(joined.contains("laptop"), "{joined}");
+    let phone_run = phone.run();
+    let phone_id = phone.id();
+    let show = phone.ok(&["cert", "show"]);
+    assert!(
+        show.contains(&format!("issued by:    admin hub {laptop_id}")),
+        "{show}"
+    );
+    // The relay admitted it, and a hub the founder paired takes its chain in a handshake.
+    wait_until(
+        "the kiosk reaching the phone",
+        Duration::from_secs(15),
+        || {
+            let out = kiosk.output(&["ping", &phone_id, "--count", "1"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
+        },
+    );
+    // An admin makes no admins.
+    let refused = laptop.fails(&["invite", "--roles", "admin"]);
+    assert!(
+        refused.contains("only the founder makes founders and admins"),
+        "{refused}"
+    );
+
+    // The admin renews the kiosk's certificate (the founder, asked first, is away).
+    let before = cert_of(&kiosk);
+    kiosk.ok(&["cert", "renew"]);
+    assert_ne!(cert_of(&kiosk).0, before.0);
+    let show = kiosk.ok(&["cert", "show"]);
+    assert!(
+        show.contains(&format!("issued by:    admin hub {laptop_id}")),
+        "{show}"
+    );
+    assert!(show.contains("trust level:  read_only"), "{show}");
+
+    // The admin revokes the kiosk: the relay cuts it off.
+    let out = laptop.ok(&["peers", "revoke", &kiosk_id]);
+    assert!(out.contains("revocation list version 1"), "{out}");
+    drop(kiosk_run);
+    let refused = kiosk.fails(&["ping", &phone_id, "--count", "1"]);
+    assert!(refused.contains("4015"), "{refused}");
+
+    // The founder comes back, takes the admin's list from the relay, and reaches the phone.
+    let desk_run = desk.run();
+    wait_until(
+        "the founder reaching the phone",
+        Duration::from_secs(20),
+        || {
+            let out = desk.output(&["ping", &phone_id, "--count", "1"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
+        },
+    );
+    // It revokes the admin, numbering after the admin's list.
+    let out = desk.ok(&["peers", "revoke", &laptop_id, "--reason", "admin retired"]);
+    assert!(out.contains("revocation list version 2"), "{out}");
+    // The admin is cut off, and so is the hub whose certificate it issued.
+    drop(laptop_run);
+    drop(phone_run);
+    let refused = phone.fails(&["ping", &desk_id, "--count", "1"]);
+    assert!(refused.contains("4015"), "{refused}");
+    // The admin's later revocation list is refused: it signs one, and the relay will not take
+    // it (nor its login).
+    let refused = laptop.fails(&["peers", "revoke", &desk_id]);
+    assert!(refused.contains("4015"), "{refused}");
+    drop(desk_run);
+}
+
+#[test]
+fn a_second_admin_pairs_renews_and_revokes_through_workerd() {
+    a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(RelayKind::Workerd);
+}
+
+#[test]
+fn a_second_admin_pairs_renews_and_revokes_through_hub_relay() {
+    a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(RelayKind::Native);
+}

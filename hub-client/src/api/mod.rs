@@ -142,6 +142,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotJoined => (StatusCode::CONFLICT, "not_joined"),
             ServiceError::AlreadyJoined => (StatusCode::CONFLICT, "already_joined"),
             ServiceError::NotFounder => (StatusCode::FORBIDDEN, "not_founder"),
+            ServiceError::NotAdmin => (StatusCode::FORBIDDEN, "not_admin"),
             ServiceError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
             ServiceError::PairingRefused(_) => (StatusCode::FORBIDDEN, "pairing_refused"),
             ServiceError::Relay(_) => (StatusCode::BAD_GATEWAY, "relay"),

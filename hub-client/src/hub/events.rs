@@ -220,8 +220,8 @@ impl HubState {
         }
     }
 
-    /// A pairing request through the relay: the founder answers it (a refusal is an answer too);
-    /// another hub says it issues no tokens.
+    /// A pairing request through the relay: the founder or an admin answers it (a refusal is an
+    /// answer too); another hub says it issues no tokens.
     pub(crate) async fn on_pairing(
         self: &Arc<Self>,
         member: &Member,
@@ -229,7 +229,7 @@ impl HubState {
         message: Vec<u8>,
     ) -> Result<(), ServiceError> {
         let me = member.hub_id;
-        let answer = if self.home.is_founder() {
+        let answer = if self.home.is_admin() {
             self.blocking(move |state| Ok(state.answer_pairing(me, &message)))
                 .await?
         } else {
@@ -244,7 +244,7 @@ impl HubState {
         Ok(())
     }
 
-    /// The founder's answer to a pairing request; never fails outward (a refusal is an answer).
+    /// The founder's or an admin's answer to a pairing request; never fails outward (a refusal is an answer).
     /// Call it on the blocking pool.
     fn answer_pairing(&self, me: HubId, message: &[u8]) -> Vec<u8> {
         let home = &self.home;

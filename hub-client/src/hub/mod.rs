@@ -58,6 +58,9 @@ pub enum ServiceError {
     /// Only the founder (the hub holding the CA key) can do this.
     #[error("only the hub holding the cluster CA key (the founder) can do this")]
     NotFounder,
+    /// Only the founder or an admin hub can do this.
+    #[error("{}", HomeError::NotAdmin)]
+    NotAdmin,
     /// The peer refused (it suspended this hub).
     #[error("{0}")]
     Refused(String),
@@ -118,6 +121,7 @@ impl From<HomeError> for ServiceError {
     fn from(e: HomeError) -> Self {
         match e {
             HomeError::NotFounder => ServiceError::NotFounder,
+            HomeError::NotAdmin => ServiceError::NotAdmin,
             HomeError::NotInitialized(_) => ServiceError::NotJoined,
             HomeError::Store(e) => ServiceError::Store(e),
             HomeError::Renewal(e) => ServiceError::Refused(e.to_string()),

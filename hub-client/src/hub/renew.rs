@@ -109,15 +109,21 @@ impl HubState {
                 .await?;
             (cert, None)
         } else {
+            // The founder first (its certificates chain to nothing that can be revoked apart);
+            // an admin asks only the founder (an admin's key makes no admins).
+            let admin_here = self.home.is_admin();
             let admins = self
-                .blocking(|state| {
-                    Ok(state
+                .blocking(move |state| {
+                    let mut admins: Vec<_> = state
                         .store()
                         .active_peers()?
                         .into_iter()
                         .filter(|p| is_admin(&p.roles))
-                        .map(|p| p.id)
-                        .collect::<Vec<_>>())
+                        .map(|p| (!p.roles.iter().any(|r| r == "founder"), p.id))
+                        .filter(|(not_founder, _)| !(admin_here && *not_founder))
+                        .collect();
+                    admins.sort();
+                    Ok(admins.into_iter().map(|(_, id)| id).collect::<Vec<_>>())
                 })
                 .await?;
             let mut last = ServiceError::NotFound(
@@ -187,7 +193,8 @@ impl HubState {
         });
     }
 
-    /// A peer asks for a new certificate: an admin (the hub holding the CA key) issues one for
+    /// A peer asks for a new certificate: an admin (the founder, or a hub with an admin
+    /// certificate) issues one for
     /// the keys of the peer's session certificate, under the terms it holds for it; any other
     /// hub, or a peer suspended or revoked here, is refused.
     pub(crate) fn serve_renewal(self: &Arc<Self>, member: &Member, request: PeerRequest) {
@@ -197,7 +204,7 @@ impl HubState {
             let from = request.from;
             let issued = match state.book.admit_call(from) {
                 Err(code) => Err(format!("{}: {code}", code.name())),
-                Ok(_) if !state.home.is_founder() => {
+                Ok(_) if !state.home.is_admin() => {
                     Err(shared_proto::trust::renewal::NOT_ADMIN.to_owned())
                 }
                 Ok(current) => state

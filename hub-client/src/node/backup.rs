@@ -189,7 +189,7 @@ pub fn make(home: &Home, passphrase: &SecretString) -> Result<Vec<u8>, BackupErr
             paired_at_ms: me.not_before_ms(),
         }))
         .collect();
-    let secret = Zeroizing::new(ca.secret());
+    let secret = Zeroizing::new(ca.secret().ok_or(HomeError::NotFounder)?);
     let contents = Contents {
         format: FORMAT.to_owned(),
         made_at_ms: unix_ms(),
@@ -318,7 +318,8 @@ pub fn restore(
     if home.is_initialized() {
         return Err(HomeError::AlreadyInitialized(home.dir().to_owned()).into());
     }
-    home.write_secret("ca.key", Zeroizing::new(backup.ca.secret()).as_slice())?;
+    let secret = Zeroizing::new(backup.ca.secret().ok_or(HomeError::NotFounder)?);
+    home.write_secret("ca.key", secret.as_slice())?;
     let store = home.store()?;
     store.in_transaction(|store| {
         if let Some(m) = &backup.manifest {

@@ -63,6 +63,9 @@ pub enum HomeError {
     /// This hub does not hold the cluster CA key.
     #[error("this hub does not hold the cluster CA key (only the founder does)")]
     NotFounder,
+    /// This hub neither holds the CA key nor an admin certificate.
+    #[error("this hub is not an admin: only the founder and the hubs it made admins (`hub peers set-trust ID full --roles admin`) pair, renew and revoke")]
+    NotAdmin,
     /// The hub is revoked here.
     #[error("hub {0} is revoked")]
     Revoked(HubId),
@@ -249,18 +252,19 @@ impl Home {
             return Err(HomeError::AlreadyInitialized(self.dir.clone()));
         }
         let ca = ClusterCa::generate(&mut OsRng);
-        self.write("ca.key", &ca.secret(), true)?;
+        let secret = Zeroizing::new(ca.secret().unwrap_or_default());
+        self.write("ca.key", secret.as_slice(), true)?;
         enroll(&ca, self, relay_url, hub, None)?;
         Ok(ca.cluster_id())
     }
 
-    /// Founder: mints a complete data directory for a new hub at `out` (offline enrollment: copy
+    /// Admin: mints a complete data directory for a new hub at `out` (offline enrollment: copy
     /// it to the device). Returns the new hub's certificate.
     pub fn add_hub(&self, out: &Home, hub: &NewHub) -> Result<VerifiedPeer, HomeError> {
         if out.is_initialized() {
             return Err(HomeError::AlreadyInitialized(out.dir.clone()));
         }
-        let ca = self.ca()?;
+        let ca = self.signer()?;
         let relay = self.config()?.relay_url;
         let peer = enroll(&ca, out, &relay, hub, Some(self))?;
         if let Some(list) = self.revocations() {
@@ -273,6 +277,43 @@ impl Home {
     /// Whether this hub holds the cluster CA key (the founder), without reading the key.
     pub fn is_founder(&self) -> bool {
         self.path("ca.key").exists()
+    }
+
+    /// Whether this hub signs for the cluster: the founder, or a hub holding an admin certificate
+    /// (its dates not checked).
+    pub fn is_admin(&self) -> bool {
+        self.is_founder() || self.certificate_held().is_ok_and(|c| c.is_admin())
+    }
+
+    /// Who signs for the cluster here: the root CA on the founder; on an admin, this hub's
+    /// identity key under its admin certificate (valid now); [`HomeError::NotAdmin`] elsewhere.
+    pub fn signer(&self) -> Result<ClusterCa, HomeError> {
+        if self.is_founder() {
+            return self.ca();
+        }
+        let cert = self.certificate()?;
+        if !cert.is_admin() {
+            return Err(HomeError::NotAdmin);
+        }
+        Ok(ClusterCa::admin(
+            self.identity_key()?,
+            cert,
+            self.ca_key()?,
+        )?)
+    }
+
+    /// This hub's Ed25519 identity key.
+    fn identity_key(&self) -> Result<SigningKey, HomeError> {
+        let keys = self.read_secret("identity.key")?;
+        let secret: Zeroizing<[u8; 32]> = keys
+            .get(..32)
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .map(Zeroizing::new)
+            .ok_or_else(|| HomeError::Corrupt {
+                path: self.path("identity.key"),
+                what: "not a 64-byte key file".into(),
+            })?;
+        Ok(SigningKey::from_bytes(&secret))
     }
 
     /// The cluster CA (founder only).
@@ -330,16 +371,7 @@ impl Home {
 
     /// This hub's credentials for the relay.
     pub fn credentials(&self) -> Result<Arc<Credentials>, HomeError> {
-        let keys = self.read_secret("identity.key")?;
-        let secret: Zeroizing<[u8; 32]> = keys
-            .get(..32)
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .map(Zeroizing::new)
-            .ok_or_else(|| HomeError::Corrupt {
-                path: self.path("identity.key"),
-                what: "not a 64-byte key file".into(),
-            })?;
-        let identity = SigningKey::from_bytes(&secret);
+        let identity = self.identity_key()?;
         let cert_der = self.read("hub.der")?;
         let cert = PeerCertificate::from_der(&cert_der)?;
         if cert.hub_id() == HubId([0; 16]) {
@@ -438,14 +470,14 @@ impl Home {
         Ok(self.store()?.keep_revocations(list)?)
     }
 
-    /// Founder: signs a new revocation list (the held one plus `entry`, version + 1), stores it
+    /// Admin: signs a new revocation list (the held one plus `entry`, version + 1), stores it
     /// and returns it, to be published through the relay. With `peer`, that peer is marked
     /// revoked in the same transaction.
     pub fn revoke(&self, entry: Revocation) -> Result<VerifiedRevocations, HomeError> {
         self.sign_revocation(entry, None)
     }
 
-    /// Founder: revokes a peer by its identity key (so every certificate for that key, not only
+    /// Admin: revokes a peer by its identity key (so every certificate for that key, not only
     /// the last one seen), marking it revoked (a soft delete, kept for audit) in the same
     /// transaction as the new list, which is returned to be published through the relay.
     pub fn revoke_peer(
@@ -474,7 +506,7 @@ impl Home {
         entry: Revocation,
         peer: Option<HubId>,
     ) -> Result<VerifiedRevocations, HomeError> {
-        let ca = self.ca()?;
+        let ca = self.signer()?;
         let cluster = ca.cluster_id();
         let store = self.store()?;
         // Read, sign and keep under one write lock: two revocations at once make versions N+1
@@ -521,7 +553,7 @@ impl Home {
         store: &Store,
         current: &VerifiedPeer,
     ) -> Result<VerifiedPeer, HomeError> {
-        let ca = self.ca()?;
+        let ca = self.signer()?;
         let record = store.peer(current.hub_id())?;
         if record.as_ref().is_some_and(|p| p.revoked_at.is_some()) {
             return Err(HomeError::Revoked(current.hub_id()));
@@ -603,19 +635,38 @@ impl Home {
         }
     }
 
-    /// Keeps a signed manifest in `store` if it verifies for this cluster and is newer than the
-    /// one held; returns whether it was kept.
+    /// Keeps a signed manifest in `store` if it verifies for this cluster, is newer than the one
+    /// held and its signer is not a revoked admin; returns whether it was kept.
     pub fn keep_manifest(&self, store: &Store, bytes: &[u8]) -> Result<bool, HomeError> {
         let manifest = Manifest::verify(bytes, &self.cluster_id()?)?;
+        if self
+            .held_revocations(store)?
+            .is_some_and(|l| l.refuses_signer_of(manifest.signer()))
+        {
+            return Err(shared_proto::trust::TrustError::NotAdmin(
+                "the admin that signed the manifest is revoked",
+            )
+            .into());
+        }
         Ok(store.keep_manifest(&manifest)?)
     }
 
-    /// Founder: a new pairing token for a hub with `terms`, valid for `ttl_ms`. Only the SHA-256
+    /// Admin: a new pairing token for a hub with `terms`, valid for `ttl_ms`. Only the SHA-256
     /// of its secret is stored.
     pub fn invite(&self, terms: &TokenTerms, ttl_ms: u64) -> Result<PairingToken, HomeError> {
-        // Only a hub holding the CA key can sign the new hub's certificate.
-        if !self.is_founder() {
-            return Err(HomeError::NotFounder);
+        // Only a hub that signs for the cluster can sign the new hub's certificate; an admin
+        // cannot make founders or admins.
+        let signer = self.signer()?;
+        if signer.admin_certificate().is_some()
+            && terms
+                .roles
+                .iter()
+                .any(|r| r == "founder" || r == shared_proto::trust::ADMIN_ROLE)
+        {
+            return Err(shared_proto::trust::TrustError::NotAdmin(
+                "only the founder makes founders and admins",
+            )
+            .into());
         }
         let cert = self.certificate()?;
         let mut secret = [0u8; SECRET_LEN];
@@ -648,7 +699,7 @@ impl Home {
         })
     }
 
-    /// Founder: answers a pairing request. The token is redeemed, the certificate signed, the
+    /// Admin: answers a pairing request. The token is redeemed, the certificate signed, the
     /// peer recorded and the manifest re-signed in one transaction. Returns the answer to send
     /// back (acceptance, or an authenticated refusal) and the new peer, or why it was refused.
     pub fn answer_pairing(
@@ -661,7 +712,7 @@ impl Home {
         if let Some(why) = request.unfit() {
             return Ok((request.refuse(why)?, Err(why.to_owned())));
         }
-        let ca = self.ca()?;
+        let ca = self.signer()?;
         let relay_url = self.config()?.relay_url;
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
@@ -683,7 +734,7 @@ impl Home {
             let der = ca.issue(&req, &mut OsRng)?;
             let member = ManifestMember {
                 hub_id,
-                fingerprint: shared_proto::trust::fingerprint(&der),
+                fingerprint: PeerCertificate::from_der(&der)?.fingerprint(),
                 trust: terms.trust,
                 roles: terms.roles.clone(),
             };
@@ -792,7 +843,7 @@ impl Home {
             return Ok(());
         }
         let (trust, roles) = match &known {
-            Some(p) if self.is_founder() => (p.trust, p.roles.clone()),
+            Some(p) if self.is_admin() => (p.trust, p.roles.clone()),
             _ => (cert.trust(), cert.roles().to_vec()),
         };
         store.upsert_peer(&PeerRecord {

@@ -324,6 +324,15 @@ impl ClusterCa {
     }
 }
 
+/// A chain's certificates, each one's DER (what TLS sends as separate certificates); bytes that
+/// are not a chain come back whole, for the parser to refuse.
+pub fn chain_parts(chain: &[u8]) -> Vec<&[u8]> {
+    match der_element_len(chain) {
+        Some(n) if n < chain.len() => vec![&chain[..n], &chain[n..]],
+        _ => vec![chain],
+    }
+}
+
 /// The length of the DER element (tag, length, contents) at the start of `bytes`.
 fn der_element_len(bytes: &[u8]) -> Option<usize> {
     let first = *bytes.get(1)?;

@@ -28,6 +28,14 @@ pub(crate) fn print_certificate(cert: &VerifiedPeer, home: &Home) -> Result<()> 
     println!("cluster:      {}", home.cluster_id()?);
     println!("trust level:  {}", cert.trust());
     println!("roles:        {}", cert.roles().join(", "));
+    let issuer = match cert.issued_by() {
+        Some(admin) => format!("admin hub {admin}"),
+        None => "the cluster CA".to_owned(),
+    };
+    println!("issued by:    {issuer}");
+    if cert.is_admin() {
+        println!("admin:        yes: an admin certificate (pairs, renews and revokes hubs)");
+    }
     println!("not before:   {}", date(cert.not_before_ms()));
     println!("not after:    {}", date(cert.not_after_ms()));
     println!("fingerprint:  {}", hex::encode(cert.fingerprint()));

@@ -35,6 +35,15 @@ pub fn private_key(creds: &Credentials) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))
 }
 
+/// This hub's certificate chain as TLS sends it: its certificate, then the admin's that issued
+/// it, if one did.
+fn chain(creds: &Credentials) -> Vec<CertificateDer<'static>> {
+    shared_proto::trust::chain_parts(&creds.cert_der)
+        .into_iter()
+        .map(|der| CertificateDer::from(der.to_vec()))
+        .collect()
+}
+
 /// The TLS server settings: this hub's certificate, and the dialer's checked by `verifier`.
 pub(super) fn server_config(
     creds: &Credentials,
@@ -43,10 +52,7 @@ pub(super) fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(creds.cert_der.clone())],
-            private_key(creds),
-        )?;
+        .with_single_cert(chain(creds), private_key(creds))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
 }
@@ -64,10 +70,7 @@ impl Shared {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(
-                vec![CertificateDer::from(creds.cert_der.clone())],
-                private_key(&creds),
-            )?;
+            .with_client_auth_cert(chain(&creds), private_key(&creds))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
     }
@@ -102,9 +105,19 @@ impl PeerVerifier {
         }
     }
 
-    /// The certificate `der` verified at `now`.
-    pub fn check(&self, der: &[u8], now: UnixTime) -> Result<VerifiedPeer, rustls::Error> {
-        let cert = PeerCertificate::from_der(der)
+    /// The certificate `end_entity`, issued by the admin certificate in `intermediates` if there
+    /// is one, verified at `now`.
+    pub fn check(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, rustls::Error> {
+        let mut der = end_entity.to_vec();
+        for issuer in intermediates {
+            der.extend_from_slice(issuer);
+        }
+        let cert = PeerCertificate::from_der(&der)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let revocations = self
             .revocations
@@ -159,12 +172,12 @@ impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, now)?;
+        self.check(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -201,10 +214,10 @@ impl ClientCertVerifier for PeerVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, now)?;
+        self.check(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -238,10 +251,10 @@ fn peer_of(
     shared: &Shared,
     certs: Option<&[CertificateDer<'static>]>,
 ) -> Result<VerifiedPeer, rustls::Error> {
-    let der = certs
-        .and_then(|c| c.first())
+    let (der, intermediates) = certs
+        .and_then(|c| c.split_first())
         .ok_or(rustls::Error::NoCertificatesPresented)?;
-    shared.verifier.check(der, UnixTime::now())
+    shared.verifier.check(der, intermediates, UnixTime::now())
 }
 
 /// Accepts links: at most [`MAX_HANDSHAKING`] TLS handshakes at once, each within
