@@ -229,6 +229,47 @@ async fn hubs_of_a_cluster_link_and_a_revocation_cuts_the_link() {
     assert!(!a.is_linked(&hub(2)));
 }
 
+/// A hub whose certificate an admin issued links with its chain (TLS carries the admin's
+/// certificate as an intermediate, both ways); revoking the admin cuts the link.
+#[tokio::test]
+async fn a_hub_an_admin_certified_links_until_the_admin_is_revoked() {
+    let cluster = TestCluster::new();
+    let admin = cluster.admin(9);
+    let (a_creds, b_creds) = (cluster.hub(1), cluster.hub_issued_by(&admin, 2));
+    let (a, mut a_events) = start(a_creds).await;
+    let (b, mut b_events) = start(b_creds).await;
+    a.add_peer(hub(2), vec![b.local_addr()]);
+    let up = |e| match e {
+        LanEvent::Up { peer, .. } => Some(peer),
+        LanEvent::Refused { reason, .. } => panic!("refused: {reason}"),
+        _ => None,
+    };
+    assert_eq!(next(&mut a_events, "a link up", up).await, hub(2));
+    assert_eq!(next(&mut b_events, "a link up", up).await, hub(1));
+
+    let admin_key = *admin.admin_certificate().unwrap().identity_key();
+    let list = RevocationList {
+        version: 1,
+        issued_at_ms: e2e::now_ms(),
+        entries: vec![shared_proto::trust::Revocation {
+            fingerprint: [0; 32],
+            key_hash: shared_proto::trust::key_hash(&admin_key),
+            revoked_at_ms: e2e::now_ms(),
+            reason: "admin retired".into(),
+        }],
+    };
+    let list = RevocationList::verify(&list.sign(&cluster.ca).unwrap(), &cluster.id()).unwrap();
+    a.set_revocations(list);
+    let reason = next(&mut a_events, "the link down", |e| match e {
+        LanEvent::Down { peer, reason, .. } => Some((peer, reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, (hub(2), "revoked".to_owned()));
+    let reason = refusal(&mut a_events).await;
+    assert!(reason.contains("Revoked"), "{reason}");
+}
+
 /// A client from another cluster, with a revoked or expired certificate, or with none: refused
 /// by the listening hub's checks, each for its reason.
 #[tokio::test]

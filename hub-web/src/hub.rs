@@ -513,10 +513,7 @@ impl WebHub {
     }
 
     fn on_revocations(&mut self, list: VerifiedRevocations, now_ms: u64) {
-        let me_revoked = list.is_revoked(
-            &self.certificate.fingerprint(),
-            &self.certificate.key_hash(),
-        );
+        let me_revoked = list.revokes(&self.certificate);
         self.kept.revocations = Some(hex::encode(list.bytes()));
         self.held = Some(list.clone());
         self.core.handle_revocations(list, now_ms, &mut OsRng);

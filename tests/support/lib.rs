@@ -564,6 +564,36 @@ impl TestCluster {
         self.hub_with(id, noise_public(id.0[0]), now - 3_600_000, now + 86_400_000)
     }
 
+    /// An admin of this cluster: hub `b` with the role `admin`, signing under its admin
+    /// certificate (valid from an hour ago for a day).
+    pub fn admin(&self, b: u8) -> ClusterCa {
+        let now = now_ms();
+        let (identity, req) = request(hub(b), noise_public(b), now - 3_600_000, now + 86_400_000);
+        let req = CertificateRequest {
+            roles: vec![shared_proto::trust::ADMIN_ROLE.into()],
+            ..req
+        };
+        let der = self.ca.issue(&req, &mut rand::rngs::OsRng).expect("issue");
+        let cert = shared_proto::trust::PeerCertificate::from_der(&der)
+            .and_then(|c| c.verify(&self.ca.public_key(), now, None))
+            .expect("an admin certificate");
+        ClusterCa::admin(identity, cert, self.ca.public_key()).expect("an admin")
+    }
+
+    /// Credentials for hub `b` issued by `admin` (a chain of two), valid from an hour ago for a
+    /// day.
+    pub fn hub_issued_by(&self, admin: &ClusterCa, b: u8) -> Arc<Credentials> {
+        let now = now_ms();
+        let (identity, req) = request(hub(b), noise_public(b), now - 3_600_000, now + 86_400_000);
+        let cert_der = admin.issue(&req, &mut rand::rngs::OsRng).expect("issue");
+        Arc::new(Credentials {
+            ca_key: self.ca.public_key(),
+            cert_der,
+            hub_id: hub(b),
+            identity,
+        })
+    }
+
     fn hub_with(
         &self,
         id: HubId,
@@ -571,17 +601,7 @@ impl TestCluster {
         not_before_ms: u64,
         not_after_ms: u64,
     ) -> Arc<Credentials> {
-        let identity = SigningKey::generate(&mut rand::rngs::OsRng);
-        let req = CertificateRequest {
-            hub_id: id,
-            name: format!("hub {id}"),
-            trust: TrustLevel::AgentDispatch,
-            roles: vec![],
-            identity_key: identity.verifying_key(),
-            noise_key,
-            not_before_ms,
-            not_after_ms,
-        };
+        let (identity, req) = request(id, noise_key, not_before_ms, not_after_ms);
         let cert_der = self.ca.issue(&req, &mut rand::rngs::OsRng).expect("issue");
         Arc::new(Credentials {
             ca_key: self.ca.public_key(),
@@ -609,6 +629,27 @@ impl TestCluster {
         .sign(&self.ca)
         .expect("sign")
     }
+}
+
+/// A fresh identity key and a certificate request for hub `id` (agent_dispatch, no roles).
+fn request(
+    id: HubId,
+    noise_key: [u8; 32],
+    not_before_ms: u64,
+    not_after_ms: u64,
+) -> (SigningKey, CertificateRequest) {
+    let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+    let req = CertificateRequest {
+        hub_id: id,
+        name: format!("hub {id}"),
+        trust: TrustLevel::AgentDispatch,
+        roles: vec![],
+        identity_key: identity.verifying_key(),
+        noise_key,
+        not_before_ms,
+        not_after_ms,
+    };
+    (identity, req)
 }
 
 /// Relay-client settings for tests: quick reconnects.

@@ -145,7 +145,7 @@ impl PeerBook {
         let revoked: Vec<HubId> = b
             .certs
             .iter()
-            .filter(|(_, c)| list.is_revoked(&c.fingerprint(), &c.key_hash()))
+            .filter(|(_, c)| list.revokes(c))
             .map(|(h, _)| *h)
             .collect();
         for hub in revoked {
@@ -191,10 +191,7 @@ impl PeerBook {
             return Err(CallErrorCode::Suspended);
         }
         let cert = b.certs.get(&peer).ok_or(CallErrorCode::WrongSigner)?;
-        let listed = b
-            .revocations
-            .as_ref()
-            .is_some_and(|l| l.is_revoked(&cert.fingerprint(), &cert.key_hash()));
+        let listed = b.revocations.as_ref().is_some_and(|l| l.revokes(cert));
         if listed || b.revoked.contains(&peer) {
             return Err(CallErrorCode::Revoked);
         }

@@ -47,11 +47,16 @@ pub(crate) mod testing {
 
     /// The Noise identity of hub `id` (its id is `[id; 16]`), and its verified certificate.
     pub(crate) fn identity(id: u8) -> (LocalIdentity, VerifiedPeer) {
+        identity_issued_by(id, &ca())
+    }
+
+    /// [`identity`] with a certificate `signer` issued (the CA, or an admin: a chain).
+    pub(crate) fn identity_issued_by(id: u8, signer: &ClusterCa) -> (LocalIdentity, VerifiedPeer) {
         let static_secret = [id; 32];
         let identity = SigningKey::from_bytes(&[id.wrapping_add(100); 32]);
         let mut req = request(id, &identity);
         req.noise_key = x25519_public(&static_secret);
-        let cert_der = ca()
+        let cert_der = signer
             .issue(&req, &mut StdRng::seed_from_u64(u64::from(id)))
             .unwrap();
         let cert = PeerCertificate::from_der(&cert_der)

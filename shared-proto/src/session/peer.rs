@@ -299,9 +299,7 @@ impl PeerSessions {
                     .chain(p.previous.iter())
                     .map(|s| s.transport.peer())
                     .chain(p.cert.iter());
-                certs
-                    .into_iter()
-                    .any(|c| list.is_revoked(&c.fingerprint(), &c.key_hash()))
+                certs.into_iter().any(|c| list.revokes(c))
             })
             .map(|(h, _)| *h)
             .collect();
@@ -1038,6 +1036,38 @@ mod tests {
                 self.collect();
             }
         }
+    }
+
+    /// A peer whose certificate an admin issued sets a session up with its chain; revoking the
+    /// admin ends the session, as revoking the peer would.
+    #[test]
+    fn revoking_an_admin_ends_the_sessions_of_the_hubs_it_certified() {
+        use crate::session::testing::identity_issued_by;
+        use crate::trust::cert::tests::{admin, DAY_MS};
+        let second = admin(&ca(), 40, NOW + 365 * DAY_MS);
+        let (local, cert_a) = identity_issued_by(1, &second);
+        assert_eq!(cert_a.issued_by(), Some(HubId([40; 16])));
+        let mut p = Pair::new();
+        p.a = PeerSessions::new(local, A);
+        p.a.send(B, b"hello".to_vec(), p.now, &mut p.rng).unwrap();
+        p.drive();
+        assert_eq!(p.got_b, vec![b"hello".to_vec()]);
+        assert!(p.established.contains(&(false, cert_a.fingerprint())));
+        let list = RevocationList {
+            version: 1,
+            issued_at_ms: NOW,
+            entries: vec![Revocation {
+                fingerprint: [0; 32],
+                key_hash: cert_a.issuer_ids().unwrap().1,
+                revoked_at_ms: NOW,
+                reason: "admin retired".into(),
+            }],
+        };
+        let list = RevocationList::verify(&list.sign(&ca()).unwrap(), &ca().cluster_id()).unwrap();
+        p.b.set_revocations(list);
+        assert!(!p.b.is_established(&A));
+        p.collect();
+        assert_eq!(p.failed, vec![(false, "certificate revoked".into())]);
     }
 
     /// Data for unknown sessions from thousands of made-up hub ids (a pairing guest may name

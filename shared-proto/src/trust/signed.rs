@@ -394,6 +394,14 @@ impl VerifiedRevocations {
         self.signer.as_ref()
     }
 
+    /// Whether this list revokes `cert`, or the admin certificate that issued it.
+    pub fn revokes(&self, cert: &super::VerifiedPeer) -> bool {
+        self.is_revoked(&cert.fingerprint(), &cert.key_hash())
+            || cert
+                .issuer_ids()
+                .is_some_and(|(f, k)| self.is_revoked(&f, &k))
+    }
+
     /// Whether this list revokes the admin that signed `signer`'s document: such a document is
     /// refused (a revoked admin's later signatures count for nothing).
     pub fn refuses_signer_of(&self, signer: Option<&DocumentSigner>) -> bool {

@@ -26,9 +26,8 @@ pub(super) struct LinkHandle {
     pub(super) tx: mpsc::Sender<Vec<u8>>,
     /// Closes the link, with why.
     pub(super) close: watch::Sender<Option<String>>,
-    /// The peer's certificate, as revocation lists name it.
-    pub(super) fingerprint: [u8; 32],
-    pub(super) key_hash: [u8; 32],
+    /// The peer's certificate (a revocation list may name it or the admin's that issued it).
+    pub(super) certificate: VerifiedPeer,
 }
 
 static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -67,8 +66,7 @@ pub(super) async fn run_link(
                 dialed_by,
                 tx,
                 close,
-                fingerprint: peer.fingerprint(),
-                key_hash: peer.key_hash(),
+                certificate: peer,
             },
         );
     }

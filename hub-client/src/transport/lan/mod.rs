@@ -305,7 +305,7 @@ impl Lan {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (hub, link) in links.iter() {
-            if list.is_revoked(&link.fingerprint, &link.key_hash) {
+            if list.revokes(&link.certificate) {
                 tracing::info!(peer = %hub, "LAN: closing the link of a revoked hub");
                 link.close.send_replace(Some("revoked".into()));
             }

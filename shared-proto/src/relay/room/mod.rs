@@ -228,7 +228,8 @@ pub enum Action {
 }
 
 impl MemberInfo {
-    /// Whether `list` revokes this hub's certificate or the admin certificate that issued it.
+    /// Whether `list` revokes this hub's certificate or the admin certificate that issued it
+    /// (what [`VerifiedRevocations::revokes`] says of a verified certificate).
     pub fn revoked_by(&self, list: &VerifiedRevocations) -> bool {
         list.is_revoked(&self.fingerprint, &self.key_hash)
             || self.issuer.is_some_and(|(f, k)| list.is_revoked(&f, &k))
