@@ -362,7 +362,7 @@ async fn revoke_peer(
     let reason = query
         .get("reason")
         .cloned()
-        .unwrap_or_else(|| "revoked by the founder".into());
+        .unwrap_or_else(|| "revoked by an admin".into());
     Ok(Json(state.revoke(id, reason).await?))
 }
 

@@ -30,7 +30,8 @@ pub(crate) enum Command {
     /// This hub's certificate.
     #[command(subcommand)]
     Cert(CertCommand),
-    /// Founder: revoke a certificate; the relay closes the hub at once and every hub learns it.
+    /// Founder or admin: revoke a certificate; the relay closes the hub at once and every hub
+    /// learns it.
     RevokeCert {
         /// The certificate's SHA-256 fingerprint (64 hex digits, as `hub cert show` prints).
         fingerprint: String,
@@ -38,7 +39,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "HEX")]
         key_hash: Option<String>,
         /// Why (kept in the list, for people).
-        #[arg(long, default_value = "revoked by the founder")]
+        #[arg(long, default_value = "revoked by an admin")]
         reason: String,
         /// Sign and store the list without publishing it through the relay.
         #[arg(long)]
@@ -107,7 +108,8 @@ pub(crate) enum Command {
         #[arg(long, hide = true)]
         bench_no_network_watch: bool,
     },
-    /// Founder: make a one-time pairing token for a new hub (printed once; only its hash is kept).
+    /// Founder or admin: make a one-time pairing token for a new hub (printed once; only its hash
+    /// is kept).
     Invite {
         /// Trust level of the new hub: read_only, agent_dispatch or full.
         #[arg(long, default_value = "agent_dispatch")]
@@ -269,16 +271,18 @@ pub(crate) enum PeersCommand {
         /// The peer's hub id.
         id: HubId,
     },
-    /// Founder: revoke a peer cluster-wide (kept for audit); the relay cuts it off at once.
+    /// Founder or admin: revoke a peer cluster-wide (kept for audit); the relay cuts it off at
+    /// once (revoking an admin cuts off the hubs it certified too).
     Revoke {
         /// The peer's hub id.
         id: HubId,
         /// Why (kept in the revocation list).
-        #[arg(long, default_value = "revoked by the founder")]
+        #[arg(long, default_value = "revoked by an admin")]
         reason: String,
     },
     /// Founder: set a peer's trust level (and roles): the manifest says so at once, and the
-    /// peer takes a certificate under the new terms as soon as it hears (audited).
+    /// peer takes a certificate under the new terms as soon as it hears (audited). The role
+    /// `admin` makes it a second admin: its certificate lets it pair, renew and revoke.
     SetTrust {
         /// The peer's hub id.
         id: HubId,
