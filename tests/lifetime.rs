@@ -660,3 +660,117 @@ fn a_second_admin_pairs_renews_and_revokes_through_workerd() {
 fn a_second_admin_pairs_renews_and_revokes_through_hub_relay() {
     a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(RelayKind::Native);
 }
+
+/// The cluster this home's `ca.pub` names.
+fn cluster_of(hub: &HubHome) -> String {
+    Home::new(&hub.dir).cluster_id().unwrap().to_string()
+}
+
+/// CA key rotation (issue 30, item 4): three hubs online and one offline; the founder, stopped,
+/// rotates; the two others online follow within seconds and calls go on in the new room, the
+/// offline one follows when it starts; after the grace period the old room refuses a hub with
+/// the old CA's certificate (4022), and the new room never took one (4012).
+fn a_rotated_ca_key_moves_the_cluster(kind: RelayKind) {
+    let relay = RelayProcess::start(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let home = |name: &str| HubHome::new(dir.path().join(name));
+    let desk = home("desk");
+    desk.create_cluster("desk", &relay.url());
+    let desk_run = desk.run();
+    let (laptop, kiosk, tablet) = (home("laptop"), home("kiosk"), home("tablet"));
+    join(&desk, &laptop, "laptop", &["--roles", "laptop"]);
+    join(&desk, &kiosk, "kiosk", &["--trust-level", "read_only"]);
+    join(&desk, &tablet, "tablet", &[]);
+    let laptop_run = laptop.run();
+    let kiosk_run = kiosk.run();
+    let tablet_run = tablet.run();
+    let (desk_id, laptop_id, kiosk_id, tablet_id) =
+        (desk.id(), laptop.id(), kiosk.id(), tablet.id());
+    wait_until("sessions with the founder", Duration::from_secs(15), || {
+        [&laptop_id, &kiosk_id, &tablet_id]
+            .iter()
+            .all(|id| desk.output(&["ping", id, "--count", "1"]).status.success())
+    });
+    // The tablet goes offline; a copy of it as it was is kept.
+    drop(tablet_run);
+    let stale = home("stale");
+    copy_dir(&tablet.dir, &stale.dir);
+    let old = cluster_of(&desk);
+
+    // Rotation needs the founder stopped.
+    let refused = desk.fails(&["cluster", "rotate"]);
+    assert!(refused.contains("is running"), "{refused}");
+    drop(desk_run);
+    let not_founder = laptop.fails(&["cluster", "rotate"]);
+    assert!(not_founder.contains("CA key"), "{not_founder}");
+    let out = desk.ok(&["cluster", "rotate", "--grace", "30s"]);
+    let new = cluster_of(&desk);
+    assert_ne!(new, old);
+    assert!(
+        out.contains(&format!("cluster {old} moved to cluster {new}")),
+        "{out}"
+    );
+    assert!(out.contains("members that move on their own: 4"), "{out}");
+    assert!(!desk.dir.join("rotation.key").exists());
+    let desk_run = desk.run();
+
+    // The hubs online follow on their own, into the new room, and their calls go on there.
+    wait_until(
+        "the laptop and the kiosk in the new cluster",
+        Duration::from_secs(20),
+        || cluster_of(&laptop) == new && cluster_of(&kiosk) == new,
+    );
+    let reply = |from: &HubHome, to: &str| {
+        let out = from.output(&["ping", to, "--count", "1"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
+    };
+    // (The kiosk's calls to the founder went unanswered while the hub kept what it knew of
+    // the old cluster's sessions.)
+    wait_until("calls in the new cluster", Duration::from_secs(20), || {
+        reply(&laptop, &kiosk_id) && reply(&kiosk, &desk_id) && reply(&desk, &laptop_id)
+    });
+    // Same hubs, same terms, certificates from the new key.
+    let show = kiosk.ok(&["cert", "show"]);
+    assert!(show.contains(&format!("cluster:      {new}")), "{show}");
+    assert!(show.contains("trust level:  read_only"), "{show}");
+    assert!(laptop
+        .ok(&["cert", "show"])
+        .contains("roles:        laptop"));
+    let log = laptop.ok(&["audit", "list"]);
+    assert!(log.contains("cluster.move"), "{log}");
+
+    // The tablet was offline: it follows when it starts, within the grace period.
+    let _tablet_run = tablet.run();
+    wait_until(
+        "the tablet in the new cluster",
+        Duration::from_secs(20),
+        || cluster_of(&tablet) == new && reply(&tablet, &desk_id),
+    );
+
+    // After the grace period, the old room refuses the old CA's certificate, naming the new
+    // cluster; the new room never admits one.
+    wait_until(
+        "the old room refusing logins",
+        Duration::from_secs(60),
+        || {
+            let out = stale.output(&["ping", &desk_id, "--count", "1", "--timeout", "3"]);
+            String::from_utf8_lossy(&out.stderr).contains("4022")
+        },
+    );
+    let refused = stale.fails(&["ping", &desk_id, "--count", "1"]);
+    assert!(refused.contains(&new), "{refused}");
+    std::fs::copy(desk.dir.join("ca.pub"), stale.dir.join("ca.pub")).unwrap();
+    let refused = stale.fails(&["ping", &desk_id, "--count", "1"]);
+    assert!(refused.contains("4012"), "{refused}");
+    drop((laptop_run, kiosk_run, desk_run));
+}
+
+#[test]
+fn a_rotated_ca_key_moves_the_cluster_through_workerd() {
+    a_rotated_ca_key_moves_the_cluster(RelayKind::Workerd);
+}
+
+#[test]
+fn a_rotated_ca_key_moves_the_cluster_through_hub_relay() {
+    a_rotated_ca_key_moves_the_cluster(RelayKind::Native);
+}

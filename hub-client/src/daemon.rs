@@ -232,7 +232,16 @@ async fn archive_old_entries(home: Home, keep: Duration, mut stop: watch::Receiv
     }
 }
 
-/// The relay connection and sessions, once the home holds a hub.
+/// How a member's run ended.
+enum Ended {
+    /// Told to stop (or the relay client stopped).
+    Stopped,
+    /// The cluster moved to a new CA key and this hub followed: run again, in the new room.
+    Moved,
+}
+
+/// The relay connection and sessions, once the home holds a hub; again in the new cluster after
+/// a CA key rotation.
 async fn hub_loop(
     state: Arc<HubState>,
     mut stop: watch::Receiver<bool>,
@@ -251,7 +260,30 @@ async fn hub_loop(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
-    let mut peers = start_member(&state, &options).await?;
+    while let Ended::Moved = run_member(&state, &mut stop, &options).await? {
+        state.book.forget_cluster();
+        tracing::info!("starting again in the new cluster");
+    }
+    Ok(())
+}
+
+/// One run of the hub as a member of its cluster: until told to stop, or until it follows the
+/// cluster to a new CA key.
+async fn run_member(
+    state: &Arc<HubState>,
+    stop: &mut watch::Receiver<bool>,
+    options: &Options,
+) -> Result<Ended, DaemonError> {
+    let home = state.home.clone();
+    if tokio::task::spawn_blocking(move || home.resume_move())
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))??
+    {
+        tracing::warn!(
+            "finished moving to the cluster of a new CA key (a crash had interrupted it)"
+        );
+    }
+    let mut peers = start_member(state, options).await?;
     let member = state.joined_member()?;
     tracing::info!(hub = %member.hub_id, cluster = %state.home.cluster_id()?, "hub running");
     let mut heads = tokio::time::interval(options.audit_head_interval);
@@ -266,7 +298,7 @@ async fn hub_loop(
     let result = loop {
         let renew_at = renewing.is_none().then(|| state.renewal_due(&own));
         let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = stop.wait_for(|s| *s) => break Ok(Ended::Stopped),
             event = peers.next_event() => Some(event),
             _ = heads.tick() => {
                 state.send_all_reports(&member);
@@ -301,10 +333,12 @@ async fn hub_loop(
             continue;
         };
         let Some(event) = event else {
-            break Ok(());
+            break Ok(Ended::Stopped);
         };
-        if let Err(e) = dispatch(&state, &member, event).await {
-            break Err(e);
+        match dispatch(state, &member, event).await {
+            Ok(true) => {}
+            Ok(false) => break Ok(Ended::Moved),
+            Err(e) => break Err(e),
         }
     };
     if let Some(task) = renewing {
@@ -382,14 +416,15 @@ async fn start_lan(
     }
 }
 
-/// One event of the peer layer, handed to the hub.
+/// One event of the peer layer, handed to the hub; whether this run goes on (not if the hub
+/// moved to a new cluster).
 async fn dispatch(
     state: &Arc<HubState>,
     member: &Member,
     event: PeerEvent,
-) -> Result<(), DaemonError> {
+) -> Result<bool, DaemonError> {
     match event {
-        PeerEvent::Relay(event) => relay_event(state, event).await?,
+        PeerEvent::Relay(event) => return relay_event(state, event).await,
         PeerEvent::Inbound(Inbound::Manifest { from, manifest }) => {
             state.on_manifest(from, manifest).await?;
         }
@@ -422,11 +457,12 @@ async fn dispatch(
         PeerEvent::LinkUp { peer, .. } => state.touch_peer(peer).await?,
         _ => {}
     }
-    Ok(())
+    Ok(true)
 }
 
-/// A relay event, handed to the hub; a relay that refuses this hub for good ends the loop.
-async fn relay_event(state: &Arc<HubState>, event: RelayEvent) -> Result<(), DaemonError> {
+/// A relay event, handed to the hub; a relay that refuses this hub for good ends the loop, and
+/// so does a move to a new cluster (`Ok(false)`).
+async fn relay_event(state: &Arc<HubState>, event: RelayEvent) -> Result<bool, DaemonError> {
     match event {
         RelayEvent::Connected { online } => state.on_connected(online).await?,
         RelayEvent::Disconnected {
@@ -449,7 +485,8 @@ async fn relay_event(state: &Arc<HubState>, event: RelayEvent) -> Result<(), Dae
         RelayEvent::PeerLeft(hub) => state.on_presence(hub, false).await?,
         RelayEvent::RateLimited { dropped, .. } => state.on_rate_limited(dropped),
         RelayEvent::Revocations(list) => state.on_revocations(list).await?,
+        RelayEvent::Successor(successor) => return Ok(!state.on_successor(*successor).await?),
         _ => {}
     }
-    Ok(())
+    Ok(true)
 }

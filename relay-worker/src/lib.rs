@@ -68,6 +68,8 @@ const ALLOWED_CLUSTERS_VAR: &str = "ALLOWED_CLUSTERS";
 /// kept while its penalty counts.
 const CLUSTER_KEY: &str = "cluster";
 const REVOCATIONS_KEY: &str = "revocations";
+/// Storage key of the old CA's successor document, once a rotation published one (hex).
+const SUCCESSOR_KEY: &str = "successor";
 const NONCE_PREFIX: &str = "n:";
 const PENALTY_PREFIX: &str = "p:";
 
@@ -614,6 +616,11 @@ impl Inner {
                 room.set_revocations(&bytes);
             }
         }
+        if let Some(hex_doc) = storage.get::<String>(SUCCESSOR_KEY).await? {
+            if let Ok(bytes) = hex::decode(hex_doc) {
+                room.set_successor(&bytes);
+            }
+        }
         self.load_penalties(&mut room, now).await?;
         // Another event may have built the room while storage was read.
         if self.room.borrow().is_some() {
@@ -773,7 +780,9 @@ impl Inner {
         if !actions.iter().any(|a| {
             matches!(
                 a,
-                Action::RememberLogin(_) | Action::StoreRevocations { .. }
+                Action::RememberLogin(_)
+                    | Action::StoreRevocations { .. }
+                    | Action::StoreSuccessor { .. }
             )
         }) {
             return self.perform(actions).map(Pending::Store);
@@ -784,6 +793,7 @@ impl Inner {
             match action {
                 Action::RememberLogin(login) => durable.logins.push(login),
                 Action::StoreRevocations { bytes } => durable.revocations = Some(bytes),
+                Action::StoreSuccessor { bytes } => durable.successor = Some(bytes),
                 other => rest.push(other),
             }
         }
@@ -844,6 +854,9 @@ impl Inner {
         if let Some(bytes) = store.revocations {
             storage.put(REVOCATIONS_KEY, hex::encode(bytes)).await?;
         }
+        if let Some(bytes) = store.successor {
+            storage.put(SUCCESSOR_KEY, hex::encode(bytes)).await?;
+        }
         for login in &store.logins {
             let key = format!("{NONCE_PREFIX}{}", hex::encode(login.nonce));
             storage.put(&key, login.timestamp_ms as f64).await?;
@@ -895,6 +908,7 @@ impl Inner {
 #[derive(Debug, Default)]
 struct ToStore {
     revocations: Option<Vec<u8>>,
+    successor: Option<Vec<u8>>,
     logins: Vec<LoginNonce>,
     /// Hubs kept out for flooding: (hub, until, strikes).
     penalties: Vec<(HubId, u64, u32)>,
@@ -906,6 +920,7 @@ impl ToStore {
     fn is_empty(&self) -> bool {
         self.deadline.is_none()
             && self.revocations.is_none()
+            && self.successor.is_none()
             && self.logins.is_empty()
             && self.penalties.is_empty()
     }
@@ -1005,6 +1020,10 @@ impl Sockets for SocketMap<'_> {
 
     fn store_revocations(&mut self, bytes: Vec<u8>) {
         self.store.revocations = Some(bytes);
+    }
+
+    fn store_successor(&mut self, bytes: Vec<u8>) {
+        self.store.successor = Some(bytes);
     }
 
     fn remember_login(&mut self, login: LoginNonce) {

@@ -118,6 +118,13 @@ impl PeerBook {
         }
     }
 
+    /// Forgets everything learned of the cluster (certificates, versions, reports, the relay's
+    /// view, calls to send again): the hub moved to a new CA key's cluster, whose sessions all
+    /// start anew. What the store keeps is read again.
+    pub(crate) fn forget_cluster(&self) {
+        *self.lock() = Book::default();
+    }
+
     /// Whether the book must read the store again: another process changed it since (`hub
     /// revoke-cert --offline`, `hub peers suspend` run beside the hub).
     pub(crate) fn is_stale(&self, data_version: u64) -> bool {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rand::rngs::OsRng;
 use shared_proto::audit::{Head, Views};
 use shared_proto::session::pairing::{refused_unreadable, PairingRequest};
+use shared_proto::trust::rotation::VerifiedSuccessor;
 use shared_proto::trust::{VerifiedPeer, VerifiedRevocations};
 use shared_proto::HubId;
 
@@ -100,6 +101,36 @@ impl HubState {
             tracing::info!(version, "new revocation list");
         }
         Ok(())
+    }
+
+    /// The cluster moved to a new CA key (the old CA's successor document, from the relay): this
+    /// hub follows it if the document carries a certificate for it within its grace period.
+    /// Whether it moved (its relay connection and sessions must start again, in the new room).
+    pub(crate) async fn on_successor(
+        self: &Arc<Self>,
+        successor: VerifiedSuccessor,
+    ) -> Result<bool, ServiceError> {
+        let new = successor.new_cluster();
+        let moved = self
+            .blocking(move |state| Ok(state.home.follow(&successor)))
+            .await?;
+        match moved {
+            Ok(cert) => {
+                tracing::warn!(
+                    cluster = %new,
+                    certificate = %hex::encode(cert.fingerprint()),
+                    "the cluster moved to a new CA key: this hub follows it"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(
+                    cluster = %new,
+                    "the cluster moved to a new CA key, and this hub cannot follow ({e}): pair it again with a token from a hub of the new cluster"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// A session with a peer came up: its certificate is what its calls are checked against; it

@@ -134,11 +134,19 @@ impl Home {
         &self.dir
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn read(&self, name: &str) -> Result<Vec<u8>, HomeError> {
+    /// Renames `from` to `to` in the directory (replacing `to` at once).
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<(), HomeError> {
+        std::fs::rename(self.path(from), self.path(to)).map_err(|source| HomeError::Io {
+            path: self.path(to),
+            source,
+        })
+    }
+
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>, HomeError> {
         let path = self.path(name);
         std::fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound && name != "ca.key" {
@@ -166,12 +174,12 @@ impl Home {
     }
 
     /// Reads a key file into memory that is zeroed when dropped.
-    fn read_secret(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, HomeError> {
+    pub(crate) fn read_secret(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, HomeError> {
         self.read(name).map(Zeroizing::new)
     }
 
     /// Writes `bytes` to `name` atomically; `secret` files get mode 0600 from creation.
-    fn write(&self, name: &str, bytes: &[u8], secret: bool) -> Result<(), HomeError> {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8], secret: bool) -> Result<(), HomeError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| HomeError::Io { path, source }
@@ -759,6 +767,7 @@ impl Home {
         })?;
         match outcome {
             Ok((der, manifest, peer)) => {
+                store.keep_peer_certificate(peer.id, &der)?;
                 let answer = request.accept(local, &der, &manifest, revocations.as_deref())?;
                 Ok((answer, Ok(peer)))
             }
@@ -858,6 +867,7 @@ impl Home {
             suspended_at: known.as_ref().and_then(|p| p.suspended_at),
             last_seen_at: Some(now),
         })?;
+        store.keep_peer_certificate(cert.hub_id(), cert.der())?;
         Ok(())
     }
 }
@@ -958,6 +968,7 @@ pub(crate) fn enroll(
                 suspended_at: None,
                 last_seen_at: None,
             })?;
+            store.keep_peer_certificate(peer.hub_id(), peer.der())?;
         }
         Ok::<_, HomeError>(manifest)
     })?;

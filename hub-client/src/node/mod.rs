@@ -14,4 +14,5 @@ pub mod audit;
 pub mod backup;
 pub mod home;
 pub mod journal;
+pub mod rotation;
 pub mod store;

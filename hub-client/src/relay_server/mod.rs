@@ -139,12 +139,31 @@ struct RoomEntry {
     armed: Option<u64>,
 }
 
-/// The relay's rooms, one per cluster id, and each cluster's newest revocation list (kept while
-/// the relay runs, and in `state_dir` if it has one, so that it survives restarts).
+/// A signed document a room keeps for its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kept {
+    /// The newest revocation list.
+    Revocations,
+    /// The old CA's successor document (a rotation).
+    Successor,
+}
+
+impl Kept {
+    fn extension(self) -> &'static str {
+        match self {
+            Kept::Revocations => "revocations",
+            Kept::Successor => "successor",
+        }
+    }
+}
+
+/// The relay's rooms, one per cluster id, and each cluster's newest revocation list and
+/// successor document (kept while the relay runs, and in `state_dir` if it has one, so that
+/// they survive restarts).
 #[derive(Debug)]
 pub struct Relay {
     rooms: Mutex<HashMap<ClusterId, Arc<Mutex<RoomEntry>>>>,
-    revocations: Mutex<HashMap<ClusterId, Vec<u8>>>,
+    documents: Mutex<HashMap<(ClusterId, Kept), Vec<u8>>>,
     state_dir: Option<PathBuf>,
     allowed: Option<Vec<ClusterId>>,
     next_conn: AtomicU64,
@@ -167,7 +186,7 @@ impl Relay {
         }
         Ok(Relay {
             rooms: Mutex::default(),
-            revocations: Mutex::default(),
+            documents: Mutex::default(),
             state_dir,
             allowed: None,
             next_conn: AtomicU64::new(0),
@@ -208,33 +227,34 @@ impl Relay {
             .is_none_or(|list| list.contains(cluster))
     }
 
-    fn revocations_path(&self, cluster: &ClusterId) -> Option<PathBuf> {
+    fn document_path(&self, kind: Kept, cluster: &ClusterId) -> Option<PathBuf> {
         self.state_dir
             .as_ref()
-            .map(|d| d.join(format!("{cluster}.revocations")))
+            .map(|d| d.join(format!("{cluster}.{}", kind.extension())))
     }
 
-    /// The newest list known for `cluster`: in memory, else on disk.
-    fn stored_revocations(&self, cluster: &ClusterId) -> Option<Vec<u8>> {
-        if let Some(bytes) = lock(&self.revocations).get(cluster) {
+    /// The document of `kind` known for `cluster`: in memory, else on disk.
+    fn stored_document(&self, kind: Kept, cluster: &ClusterId) -> Option<Vec<u8>> {
+        let key = (cluster.clone(), kind);
+        if let Some(bytes) = lock(&self.documents).get(&key) {
             return Some(bytes.clone());
         }
-        let bytes = std::fs::read(self.revocations_path(cluster)?).ok()?;
-        lock(&self.revocations).insert(cluster.clone(), bytes.clone());
+        let bytes = std::fs::read(self.document_path(kind, cluster)?).ok()?;
+        lock(&self.documents).insert(key, bytes.clone());
         Some(bytes)
     }
 
-    /// Keeps a list the room accepted (it is newer than what was held).
-    fn keep_revocations(&self, cluster: &ClusterId, bytes: Vec<u8>) {
-        if let Some(path) = self.revocations_path(cluster) {
-            // Write then rename: a crash leaves the old list or the new one, never half of one.
-            let tmp = path.with_extension("revocations.tmp");
+    /// Keeps a document the room accepted (a newer list, the first successor).
+    fn keep_document(&self, kind: Kept, cluster: &ClusterId, bytes: Vec<u8>) {
+        if let Some(path) = self.document_path(kind, cluster) {
+            // Write then rename: a crash leaves the old document or the new one, never half.
+            let tmp = path.with_extension(format!("{}.tmp", kind.extension()));
             if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
             {
-                tracing::error!(%cluster, "could not store the revocation list: {e}");
+                tracing::error!(%cluster, "could not store the {}: {e}", kind.extension());
             }
         }
-        lock(&self.revocations).insert(cluster.clone(), bytes);
+        lock(&self.documents).insert((cluster.clone(), kind), bytes);
     }
 
     fn room(&self, cluster: &ClusterId) -> Arc<Mutex<RoomEntry>> {
@@ -248,8 +268,11 @@ impl Relay {
         let mut config = RoomConfig::new(cluster.clone(), now);
         config.idle_timeout_ms = Some(self.idle_timeout_ms);
         let mut room = Room::new(config);
-        if let Some(bytes) = self.stored_revocations(cluster) {
+        if let Some(bytes) = self.stored_document(Kept::Revocations, cluster) {
             room.set_revocations(&bytes);
+        }
+        if let Some(bytes) = self.stored_document(Kept::Successor, cluster) {
+            room.set_successor(&bytes);
         }
         let mut peers = Peers::default();
         if let Some(dir) = &self.state_dir {
@@ -308,7 +331,8 @@ impl Relay {
 #[derive(Debug, Default)]
 struct Peers {
     map: HashMap<ConnId, Peer>,
-    store: Option<Vec<u8>>,
+    /// Documents the room accepted during the current `perform`, to keep.
+    store: Vec<(Kept, Vec<u8>)>,
     nonces: Option<NonceLog>,
     /// Queues that went past [`PUSHBACK_BYTES`] during the current `perform`.
     congested: Vec<Arc<Queue>>,
@@ -342,7 +366,11 @@ impl Sockets for Peers {
     fn admitted(&mut self, _conn: ConnId, _member: MemberInfo) {}
 
     fn store_revocations(&mut self, bytes: Vec<u8>) {
-        self.store = Some(bytes);
+        self.store.push((Kept::Revocations, bytes));
+    }
+
+    fn store_successor(&mut self, bytes: Vec<u8>) {
+        self.store.push((Kept::Successor, bytes));
     }
 
     /// Written before the hub is welcomed (the room asks before it sends the `Welcome`), so a
@@ -361,7 +389,7 @@ impl RoomEntry {
     /// Carries out the room's actions (the room is locked by the caller), and wakes the timer
     /// task if the room now has an earlier deadline; returns a revocation list to store, if the
     /// room accepted one.
-    fn perform(&mut self, actions: Vec<Action>) -> Option<Vec<u8>> {
+    fn perform(&mut self, actions: Vec<Action>) -> Vec<(Kept, Vec<u8>)> {
         self.room.perform(actions, &mut self.peers);
         if let Some(at) = self.room.poll_timeout() {
             if self.armed.is_none_or(|armed| at < armed) {
@@ -369,7 +397,7 @@ impl RoomEntry {
                 self.timer.notify_one();
             }
         }
-        self.peers.store.take()
+        std::mem::take(&mut self.peers.store)
     }
 }
 
@@ -638,8 +666,8 @@ async fn run_socket<S>(
                         throttled,
                     )
                 };
-                if let Some(bytes) = stored {
-                    relay.keep_revocations(cluster_id, bytes);
+                for (kind, bytes) in stored {
+                    relay.keep_document(kind, cluster_id, bytes);
                 }
                 if !alive {
                     // The room closed this socket (protocol error, replaced, slow, revoked).

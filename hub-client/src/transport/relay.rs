@@ -28,6 +28,7 @@ use shared_proto::relay::path::{
     connect_path, connect_query, is_valid_cluster_id, KEPT_OUT_STATUS,
 };
 use shared_proto::relay::rate::{Limits, Pacer, MAX_PENALTY_MS, PENALTY_MS};
+use shared_proto::trust::rotation::VerifiedSuccessor;
 use shared_proto::trust::{ClusterId, RevocationList, VerifiedRevocations};
 use shared_proto::CloseCode;
 use tokio::sync::{mpsc, watch};
@@ -93,6 +94,8 @@ pub enum RelayEvent {
     Status(RoomStatus),
     /// A newer signed revocation list (already verified for this cluster): store it.
     Revocations(VerifiedRevocations),
+    /// The cluster moved to a new CA key (the successor document, verified for this cluster).
+    Successor(Box<VerifiedSuccessor>),
     /// The relay dropped frames this hub sent, for a rate limit (its own, or that of the hub
     /// it sent to). The client has paused its sends for `retry_after` and goes on slower.
     RateLimited {
@@ -280,6 +283,8 @@ pub enum Command {
     Status,
     /// Publish a signed revocation list (the founder's, or a newer one passed on).
     Publish(Vec<u8>),
+    /// Publish the old CA's successor document (a rotation).
+    PublishSuccessor(Vec<u8>),
 }
 
 impl Command {
@@ -352,6 +357,16 @@ impl RelayClient {
     pub async fn publish_revocations(&self, signed: Vec<u8>) -> Result<(), RelayError> {
         self.commands
             .send(Command::publish(signed)?)
+            .await
+            .map_err(|_| RelayError::Stopped)
+    }
+
+    /// Publishes the old CA's successor document through the relay (a rotation): the room keeps
+    /// it and hands it to its members.
+    pub async fn publish_successor(&self, signed: Vec<u8>) -> Result<(), RelayError> {
+        Frame::Successor(&signed).check()?;
+        self.commands
+            .send(Command::PublishSuccessor(signed))
             .await
             .map_err(|_| RelayError::Stopped)
     }
@@ -857,6 +872,7 @@ fn encode_batch(
             .encode(&mut batch),
             Command::Status => Frame::StatusRequest.encode(&mut batch),
             Command::Publish(doc) => Frame::RevocationList(&doc).encode(&mut batch),
+            Command::PublishSuccessor(doc) => Frame::Successor(&doc).encode(&mut batch),
         };
         match encoded {
             Ok(()) => {
@@ -958,6 +974,7 @@ fn relay_event(event: ClientEvent) -> RelayEvent {
             reconnect_after: Duration::from_millis(after_ms),
         },
         ClientEvent::Revocations(list) => RelayEvent::Revocations(list),
+        ClientEvent::Successor(s) => RelayEvent::Successor(s),
         ClientEvent::RateLimited {
             limited,
             retry_after_ms,

@@ -15,6 +15,7 @@ use crate::relay::frame::{
     frames, Extension, Frame, FrameError, FrameType, Hello, HubId, RoomStatus, PROTOCOL_VERSION,
 };
 use crate::trust::login::{Credentials, PAIRING_EXTENSION};
+use crate::trust::rotation::{Successor, VerifiedSuccessor};
 use crate::trust::{ClusterId, RevocationList, TrustError, VerifiedRevocations};
 
 /// What a message from the relay means for the hub, in order. (Exhaustive: a new kind of event
@@ -48,6 +49,8 @@ pub enum ClientEvent {
     },
     /// A revocation list signed by the cluster CA, newer than the one held: keep it.
     Revocations(VerifiedRevocations),
+    /// The cluster CA handed the cluster to a new key (a verified successor document): move.
+    Successor(Box<VerifiedSuccessor>),
     /// The relay dropped frames of this hub for a rate limit: send nothing for `retry_after_ms`,
     /// then slower (`relay::rate::Pacer::rate_limited`).
     RateLimited {
@@ -74,6 +77,9 @@ pub enum ClientError {
     /// A revocation list not signed by this cluster's CA, or malformed.
     #[error("relay sent a bad revocation list: {0}")]
     Revocations(TrustError),
+    /// A successor document not signed by this cluster's CA, or malformed.
+    #[error("relay sent a bad successor document: {0}")]
+    Successor(TrustError),
     /// A frame type the relay does not send.
     #[error("unexpected {0:?} frame from relay")]
     Unexpected(FrameType),
@@ -208,6 +214,9 @@ impl ClientSession {
                         Err(_) => continue,
                     }
                 }
+                Frame::Successor(doc) => ClientEvent::Successor(Box::new(
+                    Successor::verify(doc, &self.cluster).map_err(ClientError::Successor)?,
+                )),
                 other => return Err(ClientError::Unexpected(other.frame_type())),
             };
             out.push(event);

@@ -70,11 +70,14 @@ pub enum CloseCode {
     /// 4021: pairing: the guest went past its allowance (a destination other than its issuer,
     /// too many messages, or its time in the room is up).
     GuestLimit,
+    /// 4022: the cluster moved to a new CA key and the grace period to follow it ended; the
+    /// reason names the new cluster.
+    Moved,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 26] = [
+    pub const ALL: [CloseCode; 27] = [
         Self::Normal,
         Self::GoingAway,
         Self::InternalError,
@@ -101,6 +104,7 @@ impl CloseCode {
         Self::ClusterNotServed,
         Self::IssuerOffline,
         Self::GuestLimit,
+        Self::Moved,
     ];
 
     /// The numeric code on the wire.
@@ -132,6 +136,7 @@ impl CloseCode {
             Self::ClusterNotServed => 4019,
             Self::IssuerOffline => 4020,
             Self::GuestLimit => 4021,
+            Self::Moved => 4022,
         }
     }
 
@@ -159,6 +164,7 @@ impl CloseCode {
                 | Self::ClusterNotServed
                 | Self::IssuerOffline
                 | Self::GuestLimit
+                | Self::Moved
         )
     }
 }

@@ -79,11 +79,14 @@ pub enum FrameType {
     RevocationList = 0x0b,
     /// relay -> hub: frames of this hub were dropped for going past a rate limit.
     RateLimited = 0x0c,
+    /// both ways: the old CA's successor document (a CA key rotation: the founder publishes it
+    /// in the old room, the relay delivers it there until the grace period ends).
+    Successor = 0x0d,
 }
 
 impl FrameType {
     /// Every registered type, in registry order.
-    pub const ALL: [FrameType; 12] = [
+    pub const ALL: [FrameType; 13] = [
         Self::Hello,
         Self::Welcome,
         Self::Send,
@@ -96,6 +99,7 @@ impl FrameType {
         Self::Restarting,
         Self::RevocationList,
         Self::RateLimited,
+        Self::Successor,
     ];
 
     /// Looks a wire value up in the registry.
@@ -107,7 +111,7 @@ impl FrameType {
     pub fn is_hub_to_relay(self) -> bool {
         matches!(
             self,
-            Self::Hello | Self::Send | Self::StatusRequest | Self::RevocationList
+            Self::Hello | Self::Send | Self::StatusRequest | Self::RevocationList | Self::Successor
         )
     }
 }
@@ -201,6 +205,8 @@ pub enum Frame<'a> {
     },
     /// the signed revocation list, as `cluster::RevocationList::sign` makes it
     RevocationList(&'a [u8]),
+    /// the signed successor document, as `trust::rotation::Successor::sign` makes it
+    Successor(&'a [u8]),
     /// `limited: [u8; 16] | retry_after_ms: u32 | dropped: u32`: frames of this hub were dropped
     /// because a rate limit was hit: its own (`limited` is its id) or that of the hub it sent
     /// to (`limited` is that hub). `dropped` counts the frames dropped since the last such
@@ -308,6 +314,7 @@ impl<'a> Frame<'a> {
             Frame::Restarting { .. } => FrameType::Restarting,
             Frame::RevocationList(_) => FrameType::RevocationList,
             Frame::RateLimited { .. } => FrameType::RateLimited,
+            Frame::Successor(_) => FrameType::Successor,
         }
     }
 
@@ -347,6 +354,8 @@ impl<'a> Frame<'a> {
             }
             Frame::RevocationList([]) => Err(FrameError::Invalid("empty revocation list")),
             Frame::RevocationList(doc) => limit("frame body", doc.len(), MAX_DOCUMENT_BODY),
+            Frame::Successor([]) => Err(FrameError::Invalid("empty successor document")),
+            Frame::Successor(doc) => limit("frame body", doc.len(), MAX_DOCUMENT_BODY),
             Frame::PeerJoined(hubs) | Frame::PeerLeft(hubs) => {
                 if hubs.is_empty() {
                     return Err(FrameError::Invalid("empty presence list"));
@@ -419,7 +428,7 @@ impl<'a> Frame<'a> {
             Frame::Restarting { reconnect_after_ms } => {
                 out.extend_from_slice(&reconnect_after_ms.to_be_bytes());
             }
-            Frame::RevocationList(doc) => out.extend_from_slice(doc),
+            Frame::RevocationList(doc) | Frame::Successor(doc) => out.extend_from_slice(doc),
         }
         // Within u32: `check` bounds every body far below it.
         let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
@@ -440,7 +449,7 @@ impl<'a> Frame<'a> {
         let ty = FrameType::from_u8(raw_type).ok_or(FrameError::UnknownType(raw_type))?;
         let len = r.u32()? as usize;
         let max = match ty {
-            FrameType::RevocationList => MAX_DOCUMENT_BODY,
+            FrameType::RevocationList | FrameType::Successor => MAX_DOCUMENT_BODY,
             _ => MAX_FRAME_BODY,
         };
         if len > max {
@@ -538,6 +547,13 @@ impl<'a> Frame<'a> {
                 retry_after_ms: r.u32()?,
                 dropped: r.u32()?,
             },
+            FrameType::Successor => {
+                let doc = r.rest();
+                if doc.is_empty() {
+                    return Err(FrameError::Invalid("empty successor document"));
+                }
+                Frame::Successor(doc)
+            }
         })
     }
 }
@@ -691,6 +707,7 @@ mod tests {
                 retry_after_ms: 250,
                 dropped: 7,
             },
+            FrameType::Successor => Frame::Successor(b"HRSC"),
         }
     }
 
@@ -723,6 +740,7 @@ mod tests {
                 FrameType::RateLimited,
                 format!("0c00000018 {} 000000fa 00000007", id(0x99)),
             ),
+            (FrameType::Successor, "0d00000004 48525343".to_owned()),
         ];
         assert_eq!(expected.len(), FrameType::ALL.len(), "a snapshot per type");
         for (ty, want) in expected {
@@ -942,6 +960,7 @@ mod tests {
         Restarting(u32),
         Revocations(Vec<u8>),
         RateLimited(HubId, u32, u32),
+        Successor(Vec<u8>),
     }
 
     impl Owned {
@@ -979,6 +998,7 @@ mod tests {
                     reconnect_after_ms: *ms,
                 },
                 Owned::Revocations(doc) => Frame::RevocationList(doc),
+                Owned::Successor(doc) => Frame::Successor(doc),
                 Owned::RateLimited(h, ms, n) => Frame::RateLimited {
                     limited: *h,
                     retry_after_ms: *ms,
@@ -1009,6 +1029,7 @@ mod tests {
             (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Status(a, b)),
             any::<u32>().prop_map(Owned::Restarting),
             proptest::collection::vec(any::<u8>(), 1..512).prop_map(Owned::Revocations),
+            proptest::collection::vec(any::<u8>(), 1..512).prop_map(Owned::Successor),
             (arb_hub(), any::<u32>(), any::<u32>())
                 .prop_map(|(h, a, b)| Owned::RateLimited(h, a, b)),
         ]

@@ -14,6 +14,7 @@
 pub(crate) mod cert;
 pub mod login;
 pub mod renewal;
+pub mod rotation;
 mod signed;
 
 use std::fmt;

@@ -105,11 +105,29 @@ pub enum RenewalError {
     /// It ends no later than the one held.
     #[error("the renewed certificate ends no later than the one held")]
     NotLater,
+    /// The grace period of a CA rotation ended before the hub moved (it pairs again).
+    #[error("the cluster moved to a new CA key and the grace period to follow it ended")]
+    GraceOver,
 }
 
 /// Checks a certificate an admin sent to renew `current`: it verifies against the CA at
 /// `now_ms`, is for the same hub, name and keys, and ends later.
 pub fn accept(
+    current: &VerifiedPeer,
+    der: &[u8],
+    ca_key: &ed25519_dalek::VerifyingKey,
+    now_ms: u64,
+) -> Result<VerifiedPeer, RenewalError> {
+    let new = same_hub(current, der, ca_key, now_ms)?;
+    if new.not_after_ms() <= current.not_after_ms() {
+        return Err(RenewalError::NotLater);
+    }
+    Ok(new)
+}
+
+/// A certificate that verifies against `ca_key` at `now_ms` for the hub, name and keys of
+/// `current` (what a renewal and a move to a new CA key both require).
+pub(super) fn same_hub(
     current: &VerifiedPeer,
     der: &[u8],
     ca_key: &ed25519_dalek::VerifyingKey,
@@ -122,9 +140,6 @@ pub fn accept(
         || new.noise_key() != current.noise_key()
     {
         return Err(RenewalError::NotMine);
-    }
-    if new.not_after_ms() <= current.not_after_ms() {
-        return Err(RenewalError::NotLater);
     }
     Ok(new)
 }

@@ -36,18 +36,19 @@ const FORMAT: u8 = 1;
 const FORMAT_ADMIN: u8 = 2;
 const MANIFEST_MAGIC: &[u8; 4] = b"HRMF";
 const REVOCATION_MAGIC: &[u8; 4] = b"HRRL";
+pub(super) const SUCCESSOR_MAGIC: &[u8; 4] = b"HRSC";
 /// Most entries in one document.
 pub const MAX_ENTRIES: usize = 4096;
 
 /// The fields every signed document has, parsed but not verified.
 #[derive(Debug)]
-struct Envelope<'a> {
-    ca_key: VerifyingKey,
+pub(super) struct Envelope<'a> {
+    pub(super) ca_key: VerifyingKey,
     signer: Option<&'a [u8]>,
     serial: u64,
     issued_at_ms: u64,
-    count: usize,
-    entries: &'a [u8],
+    pub(super) count: usize,
+    pub(super) entries: &'a [u8],
     signed: &'a [u8],
     signature: Signature,
 }
@@ -56,7 +57,7 @@ fn malformed(what: &'static str) -> impl Fn(CodecError) -> TrustError {
     move |_| TrustError::Malformed(what)
 }
 
-fn open<'a>(
+pub(super) fn open<'a>(
     bytes: &'a [u8],
     magic: &[u8; 4],
     what: &'static str,
@@ -102,7 +103,7 @@ fn open<'a>(
     })
 }
 
-fn seal(
+pub(super) fn seal(
     ca: &ClusterCa,
     magic: &[u8; 4],
     serial: u64,
@@ -155,7 +156,7 @@ pub struct DocumentSigner {
 
 /// Checks the envelope's signature: by the CA, or by an admin certificate the CA signed, valid
 /// when the document says it was issued. Returns the admin, if one signed.
-fn check_signature(
+pub(super) fn check_signature(
     env: &Envelope<'_>,
     cluster: &ClusterId,
     what: &'static str,

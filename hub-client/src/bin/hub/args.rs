@@ -237,6 +237,17 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// Founder, with the hub stopped: replace the cluster CA key (after a leak, or on schedule).
+    /// The old key signs a successor document naming the new one, with a certificate from the
+    /// new key for every member this hub knows a certificate of; the relay hands it to the
+    /// members in the old room, and each moves to the new cluster on its own. Start the hub
+    /// again afterwards: it runs in the new cluster.
+    Rotate {
+        /// How long members that are offline now may still move when they come back (`14d`,
+        /// `12h`, ...); after it the old room refuses every login (4022).
+        #[arg(long, default_value = "14d", value_parser = parse_duration)]
+        grace: Duration,
+    },
     /// Make this (empty) home the cluster's admin again from a backup, after the founder's
     /// machine was lost: a new identity for this machine, certified by the restored CA key.
     Restore {

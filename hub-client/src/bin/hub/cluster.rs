@@ -249,6 +249,59 @@ pub(crate) fn restore(
     Ok(())
 }
 
+/// `hub cluster rotate --grace D`: prepare (or take up again) the rotation, publish its successor
+/// document in the old room, then move this hub.
+pub(crate) async fn rotate(home: &Home, grace: Duration) -> Result<()> {
+    ensure_founder(home)?;
+    ensure_not_running(home).await?;
+    let old = home.cluster_id()?;
+    let rotation = home.prepare_rotation(grace.as_millis() as u64)?;
+    let successor = &rotation.successor;
+    let conn = ConnArgs {
+        relay: None,
+        timeout: 10,
+    };
+    let (mut client, _) = connect(home, &conn).await?;
+    client.publish_successor(successor.bytes().to_vec()).await?;
+    // The room handles a socket's frames in order and closes one whose document it refuses: its
+    // answer to the status request says the document was taken.
+    client.request_status().await?;
+    tokio::time::timeout(Duration::from_secs(conn.timeout), async {
+        loop {
+            match client.next_event().await {
+                Some(RelayEvent::Status(_)) => return Ok(()),
+                Some(RelayEvent::Disconnected { reason, .. }) => {
+                    bail!("the relay closed the connection: {reason}; nothing changed here, run `hub cluster rotate` again")
+                }
+                Some(_) => {}
+                None => bail!("the relay client stopped"),
+            }
+        }
+    })
+    .await
+    .context("the relay did not confirm the successor document; nothing changed here, run `hub cluster rotate` again")??;
+    client.shutdown().await;
+    let me = home.finish_rotation(&rotation)?;
+    println!(
+        "cluster {old} moved to cluster {} (a new CA key); the old key is deleted here",
+        successor.new_cluster()
+    );
+    println!(
+        "this hub: {} with a certificate from the new key; start it again (`hub run`)",
+        me.hub_id()
+    );
+    println!(
+        "members that move on their own: {} (online ones at once, the others when they next run, until {})",
+        rotation.moved.len(),
+        utc(successor.grace_until_ms() / 1000)
+    );
+    for (id, name) in &rotation.left {
+        println!("must pair again (no certificate of it is known here): {id} ({name})");
+    }
+    println!("make a new backup: the old one holds the old key (`hub cluster backup`)");
+    Ok(())
+}
+
 fn ensure_founder(home: &Home) -> Result<()> {
     if !home.is_initialized() {
         bail!(hub_client::node::home::HomeError::NotInitialized(

@@ -126,6 +126,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(ClusterCommand::Backup { out, passphrase }) => {
             crate::cluster::backup(&home, &out, &passphrase)
         }
+        Command::Cluster(ClusterCommand::Rotate { grace }) => {
+            crate::cluster::rotate(&home, grace).await
+        }
         Command::Cluster(ClusterCommand::Restore {
             file,
             name,

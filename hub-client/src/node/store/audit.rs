@@ -44,11 +44,14 @@ pub enum AuditKind {
     CertRenew,
     /// A peer's trust level and roles set by an admin (`hub peers set-trust`).
     SetTrust,
+    /// The hub moved to a new CA key's cluster (a rotation: `hub cluster rotate` on the
+    /// founder, the successor document on the others).
+    ClusterMove,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 15] = [
+    pub const ALL: [AuditKind; 16] = [
         Self::CallOut,
         Self::CallIn,
         Self::Pairing,
@@ -64,6 +67,7 @@ impl AuditKind {
         Self::AuditInconsistent,
         Self::CertRenew,
         Self::SetTrust,
+        Self::ClusterMove,
     ];
 
     /// Its text in the log (`call.out`, ...).
@@ -84,6 +88,7 @@ impl AuditKind {
             Self::AuditInconsistent => "audit.inconsistent",
             Self::CertRenew => "cert.renew",
             Self::SetTrust => "peer.set_trust",
+            Self::ClusterMove => "cluster.move",
         }
     }
 

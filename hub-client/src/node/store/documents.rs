@@ -10,6 +10,8 @@ use super::{Store, StoreError};
 pub const MANIFEST: &str = "manifest";
 /// Kind of the stored revocation list document.
 pub const REVOCATIONS: &str = "revocations";
+/// Kind of the stored successor document (the CA key rotation this hub followed).
+pub const SUCCESSOR: &str = "successor";
 
 /// A signed document as stored: its serial (manifest epoch, list version) and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,22 @@ impl Store {
              WHERE excluded.serial > documents.serial",
             params![kind, doc.serial as i64, doc.body],
         )? == 1)
+    }
+
+    /// Replaces (or, with `None`, removes) the document of `kind` whatever its serial: when the
+    /// hub moves to a new cluster, whose documents number on from the old ones' or not.
+    pub fn replace_document(&self, kind: &str, doc: Option<&Document>) -> Result<(), StoreError> {
+        match doc {
+            Some(doc) => self.conn.execute(
+                "INSERT INTO documents (kind, serial, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(kind) DO UPDATE SET serial = excluded.serial, body = excluded.body",
+                params![kind, doc.serial as i64, doc.body],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM documents WHERE kind = ?1", params![kind])?,
+        };
+        Ok(())
     }
 
     /// Stores a document this hub has just signed, which must be newer than the one held

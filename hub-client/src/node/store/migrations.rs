@@ -147,6 +147,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         signed BLOB NOT NULL
     );
     "#,
+    // 13: each peer's newest certificate (DER), as this hub issued it or a session verified it:
+    // what a founder rotating the CA key renews every member from.
+    r#"
+    CREATE TABLE peer_certificates (
+        id  TEXT PRIMARY KEY,
+        der BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

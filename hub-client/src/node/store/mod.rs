@@ -27,7 +27,7 @@ pub mod tokens;
 
 pub use apps::{AppRecord, AppSource};
 pub use audit::{AuditCount, AuditEntry, Checkpoint, HeadCheck, PeerAuditHead};
-pub use documents::{Document, MANIFEST, REVOCATIONS};
+pub use documents::{Document, MANIFEST, REVOCATIONS, SUCCESSOR};
 use migrations::MIGRATIONS;
 pub use migrations::SCHEMA_VERSION;
 pub use peers::{Admission, Instance, PeerRecord};

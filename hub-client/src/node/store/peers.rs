@@ -118,6 +118,28 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps `der` as the newest certificate of peer `id` (one per peer).
+    pub fn keep_peer_certificate(&self, id: HubId, der: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO peer_certificates (id, der) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET der = excluded.der",
+            params![id.to_string(), der],
+        )?;
+        Ok(())
+    }
+
+    /// The newest certificate kept of peer `id`.
+    pub fn peer_certificate(&self, id: HubId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT der FROM peer_certificates WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Sets an active peer's trust level and roles (what its next certificate says); whether it
     /// is an active peer.
     pub fn set_peer_terms(

@@ -10,6 +10,7 @@ use super::{
 use crate::relay::close::CloseCode;
 use crate::relay::frame::{Frame, Hello, HubId, PROTOCOL_VERSION};
 use crate::trust::login::{verify_login, LOGIN_EXTENSION, PAIRING_EXTENSION};
+use crate::trust::rotation::Successor;
 use crate::trust::{RevocationList, TrustError};
 
 pub(super) const REPLACED_REASON: &str = "replaced by a newer connection with the same hub id";
@@ -35,6 +36,11 @@ impl Room {
         if let Some(p) = self.penalized.get(&hello.hub) {
             if now_ms < p.until_ms {
                 return Err(RoomError::Penalized(p.until_ms - now_ms));
+            }
+        }
+        if let Some(s) = &self.successor {
+            if now_ms > s.grace_until_ms() {
+                return Err(RoomError::Moved(s.new_cluster()));
             }
         }
         if let Some(issuer) = pairing_issuer(hello)? {
@@ -108,6 +114,9 @@ impl Room {
         welcome.push(conn, &frame, out);
         if let Some(list) = &self.revocations {
             welcome.push(conn, &Frame::RevocationList(list.bytes()), out);
+        }
+        if let Some(successor) = &self.successor {
+            welcome.push(conn, &Frame::Successor(successor.bytes()), out);
         }
         welcome.flush(out);
         Ok(())
@@ -201,6 +210,54 @@ impl Room {
             }
             Err(_) => false,
         }
+    }
+
+    /// Gives the room its stored successor document (when it is rebuilt). Ignored unless it
+    /// verifies for this cluster and the room keeps none; returns whether it was taken.
+    pub fn set_successor(&mut self, bytes: &[u8]) -> bool {
+        if self.successor.is_some() {
+            return false;
+        }
+        match Successor::verify(bytes, &self.config.cluster) {
+            Ok(s) => {
+                self.successor = Some(s);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A member published the old CA's successor document: the first is kept, stored and
+    /// delivered to every other member (and with each `Welcome` from then on); the same again is
+    /// ignored, another refused.
+    pub(super) fn publish_successor(
+        &mut self,
+        conn: ConnId,
+        doc: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), RoomError> {
+        if let Some(held) = &self.successor {
+            return if held.bytes() == doc {
+                Ok(())
+            } else {
+                Err(RoomError::Successor(TrustError::NotNewer(
+                    "successor document (the room keeps another)",
+                )))
+            };
+        }
+        let successor =
+            Successor::verify(doc, &self.config.cluster).map_err(RoomError::Successor)?;
+        out.push(Action::StoreSuccessor {
+            bytes: successor.bytes().to_vec(),
+        });
+        let frame = Frame::Successor(successor.bytes());
+        for &member in self.members.values() {
+            if member != conn {
+                out.push(send_one(member, &frame));
+            }
+        }
+        self.successor = Some(successor);
+        Ok(())
     }
 
     /// A member published a revocation list: keep it if newer, enforce it, deliver it.
@@ -605,6 +662,91 @@ mod tests {
             login(7, &certified, &mut r),
             vec![(ConnId(7), CloseCode::Revoked)]
         );
+    }
+
+    /// docs/PROTOCOL.md section 9, "Rotation of the CA key": the old room keeps the first
+    /// successor document a member publishes, delivers it to the others and with each welcome
+    /// during the grace period, refuses another, and refuses every login after the grace period
+    /// with `4022`, naming the new cluster; a rebuilt room keeps it.
+    #[test]
+    fn the_old_room_hands_out_its_successor_then_refuses_logins() {
+        use crate::trust::rotation::Successor;
+        use crate::trust::Manifest;
+        let new = ClusterCa::from_secret(&[43; 32]);
+        let successor = |grace_until_ms| {
+            Successor {
+                new_ca_key: new.public_key(),
+                grace_until_ms,
+                manifest: Manifest {
+                    epoch: 2,
+                    issued_at_ms: NOW,
+                    members: vec![],
+                }
+                .sign(&new)
+                .unwrap(),
+                revocations: None,
+                certificates: vec![],
+            }
+            .sign(&ca(), NOW)
+            .unwrap()
+        };
+        let doc = successor(NOW + 60_000);
+        let mut r = room();
+        for i in 1..=2 {
+            let _ = join(&mut r, i, hub(i as u8));
+        }
+        let mut out = Vec::new();
+        let msg = Frame::Successor(&doc).to_message().unwrap();
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
+        assert!(closes(&out).is_empty());
+        assert!(out.contains(&Action::StoreSuccessor { bytes: doc.clone() }));
+        assert_eq!(sent_to(&out, ConnId(2)), vec![vec![Frame::Successor(&doc)]]);
+        assert!(sent_to(&out, ConnId(1)).is_empty());
+        // The same again is nothing; another is refused.
+        let mut out = Vec::new();
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
+        assert!(out.is_empty());
+        let other = successor(NOW + 120_000);
+        let mut out = Vec::new();
+        let msg = Frame::Successor(&other).to_message().unwrap();
+        r.handle_message(ConnId(2), NOW, &msg, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(2), CloseCode::ProtocolError)]);
+        assert_eq!(r.successor().unwrap().bytes(), &doc[..]);
+        // A hub that logs in during the grace period is welcomed with it.
+        let out = join(&mut r, 3, hub(3));
+        let frames = &sent_to(&out, ConnId(3))[0];
+        assert_eq!(frames.last(), Some(&Frame::Successor(&doc)));
+        // After it, every login is refused, naming the new cluster.
+        let mut out = Vec::new();
+        r.handle_connect(ConnId(4), NOW + 61_000, Some(hub(4)), &mut out);
+        let hello = Frame::Hello(
+            creds(hub(4)).hello(&creds(hub(4)).login(NOW + 61_000, &mut StdRng::seed_from_u64(4))),
+        )
+        .to_message()
+        .unwrap();
+        r.handle_message(ConnId(4), NOW + 61_000, &hello, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(4), CloseCode::Moved)]);
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Close { reason, .. } if reason.contains(new.cluster_id().as_str())
+        )));
+        // A rebuilt room takes the stored one, and only it.
+        let mut woken = room();
+        assert!(woken.set_successor(&doc));
+        assert!(!woken.set_successor(&other));
+        assert!(!room().set_successor(b"garbage"));
+        // A document signed by another CA is refused.
+        let mut r = room();
+        let _ = join(&mut r, 1, hub(1));
+        let foreign = Successor::verify(&doc, &ca().cluster_id()).unwrap();
+        assert_eq!(foreign.new_cluster(), new.cluster_id());
+        let mut forged = doc.clone();
+        let at = forged.len() - 1;
+        forged[at] ^= 1;
+        let mut out = Vec::new();
+        let msg = Frame::Successor(&forged).to_message().unwrap();
+        r.handle_message(ConnId(1), NOW, &msg, &mut out);
+        assert_eq!(closes(&out), vec![(ConnId(1), CloseCode::ProtocolError)]);
     }
 
     #[test]

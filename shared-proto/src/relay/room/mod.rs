@@ -49,6 +49,7 @@ use crate::relay::frame::{
 };
 use crate::relay::rate::{Limits, CLOSE_AFTER_MS};
 use crate::trust::login::{LoginError, LoginNonce, ReplayGuard};
+use crate::trust::rotation::VerifiedSuccessor;
 use crate::trust::{ClusterId, TrustError, VerifiedRevocations};
 
 mod admission;
@@ -129,6 +130,13 @@ pub enum RoomError {
     /// A revocation list not signed by the cluster CA, or malformed.
     #[error("revocation list refused: {0}")]
     Revocations(TrustError),
+    /// A successor document not signed by the cluster CA, malformed, or other than the one the
+    /// room keeps.
+    #[error("successor document refused: {0}")]
+    Successor(TrustError),
+    /// The cluster moved to a new CA key and its grace period ended: no more logins here.
+    #[error("the cluster moved to {0}")]
+    Moved(ClusterId),
     /// A member went on sending past its rate limit after being told.
     #[error("rate-limited: still sending past the limit {} s after being told", CLOSE_AFTER_MS / 1000)]
     RateLimited,
@@ -167,7 +175,9 @@ impl RoomError {
             | RoomError::LoginAndPairing
             | RoomError::BadPairingExtension
             | RoomError::HubIdInUse
-            | RoomError::Revocations(_) => CloseCode::ProtocolError,
+            | RoomError::Revocations(_)
+            | RoomError::Successor(_) => CloseCode::ProtocolError,
+            RoomError::Moved(_) => CloseCode::Moved,
         }
     }
 }
@@ -212,6 +222,12 @@ pub enum Action {
     /// [`Room::set_revocations`] when the room is rebuilt).
     StoreRevocations {
         /// The signed list.
+        bytes: Vec<u8>,
+    },
+    /// A successor document was accepted (the first and only one): store it durably (it is
+    /// handed back through [`Room::set_successor`] when the room is rebuilt).
+    StoreSuccessor {
+        /// The signed document.
         bytes: Vec<u8>,
     },
     /// A hub was closed for flooding and is kept out until `until_ms`, its `strikes`-th time:
@@ -279,6 +295,8 @@ pub trait Sockets {
     fn admitted(&mut self, conn: ConnId, member: MemberInfo);
     /// Stores the room's newest revocation list durably.
     fn store_revocations(&mut self, bytes: Vec<u8>);
+    /// Stores the room's successor document durably.
+    fn store_successor(&mut self, bytes: Vec<u8>);
     /// Remembers an accepted login's nonce durably (until `timestamp_ms` + the skew).
     fn remember_login(&mut self, login: LoginNonce);
     /// Keeps a hub's penalty while the room may be rebuilt (a relay whose room lives as long as
@@ -355,6 +373,8 @@ pub struct Room {
     guest_admissions: std::collections::VecDeque<u64>,
     replays: ReplayGuard,
     revocations: Option<VerifiedRevocations>,
+    /// The old CA's successor document, once a member published one.
+    successor: Option<VerifiedSuccessor>,
     presence: Presence,
     /// Hubs closed with `4009`: until when they are refused, and how many times.
     penalized: HashMap<HubId, Penalty>,
@@ -417,6 +437,7 @@ impl Room {
             guest_admissions: std::collections::VecDeque::new(),
             replays: ReplayGuard::default(),
             revocations: None,
+            successor: None,
             presence: Presence::default(),
             penalized: HashMap::new(),
             now_ms: 0,
@@ -431,6 +452,11 @@ impl Room {
     /// The newest revocation list the room holds.
     pub fn revocations(&self) -> Option<&VerifiedRevocations> {
         self.revocations.as_ref()
+    }
+
+    /// The successor document the room keeps, if the cluster moved.
+    pub fn successor(&self) -> Option<&VerifiedSuccessor> {
+        self.successor.as_ref()
     }
 
     /// Gives the room the nonce of a login accepted before it was rebuilt.
@@ -524,6 +550,7 @@ impl Room {
                     Action::Close { conn, code, reason } => sockets.close(conn, code, reason),
                     Action::Admitted { conn, member } => sockets.admitted(conn, member),
                     Action::StoreRevocations { bytes } => sockets.store_revocations(bytes),
+                    Action::StoreSuccessor { bytes } => sockets.store_successor(bytes),
                     Action::RememberLogin(login) => sockets.remember_login(login),
                     Action::Penalized {
                         hub,
@@ -670,6 +697,7 @@ impl Room {
             (ConnState::Member(_), Frame::RevocationList(doc)) => {
                 self.publish_revocations(conn, doc, outbox, out)
             }
+            (ConnState::Member(_), Frame::Successor(doc)) => self.publish_successor(conn, doc, out),
             (ConnState::Member(_), Frame::StatusRequest) => {
                 let status = RoomStatus {
                     online: self.members.len() as u32,
@@ -699,7 +727,7 @@ impl Room {
 fn wire_len(frame: &Frame<'_>) -> u64 {
     let body = match frame {
         Frame::Send { payload, .. } => HUB_ID_LEN + payload.len(),
-        Frame::RevocationList(doc) => doc.len(),
+        Frame::RevocationList(doc) | Frame::Successor(doc) => doc.len(),
         _ => 0,
     };
     (FRAME_HEADER_LEN + body) as u64

@@ -207,6 +207,9 @@ impl Sockets for Recorder {
     fn store_revocations(&mut self, bytes: Vec<u8>) {
         self.stored.push(bytes);
     }
+    fn store_successor(&mut self, bytes: Vec<u8>) {
+        self.stored.push(bytes);
+    }
     fn remember_login(&mut self, _login: LoginNonce) {}
 }
 
