@@ -7,6 +7,7 @@
 //! | `hub.der` | the hub's certificate, signed by the cluster CA | 0644 |
 //! | `ca.pub` | the cluster CA public key (32 bytes): it names the cluster | 0644 |
 //! | `ca.key` | the cluster CA secret key, on the founder only | 0600 |
+//! | `rotation.key` | a CA key rotation's new key until it is published (`node::rotation`) | 0600 |
 //! | `hub.db` | the SQLite store (`store`): identity record, peers, pairing and API token hashes, the manifest and the newest revocation list | 0600 |
 //!
 //! Every file is written to a temporary name and renamed into place, so a crash leaves either
