@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         hub: HubId([b; 16]),
         fingerprint: [b; 32],
         key_hash: [b; 32],
+        issuer: None,
         guest_of,
         admitted_ms: NOW,
         sends: 0,

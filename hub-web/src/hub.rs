@@ -31,6 +31,7 @@ use shared_proto::session::rpc::{
 };
 use shared_proto::trust::login::Credentials;
 use shared_proto::trust::renewal::{accept, is_admin, renewed_reason, Renewal, ASK_TIMEOUT_MS};
+use shared_proto::trust::rotation::VerifiedSuccessor;
 use shared_proto::trust::{VerifiedPeer, VerifiedRevocations};
 use shared_proto::{CloseCode, Frame, HubId};
 
@@ -330,8 +331,14 @@ impl WebHub {
         for peer in self.peers.values_mut() {
             peer.online = false;
         }
-        if CloseCode::from_code(code) == Some(CloseCode::Revoked) {
-            self.set_revoked(&format!("the relay refused this hub: {reason}"));
+        match CloseCode::from_code(code) {
+            Some(CloseCode::Revoked) => {
+                self.set_revoked(&format!("the relay refused this hub: {reason}"));
+            }
+            Some(CloseCode::Moved) => self.set_revoked(&format!(
+                "the cluster moved to a new CA key and this phone did not follow in time ({reason}): pair it again"
+            )),
+            _ => {}
         }
         self.events
             .push_back(json!({"type": "closed", "code": code, "reason": reason}));
@@ -343,6 +350,50 @@ impl WebHub {
         self.relay
             .as_ref()
             .and_then(|r| r.session.restart_after_ms())
+    }
+
+    /// The cluster moved to a new CA key (docs/PROTOCOL.md section 9): this hub takes its
+    /// certificate from the document and becomes the hub of the new cluster (its kept state
+    /// replaced, its sessions to start anew); the page drops the socket and connects to the new
+    /// room (`moved`). A document without a certificate for it, or past its grace period, is
+    /// said (`move_failed`) and changes nothing.
+    fn on_successor(&mut self, successor: &VerifiedSuccessor, now_ms: u64) {
+        let cluster = successor.new_cluster().to_string();
+        let moved = successor
+            .certificate_for(&self.certificate, now_ms)
+            .map_err(|e| e.to_string())
+            .and_then(|cert| {
+                let mut kept = self.kept.clone();
+                kept.ca_key = hex::encode(successor.new_ca_key().as_bytes());
+                kept.certificate = hex::encode(cert.der());
+                kept.manifest = hex::encode(successor.manifest().bytes());
+                kept.revocations = successor.revocations().map(|l| hex::encode(l.bytes()));
+                WebHub::open(kept, now_ms).map_err(|e| e.to_string())
+            });
+        match moved {
+            Ok(mut hub) => {
+                hub.events = std::mem::take(&mut self.events);
+                hub.audit(
+                    now_ms,
+                    Entry {
+                        kind: "cluster.move".into(),
+                        decision: "ok".into(),
+                        reason: format!(
+                            "moved from cluster {} to {cluster} (a new CA key)",
+                            successor.old_cluster()
+                        ),
+                        ..Entry::default()
+                    },
+                );
+                hub.events.push_back(json!({"type": "kept"}));
+                hub.events
+                    .push_back(json!({"type": "moved", "cluster": cluster}));
+                *self = hub;
+            }
+            Err(error) => self
+                .events
+                .push_back(json!({"type": "move_failed", "cluster": cluster, "error": error})),
+        }
     }
 
     fn set_revoked(&mut self, why: &str) {
@@ -503,6 +554,10 @@ impl WebHub {
             ClientEvent::Undeliverable(hub) => RelaySaid::Undeliverable(hub),
             ClientEvent::Revocations(list) => {
                 self.on_revocations(list, now_ms);
+                return;
+            }
+            ClientEvent::Successor(successor) => {
+                self.on_successor(&successor, now_ms);
                 return;
             }
             // Pacing, status and restarts change nothing the page must know now.
@@ -1459,6 +1514,77 @@ mod tests {
         // The kept state opens after the first certificate ended.
         let kept = room.web.kept().clone();
         assert!(WebHub::open(kept, NOW + 61_000).is_ok());
+    }
+
+    /// docs/PROTOCOL.md section 9, "Rotation of the CA key": the browser hub follows the
+    /// successor document the relay hands it (its kept state names the new cluster, its next
+    /// socket goes to the new room), and says so when the document has nothing for it.
+    #[test]
+    fn the_browser_hub_follows_the_cluster_to_a_new_ca_key() {
+        use crate::testing::{manifest, DAY_MS};
+        use shared_proto::trust::renewal::renewed;
+        use shared_proto::trust::rotation::Successor;
+        let old = ca(1);
+        let desk = hub(&old, 1, TrustLevel::Full);
+        let phone = hub(&old, 9, TrustLevel::AgentDispatch);
+        let mut room = Room::of(&old, &desk, &phone);
+        let before = room.web.path();
+        let new = ca(2);
+        let successor = |certificates: Vec<Vec<u8>>| {
+            Successor {
+                new_ca_key: new.public_key(),
+                grace_until_ms: NOW + DAY_MS,
+                manifest: manifest(&new, &[]),
+                revocations: None,
+                certificates,
+            }
+            .sign(&old, NOW)
+            .unwrap()
+        };
+        // Nothing for this hub: said, nothing changes.
+        let other = successor(vec![]);
+        room.web
+            .handle_message(&Frame::Successor(&other).to_message().unwrap(), NOW)
+            .unwrap();
+        room.run();
+        assert_eq!(room.events("move_failed").len(), 1);
+        assert_eq!(room.web.path(), before);
+        // Its certificate from the new key: it follows.
+        let mut rng = StdRng::seed_from_u64(8);
+        let cert = new
+            .issue(&renewed(&phone.cert, None, NOW), &mut rng)
+            .unwrap();
+        let doc = successor(vec![cert.clone()]);
+        room.web
+            .handle_message(&Frame::Successor(&doc).to_message().unwrap(), NOW)
+            .unwrap();
+        room.run();
+        let moved = room.events("moved");
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0]["cluster"], new.cluster_id().to_string());
+        assert_eq!(room.web.kept().certificate, hex::encode(&cert));
+        assert_eq!(
+            room.web.kept().ca_key,
+            hex::encode(new.public_key().as_bytes())
+        );
+        assert!(room.web.path().contains(new.cluster_id().as_str()));
+        assert!(room
+            .events("audit")
+            .iter()
+            .any(|e| e["entry"]["kind"] == "cluster.move"));
+        // The kept state opens as the new cluster's hub, with the same id and audit chain.
+        let reopened = WebHub::open(room.web.kept().clone(), NOW + 1000).unwrap();
+        assert_eq!(reopened.id(), phone.cert.hub_id());
+        // A phone that did not follow in time is told to pair again, and stops.
+        let mut late = Room::of(&old, &desk, &phone);
+        late.web
+            .closed(CloseCode::Moved.code(), "the cluster moved to x");
+        late.run();
+        assert!(late.web.revoked());
+        assert!(late.events("revoked")[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pair it again"));
     }
 
     #[test]

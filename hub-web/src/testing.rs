@@ -12,7 +12,7 @@ use shared_proto::HubId;
 
 /// The tests' clock (Unix ms).
 pub(crate) const NOW: u64 = 1_800_000_000_000;
-const DAY_MS: u64 = 86_400_000;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 
 /// A hub of the tests: its keys and certificate.
 pub(crate) struct TestHub {

@@ -219,6 +219,16 @@ function onEvent(ev) {
       document.body.dataset.state = "revoked";
       ws?.close(1000, "revoked");
       break;
+    case "moved":
+      // The cluster moved to a new CA key and this hub followed: its next socket goes to the
+      // new room (the kept state was stored on the "kept" event before this one).
+      toast(`The cluster moved to a new key (${ev.cluster}); this phone follows it.`);
+      backoff = RECONNECT_MIN_MS;
+      if (ws) abandon(ws, 1000, "moved");
+      break;
+    case "move_failed":
+      toast(`The cluster moved to a new key, and this phone cannot follow (${ev.error}): pair it again.`);
+      break;
     case "dead":
       // No answer from the relay in time: this socket is dead; a new one goes out soon.
       backoff = RECONNECT_MIN_MS;
