@@ -601,10 +601,15 @@ fn a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(kind: Relay
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
         },
     );
-    // An admin makes no admins.
+    // An admin makes no admins, and revokes neither the founder nor an admin.
     let refused = laptop.fails(&["invite", "--roles", "admin"]);
     assert!(
         refused.contains("only the founder makes founders and admins"),
+        "{refused}"
+    );
+    let refused = laptop.fails(&["peers", "revoke", &desk_id]);
+    assert!(
+        refused.contains("only the founder revokes the founder or an admin"),
         "{refused}"
     );
 
@@ -646,7 +651,7 @@ fn a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(kind: Relay
     assert!(refused.contains("4015"), "{refused}");
     // The admin's later revocation list is refused: it signs one, and the relay will not take
     // it (nor its login).
-    let refused = laptop.fails(&["peers", "revoke", &desk_id]);
+    let refused = laptop.fails(&["peers", "revoke", &phone_id]);
     assert!(refused.contains("4015"), "{refused}");
     drop(desk_run);
 }

@@ -126,7 +126,10 @@ impl From<HomeError> for ServiceError {
             HomeError::Store(e) => ServiceError::Store(e),
             HomeError::Renewal(e) => ServiceError::Refused(e.to_string()),
             e @ HomeError::UnknownPeer(_) => ServiceError::NotFound(e.to_string()),
-            e @ HomeError::Revoked(_) => ServiceError::Refused(e.to_string()),
+            e @ (HomeError::Revoked(_)
+            | HomeError::Trust(shared_proto::trust::TrustError::NotAdmin(_))) => {
+                ServiceError::Refused(e.to_string())
+            }
             e => ServiceError::Home(e),
         }
     }

@@ -494,6 +494,13 @@ impl Home {
         peer: &PeerRecord,
         reason: String,
     ) -> Result<VerifiedRevocations, HomeError> {
+        let root_only = |r: &String| r == "founder" || r == shared_proto::trust::ADMIN_ROLE;
+        if !self.is_founder() && peer.roles.iter().any(root_only) {
+            return Err(shared_proto::trust::TrustError::NotAdmin(
+                "only the founder revokes the founder or an admin",
+            )
+            .into());
+        }
         let corrupt = || HomeError::Corrupt {
             path: self.path("hub.db"),
             what: format!("peer {}: stored identity key", peer.id),
