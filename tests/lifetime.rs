@@ -48,6 +48,12 @@ fn join(issuer: &HubHome, hub: &HubHome, name: &str, invite_args: &[&str]) -> St
     hub.ok(&["join", token.trim(), "--name", name])
 }
 
+/// Whether `from` pings `to` once and hears the reply.
+fn replies(from: &HubHome, to: &str) -> bool {
+    let out = from.output(&["ping", to, "--count", "1"]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
+}
+
 /// The store's size on disk, its write-ahead log included.
 fn store_bytes(home: &Path) -> u64 {
     ["hub.db", "hub.db-wal"]
@@ -314,10 +320,7 @@ fn a_lost_founder_is_replaced_from_its_backup_and_cut_off() {
     wait_until(
         "the phone answering the laptop",
         Duration::from_secs(15),
-        || {
-            let out = laptop.output(&["ping", &phone_id, "--count", "1"]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
-        },
+        || replies(&laptop, &phone_id),
     );
     // It revokes the lost machine, numbering after the relay's newer list: the copy is refused.
     let out = desk2.ok(&["peers", "revoke", &desk_id, "--reason", "lost"]);
@@ -596,10 +599,7 @@ fn a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(kind: Relay
     wait_until(
         "the kiosk reaching the phone",
         Duration::from_secs(15),
-        || {
-            let out = kiosk.output(&["ping", &phone_id, "--count", "1"]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
-        },
+        || replies(&kiosk, &phone_id),
     );
     // An admin makes no admins, and revokes neither the founder nor an admin.
     let refused = laptop.fails(&["invite", "--roles", "admin"]);
@@ -636,10 +636,7 @@ fn a_second_admin_pairs_renews_and_revokes_while_the_founder_is_away(kind: Relay
     wait_until(
         "the founder reaching the phone",
         Duration::from_secs(20),
-        || {
-            let out = desk.output(&["ping", &phone_id, "--count", "1"]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
-        },
+        || replies(&desk, &phone_id),
     );
     // It revokes the admin, numbering after the admin's list.
     let out = desk.ok(&["peers", "revoke", &laptop_id, "--reason", "admin retired"]);
@@ -725,14 +722,10 @@ fn a_rotated_ca_key_moves_the_cluster(kind: RelayKind) {
         Duration::from_secs(20),
         || cluster_of(&laptop) == new && cluster_of(&kiosk) == new,
     );
-    let reply = |from: &HubHome, to: &str| {
-        let out = from.output(&["ping", to, "--count", "1"]);
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reply from")
-    };
     // (The kiosk's calls to the founder went unanswered while the hub kept what it knew of
     // the old cluster's sessions.)
     wait_until("calls in the new cluster", Duration::from_secs(20), || {
-        reply(&laptop, &kiosk_id) && reply(&kiosk, &desk_id) && reply(&desk, &laptop_id)
+        replies(&laptop, &kiosk_id) && replies(&kiosk, &desk_id) && replies(&desk, &laptop_id)
     });
     // Same hubs, same terms, certificates from the new key.
     let show = kiosk.ok(&["cert", "show"]);
@@ -749,7 +742,7 @@ fn a_rotated_ca_key_moves_the_cluster(kind: RelayKind) {
     wait_until(
         "the tablet in the new cluster",
         Duration::from_secs(20),
-        || cluster_of(&tablet) == new && reply(&tablet, &desk_id),
+        || cluster_of(&tablet) == new && replies(&tablet, &desk_id),
     );
 
     // After the grace period, the old room refuses the old CA's certificate, naming the new

@@ -110,39 +110,57 @@ pub(crate) async fn publish(
     home: &Home,
     list: &shared_proto::trust::VerifiedRevocations,
 ) -> Result<()> {
+    // The client already passed the list on in its Hello; publishing again is harmless (an equal
+    // version is ignored).
+    publish_document(home, Published::Revocations(list), "the revocation list").await?;
+    println!("published: the relay enforces version {}", list.version());
+    Ok(())
+}
+
+/// A signed document to publish in the cluster's room.
+enum Published<'a> {
+    Revocations(&'a shared_proto::trust::VerifiedRevocations),
+    Successor(&'a shared_proto::trust::rotation::VerifiedSuccessor),
+}
+
+/// Publishes `doc` through a short relay connection and waits for the relay to take it: the
+/// relay handles a socket's frames in order and closes one whose document it refuses, so its
+/// answer to a status request sent after it confirms the document was taken.
+async fn publish_document(home: &Home, doc: Published<'_>, what: &str) -> Result<()> {
     let conn = ConnArgs {
         relay: None,
         timeout: 10,
     };
     let (mut client, _) = connect(home, &conn).await?;
-    // The client already passed the list on in its Hello; publishing again is harmless (an equal
-    // version is ignored). The relay handles a socket's frames in order and closes a hub whose
-    // list it refuses, so its answer to the status request confirms the list was taken.
-    client.publish_revocations(list.bytes().to_vec()).await?;
+    match doc {
+        Published::Revocations(list) => client.publish_revocations(list.bytes().to_vec()).await?,
+        Published::Successor(s) => client.publish_successor(s.bytes().to_vec()).await?,
+    }
     client.request_status().await?;
     tokio::time::timeout(Duration::from_secs(conn.timeout), async {
         loop {
-            match client.next_event().await {
-                Some(RelayEvent::Status(_)) => return Ok(()),
-                Some(RelayEvent::Revocations(l)) if l.version() > list.version() => {
+            match (client.next_event().await, &doc) {
+                (Some(RelayEvent::Status(_)), _) => return Ok(()),
+                (Some(RelayEvent::Revocations(l)), Published::Revocations(list))
+                    if l.version() > list.version() =>
+                {
                     home.keep_revocations(&l)?;
                     bail!(
                         "the relay holds a newer list (version {}); revoke again",
                         l.version()
                     )
                 }
-                Some(RelayEvent::Disconnected { reason, .. }) => {
+                (Some(RelayEvent::Disconnected { reason, .. }), _) => {
                     bail!("the relay closed the connection: {reason}")
                 }
-                Some(_) => {}
-                None => bail!("the relay client stopped"),
+                (Some(_), _) => {}
+                (None, _) => bail!("the relay client stopped"),
             }
         }
     })
     .await
-    .context("the relay did not confirm the revocation list")??;
+    .with_context(|| format!("the relay did not confirm {what}"))??;
     client.shutdown().await;
-    println!("published: the relay enforces version {}", list.version());
     Ok(())
 }
 
@@ -257,30 +275,13 @@ pub(crate) async fn rotate(home: &Home, grace: Duration) -> Result<()> {
     let old = home.cluster_id()?;
     let rotation = home.prepare_rotation(grace.as_millis() as u64)?;
     let successor = &rotation.successor;
-    let conn = ConnArgs {
-        relay: None,
-        timeout: 10,
-    };
-    let (mut client, _) = connect(home, &conn).await?;
-    client.publish_successor(successor.bytes().to_vec()).await?;
-    // The room handles a socket's frames in order and closes one whose document it refuses: its
-    // answer to the status request says the document was taken.
-    client.request_status().await?;
-    tokio::time::timeout(Duration::from_secs(conn.timeout), async {
-        loop {
-            match client.next_event().await {
-                Some(RelayEvent::Status(_)) => return Ok(()),
-                Some(RelayEvent::Disconnected { reason, .. }) => {
-                    bail!("the relay closed the connection: {reason}; nothing changed here, run `hub cluster rotate` again")
-                }
-                Some(_) => {}
-                None => bail!("the relay client stopped"),
-            }
-        }
-    })
+    publish_document(
+        home,
+        Published::Successor(successor),
+        "the successor document",
+    )
     .await
-    .context("the relay did not confirm the successor document; nothing changed here, run `hub cluster rotate` again")??;
-    client.shutdown().await;
+    .context("nothing changed here: run `hub cluster rotate` again")?;
     let me = home.finish_rotation(&rotation)?;
     println!(
         "cluster {old} moved to cluster {} (a new CA key); the old key is deleted here",
