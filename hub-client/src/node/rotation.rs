@@ -203,11 +203,21 @@ impl Home {
 
     /// Moves this hub to the cluster of `successor` (verified for this hub's cluster): its
     /// certificate from the new CA, the new cluster's manifest and list, and the document itself
-    /// are kept in one transaction, then `ca.pub` and `hub.der` replaced. Refused if the
-    /// document carries no certificate for this hub, or its grace period ended.
+    /// are kept in one transaction, then `hub.der` and `ca.pub` replaced, in that order (a move
+    /// cut short between the two is finished by following again: `hub.der` is then the new
+    /// CA's already). Refused if the document carries no certificate for this hub, or its grace
+    /// period ended.
     pub fn follow(&self, successor: &VerifiedSuccessor) -> Result<VerifiedPeer, HomeError> {
-        let current = self.certificate_held()?;
-        let new = successor.certificate_for(&current, unix_ms())?;
+        let new = match self.certificate_held() {
+            Ok(current) => successor.certificate_for(&current, unix_ms())?,
+            Err(held) => {
+                let der = self.read("hub.der")?;
+                let cert = PeerCertificate::from_der(&der)?;
+                let within = cert.not_before_ms();
+                cert.verify(successor.new_ca_key(), within, None)
+                    .map_err(|_| held)?
+            }
+        };
         let store = self.store()?;
         store.in_transaction(|store| {
             let manifest = successor.manifest();
@@ -232,8 +242,8 @@ impl Home {
             )?;
             Ok::<_, HomeError>(())
         })?;
-        self.write("ca.pub", successor.new_ca_key().as_bytes(), false)?;
         self.write("hub.der", new.der(), false)?;
+        self.write("ca.pub", successor.new_ca_key().as_bytes(), false)?;
         let why = format!(
             "moved from cluster {} to {} (a new CA key)",
             successor.old_cluster(),
@@ -245,5 +255,78 @@ impl Home {
             entry(AuditKind::ClusterMove, None, Decision::Ok, &why),
         );
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::home::NewHub;
+    use shared_proto::trust::TrustLevel;
+
+    fn new_hub(name: &str, roles: &[&str]) -> NewHub {
+        NewHub {
+            name: name.into(),
+            trust: TrustLevel::Full,
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            validity_ms: 30 * 86_400_000,
+        }
+    }
+
+    /// The founder rotates; a hub whose move a crash cut short (the store kept the document,
+    /// `hub.der` was replaced, `ca.pub` not yet) finishes it at start; the founder's new key is
+    /// its CA key once the rotation is done, and a rotation prepared twice is the same one.
+    #[test]
+    fn a_move_cut_short_is_finished_and_the_founder_holds_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let desk = Home::new(dir.path().join("desk"));
+        let old = desk
+            .create_cluster("ws://127.0.0.1:1", &new_hub("desk", &["founder"]))
+            .unwrap();
+        let laptop = Home::new(dir.path().join("laptop"));
+        desk.add_hub(&laptop, &new_hub("laptop", &["laptop"]))
+            .unwrap();
+        let rotation = desk.prepare_rotation(86_400_000).unwrap();
+        assert_eq!(rotation.moved.len(), 2);
+        assert!(rotation.left.is_empty());
+        let again = desk.prepare_rotation(86_400_000).unwrap();
+        assert_eq!(again.successor.bytes(), rotation.successor.bytes());
+        let successor = &rotation.successor;
+        let new = successor.new_cluster();
+        assert_ne!(new, old);
+
+        // The laptop's move, cut short after `hub.der`.
+        let current = laptop.certificate_held().unwrap();
+        let cert = successor.certificate_for(&current, unix_ms()).unwrap();
+        laptop
+            .store()
+            .unwrap()
+            .replace_document(
+                SUCCESSOR,
+                Some(&Document {
+                    serial: 1,
+                    body: successor.bytes().to_vec(),
+                }),
+            )
+            .unwrap();
+        laptop.write("hub.der", cert.der(), false).unwrap();
+        assert!(laptop.certificate().is_err(), "a home half moved");
+        assert!(laptop.resume_move().unwrap());
+        assert_eq!(laptop.cluster_id().unwrap(), new);
+        assert_eq!(
+            laptop.certificate().unwrap().fingerprint(),
+            cert.fingerprint()
+        );
+        assert_eq!(laptop.manifest().unwrap().unwrap().manifest().epoch, 3);
+        assert!(!laptop.resume_move().unwrap(), "nothing left to finish");
+
+        // The founder finishes: its CA key is the new one, the pending files are gone.
+        let me = desk.finish_rotation(&rotation).unwrap();
+        assert_eq!(desk.cluster_id().unwrap(), new);
+        assert_eq!(desk.ca().unwrap().cluster_id(), new);
+        assert_eq!(me.hub_id(), desk.certificate().unwrap().hub_id());
+        assert!(!desk.path(PENDING_KEY).exists());
+        assert!(!desk.path(PENDING_SUCCESSOR).exists());
+        assert!(!desk.resume_move().unwrap());
     }
 }

@@ -209,7 +209,7 @@ pub(crate) enum ClusterCommand {
         #[arg(long, hide = true, value_name = "MINUTES")]
         validity_minutes: Option<u64>,
     },
-    /// Founder: mint a complete data directory for another hub (copy it to that device).
+    /// Founder or admin: mint a complete data directory for another hub (copy it to that device).
     AddHub {
         /// The new hub's name.
         #[arg(long)]
