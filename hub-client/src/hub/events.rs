@@ -260,12 +260,16 @@ impl HubState {
         message: Vec<u8>,
     ) -> Result<(), ServiceError> {
         let me = member.hub_id;
-        let answer = if self.home.is_admin() {
-            self.blocking(move |state| Ok(state.answer_pairing(me, &message)))
-                .await?
-        } else {
-            refused_unreadable("this hub does not issue pairing tokens")
-        };
+        // Whether this hub is an admin reads its certificate: on the blocking pool too.
+        let answer = self
+            .blocking(move |state| {
+                Ok(if state.home.is_admin() {
+                    state.answer_pairing(me, &message)
+                } else {
+                    refused_unreadable("this hub does not issue pairing tokens")
+                })
+            })
+            .await?;
         let peers = member.peers.clone();
         tokio::spawn(async move {
             if let Err(e) = peers.send_raw(from, answer).await {
@@ -275,8 +279,8 @@ impl HubState {
         Ok(())
     }
 
-    /// The founder's or an admin's answer to a pairing request; never fails outward (a refusal is an answer).
-    /// Call it on the blocking pool.
+    /// The founder's or an admin's answer to a pairing request; never fails outward (a refusal
+    /// is an answer). Call it on the blocking pool.
     fn answer_pairing(&self, me: HubId, message: &[u8]) -> Vec<u8> {
         let home = &self.home;
         let local = match home.noise_identity() {

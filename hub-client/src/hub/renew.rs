@@ -111,9 +111,9 @@ impl HubState {
         } else {
             // The founder first (its certificates chain to nothing that can be revoked apart);
             // an admin asks only the founder (an admin's key makes no admins).
-            let admin_here = self.home.is_admin();
             let admins = self
                 .blocking(move |state| {
+                    let admin_here = state.home.is_admin();
                     let mut admins: Vec<_> = state
                         .store()
                         .active_peers()?
@@ -194,9 +194,8 @@ impl HubState {
     }
 
     /// A peer asks for a new certificate: an admin (the founder, or a hub with an admin
-    /// certificate) issues one for
-    /// the keys of the peer's session certificate, under the terms it holds for it; any other
-    /// hub, or a peer suspended or revoked here, is refused.
+    /// certificate) issues one for the keys of the peer's session certificate, under the terms
+    /// it holds for it; any other hub, or a peer suspended or revoked here, is refused.
     pub(crate) fn serve_renewal(self: &Arc<Self>, member: &Member, request: PeerRequest) {
         let state = self.clone();
         let member = member.clone();
@@ -204,15 +203,19 @@ impl HubState {
             let from = request.from;
             let issued = match state.book.admit_call(from) {
                 Err(code) => Err(format!("{}: {code}", code.name())),
-                Ok(_) if !state.home.is_admin() => {
-                    Err(shared_proto::trust::renewal::NOT_ADMIN.to_owned())
-                }
+                // Whether this hub is an admin reads its certificate: on the blocking pool.
                 Ok(current) => state
                     .blocking(move |state| {
-                        Ok(state.home.issue_renewal(&state.store(), &current)?)
+                        if !state.home.is_admin() {
+                            return Ok(Err(shared_proto::trust::renewal::NOT_ADMIN.to_owned()));
+                        }
+                        Ok(state
+                            .home
+                            .issue_renewal(&state.store(), &current)
+                            .map_err(|e| format!("failed: {e}")))
                     })
                     .await
-                    .map_err(|e| format!("failed: {e}")),
+                    .unwrap_or_else(|e| Err(format!("failed: {e}"))),
             };
             let (answer, entry) = match issued {
                 Ok(cert) => (

@@ -11,7 +11,8 @@
 use crate::trust::{CertificateRequest, PeerCertificate, TrustError, TrustLevel, VerifiedPeer};
 
 /// What a hub that is not an admin answers a renewal request with (`refused`).
-pub const NOT_ADMIN: &str = "not_admin: this hub does not hold the cluster CA key";
+pub const NOT_ADMIN: &str =
+    "not_admin: this hub is neither the founder nor an admin (it holds no CA key or admin certificate)";
 
 /// The roles of the hubs a renewal is asked of.
 pub const ADMIN_ROLES: [&str; 2] = ["founder", "admin"];
