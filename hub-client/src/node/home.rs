@@ -327,21 +327,24 @@ impl Home {
 
     /// The cluster CA (founder only).
     pub fn ca(&self) -> Result<ClusterCa, HomeError> {
-        let path = self.path("ca.key");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
-                let secret = <[u8; 32]>::try_from(bytes.as_slice())
-                    .map(Zeroizing::new)
-                    .map_err(|_| HomeError::Corrupt {
-                        path,
-                        what: "not a 32-byte key".into(),
-                    })?;
-                Ok(ClusterCa::from_secret(&secret))
+        match self.ca_in("ca.key") {
+            Err(HomeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(HomeError::NotFounder)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HomeError::NotFounder),
-            Err(source) => Err(HomeError::Io { path, source }),
+            ca => ca,
         }
+    }
+
+    /// The CA whose 32-byte secret is the file `name` (`ca.key`, or a rotation's new key).
+    pub(crate) fn ca_in(&self, name: &str) -> Result<ClusterCa, HomeError> {
+        let bytes = self.read_secret(name)?;
+        let secret = <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Zeroizing::new)
+            .map_err(|_| HomeError::Corrupt {
+                path: self.path(name),
+                what: "not a 32-byte key".into(),
+            })?;
+        Ok(ClusterCa::from_secret(&secret))
     }
 
     /// `hub.toml`.
@@ -494,8 +497,7 @@ impl Home {
         peer: &PeerRecord,
         reason: String,
     ) -> Result<VerifiedRevocations, HomeError> {
-        let root_only = |r: &String| r == "founder" || r == shared_proto::trust::ADMIN_ROLE;
-        if !self.is_founder() && peer.roles.iter().any(root_only) {
+        if !self.is_founder() && shared_proto::trust::has_root_only_role(&peer.roles) {
             return Err(shared_proto::trust::TrustError::NotAdmin(
                 "only the founder revokes the founder or an admin",
             )
@@ -674,10 +676,7 @@ impl Home {
         // cannot make founders or admins.
         let signer = self.signer()?;
         if signer.admin_certificate().is_some()
-            && terms
-                .roles
-                .iter()
-                .any(|r| r == "founder" || r == shared_proto::trust::ADMIN_ROLE)
+            && shared_proto::trust::has_root_only_role(&terms.roles)
         {
             return Err(shared_proto::trust::TrustError::NotAdmin(
                 "only the founder makes founders and admins",

@@ -160,13 +160,7 @@ impl Home {
     /// and makes the new key the CA key (`ca.key` replaced; the old one is gone).
     pub fn finish_rotation(&self, rotation: &Rotation) -> Result<VerifiedPeer, HomeError> {
         let moved = self.follow(&rotation.successor)?;
-        let secret = self.read_secret(PENDING_KEY)?;
-        let new = <[u8; 32]>::try_from(secret.as_slice())
-            .map(|s| ClusterCa::from_secret(&s))
-            .map_err(|_| HomeError::Corrupt {
-                path: self.path(PENDING_KEY),
-                what: "not a 32-byte key".into(),
-            })?;
+        let new = self.ca_in(PENDING_KEY)?;
         if new.public_key() != *rotation.successor.new_ca_key() {
             return Err(HomeError::Corrupt {
                 path: self.path(PENDING_KEY),
@@ -183,13 +177,11 @@ impl Home {
     /// names but was not put in place. Whether there was one.
     pub fn resume_move(&self) -> Result<bool, HomeError> {
         let cluster = self.cluster_id()?;
-        if let Ok(secret) = self.read_secret(PENDING_KEY) {
-            if let Ok(s) = <[u8; 32]>::try_from(secret.as_slice()) {
-                if cluster.names(&ClusterCa::from_secret(&s).public_key()) {
-                    self.rename(PENDING_KEY, "ca.key")?;
-                    let _ = std::fs::remove_file(self.path(PENDING_SUCCESSOR));
-                    return Ok(true);
-                }
+        if let Ok(new) = self.ca_in(PENDING_KEY) {
+            if cluster.names(&new.public_key()) {
+                self.rename(PENDING_KEY, "ca.key")?;
+                let _ = std::fs::remove_file(self.path(PENDING_SUCCESSOR));
+                return Ok(true);
             }
         }
         let Some(doc) = self.store()?.document(SUCCESSOR)? else {

@@ -113,6 +113,12 @@ pub const ADMIN_ROLE: &str = "admin";
 /// Roles an admin's key may not grant (only the root CA makes founders and admins).
 const ROOT_ONLY_ROLES: [&str; 2] = ["founder", ADMIN_ROLE];
 
+/// Whether `roles` hold one only the root CA grants (`founder`, `admin`): an admin neither
+/// issues nor revokes such a hub.
+pub fn has_root_only_role(roles: &[String]) -> bool {
+    roles.iter().any(|r| ROOT_ONLY_ROLES.contains(&r.as_str()))
+}
+
 /// Who signs for a cluster: the root CA (the founder's Ed25519 key), or an admin hub (its own
 /// identity key, under its admin certificate). Either issues hub certificates and signs the
 /// manifest and the revocation list; only the root makes admins.
@@ -236,11 +242,7 @@ impl ClusterCa {
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, TrustError> {
         req.check()?;
-        let root_only = req
-            .roles
-            .iter()
-            .any(|r| ROOT_ONLY_ROLES.contains(&r.as_str()));
-        if self.admin.is_some() && root_only {
+        if self.admin.is_some() && has_root_only_role(&req.roles) {
             return Err(TrustError::NotAdmin(
                 "only the founder makes founders and admins",
             ));

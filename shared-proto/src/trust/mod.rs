@@ -23,8 +23,8 @@ use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
 pub use cert::{
-    chain_parts, CertificateRequest, ClusterCa, PeerCertificate, VerifiedPeer, ADMIN_ROLE,
-    HUB_EXTENSION_OID,
+    chain_parts, has_root_only_role, CertificateRequest, ClusterCa, PeerCertificate, VerifiedPeer,
+    ADMIN_ROLE, HUB_EXTENSION_OID,
 };
 pub use signed::{
     DocumentSigner, Manifest, ManifestMember, Revocation, RevocationList, VerifiedManifest,

@@ -403,6 +403,17 @@ impl VerifiedRevocations {
                 .is_some_and(|(f, k)| self.is_revoked(&f, &k))
     }
 
+    /// Refuses this list, whatever its version, if it or `held` revokes the admin that signed it.
+    pub fn check_signer(&self, held: Option<&VerifiedRevocations>) -> Result<(), TrustError> {
+        let signer = self.signer.as_ref();
+        if self.refuses_signer_of(signer) || held.is_some_and(|h| h.refuses_signer_of(signer)) {
+            return Err(TrustError::NotAdmin(
+                "the admin that signed the list is revoked",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this list revokes the admin that signed `signer`'s document: such a document is
     /// refused (a revoked admin's later signatures count for nothing).
     pub fn refuses_signer_of(&self, signer: Option<&DocumentSigner>) -> bool {
@@ -436,12 +447,7 @@ impl VerifiedRevocations {
     /// `Err(NotNewer)`. An older or equal list never replaces a newer one; a list signed by an
     /// admin that it or `held` revokes replaces nothing (`Err(NotAdmin)`).
     pub fn supersede(self, held: Option<&VerifiedRevocations>) -> Result<Self, TrustError> {
-        let signer = self.signer.as_ref();
-        if self.refuses_signer_of(signer) || held.is_some_and(|h| h.refuses_signer_of(signer)) {
-            return Err(TrustError::NotAdmin(
-                "the admin that signed the list is revoked",
-            ));
-        }
+        self.check_signer(held)?;
         match held {
             Some(h) if h.version() >= self.version() => {
                 Err(TrustError::NotNewer("revocation list"))

@@ -271,17 +271,8 @@ impl Room {
         let list =
             RevocationList::verify(doc, &self.config.cluster).map_err(RoomError::Revocations)?;
         // A list signed by an admin that it or the held list revokes is refused, newer or not.
-        let signer = list.signer();
-        if list.refuses_signer_of(signer)
-            || self
-                .revocations
-                .as_ref()
-                .is_some_and(|h| h.refuses_signer_of(signer))
-        {
-            return Err(RoomError::Revocations(TrustError::NotAdmin(
-                "the admin that signed the list is revoked",
-            )));
-        }
+        list.check_signer(self.revocations.as_ref())
+            .map_err(RoomError::Revocations)?;
         if let Some(held) = &self.revocations {
             if list.version() <= held.version() {
                 // Not newer. If the room holds a strictly newer one, the sender learns it.
